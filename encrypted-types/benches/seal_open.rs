@@ -1,0 +1,63 @@
+//! Seal and open through `Encrypted<String, C>` beside raw AES-256-GCM of the same sizes.
+//!
+//! The raw baseline is aes-gcm's own `Aead::encrypt`/`decrypt` with a fixed nonce and no AAD:
+//! the least work any AES-256-GCM seal can do. The library's numbers include everything a
+//! `ToSql` pays: loading the keyring, choosing the key, a fresh random nonce, encoding, the
+//! AAD and the allocation of the output.
+#![allow(missing_docs)] // criterion_main! generates undocumented items.
+#![allow(clippy::expect_used)] // a benchmark whose setup fails must stop loudly, not measure nothing.
+
+use std::hint::black_box;
+
+use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use encrypted_types::{Encrypted, KeyMaterial, Keyring};
+
+encrypted_types::column_context!(BenchCol = "bench"."value");
+
+const SIZES: [usize; 4] = [16, 64, 256, 4096];
+
+fn bench(c: &mut Criterion) {
+    let key = [7u8; 32];
+    Keyring::builder()
+        .data_key(1, None, KeyMaterial::from_bytes(key))
+        .primary(None, 1)
+        .build()
+        .expect("valid keyring")
+        .install();
+    let raw = Aes256Gcm::new(&key.into());
+    let nonce = Nonce::from([9u8; 12]);
+
+    let mut seal = c.benchmark_group("seal");
+    for size in SIZES {
+        let text = "x".repeat(size);
+        seal.throughput(Throughput::Bytes(size as u64));
+        seal.bench_with_input(BenchmarkId::new("raw-aes-gcm", size), &text, |b, t| {
+            b.iter(|| raw.encrypt(&nonce, black_box(t.as_bytes())).expect("encrypt"));
+        });
+        let value: Encrypted<String, BenchCol> = Encrypted::new(text.clone());
+        seal.bench_with_input(BenchmarkId::new("encrypted-types", size), &value, |b, v| {
+            b.iter(|| black_box(v).seal().expect("seal"));
+        });
+    }
+    seal.finish();
+
+    let mut open = c.benchmark_group("open");
+    for size in SIZES {
+        let text = "x".repeat(size);
+        open.throughput(Throughput::Bytes(size as u64));
+        let raw_ct = raw.encrypt(&nonce, text.as_bytes()).expect("encrypt");
+        open.bench_with_input(BenchmarkId::new("raw-aes-gcm", size), &raw_ct, |b, ct| {
+            b.iter(|| raw.decrypt(&nonce, black_box(ct.as_slice())).expect("decrypt"));
+        });
+        let sealed = Encrypted::<String, BenchCol>::new(text).seal().expect("seal");
+        open.bench_with_input(BenchmarkId::new("encrypted-types", size), &sealed, |b, s| {
+            b.iter(|| Encrypted::<String, BenchCol>::open(black_box(s)).expect("open"));
+        });
+    }
+    open.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

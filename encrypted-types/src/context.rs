@@ -1,0 +1,64 @@
+//! The column context that every sealed value is bound to.
+//!
+//! Diesel's `ToSql` and `FromSql` see only the value, never the column it is written to. So the
+//! column travels in the type: `Encrypted<T, C>` where `C: ColumnContext` names the table and
+//! column at compile time (see `docs/adr/0001-column-context.md`). The table, column, tenant and
+//! value type are all part of the authenticated data, so a ciphertext copied into another
+//! column, table or tenant fails to open.
+
+/// Names the table and column a value is sealed for.
+///
+/// `#[derive(Encrypted)]` generates one marker per encrypted field; by hand, use
+/// [`column_context!`](crate::column_context).
+///
+/// ```
+/// use encrypted_types::ColumnContext;
+/// encrypted_types::column_context!(pub PatientEmail = "patients"."email");
+/// assert_eq!(PatientEmail::TABLE, "patients");
+/// assert_eq!(PatientEmail::COLUMN, "email");
+/// ```
+pub trait ColumnContext: 'static {
+    /// SQL table name.
+    const TABLE: &'static str;
+    /// SQL column name.
+    const COLUMN: &'static str;
+}
+
+/// The default context: no table and no column.
+///
+/// Values sealed with it are still bound to their tenant and value type, but one could be moved
+/// into another `Unbound` column without detection. Give every production column its own
+/// context.
+///
+/// ```
+/// use encrypted_types::{ColumnContext, Unbound};
+/// assert_eq!(Unbound::TABLE, "");
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Unbound;
+
+impl ColumnContext for Unbound {
+    const TABLE: &'static str = "";
+    const COLUMN: &'static str = "";
+}
+
+/// Declares a unit struct that implements [`ColumnContext`].
+///
+/// ```
+/// encrypted_types::column_context!(pub UsersSsn = "users"."ssn");
+/// let ssn: encrypted_types::Encrypted<String, UsersSsn> = "123-45-6789".to_owned().into();
+/// assert_eq!(ssn.len(), 11);
+/// ```
+#[macro_export]
+macro_rules! column_context {
+    ($(#[$meta:meta])* $vis:vis $name:ident = $table:literal . $column:literal) => {
+        $(#[$meta])*
+        #[doc = concat!("Column context for `", $table, ".", $column, "`.")]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+        $vis struct $name;
+        impl $crate::ColumnContext for $name {
+            const TABLE: &'static str = $table;
+            const COLUMN: &'static str = $column;
+        }
+    };
+}

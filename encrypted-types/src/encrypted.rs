@@ -1,0 +1,175 @@
+//! `Encrypted<T, C>`: a plaintext value that is sealed when written and opened when read.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::ops::Deref;
+
+use crate::codec::Plaintext;
+use crate::context::{ColumnContext, Unbound};
+use crate::format::{self, Context, Header};
+use crate::keyring::Keyring;
+use crate::tenant::TenantId;
+use crate::Error;
+
+/// A value of type `T` stored encrypted in the column named by `C`.
+///
+/// In Rust it is plaintext: read it through `Deref`. In SQL it is an AES-256-GCM sealed value
+/// (SQL type `Binary`): Diesel's `ToSql` seals it under the installed [`Keyring`]'s primary key
+/// for its tenant, and `FromSql` opens it with exactly the key its header names. The table,
+/// column, tenant and type are authenticated, so a ciphertext moved anywhere else fails with
+/// [`Error::AuthenticationFailed`].
+///
+/// `Debug` never shows the value (Diesel prints bind parameters through `Debug`), and the
+/// value's heap memory is wiped on drop.
+///
+/// ```
+/// use encrypted_types::{Encrypted, KeyMaterial, Keyring};
+/// encrypted_types::column_context!(PatientsEmail = "patients"."email");
+///
+/// Keyring::builder().data_key(1, None, KeyMaterial::generate()?).primary(None, 1).build()?.install();
+///
+/// let email: Encrypted<String, PatientsEmail> = Encrypted::new("ann@example.org".to_owned());
+/// assert_eq!(format!("{email:?}"), "Encrypted<string>(<redacted>)");
+/// let sealed = email.seal()?;
+/// let opened = Encrypted::<String, PatientsEmail>::open(&sealed)?;
+/// assert_eq!(opened.as_str(), "ann@example.org");
+/// # Ok::<(), encrypted_types::Error>(())
+/// ```
+#[derive(diesel::expression::AsExpression, diesel::deserialize::FromSqlRow)]
+#[diesel(sql_type = diesel::sql_types::Binary)]
+pub struct Encrypted<T: Plaintext, C: ColumnContext = Unbound> {
+    value: T,
+    tenant: Option<TenantId>,
+    context: PhantomData<fn() -> C>,
+}
+
+impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
+    /// A value that belongs to no tenant.
+    pub fn new(value: T) -> Self {
+        Self { value, tenant: None, context: PhantomData }
+    }
+
+    /// A value owned by `tenant`: it is sealed with that tenant's primary key and its
+    /// ciphertext opens only as that tenant's value.
+    pub fn for_tenant(value: T, tenant: impl Into<TenantId>) -> Self {
+        Self { value, tenant: Some(tenant.into()), context: PhantomData }
+    }
+
+    /// The tenant the value belongs to. After a read, this is the tenant of the key that
+    /// opened it, which callers compare with the row's own tenant column.
+    pub fn tenant(&self) -> Option<&TenantId> {
+        self.tenant.as_ref()
+    }
+
+    /// Takes the plaintext out, leaving `T::default()` behind to be wiped.
+    pub fn into_inner(mut self) -> T
+    where
+        T: Default,
+    {
+        std::mem::take(&mut self.value)
+    }
+
+    fn context(&self) -> Context<'_> {
+        Self::context_for(self.tenant.as_ref())
+    }
+
+    fn context_for(tenant: Option<&TenantId>) -> Context<'_> {
+        Context { table: C::TABLE, column: C::COLUMN, tenant, value_type: T::TYPE }
+    }
+
+    /// Seals the value under the installed keyring.
+    ///
+    /// # Errors
+    /// [`Error::NoKeyring`], [`Error::NoPrimaryKey`], or an encoding error.
+    pub fn seal(&self) -> Result<Vec<u8>, Error> {
+        Keyring::with_current(|k| self.seal_with(k))
+    }
+
+    /// Seals the value under `keyring` rather than the installed one.
+    ///
+    /// # Errors
+    /// [`Error::NoPrimaryKey`], or an encoding error.
+    pub fn seal_with(&self, keyring: &Keyring) -> Result<Vec<u8>, Error> {
+        let key = keyring.primary_key(self.tenant.as_ref())?;
+        format::seal(key, &self.context(), &self.value)
+    }
+
+    /// Opens a sealed value with the installed keyring.
+    ///
+    /// # Errors
+    /// See [`Encrypted::open_with`].
+    pub fn open(sealed: &[u8]) -> Result<Self, Error> {
+        Self::open_owned(sealed.to_vec())
+    }
+
+    /// Opens a sealed value held in an owned buffer, decrypting in place and wiping it.
+    ///
+    /// # Errors
+    /// See [`Encrypted::open_with`].
+    pub fn open_owned(sealed: Vec<u8>) -> Result<Self, Error> {
+        Keyring::with_current(|k| Self::open_owned_with(k, sealed))
+    }
+
+    /// Opens a sealed value with `keyring`.
+    ///
+    /// The header is checked first (length, version, suite, key id), so malformed input and
+    /// unknown keys are reported before any cryptography runs. Exactly one key is tried.
+    ///
+    /// # Errors
+    /// [`Error::Truncated`], [`Error::UnsupportedVersion`], [`Error::UnsupportedSuite`],
+    /// [`Error::UnknownKeyId`], [`Error::KeyDestroyed`], [`Error::AuthenticationFailed`] or
+    /// [`Error::InvalidPlaintext`].
+    pub fn open_with(keyring: &Keyring, sealed: &[u8]) -> Result<Self, Error> {
+        Self::open_owned_with(keyring, sealed.to_vec())
+    }
+
+    /// [`Encrypted::open_with`] on an owned buffer, which it decrypts in place.
+    ///
+    /// # Errors
+    /// See [`Encrypted::open_with`].
+    pub fn open_owned_with(keyring: &Keyring, sealed: Vec<u8>) -> Result<Self, Error> {
+        let header = Header::parse(&sealed)?;
+        let key = keyring.key(header.key_id)?;
+        let ctx = Self::context_for(key.tenant());
+        let value = format::open(key, &ctx, sealed)?;
+        Ok(Self { value, tenant: key.tenant().cloned(), context: PhantomData })
+    }
+}
+
+impl<T: Plaintext, C: ColumnContext> Drop for Encrypted<T, C> {
+    fn drop(&mut self) {
+        self.value.wipe();
+    }
+}
+
+impl<T: Plaintext, C: ColumnContext> Deref for Encrypted<T, C> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T: Plaintext, C: ColumnContext> From<T> for Encrypted<T, C> {
+    fn from(value: T) -> Self {
+        Self::new(value)
+    }
+}
+
+impl<T: Plaintext + Clone, C: ColumnContext> Clone for Encrypted<T, C> {
+    fn clone(&self) -> Self {
+        Self { value: self.value.clone(), tenant: self.tenant.clone(), context: PhantomData }
+    }
+}
+
+impl<T: Plaintext + PartialEq, C: ColumnContext> PartialEq for Encrypted<T, C> {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value && self.tenant == other.tenant
+    }
+}
+
+impl<T: Plaintext, C: ColumnContext> fmt::Debug for Encrypted<T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Encrypted<{}>(<redacted>)", T::TYPE)
+    }
+}

@@ -1,0 +1,85 @@
+//! The one error type of the library.
+//!
+//! Messages name what went wrong and where (key id, tenant, value type) but never contain
+//! plaintext or key bytes. Every failure of the AEAD tag or of the authenticated context is the
+//! single opaque [`Error::AuthenticationFailed`], so an attacker learns nothing from which check
+//! failed.
+
+use crate::key::KeyId;
+
+/// Everything that can go wrong while sealing or opening a value.
+///
+/// Diesel boxes this into `diesel::result::Error::SerializationError` (on write) or
+/// `DeserializationError` (on read); recover it with `downcast_ref::<encrypted_types::Error>()`.
+///
+/// ```
+/// use encrypted_types::Error;
+/// let err = Error::UnknownKeyId(7.into());
+/// assert_eq!(err.to_string(), "no key with id 7 is installed in the keyring");
+/// ```
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Error {
+    /// The value is shorter than a version 1 header plus tag.
+    #[error("sealed value is truncated: {len} bytes, at least {min} expected")]
+    Truncated {
+        /// Length of the input.
+        len: usize,
+        /// Minimum length of a valid sealed value.
+        min: usize,
+    },
+    /// The first byte names a format version this build does not know.
+    #[error("unsupported ciphertext format version {0}")]
+    UnsupportedVersion(u8),
+    /// The suite byte names an algorithm this build does not know.
+    #[error("unsupported cipher suite {0}")]
+    UnsupportedSuite(u8),
+    /// The header names a key id the installed keyring does not hold.
+    #[error("no key with id {0} is installed in the keyring")]
+    UnknownKeyId(KeyId),
+    /// The header names a key that was destroyed (crypto-shredded).
+    #[error("key {0} was destroyed; the value can never be opened")]
+    KeyDestroyed(KeyId),
+    /// The tag did not verify: the bytes were altered, or they were sealed for another
+    /// table, column, tenant or value type. Deliberately says nothing more.
+    #[error("authentication failed")]
+    AuthenticationFailed,
+    /// Decryption succeeded but the plaintext is not a canonical encoding of the expected type.
+    #[error("plaintext is not a valid `{type_name}` encoding")]
+    InvalidPlaintext {
+        /// The value type tag (see `docs/FORMAT.md`).
+        type_name: &'static str,
+    },
+    /// The value could not be encoded (for example a JSON map with non-string keys).
+    #[error("value could not be encoded as `{type_name}`")]
+    Unencodable {
+        /// The value type tag.
+        type_name: &'static str,
+    },
+    /// No keyring has been installed with [`crate::Keyring::install`].
+    #[error("no keyring installed; call Keyring::install at startup")]
+    NoKeyring,
+    /// The keyring has no primary data key for this tenant, so nothing can be sealed for it.
+    #[error("no primary data key for tenant {tenant}")]
+    NoPrimaryKey {
+        /// The tenant, or `(none)` for values without a tenant.
+        tenant: String,
+    },
+    /// A context string (table, column, tenant or value type) is too long to encode.
+    #[error("context field `{field}` is {len} bytes, more than the 65535 the format allows")]
+    ContextTooLong {
+        /// Which context field.
+        field: &'static str,
+        /// Its length.
+        len: usize,
+    },
+    /// The keyring configuration is inconsistent (duplicate key id, primary key not present...).
+    #[error("invalid keyring: {0}")]
+    InvalidKeyring(&'static str),
+    /// The value is longer than AES-GCM or the format can carry.
+    #[error("plaintext of {0} bytes is too large to seal")]
+    TooLarge(usize),
+    /// The operating system's random number generator failed.
+    #[error("the system random number generator failed")]
+    Rng,
+}

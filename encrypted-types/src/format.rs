@@ -1,0 +1,224 @@
+//! Ciphertext format version 1: the byte layout, the authenticated data, and the seal and open
+//! primitives. `docs/FORMAT.md` is the normative description; this module implements it.
+//!
+//! ```text
+//! offset  size  field
+//! 0       1     version      0x01
+//! 1       1     suite        0x01 = AES-256-GCM, 96-bit random nonce, 128-bit tag
+//! 2       4     key id       big-endian u32
+//! 6       12    nonce
+//! 18      n     ciphertext   (n = plaintext length)
+//! 18+n    16    tag
+//! ```
+//!
+//! AAD = `"encrypted-types/v1"` ‖ header bytes 0..6 ‖ context, where context is table, column
+//! and value type each as u16-BE length ‖ UTF-8, with the tenant between column and type as
+//! `0x00` (none) or `0x01` ‖ u16-BE length ‖ UTF-8.
+
+use aes_gcm::aead::AeadInOut;
+use aes_gcm::{Nonce, Tag};
+
+use crate::codec::{Plaintext, SecretBuf};
+use crate::key::{DataKey, KeyId};
+use crate::tenant::TenantId;
+use zeroize::Zeroize;
+
+use crate::{Error, nonce};
+
+/// The format version this build writes.
+pub const VERSION: u8 = 1;
+/// Suite 1: AES-256-GCM with a random 96-bit nonce and a 128-bit tag.
+pub const SUITE_AES256GCM: u8 = 1;
+/// Domain-separation prefix of the AAD.
+pub const DOMAIN: &[u8] = b"encrypted-types/v1";
+/// Bytes before the ciphertext: version, suite, key id, nonce.
+pub const HEADER_LEN: usize = 18;
+/// Length of the GCM tag at the end.
+pub const TAG_LEN: usize = 16;
+/// Bytes a sealed value adds to its plaintext.
+pub const OVERHEAD: usize = HEADER_LEN + TAG_LEN;
+/// Byte range of the key id inside the header, for SQL that selects rows by key.
+pub const KEY_ID_RANGE: std::ops::Range<usize> = 2..6;
+const NONCE_RANGE: std::ops::Range<usize> = 6..HEADER_LEN;
+/// Largest plaintext a single value may hold (GCM's own bound is far larger; this keeps a value
+/// inside what any of the three backends stores in one column).
+pub const MAX_PLAINTEXT: usize = 1 << 30;
+
+/// What a sealed value is bound to, besides its key.
+///
+/// ```
+/// use encrypted_types::format::Context;
+/// let ctx = Context { table: "patients", column: "email", tenant: None, value_type: "string" };
+/// let mut aad = Vec::new();
+/// ctx.encode(&mut aad).unwrap();
+/// assert_eq!(aad, b"\x00\x08patients\x00\x05email\x00\x00\x06string");
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    /// SQL table name.
+    pub table: &'a str,
+    /// SQL column name.
+    pub column: &'a str,
+    /// Tenant, if the value belongs to one.
+    pub tenant: Option<&'a TenantId>,
+    /// The plaintext's type tag.
+    pub value_type: &'a str,
+}
+
+impl Context<'_> {
+    /// Appends the length-prefixed context encoding.
+    ///
+    /// # Errors
+    /// [`Error::ContextTooLong`] if a field exceeds 65535 bytes.
+    pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), Error> {
+        put_str(out, "table", self.table)?;
+        put_str(out, "column", self.column)?;
+        match self.tenant {
+            None => out.push(0),
+            Some(t) => {
+                out.push(1);
+                put_str(out, "tenant", t.as_str())?;
+            }
+        }
+        put_str(out, "value type", self.value_type)
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, field: &'static str, s: &str) -> Result<(), Error> {
+    let len = u16::try_from(s.len()).map_err(|_| Error::ContextTooLong { field, len: s.len() })?;
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+/// AAD = DOMAIN ‖ version ‖ suite ‖ key id ‖ context. The nonce, the rest of the header, is
+/// authenticated by GCM itself.
+fn aad(header: &[u8; 6], ctx: &Context<'_>) -> Result<Vec<u8>, Error> {
+    let tenant_len = ctx.tenant.map_or(0, |t| t.as_str().len() + 2);
+    let mut aad = Vec::with_capacity(
+        DOMAIN.len() + 6 + 7 + ctx.table.len() + ctx.column.len() + tenant_len + ctx.value_type.len(),
+    );
+    aad.extend_from_slice(DOMAIN);
+    aad.extend_from_slice(header);
+    ctx.encode(&mut aad)?;
+    Ok(aad)
+}
+
+/// The parsed, not yet authenticated, header of a sealed value.
+///
+/// ```
+/// use encrypted_types::format::Header;
+/// let mut v = vec![1, 1, 0, 0, 0, 9];
+/// v.extend([0; 12 + 16]);
+/// assert_eq!(Header::parse(&v).unwrap().key_id.get(), 9);
+/// assert!(Header::parse(&v[..33]).is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// The data key the value was sealed with.
+    pub key_id: KeyId,
+}
+
+impl Header {
+    /// Checks length, version and suite, and reads the key id. No cryptography runs here.
+    ///
+    /// # Errors
+    /// [`Error::Truncated`], [`Error::UnsupportedVersion`] or [`Error::UnsupportedSuite`].
+    pub fn parse(sealed: &[u8]) -> Result<Self, Error> {
+        // Version first, so a future format with another length is reported as a version.
+        match sealed.first() {
+            None => return Err(Error::Truncated { len: 0, min: OVERHEAD }),
+            Some(&VERSION) => {}
+            Some(&v) => return Err(Error::UnsupportedVersion(v)),
+        }
+        if sealed.len() < OVERHEAD {
+            return Err(Error::Truncated { len: sealed.len(), min: OVERHEAD });
+        }
+        match sealed.get(1) {
+            Some(&SUITE_AES256GCM) => {}
+            Some(&s) => return Err(Error::UnsupportedSuite(s)),
+            None => return Err(Error::Truncated { len: sealed.len(), min: OVERHEAD }),
+        }
+        let id = sealed
+            .get(KEY_ID_RANGE)
+            .and_then(|b| <[u8; 4]>::try_from(b).ok())
+            .map(u32::from_be_bytes)
+            .ok_or(Error::Truncated { len: sealed.len(), min: OVERHEAD })?;
+        Ok(Self { key_id: KeyId::from(id) })
+    }
+}
+
+fn fixed_header(key_id: KeyId) -> [u8; 6] {
+    let [a, b, c, d] = key_id.get().to_be_bytes();
+    [VERSION, SUITE_AES256GCM, a, b, c, d]
+}
+
+/// Seals `value` under `key` with a fresh random nonce.
+///
+/// `ctx.tenant` must be the key's tenant; [`crate::Encrypted`] guarantees that.
+///
+/// # Errors
+/// [`Error::Unencodable`], [`Error::TooLarge`], [`Error::ContextTooLong`] or [`Error::Rng`].
+pub fn seal<T: Plaintext>(key: &DataKey, ctx: &Context<'_>, value: &T) -> Result<Vec<u8>, Error> {
+    let nonce = nonce::generate()?;
+    seal_with_nonce(key, ctx, value, nonce)
+}
+
+/// Seals with a caller-chosen nonce. Only for known-answer tests: a nonce must never repeat
+/// under one key.
+#[doc(hidden)]
+pub fn seal_with_nonce<T: Plaintext>(
+    key: &DataKey,
+    ctx: &Context<'_>,
+    value: &T,
+    nonce: [u8; 12],
+) -> Result<Vec<u8>, Error> {
+    let fixed = fixed_header(key.id);
+    let aad = aad(&fixed, ctx)?;
+    let mut buf = SecretBuf::with_capacity(OVERHEAD + value.encoded_len_hint());
+    buf.extend_from_slice(&fixed);
+    buf.extend_from_slice(&nonce);
+    value.encode(&mut buf)?;
+    let len = buf.len() - HEADER_LEN;
+    if len > MAX_PLAINTEXT {
+        return Err(Error::TooLarge(len));
+    }
+    let (_, body) = buf.as_mut_slice().split_at_mut(HEADER_LEN);
+    let tag = key
+        .cipher
+        .encrypt_inout_detached(&Nonce::from(nonce), &aad, body.into())
+        .map_err(|_| Error::TooLarge(len))?;
+    buf.extend_from_slice(&tag);
+    Ok(buf.into_vec())
+}
+
+/// Opens a sealed value, decrypting in place inside `sealed` so the plaintext is never copied
+/// more than the decoder needs. Every byte of plaintext left in `sealed` is wiped.
+///
+/// # Errors
+/// [`Error::AuthenticationFailed`] for any tag or context mismatch, [`Error::InvalidPlaintext`]
+/// when the decrypted bytes are not a valid `T`.
+pub fn open<T: Plaintext>(key: &DataKey, ctx: &Context<'_>, mut sealed: Vec<u8>) -> Result<T, Error> {
+    let fixed = sealed
+        .get(..6)
+        .and_then(|b| <[u8; 6]>::try_from(b).ok())
+        .ok_or(Error::AuthenticationFailed)?;
+    let aad = aad(&fixed, ctx)?;
+    let nonce = sealed
+        .get(NONCE_RANGE)
+        .and_then(|b| <[u8; 12]>::try_from(b).ok())
+        .ok_or(Error::AuthenticationFailed)?;
+    let body_end = sealed.len().checked_sub(TAG_LEN).ok_or(Error::AuthenticationFailed)?;
+    let (head, tag) = sealed.split_at_mut(body_end);
+    let tag = Tag::try_from(&*tag).map_err(|_| Error::AuthenticationFailed)?;
+    let body = head.get_mut(HEADER_LEN..).ok_or(Error::AuthenticationFailed)?;
+    if key.cipher.decrypt_inout_detached(&Nonce::from(nonce), &aad, body.into(), &tag).is_err() {
+        // GCM decrypts nothing when the tag fails, but make sure of it.
+        body.zeroize();
+        return Err(Error::AuthenticationFailed);
+    }
+    // Keep only the plaintext: drop the tag, then shift the plaintext over the header.
+    sealed.truncate(body_end);
+    sealed.drain(..HEADER_LEN);
+    T::decode_owned(sealed)
+}

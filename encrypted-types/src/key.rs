@@ -1,0 +1,161 @@
+//! Key material: data keys (DEKs) and the blind-index root key.
+//!
+//! Neither type is `Clone`; both redact themselves in `Debug` and wipe their bytes on drop.
+//! A [`DataKey`] holds the expanded AES key schedule, built once when the keyring is built, so
+//! sealing a value never re-derives anything.
+
+use std::fmt;
+use aes_gcm::aead::KeyInit;
+use aes_gcm::Aes256Gcm;
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::tenant::TenantId;
+
+/// The 32-bit identifier written in every sealed value's header.
+///
+/// Key ids are unique across the whole keyring, across tenants, so a header names exactly one
+/// key and decryption never has to try several.
+///
+/// ```
+/// use encrypted_types::KeyId;
+/// assert_eq!(KeyId::from(5).get(), 5);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyId(u32);
+
+impl KeyId {
+    /// The raw number.
+    pub const fn get(self) -> u32 {
+        self.0
+    }
+}
+
+impl From<u32> for KeyId {
+    fn from(id: u32) -> Self {
+        Self(id)
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// 32 bytes of secret key material, wiped on drop.
+///
+/// This is the seam for key providers: a KMS or HSM unwraps a data key into a `KeyMaterial`,
+/// and the keyring takes it from there.
+///
+/// ```
+/// use encrypted_types::KeyMaterial;
+/// let k = KeyMaterial::generate().unwrap();
+/// assert_eq!(format!("{k:?}"), "KeyMaterial(<redacted>)");
+/// ```
+#[derive(Zeroize, ZeroizeOnDrop)]
+pub struct KeyMaterial([u8; 32]);
+
+impl KeyMaterial {
+    /// Wraps raw key bytes. Prefer [`KeyMaterial::generate`] for new keys.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// Copies key bytes from a slice, which must be exactly 32 bytes long.
+    ///
+    /// # Errors
+    /// [`crate::Error::InvalidKeyring`] if the slice has another length.
+    pub fn from_slice(bytes: &[u8]) -> Result<Self, crate::Error> {
+        let arr: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| crate::Error::InvalidKeyring("key material must be 32 bytes"))?;
+        Ok(Self(arr))
+    }
+
+    /// A fresh random key from the operating system's CSPRNG.
+    ///
+    /// # Errors
+    /// [`crate::Error::Rng`] if the operating system's generator fails.
+    pub fn generate() -> Result<Self, crate::Error> {
+        let mut k = Self([0; 32]);
+        getrandom::fill(&mut k.0).map_err(|_| crate::Error::Rng)?;
+        Ok(k)
+    }
+
+    /// The raw bytes, for a key provider that has to wrap them.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for KeyMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyMaterial(<redacted>)")
+    }
+}
+
+/// A data-encryption key (DEK) ready for use: its id, its tenant and its AES-256-GCM key schedule.
+///
+/// Built by [`crate::KeyringBuilder`]; the key schedule is wiped on drop (aes-gcm's `zeroize`
+/// feature).
+pub struct DataKey {
+    pub(crate) id: KeyId,
+    pub(crate) tenant: Option<TenantId>,
+    pub(crate) cipher: Aes256Gcm,
+}
+
+impl DataKey {
+    pub(crate) fn new(id: KeyId, tenant: Option<TenantId>, material: &KeyMaterial) -> Self {
+        let cipher = Aes256Gcm::new(material.expose().into());
+        Self { id, tenant, cipher }
+    }
+
+    /// The key's id, as written in headers.
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+
+    /// The tenant the key belongs to, if any.
+    pub fn tenant(&self) -> Option<&TenantId> {
+        self.tenant.as_ref()
+    }
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataKey")
+            .field("id", &self.id)
+            .field("tenant", &self.tenant)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The root key from which blind-index keys are derived (HKDF per tenant, table, column and
+/// index version). Kept apart from the data keys: it never encrypts anything.
+pub struct BlindIndexRootKey {
+    pub(crate) tenant: Option<TenantId>,
+    // Read by the blind-index derivation; never used to encrypt.
+    #[allow(dead_code)]
+    pub(crate) material: KeyMaterial,
+}
+
+impl BlindIndexRootKey {
+    pub(crate) fn new(tenant: Option<TenantId>, material: KeyMaterial) -> Self {
+        Self { tenant, material }
+    }
+
+    /// The tenant the key belongs to, if any.
+    pub fn tenant(&self) -> Option<&TenantId> {
+        self.tenant.as_ref()
+    }
+}
+
+impl fmt::Debug for BlindIndexRootKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlindIndexRootKey")
+            .field("tenant", &self.tenant)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}

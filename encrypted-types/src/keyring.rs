@@ -1,0 +1,218 @@
+//! The keyring: every data key by id, the primary key per tenant, and the blind-index root keys.
+//!
+//! One keyring is installed process-wide. `ToSql`/`FromSql` read it through `arc_swap`, which is
+//! lock-free for readers; [`Keyring::install`] swaps in a new one atomically, so a rotated key
+//! takes effect without a restart while queries in flight finish on the keyring they started
+//! with. Nothing here ever calls a KMS: keys arrive already unwrapped, as [`KeyMaterial`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+
+use arc_swap::ArcSwapOption;
+
+use crate::Error;
+use crate::key::{BlindIndexRootKey, DataKey, KeyId, KeyMaterial};
+use crate::tenant::{TenantId, describe};
+
+static INSTALLED: ArcSwapOption<Keyring> = ArcSwapOption::const_empty();
+
+/// The set of keys the process can use.
+///
+/// ```
+/// use encrypted_types::{KeyMaterial, Keyring, TenantId};
+///
+/// let keyring = Keyring::builder()
+///     .data_key(1, None, KeyMaterial::generate()?)
+///     .data_key(2, Some("clinic-a".into()), KeyMaterial::generate()?)
+///     .primary(None, 1)
+///     .primary(Some("clinic-a".into()), 2)
+///     .build()?;
+/// assert_eq!(keyring.primary_key(Some(&TenantId::from("clinic-a")))?.id().get(), 2);
+/// keyring.install();
+/// assert!(Keyring::current().is_some());
+/// # Ok::<(), encrypted_types::Error>(())
+/// ```
+pub struct Keyring {
+    /// Sorted by id: a binary search beats hashing a u32 with SipHash on the read path.
+    keys: Vec<DataKey>,
+    destroyed: Vec<KeyId>,
+    /// Indexes into `keys`.
+    primary_default: Option<usize>,
+    primary_by_tenant: HashMap<TenantId, usize>,
+    blind_index: HashMap<Option<TenantId>, BlindIndexRootKey>,
+}
+
+impl Keyring {
+    /// Starts an empty keyring.
+    pub fn builder() -> KeyringBuilder {
+        KeyringBuilder::default()
+    }
+
+    /// Makes this keyring the one every `Encrypted` value uses, replacing any previous one.
+    /// Readers never block; queries already running keep the keyring they loaded.
+    pub fn install(self) {
+        INSTALLED.store(Some(Arc::new(self)));
+    }
+
+    /// Removes the installed keyring; sealing and opening then fail with [`Error::NoKeyring`].
+    pub fn uninstall() {
+        INSTALLED.store(None);
+    }
+
+    /// The installed keyring, if any.
+    pub fn current() -> Option<Arc<Keyring>> {
+        INSTALLED.load_full()
+    }
+
+    /// Runs `f` with the installed keyring without touching its reference count (the hot path).
+    pub(crate) fn with_current<R>(f: impl FnOnce(&Keyring) -> Result<R, Error>) -> Result<R, Error> {
+        let guard = INSTALLED.load();
+        let keyring = guard.as_deref().ok_or(Error::NoKeyring)?;
+        f(keyring)
+    }
+
+    /// The key that seals new values for `tenant`.
+    ///
+    /// # Errors
+    /// [`Error::NoPrimaryKey`] if the tenant has none.
+    pub fn primary_key(&self, tenant: Option<&TenantId>) -> Result<&DataKey, Error> {
+        let index = match tenant {
+            None => self.primary_default,
+            Some(t) => self.primary_by_tenant.get(t).copied(),
+        };
+        index
+            .and_then(|i| self.keys.get(i))
+            .ok_or_else(|| Error::NoPrimaryKey { tenant: describe(tenant) })
+    }
+
+    /// The key with this id, for opening.
+    ///
+    /// # Errors
+    /// [`Error::KeyDestroyed`] for a key marked destroyed, [`Error::UnknownKeyId`] otherwise.
+    pub fn key(&self, id: KeyId) -> Result<&DataKey, Error> {
+        match self.keys.binary_search_by_key(&id, DataKey::id) {
+            Ok(i) => self.keys.get(i).ok_or(Error::UnknownKeyId(id)),
+            Err(_) if self.destroyed.contains(&id) => Err(Error::KeyDestroyed(id)),
+            Err(_) => Err(Error::UnknownKeyId(id)),
+        }
+    }
+
+    /// Every data key id in the keyring, in ascending order.
+    pub fn key_ids(&self) -> Vec<KeyId> {
+        self.keys.iter().map(DataKey::id).collect()
+    }
+
+    /// The blind-index root key of `tenant`, if the keyring has one.
+    pub fn blind_index_root(&self, tenant: Option<&TenantId>) -> Option<&BlindIndexRootKey> {
+        self.blind_index.get(&tenant.cloned())
+    }
+}
+
+impl fmt::Debug for Keyring {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keyring")
+            .field("key_ids", &self.key_ids())
+            .field("destroyed", &self.destroyed)
+            .field("primary_default", &self.primary_default)
+            .field("primary_by_tenant", &self.primary_by_tenant)
+            .field("blind_index_tenants", &self.blind_index.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Collects keys, then checks them all at once in [`KeyringBuilder::build`].
+///
+/// Errors are reported by `build`, so a misconfigured keyring fails at startup, never on the
+/// first query.
+#[derive(Default)]
+pub struct KeyringBuilder {
+    keys: Vec<(KeyId, Option<TenantId>, KeyMaterial)>,
+    destroyed: Vec<KeyId>,
+    primaries: Vec<(Option<TenantId>, KeyId)>,
+    blind_index: Vec<(Option<TenantId>, KeyMaterial)>,
+}
+
+impl fmt::Debug for KeyringBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyringBuilder").field("keys", &self.keys.len()).finish_non_exhaustive()
+    }
+}
+
+impl KeyringBuilder {
+    /// Adds a data key that opens values sealed with `id` (and seals, if made primary).
+    pub fn data_key(mut self, id: u32, tenant: Option<TenantId>, material: KeyMaterial) -> Self {
+        self.keys.push((KeyId::from(id), tenant, material));
+        self
+    }
+
+    /// Records that key `id` was destroyed, so values under it fail with
+    /// [`Error::KeyDestroyed`] rather than [`Error::UnknownKeyId`].
+    pub fn destroyed_key(mut self, id: u32) -> Self {
+        self.destroyed.push(KeyId::from(id));
+        self
+    }
+
+    /// Makes key `id` the one that seals new values for `tenant`.
+    pub fn primary(mut self, tenant: Option<TenantId>, id: u32) -> Self {
+        self.primaries.push((tenant, KeyId::from(id)));
+        self
+    }
+
+    /// Sets the blind-index root key of `tenant` (or the default one, for `None`).
+    pub fn blind_index_root(mut self, tenant: Option<TenantId>, material: KeyMaterial) -> Self {
+        self.blind_index.push((tenant, material));
+        self
+    }
+
+    /// Checks and assembles the keyring, expanding every AES key schedule once.
+    ///
+    /// # Errors
+    /// [`Error::InvalidKeyring`] for a duplicate key id, a destroyed id that is also present, a
+    /// primary key that is missing or belongs to another tenant, a tenant with two primaries,
+    /// or a tenant with two blind-index root keys.
+    pub fn build(self) -> Result<Keyring, Error> {
+        let mut keys: Vec<DataKey> = self
+            .keys
+            .into_iter()
+            .map(|(id, tenant, material)| DataKey::new(id, tenant, &material))
+            .collect();
+        keys.sort_unstable_by_key(DataKey::id);
+        if keys.windows(2).any(|w| matches!(w, [a, b] if a.id == b.id)) {
+            return Err(Error::InvalidKeyring("duplicate key id"));
+        }
+        let find = |id: &KeyId| keys.binary_search_by_key(id, DataKey::id).ok();
+        if self.destroyed.iter().any(|id| find(id).is_some()) {
+            return Err(Error::InvalidKeyring("a destroyed key id is also present"));
+        }
+        let mut primary_default = None;
+        let mut primary_by_tenant = HashMap::new();
+        for (tenant, id) in self.primaries {
+            let index = find(&id).ok_or(Error::InvalidKeyring("primary key id not present"))?;
+            if keys.get(index).map(|k| &k.tenant) != Some(&tenant) {
+                return Err(Error::InvalidKeyring("primary key belongs to another tenant"));
+            }
+            let duplicate = match tenant {
+                None => primary_default.replace(index).is_some(),
+                Some(t) => primary_by_tenant.insert(t, index).is_some(),
+            };
+            if duplicate {
+                return Err(Error::InvalidKeyring("two primary keys for one tenant"));
+            }
+        }
+        let mut blind_index = HashMap::new();
+        for (tenant, material) in self.blind_index {
+            if blind_index.contains_key(&tenant) {
+                return Err(Error::InvalidKeyring("two blind-index root keys for one tenant"));
+            }
+            blind_index.insert(tenant.clone(), BlindIndexRootKey::new(tenant, material));
+        }
+        Ok(Keyring {
+            keys,
+            destroyed: self.destroyed,
+            primary_default,
+            primary_by_tenant,
+            blind_index,
+        })
+    }
+}
