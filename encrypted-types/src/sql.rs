@@ -61,3 +61,35 @@ impl<T: Plaintext, C: ColumnContext> diesel::serialize::ToSql<Binary, diesel::sq
         Ok(diesel::serialize::IsNull::No)
     }
 }
+
+impl crate::Error {
+    /// Finds the library error inside a Diesel error, if that is what failed.
+    ///
+    /// Diesel boxes errors from `ToSql`/`FromSql`, and wraps read errors once more with the
+    /// field name; this looks through both.
+    ///
+    /// ```
+    /// use encrypted_types::Error;
+    /// let diesel_err = diesel::result::Error::DeserializationError(Box::new(
+    ///     diesel::result::DeserializeFieldError {
+    ///         field_name: Some("email".into()),
+    ///         error: Box::new(Error::AuthenticationFailed),
+    ///     },
+    /// ));
+    /// assert_eq!(Error::from_diesel(&diesel_err), Some(&Error::AuthenticationFailed));
+    /// ```
+    pub fn from_diesel(err: &diesel::result::Error) -> Option<&Self> {
+        let (diesel::result::Error::DeserializationError(inner)
+        | diesel::result::Error::SerializationError(inner)) = err
+        else {
+            return None;
+        };
+        let mut current: &(dyn std::error::Error + 'static) = &**inner;
+        loop {
+            if let Some(found) = current.downcast_ref::<Self>() {
+                return Some(found);
+            }
+            current = current.source()?;
+        }
+    }
+}

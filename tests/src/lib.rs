@@ -1,1 +1,224 @@
-//! placeholder
+//! Shared support for the integration tests: the test keyring, the test schema and connections
+//! to the three backends.
+//!
+//! PostgreSQL and MySQL/MariaDB are real servers (URLs from `PG_DATABASE_URL` and
+//! `MYSQL_DATABASE_URL`, defaulting to this machine's). A server that cannot be reached fails
+//! the test with instructions; nothing is ever skipped.
+// Test support: panicking with a clear message is how a test reports a broken environment.
+#![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used, missing_docs)]
+
+use std::sync::Once;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use encrypted_types::{KeyMaterial, Keyring};
+
+pub mod schema {
+    diesel::table! {
+        /// One sealed value per row, of any codec type.
+        et_codec (id) {
+            id -> Integer,
+            v -> Binary,
+            v_null -> Nullable<Binary>,
+        }
+    }
+    diesel::table! {
+        et_people (id) {
+            id -> Integer,
+            email -> Binary,
+            name -> Binary,
+        }
+    }
+    diesel::table! {
+        et_people_copy (id) {
+            id -> Integer,
+            email -> Binary,
+        }
+    }
+}
+
+encrypted_types::column_context!(pub CodecV = "et_codec"."v");
+encrypted_types::column_context!(pub CodecVNull = "et_codec"."v_null");
+encrypted_types::column_context!(pub PeopleEmail = "et_people"."email");
+encrypted_types::column_context!(pub PeopleName = "et_people"."name");
+encrypted_types::column_context!(pub PeopleCopyEmail = "et_people_copy"."email");
+
+/// Canary plaintexts: a test that finds one of these in a log, a `Debug` string or stored bytes
+/// has found a leak.
+pub const CANARY_EMAIL: &str = "canary.ann@example.org";
+pub const CANARY_NAME: &str = "Canary Annabelle Zoë";
+
+/// The key ids of the test keyring.
+pub mod keys {
+    pub const DEFAULT: u32 = 1;
+    pub const RETIRED: u32 = 2;
+    pub const CLINIC_A: u32 = 10;
+    pub const CLINIC_B: u32 = 20;
+    pub const DESTROYED: u32 = 99;
+}
+
+pub fn key_bytes(id: u32) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    for (i, b) in k.iter_mut().enumerate() {
+        *b = (id as u8).wrapping_mul(31).wrapping_add(i as u8);
+    }
+    k
+}
+
+/// The keyring every test in a process uses: one default primary key, one retired key, a
+/// primary key for each of two tenants, and a destroyed key id.
+pub fn test_keyring() -> Keyring {
+    Keyring::builder()
+        .data_key(keys::DEFAULT, None, KeyMaterial::from_bytes(key_bytes(keys::DEFAULT)))
+        .data_key(keys::RETIRED, None, KeyMaterial::from_bytes(key_bytes(keys::RETIRED)))
+        .data_key(keys::CLINIC_A, Some("clinic-a".into()), KeyMaterial::from_bytes(key_bytes(10)))
+        .data_key(keys::CLINIC_B, Some("clinic-b".into()), KeyMaterial::from_bytes(key_bytes(20)))
+        .destroyed_key(keys::DESTROYED)
+        .primary(None, keys::DEFAULT)
+        .primary(Some("clinic-a".into()), keys::CLINIC_A)
+        .primary(Some("clinic-b".into()), keys::CLINIC_B)
+        .build()
+        .expect("test keyring is valid")
+}
+
+/// Installs [`test_keyring`] once per process.
+pub fn install_keyring() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| test_keyring().install());
+}
+
+/// A row id no other test in this process uses, so tests can run in parallel against one
+/// table (each inside its own rolled-back transaction).
+pub fn next_id() -> i32 {
+    static NEXT: AtomicI32 = AtomicI32::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Does `haystack` contain `needle` anywhere?
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// The library error inside a Diesel error, if any.
+pub fn lib_error(e: &diesel::result::Error) -> Option<&encrypted_types::Error> {
+    encrypted_types::Error::from_diesel(e)
+}
+
+/// The test tables' DDL for one backend. `blob` is the backend's binary type.
+pub fn ddl(blob: &str) -> Vec<String> {
+    vec![
+        "DROP TABLE IF EXISTS et_codec".into(),
+        "DROP TABLE IF EXISTS et_people".into(),
+        "DROP TABLE IF EXISTS et_people_copy".into(),
+        format!("CREATE TABLE et_codec (id INTEGER PRIMARY KEY, v {blob} NOT NULL, v_null {blob})"),
+        format!("CREATE TABLE et_people (id INTEGER PRIMARY KEY, email {blob} NOT NULL, name {blob} NOT NULL)"),
+        format!("CREATE TABLE et_people_copy (id INTEGER PRIMARY KEY, email {blob} NOT NULL)"),
+    ]
+}
+
+pub fn pg_url() -> String {
+    std::env::var("PG_DATABASE_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
+}
+
+pub fn mysql_url() -> String {
+    std::env::var("MYSQL_DATABASE_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+pub fn unreachable(backend: &str, url: &str, err: &dyn std::fmt::Display) -> ! {
+    let how = match backend {
+        "PostgreSQL" => {
+            "start it with `pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start`, or set PG_DATABASE_URL"
+        }
+        _ => {
+            "start it with `start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd`, or set MYSQL_DATABASE_URL"
+        }
+    };
+    panic!("{backend} is not reachable at {url}: {err}\n{how}")
+}
+
+mod connect;
+mod suite;
+
+pub use connect::*;
+
+/// Value equality that treats two NaNs with the same bits as equal, so codec round trips can
+/// be checked bit for bit.
+pub trait Same {
+    fn same(&self, other: &Self) -> bool;
+}
+
+macro_rules! same_by_eq {
+    ($($t:ty),*) => {$(impl Same for $t { fn same(&self, other: &Self) -> bool { self == other } })*};
+}
+same_by_eq!(
+    String, Vec<u8>, bool, i16, i32, i64, chrono::NaiveDate, chrono::NaiveDateTime,
+    chrono::DateTime<chrono::Utc>, uuid::Uuid, serde_json::Value, encrypted_types::Json<Allergy>
+);
+
+impl Same for f64 {
+    fn same(&self, other: &Self) -> bool {
+        self.to_bits() == other.to_bits()
+    }
+}
+
+/// A row of `et_people`, read and written with Diesel's own derives.
+#[derive(Debug, diesel::Queryable, diesel::Insertable)]
+#[diesel(table_name = schema::et_people)]
+pub struct Person {
+    pub id: i32,
+    pub email: encrypted_types::Encrypted<String, PeopleEmail>,
+    pub name: encrypted_types::Encrypted<String, PeopleName>,
+}
+
+/// A serde type for the `Json<T>` codec.
+#[derive(Debug, Clone, PartialEq, Default, serde::Serialize, serde::Deserialize)]
+pub struct Allergy {
+    pub substance: String,
+    pub severe: bool,
+}
+
+/// Calls `$m!(Type, value)` for every codec case: each type's extremes, empty and non-ASCII
+/// values, and 1 MiB values.
+#[macro_export]
+macro_rules! codec_cases {
+    ($m:ident $(, $arg:expr)*) => {{
+        use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+        $m!($($arg,)* String, String::new());
+        $m!($($arg,)* String, "plain ascii".to_owned());
+        $m!($($arg,)* String, "Zoë Ångström 患者 🩺 \u{0}".to_owned());
+        $m!($($arg,)* String, "é".repeat(1 << 19));
+        $m!($($arg,)* Vec<u8>, Vec::new());
+        $m!($($arg,)* Vec<u8>, (0..=255u8).collect::<Vec<u8>>());
+        $m!($($arg,)* Vec<u8>, vec![0xA5u8; 1 << 20]);
+        $m!($($arg,)* bool, true);
+        $m!($($arg,)* bool, false);
+        $m!($($arg,)* i16, i16::MIN);
+        $m!($($arg,)* i16, i16::MAX);
+        $m!($($arg,)* i32, i32::MIN);
+        $m!($($arg,)* i32, i32::MAX);
+        $m!($($arg,)* i64, i64::MIN);
+        $m!($($arg,)* i64, i64::MAX);
+        $m!($($arg,)* i64, 0);
+        $m!($($arg,)* f64, f64::NAN);
+        $m!($($arg,)* f64, f64::from_bits(0x7ff8_0000_0000_0001));
+        $m!($($arg,)* f64, -0.0);
+        $m!($($arg,)* f64, f64::INFINITY);
+        $m!($($arg,)* f64, f64::NEG_INFINITY);
+        $m!($($arg,)* f64, f64::MIN_POSITIVE);
+        $m!($($arg,)* f64, -1.5e300);
+        $m!($($arg,)* NaiveDate, NaiveDate::MIN);
+        $m!($($arg,)* NaiveDate, NaiveDate::MAX);
+        $m!($($arg,)* NaiveDate, NaiveDate::from_ymd_opt(1969, 12, 31).unwrap());
+        $m!($($arg,)* NaiveDateTime, NaiveDateTime::MIN);
+        $m!($($arg,)* NaiveDateTime, NaiveDateTime::MAX);
+        $m!($($arg,)* NaiveDateTime, DateTime::from_timestamp(-1, 999_999_999).unwrap().naive_utc());
+        $m!($($arg,)* DateTime<Utc>, DateTime::from_timestamp(1_700_000_000, 123_456_789).unwrap());
+        $m!($($arg,)* uuid::Uuid, uuid::Uuid::from_u128(0x67e5_5044_10b1_426f_9247_bb68_0e5f_e0c8));
+        $m!($($arg,)* uuid::Uuid, uuid::Uuid::nil());
+        $m!($($arg,)* serde_json::Value, serde_json::json!({"b": [1, 2.5, null], "a": "Zoë", "c": {"d": true}}));
+        $m!($($arg,)* serde_json::Value, serde_json::Value::Null);
+        $m!($($arg,)* 
+            encrypted_types::Json<$crate::Allergy>,
+            encrypted_types::Json($crate::Allergy { substance: "penicillin".into(), severe: true })
+        );
+    }};
+}

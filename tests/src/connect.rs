@@ -1,0 +1,90 @@
+//! Connections to the three backends, sync and async, with the test schema in place.
+
+use std::sync::Once;
+
+use diesel::prelude::*;
+use diesel_async::AsyncConnection;
+
+use crate::{ddl, install_keyring, mysql_url, pg_url, unreachable};
+
+fn create_schema(conn: &mut impl diesel::connection::SimpleConnection, blob: &str) {
+    for stmt in ddl(blob) {
+        conn.batch_execute(&stmt).expect("test DDL");
+    }
+}
+
+/// A fresh in-memory SQLite database with the test schema.
+pub fn sqlite() -> SqliteConnection {
+    install_keyring();
+    let mut conn = SqliteConnection::establish(":memory:").expect("in-memory SQLite");
+    create_schema(&mut conn, "BLOB");
+    conn
+}
+
+fn pg_raw() -> PgConnection {
+    let url = pg_url();
+    PgConnection::establish(&url).unwrap_or_else(|e| unreachable("PostgreSQL", &url, &e))
+}
+
+fn mysql_raw() -> MysqlConnection {
+    let url = mysql_url();
+    MysqlConnection::establish(&url).unwrap_or_else(|e| unreachable("MySQL/MariaDB", &url, &e))
+}
+
+fn pg_schema() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| create_schema(&mut pg_raw(), "BYTEA"));
+}
+
+fn mysql_schema() {
+    static ONCE: Once = Once::new();
+    // LONGBLOB: a plain BLOB holds only 64 KiB, and the tests store 1 MiB values.
+    ONCE.call_once(|| create_schema(&mut mysql_raw(), "LONGBLOB"));
+}
+
+/// A PostgreSQL connection inside a transaction that is rolled back when it drops.
+pub fn pg() -> PgConnection {
+    install_keyring();
+    pg_schema();
+    let mut conn = pg_raw();
+    conn.begin_test_transaction().expect("begin test transaction");
+    conn
+}
+
+/// A MySQL/MariaDB connection inside a transaction that is rolled back when it drops.
+pub fn mysql() -> MysqlConnection {
+    install_keyring();
+    mysql_schema();
+    let mut conn = mysql_raw();
+    conn.begin_test_transaction().expect("begin test transaction");
+    conn
+}
+
+/// diesel-async over SQLite: the sync connection in a `SyncConnectionWrapper`.
+pub async fn async_sqlite() -> diesel_async::sync_connection_wrapper::SyncConnectionWrapper<SqliteConnection> {
+    diesel_async::sync_connection_wrapper::SyncConnectionWrapper::new(sqlite())
+}
+
+/// diesel-async's native PostgreSQL connection, in a test transaction.
+pub async fn async_pg() -> diesel_async::AsyncPgConnection {
+    install_keyring();
+    pg_schema();
+    let url = pg_url();
+    let mut conn = diesel_async::AsyncPgConnection::establish(&url)
+        .await
+        .unwrap_or_else(|e| unreachable("PostgreSQL", &url, &e));
+    conn.begin_test_transaction().await.expect("begin test transaction");
+    conn
+}
+
+/// diesel-async's native MySQL connection, in a test transaction.
+pub async fn async_mysql() -> diesel_async::AsyncMysqlConnection {
+    install_keyring();
+    mysql_schema();
+    let url = mysql_url();
+    let mut conn = diesel_async::AsyncMysqlConnection::establish(&url)
+        .await
+        .unwrap_or_else(|e| unreachable("MySQL/MariaDB", &url, &e));
+    conn.begin_test_transaction().await.expect("begin test transaction");
+    conn
+}
