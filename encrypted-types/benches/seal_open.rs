@@ -34,7 +34,10 @@ fn bench(c: &mut Criterion) {
         let text = "x".repeat(size);
         seal.throughput(Throughput::Bytes(size as u64));
         seal.bench_with_input(BenchmarkId::new("raw-aes-gcm", size), &text, |b, t| {
-            b.iter(|| raw.encrypt(&nonce, black_box(t.as_bytes())).expect("encrypt"));
+            b.iter(|| {
+                raw.encrypt(&nonce, black_box(t.as_bytes()))
+                    .expect("encrypt")
+            });
         });
         let value: Encrypted<String, BenchCol> = Encrypted::new(text.clone());
         seal.bench_with_input(BenchmarkId::new("encrypted-types", size), &value, |b, v| {
@@ -49,12 +52,21 @@ fn bench(c: &mut Criterion) {
         open.throughput(Throughput::Bytes(size as u64));
         let raw_ct = raw.encrypt(&nonce, text.as_bytes()).expect("encrypt");
         open.bench_with_input(BenchmarkId::new("raw-aes-gcm", size), &raw_ct, |b, ct| {
-            b.iter(|| raw.decrypt(&nonce, black_box(ct.as_slice())).expect("decrypt"));
+            b.iter(|| {
+                raw.decrypt(&nonce, black_box(ct.as_slice()))
+                    .expect("decrypt")
+            });
         });
-        let sealed = Encrypted::<String, BenchCol>::new(text).seal().expect("seal");
-        open.bench_with_input(BenchmarkId::new("encrypted-types", size), &sealed, |b, s| {
-            b.iter(|| Encrypted::<String, BenchCol>::open(black_box(s)).expect("open"));
-        });
+        let sealed = Encrypted::<String, BenchCol>::new(text)
+            .seal()
+            .expect("seal");
+        open.bench_with_input(
+            BenchmarkId::new("encrypted-types", size),
+            &sealed,
+            |b, s| {
+                b.iter(|| Encrypted::<String, BenchCol>::open(black_box(s)).expect("open"));
+            },
+        );
     }
     open.finish();
 }

@@ -161,7 +161,9 @@ impl Plaintext for String {
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        std::str::from_utf8(bytes).map(str::to_owned).map_err(|_| invalid::<Self>())
+        std::str::from_utf8(bytes)
+            .map(str::to_owned)
+            .map_err(|_| invalid::<Self>())
     }
 
     fn decode_owned(bytes: Vec<u8>) -> Result<Self, Error> {

@@ -4,12 +4,12 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
 
+use crate::Error;
 use crate::codec::Plaintext;
 use crate::context::{ColumnContext, Unbound};
 use crate::format::{self, Context, Header};
 use crate::keyring::Keyring;
 use crate::tenant::TenantId;
-use crate::Error;
 
 /// A value of type `T` stored encrypted in the column named by `C`.
 ///
@@ -46,13 +46,21 @@ pub struct Encrypted<T: Plaintext, C: ColumnContext = Unbound> {
 impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
     /// A value that belongs to no tenant.
     pub fn new(value: T) -> Self {
-        Self { value, tenant: None, context: PhantomData }
+        Self {
+            value,
+            tenant: None,
+            context: PhantomData,
+        }
     }
 
     /// A value owned by `tenant`: it is sealed with that tenant's primary key and its
     /// ciphertext opens only as that tenant's value.
     pub fn for_tenant(value: T, tenant: impl Into<TenantId>) -> Self {
-        Self { value, tenant: Some(tenant.into()), context: PhantomData }
+        Self {
+            value,
+            tenant: Some(tenant.into()),
+            context: PhantomData,
+        }
     }
 
     /// The tenant the value belongs to. After a read, this is the tenant of the key that
@@ -74,7 +82,12 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
     }
 
     fn context_for(tenant: Option<&TenantId>) -> Context<'_> {
-        Context { table: C::TABLE, column: C::COLUMN, tenant, value_type: T::TYPE }
+        Context {
+            table: C::TABLE,
+            column: C::COLUMN,
+            tenant,
+            value_type: T::TYPE,
+        }
     }
 
     /// Seals the value under the installed keyring.
@@ -132,7 +145,11 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
         let key = keyring.key(header.key_id)?;
         let ctx = Self::context_for(key.tenant());
         let value = format::open(key, &ctx, sealed)?;
-        Ok(Self { value, tenant: key.tenant().cloned(), context: PhantomData })
+        Ok(Self {
+            value,
+            tenant: key.tenant().cloned(),
+            context: PhantomData,
+        })
     }
 }
 
@@ -158,7 +175,11 @@ impl<T: Plaintext, C: ColumnContext> From<T> for Encrypted<T, C> {
 
 impl<T: Plaintext + Clone, C: ColumnContext> Clone for Encrypted<T, C> {
     fn clone(&self) -> Self {
-        Self { value: self.value.clone(), tenant: self.tenant.clone(), context: PhantomData }
+        Self {
+            value: self.value.clone(),
+            tenant: self.tenant.clone(),
+            context: PhantomData,
+        }
     }
 }
 

@@ -85,7 +85,10 @@ impl Context<'_> {
 }
 
 fn put_str(out: &mut Vec<u8>, field: &'static str, s: &str) -> Result<(), Error> {
-    let len = u16::try_from(s.len()).map_err(|_| Error::ContextTooLong { field, len: s.len() })?;
+    let len = u16::try_from(s.len()).map_err(|_| Error::ContextTooLong {
+        field,
+        len: s.len(),
+    })?;
     out.extend_from_slice(&len.to_be_bytes());
     out.extend_from_slice(s.as_bytes());
     Ok(())
@@ -96,7 +99,13 @@ fn put_str(out: &mut Vec<u8>, field: &'static str, s: &str) -> Result<(), Error>
 fn aad(header: &[u8; 6], ctx: &Context<'_>) -> Result<Vec<u8>, Error> {
     let tenant_len = ctx.tenant.map_or(0, |t| t.as_str().len() + 2);
     let mut aad = Vec::with_capacity(
-        DOMAIN.len() + 6 + 7 + ctx.table.len() + ctx.column.len() + tenant_len + ctx.value_type.len(),
+        DOMAIN.len()
+            + 6
+            + 7
+            + ctx.table.len()
+            + ctx.column.len()
+            + tenant_len
+            + ctx.value_type.len(),
     );
     aad.extend_from_slice(DOMAIN);
     aad.extend_from_slice(header);
@@ -127,24 +136,42 @@ impl Header {
     pub fn parse(sealed: &[u8]) -> Result<Self, Error> {
         // Version first, so a future format with another length is reported as a version.
         match sealed.first() {
-            None => return Err(Error::Truncated { len: 0, min: OVERHEAD }),
+            None => {
+                return Err(Error::Truncated {
+                    len: 0,
+                    min: OVERHEAD,
+                });
+            }
             Some(&VERSION) => {}
             Some(&v) => return Err(Error::UnsupportedVersion(v)),
         }
         if sealed.len() < OVERHEAD {
-            return Err(Error::Truncated { len: sealed.len(), min: OVERHEAD });
+            return Err(Error::Truncated {
+                len: sealed.len(),
+                min: OVERHEAD,
+            });
         }
         match sealed.get(1) {
             Some(&SUITE_AES256GCM) => {}
             Some(&s) => return Err(Error::UnsupportedSuite(s)),
-            None => return Err(Error::Truncated { len: sealed.len(), min: OVERHEAD }),
+            None => {
+                return Err(Error::Truncated {
+                    len: sealed.len(),
+                    min: OVERHEAD,
+                });
+            }
         }
         let id = sealed
             .get(KEY_ID_RANGE)
             .and_then(|b| <[u8; 4]>::try_from(b).ok())
             .map(u32::from_be_bytes)
-            .ok_or(Error::Truncated { len: sealed.len(), min: OVERHEAD })?;
-        Ok(Self { key_id: KeyId::from(id) })
+            .ok_or(Error::Truncated {
+                len: sealed.len(),
+                min: OVERHEAD,
+            })?;
+        Ok(Self {
+            key_id: KeyId::from(id),
+        })
     }
 }
 
@@ -198,7 +225,11 @@ pub fn seal_with_nonce<T: Plaintext>(
 /// # Errors
 /// [`Error::AuthenticationFailed`] for any tag or context mismatch, [`Error::InvalidPlaintext`]
 /// when the decrypted bytes are not a valid `T`.
-pub fn open<T: Plaintext>(key: &DataKey, ctx: &Context<'_>, mut sealed: Vec<u8>) -> Result<T, Error> {
+pub fn open<T: Plaintext>(
+    key: &DataKey,
+    ctx: &Context<'_>,
+    mut sealed: Vec<u8>,
+) -> Result<T, Error> {
     let fixed = sealed
         .get(..6)
         .and_then(|b| <[u8; 6]>::try_from(b).ok())
@@ -208,11 +239,20 @@ pub fn open<T: Plaintext>(key: &DataKey, ctx: &Context<'_>, mut sealed: Vec<u8>)
         .get(NONCE_RANGE)
         .and_then(|b| <[u8; 12]>::try_from(b).ok())
         .ok_or(Error::AuthenticationFailed)?;
-    let body_end = sealed.len().checked_sub(TAG_LEN).ok_or(Error::AuthenticationFailed)?;
+    let body_end = sealed
+        .len()
+        .checked_sub(TAG_LEN)
+        .ok_or(Error::AuthenticationFailed)?;
     let (head, tag) = sealed.split_at_mut(body_end);
     let tag = Tag::try_from(&*tag).map_err(|_| Error::AuthenticationFailed)?;
-    let body = head.get_mut(HEADER_LEN..).ok_or(Error::AuthenticationFailed)?;
-    if key.cipher.decrypt_inout_detached(&Nonce::from(nonce), &aad, body.into(), &tag).is_err() {
+    let body = head
+        .get_mut(HEADER_LEN..)
+        .ok_or(Error::AuthenticationFailed)?;
+    if key
+        .cipher
+        .decrypt_inout_detached(&Nonce::from(nonce), &aad, body.into(), &tag)
+        .is_err()
+    {
         // GCM decrypts nothing when the tag fails, but make sure of it.
         body.zeroize();
         return Err(Error::AuthenticationFailed);

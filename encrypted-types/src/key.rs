@@ -4,9 +4,9 @@
 //! A [`DataKey`] holds the expanded AES key schedule, built once when the keyring is built, so
 //! sealing a value never re-derives anything.
 
-use std::fmt;
-use aes_gcm::aead::KeyInit;
 use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::KeyInit;
+use std::fmt;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::tenant::TenantId;
@@ -51,6 +51,13 @@ impl fmt::Display for KeyId {
 /// use encrypted_types::KeyMaterial;
 /// let k = KeyMaterial::generate().unwrap();
 /// assert_eq!(format!("{k:?}"), "KeyMaterial(<redacted>)");
+/// ```
+///
+/// Key material cannot be copied by accident:
+///
+/// ```compile_fail
+/// let k = encrypted_types::KeyMaterial::generate().unwrap();
+/// let copy = k.clone();
 /// ```
 #[derive(Zeroize, ZeroizeOnDrop)]
 pub struct KeyMaterial([u8; 32]);
@@ -97,7 +104,11 @@ impl fmt::Debug for KeyMaterial {
 /// A data-encryption key (DEK) ready for use: its id, its tenant and its AES-256-GCM key schedule.
 ///
 /// Built by [`crate::KeyringBuilder`]; the key schedule is wiped on drop (aes-gcm's `zeroize`
-/// feature).
+/// feature). Not `Clone`:
+///
+/// ```compile_fail
+/// fn copy(k: &encrypted_types::DataKey) -> encrypted_types::DataKey { k.clone() }
+/// ```
 pub struct DataKey {
     pub(crate) id: KeyId,
     pub(crate) tenant: Option<TenantId>,

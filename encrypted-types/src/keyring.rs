@@ -17,7 +17,7 @@ use crate::tenant::{TenantId, describe};
 
 static INSTALLED: ArcSwapOption<Keyring> = ArcSwapOption::const_empty();
 
-/// The set of keys the process can use.
+/// The set of keys the process can use. Not `Clone`: share it through [`Keyring::current`].
 ///
 /// ```
 /// use encrypted_types::{KeyMaterial, Keyring, TenantId};
@@ -66,7 +66,9 @@ impl Keyring {
     }
 
     /// Runs `f` with the installed keyring without touching its reference count (the hot path).
-    pub(crate) fn with_current<R>(f: impl FnOnce(&Keyring) -> Result<R, Error>) -> Result<R, Error> {
+    pub(crate) fn with_current<R>(
+        f: impl FnOnce(&Keyring) -> Result<R, Error>,
+    ) -> Result<R, Error> {
         let guard = INSTALLED.load();
         let keyring = guard.as_deref().ok_or(Error::NoKeyring)?;
         f(keyring)
@@ -83,7 +85,9 @@ impl Keyring {
         };
         index
             .and_then(|i| self.keys.get(i))
-            .ok_or_else(|| Error::NoPrimaryKey { tenant: describe(tenant) })
+            .ok_or_else(|| Error::NoPrimaryKey {
+                tenant: describe(tenant),
+            })
     }
 
     /// The key with this id, for opening.
@@ -116,7 +120,10 @@ impl fmt::Debug for Keyring {
             .field("destroyed", &self.destroyed)
             .field("primary_default", &self.primary_default)
             .field("primary_by_tenant", &self.primary_by_tenant)
-            .field("blind_index_tenants", &self.blind_index.keys().collect::<Vec<_>>())
+            .field(
+                "blind_index_tenants",
+                &self.blind_index.keys().collect::<Vec<_>>(),
+            )
             .finish()
     }
 }
@@ -135,7 +142,9 @@ pub struct KeyringBuilder {
 
 impl fmt::Debug for KeyringBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeyringBuilder").field("keys", &self.keys.len()).finish_non_exhaustive()
+        f.debug_struct("KeyringBuilder")
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
     }
 }
 
@@ -190,7 +199,9 @@ impl KeyringBuilder {
         for (tenant, id) in self.primaries {
             let index = find(&id).ok_or(Error::InvalidKeyring("primary key id not present"))?;
             if keys.get(index).map(|k| &k.tenant) != Some(&tenant) {
-                return Err(Error::InvalidKeyring("primary key belongs to another tenant"));
+                return Err(Error::InvalidKeyring(
+                    "primary key belongs to another tenant",
+                ));
             }
             let duplicate = match tenant {
                 None => primary_default.replace(index).is_some(),
@@ -203,7 +214,9 @@ impl KeyringBuilder {
         let mut blind_index = HashMap::new();
         for (tenant, material) in self.blind_index {
             if blind_index.contains_key(&tenant) {
-                return Err(Error::InvalidKeyring("two blind-index root keys for one tenant"));
+                return Err(Error::InvalidKeyring(
+                    "two blind-index root keys for one tenant",
+                ));
             }
             blind_index.insert(tenant.clone(), BlindIndexRootKey::new(tenant, material));
         }

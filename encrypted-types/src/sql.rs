@@ -70,13 +70,9 @@ impl crate::Error {
     ///
     /// ```
     /// use encrypted_types::Error;
-    /// let diesel_err = diesel::result::Error::DeserializationError(Box::new(
-    ///     diesel::result::DeserializeFieldError {
-    ///         field_name: Some("email".into()),
-    ///         error: Box::new(Error::AuthenticationFailed),
-    ///     },
-    /// ));
+    /// let diesel_err = diesel::result::Error::DeserializationError(Box::new(Error::AuthenticationFailed));
     /// assert_eq!(Error::from_diesel(&diesel_err), Some(&Error::AuthenticationFailed));
+    /// assert_eq!(Error::from_diesel(&diesel::result::Error::NotFound), None);
     /// ```
     pub fn from_diesel(err: &diesel::result::Error) -> Option<&Self> {
         let (diesel::result::Error::DeserializationError(inner)

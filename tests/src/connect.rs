@@ -47,7 +47,8 @@ pub fn pg() -> PgConnection {
     install_keyring();
     pg_schema();
     let mut conn = pg_raw();
-    conn.begin_test_transaction().expect("begin test transaction");
+    conn.begin_test_transaction()
+        .expect("begin test transaction");
     conn
 }
 
@@ -56,12 +57,14 @@ pub fn mysql() -> MysqlConnection {
     install_keyring();
     mysql_schema();
     let mut conn = mysql_raw();
-    conn.begin_test_transaction().expect("begin test transaction");
+    conn.begin_test_transaction()
+        .expect("begin test transaction");
     conn
 }
 
 /// diesel-async over SQLite: the sync connection in a `SyncConnectionWrapper`.
-pub async fn async_sqlite() -> diesel_async::sync_connection_wrapper::SyncConnectionWrapper<SqliteConnection> {
+pub async fn async_sqlite()
+-> diesel_async::sync_connection_wrapper::SyncConnectionWrapper<SqliteConnection> {
     diesel_async::sync_connection_wrapper::SyncConnectionWrapper::new(sqlite())
 }
 
@@ -73,7 +76,9 @@ pub async fn async_pg() -> diesel_async::AsyncPgConnection {
     let mut conn = diesel_async::AsyncPgConnection::establish(&url)
         .await
         .unwrap_or_else(|e| unreachable("PostgreSQL", &url, &e));
-    conn.begin_test_transaction().await.expect("begin test transaction");
+    conn.begin_test_transaction()
+        .await
+        .expect("begin test transaction");
     conn
 }
 
@@ -85,6 +90,8 @@ pub async fn async_mysql() -> diesel_async::AsyncMysqlConnection {
     let mut conn = diesel_async::AsyncMysqlConnection::establish(&url)
         .await
         .unwrap_or_else(|e| unreachable("MySQL/MariaDB", &url, &e));
-    conn.begin_test_transaction().await.expect("begin test transaction");
+    conn.begin_test_transaction()
+        .await
+        .expect("begin test transaction");
     conn
 }

@@ -68,10 +68,26 @@ pub fn key_bytes(id: u32) -> [u8; 32] {
 /// primary key for each of two tenants, and a destroyed key id.
 pub fn test_keyring() -> Keyring {
     Keyring::builder()
-        .data_key(keys::DEFAULT, None, KeyMaterial::from_bytes(key_bytes(keys::DEFAULT)))
-        .data_key(keys::RETIRED, None, KeyMaterial::from_bytes(key_bytes(keys::RETIRED)))
-        .data_key(keys::CLINIC_A, Some("clinic-a".into()), KeyMaterial::from_bytes(key_bytes(10)))
-        .data_key(keys::CLINIC_B, Some("clinic-b".into()), KeyMaterial::from_bytes(key_bytes(20)))
+        .data_key(
+            keys::DEFAULT,
+            None,
+            KeyMaterial::from_bytes(key_bytes(keys::DEFAULT)),
+        )
+        .data_key(
+            keys::RETIRED,
+            None,
+            KeyMaterial::from_bytes(key_bytes(keys::RETIRED)),
+        )
+        .data_key(
+            keys::CLINIC_A,
+            Some("clinic-a".into()),
+            KeyMaterial::from_bytes(key_bytes(10)),
+        )
+        .data_key(
+            keys::CLINIC_B,
+            Some("clinic-b".into()),
+            KeyMaterial::from_bytes(key_bytes(20)),
+        )
         .destroyed_key(keys::DESTROYED)
         .primary(None, keys::DEFAULT)
         .primary(Some("clinic-a".into()), keys::CLINIC_A)
@@ -110,17 +126,21 @@ pub fn ddl(blob: &str) -> Vec<String> {
         "DROP TABLE IF EXISTS et_people".into(),
         "DROP TABLE IF EXISTS et_people_copy".into(),
         format!("CREATE TABLE et_codec (id INTEGER PRIMARY KEY, v {blob} NOT NULL, v_null {blob})"),
-        format!("CREATE TABLE et_people (id INTEGER PRIMARY KEY, email {blob} NOT NULL, name {blob} NOT NULL)"),
+        format!(
+            "CREATE TABLE et_people (id INTEGER PRIMARY KEY, email {blob} NOT NULL, name {blob} NOT NULL)"
+        ),
         format!("CREATE TABLE et_people_copy (id INTEGER PRIMARY KEY, email {blob} NOT NULL)"),
     ]
 }
 
 pub fn pg_url() -> String {
-    std::env::var("PG_DATABASE_URL").unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
+    std::env::var("PG_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://root@127.0.0.1:5432/test".into())
 }
 
 pub fn mysql_url() -> String {
-    std::env::var("MYSQL_DATABASE_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+    std::env::var("MYSQL_DATABASE_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
 }
 
 pub fn unreachable(backend: &str, url: &str, err: &dyn std::fmt::Display) -> ! {
@@ -150,8 +170,18 @@ macro_rules! same_by_eq {
     ($($t:ty),*) => {$(impl Same for $t { fn same(&self, other: &Self) -> bool { self == other } })*};
 }
 same_by_eq!(
-    String, Vec<u8>, bool, i16, i32, i64, chrono::NaiveDate, chrono::NaiveDateTime,
-    chrono::DateTime<chrono::Utc>, uuid::Uuid, serde_json::Value, encrypted_types::Json<Allergy>
+    String,
+    Vec<u8>,
+    bool,
+    i16,
+    i32,
+    i64,
+    chrono::NaiveDate,
+    chrono::NaiveDateTime,
+    chrono::DateTime<chrono::Utc>,
+    uuid::Uuid,
+    serde_json::Value,
+    encrypted_types::Json<Allergy>
 );
 
 impl Same for f64 {
@@ -216,7 +246,7 @@ macro_rules! codec_cases {
         $m!($($arg,)* uuid::Uuid, uuid::Uuid::nil());
         $m!($($arg,)* serde_json::Value, serde_json::json!({"b": [1, 2.5, null], "a": "Zoë", "c": {"d": true}}));
         $m!($($arg,)* serde_json::Value, serde_json::Value::Null);
-        $m!($($arg,)* 
+        $m!($($arg,)*
             encrypted_types::Json<$crate::Allergy>,
             encrypted_types::Json($crate::Allergy { substance: "penicillin".into(), severe: true })
         );

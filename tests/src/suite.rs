@@ -21,17 +21,34 @@ macro_rules! roundtrip_sync {
             ))
             .execute(conn)
             .unwrap();
-        let (v, n): (Encrypted<$t, $crate::CodecV>, Option<Encrypted<$t, $crate::CodecVNull>>) =
-            et_codec::table.find(id).select((et_codec::v, et_codec::v_null)).first(conn).unwrap();
+        let (v, n): (
+            Encrypted<$t, $crate::CodecV>,
+            Option<Encrypted<$t, $crate::CodecVNull>>,
+        ) = et_codec::table
+            .find(id)
+            .select((et_codec::v, et_codec::v_null))
+            .first(conn)
+            .unwrap();
         assert!((*v).same(&value), "{} did not round-trip", stringify!($v));
         assert!(n.is_none());
         diesel::update(et_codec::table.find(id))
-            .set(et_codec::v_null.eq(Some(Encrypted::<$t, $crate::CodecVNull>::new(value.clone()))))
+            .set(
+                et_codec::v_null.eq(Some(Encrypted::<$t, $crate::CodecVNull>::new(
+                    value.clone(),
+                ))),
+            )
             .execute(conn)
             .unwrap();
-        let n: Option<Encrypted<$t, $crate::CodecVNull>> =
-            et_codec::table.find(id).select(et_codec::v_null).first(conn).unwrap();
-        assert!((*n.unwrap()).same(&value), "{} did not round-trip as nullable", stringify!($v));
+        let n: Option<Encrypted<$t, $crate::CodecVNull>> = et_codec::table
+            .find(id)
+            .select(et_codec::v_null)
+            .first(conn)
+            .unwrap();
+        assert!(
+            (*n.unwrap()).same(&value),
+            "{} did not round-trip as nullable",
+            stringify!($v)
+        );
     }};
 }
 
@@ -51,22 +68,39 @@ macro_rules! roundtrip_async {
             .values((
                 et_codec::id.eq(id),
                 et_codec::v.eq(Encrypted::<$t, $crate::CodecV>::new(value.clone())),
-                et_codec::v_null.eq(Some(Encrypted::<$t, $crate::CodecVNull>::new(value.clone()))),
+                et_codec::v_null.eq(Some(Encrypted::<$t, $crate::CodecVNull>::new(
+                    value.clone(),
+                ))),
             ))
             .execute(conn)
             .await
             .unwrap();
-        let (v, n): (Encrypted<$t, $crate::CodecV>, Option<Encrypted<$t, $crate::CodecVNull>>) =
-            et_codec::table.find(id).select((et_codec::v, et_codec::v_null)).first(conn).await.unwrap();
+        let (v, n): (
+            Encrypted<$t, $crate::CodecV>,
+            Option<Encrypted<$t, $crate::CodecVNull>>,
+        ) = et_codec::table
+            .find(id)
+            .select((et_codec::v, et_codec::v_null))
+            .first(conn)
+            .await
+            .unwrap();
         assert!((*v).same(&value), "{} did not round-trip", stringify!($v));
-        assert!((*n.unwrap()).same(&value), "{} did not round-trip as nullable", stringify!($v));
+        assert!(
+            (*n.unwrap()).same(&value),
+            "{} did not round-trip as nullable",
+            stringify!($v)
+        );
         diesel::update(et_codec::table.find(id))
             .set(et_codec::v_null.eq(None::<Encrypted<$t, $crate::CodecVNull>>))
             .execute(conn)
             .await
             .unwrap();
-        let n: Option<Encrypted<$t, $crate::CodecVNull>> =
-            et_codec::table.find(id).select(et_codec::v_null).first(conn).await.unwrap();
+        let n: Option<Encrypted<$t, $crate::CodecVNull>> = et_codec::table
+            .find(id)
+            .select(et_codec::v_null)
+            .first(conn)
+            .await
+            .unwrap();
         assert!(n.is_none());
     }};
 }

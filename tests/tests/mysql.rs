@@ -1,5 +1,12 @@
 //! The suites on the MySQL/MariaDB server (`MYSQL_DATABASE_URL`), sync and with
 //! `AsyncMysqlConnection`.
+// A test reports failure by panicking: unwrap, expect and indexing are assertions here.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod sync {
     encrypted_types_tests::sync_suite!(diesel::mysql::Mysql, mysql);

@@ -1,4 +1,11 @@
 //! The suites on SQLite: in-process, sync and through diesel-async's `SyncConnectionWrapper`.
+// A test reports failure by panicking: unwrap, expect and indexing are assertions here.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 mod sync {
     encrypted_types_tests::sync_suite!(diesel::sqlite::Sqlite, sqlite);

@@ -68,6 +68,8 @@ impl<T: Serialize + DeserializeOwned> Plaintext for Json<T> {
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        serde_json::from_slice(bytes).map(Json).map_err(|_| invalid::<Self>())
+        serde_json::from_slice(bytes)
+            .map(Json)
+            .map_err(|_| invalid::<Self>())
     }
 }

@@ -25,7 +25,9 @@ fn decode_instant<T: Plaintext>(bytes: &[u8]) -> Result<NaiveDateTime, Error> {
     if nanos >= 2_000_000_000 {
         return Err(invalid::<T>());
     }
-    DateTime::from_timestamp(secs, nanos).map(|d| d.naive_utc()).ok_or_else(invalid::<T>)
+    DateTime::from_timestamp(secs, nanos)
+        .map(|d| d.naive_utc())
+        .ok_or_else(invalid::<T>)
 }
 
 impl Plaintext for NaiveDate {
@@ -33,14 +35,20 @@ impl Plaintext for NaiveDate {
 
     fn encode(&self, out: &mut SecretBuf) -> Result<(), Error> {
         // Every NaiveDate lies within +-262143 years, so its day count fits in i32.
-        let days = i32::try_from(self.signed_duration_since(EPOCH).num_days())
-            .map_err(|_| Error::Unencodable { type_name: Self::TYPE })?;
+        let days = i32::try_from(self.signed_duration_since(EPOCH).num_days()).map_err(|_| {
+            Error::Unencodable {
+                type_name: Self::TYPE,
+            }
+        })?;
         out.extend_from_slice(&days.to_be_bytes());
         Ok(())
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, Error> {
-        let days = bytes.try_into().map(i32::from_be_bytes).map_err(|_| invalid::<Self>())?;
+        let days = bytes
+            .try_into()
+            .map(i32::from_be_bytes)
+            .map_err(|_| invalid::<Self>())?;
         EPOCH
             .checked_add_signed(chrono::TimeDelta::days(i64::from(days)))
             .ok_or_else(invalid::<Self>)

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The project's test command, as README gives it. Runs everything against all three backends:
+# SQLite in-process, PostgreSQL at PG_DATABASE_URL and MySQL/MariaDB at MYSQL_DATABASE_URL
+# (defaults: this machine's servers). A server that is down fails the run; nothing is skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+pg_url=${PG_DATABASE_URL:-postgres://root@127.0.0.1:5432/test}
+my_url=${MYSQL_DATABASE_URL:-mysql://root@127.0.0.1:3306/test}
+fail=0
+if ! pg_isready -q -d "$pg_url" 2>/dev/null; then
+  echo "PostgreSQL is not reachable at $pg_url." >&2
+  echo "  Start it: pg_ctlcluster --skip-systemctl-redirect \$(ls /etc/postgresql) main start" >&2
+  fail=1
+fi
+if ! mariadb-admin --protocol=tcp -h127.0.0.1 -uroot ping >/dev/null 2>&1 \
+   && ! mysqladmin --protocol=tcp -h127.0.0.1 -uroot ping >/dev/null 2>&1; then
+  echo "MySQL/MariaDB is not reachable at $my_url." >&2
+  echo "  Start it: start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd" >&2
+  fail=1
+fi
+[ "$fail" = 0 ] || exit 1
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
+echo "== reference implementation of the format (Python) against the frozen vectors"
+python3 tests/vectors/reference.py check
+echo "== cargo test (all backends, sync and async; doctests)"
+cargo test --locked --workspace --all-features
