@@ -40,13 +40,18 @@ fn bench(c: &mut Criterion) {
                     .expect("encrypt")
             });
         });
-        seal.bench_with_input(BenchmarkId::new("raw-aes-gcm+os-nonce", size), &text, |b, t| {
-            b.iter(|| {
-                let mut n = [0u8; 12];
-                getrandom::fill(&mut n).expect("getrandom");
-                raw.encrypt(&Nonce::from(n), black_box(t.as_bytes())).expect("encrypt")
-            });
-        });
+        seal.bench_with_input(
+            BenchmarkId::new("raw-aes-gcm+os-nonce", size),
+            &text,
+            |b, t| {
+                b.iter(|| {
+                    let mut n = [0u8; 12];
+                    getrandom::fill(&mut n).expect("getrandom");
+                    raw.encrypt(&Nonce::from(n), black_box(t.as_bytes()))
+                        .expect("encrypt")
+                });
+            },
+        );
         let value: Encrypted<String, BenchCol> = Encrypted::new(text.clone());
         seal.bench_with_input(BenchmarkId::new("encrypted-types", size), &value, |b, v| {
             b.iter(|| black_box(v).seal().expect("seal"));
