@@ -28,4 +28,10 @@ cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
 echo "== reference implementation of the format (Python) against the frozen vectors"
 python3 tests/vectors/reference.py check
 echo "== cargo test (all backends, sync and async; doctests)"
-cargo test --locked --workspace --all-features
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --locked --workspace --all-features 2>&1 | tee "$log"
+# One closing line for the whole run: cargo prints one per test binary, and the last of them
+# (a crate with no doctests) says 0 passed.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+     END { printf "tests: %d passed, %d failed\n", p, f; if (p == 0 || f > 0) exit 1 }' "$log"
