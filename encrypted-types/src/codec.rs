@@ -68,6 +68,11 @@ pub trait Plaintext: Sized {
         Self::decode(&bytes)
     }
 
+    /// The value as text, for types that blind-index normalizers apply to (`String`).
+    fn as_str(&self) -> Option<&str> {
+        None
+    }
+
     /// Overwrites any heap memory the value owns. Called when an `Encrypted` value is dropped.
     fn wipe(&mut self) {}
 }
@@ -158,6 +163,10 @@ impl Plaintext for String {
 
     fn encoded_len_hint(&self) -> usize {
         self.len()
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        Some(self)
     }
 
     fn decode(bytes: &[u8]) -> Result<Self, Error> {

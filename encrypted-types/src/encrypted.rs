@@ -16,8 +16,10 @@ use crate::tenant::TenantId;
 /// In Rust it is plaintext: read it through `Deref`. In SQL it is an AES-256-GCM sealed value
 /// (SQL type `Binary`): Diesel's `ToSql` seals it under the installed [`Keyring`]'s primary key
 /// for its tenant, and `FromSql` opens it with exactly the key its header names. The table,
-/// column, tenant and type are authenticated, so a ciphertext moved anywhere else fails with
-/// [`Error::AuthenticationFailed`].
+/// column, tenant and type are authenticated, so a ciphertext moved to another column or table,
+/// or relabelled with another key id, fails with [`Error::AuthenticationFailed`]. A value copied
+/// from another tenant's row opens as that tenant's value: [`Encrypted::verify_tenant`] (which
+/// `#[derive(Encrypted)]` calls) turns that into [`Error::TenantMismatch`].
 ///
 /// `Debug` never shows the value (Diesel prints bind parameters through `Debug`), and the
 /// value's heap memory is wiped on drop.
@@ -38,7 +40,9 @@ use crate::tenant::TenantId;
 #[derive(diesel::expression::AsExpression, diesel::deserialize::FromSqlRow)]
 #[diesel(sql_type = diesel::sql_types::Binary)]
 pub struct Encrypted<T: Plaintext, C: ColumnContext = Unbound> {
-    value: T,
+    /// Always `Some`: only [`Encrypted::into_inner`], which consumes `self`, takes it out
+    /// (`Drop` wipes the value, so it cannot simply be moved out).
+    value: Option<T>,
     tenant: Option<TenantId>,
     context: PhantomData<fn() -> C>,
 }
@@ -46,20 +50,30 @@ pub struct Encrypted<T: Plaintext, C: ColumnContext = Unbound> {
 impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
     /// A value that belongs to no tenant.
     pub fn new(value: T) -> Self {
-        Self {
-            value,
-            tenant: None,
-            context: PhantomData,
-        }
+        Self::with_tenant(value, None)
     }
 
     /// A value owned by `tenant`: it is sealed with that tenant's primary key and its
     /// ciphertext opens only as that tenant's value.
     pub fn for_tenant(value: T, tenant: impl Into<TenantId>) -> Self {
+        Self::with_tenant(value, Some(tenant.into()))
+    }
+
+    /// A value owned by `tenant`, or by no tenant.
+    pub fn with_tenant(value: T, tenant: Option<TenantId>) -> Self {
         Self {
-            value,
-            tenant: Some(tenant.into()),
+            value: Some(value),
+            tenant,
             context: PhantomData,
+        }
+    }
+
+    /// The plaintext.
+    pub fn get(&self) -> &T {
+        match &self.value {
+            Some(v) => v,
+            // `value` is `None` only inside `into_inner`, after which `self` is gone.
+            None => unreachable!("Encrypted value taken"),
         }
     }
 
@@ -69,12 +83,48 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
         self.tenant.as_ref()
     }
 
-    /// Takes the plaintext out, leaving `T::default()` behind to be wiped.
-    pub fn into_inner(mut self) -> T
-    where
-        T: Default,
-    {
-        std::mem::take(&mut self.value)
+    /// Checks that the value belongs to `expected`, the tenant of the row it was read from.
+    ///
+    /// `FromSql` cannot see the row, so a ciphertext copied from another tenant's row in the
+    /// same column opens (under that tenant's key) and reports that tenant. Code that reads
+    /// tenant rows by hand must call this; `#[derive(Encrypted)]` does it for every field.
+    ///
+    /// ```
+    /// use encrypted_types::{Encrypted, Error, KeyMaterial, Keyring, TenantId};
+    /// let keyring = Keyring::builder()
+    ///     .data_key(1, Some("a".into()), KeyMaterial::generate()?)
+    ///     .primary(Some("a".into()), 1)
+    ///     .build()?;
+    /// let sealed = Encrypted::<String>::for_tenant("x".into(), "a").seal_with(&keyring)?;
+    /// let opened = Encrypted::<String>::open_with(&keyring, &sealed)?;
+    /// assert!(opened.verify_tenant(Some(&"a".into()), "notes").is_ok());
+    /// assert_eq!(
+    ///     opened.verify_tenant(Some(&TenantId::from("b")), "notes"),
+    ///     Err(Error::TenantMismatch { column: "notes" })
+    /// );
+    /// # Ok::<(), Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::TenantMismatch`] naming `column` if the tenants differ.
+    pub fn verify_tenant(
+        &self,
+        expected: Option<&TenantId>,
+        column: &'static str,
+    ) -> Result<(), Error> {
+        if self.tenant.as_ref() == expected {
+            Ok(())
+        } else {
+            Err(Error::TenantMismatch { column })
+        }
+    }
+
+    /// Takes the plaintext out. The caller now owns it, and its wiping.
+    pub fn into_inner(mut self) -> T {
+        match self.value.take() {
+            Some(v) => v,
+            None => unreachable!("Encrypted value taken"),
+        }
     }
 
     fn context(&self) -> Context<'_> {
@@ -104,7 +154,7 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
     /// [`Error::NoPrimaryKey`], or an encoding error.
     pub fn seal_with(&self, keyring: &Keyring) -> Result<Vec<u8>, Error> {
         let key = keyring.primary_key(self.tenant.as_ref())?;
-        format::seal(key, &self.context(), &self.value)
+        format::seal(key, &self.context(), self.get())
     }
 
     /// Opens a sealed value with the installed keyring.
@@ -145,17 +195,15 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
         let key = keyring.key(header.key_id)?;
         let ctx = Self::context_for(key.tenant());
         let value = format::open(key, &ctx, sealed)?;
-        Ok(Self {
-            value,
-            tenant: key.tenant().cloned(),
-            context: PhantomData,
-        })
+        Ok(Self::with_tenant(value, key.tenant().cloned()))
     }
 }
 
 impl<T: Plaintext, C: ColumnContext> Drop for Encrypted<T, C> {
     fn drop(&mut self) {
-        self.value.wipe();
+        if let Some(v) = &mut self.value {
+            v.wipe();
+        }
     }
 }
 
@@ -163,7 +211,7 @@ impl<T: Plaintext, C: ColumnContext> Deref for Encrypted<T, C> {
     type Target = T;
 
     fn deref(&self) -> &T {
-        &self.value
+        self.get()
     }
 }
 
@@ -185,7 +233,7 @@ impl<T: Plaintext + Clone, C: ColumnContext> Clone for Encrypted<T, C> {
 
 impl<T: Plaintext + PartialEq, C: ColumnContext> PartialEq for Encrypted<T, C> {
     fn eq(&self, other: &Self) -> bool {
-        self.value == other.value && self.tenant == other.tenant
+        self.get() == other.get() && self.tenant == other.tenant
     }
 }
 

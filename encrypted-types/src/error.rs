@@ -73,6 +73,22 @@ pub enum Error {
         /// Its length.
         len: usize,
     },
+    /// The keyring has no blind-index root key for this tenant.
+    #[error("no blind-index key for tenant {tenant}")]
+    NoBlindIndexKey {
+        /// The tenant, or `(none)`.
+        tenant: String,
+    },
+    /// A value opened with a key of another tenant than its row's: it was copied across
+    /// tenants.
+    #[error("value in column {column} belongs to another tenant than its row")]
+    TenantMismatch {
+        /// The column.
+        column: &'static str,
+    },
+    /// A blind index was misconfigured.
+    #[error("invalid blind index: {0}")]
+    InvalidIndex(&'static str),
     /// The keyring configuration is inconsistent (duplicate key id, primary key not present...).
     #[error("invalid keyring: {0}")]
     InvalidKeyring(&'static str),

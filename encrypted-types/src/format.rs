@@ -187,14 +187,22 @@ fn fixed_header(key_id: KeyId) -> [u8; 6] {
 /// # Errors
 /// [`Error::Unencodable`], [`Error::TooLarge`], [`Error::ContextTooLong`] or [`Error::Rng`].
 pub fn seal<T: Plaintext>(key: &DataKey, ctx: &Context<'_>, value: &T) -> Result<Vec<u8>, Error> {
-    let nonce = nonce::generate()?;
-    seal_with_nonce(key, ctx, value, nonce)
+    seal_inner(key, ctx, value, nonce::generate()?)
 }
 
-/// Seals with a caller-chosen nonce. Only for known-answer tests: a nonce must never repeat
-/// under one key.
-#[doc(hidden)]
+/// Seals with a caller-chosen nonce. Only for known-answer tests, behind the `test-vectors`
+/// feature: a nonce must never repeat under one key.
+#[cfg(feature = "test-vectors")]
 pub fn seal_with_nonce<T: Plaintext>(
+    key: &DataKey,
+    ctx: &Context<'_>,
+    value: &T,
+    nonce: [u8; 12],
+) -> Result<Vec<u8>, Error> {
+    seal_inner(key, ctx, value, nonce)
+}
+
+fn seal_inner<T: Plaintext>(
     key: &DataKey,
     ctx: &Context<'_>,
     value: &T,

@@ -63,7 +63,8 @@ impl fmt::Display for KeyId {
 pub struct KeyMaterial([u8; 32]);
 
 impl KeyMaterial {
-    /// Wraps raw key bytes. Prefer [`KeyMaterial::generate`] for new keys.
+    /// Wraps raw key bytes. The caller's array is a copy this type cannot wipe: prefer
+    /// [`KeyMaterial::generate`] or [`KeyMaterial::from_slice`] on a buffer you wipe.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }
@@ -73,10 +74,14 @@ impl KeyMaterial {
     /// # Errors
     /// [`crate::Error::InvalidKeyring`] if the slice has another length.
     pub fn from_slice(bytes: &[u8]) -> Result<Self, crate::Error> {
-        let arr: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| crate::Error::InvalidKeyring("key material must be 32 bytes"))?;
-        Ok(Self(arr))
+        if bytes.len() != 32 {
+            return Err(crate::Error::InvalidKeyring(
+                "key material must be 32 bytes",
+            ));
+        }
+        let mut k = Self([0; 32]);
+        k.0.copy_from_slice(bytes);
+        Ok(k)
     }
 
     /// A fresh random key from the operating system's CSPRNG.
@@ -146,8 +151,7 @@ impl fmt::Debug for DataKey {
 /// index version). Kept apart from the data keys: it never encrypts anything.
 pub struct BlindIndexRootKey {
     pub(crate) tenant: Option<TenantId>,
-    // Read by the blind-index derivation; never used to encrypt.
-    #[allow(dead_code)]
+    // Only ever an HKDF input for blind-index keys; never used to encrypt.
     pub(crate) material: KeyMaterial,
 }
 

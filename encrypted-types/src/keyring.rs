@@ -7,11 +7,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use arc_swap::ArcSwapOption;
 
 use crate::Error;
+use crate::index::{IndexMac, IndexParams, derive_mac};
 use crate::key::{BlindIndexRootKey, DataKey, KeyId, KeyMaterial};
 use crate::tenant::{TenantId, describe};
 
@@ -41,7 +42,17 @@ pub struct Keyring {
     primary_default: Option<usize>,
     primary_by_tenant: HashMap<TenantId, usize>,
     blind_index: HashMap<Option<TenantId>, BlindIndexRootKey>,
+    /// Blind-index keys derived so far: HKDF runs once per index and tenant, not per value.
+    derived: RwLock<HashMap<DerivedId, IndexMac>>,
 }
+
+type DerivedId = (
+    Option<TenantId>,
+    &'static str,
+    &'static str,
+    &'static str,
+    u32,
+);
 
 impl Keyring {
     /// Starts an empty keyring.
@@ -110,6 +121,44 @@ impl Keyring {
     /// The blind-index root key of `tenant`, if the keyring has one.
     pub fn blind_index_root(&self, tenant: Option<&TenantId>) -> Option<&BlindIndexRootKey> {
         self.blind_index.get(&tenant.cloned())
+    }
+
+    /// The keyed HMAC of one blind index for one tenant, derived on first use and cached.
+    pub(crate) fn index_mac(
+        &self,
+        params: &IndexParams,
+        tenant: Option<&TenantId>,
+        value_type: &'static str,
+    ) -> Result<IndexMac, Error> {
+        let id = (
+            tenant.cloned(),
+            params.table,
+            params.column,
+            value_type,
+            params.version,
+        );
+        if let Some(mac) = self
+            .derived
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+        {
+            return Ok(mac.clone());
+        }
+        let root = self
+            .blind_index_root(tenant)
+            .ok_or_else(|| Error::NoBlindIndexKey {
+                tenant: describe(tenant),
+            })?;
+        let mac = derive_mac(
+            root.material.expose(),
+            &params.key_info(tenant, value_type)?,
+        )?;
+        self.derived
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, mac.clone());
+        Ok(mac)
     }
 }
 
@@ -226,6 +275,7 @@ impl KeyringBuilder {
             primary_default,
             primary_by_tenant,
             blind_index,
+            derived: RwLock::default(),
         })
     }
 }

@@ -4,8 +4,9 @@
 //! `VARBINARY`). Writing one seals its value with AES-256-GCM under the process-wide
 //! [`Keyring`]; reading one opens it with exactly the key its header names. The table and column
 //! (the [`ColumnContext`] `C`), the tenant and the value type are authenticated with every
-//! value, so ciphertext copied to another column, table or tenant does not open. The byte format
-//! is specified in `docs/FORMAT.md`.
+//! value, so ciphertext copied to another column or table does not open, and one copied to
+//! another tenant's row is refused when the row is read (`#[derive(Encrypted)]`,
+//! [`Encrypted::verify_tenant`]). The byte format is specified in `docs/FORMAT.md`.
 //!
 //! ```
 //! use diesel::prelude::*;
@@ -61,8 +62,10 @@ mod context;
 mod encrypted;
 mod error;
 pub mod format;
+pub mod index;
 mod key;
 mod keyring;
+mod model;
 mod nonce;
 mod sql;
 mod tenant;
@@ -75,4 +78,18 @@ pub use encrypted::Encrypted;
 pub use error::Error;
 pub use key::{BlindIndexRootKey, DataKey, KeyId, KeyMaterial};
 pub use keyring::{Keyring, KeyringBuilder};
+pub use model::{ColumnInfo, EncryptedModel, ModelInfo};
+
+#[cfg(feature = "derive")]
+pub use encrypted_derive::Encrypted;
+
+/// What generated code reaches through, so a renamed dependency still works. Not public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::index::{BlindIndex, IndexParams, IndexSpec, Normalizer};
+    pub use crate::{
+        ColumnContext, ColumnInfo, Encrypted, EncryptedModel, Error, ModelInfo, Plaintext, TenantId,
+    };
+    pub use diesel;
+}
 pub use tenant::TenantId;

@@ -5,7 +5,13 @@
 //! `MYSQL_DATABASE_URL`, defaulting to this machine's). A server that cannot be reached fails
 //! the test with instructions; nothing is ever skipped.
 // Test support: panicking with a clear message is how a test reports a broken environment.
-#![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used, missing_docs)]
+#![allow(
+    clippy::panic,
+    clippy::expect_used,
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    missing_docs
+)]
 
 use std::sync::Once;
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -34,7 +40,24 @@ pub mod schema {
             email -> Binary,
         }
     }
+    diesel::table! {
+        et_patients (id) {
+            id -> Integer,
+            clinic_id -> BigInt,
+            name -> Binary,
+            email -> Binary,
+            email_bidx -> Binary,
+            ssn -> Binary,
+            ssn_bidx -> Binary,
+            dob -> Binary,
+            notes -> Nullable<Binary>,
+            phone -> Nullable<Binary>,
+            phone_bidx -> Nullable<Binary>,
+        }
+    }
 }
+
+pub mod models;
 
 encrypted_types::column_context!(pub CodecV = "et_codec"."v");
 encrypted_types::column_context!(pub CodecVNull = "et_codec"."v_null");
@@ -54,6 +77,9 @@ pub mod keys {
     pub const CLINIC_A: u32 = 10;
     pub const CLINIC_B: u32 = 20;
     pub const DESTROYED: u32 = 99;
+    /// Tenants `1` and `2`, the `clinic_id`s of the derive tests.
+    pub const TENANT_1: u32 = 31;
+    pub const TENANT_2: u32 = 32;
 }
 
 pub fn key_bytes(id: u32) -> [u8; 32] {
@@ -88,10 +114,25 @@ pub fn test_keyring() -> Keyring {
             Some("clinic-b".into()),
             KeyMaterial::from_bytes(key_bytes(20)),
         )
+        .data_key(
+            keys::TENANT_1,
+            Some("1".into()),
+            KeyMaterial::from_bytes(key_bytes(31)),
+        )
+        .data_key(
+            keys::TENANT_2,
+            Some("2".into()),
+            KeyMaterial::from_bytes(key_bytes(32)),
+        )
         .destroyed_key(keys::DESTROYED)
         .primary(None, keys::DEFAULT)
         .primary(Some("clinic-a".into()), keys::CLINIC_A)
         .primary(Some("clinic-b".into()), keys::CLINIC_B)
+        .primary(Some("1".into()), keys::TENANT_1)
+        .primary(Some("2".into()), keys::TENANT_2)
+        .blind_index_root(None, KeyMaterial::from_bytes(key_bytes(200)))
+        .blind_index_root(Some("1".into()), KeyMaterial::from_bytes(key_bytes(201)))
+        .blind_index_root(Some("2".into()), KeyMaterial::from_bytes(key_bytes(202)))
         .build()
         .expect("test keyring is valid")
 }
@@ -121,7 +162,22 @@ pub fn lib_error(e: &diesel::result::Error) -> Option<&encrypted_types::Error> {
 
 /// The test tables' DDL for one backend. `blob` is the backend's binary type.
 pub fn ddl(blob: &str) -> Vec<String> {
+    // MySQL cannot index a BLOB without a prefix length; the fixed-size index fits VARBINARY.
+    let bidx = if blob == "LONGBLOB" {
+        "VARBINARY(32)"
+    } else {
+        blob
+    };
     vec![
+        "DROP TABLE IF EXISTS et_patients".into(),
+        format!(
+            "CREATE TABLE et_patients (id INTEGER PRIMARY KEY, clinic_id BIGINT NOT NULL, \
+             name {blob} NOT NULL, email {blob} NOT NULL, email_bidx {bidx} NOT NULL, \
+             ssn {blob} NOT NULL, ssn_bidx {bidx} NOT NULL, dob {blob} NOT NULL, notes {blob}, \
+             phone {blob}, phone_bidx {bidx})"
+        ),
+        "CREATE INDEX et_patients_email ON et_patients (clinic_id, email_bidx)".into(),
+        "CREATE INDEX et_patients_ssn ON et_patients (clinic_id, ssn_bidx)".into(),
         "DROP TABLE IF EXISTS et_codec".into(),
         "DROP TABLE IF EXISTS et_people".into(),
         "DROP TABLE IF EXISTS et_people_copy".into(),
@@ -156,6 +212,7 @@ pub fn unreachable(backend: &str, url: &str, err: &dyn std::fmt::Display) -> ! {
 }
 
 mod connect;
+pub mod derive_suite;
 mod suite;
 
 pub use connect::*;

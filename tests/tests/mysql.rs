@@ -15,3 +15,12 @@ mod sync {
 mod via_async {
     encrypted_types_tests::async_suite!(async_mysql);
 }
+
+mod derive_sync {
+    encrypted_types_tests::derive_suite!(diesel::mysql::Mysql, mysql);
+}
+
+mod derive_async {
+    encrypted_types_tests::derive_async_suite!(async_mysql);
+    encrypted_types_tests::derive_async_batch_suite!(async_mysql);
+}

@@ -14,3 +14,12 @@ mod sync {
 mod via_async {
     encrypted_types_tests::async_suite!(async_pg);
 }
+
+mod derive_sync {
+    encrypted_types_tests::derive_suite!(diesel::pg::Pg, pg);
+}
+
+mod derive_async {
+    encrypted_types_tests::derive_async_suite!(async_pg);
+    encrypted_types_tests::derive_async_batch_suite!(async_pg);
+}

@@ -14,3 +14,11 @@ mod sync {
 mod via_async {
     encrypted_types_tests::async_suite!(async_sqlite);
 }
+
+mod derive_sync {
+    encrypted_types_tests::derive_suite!(diesel::sqlite::Sqlite, sqlite);
+}
+
+mod derive_async {
+    encrypted_types_tests::derive_async_suite!(async_sqlite);
+}

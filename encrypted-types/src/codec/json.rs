@@ -32,9 +32,33 @@ impl Plaintext for serde_json::Value {
     fn decode(bytes: &[u8]) -> Result<Self, Error> {
         serde_json::from_slice(bytes).map_err(|_| invalid::<Self>())
     }
+
+    fn wipe(&mut self) {
+        wipe_value(self);
+    }
+}
+
+/// Overwrites every string a JSON value owns, object keys included.
+fn wipe_value(v: &mut serde_json::Value) {
+    use serde_json::Value;
+    use zeroize::Zeroize;
+    match std::mem::take(v) {
+        Value::String(mut s) => s.zeroize(),
+        Value::Array(mut items) => items.iter_mut().for_each(wipe_value),
+        Value::Object(map) => {
+            for (mut key, mut value) in map {
+                key.zeroize();
+                wipe_value(&mut value);
+            }
+        }
+        Value::Number(_) | Value::Bool(_) | Value::Null => {}
+    }
 }
 
 /// Any serde type, sealed as JSON.
+///
+/// `Json<T>` cannot wipe an arbitrary `T` when it is dropped; seal a `serde_json::Value`
+/// (wiped on drop) or types that wipe themselves if that matters.
 ///
 /// ```
 /// use encrypted_types::{Json, Plaintext, SecretBuf};

@@ -44,6 +44,10 @@ impl Plaintext for NaiveDate {
         Ok(())
     }
 
+    fn wipe(&mut self) {
+        *self = EPOCH;
+    }
+
     fn decode(bytes: &[u8]) -> Result<Self, Error> {
         let days = bytes
             .try_into()
@@ -66,6 +70,10 @@ impl Plaintext for NaiveDateTime {
     fn decode(bytes: &[u8]) -> Result<Self, Error> {
         decode_instant::<Self>(bytes)
     }
+
+    fn wipe(&mut self) {
+        *self = NaiveDateTime::default();
+    }
 }
 
 impl Plaintext for DateTime<Utc> {
@@ -78,5 +86,9 @@ impl Plaintext for DateTime<Utc> {
 
     fn decode(bytes: &[u8]) -> Result<Self, Error> {
         decode_instant::<Self>(bytes).map(|n| n.and_utc())
+    }
+
+    fn wipe(&mut self) {
+        *self = DateTime::default();
     }
 }

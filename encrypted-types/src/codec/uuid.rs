@@ -14,4 +14,8 @@ impl Plaintext for uuid::Uuid {
     fn decode(bytes: &[u8]) -> Result<Self, Error> {
         uuid::Uuid::from_slice(bytes).map_err(|_| invalid::<Self>())
     }
+
+    fn wipe(&mut self) {
+        *self = uuid::Uuid::nil();
+    }
 }

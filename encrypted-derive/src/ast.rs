@@ -1,0 +1,205 @@
+//! The model of one annotated struct, built from the parsed attributes.
+
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+use syn::{
+    Data, DeriveInput, Fields, GenericArgument, Ident, LitInt, Path, PathArguments, Type,
+    Visibility,
+};
+
+use crate::attr::{self, DeriveKind, Normalizer};
+
+pub(crate) struct Model<'a> {
+    pub(crate) ident: &'a Ident,
+    pub(crate) vis: &'a Visibility,
+    pub(crate) input: &'a DeriveInput,
+    /// The diesel table module, as written (`patients`, `schema::patients`).
+    pub(crate) table: Option<Path>,
+    pub(crate) tenant: Option<Ident>,
+    pub(crate) primary_key: Vec<Ident>,
+    pub(crate) derives: Vec<(DeriveKind, Span)>,
+    pub(crate) fields: Vec<Field<'a>>,
+}
+
+pub(crate) struct Field<'a> {
+    pub(crate) ident: &'a Ident,
+    pub(crate) ty: &'a Type,
+    pub(crate) encrypted: Option<Encrypted<'a>>,
+    pub(crate) stray_index: Option<Span>,
+}
+
+pub(crate) struct Encrypted<'a> {
+    /// `T` for a field of type `T` or `Option<T>`.
+    pub(crate) inner: &'a Type,
+    pub(crate) optional: bool,
+    /// What the type is, by its name; `None` if unsupported.
+    pub(crate) kind: Option<ValueKind>,
+    pub(crate) index: Option<Index>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ValueKind {
+    String,
+    Other,
+}
+
+pub(crate) struct Index {
+    pub(crate) span: Span,
+    pub(crate) column: Ident,
+    /// The `column = ...` the user wrote, for spans.
+    pub(crate) explicit_column: bool,
+    pub(crate) bits: Option<LitInt>,
+    pub(crate) version: Option<LitInt>,
+    pub(crate) normalize: Vec<(Normalizer, Span)>,
+}
+
+impl Index {
+    pub(crate) fn bits_value(&self) -> u16 {
+        self.bits
+            .as_ref()
+            .and_then(|b| b.base10_parse().ok())
+            .unwrap_or(256)
+    }
+
+    pub(crate) fn version_value(&self) -> u32 {
+        self.version
+            .as_ref()
+            .and_then(|v| v.base10_parse().ok())
+            .unwrap_or(1)
+    }
+}
+
+impl<'a> Model<'a> {
+    pub(crate) fn from_input(input: &'a DeriveInput) -> syn::Result<Self> {
+        let Data::Struct(data) = &input.data else {
+            return Err(syn::Error::new(
+                input.ident.span(),
+                "#[derive(Encrypted)] works on structs with named fields\nhelp: declare the model as `struct Name { field: Type, ... }`",
+            ));
+        };
+        let Fields::Named(named) = &data.fields else {
+            return Err(syn::Error::new(
+                data.fields.span(),
+                "#[derive(Encrypted)] needs named fields\nhelp: declare the model as `struct Name { field: Type, ... }`",
+            ));
+        };
+        let attrs = attr::parse_struct(&input.attrs)?;
+        let mut fields = Vec::new();
+        for f in &named.named {
+            let Some(ident) = f.ident.as_ref() else {
+                continue;
+            };
+            let fa = attr::parse_field(&f.attrs)?;
+            let encrypted = fa.encrypted.map(|_| {
+                let (inner, optional) = unwrap_option(&f.ty);
+                Encrypted {
+                    inner,
+                    optional,
+                    kind: classify(inner),
+                    index: fa.index.map(|i| Index {
+                        span: i.span,
+                        explicit_column: i.column.is_some(),
+                        column: i
+                            .column
+                            .unwrap_or_else(|| Ident::new(&format!("{ident}_bidx"), ident.span())),
+                        bits: i.bits,
+                        version: i.version,
+                        normalize: i.normalize,
+                    }),
+                }
+            });
+            fields.push(Field {
+                ident,
+                ty: &f.ty,
+                encrypted,
+                stray_index: fa.stray_index,
+            });
+        }
+        let default_derives = [
+            DeriveKind::Queryable,
+            DeriveKind::Selectable,
+            DeriveKind::Insertable,
+            DeriveKind::AsChangeset,
+        ];
+        Ok(Model {
+            ident: &input.ident,
+            vis: &input.vis,
+            input,
+            table: attrs.table,
+            tenant: attrs.tenant,
+            primary_key: attrs
+                .primary_key
+                .unwrap_or_else(|| vec![Ident::new("id", Span::call_site())]),
+            derives: attrs.derives.unwrap_or_else(|| {
+                default_derives
+                    .iter()
+                    .map(|d| (*d, Span::call_site()))
+                    .collect()
+            }),
+            fields,
+        })
+    }
+
+    pub(crate) fn wants(&self, kind: DeriveKind) -> bool {
+        self.derives.iter().any(|(d, _)| *d == kind)
+    }
+
+    /// The SQL table name: the last segment of the table path.
+    pub(crate) fn table_name(&self) -> String {
+        self.table
+            .as_ref()
+            .and_then(|p| p.segments.last())
+            .map(|s| s.ident.to_string())
+            .unwrap_or_default()
+    }
+
+    pub(crate) fn encrypted_fields(&self) -> impl Iterator<Item = (&Field<'a>, &Encrypted<'a>)> {
+        self.fields
+            .iter()
+            .filter_map(|f| f.encrypted.as_ref().map(|e| (f, e)))
+    }
+
+    pub(crate) fn tenant_field(&self) -> Option<&Field<'a>> {
+        let t = self.tenant.as_ref()?;
+        self.fields.iter().find(|f| f.ident == t)
+    }
+}
+
+/// `Option<T>` gives `(T, true)`, anything else `(ty, false)`.
+pub(crate) fn unwrap_option(ty: &Type) -> (&Type, bool) {
+    if let Type::Path(p) = ty
+        && p.qself.is_none()
+        && let Some(last) = p.path.segments.last()
+        && last.ident == "Option"
+        && let PathArguments::AngleBracketed(args) = &last.arguments
+        && let Some(GenericArgument::Type(inner)) = args.args.first()
+    {
+        return (inner, true);
+    }
+    (ty, false)
+}
+
+/// The supported value types, recognised by their last path segment.
+pub(crate) const SUPPORTED: &str = "String, Vec<u8>, bool, i16, i32, i64, f64, NaiveDate, NaiveDateTime, DateTime<Utc>, Uuid, serde_json::Value, Json<T>, and Option<_> of any of them";
+
+fn classify(ty: &Type) -> Option<ValueKind> {
+    let Type::Path(p) = ty else { return None };
+    let last = p.path.segments.last()?;
+    let name = last.ident.to_string();
+    match name.as_str() {
+        "String" => Some(ValueKind::String),
+        "bool" | "i16" | "i32" | "i64" | "f64" | "NaiveDate" | "NaiveDateTime" | "Uuid"
+        | "Value" | "Json" => Some(ValueKind::Other),
+        "DateTime" => Some(ValueKind::Other),
+        "Vec" => match &last.arguments {
+            PathArguments::AngleBracketed(a) => match a.args.first() {
+                Some(GenericArgument::Type(Type::Path(inner))) if inner.path.is_ident("u8") => {
+                    Some(ValueKind::Other)
+                }
+                _ => None,
+            },
+            _ => None,
+        },
+        _ => None,
+    }
+}

@@ -1,0 +1,231 @@
+//! Parsing of the `#[encrypted(...)]` attributes (and the `#[diesel(...)]` keys we read).
+
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+use syn::{Attribute, Ident, LitInt, LitStr, Path};
+
+/// Keywords, in one place so error messages and parsers agree.
+pub(crate) mod kw {
+    pub(crate) const STRUCT_KEYS: &str = "table, tenant, primary_key, derive";
+    pub(crate) const FIELD_KEYS: &str = "blind_index";
+    pub(crate) const INDEX_KEYS: &str = "normalize, bits, column, version";
+    pub(crate) const NORMALIZERS: &str = "trim, lowercase, email, digits, casefold";
+    pub(crate) const DERIVES: &str = "Queryable, Selectable, Insertable, AsChangeset";
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum DeriveKind {
+    Queryable,
+    Selectable,
+    Insertable,
+    AsChangeset,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Normalizer {
+    Trim,
+    Lowercase,
+    Email,
+    Digits,
+    Casefold,
+}
+
+impl Normalizer {
+    pub(crate) fn variant(self) -> &'static str {
+        match self {
+            Self::Trim => "Trim",
+            Self::Lowercase => "Lowercase",
+            Self::Email => "Email",
+            Self::Digits => "Digits",
+            Self::Casefold => "Casefold",
+        }
+    }
+}
+
+/// The struct-level attributes.
+#[derive(Default)]
+pub(crate) struct StructAttrs {
+    pub(crate) table: Option<Path>,
+    pub(crate) tenant: Option<Ident>,
+    pub(crate) primary_key: Option<Vec<Ident>>,
+    pub(crate) derives: Option<Vec<(DeriveKind, Span)>>,
+}
+
+/// One field's attributes.
+#[derive(Default)]
+pub(crate) struct FieldAttrs {
+    /// Span of the `#[encrypted]` attribute, if present.
+    pub(crate) encrypted: Option<Span>,
+    pub(crate) index: Option<IndexAttr>,
+    /// A stray `#[blind_index]` outside `#[encrypted(...)]`.
+    pub(crate) stray_index: Option<Span>,
+}
+
+pub(crate) struct IndexAttr {
+    pub(crate) span: Span,
+    pub(crate) normalize: Vec<(Normalizer, Span)>,
+    pub(crate) bits: Option<LitInt>,
+    pub(crate) column: Option<Ident>,
+    pub(crate) version: Option<LitInt>,
+}
+
+fn unknown(span: Span, what: &str, valid: &str) -> syn::Error {
+    syn::Error::new(
+        span,
+        format!("unknown {what}\nhelp: valid options are: {valid}"),
+    )
+}
+
+pub(crate) fn parse_struct(attrs: &[Attribute]) -> syn::Result<StructAttrs> {
+    let mut out = StructAttrs::default();
+    for attr in attrs {
+        if attr.path().is_ident("encrypted") {
+            attr.parse_nested_meta(|meta| {
+                if meta.path.is_ident("table") {
+                    out.table = Some(meta.value()?.parse()?);
+                } else if meta.path.is_ident("tenant") {
+                    out.tenant = Some(meta.value()?.parse()?);
+                } else if meta.path.is_ident("primary_key") {
+                    out.primary_key = Some(parse_idents(&meta)?);
+                } else if meta.path.is_ident("derive") {
+                    let mut list = Vec::new();
+                    meta.parse_nested_meta(|d| {
+                        let kind = match d.path.get_ident().map(ToString::to_string).as_deref() {
+                            Some("Queryable") => DeriveKind::Queryable,
+                            Some("Selectable") => DeriveKind::Selectable,
+                            Some("Insertable") => DeriveKind::Insertable,
+                            Some("AsChangeset") => DeriveKind::AsChangeset,
+                            _ => return Err(unknown(d.path.span(), "derive", kw::DERIVES)),
+                        };
+                        list.push((kind, d.path.span()));
+                        Ok(())
+                    })?;
+                    out.derives = Some(list);
+                } else {
+                    return Err(unknown(
+                        meta.path.span(),
+                        "key in #[encrypted(...)]",
+                        kw::STRUCT_KEYS,
+                    ));
+                }
+                Ok(())
+            })?;
+        } else if attr.path().is_ident("diesel") {
+            // Read the keys diesel users already write; leave the rest to diesel.
+            attr.parse_nested_meta(|meta| {
+                if meta.path.is_ident("table_name") {
+                    let path: Path = meta.value()?.parse()?;
+                    out.table.get_or_insert(path);
+                } else if meta.path.is_ident("primary_key") {
+                    let pk = parse_idents(&meta)?;
+                    out.primary_key.get_or_insert(pk);
+                } else if meta.input.peek(syn::Token![=]) {
+                    let _: proc_macro2::TokenStream = meta.value()?.parse()?;
+                } else if meta.input.peek(syn::token::Paren) {
+                    let _content;
+                    syn::parenthesized!(_content in meta.input);
+                    let _: proc_macro2::TokenStream = _content.parse()?;
+                }
+                Ok(())
+            })?;
+        }
+    }
+    Ok(out)
+}
+
+fn parse_idents(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<Vec<Ident>> {
+    let mut idents = Vec::new();
+    meta.parse_nested_meta(|m| {
+        idents.push(m.path.require_ident()?.clone());
+        Ok(())
+    })?;
+    Ok(idents)
+}
+
+pub(crate) fn parse_field(attrs: &[Attribute]) -> syn::Result<FieldAttrs> {
+    let mut out = FieldAttrs::default();
+    for attr in attrs {
+        if attr.path().is_ident("blind_index") {
+            out.stray_index = Some(attr.span());
+        }
+        if !attr.path().is_ident("encrypted") {
+            continue;
+        }
+        out.encrypted = Some(attr.span());
+        if matches!(attr.meta, syn::Meta::Path(_)) {
+            continue;
+        }
+        attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("blind_index") {
+                let mut index = IndexAttr {
+                    span: meta.path.span(),
+                    normalize: Vec::new(),
+                    bits: None,
+                    column: None,
+                    version: None,
+                };
+                if meta.input.peek(syn::token::Paren) {
+                    meta.parse_nested_meta(|m| parse_index_key(&m, &mut index))?;
+                }
+                out.index = Some(index);
+                Ok(())
+            } else {
+                Err(unknown(
+                    meta.path.span(),
+                    "key in #[encrypted(...)] on a field",
+                    kw::FIELD_KEYS,
+                ))
+            }
+        })?;
+    }
+    Ok(out)
+}
+
+fn parse_index_key(m: &syn::meta::ParseNestedMeta<'_>, index: &mut IndexAttr) -> syn::Result<()> {
+    if m.path.is_ident("normalize") {
+        if m.input.peek(syn::token::Paren) {
+            m.parse_nested_meta(|n| {
+                index.normalize.push(normalizer(n.path.require_ident()?)?);
+                Ok(())
+            })
+        } else {
+            let value = m.value()?;
+            // Accept both `normalize = email` and `normalize = "email"`.
+            let ident = if value.peek(LitStr) {
+                let lit: LitStr = value.parse()?;
+                Ident::new(&lit.value(), lit.span())
+            } else {
+                value.parse()?
+            };
+            index.normalize.push(normalizer(&ident)?);
+            Ok(())
+        }
+    } else if m.path.is_ident("bits") {
+        index.bits = Some(m.value()?.parse()?);
+        Ok(())
+    } else if m.path.is_ident("column") {
+        index.column = Some(m.value()?.parse()?);
+        Ok(())
+    } else if m.path.is_ident("version") {
+        index.version = Some(m.value()?.parse()?);
+        Ok(())
+    } else {
+        Err(unknown(
+            m.path.span(),
+            "key in blind_index(...)",
+            kw::INDEX_KEYS,
+        ))
+    }
+}
+
+fn normalizer(ident: &Ident) -> syn::Result<(Normalizer, Span)> {
+    let n = match ident.to_string().as_str() {
+        "trim" => Normalizer::Trim,
+        "lowercase" => Normalizer::Lowercase,
+        "email" => Normalizer::Email,
+        "digits" => Normalizer::Digits,
+        "casefold" => Normalizer::Casefold,
+        _ => return Err(unknown(ident.span(), "normalizer", kw::NORMALIZERS)),
+    };
+    Ok((n, ident.span()))
+}

@@ -1,0 +1,494 @@
+//! Code generation. Everything lands in `const _: () = { ... };` and reaches its dependencies
+//! through `::encrypted_types::__private`, so user code sees only the trait impls and the
+//! inherent methods on the model.
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote};
+use syn::Ident;
+
+use crate::ast::{Encrypted, Field, Model};
+use crate::attr::DeriveKind;
+
+struct Names {
+    read: Ident,
+    write: Ident,
+}
+
+pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
+    let et = quote!(::encrypted_types::__private);
+    let diesel = quote!(#et::diesel);
+    let ident = model.ident;
+    let names = Names {
+        read: format_ident!("__{}Read", ident),
+        write: format_ident!("__{}Write", ident),
+    };
+
+    let markers = markers(model, &et);
+    let meta = metadata(model, &et);
+    let read = if model.wants(DeriveKind::Queryable) || model.wants(DeriveKind::Selectable) {
+        read_side(model, &names, &et, &diesel)
+    } else {
+        TokenStream::new()
+    };
+    let write = if model.wants(DeriveKind::Insertable) || model.wants(DeriveKind::AsChangeset) {
+        write_side(model, &names, &et, &diesel)
+    } else {
+        TokenStream::new()
+    };
+    let queries = queries(model, &names, &et, &diesel);
+
+    quote! {
+        #[allow(non_camel_case_types, non_snake_case, unused_qualifications, dead_code, clippy::all)]
+        const _: () = {
+            #markers
+            #meta
+            #read
+            #write
+            #queries
+        };
+    }
+}
+
+fn ctx_ident(model: &Model<'_>, f: &Field<'_>) -> Ident {
+    format_ident!("__{}Column_{}", model.ident, f.ident)
+}
+
+fn idx_ident(model: &Model<'_>, f: &Field<'_>) -> Ident {
+    format_ident!("__{}Index_{}", model.ident, f.ident)
+}
+
+/// `Encrypted<T, Ctx>` or `Option<Encrypted<T, Ctx>>`.
+fn sealed_ty(model: &Model<'_>, f: &Field<'_>, e: &Encrypted<'_>, et: &TokenStream) -> TokenStream {
+    let inner = e.inner;
+    let ctx = ctx_ident(model, f);
+    let ty = quote!(#et::Encrypted<#inner, #ctx>);
+    if e.optional {
+        quote!(::core::option::Option<#ty>)
+    } else {
+        ty
+    }
+}
+
+/// `BlindIndex<T, Idx>` or `Option<BlindIndex<T, Idx>>`.
+fn index_ty(model: &Model<'_>, f: &Field<'_>, e: &Encrypted<'_>, et: &TokenStream) -> TokenStream {
+    let inner = e.inner;
+    let idx = idx_ident(model, f);
+    let ty = quote!(#et::BlindIndex<#inner, #idx>);
+    if e.optional {
+        quote!(::core::option::Option<#ty>)
+    } else {
+        ty
+    }
+}
+
+/// An expression of the row's tenant, `Option<TenantId>`, from `base.tenant_field`.
+fn tenant_of(model: &Model<'_>, base: &TokenStream, et: &TokenStream) -> TokenStream {
+    match &model.tenant {
+        Some(t) => {
+            quote!(::core::option::Option::Some(#et::TenantId::from(::core::clone::Clone::clone(&#base.#t))))
+        }
+        None => quote!(::core::option::Option::None),
+    }
+}
+
+fn markers(model: &Model<'_>, et: &TokenStream) -> TokenStream {
+    let table_name = model.table_name();
+    let mut out = TokenStream::new();
+    for (f, e) in model.encrypted_fields() {
+        let ctx = ctx_ident(model, f);
+        let column = f.ident.to_string();
+        out.extend(quote! {
+            #[doc(hidden)]
+            #[derive(Debug, Clone, Copy)]
+            pub struct #ctx;
+            impl #et::ColumnContext for #ctx {
+                const TABLE: &'static str = #table_name;
+                const COLUMN: &'static str = #column;
+            }
+        });
+        if let Some(index) = &e.index {
+            let idx = idx_ident(model, f);
+            let index_column = index.column.to_string();
+            let (version, bits) = (index.version_value(), index.bits_value());
+            let steps = index
+                .normalize
+                .iter()
+                .map(|(n, _)| format_ident!("{}", n.variant()));
+            out.extend(quote! {
+                #[doc(hidden)]
+                pub struct #idx;
+                impl #et::IndexSpec for #idx {
+                    const PARAMS: #et::IndexParams = #et::IndexParams {
+                        table: #table_name,
+                        column: #column,
+                        index_column: #index_column,
+                        version: #version,
+                        bits: #bits,
+                        normalize: &[#(#et::Normalizer::#steps),*],
+                    };
+                }
+            });
+        }
+    }
+    out
+}
+
+fn metadata(model: &Model<'_>, et: &TokenStream) -> TokenStream {
+    let ident = model.ident;
+    let table_name = model.table_name();
+    let pk = model.primary_key.iter().map(ToString::to_string);
+    let tenant = match &model.tenant {
+        Some(t) => {
+            let t = t.to_string();
+            quote!(::core::option::Option::Some(#t))
+        }
+        None => quote!(::core::option::Option::None),
+    };
+    let columns = model.encrypted_fields().map(|(f, e)| {
+        let column = f.ident.to_string();
+        let inner = e.inner;
+        let nullable = e.optional;
+        let indexes = e.index.iter().map(|_| {
+            let idx = idx_ident(model, f);
+            quote!(<#idx as #et::IndexSpec>::PARAMS)
+        });
+        quote! {
+            #et::ColumnInfo {
+                column: #column,
+                value_type: <#inner as #et::Plaintext>::TYPE,
+                nullable: #nullable,
+                indexes: &[#(#indexes),*],
+            }
+        }
+    });
+    quote! {
+        impl #et::EncryptedModel for #ident {
+            const MODEL: #et::ModelInfo = #et::ModelInfo {
+                table: #table_name,
+                primary_key: &[#(#pk),*],
+                tenant_column: #tenant,
+                columns: &[#(#columns),*],
+            };
+        }
+    }
+}
+
+fn read_side(
+    model: &Model<'_>,
+    names: &Names,
+    et: &TokenStream,
+    diesel: &TokenStream,
+) -> TokenStream {
+    let ident = model.ident;
+    let read = &names.read;
+    let table = &model.table;
+    let fields = model.fields.iter().map(|f| {
+        let name = f.ident;
+        let ty = match &f.encrypted {
+            Some(e) => sealed_ty(model, f, e, et),
+            None => {
+                let ty = f.ty;
+                quote!(#ty)
+            }
+        };
+        quote!(#name: #ty)
+    });
+    let tenant = tenant_of(model, &quote!(row), et);
+    let checks = model.encrypted_fields().map(|(f, e)| {
+        let name = f.ident;
+        let column = name.to_string();
+        if e.optional {
+            quote! {
+                if let ::core::option::Option::Some(v) = &row.#name {
+                    v.verify_tenant(__tenant.as_ref(), #column)?;
+                }
+            }
+        } else {
+            quote!(row.#name.verify_tenant(__tenant.as_ref(), #column)?;)
+        }
+    });
+    let build = model.fields.iter().map(|f| {
+        let name = f.ident;
+        match &f.encrypted {
+            Some(e) if e.optional => quote!(#name: row.#name.map(#et::Encrypted::into_inner)),
+            Some(_) => quote!(#name: row.#name.into_inner()),
+            None => quote!(#name: row.#name),
+        }
+    });
+    let selectable = model.wants(DeriveKind::Selectable).then(|| {
+        quote! {
+            impl<__DB: #diesel::backend::Backend> #diesel::prelude::Selectable<__DB> for #ident {
+                type SelectExpression = <#read as #diesel::prelude::Selectable<__DB>>::SelectExpression;
+                fn construct_selection() -> Self::SelectExpression {
+                    <#read as #diesel::prelude::Selectable<__DB>>::construct_selection()
+                }
+            }
+        }
+    });
+    let queryable = model.wants(DeriveKind::Queryable).then(|| {
+        quote! {
+            impl<__ST, __DB: #diesel::backend::Backend> #diesel::prelude::Queryable<__ST, __DB> for #ident
+            where
+                #read: #diesel::prelude::Queryable<__ST, __DB>,
+            {
+                type Row = <#read as #diesel::prelude::Queryable<__ST, __DB>>::Row;
+                fn build(row: Self::Row) -> #diesel::deserialize::Result<Self> {
+                    let row = <#read as #diesel::prelude::Queryable<__ST, __DB>>::build(row)?;
+                    // Each value opened under its header's key; the row's tenant must own it.
+                    let __tenant: ::core::option::Option<#et::TenantId> = #tenant;
+                    #(#checks)*
+                    ::core::result::Result::Ok(Self { #(#build),* })
+                }
+            }
+        }
+    });
+    quote! {
+        #[doc(hidden)]
+        #[derive(#diesel::prelude::Queryable, #diesel::prelude::Selectable)]
+        #[diesel(table_name = #table)]
+        pub struct #read { #(#fields),* }
+        #selectable
+        #queryable
+    }
+}
+
+fn write_side(
+    model: &Model<'_>,
+    names: &Names,
+    et: &TokenStream,
+    diesel: &TokenStream,
+) -> TokenStream {
+    let ident = model.ident;
+    let write = &names.write;
+    let table = &model.table;
+    let pk = &model.primary_key;
+    let mut fields = Vec::new();
+    let mut init = Vec::new();
+    for f in &model.fields {
+        let name = f.ident;
+        match &f.encrypted {
+            None => {
+                let ty = f.ty;
+                fields.push(quote!(#name: #ty));
+                init.push(quote!(#name: ::core::clone::Clone::clone(&m.#name)));
+            }
+            Some(e) => {
+                let ty = sealed_ty(model, f, e, et);
+                fields.push(quote!(#name: #ty));
+                let seal = |v: TokenStream| quote!(#et::Encrypted::with_tenant(::core::clone::Clone::clone(#v), ::core::clone::Clone::clone(&__tenant)));
+                init.push(if e.optional {
+                    let s = seal(quote!(v));
+                    quote!(#name: m.#name.as_ref().map(|v| #s))
+                } else {
+                    let s = seal(quote!(&m.#name));
+                    quote!(#name: #s)
+                });
+                if let Some(index) = &e.index {
+                    let column = &index.column;
+                    let ty = index_ty(model, f, e, et);
+                    fields.push(quote!(#column: #ty));
+                    let index = |v: TokenStream| quote!(#et::BlindIndex::for_tenant(::core::clone::Clone::clone(#v), ::core::clone::Clone::clone(&__tenant)));
+                    init.push(if e.optional {
+                        let i = index(quote!(v));
+                        quote!(#column: m.#name.as_ref().map(|v| #i))
+                    } else {
+                        let i = index(quote!(&m.#name));
+                        quote!(#column: #i)
+                    });
+                }
+            }
+        }
+    }
+    let tenant = tenant_of(model, &quote!(m), et);
+    let mut derives = Vec::new();
+    let mut impls = TokenStream::new();
+    if model.wants(DeriveKind::Insertable) {
+        derives.push(quote!(#diesel::prelude::Insertable));
+        impls.extend(quote! {
+            impl<'__a> #diesel::prelude::Insertable<#table::table> for &'__a #ident {
+                type Values = <#write as #diesel::prelude::Insertable<#table::table>>::Values;
+                fn values(self) -> Self::Values {
+                    #diesel::prelude::Insertable::<#table::table>::values(#write::from(self))
+                }
+            }
+            impl #diesel::prelude::Insertable<#table::table> for #ident {
+                type Values = <#write as #diesel::prelude::Insertable<#table::table>>::Values;
+                fn values(self) -> Self::Values {
+                    #diesel::prelude::Insertable::<#table::table>::values(#write::from(&self))
+                }
+            }
+            impl #ident {
+                /// The rows to pass to `diesel::insert_into(..).values(..)` for a batch insert:
+                /// each with its values sealed and its blind indexes computed.
+                #[allow(dead_code)]
+                pub fn batch(models: &[Self]) -> ::std::vec::Vec<#write> {
+                    models.iter().map(#write::from).collect()
+                }
+            }
+        });
+    }
+    if model.wants(DeriveKind::AsChangeset) {
+        derives.push(quote!(#diesel::prelude::AsChangeset));
+        impls.extend(quote! {
+            impl<'__a> #diesel::prelude::AsChangeset for &'__a #ident {
+                type Target = <#write as #diesel::prelude::AsChangeset>::Target;
+                type Changeset = <#write as #diesel::prelude::AsChangeset>::Changeset;
+                fn as_changeset(self) -> Self::Changeset {
+                    #diesel::prelude::AsChangeset::as_changeset(#write::from(self))
+                }
+            }
+            impl #diesel::prelude::AsChangeset for #ident {
+                type Target = <#write as #diesel::prelude::AsChangeset>::Target;
+                type Changeset = <#write as #diesel::prelude::AsChangeset>::Changeset;
+                fn as_changeset(self) -> Self::Changeset {
+                    #diesel::prelude::AsChangeset::as_changeset(#write::from(&self))
+                }
+            }
+        });
+    }
+    quote! {
+        /// One row as written: values sealed, blind indexes beside them. Every path that
+        /// writes a field writes its index, because both come from this one conversion.
+        #[doc(hidden)]
+        #[derive(#(#derives),*)]
+        #[diesel(table_name = #table)]
+        #[diesel(primary_key(#(#pk),*))]
+        pub struct #write { #(#fields),* }
+
+        impl<'__a> ::core::convert::From<&'__a #ident> for #write {
+            fn from(m: &'__a #ident) -> Self {
+                let __tenant: ::core::option::Option<#et::TenantId> = #tenant;
+                Self { #(#init),* }
+            }
+        }
+        #impls
+    }
+}
+
+fn queries(
+    model: &Model<'_>,
+    _names: &Names,
+    et: &TokenStream,
+    diesel: &TokenStream,
+) -> TokenStream {
+    let ident = model.ident;
+    let vis = model.vis;
+    let table = &model.table;
+    let tenant_field = model.tenant_field();
+    let can_load = model.wants(DeriveKind::Queryable);
+    let cols: Vec<_> = model
+        .fields
+        .iter()
+        .map(|f| {
+            let name = f.ident;
+            quote!(#table::#name)
+        })
+        .collect();
+    let columns = quote!((#(#cols,)*));
+    let columns_ty = quote!((#(#cols,)*));
+    let mut methods = TokenStream::new();
+    for (f, e) in model.encrypted_fields() {
+        let Some(index) = &e.index else { continue };
+        let name = f.ident;
+        let inner = e.inner;
+        let idx = idx_ident(model, f);
+        let column = &index.column;
+        let eq = format_ident!("{}_eq", name);
+        let matches = format_ident!("{}_matches", name);
+        let find = format_ident!("find_by_{}", name);
+        let bidx_ty = quote!(#et::BlindIndex<#inner, #idx>);
+        let bidx_eq_ty = quote!(#diesel::dsl::Eq<#table::#column, #bidx_ty>);
+        let (tenant_param, tenant_arg, tenant_id, eq_ty, eq_expr) = match tenant_field {
+            Some(t) => {
+                let tname = t.ident;
+                let tty = t.ty;
+                (
+                    quote!(tenant: &#tty,),
+                    quote!(tenant,),
+                    quote!(::core::option::Option::Some(#et::TenantId::from(::core::clone::Clone::clone(tenant)))),
+                    quote!(#diesel::dsl::And<#diesel::dsl::Eq<#table::#tname, #tty>, #bidx_eq_ty>),
+                    quote!(#diesel::BoolExpressionMethods::and(
+                        #diesel::ExpressionMethods::eq(#table::#tname, ::core::clone::Clone::clone(tenant)),
+                        #diesel::ExpressionMethods::eq(#table::#column, index),
+                    )),
+                )
+            }
+            None => (
+                quote!(),
+                quote!(),
+                quote!(::core::option::Option::None),
+                bidx_eq_ty.clone(),
+                quote!(#diesel::ExpressionMethods::eq(#table::#column, index)),
+            ),
+        };
+        let stored = if e.optional {
+            quote!(match &self.#name { ::core::option::Option::Some(v) => v, ::core::option::Option::None => return false })
+        } else {
+            quote!(&self.#name)
+        };
+        let doc_eq = format!(
+            "A filter on the blind index of `{name}`: rows whose `{col}` matches `value` after normalization.\n\n\
+             Usable in `.filter(...)` with other filters, on sync and async connections.{trunc}",
+            col = column,
+            trunc = if index.bits_value() < 256 {
+                " This index is truncated, so unrelated rows also match: keep only the rows for which \
+                 `{name}_matches` holds, or use `find_by_{name}`, which does."
+            } else {
+                ""
+            }
+        );
+        methods.extend(quote! {
+            #[doc = #doc_eq]
+            #[allow(dead_code)]
+            #vis fn #eq(#tenant_param value: impl ::core::convert::Into<#inner>) -> #eq_ty {
+                let index: #bidx_ty = #et::BlindIndex::for_tenant(value.into(), #tenant_id);
+                #eq_expr
+            }
+
+            /// Whether this row's value equals `value` as the blind index sees it (after
+            /// normalization), checked on the decrypted value.
+            #[allow(dead_code)]
+            #vis fn #matches(&self, value: &#inner) -> bool {
+                <#idx as #et::IndexSpec>::PARAMS.same(#stored, value).unwrap_or(false)
+            }
+        });
+        if can_load {
+            let doc_find = format!(
+                "Loads the rows whose `{name}` equals `value` (after normalization): a blind-index \
+                 lookup, then a check of every candidate by decrypted equality, so a truncated index \
+                 never returns a wrong row. Sync connections; on diesel-async, filter with `{name}_eq` \
+                 and keep the rows for which `{name}_matches` holds."
+            );
+            methods.extend(quote! {
+                #[doc = #doc_find]
+                #[allow(dead_code)]
+                #vis fn #find<__C>(
+                    conn: &mut __C,
+                    #tenant_param
+                    value: impl ::core::convert::Into<#inner>,
+                ) -> #diesel::QueryResult<::std::vec::Vec<Self>>
+                where
+                    __C: #diesel::Connection,
+                    #diesel::dsl::Filter<#diesel::dsl::Select<#table::table, #columns_ty>, #eq_ty>:
+                        for<'__q> #diesel::query_dsl::LoadQuery<'__q, __C, Self>,
+                {
+                    let value: #inner = value.into();
+                    // The columns are named, not `as_select()`, so the query's type does not
+                    // depend on the backend and needs no bounds beyond `LoadQuery`.
+                    let query = #diesel::QueryDsl::filter(
+                        #diesel::QueryDsl::select(#table::table, #columns),
+                        Self::#eq(#tenant_arg ::core::clone::Clone::clone(&value)),
+                    );
+                    let rows: ::std::vec::Vec<Self> = #diesel::RunQueryDsl::load(query, conn)?;
+                    ::core::result::Result::Ok(rows.into_iter().filter(|r| r.#matches(&value)).collect())
+                }
+            });
+        }
+    }
+    if methods.is_empty() {
+        return methods;
+    }
+    quote! {
+        impl #ident { #methods }
+    }
+}

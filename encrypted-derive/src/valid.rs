@@ -1,0 +1,142 @@
+//! Semantic checks: everything that parses but is still wrong. All errors are collected and
+//! reported together, each at its own span.
+
+use std::collections::HashMap;
+
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+
+use crate::ast::{Model, SUPPORTED, ValueKind};
+use crate::attr::{DeriveKind, kw};
+
+pub(crate) fn check(model: &Model<'_>) -> syn::Result<()> {
+    let mut errors: Vec<syn::Error> = Vec::new();
+    let mut err = |span: Span, msg: String| errors.push(syn::Error::new(span, msg));
+
+    if !model.input.generics.params.is_empty() {
+        err(
+            model.input.generics.span(),
+            "#[derive(Encrypted)] does not support generic models\nhelp: remove the generic parameters".into(),
+        );
+    }
+    if model.table.is_none() {
+        err(
+            model.ident.span(),
+            "missing table name\nhelp: add `#[encrypted(table = your_table)]` (or `#[diesel(table_name = your_table)]`) naming the `diesel::table!` module".into(),
+        );
+    }
+    if model.encrypted_fields().next().is_none() {
+        err(
+            model.ident.span(),
+            "no field is marked #[encrypted]\nhelp: mark the fields to encrypt with `#[encrypted]` or `#[encrypted(blind_index)]`".into(),
+        );
+    }
+    if let Some(t) = &model.tenant {
+        match model.tenant_field() {
+            None => err(t.span(), format!("no field named `{t}` for the tenant\nhelp: `tenant = ...` names a field of this struct that holds the tenant id")),
+            Some(f) if f.encrypted.is_some() => err(t.span(), format!("the tenant field `{t}` cannot be encrypted\nhelp: the tenant selects the keys, so it is stored in clear; remove #[encrypted] from `{t}`")),
+            Some(f) if crate::ast::unwrap_option(f.ty).1 => err(f.ty.span(), "the tenant field cannot be an Option\nhelp: every row belongs to exactly one tenant".into()),
+            Some(_) => {}
+        }
+    }
+    for pk in &model.primary_key {
+        if !model.fields.iter().any(|f| f.ident == pk) && model.wants(DeriveKind::AsChangeset) {
+            err(
+                pk.span(),
+                format!(
+                    "no field named `{pk}` for the primary key\nhelp: set `#[encrypted(primary_key(...))]` to this model's primary-key fields"
+                ),
+            );
+        }
+    }
+    let mut seen_derive = Vec::new();
+    for (d, span) in &model.derives {
+        if seen_derive.contains(d) {
+            err(
+                *span,
+                format!(
+                    "`{d:?}` is listed twice\nhelp: valid options are: {}",
+                    kw::DERIVES
+                ),
+            );
+        }
+        seen_derive.push(*d);
+    }
+
+    // Every column name the write row will hold: the fields, then the companions.
+    let mut columns: HashMap<String, Span> = model
+        .fields
+        .iter()
+        .map(|f| (f.ident.to_string(), f.ident.span()))
+        .collect();
+    for f in &model.fields {
+        if let Some(span) = f.stray_index {
+            err(span, "#[blind_index] must be written inside #[encrypted(...)]: a blind index needs an encrypted field\nhelp: write `#[encrypted(blind_index(...))]`".into());
+        }
+        let Some(e) = &f.encrypted else { continue };
+        if e.kind.is_none() {
+            err(
+                f.ty.span(),
+                format!(
+                    "unsupported type for an encrypted field\nhelp: supported types are {SUPPORTED}"
+                ),
+            );
+        }
+        if model.primary_key.iter().any(|pk| pk == f.ident) {
+            err(
+                f.ident.span(),
+                format!(
+                    "the primary key `{}` cannot be encrypted\nhelp: rows are found by their primary key in SQL; keep it in clear",
+                    f.ident
+                ),
+            );
+        }
+        let Some(index) = &e.index else { continue };
+        if let Some(bits) = &index.bits {
+            match bits.base10_parse::<u32>() {
+                Ok(1..=256) => {}
+                _ => err(bits.span(), "`bits` must be between 1 and 256\nhelp: 256 (the default) keeps the whole HMAC; use `encrypted_types::index::plan(rows, distinct)` to size a truncated index".into()),
+            }
+        }
+        if let Some(v) = &index.version
+            && !matches!(v.base10_parse::<u32>(), Ok(1..))
+        {
+            err(v.span(), "`version` must be a positive integer\nhelp: versions start at 1 and grow with each blind-index key rotation".into());
+        }
+        if e.kind == Some(ValueKind::Other)
+            && let Some((_, span)) = index.normalize.first()
+        {
+            err(
+                *span,
+                format!(
+                    "normalizers apply to String fields only\nhelp: remove `normalize` here; valid normalizers for strings are: {}",
+                    kw::NORMALIZERS
+                ),
+            );
+        }
+        let name = index.column.to_string();
+        if let Some(_prev) = columns.insert(name.clone(), index.column.span()) {
+            let span = if index.explicit_column {
+                index.column.span()
+            } else {
+                index.span
+            };
+            err(
+                span,
+                format!(
+                    "duplicate column `{name}`: the blind index of `{}` would be stored in a column that another field or index already uses\nhelp: name another companion column with `blind_index(column = ...)`",
+                    f.ident
+                ),
+            );
+        }
+    }
+
+    let mut iter = errors.into_iter();
+    match iter.next() {
+        None => Ok(()),
+        Some(mut first) => {
+            first.extend(iter);
+            Err(first)
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! The models of the derive tests.
+
+use encrypted_types::Encrypted;
+
+use crate::schema;
+
+/// The representative model: five encrypted fields, three of them with blind indexes (one
+/// truncated to 16 bits, one nullable), and a tenant.
+#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[encrypted(table = schema::et_patients, tenant = clinic_id)]
+pub struct Patient {
+    pub id: i32,
+    pub clinic_id: i64,
+    #[encrypted]
+    pub name: String,
+    #[encrypted(blind_index(normalize = email))]
+    pub email: String,
+    #[encrypted(blind_index(normalize = digits, bits = 16))]
+    pub ssn: String,
+    #[encrypted]
+    pub dob: chrono::NaiveDate,
+    #[encrypted]
+    pub notes: Option<String>,
+    #[encrypted(blind_index(normalize = digits))]
+    pub phone: Option<String>,
+}
+
+/// A partial update: `None` leaves a column, and its index, as they are.
+#[derive(Debug, Encrypted)]
+#[encrypted(table = schema::et_patients, tenant = clinic_id, derive(AsChangeset))]
+pub struct PatientPatch {
+    pub id: i32,
+    pub clinic_id: i64,
+    #[encrypted(blind_index(normalize = email))]
+    pub email: Option<String>,
+    #[encrypted]
+    pub notes: Option<String>,
+}
+
+impl Patient {
+    /// A patient of clinic `clinic` with canary plaintexts.
+    pub fn sample(id: i32, clinic: i64, email: &str, ssn: &str) -> Self {
+        Self {
+            id,
+            clinic_id: clinic,
+            name: format!("{} #{id}", crate::CANARY_NAME),
+            email: email.to_owned(),
+            ssn: ssn.to_owned(),
+            dob: chrono::NaiveDate::from_ymd_opt(1980, 2, 29).unwrap(),
+            notes: Some(format!("notes of patient {id}: canary-notes")),
+            phone: None,
+        }
+    }
+}
