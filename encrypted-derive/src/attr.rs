@@ -146,7 +146,7 @@ pub(crate) fn parse_field(attrs: &[Attribute]) -> syn::Result<FieldAttrs> {
     let mut out = FieldAttrs::default();
     for attr in attrs {
         if attr.path().is_ident("blind_index") {
-            out.stray_index = Some(attr.span());
+            out.stray_index = Some(attr.path().span());
         }
         if !attr.path().is_ident("encrypted") {
             continue;

@@ -6,7 +6,7 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 use syn::Ident;
 
-use crate::ast::{Encrypted, Field, Model};
+use crate::ast::{Encrypted, Field, Model, ValueKind};
 use crate::attr::DeriveKind;
 
 struct Names {
@@ -426,6 +426,17 @@ fn queries(
         } else {
             quote!(&self.#name)
         };
+        let (matches_param, matches_body) = if e.kind == Some(ValueKind::String) {
+            (
+                quote!(&str),
+                quote!(<#idx as #et::IndexSpec>::PARAMS.same_str(#stored, value)),
+            )
+        } else {
+            (
+                quote!(&#inner),
+                quote!(<#idx as #et::IndexSpec>::PARAMS.same(#stored, value).unwrap_or(false)),
+            )
+        };
         let doc_eq = format!(
             "A filter on the blind index of `{name}`: rows whose `{col}` matches `value` after normalization.\n\n\
              Usable in `.filter(...)` with other filters, on sync and async connections.{trunc}",
@@ -448,8 +459,8 @@ fn queries(
             /// Whether this row's value equals `value` as the blind index sees it (after
             /// normalization), checked on the decrypted value.
             #[allow(dead_code)]
-            #vis fn #matches(&self, value: &#inner) -> bool {
-                <#idx as #et::IndexSpec>::PARAMS.same(#stored, value).unwrap_or(false)
+            #vis fn #matches(&self, value: #matches_param) -> bool {
+                #matches_body
             }
         });
         if can_load {

@@ -120,6 +120,11 @@ impl IndexParams {
         Ok(*self.input(a)? == *self.input(b)?)
     }
 
+    /// [`IndexParams::same`] for text, without allocating the `String`s.
+    pub fn same_str(&self, a: &str, b: &str) -> bool {
+        *normalize(self.normalize, a) == *normalize(self.normalize, b)
+    }
+
     /// The bytes that are hashed: the normalized string, or the canonical encoding of any
     /// other value.
     fn input<T: Plaintext>(&self, value: &T) -> Result<Zeroizing<Vec<u8>>, Error> {

@@ -80,6 +80,79 @@ pub use key::{BlindIndexRootKey, DataKey, KeyId, KeyMaterial};
 pub use keyring::{Keyring, KeyringBuilder};
 pub use model::{ColumnInfo, EncryptedModel, ModelInfo};
 
+/// Derives field-level encryption for a Diesel model struct.
+///
+/// Mark the fields to encrypt with `#[encrypted]`; add `blind_index` to find rows by a field.
+/// The table needs a `Binary` column per encrypted field and one per blind index
+/// (`<field>_bidx` unless `column = ...` names it).
+///
+/// ```
+/// # use encrypted_types::{Encrypted, KeyMaterial, Keyring};
+/// # use diesel::prelude::*;
+/// # diesel::table! { patients (id) { id -> Integer, clinic_id -> BigInt, name -> Binary,
+/// #   email -> Binary, email_bidx -> Binary, ssn -> Binary, ssn_bidx -> Binary,
+/// #   dob -> Binary, notes -> Nullable<Binary> } }
+/// #[derive(Encrypted, Debug, PartialEq)]
+/// #[encrypted(table = patients, tenant = clinic_id)]
+/// struct Patient {
+///     id: i32,
+///     clinic_id: i64,
+///     #[encrypted]
+///     name: String,
+///     #[encrypted(blind_index(normalize = email))]
+///     email: String,
+///     #[encrypted(blind_index(normalize = digits, bits = 16))]
+///     ssn: String,
+///     #[encrypted]
+///     dob: chrono::NaiveDate,
+///     #[encrypted]
+///     notes: Option<String>,
+/// }
+/// # Keyring::builder().data_key(1, Some("7".into()), KeyMaterial::generate()?)
+/// #   .primary(Some("7".into()), 1).blind_index_root(Some("7".into()), KeyMaterial::generate()?)
+/// #   .build()?.install();
+/// # let conn = &mut SqliteConnection::establish(":memory:")?;
+/// # diesel::sql_query("CREATE TABLE patients (id INTEGER PRIMARY KEY, clinic_id BIGINT NOT NULL, \
+/// #   name BLOB NOT NULL, email BLOB NOT NULL, email_bidx BLOB NOT NULL, ssn BLOB NOT NULL, \
+/// #   ssn_bidx BLOB NOT NULL, dob BLOB NOT NULL, notes BLOB)").execute(conn)?;
+///
+/// let ann = Patient { id: 1, clinic_id: 7, name: "Ann".into(), email: "ann@example.org".into(),
+///     ssn: "123-45-6789".into(), dob: chrono::NaiveDate::from_ymd_opt(1980, 2, 29).unwrap(), notes: None };
+/// diesel::insert_into(patients::table).values(&ann).execute(conn)?;
+/// let found = Patient::find_by_email(conn, &7, " Ann@Example.ORG")?;
+/// assert_eq!(found, vec![ann]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Attributes
+///
+/// On the struct, `#[encrypted(...)]`:
+///
+/// | key | meaning |
+/// |---|---|
+/// | `table = path` | the `diesel::table!` module (or `#[diesel(table_name = path)]`); required |
+/// | `tenant = field` | the field holding the row's tenant id: values are sealed and indexed with the tenant's keys, and a value from another tenant's row is refused on read (`Error::TenantMismatch`) |
+/// | `primary_key(a, b)` | primary-key fields (default `id`); never encrypted, skipped by `AsChangeset` |
+/// | `derive(...)` | which of `Queryable`, `Selectable`, `Insertable`, `AsChangeset` to implement (default: all four) |
+///
+/// On a field, `#[encrypted]` or `#[encrypted(blind_index(...))]` with these optional keys:
+/// `normalize = email` or `normalize(trim, lowercase)` (strings only: `trim`, `lowercase`,
+/// `email`, `digits`, `casefold`), `bits = N` (1..=256, default 256; size it with
+/// [`index::plan`]), `column = name` (default `<field>_bidx`), `version = N` (default 1).
+///
+/// # What is generated
+///
+/// - `Selectable`, `Queryable`, `Insertable` (for `&Model` and `Model`) and `AsChangeset`
+///   impls on the model itself, through hidden row types holding [`Encrypted`] values and
+///   [`index::BlindIndex`] companions: every write path that writes a field writes its index,
+///   and `Option` fields in a changeset skip both. Read with `select(Model::as_select())`.
+/// - `Model::batch(&[Model])`: rows for `insert_into(..).values(..)` batch inserts.
+/// - Per blind index: `Model::email_eq([tenant,] value)`, a filter composable with other Diesel
+///   filters on sync and async connections; `model.email_matches(value)`, the decrypted
+///   equality check; `Model::find_by_email(conn, [tenant,] value)`, which runs the lookup and
+///   re-checks every candidate, so a truncated index never returns a wrong row.
+/// - [`EncryptedModel`]: the model's table, key, tenant column and encrypted columns, for the
+///   rotation and migration jobs.
 #[cfg(feature = "derive")]
 pub use encrypted_derive::Encrypted;
 

@@ -392,9 +392,7 @@ macro_rules! derive_async_suite {
                 .await
                 .unwrap();
             assert_eq!(
-                rows.iter()
-                    .filter(|r| r.ssn_matches(&"123-45-6789".into()))
-                    .count(),
+                rows.iter().filter(|r| r.ssn_matches("123-45-6789")).count(),
                 3
             );
 

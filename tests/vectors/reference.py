@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """An independent implementation of ciphertext format v1, written from docs/FORMAT.md alone.
 
-    reference.py check      open every vector in v1.json and re-seal it with its nonce:
-                            both must match byte for byte (CI runs this)
-    reference.py generate   write v1.json from the cases below (only when adding vectors:
+    reference.py check      open every vector in v1.json and re-seal it with its nonce, and
+                            recompute every blind index in blind_index_v1.json: all must
+                            match byte for byte (CI runs this)
+    reference.py generate   write both files from the cases below (only when adding vectors:
                             existing vectors are frozen and must never change)
 
 Needs the `cryptography` package.
@@ -18,6 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 DOMAIN = b"encrypted-types/v1"
 HERE = Path(__file__).resolve().parent
 VECTORS = HERE / "v1.json"
+INDEX_VECTORS = HERE / "blind_index_v1.json"
 
 
 def s(text: str) -> bytes:
@@ -98,6 +100,80 @@ CASES = [
 ]
 
 
+# --- Blind indexes (FORMAT.md section 7) ---------------------------------------------------
+
+import hashlib
+import hmac
+import unicodedata
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+
+def normalize(steps, text: str) -> str:
+    for step in steps:
+        if step == "trim":
+            text = text.strip()
+        elif step == "lowercase":
+            text = text.lower()
+        elif step == "email":
+            text = text.strip().lower()
+        elif step == "digits":
+            text = "".join(c for c in text if c in "0123456789")
+        elif step == "casefold":
+            text = unicodedata.normalize("NFKC", text).casefold()
+        else:
+            raise ValueError(step)
+    return text
+
+
+def blind_index(root: bytes, table, column, tenant, value_type, version, bits, steps, value) -> bytes:
+    t = b"\x00" if tenant is None else b"\x01" + s(tenant)
+    info = b"encrypted-types/blind-index/v1" + s(table) + s(column) + t + s(value_type) + struct.pack(">I", version)
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(root)
+    data = normalize(steps, value).encode() if value_type == "string" else encode(value_type, value)
+    full = hmac.new(key, data, hashlib.sha256).digest()
+    n = (bits + 7) // 8
+    out = bytearray(full[:n])
+    out[-1] &= (0xFF << (n * 8 - bits)) & 0xFF
+    return bytes(out)
+
+
+ROOT = bytes(range(0x40, 0x60))
+INDEX_CASES = [
+    # name, table, column, tenant, value type, version, bits, normalizers, value
+    ("email", "patients", "email", None, "string", 1, 256, ["email"], "  Ann@Example.ORG "),
+    ("email-tenant", "patients", "email", "7", "string", 1, 256, ["email"], "ann@example.org"),
+    ("ssn-digits-16-bits", "patients", "ssn", "7", "string", 1, 16, ["digits"], "123-45-6789"),
+    ("phone-12-bits-v2", "patients", "phone", None, "string", 2, 12, ["digits"], "+1 (555) 010-9999"),
+    ("casefold", "people", "surname", None, "string", 1, 256, ["trim", "casefold"], " STRASSE "),
+    ("no-normalizer", "people", "code", None, "string", 1, 256, [], "Exact Value"),
+    ("i64", "accounts", "number", "clinic-a", "i64", 1, 64, [], 1234567890123),
+]
+
+
+def generate_index():
+    out = []
+    for name, table, column, tenant, vt, version, bits, steps, value in INDEX_CASES:
+        idx = blind_index(ROOT, table, column, tenant, vt, version, bits, steps, value)
+        out.append({
+            "name": name, "root_key": ROOT.hex(), "table": table, "column": column, "tenant": tenant,
+            "value_type": vt, "version": version, "bits": bits, "normalize": steps, "value": value,
+            "index": idx.hex(),
+        })
+    INDEX_VECTORS.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {len(out)} vectors to {INDEX_VECTORS}")
+
+
+def check_index():
+    vectors = json.loads(INDEX_VECTORS.read_text())
+    for v in vectors:
+        got = blind_index(bytes.fromhex(v["root_key"]), v["table"], v["column"], v["tenant"], v["value_type"],
+                          v["version"], v["bits"], v["normalize"], v["value"])
+        assert got.hex() == v["index"], v["name"] + ": blind index"
+    return len(vectors)
+
+
 def generate():
     out = []
     for name, key, key_id, nb, table, column, tenant, vt, value in CASES:
@@ -130,8 +206,9 @@ def check():
         except Exception as e:  # cryptography raises InvalidTag
             if isinstance(e, AssertionError):
                 raise
-    print(f"{len(vectors)} passed, 0 failed")
+    n = len(vectors) + check_index()
+    print(f"{n} passed, 0 failed")
 
 
 if __name__ == "__main__":
-    {"generate": generate, "check": check}[sys.argv[1] if len(sys.argv) > 1 else "check"]()
+    {"generate": lambda: (generate(), generate_index()), "check": check}[sys.argv[1] if len(sys.argv) > 1 else "check"]()

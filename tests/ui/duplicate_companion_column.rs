@@ -1,0 +1,22 @@
+use encrypted_types::Encrypted;
+
+diesel::table! {
+    users (id) {
+        id -> Integer,
+        email -> Binary,
+        email_bidx -> Binary,
+        age -> Binary,
+    }
+}
+
+#[derive(Encrypted)]
+#[encrypted(table = users)]
+struct User {
+    id: i32,
+    #[encrypted(blind_index)]
+    email: String,
+    #[encrypted(blind_index(column = email_bidx))]
+    age: i32,
+}
+
+fn main() {}

@@ -1,0 +1,20 @@
+use encrypted_types::Encrypted;
+
+diesel::table! {
+    users (id) {
+        id -> Integer,
+        email -> Binary,
+        email_bidx -> Binary,
+        age -> Binary,
+    }
+}
+
+#[derive(Encrypted)]
+#[encrypted(table = users)]
+struct User {
+    id: i32,
+    #[encrypted]
+    email: Vec<String>,
+}
+
+fn main() {}
