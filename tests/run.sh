@@ -30,7 +30,7 @@ python3 tests/vectors/reference.py check
 echo "== cargo test (all backends, sync and async; doctests)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --locked --workspace --all-features 2>&1 | tee "$log"
+cargo test --locked --no-fail-fast --workspace --all-features 2>&1 | tee "$log"
 # One closing line for the whole run: cargo prints one per test binary, and the last of them
 # (a crate with no doctests) says 0 passed.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
