@@ -5,6 +5,7 @@ use std::marker::PhantomData;
 use std::ops::Deref;
 
 use crate::Error;
+use crate::audit;
 use crate::codec::Plaintext;
 use crate::context::{ColumnContext, Unbound};
 use crate::format::{self, Context, Header};
@@ -191,6 +192,15 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
     /// # Errors
     /// See [`Encrypted::open_with`].
     pub fn open_owned_with(keyring: &Keyring, sealed: Vec<u8>) -> Result<Self, Error> {
+        let opened = Self::open_inner(keyring, sealed);
+        match &opened {
+            Ok(v) => audit::opened(v.tenant(), C::TABLE, C::COLUMN),
+            Err(e) => audit::open_failed(C::TABLE, C::COLUMN, T::TYPE, e),
+        }
+        opened
+    }
+
+    fn open_inner(keyring: &Keyring, sealed: Vec<u8>) -> Result<Self, Error> {
         let header = Header::parse(&sealed)?;
         let key = keyring.key(header.key_id)?;
         let ctx = Self::context_for(key.tenant());

@@ -89,6 +89,56 @@ pub enum Error {
     /// A blind index was misconfigured.
     #[error("invalid blind index: {0}")]
     InvalidIndex(&'static str),
+    /// A wrapped key did not unwrap: its bytes were altered, or it was presented for another
+    /// tenant, purpose or key id than it was wrapped for.
+    #[error("wrapped key {key_id} did not unwrap (altered, or wrapped for another context)")]
+    KeyUnwrap {
+        /// The key.
+        key_id: KeyId,
+    },
+    /// An unwrapped key failed its canary seal-and-open self-test.
+    #[error("key {key_id} failed its self-test")]
+    SelfTest {
+        /// The key.
+        key_id: KeyId,
+    },
+    /// A key in the key table is unusable: missing bytes, an unknown state or purpose, a KEK this
+    /// process does not have.
+    #[error("key {key_id} in the key table is unusable: {reason}")]
+    KeyRecord {
+        /// The key.
+        key_id: KeyId,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The KEK provider failed (unreachable, refused, misconfigured). `reason` is the provider's
+    /// own message, which holds no key material.
+    #[error("KEK provider failed to {operation} key {key_id}: {reason}")]
+    Provider {
+        /// `wrap` or `unwrap`.
+        operation: &'static str,
+        /// The key.
+        key_id: KeyId,
+        /// The provider's message.
+        reason: String,
+    },
+    /// The KEK provider did not answer in time.
+    #[error("KEK provider timed out trying to {operation} key {key_id}")]
+    Timeout {
+        /// `wrap` or `unwrap`.
+        operation: &'static str,
+        /// The key.
+        key_id: KeyId,
+    },
+    /// The local KEK file is unusable.
+    #[error("local KEK file: {reason}")]
+    KekFile {
+        /// Why.
+        reason: &'static str,
+    },
+    /// The key table could not be read or written.
+    #[error("key table: {0}")]
+    Store(String),
     /// The keyring configuration is inconsistent (duplicate key id, primary key not present...).
     #[error("invalid keyring: {0}")]
     InvalidKeyring(&'static str),

@@ -57,17 +57,22 @@
 #![forbid(unsafe_code)]
 #![doc(test(attr(deny(warnings))))]
 
+pub mod audit;
 mod codec;
 mod context;
 mod encrypted;
 mod error;
 pub mod format;
 pub mod index;
+#[cfg(feature = "keystore")]
+pub mod kek;
 mod key;
 mod keyring;
 mod model;
 mod nonce;
 mod sql;
+#[cfg(feature = "keystore")]
+pub mod store;
 mod tenant;
 
 #[cfg(feature = "json")]

@@ -95,3 +95,33 @@ pub async fn async_mysql() -> diesel_async::AsyncMysqlConnection {
         .expect("begin test transaction");
     conn
 }
+
+/// The three backends' connections with the key table migrated, for the key-store tests:
+/// SQLite in memory, PostgreSQL and MySQL inside a rolled-back transaction.
+pub mod keystore {
+    use super::*;
+    use encrypted_types::kek::local::LocalKek;
+    use encrypted_types::store::KeyStore;
+
+    pub fn sqlite() -> SqliteConnection {
+        let mut conn = super::sqlite();
+        KeyStore::<LocalKek>::run_migrations(&mut conn).expect("key table migration");
+        conn
+    }
+
+    pub fn pg() -> PgConnection {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            KeyStore::<LocalKek>::run_migrations(&mut pg_raw()).expect("key table migration")
+        });
+        super::pg()
+    }
+
+    pub fn mysql() -> MysqlConnection {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            KeyStore::<LocalKek>::run_migrations(&mut mysql_raw()).expect("key table migration")
+        });
+        super::mysql()
+    }
+}

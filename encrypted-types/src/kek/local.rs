@@ -1,0 +1,179 @@
+//! A KEK in a local file, for development and tests only.
+//!
+//! The file holds exactly 32 random bytes. It is refused if it is readable or writable by the
+//! group or others, has another length, or is all zeros. Keys are wrapped with AES-256-GCM under
+//! it: `nonce (12) ‖ ciphertext (32) ‖ tag (16)`, with [`WrapContext::aad`] as the AAD.
+//!
+//! A file next to the application is no protection against someone who can read the
+//! application's disk: production deployments use a KMS or an HSM.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use zeroize::Zeroizing;
+
+use super::{KekProvider, WrapContext};
+use crate::Error;
+use crate::key::KeyMaterial;
+
+const WRAPPED_LEN: usize = 12 + 32 + 16;
+
+/// The local file KEK.
+///
+/// ```
+/// use encrypted_types::kek::local::LocalKek;
+/// use encrypted_types::kek::{KekProvider, Purpose, WrapContext};
+/// use encrypted_types::KeyMaterial;
+///
+/// let dir = std::env::temp_dir().join(format!("et-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let kek = LocalKek::create(dir.join("dev.kek"))?;
+/// let ctx = WrapContext { tenant: None, purpose: Purpose::Data, key_id: 1.into() };
+/// let dek = KeyMaterial::generate()?;
+/// let wrapped = kek.wrap(&ctx, &dek)?;
+/// assert_eq!(kek.unwrap(&ctx, &wrapped)?.expose(), dek.expose());
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// # Ok::<(), encrypted_types::Error>(())
+/// ```
+pub struct LocalKek {
+    path: PathBuf,
+    cipher: Aes256Gcm,
+}
+
+impl fmt::Debug for LocalKek {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalKek")
+            .field("path", &self.path)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+fn file_error(reason: &'static str) -> Error {
+    Error::KekFile { reason }
+}
+
+impl LocalKek {
+    /// Opens an existing KEK file.
+    ///
+    /// # Errors
+    /// [`Error::KekFile`] if the file is missing, readable by others, not 32 bytes, or all zeros.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        let path = path.as_ref();
+        let meta = std::fs::metadata(path).map_err(|_| file_error("cannot read the KEK file"))?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if meta.permissions().mode() & 0o077 != 0 {
+                return Err(file_error(
+                    "the KEK file is accessible to group or others; chmod 600 it",
+                ));
+            }
+        }
+        if meta.len() != 32 {
+            return Err(file_error("the KEK file must hold exactly 32 bytes"));
+        }
+        let bytes = Zeroizing::new(
+            std::fs::read(path).map_err(|_| file_error("cannot read the KEK file"))?,
+        );
+        if bytes.len() != 32 {
+            return Err(file_error("the KEK file must hold exactly 32 bytes"));
+        }
+        if bytes.iter().all(|b| *b == 0) {
+            return Err(file_error("the KEK file is all zeros"));
+        }
+        let material = KeyMaterial::from_slice(&bytes)?;
+        Ok(Self {
+            path: path.to_owned(),
+            cipher: Aes256Gcm::new(material.expose().into()),
+        })
+    }
+
+    /// Creates a new KEK file with fresh random bytes and mode 0600. Refuses to overwrite.
+    ///
+    /// # Errors
+    /// [`Error::KekFile`] if the file exists or cannot be written; [`Error::Rng`].
+    pub fn create(path: impl AsRef<Path>) -> Result<Self, Error> {
+        use std::io::Write;
+        let path = path.as_ref();
+        let key = KeyMaterial::generate()?;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let mut file = options
+            .open(path)
+            .map_err(|_| file_error("cannot create the KEK file (does it exist?)"))?;
+        file.write_all(key.expose())
+            .map_err(|_| file_error("cannot write the KEK file"))?;
+        file.sync_all()
+            .map_err(|_| file_error("cannot write the KEK file"))?;
+        Self::open(path)
+    }
+
+    /// Opens the KEK file, creating it first if it does not exist (development setups).
+    ///
+    /// # Errors
+    /// As [`LocalKek::open`] and [`LocalKek::create`].
+    pub fn open_or_create(path: impl AsRef<Path>) -> Result<Self, Error> {
+        if path.as_ref().exists() {
+            Self::open(path)
+        } else {
+            Self::create(path)
+        }
+    }
+}
+
+impl KekProvider for LocalKek {
+    fn kek_ref(&self) -> String {
+        format!(
+            "local:{}",
+            self.path
+                .file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        )
+    }
+
+    fn wrap(&self, ctx: &WrapContext<'_>, key: &KeyMaterial) -> Result<Vec<u8>, Error> {
+        let nonce: [u8; 12] = crate::nonce::generate()?;
+        let mut out = Vec::with_capacity(WRAPPED_LEN);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(key.expose());
+        let body = out
+            .get_mut(12..)
+            .ok_or(Error::KeyUnwrap { key_id: ctx.key_id })?;
+        let tag = self
+            .cipher
+            .encrypt_inout_detached(&Nonce::from(nonce), &ctx.aad(), body.into())
+            .map_err(|_| Error::KeyUnwrap { key_id: ctx.key_id })?;
+        out.extend_from_slice(&tag);
+        Ok(out)
+    }
+
+    fn unwrap(&self, ctx: &WrapContext<'_>, wrapped: &[u8]) -> Result<KeyMaterial, Error> {
+        let fail = || Error::KeyUnwrap { key_id: ctx.key_id };
+        if wrapped.len() != WRAPPED_LEN {
+            return Err(fail());
+        }
+        let nonce: [u8; 12] = wrapped
+            .get(..12)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(fail)?;
+        let tag = wrapped
+            .get(44..)
+            .and_then(|b| Tag::try_from(b).ok())
+            .ok_or_else(fail)?;
+        let mut key = Zeroizing::new([0u8; 32]);
+        key.copy_from_slice(wrapped.get(12..44).ok_or_else(fail)?);
+        self.cipher
+            .decrypt_inout_detached(&Nonce::from(nonce), &ctx.aad(), (&mut key[..]).into(), &tag)
+            .map_err(|_| fail())?;
+        KeyMaterial::from_slice(&*key)
+    }
+}

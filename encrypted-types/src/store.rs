@@ -1,0 +1,714 @@
+//! The key table: wrapped data keys and blind-index root keys, per tenant, with their state.
+//!
+//! [`KeyStore`] creates keys (wrapping them with a [`KekProvider`]), loads the table into a
+//! [`Keyring`] (unwrapping each key once and self-testing it), and crypto-shreds tenants. The
+//! table is created by the migration shipped in `migrations/<backend>/` (also embedded, see
+//! [`KeyStore::run_migrations`]). Works on any sync Diesel connection of the three backends,
+//! and on diesel-async through `AsyncConnectionWrapper`.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use diesel::connection::LoadConnection;
+use diesel::prelude::*;
+
+use crate::Error;
+use crate::format::{self, Context};
+use crate::kek::{KekProvider, Purpose, WrapContext};
+use crate::key::{DataKey, KeyId, KeyMaterial};
+use crate::keyring::Keyring;
+use crate::model::ModelInfo;
+use crate::tenant::TenantId;
+
+diesel::table! {
+    /// The key table (`migrations/<backend>/..._encrypted_types_keys`).
+    encrypted_types_keys (key_id) {
+        /// The key id written in sealed headers (a u32).
+        key_id -> BigInt,
+        /// The tenant, NULL for keys of no tenant.
+        tenant -> Nullable<Text>,
+        /// `data` or `blind_index`.
+        purpose -> Text,
+        /// `active` (seals new values), `retired` (opens only) or `destroyed`.
+        state -> Text,
+        /// The key wrapped by the KEK; NULL once destroyed.
+        wrapped_key -> Nullable<Binary>,
+        /// Which KEK wrapped it.
+        kek_ref -> Text,
+        /// Unix seconds.
+        created_at -> BigInt,
+        /// Unix seconds of the last state change.
+        state_changed_at -> BigInt,
+    }
+}
+
+use encrypted_types_keys as keys;
+
+/// A key's life-cycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    /// Seals new values (one data key per tenant) and opens old ones.
+    Active,
+    /// Opens values only; kept until no row references it.
+    Retired,
+    /// Gone: its wrapped bytes were erased, and values sealed with it can never be opened.
+    Destroyed,
+}
+
+impl KeyState {
+    /// The name stored in the key table.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Retired => "retired",
+            Self::Destroyed => "destroyed",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "active" => Some(Self::Active),
+            "retired" => Some(Self::Retired),
+            "destroyed" => Some(Self::Destroyed),
+            _ => None,
+        }
+    }
+}
+
+/// One row of the key table.
+#[derive(Debug, Clone, Queryable, Insertable, Selectable)]
+#[diesel(table_name = encrypted_types_keys)]
+pub struct KeyRecord {
+    /// Key id (u32, stored as BIGINT).
+    pub key_id: i64,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Purpose.
+    pub purpose: String,
+    /// State.
+    pub state: String,
+    /// Wrapped key bytes.
+    pub wrapped_key: Option<Vec<u8>>,
+    /// KEK reference.
+    pub kek_ref: String,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub state_changed_at: i64,
+}
+
+/// The keys made for a new tenant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TenantKeys {
+    /// Its data key.
+    pub data: KeyId,
+    /// Its blind-index root key.
+    pub blind_index: KeyId,
+}
+
+/// What [`KeyStore::load`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Data keys unwrapped and self-tested.
+    pub data_keys: usize,
+    /// Blind-index root keys unwrapped.
+    pub blind_index_keys: usize,
+    /// Destroyed keys recorded, so their values fail with [`Error::KeyDestroyed`].
+    pub destroyed: usize,
+}
+
+/// What [`KeyStore::shred_tenant`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShredReport {
+    /// The keys destroyed.
+    pub keys: Vec<KeyId>,
+    /// Rows (across the models passed in) holding at least one value sealed with a destroyed
+    /// key: they can never be read again.
+    pub rows_unreadable: u64,
+}
+
+/// The key-table operations, written once per backend (Diesel's typed queries need a concrete
+/// backend). Implemented for diesel's SQLite, PostgreSQL and MySQL backends, with their
+/// features; callers use [`KeyStore`].
+pub trait KeyTable: diesel::backend::Backend + Sized {
+    /// SQL that is true when the key id in the header of sealed column `column` is one of
+    /// `ids`: header bytes 3 to 6 (1-based), compared with big-endian literals.
+    fn key_id_in(column: &str, ids: &[KeyId]) -> String;
+    /// Quotes an identifier.
+    fn quote(ident: &str) -> String;
+    /// Live (not destroyed) keys of a tenant.
+    #[doc(hidden)]
+    fn live_keys<C: LoadConnection<Backend = Self>>(
+        conn: &mut C,
+        tenant: Option<&str>,
+    ) -> QueryResult<Vec<i64>>;
+    /// Whether a key id is taken.
+    #[doc(hidden)]
+    fn id_taken<C: LoadConnection<Backend = Self>>(conn: &mut C, id: i64) -> QueryResult<bool>;
+    /// Inserts one key.
+    #[doc(hidden)]
+    fn insert_key<C: LoadConnection<Backend = Self>>(
+        conn: &mut C,
+        record: &KeyRecord,
+    ) -> QueryResult<()>;
+    /// Retires the tenant's active data keys.
+    #[doc(hidden)]
+    fn retire_data_keys<C: LoadConnection<Backend = Self>>(
+        conn: &mut C,
+        tenant: Option<&str>,
+        at: i64,
+    ) -> QueryResult<usize>;
+    /// Every key.
+    #[doc(hidden)]
+    fn all_keys<C: LoadConnection<Backend = Self>>(conn: &mut C) -> QueryResult<Vec<KeyRecord>>;
+    /// Marks the tenant's keys destroyed and erases their wrapped bytes; returns their ids.
+    #[doc(hidden)]
+    fn destroy_tenant<C: LoadConnection<Backend = Self>>(
+        conn: &mut C,
+        tenant: &str,
+        at: i64,
+    ) -> QueryResult<Vec<i64>>;
+    /// Runs `SELECT COUNT(*) AS n ...`.
+    #[doc(hidden)]
+    fn count<C: LoadConnection<Backend = Self>>(conn: &mut C, sql: String) -> QueryResult<i64>;
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+fn hex4(id: KeyId) -> String {
+    id.get()
+        .to_be_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+macro_rules! key_table {
+    ($db:ty, key_id_in = $key_id_in:expr, quote = $quote:literal) => {
+        impl KeyTable for $db {
+            fn key_id_in(column: &str, ids: &[KeyId]) -> String {
+                let f: fn(&str, &str) -> String = $key_id_in;
+                let list: Vec<String> = ids.iter().map(|id| hex4(*id)).collect();
+                f(column, &list.join(","))
+            }
+
+            fn quote(ident: &str) -> String {
+                let q = $quote;
+                format!("{q}{}{q}", ident.replace(q, &format!("{q}{q}")))
+            }
+
+            fn live_keys<C: LoadConnection<Backend = Self>>(
+                conn: &mut C,
+                tenant: Option<&str>,
+            ) -> QueryResult<Vec<i64>> {
+                let live = keys::table
+                    .filter(keys::state.ne(KeyState::Destroyed.as_str()))
+                    .select(keys::key_id);
+                match tenant {
+                    Some(t) => live.filter(keys::tenant.eq(t)).load(conn),
+                    None => live.filter(keys::tenant.is_null()).load(conn),
+                }
+            }
+
+            fn id_taken<C: LoadConnection<Backend = Self>>(
+                conn: &mut C,
+                id: i64,
+            ) -> QueryResult<bool> {
+                let n: i64 = keys::table
+                    .filter(keys::key_id.eq(id))
+                    .count()
+                    .get_result(conn)?;
+                Ok(n > 0)
+            }
+
+            fn insert_key<C: LoadConnection<Backend = Self>>(
+                conn: &mut C,
+                record: &KeyRecord,
+            ) -> QueryResult<()> {
+                diesel::insert_into(keys::table)
+                    .values(record)
+                    .execute(conn)
+                    .map(|_| ())
+            }
+
+            fn retire_data_keys<C: LoadConnection<Backend = Self>>(
+                conn: &mut C,
+                tenant: Option<&str>,
+                at: i64,
+            ) -> QueryResult<usize> {
+                let active = keys::table
+                    .filter(keys::purpose.eq(Purpose::Data.as_str()))
+                    .filter(keys::state.eq(KeyState::Active.as_str()));
+                let set = (
+                    keys::state.eq(KeyState::Retired.as_str()),
+                    keys::state_changed_at.eq(at),
+                );
+                match tenant {
+                    Some(t) => diesel::update(active.filter(keys::tenant.eq(t)))
+                        .set(set)
+                        .execute(conn),
+                    None => diesel::update(active.filter(keys::tenant.is_null()))
+                        .set(set)
+                        .execute(conn),
+                }
+            }
+
+            fn all_keys<C: LoadConnection<Backend = Self>>(
+                conn: &mut C,
+            ) -> QueryResult<Vec<KeyRecord>> {
+                keys::table
+                    .select(KeyRecord::as_select())
+                    .order(keys::key_id)
+                    .load(conn)
+            }
+
+            fn destroy_tenant<C: LoadConnection<Backend = Self>>(
+                conn: &mut C,
+                tenant: &str,
+                at: i64,
+            ) -> QueryResult<Vec<i64>> {
+                conn.transaction(|conn| {
+                    let ids: Vec<i64> = keys::table
+                        .filter(keys::tenant.eq(tenant))
+                        .filter(keys::state.ne(KeyState::Destroyed.as_str()))
+                        .select(keys::key_id)
+                        .load(conn)?;
+                    diesel::update(keys::table.filter(keys::tenant.eq(tenant)))
+                        .set((
+                            keys::state.eq(KeyState::Destroyed.as_str()),
+                            keys::wrapped_key.eq(None::<Vec<u8>>),
+                            keys::state_changed_at.eq(at),
+                        ))
+                        .execute(conn)?;
+                    Ok(ids)
+                })
+            }
+
+            fn count<C: LoadConnection<Backend = Self>>(
+                conn: &mut C,
+                sql: String,
+            ) -> QueryResult<i64> {
+                diesel::sql_query(sql)
+                    .get_result::<Count>(conn)
+                    .map(|c| c.n)
+            }
+        }
+    };
+}
+
+#[cfg(feature = "sqlite")]
+key_table!(
+    diesel::sqlite::Sqlite,
+    key_id_in = |c, ids| {
+        let lits: Vec<String> = ids.split(',').map(|h| format!("X'{h}'")).collect();
+        format!("substr({c}, 3, 4) IN ({})", lits.join(", "))
+    },
+    quote = "\""
+);
+
+#[cfg(feature = "postgres")]
+key_table!(
+    diesel::pg::Pg,
+    key_id_in = |c, ids| {
+        let lits: Vec<String> = ids.split(',').map(|h| format!("'\\x{h}'::bytea")).collect();
+        format!("substring({c} from 3 for 4) IN ({})", lits.join(", "))
+    },
+    quote = "\""
+);
+
+#[cfg(feature = "mysql")]
+key_table!(
+    diesel::mysql::Mysql,
+    key_id_in = |c, ids| {
+        let lits: Vec<String> = ids.split(',').map(|h| format!("X'{h}'")).collect();
+        format!("SUBSTRING({c}, 3, 4) IN ({})", lits.join(", "))
+    },
+    quote = "`"
+);
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn store_err(e: impl std::fmt::Display) -> Error {
+    Error::Store(e.to_string())
+}
+
+/// Creates, loads and destroys keys in the key table, wrapping them with one KEK provider.
+///
+/// ```
+/// use diesel::prelude::*;
+/// use encrypted_types::kek::local::LocalKek;
+/// use encrypted_types::store::KeyStore;
+///
+/// let dir = std::env::temp_dir().join(format!("et-store-doc-{}", std::process::id()));
+/// std::fs::create_dir_all(&dir).unwrap();
+/// let conn = &mut SqliteConnection::establish(":memory:").unwrap();
+/// KeyStore::<LocalKek>::run_migrations(conn)?;
+///
+/// let store = KeyStore::new(LocalKek::create(dir.join("dev.kek"))?);
+/// store.create_tenant(conn, Some(&"clinic-a".into()))?;
+/// let (keyring, report) = store.load(conn)?;
+/// assert_eq!(report.data_keys, 1);
+/// assert!(keyring.primary_key(Some(&"clinic-a".into())).is_ok());
+/// # std::fs::remove_dir_all(&dir).unwrap();
+/// # Ok::<(), encrypted_types::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct KeyStore<P> {
+    provider: P,
+}
+
+impl<P: KekProvider> KeyStore<P> {
+    /// A store whose keys are wrapped by `provider`.
+    pub fn new(provider: P) -> Self {
+        Self { provider }
+    }
+
+    /// The provider.
+    pub fn provider(&self) -> &P {
+        &self.provider
+    }
+
+    /// Creates the key table (the embedded copy of `migrations/<backend>/`), if not yet done.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    #[cfg(feature = "migrations")]
+    pub fn run_migrations<C>(conn: &mut C) -> Result<(), Error>
+    where
+        C: Connection + diesel_migrations::MigrationHarness<<C as Connection>::Backend>,
+        C::Backend: Migrations,
+    {
+        conn.run_pending_migrations(<C::Backend as Migrations>::MIGRATIONS)
+            .map_err(store_err)?;
+        Ok(())
+    }
+
+    /// Creates a tenant's keys (or, for `None`, the keys of values without a tenant): an
+    /// active data key and an active blind-index root key, each fresh from the OS, wrapped and
+    /// stored.
+    ///
+    /// # Errors
+    /// [`Error::Store`] (for instance if the tenant already has keys), provider errors.
+    pub fn create_tenant<C>(
+        &self,
+        conn: &mut C,
+        tenant: Option<&TenantId>,
+    ) -> Result<TenantKeys, Error>
+    where
+        C: LoadConnection,
+        C::Backend: KeyTable,
+    {
+        let existing =
+            C::Backend::live_keys(conn, tenant.map(TenantId::as_str)).map_err(store_err)?;
+        if !existing.is_empty() {
+            return Err(Error::Store(format!(
+                "tenant {} already has keys",
+                crate::tenant::describe(tenant)
+            )));
+        }
+        let data = self.create_key(conn, tenant, Purpose::Data)?;
+        let blind_index = self.create_key(conn, tenant, Purpose::BlindIndex)?;
+        Ok(TenantKeys { data, blind_index })
+    }
+
+    /// Adds a new active data key for `tenant` and retires the previous one: new writes use the
+    /// new key at once (after the keyring is reloaded), old values still open. The rotation job
+    /// re-seals old rows.
+    ///
+    /// # Errors
+    /// [`Error::Store`], provider errors.
+    pub fn rotate_data_key<C>(
+        &self,
+        conn: &mut C,
+        tenant: Option<&TenantId>,
+    ) -> Result<KeyId, Error>
+    where
+        C: LoadConnection,
+        C::Backend: KeyTable,
+    {
+        C::Backend::retire_data_keys(conn, tenant.map(TenantId::as_str), now())
+            .map_err(store_err)?;
+        self.create_key(conn, tenant, Purpose::Data)
+    }
+
+    fn create_key<C>(
+        &self,
+        conn: &mut C,
+        tenant: Option<&TenantId>,
+        purpose: Purpose,
+    ) -> Result<KeyId, Error>
+    where
+        C: LoadConnection,
+        C::Backend: KeyTable,
+    {
+        let material = KeyMaterial::generate()?;
+        // Random ids need no coordination between processes; a clash is retried.
+        for _ in 0..8 {
+            let mut raw = [0u8; 4];
+            getrandom::fill(&mut raw).map_err(|_| Error::Rng)?;
+            let id = KeyId::from(u32::from_be_bytes(raw) & 0x7FFF_FFFF | 1);
+            if C::Backend::id_taken(conn, i64::from(id.get())).map_err(store_err)? {
+                continue;
+            }
+            let ctx = WrapContext {
+                tenant,
+                purpose,
+                key_id: id,
+            };
+            let wrapped = self.provider.wrap(&ctx, &material)?;
+            let at = now();
+            let record = KeyRecord {
+                key_id: i64::from(id.get()),
+                tenant: tenant.map(|t| t.as_str().to_owned()),
+                purpose: purpose.as_str().to_owned(),
+                state: KeyState::Active.as_str().to_owned(),
+                wrapped_key: Some(wrapped),
+                kek_ref: self.provider.kek_ref(),
+                created_at: at,
+                state_changed_at: at,
+            };
+            C::Backend::insert_key(conn, &record).map_err(store_err)?;
+            tracing::info!(
+                target: "encrypted_types::audit",
+                event = "key_created",
+                key_id = id.get(),
+                tenant = %crate::tenant::describe(tenant),
+                purpose = purpose.as_str(),
+                kek = %record.kek_ref,
+            );
+            return Ok(id);
+        }
+        Err(Error::Store("could not find a free key id".into()))
+    }
+
+    /// Reads the whole key table, unwraps every active and retired key once, self-tests each
+    /// data key with a canary seal and open, and builds the keyring. Destroyed keys are recorded
+    /// so their values fail with [`Error::KeyDestroyed`].
+    ///
+    /// Any unusable key fails the whole load with an error naming its key id, so a bad key is
+    /// found at startup, never on first use.
+    ///
+    /// # Errors
+    /// [`Error::KeyUnwrap`], [`Error::SelfTest`], [`Error::KeyRecord`], [`Error::Store`],
+    /// provider errors.
+    pub fn load<C>(&self, conn: &mut C) -> Result<(Keyring, LoadReport), Error>
+    where
+        C: LoadConnection,
+        C::Backend: KeyTable,
+    {
+        let started = Instant::now();
+        let records = C::Backend::all_keys(conn).map_err(store_err)?;
+        let mut builder = Keyring::builder();
+        let mut report = LoadReport {
+            data_keys: 0,
+            blind_index_keys: 0,
+            destroyed: 0,
+        };
+        let my_kek = self.provider.kek_ref();
+        for r in &records {
+            let id = u32::try_from(r.key_id)
+                .map(KeyId::from)
+                .map_err(|_| Error::KeyRecord {
+                    key_id: KeyId::from(0),
+                    reason: "key id out of range",
+                })?;
+            let bad = |reason| Error::KeyRecord { key_id: id, reason };
+            let state = KeyState::parse(&r.state).ok_or_else(|| bad("unknown state"))?;
+            let purpose = Purpose::parse(&r.purpose).ok_or_else(|| bad("unknown purpose"))?;
+            let tenant = r.tenant.as_deref().map(TenantId::from);
+            if state == KeyState::Destroyed {
+                if purpose == Purpose::Data {
+                    builder = builder.destroyed_key(id.get());
+                }
+                report.destroyed += 1;
+                continue;
+            }
+            if r.kek_ref != my_kek {
+                return Err(bad("wrapped by another KEK than this process's provider"));
+            }
+            let wrapped = r
+                .wrapped_key
+                .as_deref()
+                .ok_or_else(|| bad("no wrapped key bytes"))?;
+            let ctx = WrapContext {
+                tenant: tenant.as_ref(),
+                purpose,
+                key_id: id,
+            };
+            let material = self.provider.unwrap(&ctx, wrapped)?;
+            tracing::debug!(target: "encrypted_types::audit", event = "key_unwrapped", key_id = id.get(), purpose = purpose.as_str());
+            match purpose {
+                Purpose::Data => {
+                    self_test(id, tenant.as_ref(), &material)?;
+                    builder = builder.data_key(id.get(), tenant.clone(), material);
+                    if state == KeyState::Active {
+                        builder = builder.primary(tenant, id.get());
+                    }
+                    report.data_keys += 1;
+                }
+                Purpose::BlindIndex if state == KeyState::Active => {
+                    builder = builder.blind_index_root(tenant, material);
+                    report.blind_index_keys += 1;
+                }
+                // Retired blind-index keys are kept only for rotation (a later version).
+                Purpose::BlindIndex => {}
+            }
+        }
+        let keyring = builder.build()?;
+        tracing::info!(
+            target: "encrypted_types::audit",
+            event = "keyring_loaded",
+            data_keys = report.data_keys,
+            blind_index_keys = report.blind_index_keys,
+            destroyed = report.destroyed,
+            millis = started.elapsed().as_millis() as u64,
+        );
+        Ok((keyring, report))
+    }
+
+    /// [`KeyStore::load`], then installs the keyring process-wide. Call it at startup and
+    /// whenever keys change (a refresh); readers switch atomically.
+    ///
+    /// # Errors
+    /// As [`KeyStore::load`]; the installed keyring is left unchanged on error.
+    pub fn load_and_install<C>(&self, conn: &mut C) -> Result<LoadReport, Error>
+    where
+        C: LoadConnection,
+        C::Backend: KeyTable,
+    {
+        let (keyring, report) = self.load(conn)?;
+        keyring.install();
+        Ok(report)
+    }
+
+    /// Crypto-shreds a tenant: marks all its keys destroyed and erases their wrapped bytes, in
+    /// one transaction, then counts the rows of `models` that hold values sealed with them.
+    /// Reload the keyring afterwards (every process: [`KeyStore::load_and_install`]); no other
+    /// tenant is touched.
+    ///
+    /// Erasing the wrapped bytes does not reach copies in backups, WAL or replicas: those stay
+    /// decryptable by anyone who also holds the KEK until they age out, or until a per-tenant
+    /// KEK is deleted in the KMS (see `docs/KEYS.md`).
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn shred_tenant<C>(
+        &self,
+        conn: &mut C,
+        tenant: &TenantId,
+        models: &[ModelInfo],
+    ) -> Result<ShredReport, Error>
+    where
+        C: LoadConnection,
+        C::Backend: KeyTable,
+    {
+        let ids = C::Backend::destroy_tenant(conn, tenant.as_str(), now()).map_err(store_err)?;
+        let key_ids: Vec<KeyId> = ids
+            .iter()
+            .filter_map(|id| u32::try_from(*id).ok())
+            .map(KeyId::from)
+            .collect();
+        let rows_unreadable = count_rows_with_keys(conn, models, &key_ids)?;
+        tracing::warn!(
+            target: "encrypted_types::audit",
+            event = "tenant_shredded",
+            tenant = %tenant,
+            keys = ?key_ids.iter().map(|k| k.get()).collect::<Vec<_>>(),
+            rows_unreadable,
+        );
+        Ok(ShredReport {
+            keys: key_ids,
+            rows_unreadable,
+        })
+    }
+}
+
+/// Rows of `models` holding a value sealed with one of `ids`, found by the header bytes in SQL.
+///
+/// # Errors
+/// [`Error::Store`].
+pub fn count_rows_with_keys<C>(
+    conn: &mut C,
+    models: &[ModelInfo],
+    ids: &[KeyId],
+) -> Result<u64, Error>
+where
+    C: LoadConnection,
+    C::Backend: KeyTable,
+{
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    let mut total = 0u64;
+    for m in models {
+        let preds: Vec<String> = m
+            .columns
+            .iter()
+            .map(|c| C::Backend::key_id_in(&C::Backend::quote(c.column), ids))
+            .collect();
+        if preds.is_empty() {
+            continue;
+        }
+        let sql = format!(
+            "SELECT COUNT(*) AS n FROM {} WHERE {}",
+            C::Backend::quote(m.table),
+            preds.join(" OR ")
+        );
+        let n = C::Backend::count(conn, sql).map_err(store_err)?;
+        total += u64::try_from(n).unwrap_or(0);
+    }
+    Ok(total)
+}
+
+/// Seals and opens a canary under a freshly unwrapped key: a key that unwrapped to the wrong
+/// bytes, or a broken cipher, fails here at startup rather than on the first real value.
+fn self_test(id: KeyId, tenant: Option<&TenantId>, material: &KeyMaterial) -> Result<(), Error> {
+    let key = DataKey::new(id, tenant.cloned(), material);
+    let ctx = Context {
+        table: "encrypted_types",
+        column: "self_test",
+        tenant,
+        value_type: "bytes",
+    };
+    let canary = b"encrypted-types self-test".to_vec();
+    let fail = |_| Error::SelfTest { key_id: id };
+    let sealed = format::seal(&key, &ctx, &canary).map_err(fail)?;
+    let opened: Vec<u8> = format::open(&key, &ctx, sealed).map_err(fail)?;
+    if opened == canary {
+        Ok(())
+    } else {
+        Err(Error::SelfTest { key_id: id })
+    }
+}
+
+/// The embedded key-table migrations of each backend.
+#[cfg(feature = "migrations")]
+pub trait Migrations {
+    /// The migrations.
+    const MIGRATIONS: diesel_migrations::EmbeddedMigrations;
+}
+
+#[cfg(all(feature = "migrations", feature = "sqlite"))]
+impl Migrations for diesel::sqlite::Sqlite {
+    const MIGRATIONS: diesel_migrations::EmbeddedMigrations =
+        diesel_migrations::embed_migrations!("../migrations/sqlite");
+}
+
+#[cfg(all(feature = "migrations", feature = "postgres"))]
+impl Migrations for diesel::pg::Pg {
+    const MIGRATIONS: diesel_migrations::EmbeddedMigrations =
+        diesel_migrations::embed_migrations!("../migrations/postgres");
+}
+
+#[cfg(all(feature = "migrations", feature = "mysql"))]
+impl Migrations for diesel::mysql::Mysql {
+    const MIGRATIONS: diesel_migrations::EmbeddedMigrations =
+        diesel_migrations::embed_migrations!("../migrations/mysql");
+}

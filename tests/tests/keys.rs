@@ -1,0 +1,523 @@
+//! The key hierarchy: the local KEK file, wrapped keys bound to their context, loading with
+//! self-tests, tenants, rotation and crypto-shredding on every backend, and audit output that
+//! never holds plaintext or key bytes.
+// A test reports failure by panicking: unwrap, expect and indexing are assertions here.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::sync::{Mutex, MutexGuard};
+
+use encrypted_types::kek::local::LocalKek;
+use encrypted_types::kek::{KekProvider, Purpose, WrapContext};
+use encrypted_types::{Error, KeyId, KeyMaterial, TenantId};
+
+/// This binary installs keyrings: tests that do hold this lock.
+fn global() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn kek(dir: &tempfile::TempDir) -> LocalKek {
+    LocalKek::create(dir.path().join("test.kek")).unwrap()
+}
+
+#[test]
+fn the_local_kek_file_is_checked() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("k.kek");
+    assert_eq!(
+        LocalKek::open(&path).err(),
+        Some(Error::KekFile {
+            reason: "cannot read the KEK file"
+        })
+    );
+    LocalKek::create(&path).unwrap();
+    assert!(LocalKek::open(&path).is_ok());
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(
+        matches!(LocalKek::create(&path), Err(Error::KekFile { .. })),
+        "create must not overwrite"
+    );
+
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    assert_eq!(
+        LocalKek::open(&path).err(),
+        Some(Error::KekFile {
+            reason: "the KEK file is accessible to group or others; chmod 600 it"
+        })
+    );
+    let write = |p: &std::path::Path, bytes: &[u8]| {
+        std::fs::write(p, bytes).unwrap();
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    };
+    let short = dir.path().join("short.kek");
+    write(&short, &[7; 31]);
+    assert_eq!(
+        LocalKek::open(&short).err(),
+        Some(Error::KekFile {
+            reason: "the KEK file must hold exactly 32 bytes"
+        })
+    );
+    let zeros = dir.path().join("zeros.kek");
+    write(&zeros, &[0; 32]);
+    assert_eq!(
+        LocalKek::open(&zeros).err(),
+        Some(Error::KekFile {
+            reason: "the KEK file is all zeros"
+        })
+    );
+}
+
+#[test]
+fn a_wrapped_key_opens_only_in_its_own_context() {
+    let dir = tempfile::tempdir().unwrap();
+    let kek = kek(&dir);
+    let a = TenantId::from("a");
+    let b = TenantId::from("b");
+    let ctx = WrapContext {
+        tenant: Some(&a),
+        purpose: Purpose::Data,
+        key_id: KeyId::from(5),
+    };
+    let dek = KeyMaterial::generate().unwrap();
+    let wrapped = kek.wrap(&ctx, &dek).unwrap();
+    assert_eq!(kek.unwrap(&ctx, &wrapped).unwrap().expose(), dek.expose());
+    let unwrap_err = Some(Error::KeyUnwrap {
+        key_id: KeyId::from(5),
+    });
+    for other in [
+        WrapContext {
+            tenant: Some(&b),
+            ..ctx
+        },
+        WrapContext {
+            tenant: None,
+            ..ctx
+        },
+        WrapContext {
+            purpose: Purpose::BlindIndex,
+            ..ctx
+        },
+    ] {
+        assert_eq!(kek.unwrap(&other, &wrapped).err(), unwrap_err);
+    }
+    assert_eq!(
+        kek.unwrap(
+            &WrapContext {
+                key_id: KeyId::from(6),
+                ..ctx
+            },
+            &wrapped
+        )
+        .err(),
+        Some(Error::KeyUnwrap {
+            key_id: KeyId::from(6)
+        })
+    );
+    for i in 0..wrapped.len() * 8 {
+        let mut t = wrapped.clone();
+        t[i / 8] ^= 1 << (i % 8);
+        assert_eq!(kek.unwrap(&ctx, &t).err(), unwrap_err, "bit {i}");
+    }
+    assert_eq!(kek.unwrap(&ctx, &wrapped[..40]).err(), unwrap_err);
+    // Another KEK file cannot unwrap it.
+    let other_dir = tempfile::tempdir().unwrap();
+    assert_eq!(
+        self::kek(&other_dir).unwrap(&ctx, &wrapped).err(),
+        unwrap_err
+    );
+}
+
+macro_rules! store_suite {
+    ($connect:path) => {
+        use diesel::prelude::*;
+        use encrypted_types::store::{KeyStore, encrypted_types_keys};
+        use encrypted_types::{Error, KeyId, TenantId};
+        use encrypted_types_tests::models::Patient;
+        use encrypted_types_tests::schema::et_patients;
+        use encrypted_types_tests::{lib_error, next_id};
+
+        use super::*;
+
+        #[test]
+        fn tenants_load_self_test_and_shred() {
+            let _g = global();
+            let dir = tempfile::tempdir().unwrap();
+            let store = KeyStore::new(kek(&dir));
+            let conn = &mut $connect();
+            let one = store.create_tenant(conn, Some(&"1".into())).unwrap();
+            let two = store.create_tenant(conn, Some(&"2".into())).unwrap();
+            assert!(
+                store.create_tenant(conn, Some(&"1".into())).is_err(),
+                "a tenant is created once"
+            );
+
+            // Loading unwraps each key once and installs them: the tenants' rows can be written.
+            let report = store.load_and_install(conn).unwrap();
+            assert_eq!(
+                (report.data_keys, report.blind_index_keys, report.destroyed),
+                (2, 2, 0)
+            );
+            let a: Vec<Patient> = (0..5)
+                .map(|i| Patient::sample(next_id(), 1, &format!("a{i}@x.org"), "111"))
+                .collect();
+            let b: Vec<Patient> = (0..3)
+                .map(|i| Patient::sample(next_id(), 2, &format!("b{i}@x.org"), "222"))
+                .collect();
+            for p in a.iter().chain(&b) {
+                diesel::insert_into(et_patients::table)
+                    .values(p)
+                    .execute(conn)
+                    .unwrap();
+            }
+            let header: Vec<u8> = et_patients::table
+                .find(a[0].id)
+                .select(et_patients::name)
+                .first(conn)
+                .unwrap();
+            assert_eq!(&header[2..6], &one.data.get().to_be_bytes());
+
+            // Shred tenant 1: its keys are destroyed, its rows counted...
+            let shred = store
+                .shred_tenant(
+                    conn,
+                    &TenantId::from("1"),
+                    &[<Patient as encrypted_types::EncryptedModel>::MODEL],
+                )
+                .unwrap();
+            let mut destroyed = shred.keys.clone();
+            destroyed.sort();
+            let mut expected = vec![one.data, one.blind_index];
+            expected.sort();
+            assert_eq!(destroyed, expected);
+            assert_eq!(shred.rows_unreadable, 5);
+            let wrapped: Vec<Option<Vec<u8>>> = encrypted_types_keys::table
+                .filter(encrypted_types_keys::tenant.eq("1"))
+                .select(encrypted_types_keys::wrapped_key)
+                .load(conn)
+                .unwrap();
+            assert!(wrapped.iter().all(Option::is_none), "wrapped bytes erased");
+
+            // ...and after a reload its rows fail with KeyDestroyed while tenant 2's still open.
+            let report = store.load_and_install(conn).unwrap();
+            assert_eq!((report.data_keys, report.destroyed), (1, 2));
+            for p in &a {
+                let err = et_patients::table
+                    .find(p.id)
+                    .select(Patient::as_select())
+                    .first::<Patient>(conn)
+                    .unwrap_err();
+                assert_eq!(
+                    lib_error(&err),
+                    Some(&Error::KeyDestroyed(one.data)),
+                    "{err}"
+                );
+            }
+            for p in &b {
+                let back: Patient = et_patients::table
+                    .find(p.id)
+                    .select(Patient::as_select())
+                    .first(conn)
+                    .unwrap();
+                assert_eq!(&back, p);
+            }
+            assert_eq!(
+                Patient::find_by_email(conn, &2, "B0@X.org").unwrap(),
+                vec![b[0].clone()]
+            );
+            assert_eq!(
+                two.data,
+                KeyId::from(u32::from_be_bytes(
+                    et_patients::table
+                        .find(b[0].id)
+                        .select(et_patients::email)
+                        .first::<Vec<u8>>(conn)
+                        .unwrap()[2..6]
+                        .try_into()
+                        .unwrap()
+                ))
+            );
+        }
+
+        #[test]
+        fn rotation_adds_a_primary_and_old_values_still_open() {
+            let _g = global();
+            let dir = tempfile::tempdir().unwrap();
+            let store = KeyStore::new(kek(&dir));
+            let conn = &mut $connect();
+            let first = store.create_tenant(conn, Some(&"1".into())).unwrap();
+            store.create_tenant(conn, Some(&"2".into())).unwrap();
+            store.load_and_install(conn).unwrap();
+            let old = Patient::sample(next_id(), 1, "old@x.org", "1");
+            diesel::insert_into(et_patients::table)
+                .values(&old)
+                .execute(conn)
+                .unwrap();
+
+            let new_key = store.rotate_data_key(conn, Some(&"1".into())).unwrap();
+            assert_ne!(new_key, first.data);
+            let report = store.load_and_install(conn).unwrap();
+            assert_eq!(report.data_keys, 3, "the retired key stays loaded");
+            let new = Patient::sample(next_id(), 1, "new@x.org", "1");
+            diesel::insert_into(et_patients::table)
+                .values(&new)
+                .execute(conn)
+                .unwrap();
+            let key_of = |conn: &mut _, id| -> Vec<u8> {
+                et_patients::table
+                    .find(id)
+                    .select(et_patients::name)
+                    .first::<Vec<u8>>(conn)
+                    .unwrap()[2..6]
+                    .to_vec()
+            };
+            assert_eq!(key_of(conn, old.id), first.data.get().to_be_bytes());
+            assert_eq!(key_of(conn, new.id), new_key.get().to_be_bytes());
+            assert_eq!(
+                Patient::find_by_email(conn, &1, "old@x.org").unwrap(),
+                vec![old]
+            );
+            assert_eq!(
+                Patient::find_by_email(conn, &1, "new@x.org").unwrap(),
+                vec![new]
+            );
+        }
+
+        #[test]
+        fn a_flipped_bit_or_a_moved_wrapped_key_fails_the_load_naming_the_key() {
+            let dir = tempfile::tempdir().unwrap();
+            let store = KeyStore::new(kek(&dir));
+            let conn = &mut $connect();
+            let a = store.create_tenant(conn, Some(&"ta".into())).unwrap();
+            let b = store.create_tenant(conn, Some(&"tb".into())).unwrap();
+            assert!(store.load(conn).is_ok());
+            let wrapped_of = |conn: &mut _, id: KeyId| -> Vec<u8> {
+                encrypted_types_keys::table
+                    .find(i64::from(id.get()))
+                    .select(encrypted_types_keys::wrapped_key)
+                    .first::<Option<Vec<u8>>>(conn)
+                    .unwrap()
+                    .unwrap()
+            };
+            let set = |conn: &mut _, id: KeyId, bytes: Vec<u8>| {
+                diesel::update(encrypted_types_keys::table.find(i64::from(id.get())))
+                    .set(encrypted_types_keys::wrapped_key.eq(Some(bytes)))
+                    .execute(conn)
+                    .unwrap();
+            };
+            let original = wrapped_of(conn, a.data);
+            let mut flipped = original.clone();
+            flipped[20] ^= 0x04;
+            set(conn, a.data, flipped);
+            assert_eq!(
+                store.load(conn).err(),
+                Some(Error::KeyUnwrap { key_id: a.data })
+            );
+            // Tenant b's wrapped key presented in tenant a's row: another context, rejected.
+            let b_wrapped = wrapped_of(conn, b.data);
+            set(conn, a.data, b_wrapped);
+            assert_eq!(
+                store.load(conn).err(),
+                Some(Error::KeyUnwrap { key_id: a.data })
+            );
+            set(conn, a.data, original);
+            assert!(store.load(conn).is_ok());
+            // A key wrapped by another KEK (same file name, other bytes) is named too, not skipped.
+            let other_dir = tempfile::tempdir().unwrap();
+            let other = KeyStore::new(kek(&other_dir));
+            let c = other.create_tenant(conn, Some(&"tc".into())).unwrap();
+            let err = store.load(conn).err().unwrap();
+            let named = match err {
+                Error::KeyUnwrap { key_id } | Error::KeyRecord { key_id, .. } => key_id,
+                ref other => panic!("{other}"),
+            };
+            assert!(named == c.data || named == c.blind_index, "{err}");
+        }
+    };
+}
+
+mod sqlite {
+    store_suite!(encrypted_types_tests::keystore::sqlite);
+}
+
+mod postgres {
+    store_suite!(encrypted_types_tests::keystore::pg);
+}
+
+mod mysql {
+    store_suite!(encrypted_types_tests::keystore::mysql);
+}
+
+/// Every audit path at TRACE level, captured: canary plaintexts and key bytes never appear.
+#[test]
+fn trace_output_holds_no_plaintext_and_no_key_bytes() {
+    use std::sync::Arc;
+
+    use diesel::prelude::*;
+    use encrypted_types::audit::{CoalescingSink, set_sink};
+    use encrypted_types::store::{KeyStore, encrypted_types_keys};
+    use encrypted_types_tests::models::Patient;
+    use encrypted_types_tests::schema::et_patients;
+    use encrypted_types_tests::{CANARY_EMAIL, CANARY_NAME, next_id};
+
+    #[derive(Clone, Default)]
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let capture = Capture::default();
+    let writer = capture.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .finish();
+
+    let _g = global();
+    let dir = tempfile::tempdir().unwrap();
+    let kek_bytes = {
+        let path = dir.path().join("test.kek");
+        LocalKek::create(&path).unwrap();
+        std::fs::read(&path).unwrap()
+    };
+    let store = KeyStore::new(LocalKek::open(dir.path().join("test.kek")).unwrap());
+    let mut secrets: Vec<Vec<u8>> = vec![kek_bytes];
+    tracing::subscriber::with_default(subscriber, || {
+        set_sink(CoalescingSink::new(std::time::Duration::ZERO));
+        let conn = &mut encrypted_types_tests::keystore::sqlite();
+        let one = store.create_tenant(conn, Some(&"1".into())).unwrap();
+        store.create_tenant(conn, Some(&"2".into())).unwrap();
+        store.load_and_install(conn).unwrap();
+        for (id, purpose) in [
+            (one.data, Purpose::Data),
+            (one.blind_index, Purpose::BlindIndex),
+        ] {
+            let wrapped: Option<Vec<u8>> = encrypted_types_keys::table
+                .find(i64::from(id.get()))
+                .select(encrypted_types_keys::wrapped_key)
+                .first(conn)
+                .unwrap();
+            let t = TenantId::from("1");
+            let ctx = WrapContext {
+                tenant: Some(&t),
+                purpose,
+                key_id: id,
+            };
+            secrets.push(
+                store
+                    .provider()
+                    .unwrap(&ctx, &wrapped.unwrap())
+                    .unwrap()
+                    .expose()
+                    .to_vec(),
+            );
+        }
+        let mut p = Patient::sample(next_id(), 1, CANARY_EMAIL, "123-45-6789");
+        p.name = CANARY_NAME.into();
+        diesel::insert_into(et_patients::table)
+            .values(&p)
+            .execute(conn)
+            .unwrap();
+        let _: Patient = et_patients::table
+            .find(p.id)
+            .select(Patient::as_select())
+            .first(conn)
+            .unwrap();
+        // Failed opens: a tampered value, then a tenant swap, then a shredded tenant.
+        let mut name: Vec<u8> = et_patients::table
+            .find(p.id)
+            .select(et_patients::name)
+            .first(conn)
+            .unwrap();
+        name[30] ^= 1;
+        diesel::update(et_patients::table.find(p.id))
+            .set(et_patients::name.eq(&name))
+            .execute(conn)
+            .unwrap();
+        assert!(
+            et_patients::table
+                .find(p.id)
+                .select(Patient::as_select())
+                .first::<Patient>(conn)
+                .is_err()
+        );
+        store
+            .shred_tenant(
+                conn,
+                &"1".into(),
+                &[<Patient as encrypted_types::EncryptedModel>::MODEL],
+            )
+            .unwrap();
+        store.load_and_install(conn).unwrap();
+        assert!(
+            et_patients::table
+                .find(p.id)
+                .select(Patient::as_select())
+                .first::<Patient>(conn)
+                .is_err()
+        );
+        // A failed unwrap at load.
+        let two: i64 = encrypted_types_keys::table
+            .filter(encrypted_types_keys::tenant.eq("2"))
+            .select(encrypted_types_keys::key_id)
+            .first(conn)
+            .unwrap();
+        diesel::update(encrypted_types_keys::table.find(two))
+            .set(encrypted_types_keys::wrapped_key.eq(Some(vec![0u8; 60])))
+            .execute(conn)
+            .unwrap();
+        assert!(store.load(conn).is_err());
+        encrypted_types::audit::clear_sink();
+    });
+
+    let out = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    for event in [
+        "key_created",
+        "keyring_loaded",
+        "key_unwrapped",
+        "decrypts",
+        "open_failed",
+        "tenant_shredded",
+    ] {
+        assert!(out.contains(event), "no {event} event in:\n{out}");
+    }
+    for canary in [CANARY_EMAIL, CANARY_NAME, "123-45-6789", "canary-notes"] {
+        assert!(
+            !out.contains(canary),
+            "plaintext {canary} in the trace output"
+        );
+    }
+    for secret in &secrets {
+        let hex = hex::encode(secret);
+        let debug = format!("{:?}", &secret[..8]);
+        let debug_tail = debug.trim_start_matches('[').trim_end_matches(']');
+        assert!(
+            !out.contains(&hex) && !out.contains(&hex.to_uppercase()),
+            "key bytes (hex) in the trace output"
+        );
+        assert!(
+            !out.contains(debug_tail),
+            "key bytes (Debug) in the trace output"
+        );
+        assert!(
+            !out.as_bytes()
+                .windows(secret.len())
+                .any(|w| w == secret.as_slice()),
+            "raw key bytes in the trace output"
+        );
+    }
+}
