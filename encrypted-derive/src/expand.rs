@@ -38,7 +38,7 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
     let queries = queries(model, &names, &et, &diesel);
 
     quote! {
-        #[allow(non_camel_case_types, non_snake_case, unused_qualifications, dead_code, clippy::all)]
+        #[allow(non_camel_case_types, non_snake_case, unused_qualifications, unreachable_pub, dead_code, clippy::all)]
         const _: () = {
             #markers
             #meta

@@ -12,7 +12,10 @@ use encrypted_types::kek::local::LocalKek;
 use encrypted_types::store::KeyStore;
 
 fn main() {
-    let tenants: usize = std::env::args().nth(1).and_then(|n| n.parse().ok()).unwrap_or(1000);
+    let tenants: usize = std::env::args()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
     let dir = std::env::temp_dir().join(format!("et-load-keys-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let conn = &mut SqliteConnection::establish(":memory:").expect("sqlite");
@@ -21,7 +24,9 @@ fn main() {
 
     let started = Instant::now();
     for t in 0..tenants {
-        store.create_tenant(conn, Some(&format!("tenant-{t}").into())).expect("tenant");
+        store
+            .create_tenant(conn, Some(&format!("tenant-{t}").into()))
+            .expect("tenant");
     }
     let created = started.elapsed();
 

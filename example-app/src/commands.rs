@@ -1,0 +1,312 @@
+//! The subcommands.
+
+use std::path::Path;
+
+use diesel::prelude::*;
+use encrypted_types::kek::local::LocalKek;
+use encrypted_types::store::{KeyStore, count_rows_with_keys, encrypted_types_keys};
+use encrypted_types::{EncryptedModel, KeyId, TenantId};
+
+use crate::AppResult;
+use crate::db::{Db, with_conn};
+use crate::model::{Patient, patients};
+
+/// The demo's patients: two clinics, each with its own keys.
+fn samples() -> Vec<Patient> {
+    let d = |y, m, day| chrono::NaiveDate::from_ymd_opt(y, m, day).unwrap_or_default();
+    let p = |id, clinic_id, name: &str, email: &str, ssn: &str, dob, notes: Option<&str>| Patient {
+        id,
+        clinic_id,
+        name: name.into(),
+        email: email.into(),
+        ssn: ssn.into(),
+        date_of_birth: dob,
+        notes: notes.map(Into::into),
+    };
+    vec![
+        p(
+            1,
+            1,
+            "Ann Smith",
+            "ann.smith@example.org",
+            "123-45-6789",
+            d(1980, 2, 29),
+            Some("Penicillin allergy. Asthma, well controlled."),
+        ),
+        p(
+            2,
+            1,
+            "Bob Jones",
+            "bob.jones@example.org",
+            "987-65-4321",
+            d(1975, 7, 4),
+            None,
+        ),
+        p(
+            3,
+            2,
+            "Chen Wei",
+            "chen.wei@example.com",
+            "555-12-3456",
+            d(1992, 11, 30),
+            Some("Type 1 diabetes; insulin pump since 2019."),
+        ),
+        p(
+            4,
+            2,
+            "Dolores Ortega",
+            "d.ortega@example.com",
+            "222-33-4444",
+            d(1964, 1, 15),
+            Some("Post-op follow-up in 6 weeks."),
+        ),
+    ]
+}
+
+/// Opens (or creates) the development KEK and a key store over it.
+fn key_store(kek: &Path) -> AppResult<(KeyStore<LocalKek>, bool)> {
+    let created = !kek.exists();
+    let provider = LocalKek::open_or_create(kek)?;
+    Ok((KeyStore::new(provider), created))
+}
+
+/// Loads the key table, unwraps and self-tests every key, and installs the keyring.
+fn load_keys(db: &mut Db, kek: &Path) -> AppResult<KeyStore<LocalKek>> {
+    let (store, _) = key_store(kek)?;
+    with_conn!(db, conn => store.load_and_install(conn))?;
+    Ok(store)
+}
+
+/// Creates a clinic's keys unless it has some.
+fn ensure_clinic(db: &mut Db, store: &KeyStore<LocalKek>, clinic: i64) -> AppResult<bool> {
+    let tenant = clinic.to_string();
+    let existing: i64 = with_conn!(db, conn => encrypted_types_keys::table
+        .filter(encrypted_types_keys::tenant.eq(&tenant))
+        .count()
+        .get_result(conn))?;
+    if existing > 0 {
+        return Ok(false);
+    }
+    with_conn!(db, conn => store.create_tenant(conn, Some(&TenantId::from(clinic))))?;
+    Ok(true)
+}
+
+fn hex_short(bytes: &[u8]) -> String {
+    let h = hex::encode(bytes);
+    if h.len() > 72 {
+        format!("{}… ({} bytes)", &h[..72], bytes.len())
+    } else {
+        format!("{h} ({} bytes)", bytes.len())
+    }
+}
+
+pub(crate) fn demo(db: &mut Db, url: &str, kek: &Path) -> AppResult<()> {
+    println!("== clinic demo on {} ({url})", db.backend());
+    let (store, created) = key_store(kek)?;
+    println!(
+        "development KEK: {} ({})",
+        kek.display(),
+        if created {
+            "created now, mode 0600"
+        } else {
+            "found"
+        }
+    );
+    for clinic in [1, 2] {
+        let new = ensure_clinic(db, &store, clinic)?;
+        println!(
+            "clinic {clinic}: {}",
+            if new {
+                "created its data key and blind-index key"
+            } else {
+                "keys already exist"
+            }
+        );
+    }
+    let report = with_conn!(db, conn => store.load_and_install(conn))?;
+    println!(
+        "keyring loaded: {} data keys and {} blind-index keys unwrapped and self-tested",
+        report.data_keys, report.blind_index_keys
+    );
+
+    let mut inserted = 0;
+    for p in samples() {
+        let exists: i64 = with_conn!(db, conn => patients::table.filter(patients::id.eq(p.id)).count().get_result(conn))?;
+        if exists == 0 {
+            with_conn!(db, conn => diesel::insert_into(patients::table).values(&p).execute(conn))?;
+            inserted += 1;
+        }
+    }
+    println!(
+        "sample patients: {inserted} inserted, {} already present",
+        samples().len() - inserted
+    );
+
+    let query = "  ANN.Smith@Example.org ";
+    let found = with_conn!(db, conn => Patient::find_by_email(conn, &1, query))?;
+    println!(
+        "\nfind --clinic 1 --email {query:?}: {} match through the email's blind index",
+        found.len()
+    );
+    let Some(ann) = found.first() else {
+        return Err("the demo patient was not found".into());
+    };
+    print_stored(db, ann.id)?;
+    println!("\nWhat the application sees:\n  {ann:#?}");
+    println!(
+        "\nNo name, email or SSN above is stored in clear: try `grep -a 'Ann Smith' clinic.db`."
+    );
+    Ok(())
+}
+
+/// Prints the bytes the database holds for one patient.
+fn print_stored(db: &mut Db, id: i64) -> AppResult<()> {
+    type Raw = (
+        Vec<u8>,
+        Vec<u8>,
+        Vec<u8>,
+        Vec<u8>,
+        Vec<u8>,
+        Vec<u8>,
+        Option<Vec<u8>>,
+    );
+    let raw: Raw = with_conn!(db, conn => patients::table
+        .find(id)
+        .select((
+            patients::name,
+            patients::email,
+            patients::email_bidx,
+            patients::ssn,
+            patients::ssn_bidx,
+            patients::date_of_birth,
+            patients::notes,
+        ))
+        .first(conn))?;
+    println!(
+        "\nWhat the database stores for patient {id} (version ‖ suite ‖ key id ‖ nonce ‖ ciphertext ‖ tag):"
+    );
+    println!("  name           {}", hex_short(&raw.0));
+    println!("  email          {}", hex_short(&raw.1));
+    println!("  email_bidx     {}", hex_short(&raw.2));
+    println!("  ssn            {}", hex_short(&raw.3));
+    println!("  ssn_bidx       {}", hex_short(&raw.4));
+    println!("  date_of_birth  {}", hex_short(&raw.5));
+    println!(
+        "  notes          {}",
+        raw.6
+            .as_deref()
+            .map_or_else(|| "NULL".to_owned(), hex_short)
+    );
+    Ok(())
+}
+
+pub(crate) fn add(db: &mut Db, kek: &Path, mut patient: Patient) -> AppResult<()> {
+    let (store, _) = key_store(kek)?;
+    ensure_clinic(db, &store, patient.clinic_id)?;
+    with_conn!(db, conn => store.load_and_install(conn))?;
+    let max: Option<i64> =
+        with_conn!(db, conn => patients::table.select(diesel::dsl::max(patients::id)).first(conn))?;
+    patient.id = max.unwrap_or(0) + 1;
+    with_conn!(db, conn => diesel::insert_into(patients::table).values(&patient).execute(conn))?;
+    println!(
+        "added patient {} to clinic {}",
+        patient.id, patient.clinic_id
+    );
+    Ok(())
+}
+
+pub(crate) fn find(db: &mut Db, kek: &Path, clinic: i64, email: &str) -> AppResult<()> {
+    load_keys(db, kek)?;
+    let found = with_conn!(db, conn => Patient::find_by_email(conn, &clinic, email))?;
+    println!(
+        "{} patient(s) of clinic {clinic} with email {email:?}",
+        found.len()
+    );
+    for p in found {
+        println!("{p:#?}");
+    }
+    Ok(())
+}
+
+pub(crate) fn show(db: &mut Db, kek: &Path, id: i64) -> AppResult<()> {
+    load_keys(db, kek)?;
+    let p: Patient =
+        with_conn!(db, conn => patients::table.find(id).select(Patient::as_select()).first(conn))?;
+    print_stored(db, id)?;
+    println!("\nDecrypted:\n{p:#?}");
+    Ok(())
+}
+
+pub(crate) fn list(db: &mut Db, kek: &Path) -> AppResult<()> {
+    load_keys(db, kek)?;
+    let ids: Vec<i64> = with_conn!(db, conn => patients::table.select(patients::id).order(patients::id).load(conn))?;
+    for id in ids {
+        // One at a time, so a shredded clinic's rows are reported rather than failing the list.
+        let row: QueryResult<Patient> = with_conn!(db, conn => patients::table.find(id).select(Patient::as_select()).first(conn));
+        match row {
+            Ok(p) => println!(
+                "{:>4}  clinic {:<3} {:<20} {:<28} {}",
+                p.id, p.clinic_id, p.name, p.email, p.date_of_birth
+            ),
+            Err(e) => println!(
+                "{id:>4}  unreadable: {}",
+                encrypted_types::Error::from_diesel(&e)
+                    .map_or_else(|| e.to_string(), ToString::to_string)
+            ),
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn create_clinic(db: &mut Db, kek: &Path, clinic: i64) -> AppResult<()> {
+    let (store, _) = key_store(kek)?;
+    if ensure_clinic(db, &store, clinic)? {
+        println!("clinic {clinic}: created its data key and blind-index key");
+    } else {
+        println!("clinic {clinic} already has keys");
+    }
+    Ok(())
+}
+
+pub(crate) fn shred_clinic(db: &mut Db, kek: &Path, clinic: i64) -> AppResult<()> {
+    let (store, _) = key_store(kek)?;
+    let report = with_conn!(db, conn => store.shred_tenant(conn, &TenantId::from(clinic), &[Patient::MODEL]))?;
+    let ids: Vec<u32> = report.keys.iter().map(|k| k.get()).collect();
+    println!(
+        "clinic {clinic}: destroyed keys {ids:?}; {} patient row(s) can never be read again",
+        report.rows_unreadable
+    );
+    Ok(())
+}
+
+pub(crate) fn key_stats(db: &mut Db, kek: &Path) -> AppResult<()> {
+    load_keys(db, kek)?;
+    type Row = (i64, Option<String>, String, String);
+    let rows: Vec<Row> = with_conn!(db, conn => encrypted_types_keys::table
+        .select((
+            encrypted_types_keys::key_id,
+            encrypted_types_keys::tenant,
+            encrypted_types_keys::purpose,
+            encrypted_types_keys::state,
+        ))
+        .order((encrypted_types_keys::tenant, encrypted_types_keys::key_id))
+        .load(conn))?;
+    println!(
+        "{:>12}  {:<8} {:<12} {:<10} {:>8}",
+        "key id", "clinic", "purpose", "state", "rows"
+    );
+    for (id, tenant, purpose, state) in rows {
+        let rows = if purpose == "data" {
+            let key = KeyId::from(u32::try_from(id)?);
+            let n = with_conn!(db, conn => count_rows_with_keys(conn, &[Patient::MODEL], &[key]))?;
+            n.to_string()
+        } else {
+            "-".into()
+        };
+        println!(
+            "{id:>12}  {:<8} {purpose:<12} {state:<10} {rows:>8}",
+            tenant.unwrap_or_else(|| "-".into())
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,64 @@
+//! The three backends behind one enum, chosen by URL; a macro runs the same code on each.
+
+use diesel::prelude::*;
+use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+
+const SQLITE: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
+const POSTGRES: EmbeddedMigrations = embed_migrations!("../migrations/postgres");
+const MYSQL: EmbeddedMigrations = embed_migrations!("../migrations/mysql");
+
+/// A connection to one of the three backends.
+pub(crate) enum Db {
+    Sqlite(SqliteConnection),
+    Pg(PgConnection),
+    Mysql(MysqlConnection),
+}
+
+/// Runs `$body` with `$conn` bound to the concrete connection, once per backend: Diesel's
+/// queries are typed by backend, so the body is compiled three times.
+macro_rules! with_conn {
+    ($db:expr, $conn:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Sqlite($conn) => $body,
+            $crate::db::Db::Pg($conn) => $body,
+            $crate::db::Db::Mysql($conn) => $body,
+        }
+    };
+}
+pub(crate) use with_conn;
+
+impl Db {
+    /// Connects and applies pending migrations (the key table and `patients`).
+    pub(crate) fn open(url: &str) -> crate::AppResult<Self> {
+        let mut db = if let Some(path) = url.strip_prefix("sqlite://") {
+            let mut conn = SqliteConnection::establish(path)?;
+            // A concurrent reader (another `clinic` command) waits instead of failing.
+            diesel::sql_query("PRAGMA busy_timeout = 5000").execute(&mut conn)?;
+            Db::Sqlite(conn)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Db::Pg(PgConnection::establish(url)?)
+        } else if url.starts_with("mysql://") {
+            Db::Mysql(MysqlConnection::establish(url)?)
+        } else {
+            return Err(format!(
+                "unsupported database URL {url:?}: use sqlite://FILE, postgres://... or mysql://..."
+            )
+            .into());
+        };
+        match &mut db {
+            Db::Sqlite(c) => c.run_pending_migrations(SQLITE).map(drop),
+            Db::Pg(c) => c.run_pending_migrations(POSTGRES).map(drop),
+            Db::Mysql(c) => c.run_pending_migrations(MYSQL).map(drop),
+        }
+        .map_err(|e| format!("migrations failed: {e}"))?;
+        Ok(db)
+    }
+
+    pub(crate) fn backend(&self) -> &'static str {
+        match self {
+            Db::Sqlite(_) => "SQLite",
+            Db::Pg(_) => "PostgreSQL",
+            Db::Mysql(_) => "MySQL/MariaDB",
+        }
+    }
+}

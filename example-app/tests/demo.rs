@@ -1,0 +1,103 @@
+//! The demo a new user runs first: in an empty directory, with no server and no configuration,
+//! twice in a row; and the SQLite file it leaves holds none of the demo's plaintext.
+// A test reports failure by panicking: unwrap, expect and indexing are assertions here.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::process::Command;
+
+fn clinic(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_clinic"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        out.status.success(),
+        "clinic {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+#[test]
+fn the_demo_runs_twice_and_stores_no_plaintext() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = clinic(dir.path(), &["demo"]);
+    assert!(first.contains("created now"), "{first}");
+    assert!(first.contains("4 inserted"), "{first}");
+    assert!(
+        first.contains("1 match through the email's blind index"),
+        "{first}"
+    );
+    let second = clinic(dir.path(), &["demo"]);
+    assert!(second.contains("0 inserted, 4 already present"), "{second}");
+    assert!(second.contains("1 match"), "{second}");
+
+    let db = std::fs::read(dir.path().join("clinic.db")).unwrap();
+    assert!(db.len() > 4096);
+    for plaintext in [
+        "Ann Smith",
+        "ann.smith@example.org",
+        "123-45-6789",
+        "123456789",
+        "Bob Jones",
+        "bob.jones@example.org",
+        "987-65-4321",
+        "Chen Wei",
+        "chen.wei@example.com",
+        "555-12-3456",
+        "Dolores Ortega",
+        "d.ortega@example.com",
+        "222-33-4444",
+        "Penicillin",
+        "diabetes",
+        "Post-op",
+    ] {
+        assert!(
+            !db.windows(plaintext.len())
+                .any(|w| w == plaintext.as_bytes()),
+            "{plaintext:?} is in clinic.db"
+        );
+    }
+    // The other commands on the same database.
+    let found = clinic(
+        dir.path(),
+        &["find", "--clinic", "2", "--email", " Chen.Wei@EXAMPLE.com"],
+    );
+    assert!(
+        found.contains("1 patient(s)") && found.contains("Chen Wei"),
+        "{found}"
+    );
+    let added = clinic(
+        dir.path(),
+        &[
+            "add",
+            "--clinic",
+            "2",
+            "--name",
+            "Eve Adams",
+            "--email",
+            "eve@example.net",
+            "--ssn",
+            "111-22-3333",
+            "--dob",
+            "2001-09-09",
+        ],
+    );
+    assert!(added.contains("added patient 5"), "{added}");
+    let list = clinic(dir.path(), &["list"]);
+    assert_eq!(list.lines().count(), 5, "{list}");
+    let stats = clinic(dir.path(), &["key-stats"]);
+    assert!(stats.contains("active"), "{stats}");
+    let shred = clinic(dir.path(), &["shred-clinic", "--clinic", "1"]);
+    assert!(
+        shred.contains("2 patient row(s) can never be read again"),
+        "{shred}"
+    );
+    let list = clinic(dir.path(), &["list"]);
+    assert_eq!(list.matches("unreadable").count(), 2, "{list}");
+    assert!(list.contains("destroyed"), "{list}");
+    assert!(list.contains("Eve Adams"), "{list}");
+}
