@@ -19,6 +19,14 @@ if ! mariadb-admin --protocol=tcp -h127.0.0.1 -uroot ping >/dev/null 2>&1 \
   echo "  Start it: start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd" >&2
   fail=1
 fi
+if ! command -v softhsm2-util >/dev/null 2>&1; then
+  echo "SoftHSM2 is missing (the PKCS#11 provider's tests use it): apt-get install softhsm2" >&2
+  fail=1
+fi
+if ! python3 -c 'import moto.server, cryptography' 2>/dev/null; then
+  echo "The KMS emulator or the format's reference check is missing: python3 -m pip install 'moto[server]' cryptography" >&2
+  fail=1
+fi
 [ "$fail" = 0 ] || exit 1
 
 echo "== cargo fmt --check"

@@ -15,8 +15,12 @@ use crate::Error;
 use crate::key::{KeyId, KeyMaterial};
 use crate::tenant::TenantId;
 
+#[cfg(feature = "aws-kms")]
+pub mod aws;
 #[cfg(feature = "local-kek")]
 pub mod local;
+#[cfg(feature = "pkcs11")]
+pub mod pkcs11;
 
 /// What a key is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -109,6 +113,17 @@ pub trait KekProvider: Send + Sync + fmt::Debug {
     /// [`Error::Provider`] or [`Error::Timeout`].
     fn wrap(&self, ctx: &WrapContext<'_>, key: &KeyMaterial) -> Result<Vec<u8>, Error>;
 
+    /// A fresh key and its wrapped form. By default generated from the OS and wrapped with
+    /// [`KekProvider::wrap`]; a KMS can generate it itself (AWS `GenerateDataKey`).
+    ///
+    /// # Errors
+    /// As [`KekProvider::wrap`].
+    fn generate_wrapped(&self, ctx: &WrapContext<'_>) -> Result<(KeyMaterial, Vec<u8>), Error> {
+        let key = KeyMaterial::generate()?;
+        let wrapped = self.wrap(ctx, &key)?;
+        Ok((key, wrapped))
+    }
+
     /// Unwraps `wrapped`, checking that it was wrapped for `ctx`.
     ///
     /// # Errors
@@ -179,6 +194,10 @@ impl<P: KekProvider> KekProvider for Retrying<P> {
         self.inner.kek_ref()
     }
 
+    fn generate_wrapped(&self, ctx: &WrapContext<'_>) -> Result<(KeyMaterial, Vec<u8>), Error> {
+        self.run(|| self.inner.generate_wrapped(ctx))
+    }
+
     fn wrap(&self, ctx: &WrapContext<'_>, key: &KeyMaterial) -> Result<Vec<u8>, Error> {
         self.run(|| self.inner.wrap(ctx, key))
     }
@@ -191,6 +210,10 @@ impl<P: KekProvider> KekProvider for Retrying<P> {
 impl<P: KekProvider + ?Sized> KekProvider for &P {
     fn kek_ref(&self) -> String {
         (**self).kek_ref()
+    }
+
+    fn generate_wrapped(&self, ctx: &WrapContext<'_>) -> Result<(KeyMaterial, Vec<u8>), Error> {
+        (**self).generate_wrapped(ctx)
     }
 
     fn wrap(&self, ctx: &WrapContext<'_>, key: &KeyMaterial) -> Result<Vec<u8>, Error> {

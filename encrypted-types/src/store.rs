@@ -448,7 +448,6 @@ impl<P: KekProvider> KeyStore<P> {
         C: LoadConnection,
         C::Backend: KeyTable,
     {
-        let material = KeyMaterial::generate()?;
         // Random ids need no coordination between processes; a clash is retried.
         for _ in 0..8 {
             let mut raw = [0u8; 4];
@@ -462,7 +461,11 @@ impl<P: KekProvider> KeyStore<P> {
                 purpose,
                 key_id: id,
             };
-            let wrapped = self.provider.wrap(&ctx, &material)?;
+            let (material, wrapped) = self.provider.generate_wrapped(&ctx)?;
+            // Never store a key that does not come back: unwrap it once now.
+            if self.provider.unwrap(&ctx, &wrapped)?.expose() != material.expose() {
+                return Err(Error::KeyUnwrap { key_id: id });
+            }
             let at = now();
             let record = KeyRecord {
                 key_id: i64::from(id.get()),

@@ -309,3 +309,29 @@ macro_rules! codec_cases {
         );
     }};
 }
+
+/// Runs the `#[ignore]`d test `name` of the current test binary in a fresh process, with
+/// `envs`, and fails unless it passed: "a fresh process" for the key-provider tests.
+pub fn run_in_fresh_process(name: &str, envs: &[(&str, String)]) {
+    let exe = std::env::current_exe().expect("test binary path");
+    let out = std::process::Command::new(exe)
+        .args([
+            "--ignored",
+            "--exact",
+            name,
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("spawn the test binary");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && text.contains("1 passed"),
+        "fresh process {name} failed:\n{text}"
+    );
+}

@@ -1,0 +1,190 @@
+//! The PKCS#11 provider against SoftHSM2 (Debian's `softhsm2`, installed by `.ci/run`): the
+//! test creates its own token, makes a non-extractable KEK on it, creates keys, unwraps them in
+//! a fresh process, and seals and opens through them.
+// A test reports failure by panicking: unwrap, expect and indexing are assertions here.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::process::Command;
+
+use diesel::prelude::*;
+use encrypted_types::kek::pkcs11::Pkcs11Kek;
+use encrypted_types::kek::{KekProvider, Purpose, WrapContext};
+use encrypted_types::store::KeyStore;
+use encrypted_types::{Encrypted, Error, KeyId, KeyMaterial, TenantId};
+use encrypted_types_tests::{PeopleEmail, run_in_fresh_process};
+
+const PIN: &str = "5678";
+const KEY_LABEL: &str = "encrypted-types-kek";
+
+fn module() -> String {
+    std::env::var("SOFTHSM2_MODULE").unwrap_or_else(|_| "/usr/lib/softhsm/libsofthsm2.so".into())
+}
+
+/// A SoftHSM2 token of this test run, deleted when dropped.
+struct Token(String);
+
+impl Token {
+    fn create() -> Self {
+        let label = format!(
+            "et-{}-{}",
+            std::process::id(),
+            encrypted_types_tests::next_id()
+        );
+        let out = Command::new("softhsm2-util")
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                &label,
+                "--so-pin",
+                "1234",
+                "--pin",
+                PIN,
+            ])
+            .output()
+            .expect("softhsm2-util is not installed: apt-get install softhsm2 (.ci/run does)");
+        assert!(
+            out.status.success(),
+            "softhsm2-util failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(label)
+    }
+}
+
+impl Drop for Token {
+    fn drop(&mut self) {
+        let _ = Command::new("softhsm2-util")
+            .args(["--delete-token", "--token", &self.0])
+            .output();
+    }
+}
+
+/// The module is process-global state: one test at a time talks to it.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[test]
+fn keys_wrapped_by_an_hsm_key_unwrap_in_a_fresh_process() {
+    let _serial = serial();
+    let token = Token::create();
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("hsm.db");
+    let sealed_value;
+    {
+        let kek = Pkcs11Kek::open(module(), &token.0, PIN, KEY_LABEL, true).unwrap();
+        assert_eq!(kek.kek_ref(), format!("pkcs11:{KEY_LABEL}"));
+
+        // Wrapping is bound to its context, and altered bytes are refused.
+        let a = TenantId::from("a");
+        let ctx = WrapContext {
+            tenant: Some(&a),
+            purpose: Purpose::Data,
+            key_id: KeyId::from(9),
+        };
+        let dek = KeyMaterial::generate().unwrap();
+        let wrapped = kek.wrap(&ctx, &dek).unwrap();
+        assert_eq!(wrapped.len(), 60);
+        assert_eq!(kek.unwrap(&ctx, &wrapped).unwrap().expose(), dek.expose());
+        let b = TenantId::from("b");
+        let refused = Some(Error::KeyUnwrap {
+            key_id: KeyId::from(9),
+        });
+        assert_eq!(
+            kek.unwrap(
+                &WrapContext {
+                    tenant: Some(&b),
+                    ..ctx
+                },
+                &wrapped
+            )
+            .err(),
+            refused
+        );
+        assert_eq!(
+            kek.unwrap(
+                &WrapContext {
+                    purpose: Purpose::BlindIndex,
+                    ..ctx
+                },
+                &wrapped
+            )
+            .err(),
+            refused
+        );
+        let mut flipped = wrapped.clone();
+        flipped[30] ^= 0x10;
+        assert_eq!(kek.unwrap(&ctx, &flipped).err(), refused);
+
+        // A key table whose keys the HSM wraps.
+        let conn = &mut SqliteConnection::establish(db_path.to_str().unwrap()).unwrap();
+        KeyStore::<Pkcs11Kek>::run_migrations(conn).unwrap();
+        let store = KeyStore::new(kek);
+        store.create_tenant(conn, Some(&"clinic-h".into())).unwrap();
+        let (keyring, report) = store.load(conn).unwrap();
+        assert_eq!((report.data_keys, report.blind_index_keys), (1, 1));
+        sealed_value =
+            Encrypted::<String, PeopleEmail>::for_tenant("hsm@example.org".into(), "clinic-h")
+                .seal_with(&keyring)
+                .unwrap();
+    }
+    // Another process: only the token, the PIN and the key table.
+    run_in_fresh_process(
+        "open_in_a_fresh_process",
+        &[
+            ("ET_HSM_TOKEN", token.0.clone()),
+            ("ET_HSM_DB", db_path.to_string_lossy().into_owned()),
+            ("ET_HSM_SEALED", hex::encode(&sealed_value)),
+        ],
+    );
+}
+
+/// The fresh-process half of the test above (run by it, with its environment).
+#[test]
+#[ignore = "run by keys_wrapped_by_an_hsm_key_unwrap_in_a_fresh_process in its own process"]
+fn open_in_a_fresh_process() {
+    let token = std::env::var("ET_HSM_TOKEN").expect("run by the parent test");
+    let db = std::env::var("ET_HSM_DB").unwrap();
+    let sealed = hex::decode(std::env::var("ET_HSM_SEALED").unwrap()).unwrap();
+    let kek = Pkcs11Kek::open(module(), &token, PIN, KEY_LABEL, false).unwrap();
+    let conn = &mut SqliteConnection::establish(&db).unwrap();
+    let (keyring, _) = KeyStore::new(kek).load(conn).unwrap();
+    let opened = Encrypted::<String, PeopleEmail>::open_with(&keyring, &sealed).unwrap();
+    assert_eq!(opened.as_str(), "hsm@example.org");
+    let again = Encrypted::<String, PeopleEmail>::for_tenant("second".into(), "clinic-h")
+        .seal_with(&keyring)
+        .unwrap();
+    assert_eq!(
+        Encrypted::<String, PeopleEmail>::open_with(&keyring, &again)
+            .unwrap()
+            .as_str(),
+        "second"
+    );
+}
+
+#[test]
+fn a_missing_token_or_key_is_a_typed_error() {
+    let _serial = serial();
+    let token = Token::create();
+    let err = Pkcs11Kek::open(module(), &token.0, PIN, "no-such-key", false)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("no AES key labelled"), "{err}");
+    let err = Pkcs11Kek::open(module(), &token.0, "0000", KEY_LABEL, true)
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::Provider { .. }), "wrong PIN: {err}");
+    let err = Pkcs11Kek::open(module(), "no-such-token", PIN, KEY_LABEL, false)
+        .err()
+        .unwrap();
+    assert!(matches!(err, Error::Provider { .. }), "{err}");
+    assert!(err.to_string().contains("no token labelled"), "{err}");
+}
