@@ -114,7 +114,9 @@ pub mod keystore {
         ONCE.call_once(|| {
             KeyStore::<LocalKek>::run_migrations(&mut pg_raw()).expect("key table migration")
         });
-        super::pg()
+        let mut conn = super::pg();
+        empty_key_table(&mut conn);
+        conn
     }
 
     pub fn mysql() -> MysqlConnection {
@@ -122,6 +124,16 @@ pub mod keystore {
         ONCE.call_once(|| {
             KeyStore::<LocalKek>::run_migrations(&mut mysql_raw()).expect("key table migration")
         });
-        super::mysql()
+        let mut conn = super::mysql();
+        empty_key_table(&mut conn);
+        conn
+    }
+
+    /// The key table may hold committed keys of other users of the database (the example
+    /// app, say): each test starts from an empty table inside its rolled-back transaction.
+    /// Callers serialize, since the delete locks every row.
+    fn empty_key_table(conn: &mut impl diesel::connection::SimpleConnection) {
+        conn.batch_execute("DELETE FROM encrypted_types_keys")
+            .expect("empty the key table");
     }
 }

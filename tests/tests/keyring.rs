@@ -56,6 +56,13 @@ fn install_swap_and_uninstall() {
         .collect();
     for i in 0..200 {
         keyring_with_primary(if i % 2 == 0 { 2 } else { 1 }).install();
+        // Let the readers run on this keyring before the next swap.
+        let seen = opened.load(Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while opened.load(Ordering::Relaxed) == seen {
+            assert!(std::time::Instant::now() < deadline, "readers stalled");
+            std::thread::yield_now();
+        }
     }
     keyring_with_primary(2).install();
     stop.store(true, Ordering::Relaxed);

@@ -294,6 +294,7 @@ macro_rules! store_suite {
 
         #[test]
         fn a_flipped_bit_or_a_moved_wrapped_key_fails_the_load_naming_the_key() {
+            let _g = global();
             let dir = tempfile::tempdir().unwrap();
             let store = KeyStore::new(kek(&dir));
             let conn = &mut $connect();
