@@ -19,6 +19,13 @@ pub(crate) struct Model<'a> {
     pub(crate) primary_key: Vec<Ident>,
     pub(crate) derives: Vec<(DeriveKind, Span)>,
     pub(crate) fields: Vec<Field<'a>>,
+    pub(crate) treat_none_as_null: bool,
+}
+
+/// The SQL name of an identifier: `r#type` is the column `type`.
+pub(crate) fn sql_name(ident: &Ident) -> String {
+    use syn::ext::IdentExt;
+    ident.unraw().to_string()
 }
 
 pub(crate) struct Field<'a> {
@@ -101,7 +108,7 @@ impl<'a> Model<'a> {
                         explicit_column: i.column.is_some(),
                         column: i
                             .column
-                            .unwrap_or_else(|| Ident::new(&format!("{ident}_bidx"), ident.span())),
+                            .unwrap_or_else(|| quote::format_ident!("{}_bidx", ident)),
                         bits: i.bits,
                         version: i.version,
                         normalize: i.normalize,
@@ -137,6 +144,7 @@ impl<'a> Model<'a> {
                     .collect()
             }),
             fields,
+            treat_none_as_null: attrs.treat_none_as_null,
         })
     }
 
@@ -149,7 +157,7 @@ impl<'a> Model<'a> {
         self.table
             .as_ref()
             .and_then(|p| p.segments.last())
-            .map(|s| s.ident.to_string())
+            .map(|s| sql_name(&s.ident))
             .unwrap_or_default()
     }
 

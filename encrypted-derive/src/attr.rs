@@ -49,6 +49,8 @@ pub(crate) struct StructAttrs {
     pub(crate) tenant: Option<Ident>,
     pub(crate) primary_key: Option<Vec<Ident>>,
     pub(crate) derives: Option<Vec<(DeriveKind, Span)>>,
+    /// `#[diesel(treat_none_as_null = true)]`: passed on to the generated changeset.
+    pub(crate) treat_none_as_null: bool,
 }
 
 /// One field's attributes.
@@ -81,13 +83,24 @@ pub(crate) fn parse_struct(attrs: &[Attribute]) -> syn::Result<StructAttrs> {
     for attr in attrs {
         if attr.path().is_ident("encrypted") {
             attr.parse_nested_meta(|meta| {
+                let duplicate = |set: bool| {
+                    if set {
+                        Err(meta.error("this key is given twice\nhelp: give each key once"))
+                    } else {
+                        Ok(())
+                    }
+                };
                 if meta.path.is_ident("table") {
+                    duplicate(out.table.is_some())?;
                     out.table = Some(meta.value()?.parse()?);
                 } else if meta.path.is_ident("tenant") {
+                    duplicate(out.tenant.is_some())?;
                     out.tenant = Some(meta.value()?.parse()?);
                 } else if meta.path.is_ident("primary_key") {
+                    duplicate(out.primary_key.is_some())?;
                     out.primary_key = Some(parse_idents(&meta)?);
                 } else if meta.path.is_ident("derive") {
+                    duplicate(out.derives.is_some())?;
                     let mut list = Vec::new();
                     meta.parse_nested_meta(|d| {
                         let kind = match d.path.get_ident().map(ToString::to_string).as_deref() {
@@ -119,6 +132,9 @@ pub(crate) fn parse_struct(attrs: &[Attribute]) -> syn::Result<StructAttrs> {
                 } else if meta.path.is_ident("primary_key") {
                     let pk = parse_idents(&meta)?;
                     out.primary_key.get_or_insert(pk);
+                } else if meta.path.is_ident("treat_none_as_null") {
+                    let lit: syn::LitBool = meta.value()?.parse()?;
+                    out.treat_none_as_null = lit.value;
                 } else if meta.input.peek(syn::Token![=]) {
                     let _: proc_macro2::TokenStream = meta.value()?.parse()?;
                 } else if meta.input.peek(syn::token::Paren) {
@@ -157,6 +173,11 @@ pub(crate) fn parse_field(attrs: &[Attribute]) -> syn::Result<FieldAttrs> {
         }
         attr.parse_nested_meta(|meta| {
             if meta.path.is_ident("blind_index") {
+                if out.index.is_some() {
+                    return Err(meta.error(
+                        "a field has one blind index\nhelp: remove the second `blind_index`",
+                    ));
+                }
                 let mut index = IndexAttr {
                     span: meta.path.span(),
                     normalize: Vec::new(),
@@ -191,22 +212,27 @@ fn parse_index_key(m: &syn::meta::ParseNestedMeta<'_>, index: &mut IndexAttr) ->
         } else {
             let value = m.value()?;
             // Accept both `normalize = email` and `normalize = "email"`.
-            let ident = if value.peek(LitStr) {
+            if value.peek(LitStr) {
                 let lit: LitStr = value.parse()?;
-                Ident::new(&lit.value(), lit.span())
+                index
+                    .normalize
+                    .push(normalizer_named(&lit.value(), lit.span())?);
             } else {
-                value.parse()?
-            };
-            index.normalize.push(normalizer(&ident)?);
+                let ident: Ident = value.parse()?;
+                index.normalize.push(normalizer(&ident)?);
+            }
             Ok(())
         }
     } else if m.path.is_ident("bits") {
+        once(m, index.bits.is_some())?;
         index.bits = Some(m.value()?.parse()?);
         Ok(())
     } else if m.path.is_ident("column") {
+        once(m, index.column.is_some())?;
         index.column = Some(m.value()?.parse()?);
         Ok(())
     } else if m.path.is_ident("version") {
+        once(m, index.version.is_some())?;
         index.version = Some(m.value()?.parse()?);
         Ok(())
     } else {
@@ -218,14 +244,26 @@ fn parse_index_key(m: &syn::meta::ParseNestedMeta<'_>, index: &mut IndexAttr) ->
     }
 }
 
+fn once(m: &syn::meta::ParseNestedMeta<'_>, set: bool) -> syn::Result<()> {
+    if set {
+        Err(m.error("this key is given twice\nhelp: give each key once"))
+    } else {
+        Ok(())
+    }
+}
+
 fn normalizer(ident: &Ident) -> syn::Result<(Normalizer, Span)> {
-    let n = match ident.to_string().as_str() {
+    normalizer_named(&ident.to_string(), ident.span())
+}
+
+fn normalizer_named(name: &str, span: Span) -> syn::Result<(Normalizer, Span)> {
+    let n = match name {
         "trim" => Normalizer::Trim,
         "lowercase" => Normalizer::Lowercase,
         "email" => Normalizer::Email,
         "digits" => Normalizer::Digits,
         "casefold" => Normalizer::Casefold,
-        _ => return Err(unknown(ident.span(), "normalizer", kw::NORMALIZERS)),
+        _ => return Err(unknown(span, "normalizer", kw::NORMALIZERS)),
     };
-    Ok((n, ident.span()))
+    Ok((n, span))
 }

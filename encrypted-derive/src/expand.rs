@@ -96,7 +96,7 @@ fn markers(model: &Model<'_>, et: &TokenStream) -> TokenStream {
     let mut out = TokenStream::new();
     for (f, e) in model.encrypted_fields() {
         let ctx = ctx_ident(model, f);
-        let column = f.ident.to_string();
+        let column = crate::ast::sql_name(f.ident);
         out.extend(quote! {
             #[doc(hidden)]
             #[derive(Debug, Clone, Copy)]
@@ -108,7 +108,7 @@ fn markers(model: &Model<'_>, et: &TokenStream) -> TokenStream {
         });
         if let Some(index) = &e.index {
             let idx = idx_ident(model, f);
-            let index_column = index.column.to_string();
+            let index_column = crate::ast::sql_name(&index.column);
             let (version, bits) = (index.version_value(), index.bits_value());
             let steps = index
                 .normalize
@@ -136,16 +136,16 @@ fn markers(model: &Model<'_>, et: &TokenStream) -> TokenStream {
 fn metadata(model: &Model<'_>, et: &TokenStream) -> TokenStream {
     let ident = model.ident;
     let table_name = model.table_name();
-    let pk = model.primary_key.iter().map(ToString::to_string);
+    let pk = model.primary_key.iter().map(crate::ast::sql_name);
     let tenant = match &model.tenant {
         Some(t) => {
-            let t = t.to_string();
+            let t = crate::ast::sql_name(t);
             quote!(::core::option::Option::Some(#t))
         }
         None => quote!(::core::option::Option::None),
     };
     let columns = model.encrypted_fields().map(|(f, e)| {
-        let column = f.ident.to_string();
+        let column = crate::ast::sql_name(f.ident);
         let inner = e.inner;
         let nullable = e.optional;
         let indexes = e.index.iter().map(|_| {
@@ -196,7 +196,7 @@ fn read_side(
     let tenant = tenant_of(model, &quote!(row), et);
     let checks = model.encrypted_fields().map(|(f, e)| {
         let name = f.ident;
-        let column = name.to_string();
+        let column = crate::ast::sql_name(name);
         if e.optional {
             quote! {
                 if let ::core::option::Option::Some(v) = &row.#name {
@@ -300,6 +300,9 @@ fn write_side(
         }
     }
     let tenant = tenant_of(model, &quote!(m), et);
+    let treat_none = model
+        .treat_none_as_null
+        .then(|| quote!(#[diesel(treat_none_as_null = true)]));
     let mut derives = Vec::new();
     let mut impls = TokenStream::new();
     if model.wants(DeriveKind::Insertable) {
@@ -353,6 +356,7 @@ fn write_side(
         #[derive(#(#derives),*)]
         #[diesel(table_name = #table)]
         #[diesel(primary_key(#(#pk),*))]
+        #treat_none
         pub struct #write { #(#fields),* }
 
         impl<'__a> ::core::convert::From<&'__a #ident> for #write {
@@ -442,10 +446,12 @@ fn queries(
              Usable in `.filter(...)` with other filters, on sync and async connections.{trunc}",
             col = column,
             trunc = if index.bits_value() < 256 {
-                " This index is truncated, so unrelated rows also match: keep only the rows for which \
-                 `{name}_matches` holds, or use `find_by_{name}`, which does."
+                format!(
+                    " This index is truncated, so unrelated rows also match: keep only the rows for \
+                     which `{name}_matches` holds, or use `find_by_{name}`, which does."
+                )
             } else {
-                ""
+                String::new()
             }
         );
         methods.extend(quote! {

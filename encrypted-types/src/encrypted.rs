@@ -116,7 +116,9 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
         if self.tenant.as_ref() == expected {
             Ok(())
         } else {
-            Err(Error::TenantMismatch { column })
+            let err = Error::TenantMismatch { column };
+            audit::open_failed(C::TABLE, C::COLUMN, T::TYPE, &err);
+            Err(err)
         }
     }
 

@@ -26,7 +26,7 @@ pub(crate) type IndexMac = hmac::Hmac<Sha256>;
 
 /// A normalization step applied to a string before it is indexed, so that values a person
 /// considers equal ("Ann@Example.org " and "ann@example.org") index equally.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Normalizer {
     /// Strip leading and trailing Unicode whitespace.
@@ -155,6 +155,20 @@ impl IndexParams {
         }
         .encode(&mut info)?;
         info.extend_from_slice(&self.version.to_be_bytes());
+        // Length and normalizers are part of the key: a 16-bit index is not a prefix of a
+        // full-length one, and differently normalized indexes of one column never agree.
+        info.extend_from_slice(&self.bits.to_be_bytes());
+        info.push(
+            u8::try_from(self.normalize.len())
+                .map_err(|_| Error::InvalidIndex("too many normalizers"))?,
+        );
+        for step in self.normalize {
+            let name = step.name().as_bytes();
+            info.push(
+                u8::try_from(name.len()).map_err(|_| Error::InvalidIndex("normalizer name"))?,
+            );
+            info.extend_from_slice(name);
+        }
         Ok(info)
     }
 
@@ -169,6 +183,9 @@ impl IndexParams {
         tenant: Option<&TenantId>,
         value: &T,
     ) -> Result<Vec<u8>, Error> {
+        if !(1..=256).contains(&self.bits) {
+            return Err(Error::InvalidIndex("bits must be between 1 and 256"));
+        }
         let mut mac = keyring.index_mac(self, tenant, T::TYPE)?;
         mac.update(&self.input(value)?);
         let full = mac.finalize().into_bytes();

@@ -84,17 +84,17 @@ impl WrapContext<'_> {
         out
     }
 
-    /// The context as key-value pairs, for KMS encryption contexts.
-    pub fn pairs(&self) -> [(&'static str, String); 3] {
-        [
-            (
-                "tenant",
-                self.tenant
-                    .map_or_else(String::new, |t| t.as_str().to_owned()),
-            ),
+    /// The context as key-value pairs, for KMS encryption contexts. A key of no tenant has no
+    /// `tenant` pair, so it cannot be confused with a tenant named "".
+    pub fn pairs(&self) -> Vec<(&'static str, String)> {
+        let mut pairs = vec![
             ("purpose", self.purpose.as_str().to_owned()),
             ("key_id", self.key_id.to_string()),
-        ]
+        ];
+        if let Some(t) = self.tenant {
+            pairs.push(("tenant", t.as_str().to_owned()));
+        }
+        pairs
     }
 }
 

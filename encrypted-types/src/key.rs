@@ -126,6 +126,16 @@ impl DataKey {
         Self { id, tenant, cipher }
     }
 
+    /// A second handle on the same key, for a keyring rebuilt from this one. Deliberately not
+    /// `Clone`: copies of key material are made only where the library needs them.
+    pub(crate) fn duplicate(&self) -> Self {
+        Self {
+            id: self.id,
+            tenant: self.tenant.clone(),
+            cipher: self.cipher.clone(),
+        }
+    }
+
     /// The key's id, as written in headers.
     pub fn id(&self) -> KeyId {
         self.id
@@ -163,6 +173,13 @@ impl BlindIndexRootKey {
     /// The tenant the key belongs to, if any.
     pub fn tenant(&self) -> Option<&TenantId> {
         self.tenant.as_ref()
+    }
+
+    pub(crate) fn duplicate(&self) -> Self {
+        Self {
+            tenant: self.tenant.clone(),
+            material: KeyMaterial(self.material.0),
+        }
     }
 }
 

@@ -52,6 +52,8 @@ type DerivedId = (
     &'static str,
     &'static str,
     u32,
+    u16,
+    &'static [crate::index::Normalizer],
 );
 
 impl Keyring {
@@ -123,6 +125,54 @@ impl Keyring {
         self.blind_index.get(&tenant.cloned())
     }
 
+    /// A copy of this keyring without `tenant`'s keys, with `destroyed` recorded as destroyed:
+    /// what a process installs right after crypto-shredding the tenant.
+    pub(crate) fn without_tenant(&self, tenant: &TenantId, destroyed: &[KeyId]) -> Keyring {
+        let keys: Vec<DataKey> = self
+            .keys
+            .iter()
+            .filter(|k| k.tenant.as_ref() != Some(tenant))
+            .map(DataKey::duplicate)
+            .collect();
+        let index_of = |old: usize| {
+            self.keys
+                .get(old)
+                .and_then(|k| keys.binary_search_by_key(&k.id, DataKey::id).ok())
+        };
+        let mut gone = self.destroyed.clone();
+        for id in destroyed {
+            if !gone.contains(id) {
+                gone.push(*id);
+            }
+        }
+        let derived = self
+            .derived
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .filter(|(id, _)| id.0.as_ref() != Some(tenant))
+            .map(|(id, mac)| (id.clone(), mac.clone()))
+            .collect();
+        Keyring {
+            primary_default: self.primary_default.and_then(index_of),
+            primary_by_tenant: self
+                .primary_by_tenant
+                .iter()
+                .filter(|(t, _)| *t != tenant)
+                .filter_map(|(t, i)| index_of(*i).map(|j| (t.clone(), j)))
+                .collect(),
+            blind_index: self
+                .blind_index
+                .iter()
+                .filter(|(t, _)| t.as_ref() != Some(tenant))
+                .map(|(t, k)| (t.clone(), k.duplicate()))
+                .collect(),
+            keys,
+            destroyed: gone,
+            derived: RwLock::new(derived),
+        }
+    }
+
     /// The keyed HMAC of one blind index for one tenant, derived on first use and cached.
     pub(crate) fn index_mac(
         &self,
@@ -136,6 +186,8 @@ impl Keyring {
             params.column,
             value_type,
             params.version,
+            params.bits,
+            params.normalize,
         );
         if let Some(mac) = self
             .derived

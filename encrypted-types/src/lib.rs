@@ -161,7 +161,8 @@ pub use model::{ColumnInfo, EncryptedModel, ModelInfo};
 #[cfg(feature = "derive")]
 pub use encrypted_derive::Encrypted;
 
-/// What generated code reaches through, so a renamed dependency still works. Not public API.
+/// What generated code reaches through (`::encrypted_types::__private`), so users need no
+/// direct dependency on the crates it uses. Not public API.
 #[doc(hidden)]
 pub mod __private {
     pub use crate::index::{BlindIndex, IndexParams, IndexSpec, Normalizer};

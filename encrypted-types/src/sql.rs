@@ -89,3 +89,10 @@ impl crate::Error {
         }
     }
 }
+
+/// Key-table operations run inside Diesel transactions, whose error type must absorb Diesel's.
+impl From<diesel::result::Error> for crate::Error {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Store(e.to_string())
+    }
+}

@@ -405,17 +405,21 @@ impl<P: KekProvider> KeyStore<P> {
         C: LoadConnection,
         C::Backend: KeyTable,
     {
-        let existing =
-            C::Backend::live_keys(conn, tenant.map(TenantId::as_str)).map_err(store_err)?;
-        if !existing.is_empty() {
-            return Err(Error::Store(format!(
-                "tenant {} already has keys",
-                crate::tenant::describe(tenant)
-            )));
-        }
-        let data = self.create_key(conn, tenant, Purpose::Data)?;
-        let blind_index = self.create_key(conn, tenant, Purpose::BlindIndex)?;
-        Ok(TenantKeys { data, blind_index })
+        // One transaction: both keys or neither. The unique index on active keys makes a
+        // concurrent creator of the same tenant fail instead of adding a second primary.
+        conn.transaction(|conn| {
+            let existing =
+                C::Backend::live_keys(conn, tenant.map(TenantId::as_str)).map_err(store_err)?;
+            if !existing.is_empty() {
+                return Err(Error::Store(format!(
+                    "tenant {} already has keys",
+                    crate::tenant::describe(tenant)
+                )));
+            }
+            let data = self.create_key(conn, tenant, Purpose::Data)?;
+            let blind_index = self.create_key(conn, tenant, Purpose::BlindIndex)?;
+            Ok(TenantKeys { data, blind_index })
+        })
     }
 
     /// Adds a new active data key for `tenant` and retires the previous one: new writes use the
@@ -433,9 +437,12 @@ impl<P: KekProvider> KeyStore<P> {
         C: LoadConnection,
         C::Backend: KeyTable,
     {
-        C::Backend::retire_data_keys(conn, tenant.map(TenantId::as_str), now())
-            .map_err(store_err)?;
-        self.create_key(conn, tenant, Purpose::Data)
+        // Retire and create in one transaction: a failed wrap leaves the old key active.
+        conn.transaction(|conn| {
+            C::Backend::retire_data_keys(conn, tenant.map(TenantId::as_str), now())
+                .map_err(store_err)?;
+            self.create_key(conn, tenant, Purpose::Data)
+        })
     }
 
     fn create_key<C>(
@@ -564,6 +571,43 @@ impl<P: KekProvider> KeyStore<P> {
                 Purpose::BlindIndex => {}
             }
         }
+        // Every tenant with live keys must have exactly one active key of each purpose, so a
+        // half-created tenant fails here, at startup, not on its first write.
+        let mut active: std::collections::HashMap<(Option<&str>, &str), usize> =
+            std::collections::HashMap::new();
+        let mut live: Vec<(Option<&str>, KeyId)> = Vec::new();
+        for r in &records {
+            if r.state == KeyState::Active.as_str() {
+                *active
+                    .entry((r.tenant.as_deref(), r.purpose.as_str()))
+                    .or_default() += 1;
+            }
+            if r.state != KeyState::Destroyed.as_str() {
+                live.push((
+                    r.tenant.as_deref(),
+                    KeyId::from(u32::try_from(r.key_id).unwrap_or(0)),
+                ));
+            }
+        }
+        for (tenant, key_id) in live {
+            for purpose in [Purpose::Data, Purpose::BlindIndex] {
+                match active.get(&(tenant, purpose.as_str())) {
+                    Some(1) => {}
+                    Some(_) => {
+                        return Err(Error::KeyRecord {
+                            key_id,
+                            reason: "its tenant has two active keys of one purpose",
+                        });
+                    }
+                    None => {
+                        return Err(Error::KeyRecord {
+                            key_id,
+                            reason: "its tenant lacks an active data key or blind-index key",
+                        });
+                    }
+                }
+            }
+        }
         let keyring = builder.build()?;
         tracing::info!(
             target: "encrypted_types::audit",
@@ -612,13 +656,25 @@ impl<P: KekProvider> KeyStore<P> {
         C: LoadConnection,
         C::Backend: KeyTable,
     {
+        // Count first: the rows sealed with the tenant's keys are the same before and after, and a
+        // failed count must not leave keys destroyed with no report.
+        let live: Vec<KeyId> = C::Backend::live_keys(conn, Some(tenant.as_str()))
+            .map_err(store_err)?
+            .iter()
+            .filter_map(|id| u32::try_from(*id).ok())
+            .map(KeyId::from)
+            .collect();
+        let rows_unreadable = count_rows_with_keys(conn, models, &live)?;
         let ids = C::Backend::destroy_tenant(conn, tenant.as_str(), now()).map_err(store_err)?;
         let key_ids: Vec<KeyId> = ids
             .iter()
             .filter_map(|id| u32::try_from(*id).ok())
             .map(KeyId::from)
             .collect();
-        let rows_unreadable = count_rows_with_keys(conn, models, &key_ids)?;
+        // This process stops using the keys at once; other processes on their next reload.
+        if let Some(current) = Keyring::current() {
+            current.without_tenant(tenant, &key_ids).install();
+        }
         tracing::warn!(
             target: "encrypted_types::audit",
             event = "tenant_shredded",

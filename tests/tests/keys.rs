@@ -207,6 +207,14 @@ macro_rules! store_suite {
                 .unwrap();
             assert!(wrapped.iter().all(Option::is_none), "wrapped bytes erased");
 
+            // ...this process stops opening them at once, before any reload...
+            for p in &a {
+                let err = et_patients::table.find(p.id).select(Patient::as_select()).first::<Patient>(conn).unwrap_err();
+                assert_eq!(lib_error(&err), Some(&Error::KeyDestroyed(one.data)), "{err}");
+            }
+            let late = Patient::sample(next_id(), 1, "late@x.org", "1");
+            let err = diesel::insert_into(et_patients::table).values(&late).execute(conn).unwrap_err();
+            assert!(matches!(lib_error(&err), Some(Error::NoPrimaryKey { .. })), "{err}");
             // ...and after a reload its rows fail with KeyDestroyed while tenant 2's still open.
             let report = store.load_and_install(conn).unwrap();
             assert_eq!((report.data_keys, report.destroyed), (1, 2));
@@ -343,6 +351,48 @@ macro_rules! store_suite {
             };
             assert!(named == c.data || named == c.blind_index, "{err}");
         }
+
+        #[test]
+        fn tenants_differing_only_in_case_or_spaces_are_different_tenants() {
+            let _g = global();
+            let dir = tempfile::tempdir().unwrap();
+            let store = KeyStore::new(kek(&dir));
+            let conn = &mut $connect();
+            let lower = store.create_tenant(conn, Some(&"clinic-a".into())).unwrap();
+            let upper = store.create_tenant(conn, Some(&"CLINIC-A".into())).unwrap();
+            store.create_tenant(conn, Some(&"clinic-a ".into())).unwrap();
+            let shred = store.shred_tenant(conn, &"clinic-a".into(), &[]).unwrap();
+            let mut keys = shred.keys.clone();
+            keys.sort();
+            let mut want = vec![lower.data, lower.blind_index];
+            want.sort();
+            assert_eq!(keys, want, "only clinic-a's keys are destroyed");
+            let (keyring, report) = store.load(conn).unwrap();
+            assert_eq!(report.data_keys, 2);
+            assert!(keyring.key(upper.data).is_ok());
+        }
+
+        #[test]
+        fn one_active_key_per_tenant_and_purpose_is_enforced_by_the_table() {
+            let _g = global();
+            let dir = tempfile::tempdir().unwrap();
+            let store = KeyStore::new(kek(&dir));
+            let conn = &mut $connect();
+            let keys = store.create_tenant(conn, Some(&"t1".into())).unwrap();
+            // A second active data key, as a concurrent creator would insert: refused by SQL.
+            let mut row: encrypted_types::store::KeyRecord = encrypted_types_keys::table
+                .find(i64::from(keys.data.get()))
+                .select(encrypted_types::store::KeyRecord::as_select())
+                .first(conn)
+                .unwrap();
+            row.key_id += 1;
+            let dup = conn.transaction(|c| diesel::insert_into(encrypted_types_keys::table).values(&row).execute(c));
+            assert!(dup.is_err(), "a second active data key was accepted");
+            // A tenant missing its blind-index key fails the load, naming a key.
+            diesel::delete(encrypted_types_keys::table.find(i64::from(keys.blind_index.get()))).execute(conn).unwrap();
+            let err = store.load(conn).err().unwrap();
+            assert!(matches!(err, Error::KeyRecord { key_id, .. } if key_id == keys.data), "{err}");
+        }
     };
 }
 
@@ -438,7 +488,36 @@ fn trace_output_holds_no_plaintext_and_no_key_bytes() {
             .select(Patient::as_select())
             .first(conn)
             .unwrap();
-        // Failed opens: a tampered value, then a tenant swap, then a shredded tenant.
+        // Failed opens: a tenant swap, a tampered value, then a shredded tenant.
+        let other = Patient::sample(next_id(), 2, "other@example.org", "1");
+        diesel::insert_into(et_patients::table)
+            .values(&other)
+            .execute(conn)
+            .unwrap();
+        let other_name: Vec<u8> = et_patients::table
+            .find(other.id)
+            .select(et_patients::name)
+            .first(conn)
+            .unwrap();
+        let own_name: Vec<u8> = et_patients::table
+            .find(p.id)
+            .select(et_patients::name)
+            .first(conn)
+            .unwrap();
+        diesel::update(et_patients::table.find(p.id))
+            .set(et_patients::name.eq(&other_name))
+            .execute(conn)
+            .unwrap();
+        let err = et_patients::table
+            .find(p.id)
+            .select(Patient::as_select())
+            .first::<Patient>(conn)
+            .unwrap_err();
+        assert!(err.to_string().contains("another tenant"), "{err}");
+        diesel::update(et_patients::table.find(p.id))
+            .set(et_patients::name.eq(&own_name))
+            .execute(conn)
+            .unwrap();
         let mut name: Vec<u8> = et_patients::table
             .find(p.id)
             .select(et_patients::name)
@@ -486,6 +565,10 @@ fn trace_output_holds_no_plaintext_and_no_key_bytes() {
     });
 
     let out = String::from_utf8(capture.0.lock().unwrap().clone()).unwrap();
+    assert!(
+        out.contains("belongs to another tenant"),
+        "no audit event for the tenant swap"
+    );
     for event in [
         "key_created",
         "keyring_loaded",
@@ -521,4 +604,103 @@ fn trace_output_holds_no_plaintext_and_no_key_bytes() {
             "raw key bytes in the trace output"
         );
     }
+}
+
+/// A provider that fails as told, for the retry policy (the only in-process fake: real
+/// providers are tested against SoftHSM2 and the KMS emulator).
+#[derive(Debug)]
+struct Flaky {
+    calls: std::sync::atomic::AtomicU32,
+    fail_first: u32,
+    error: Error,
+}
+
+impl KekProvider for Flaky {
+    fn kek_ref(&self) -> String {
+        "flaky".into()
+    }
+    fn wrap(&self, _: &WrapContext<'_>, _: &KeyMaterial) -> Result<Vec<u8>, Error> {
+        Ok(Vec::new())
+    }
+    fn unwrap(&self, _: &WrapContext<'_>, _: &[u8]) -> Result<KeyMaterial, Error> {
+        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if n < self.fail_first {
+            Err(self.error.clone())
+        } else {
+            Ok(KeyMaterial::from_bytes([1; 32]))
+        }
+    }
+}
+
+#[test]
+fn retries_are_bounded_and_a_wrong_key_is_not_retried() {
+    use encrypted_types::kek::{RetryPolicy, Retrying};
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+    let policy = RetryPolicy {
+        attempts: 3,
+        backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(2),
+    };
+    let ctx = WrapContext {
+        tenant: None,
+        purpose: Purpose::Data,
+        key_id: KeyId::from(1),
+    };
+    let transient = Error::Provider {
+        operation: "unwrap",
+        key_id: KeyId::from(1),
+        reason: "throttled".into(),
+    };
+    let flaky = |fail_first, error| Flaky {
+        calls: 0.into(),
+        fail_first,
+        error,
+    };
+
+    let recovers = flaky(2, transient.clone());
+    assert!(Retrying::new(&recovers, policy).unwrap(&ctx, &[]).is_ok());
+    assert_eq!(
+        recovers.calls.load(Ordering::SeqCst),
+        3,
+        "two failures, then success"
+    );
+
+    let gives_up = flaky(
+        10,
+        Error::Timeout {
+            operation: "unwrap",
+            key_id: KeyId::from(1),
+        },
+    );
+    assert_eq!(
+        Retrying::new(&gives_up, policy).unwrap(&ctx, &[]).err(),
+        Some(Error::Timeout {
+            operation: "unwrap",
+            key_id: KeyId::from(1)
+        })
+    );
+    assert_eq!(
+        gives_up.calls.load(Ordering::SeqCst),
+        3,
+        "three attempts, no more"
+    );
+
+    let wrong = flaky(
+        10,
+        Error::KeyUnwrap {
+            key_id: KeyId::from(1),
+        },
+    );
+    assert_eq!(
+        Retrying::new(&wrong, policy).unwrap(&ctx, &[]).err(),
+        Some(Error::KeyUnwrap {
+            key_id: KeyId::from(1)
+        })
+    );
+    assert_eq!(
+        wrong.calls.load(Ordering::SeqCst),
+        1,
+        "a wrong key is not retried"
+    );
 }

@@ -130,6 +130,7 @@ def normalize(steps, text: str) -> str:
 def blind_index(root: bytes, table, column, tenant, value_type, version, bits, steps, value) -> bytes:
     t = b"\x00" if tenant is None else b"\x01" + s(tenant)
     info = b"encrypted-types/blind-index/v1" + s(table) + s(column) + t + s(value_type) + struct.pack(">I", version)
+    info += struct.pack(">H", bits) + bytes([len(steps)]) + b"".join(bytes([len(n)]) + n.encode() for n in steps)
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(root)
     data = normalize(steps, value).encode() if value_type == "string" else encode(value_type, value)
     full = hmac.new(key, data, hashlib.sha256).digest()

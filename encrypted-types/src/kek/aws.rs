@@ -61,7 +61,17 @@ pub struct AwsKms {
     client: Client,
     key_id: String,
     timeout: Duration,
-    runtime: tokio::runtime::Runtime,
+    /// Always `Some` until dropped; taken in `Drop` to shut it down without blocking, which
+    /// a plain drop would do (and panic) inside an async context.
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Drop for AwsKms {
+    fn drop(&mut self) {
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 impl fmt::Debug for AwsKms {
@@ -114,7 +124,7 @@ impl AwsKms {
             client: Client::from_conf(builder.build()),
             key_id: config.key_id,
             timeout: config.timeout,
-            runtime: runtime()?,
+            runtime: Some(runtime()?),
         })
     }
 
@@ -135,7 +145,7 @@ impl AwsKms {
             client: Client::from_conf(conf),
             key_id: key_id.into(),
             timeout,
-            runtime: runtime()?,
+            runtime: Some(runtime()?),
         })
     }
 
@@ -148,9 +158,16 @@ impl AwsKms {
     ) -> Result<T, Error> {
         // A backstop beyond the SDK's own operation timeout.
         let limit = self.timeout + Duration::from_secs(1);
+        let Some(runtime) = self.runtime.as_ref() else {
+            return Err(Error::Provider {
+                operation,
+                key_id,
+                reason: "the KMS client is shut down".into(),
+            });
+        };
         std::thread::scope(|s| {
             s.spawn(|| {
-                self.runtime.block_on(async {
+                runtime.block_on(async {
                     tokio::time::timeout(limit, fut)
                         .await
                         .unwrap_or(Err(Error::Timeout { operation, key_id }))

@@ -61,8 +61,14 @@ impl LocalKek {
     /// # Errors
     /// [`Error::KekFile`] if the file is missing, readable by others, not 32 bytes, or all zeros.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
+        use std::io::Read;
         let path = path.as_ref();
-        let meta = std::fs::metadata(path).map_err(|_| file_error("cannot read the KEK file"))?;
+        // Permissions and bytes from one open handle, so the file checked is the file read.
+        let mut file =
+            std::fs::File::open(path).map_err(|_| file_error("cannot read the KEK file"))?;
+        let meta = file
+            .metadata()
+            .map_err(|_| file_error("cannot read the KEK file"))?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -75,9 +81,9 @@ impl LocalKek {
         if meta.len() != 32 {
             return Err(file_error("the KEK file must hold exactly 32 bytes"));
         }
-        let bytes = Zeroizing::new(
-            std::fs::read(path).map_err(|_| file_error("cannot read the KEK file"))?,
-        );
+        let mut bytes = Zeroizing::new(Vec::with_capacity(32));
+        file.read_to_end(&mut bytes)
+            .map_err(|_| file_error("cannot read the KEK file"))?;
         if bytes.len() != 32 {
             return Err(file_error("the KEK file must hold exactly 32 bytes"));
         }

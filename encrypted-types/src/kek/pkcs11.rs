@@ -89,6 +89,12 @@ impl Pkcs11Kek {
             Attribute::Label(key_label.as_bytes().to_vec()),
         ];
         let found = session.find_objects(&template).map_err(setup_error)?;
+        if found.len() > 1 {
+            return Err(setup_error(format!(
+                "{} keys are labelled {key_label:?}; the KEK must be unique",
+                found.len()
+            )));
+        }
         let key = match found.first() {
             Some(k) => *k,
             None if create => session

@@ -12,3 +12,6 @@ CREATE TABLE encrypted_types_keys (
     CHECK ((state = 'destroyed') = (wrapped_key IS NULL))
 );
 CREATE INDEX encrypted_types_keys_tenant ON encrypted_types_keys (tenant, purpose, state);
+-- At most one active key per tenant and purpose, even with concurrent creators.
+CREATE UNIQUE INDEX encrypted_types_keys_one_active
+    ON encrypted_types_keys (COALESCE(tenant, ''), purpose) WHERE state = 'active';
