@@ -35,7 +35,8 @@ pub enum Normalizer {
     Lowercase,
     /// An email address: trim, then lowercase.
     Email,
-    /// Keep only the ASCII digits 0-9 (phone numbers, SSNs).
+    /// NFKC (so full-width and other compatibility digits become 0-9), then keep only the ASCII
+    /// digits 0-9 (phone numbers, SSNs).
     Digits,
     /// NFKC normalization, then Unicode default case folding ("Straße" and "STRASSE" match).
     Casefold,
@@ -59,7 +60,7 @@ impl Normalizer {
             Self::Trim => s.trim().to_owned(),
             Self::Lowercase => s.to_lowercase(),
             Self::Email => s.trim().to_lowercase(),
-            Self::Digits => s.chars().filter(char::is_ascii_digit).collect(),
+            Self::Digits => s.nfkc().filter(char::is_ascii_digit).collect(),
             Self::Casefold => {
                 let nfkc = Zeroizing::new(s.nfkc().collect::<String>());
                 caseless::default_case_fold_str(&nfkc)

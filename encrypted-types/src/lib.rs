@@ -145,6 +145,11 @@ pub use model::{ColumnInfo, EncryptedModel, ModelInfo};
 /// `email`, `digits`, `casefold`), `bits = N` (1..=256, default 256; size it with
 /// [`index::plan`]), `column = name` (default `<field>_bidx`), `version = N` (default 1).
 ///
+/// Every model that writes a field must declare the same `blind_index` on it (columns, bits,
+/// normalizers, version): a model that writes the value without its index, or with another
+/// configuration, leaves the stored index stale. Declare one model per table for writes, or keep
+/// the declarations identical.
+///
 /// # What is generated
 ///
 /// - `Selectable`, `Queryable`, `Insertable` (for `&Model` and `Model`) and `AsChangeset`

@@ -119,7 +119,7 @@ def normalize(steps, text: str) -> str:
         elif step == "email":
             text = text.strip().lower()
         elif step == "digits":
-            text = "".join(c for c in text if c in "0123456789")
+            text = "".join(c for c in unicodedata.normalize("NFKC", text) if c in "0123456789")
         elif step == "casefold":
             text = unicodedata.normalize("NFKC", text).casefold()
         else:
@@ -147,6 +147,7 @@ INDEX_CASES = [
     ("email-tenant", "patients", "email", "7", "string", 1, 256, ["email"], "ann@example.org"),
     ("ssn-digits-16-bits", "patients", "ssn", "7", "string", 1, 16, ["digits"], "123-45-6789"),
     ("phone-12-bits-v2", "patients", "phone", None, "string", 2, 12, ["digits"], "+1 (555) 010-9999"),
+    ("digits-full-width", "patients", "phone", None, "string", 1, 256, ["digits"], "５５５-０１０"),
     ("casefold", "people", "surname", None, "string", 1, 256, ["trim", "casefold"], " STRASSE "),
     ("no-normalizer", "people", "code", None, "string", 1, 256, [], "Exact Value"),
     ("i64", "accounts", "number", "clinic-a", "i64", 1, 64, [], 1234567890123),
