@@ -165,6 +165,8 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
     /// # Errors
     /// See [`Encrypted::open_with`].
     pub fn open(sealed: &[u8]) -> Result<Self, Error> {
+        // Malformed or oversized input is refused before it is copied.
+        Header::parse(sealed)?;
         Self::open_owned(sealed.to_vec())
     }
 
@@ -186,6 +188,7 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
     /// [`Error::UnknownKeyId`], [`Error::KeyDestroyed`], [`Error::AuthenticationFailed`] or
     /// [`Error::InvalidPlaintext`].
     pub fn open_with(keyring: &Keyring, sealed: &[u8]) -> Result<Self, Error> {
+        Header::parse(sealed)?;
         Self::open_owned_with(keyring, sealed.to_vec())
     }
 

@@ -151,6 +151,10 @@ impl Header {
                 min: OVERHEAD,
             });
         }
+        // Refused from the length alone, before anything is copied or decrypted.
+        if sealed.len() > MAX_PLAINTEXT + OVERHEAD {
+            return Err(Error::TooLarge(sealed.len()));
+        }
         match sealed.get(1) {
             Some(&SUITE_AES256GCM) => {}
             Some(&s) => return Err(Error::UnsupportedSuite(s)),
@@ -210,6 +214,10 @@ fn seal_inner<T: Plaintext>(
 ) -> Result<Vec<u8>, Error> {
     let fixed = fixed_header(key.id);
     let aad = aad(&fixed, ctx)?;
+    // Refuse an oversized value before encoding (and copying) it, when its size is known.
+    if value.encoded_len_hint() > MAX_PLAINTEXT {
+        return Err(Error::TooLarge(value.encoded_len_hint()));
+    }
     let mut buf = SecretBuf::with_capacity(OVERHEAD + value.encoded_len_hint());
     buf.extend_from_slice(&fixed);
     buf.extend_from_slice(&nonce);
@@ -219,10 +227,7 @@ fn seal_inner<T: Plaintext>(
         return Err(Error::TooLarge(len));
     }
     let (_, body) = buf.as_mut_slice().split_at_mut(HEADER_LEN);
-    let tag = key
-        .cipher
-        .encrypt_inout_detached(&Nonce::from(nonce), &aad, body.into())
-        .map_err(|_| Error::TooLarge(len))?;
+    let tag = gcm_seal(key, &nonce, &aad, body).map_err(|_| Error::TooLarge(len))?;
     buf.extend_from_slice(&tag);
     Ok(buf.into_vec())
 }
@@ -256,11 +261,7 @@ pub fn open<T: Plaintext>(
     let body = head
         .get_mut(HEADER_LEN..)
         .ok_or(Error::AuthenticationFailed)?;
-    if key
-        .cipher
-        .decrypt_inout_detached(&Nonce::from(nonce), &aad, body.into(), &tag)
-        .is_err()
-    {
+    if gcm_open(key, &nonce, &aad, body, &tag).is_err() {
         // GCM decrypts nothing when the tag fails, but make sure of it.
         body.zeroize();
         return Err(Error::AuthenticationFailed);
@@ -269,4 +270,70 @@ pub fn open<T: Plaintext>(
     sealed.truncate(body_end);
     sealed.drain(..HEADER_LEN);
     T::decode_owned(sealed)
+}
+
+/// The AES-256-GCM seal every value goes through: `body` is encrypted in place, the tag returned.
+fn gcm_seal(key: &DataKey, nonce: &[u8; 12], aad: &[u8], body: &mut [u8]) -> Result<Tag, Error> {
+    key.cipher
+        .encrypt_inout_detached(&Nonce::from(*nonce), aad, body.into())
+        .map_err(|_| Error::TooLarge(body.len()))
+}
+
+/// The AES-256-GCM open every value goes through: `body` is decrypted in place if the tag
+/// verifies.
+fn gcm_open(
+    key: &DataKey,
+    nonce: &[u8; 12],
+    aad: &[u8],
+    body: &mut [u8],
+    tag: &Tag,
+) -> Result<(), Error> {
+    key.cipher
+        .decrypt_inout_detached(&Nonce::from(*nonce), aad, body.into(), tag)
+        .map_err(|_| Error::AuthenticationFailed)
+}
+
+/// The library's AEAD and MAC primitives with caller-chosen inputs, for running external test
+/// vectors (Project Wycheproof) through the exact code paths that seal, open and index values.
+/// Behind the `test-vectors` feature; never for production data.
+#[cfg(feature = "test-vectors")]
+pub mod hazmat {
+    use super::{DataKey, Error, Tag, gcm_open, gcm_seal};
+
+    /// [`gcm_seal`]: encrypts `body` in place, returns the 16-byte tag.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`].
+    pub fn seal(
+        key: &DataKey,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        body: &mut [u8],
+    ) -> Result<[u8; 16], Error> {
+        gcm_seal(key, nonce, aad, body).map(Into::into)
+    }
+
+    /// [`gcm_open`]: decrypts `body` in place if `tag` verifies.
+    ///
+    /// # Errors
+    /// [`Error::AuthenticationFailed`].
+    pub fn open(
+        key: &DataKey,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        body: &mut [u8],
+        tag: &[u8],
+    ) -> Result<(), Error> {
+        let tag = Tag::try_from(tag).map_err(|_| Error::AuthenticationFailed)?;
+        gcm_open(key, nonce, aad, body, &tag)
+    }
+
+    /// The blind-index MAC: HMAC-SHA256 of `msg` under `key`, truncated to `bits` with the
+    /// spare bits cleared, exactly as [`crate::index::IndexParams::compute`] finishes an index.
+    ///
+    /// # Errors
+    /// [`Error::InvalidIndex`] for `bits` outside 1..=256.
+    pub fn index_mac(key: &[u8], msg: &[u8], bits: u16) -> Result<Vec<u8>, Error> {
+        crate::index::mac_truncated(key, msg, bits)
+    }
 }

@@ -189,15 +189,33 @@ impl IndexParams {
         }
         let mut mac = keyring.index_mac(self, tenant, T::TYPE)?;
         mac.update(&self.input(value)?);
-        let full = mac.finalize().into_bytes();
-        let mut out = full.get(..self.byte_len()).unwrap_or_default().to_vec();
-        let spare = (self.byte_len() * 8).saturating_sub(usize::from(self.bits));
-        if let Some(last) = out.last_mut() {
-            // Clear the bits below the cut so equal prefixes give equal bytes.
-            *last &= 0xFFu8.checked_shl(spare as u32).unwrap_or(0);
-        }
-        Ok(out)
+        Ok(truncate(mac, self.bits))
     }
+}
+
+/// Finishes a MAC and keeps `bits` of it: `ceil(bits/8)` bytes, spare low bits cleared so
+/// equal prefixes give equal bytes.
+fn truncate(mac: IndexMac, bits: u16) -> Vec<u8> {
+    let full = mac.finalize().into_bytes();
+    let len = usize::from(bits).div_ceil(8);
+    let mut out = full.get(..len).unwrap_or_default().to_vec();
+    let spare = (len * 8).saturating_sub(usize::from(bits));
+    if let Some(last) = out.last_mut() {
+        *last &= 0xFFu8.checked_shl(spare as u32).unwrap_or(0);
+    }
+    out
+}
+
+/// HMAC-SHA256 under a caller's key, truncated like an index (for external test vectors).
+#[cfg(feature = "test-vectors")]
+pub(crate) fn mac_truncated(key: &[u8], msg: &[u8], bits: u16) -> Result<Vec<u8>, Error> {
+    if !(1..=256).contains(&bits) {
+        return Err(Error::InvalidIndex("bits must be between 1 and 256"));
+    }
+    let mut mac = <IndexMac as KeyInit>::new_from_slice(key)
+        .map_err(|_| Error::InvalidIndex("HMAC key length"))?;
+    mac.update(msg);
+    Ok(truncate(mac, bits))
 }
 
 /// Derives the keyed HMAC for one index from a root key.
