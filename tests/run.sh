@@ -33,6 +33,10 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
+echo "== the library alone and with one backend (feature sets users pick)"
+cargo check --locked -p encrypted-types --no-default-features
+cargo check --locked -p encrypted-types --no-default-features --features sqlite
+cargo check --locked -p encrypted-types --no-default-features --features postgres,keystore
 echo "== reference implementation of the format (Python) against the frozen vectors"
 python3 tests/vectors/reference.py check
 echo "== cargo test (all backends, sync and async; doctests)"

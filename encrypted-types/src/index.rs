@@ -308,43 +308,6 @@ impl<T: Plaintext, S: IndexSpec> fmt::Debug for BlindIndex<T, S> {
     }
 }
 
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-macro_rules! raw_bytes_to_sql {
-    ($db:ty) => {
-        impl<T: Plaintext, S: IndexSpec> diesel::serialize::ToSql<diesel::sql_types::Binary, $db>
-            for BlindIndex<T, S>
-        {
-            fn to_sql<'b>(
-                &'b self,
-                out: &mut diesel::serialize::Output<'b, '_, $db>,
-            ) -> diesel::serialize::Result {
-                use std::io::Write;
-                out.write_all(&self.compute()?)?;
-                Ok(diesel::serialize::IsNull::No)
-            }
-        }
-    };
-}
-
-#[cfg(feature = "postgres")]
-raw_bytes_to_sql!(diesel::pg::Pg);
-#[cfg(feature = "mysql")]
-raw_bytes_to_sql!(diesel::mysql::Mysql);
-
-#[cfg(feature = "sqlite")]
-impl<T: Plaintext, S: IndexSpec>
-    diesel::serialize::ToSql<diesel::sql_types::Binary, diesel::sqlite::Sqlite>
-    for BlindIndex<T, S>
-{
-    fn to_sql<'b>(
-        &'b self,
-        out: &mut diesel::serialize::Output<'b, '_, diesel::sqlite::Sqlite>,
-    ) -> diesel::serialize::Result {
-        out.set_value(self.compute()?);
-        Ok(diesel::serialize::IsNull::No)
-    }
-}
-
 /// The advice of [`plan`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexPlan {

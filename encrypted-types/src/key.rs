@@ -128,6 +128,7 @@ impl DataKey {
 
     /// A second handle on the same key, for a keyring rebuilt from this one. Deliberately not
     /// `Clone`: copies of key material are made only where the library needs them.
+    #[cfg(feature = "keystore")]
     pub(crate) fn duplicate(&self) -> Self {
         Self {
             id: self.id,
@@ -175,6 +176,7 @@ impl BlindIndexRootKey {
         self.tenant.as_ref()
     }
 
+    #[cfg(feature = "keystore")]
     pub(crate) fn duplicate(&self) -> Self {
         Self {
             tenant: self.tenant.clone(),

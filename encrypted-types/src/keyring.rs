@@ -127,6 +127,7 @@ impl Keyring {
 
     /// A copy of this keyring without `tenant`'s keys, with `destroyed` recorded as destroyed:
     /// what a process installs right after crypto-shredding the tenant.
+    #[cfg(feature = "keystore")]
     pub(crate) fn without_tenant(&self, tenant: &TenantId, destroyed: &[KeyId]) -> Keyring {
         let keys: Vec<DataKey> = self
             .keys

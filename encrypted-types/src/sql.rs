@@ -24,43 +24,47 @@ where
     }
 }
 
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-macro_rules! raw_bytes_to_sql {
-    ($db:ty) => {
-        impl<T: Plaintext, C: ColumnContext> diesel::serialize::ToSql<Binary, $db>
-            for Encrypted<T, C>
-        {
+/// `ToSql<Binary>` on every enabled backend for a type whose SQL value is computed on bind:
+/// the sealed bytes of an [`Encrypted`], the index bytes of a
+/// [`BlindIndex`](crate::index::BlindIndex). PostgreSQL's and MySQL's collectors copy written
+/// bytes; SQLite's may borrow from `self`, so the owned bytes are moved in with `set_value`.
+macro_rules! computed_binary_to_sql {
+    (impl<$($g:ident: $b:path),*> for $ty:ty => |$this:ident| $bytes:expr) => {
+        #[cfg(feature = "postgres")]
+        computed_binary_to_sql!(@raw diesel::pg::Pg, impl<$($g: $b),*> for $ty => |$this| $bytes);
+        #[cfg(feature = "mysql")]
+        computed_binary_to_sql!(@raw diesel::mysql::Mysql, impl<$($g: $b),*> for $ty => |$this| $bytes);
+        #[cfg(feature = "sqlite")]
+        impl<$($g: $b),*> diesel::serialize::ToSql<Binary, diesel::sqlite::Sqlite> for $ty {
+            fn to_sql<'b>(
+                &'b self,
+                out: &mut diesel::serialize::Output<'b, '_, diesel::sqlite::Sqlite>,
+            ) -> diesel::serialize::Result {
+                let $this = self;
+                out.set_value($bytes?);
+                Ok(diesel::serialize::IsNull::No)
+            }
+        }
+    };
+    (@raw $db:ty, impl<$($g:ident: $b:path),*> for $ty:ty => |$this:ident| $bytes:expr) => {
+        impl<$($g: $b),*> diesel::serialize::ToSql<Binary, $db> for $ty {
             fn to_sql<'b>(
                 &'b self,
                 out: &mut diesel::serialize::Output<'b, '_, $db>,
             ) -> diesel::serialize::Result {
                 use std::io::Write;
-                // The collector copies the bytes, so the temporary ciphertext can be dropped.
-                out.write_all(&self.seal()?)?;
+                let $this = self;
+                out.write_all(&$bytes?)?;
                 Ok(diesel::serialize::IsNull::No)
             }
         }
     };
 }
 
-#[cfg(feature = "postgres")]
-raw_bytes_to_sql!(diesel::pg::Pg);
-#[cfg(feature = "mysql")]
-raw_bytes_to_sql!(diesel::mysql::Mysql);
-
-#[cfg(feature = "sqlite")]
-impl<T: Plaintext, C: ColumnContext> diesel::serialize::ToSql<Binary, diesel::sqlite::Sqlite>
-    for Encrypted<T, C>
-{
-    fn to_sql<'b>(
-        &'b self,
-        out: &mut diesel::serialize::Output<'b, '_, diesel::sqlite::Sqlite>,
-    ) -> diesel::serialize::Result {
-        // SQLite's collector may borrow from `self`; an owned ciphertext has to be moved in.
-        out.set_value(self.seal()?);
-        Ok(diesel::serialize::IsNull::No)
-    }
-}
+computed_binary_to_sql!(impl<T: Plaintext, C: ColumnContext> for Encrypted<T, C> => |v| v.seal());
+computed_binary_to_sql!(
+    impl<T: Plaintext, S: crate::index::IndexSpec> for crate::index::BlindIndex<T, S> => |v| v.compute()
+);
 
 impl crate::Error {
     /// Finds the library error inside a Diesel error, if that is what failed.
