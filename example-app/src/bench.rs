@@ -168,7 +168,7 @@ pub(crate) fn run(
         .map(|_| (rng.next() as usize) % rows.max(1))
         .collect();
 
-    println!(
+    out!(
         "== clinic bench on {} ({url}): {rows} rows, batches of {batch}, {lookups} lookups",
         db.backend()
     );
@@ -242,12 +242,12 @@ pub(crate) fn run(
         plain_secs,
     });
 
-    println!("| phase  | plaintext rows/s | encrypted rows/s | encrypted/plaintext |");
-    println!("|--------|-----------------:|-----------------:|--------------------:|");
+    out!("| phase  | plaintext rows/s | encrypted rows/s | encrypted/plaintext |");
+    out!("|--------|-----------------:|-----------------:|--------------------:|");
     for p in &phases {
         let plain_rate = p.ops as f64 / p.plain_secs;
         let enc_rate = p.ops as f64 / p.encrypted_secs;
-        println!(
+        out!(
             "| {:<6} | {plain_rate:>16.0} | {enc_rate:>16.0} | {:>19.2} |",
             p.name,
             enc_rate / plain_rate
@@ -257,7 +257,7 @@ pub(crate) fn run(
         table_bytes(db, "bench_encrypted")?,
         table_bytes(db, "bench_plain")?,
     );
-    println!(
+    out!(
         "table sizes (with indexes): plaintext {:.1} MiB, encrypted {:.1} MiB ({:.2}x)",
         plain_size as f64 / 1048576.0,
         enc_size as f64 / 1048576.0,

@@ -101,9 +101,9 @@ fn hex_short(bytes: &[u8]) -> String {
 }
 
 pub(crate) fn demo(db: &mut Db, url: &str, kek: &Path) -> AppResult<()> {
-    println!("== clinic demo on {} ({url})", db.backend());
+    out!("== clinic demo on {} ({url})", db.backend());
     let (store, created) = key_store(kek)?;
-    println!(
+    out!(
         "development KEK: {} ({})",
         kek.display(),
         if created {
@@ -114,7 +114,7 @@ pub(crate) fn demo(db: &mut Db, url: &str, kek: &Path) -> AppResult<()> {
     );
     for clinic in [1, 2] {
         let new = ensure_clinic(db, &store, clinic)?;
-        println!(
+        out!(
             "clinic {clinic}: {}",
             if new {
                 "created its data key and blind-index key"
@@ -124,7 +124,7 @@ pub(crate) fn demo(db: &mut Db, url: &str, kek: &Path) -> AppResult<()> {
         );
     }
     let report = with_conn!(db, conn => store.load_and_install(conn))?;
-    println!(
+    out!(
         "keyring loaded: {} data keys and {} blind-index keys unwrapped and self-tested",
         report.data_keys, report.blind_index_keys
     );
@@ -137,14 +137,14 @@ pub(crate) fn demo(db: &mut Db, url: &str, kek: &Path) -> AppResult<()> {
             inserted += 1;
         }
     }
-    println!(
+    out!(
         "sample patients: {inserted} inserted, {} already present",
         samples().len() - inserted
     );
 
     let query = "  ANN.Smith@Example.org ";
     let found = with_conn!(db, conn => Patient::find_by_email(conn, &1, query))?;
-    println!(
+    out!(
         "\nfind --clinic 1 --email {query:?}: {} match through the email's blind index",
         found.len()
     );
@@ -152,8 +152,8 @@ pub(crate) fn demo(db: &mut Db, url: &str, kek: &Path) -> AppResult<()> {
         return Err("the demo patient was not found".into());
     };
     print_stored(db, ann.id)?;
-    println!("\nWhat the application sees:\n  {ann:#?}");
-    println!(
+    out!("\nWhat the application sees:\n  {ann:#?}");
+    out!(
         "\nNo name, email or SSN above is stored in clear: try `grep -a 'Ann Smith' clinic.db`."
     );
     Ok(())
@@ -182,16 +182,16 @@ fn print_stored(db: &mut Db, id: i64) -> AppResult<()> {
             patients::notes,
         ))
         .first(conn))?;
-    println!(
+    out!(
         "\nWhat the database stores for patient {id} (version ‖ suite ‖ key id ‖ nonce ‖ ciphertext ‖ tag):"
     );
-    println!("  name           {}", hex_short(&raw.0));
-    println!("  email          {}", hex_short(&raw.1));
-    println!("  email_bidx     {}", hex_short(&raw.2));
-    println!("  ssn            {}", hex_short(&raw.3));
-    println!("  ssn_bidx       {}", hex_short(&raw.4));
-    println!("  date_of_birth  {}", hex_short(&raw.5));
-    println!(
+    out!("  name           {}", hex_short(&raw.0));
+    out!("  email          {}", hex_short(&raw.1));
+    out!("  email_bidx     {}", hex_short(&raw.2));
+    out!("  ssn            {}", hex_short(&raw.3));
+    out!("  ssn_bidx       {}", hex_short(&raw.4));
+    out!("  date_of_birth  {}", hex_short(&raw.5));
+    out!(
         "  notes          {}",
         raw.6
             .as_deref()
@@ -208,7 +208,7 @@ pub(crate) fn add(db: &mut Db, kek: &Path, mut patient: Patient) -> AppResult<()
         with_conn!(db, conn => patients::table.select(diesel::dsl::max(patients::id)).first(conn))?;
     patient.id = max.unwrap_or(0) + 1;
     with_conn!(db, conn => diesel::insert_into(patients::table).values(&patient).execute(conn))?;
-    println!(
+    out!(
         "added patient {} to clinic {}",
         patient.id, patient.clinic_id
     );
@@ -218,12 +218,12 @@ pub(crate) fn add(db: &mut Db, kek: &Path, mut patient: Patient) -> AppResult<()
 pub(crate) fn find(db: &mut Db, kek: &Path, clinic: i64, email: &str) -> AppResult<()> {
     load_keys(db, kek)?;
     let found = with_conn!(db, conn => Patient::find_by_email(conn, &clinic, email))?;
-    println!(
+    out!(
         "{} patient(s) of clinic {clinic} with email {email:?}",
         found.len()
     );
     for p in found {
-        println!("{p:#?}");
+        out!("{p:#?}");
     }
     Ok(())
 }
@@ -233,7 +233,7 @@ pub(crate) fn show(db: &mut Db, kek: &Path, id: i64) -> AppResult<()> {
     let p: Patient =
         with_conn!(db, conn => patients::table.find(id).select(Patient::as_select()).first(conn))?;
     print_stored(db, id)?;
-    println!("\nDecrypted:\n{p:#?}");
+    out!("\nDecrypted:\n{p:#?}");
     Ok(())
 }
 
@@ -244,11 +244,11 @@ pub(crate) fn list(db: &mut Db, kek: &Path) -> AppResult<()> {
         // One at a time, so a shredded clinic's rows are reported rather than failing the list.
         let row: QueryResult<Patient> = with_conn!(db, conn => patients::table.find(id).select(Patient::as_select()).first(conn));
         match row {
-            Ok(p) => println!(
+            Ok(p) => out!(
                 "{:>4}  clinic {:<3} {:<20} {:<28} {}",
                 p.id, p.clinic_id, p.name, p.email, p.date_of_birth
             ),
-            Err(e) => println!(
+            Err(e) => out!(
                 "{id:>4}  unreadable: {}",
                 encrypted_types::Error::from_diesel(&e)
                     .map_or_else(|| e.to_string(), ToString::to_string)
@@ -261,9 +261,9 @@ pub(crate) fn list(db: &mut Db, kek: &Path) -> AppResult<()> {
 pub(crate) fn create_clinic(db: &mut Db, kek: &Path, clinic: i64) -> AppResult<()> {
     let (store, _) = key_store(kek)?;
     if ensure_clinic(db, &store, clinic)? {
-        println!("clinic {clinic}: created its data key and blind-index key");
+        out!("clinic {clinic}: created its data key and blind-index key");
     } else {
-        println!("clinic {clinic} already has keys");
+        out!("clinic {clinic} already has keys");
     }
     Ok(())
 }
@@ -272,7 +272,7 @@ pub(crate) fn shred_clinic(db: &mut Db, kek: &Path, clinic: i64) -> AppResult<()
     let (store, _) = key_store(kek)?;
     let report = with_conn!(db, conn => store.shred_tenant(conn, &TenantId::from(clinic), &[Patient::MODEL]))?;
     let ids: Vec<u32> = report.keys.iter().map(|k| k.get()).collect();
-    println!(
+    out!(
         "clinic {clinic}: destroyed keys {ids:?}; {} patient row(s) can never be read again",
         report.rows_unreadable
     );
@@ -291,7 +291,7 @@ pub(crate) fn key_stats(db: &mut Db, kek: &Path) -> AppResult<()> {
         ))
         .order((encrypted_types_keys::tenant, encrypted_types_keys::key_id))
         .load(conn))?;
-    println!(
+    out!(
         "{:>12}  {:<8} {:<12} {:<10} {:>8}",
         "key id", "clinic", "purpose", "state", "rows"
     );
@@ -303,7 +303,7 @@ pub(crate) fn key_stats(db: &mut Db, kek: &Path) -> AppResult<()> {
         } else {
             "-".into()
         };
-        println!(
+        out!(
             "{id:>12}  {:<8} {purpose:<12} {state:<10} {rows:>8}",
             tenant.unwrap_or_else(|| "-".into())
         );

@@ -7,6 +7,15 @@
 //! server instead.
 #![forbid(unsafe_code)]
 
+/// `println!` that stops quietly when stdout is closed (`clinic demo | head`) instead of
+/// panicking on the broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod bench;
 mod commands;
 mod db;
