@@ -44,16 +44,23 @@
 //!
 //! # Features
 //!
-//! | feature    | adds |
+//! | feature | adds |
 //! |------------|------|
-//! | `sqlite`   | `ToSql`/`FromSql` for `Encrypted` on SQLite (also under diesel-async's `SyncConnectionWrapper`) |
+//! | `derive` (default) | `#[derive(Encrypted)]` |
+//! | `sqlite` | `ToSql`/`FromSql` for `Encrypted` and blind indexes on SQLite (also under diesel-async's `SyncConnectionWrapper`) |
 //! | `postgres` | the same on PostgreSQL (diesel's `Pg` backend, sync or diesel-async) |
-//! | `mysql`    | the same on MySQL and MariaDB (diesel's `Mysql` backend, sync or diesel-async) |
-//! | `chrono`   | codecs for `NaiveDate`, `NaiveDateTime`, `DateTime<Utc>` |
-//! | `uuid`     | codec for `uuid::Uuid` |
-//! | `json`     | codecs for `serde_json::Value` and [`Json<T>`](Json) (any serde type) |
+//! | `mysql` | the same on MySQL and MariaDB (diesel's `Mysql` backend, sync or diesel-async) |
+//! | `chrono` | codecs for `NaiveDate`, `NaiveDateTime`, `DateTime<Utc>` |
+//! | `uuid` | codec for `uuid::Uuid` |
+//! | `json` | codecs for `serde_json::Value` and [`Json<T>`](Json) (any serde type) |
+//! | `keystore` | the key table and its loader ([`store`]), the KEK provider trait ([`kek`]) |
+//! | `migrations` | the key table's embedded migrations (`KeyStore::run_migrations`) |
+//! | `local-kek` | a KEK file for development |
+//! | `aws-kms` | AWS KMS as KEK provider (the AWS SDK; Rust 1.94.1) |
+//! | `pkcs11` | an HSM through PKCS#11 as KEK provider |
+//! | `test-vectors` | `format::seal_with_nonce` and `format::hazmat`, for known-answer tests only |
 //!
-//! None is on by default; enable the backends you use.
+//! Only `derive` is on by default; enable the backends and codecs you use.
 #![forbid(unsafe_code)]
 #![doc(test(attr(deny(warnings))))]
 

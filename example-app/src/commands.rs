@@ -126,7 +126,8 @@ pub(crate) fn demo(db: &mut Db, url: &str, kek: &Path) -> AppResult<()> {
     let report = with_conn!(db, conn => store.load_and_install(conn))?;
     out!(
         "keyring loaded: {} data keys and {} blind-index keys unwrapped and self-tested",
-        report.data_keys, report.blind_index_keys
+        report.data_keys,
+        report.blind_index_keys
     );
 
     let mut inserted = 0;
@@ -153,9 +154,7 @@ pub(crate) fn demo(db: &mut Db, url: &str, kek: &Path) -> AppResult<()> {
     };
     print_stored(db, ann.id)?;
     out!("\nWhat the application sees:\n  {ann:#?}");
-    out!(
-        "\nNo name, email or SSN above is stored in clear: try `grep -a 'Ann Smith' clinic.db`."
-    );
+    out!("\nNo name, email or SSN above is stored in clear: try `grep -a 'Ann Smith' clinic.db`.");
     Ok(())
 }
 
@@ -210,7 +209,8 @@ pub(crate) fn add(db: &mut Db, kek: &Path, mut patient: Patient) -> AppResult<()
     with_conn!(db, conn => diesel::insert_into(patients::table).values(&patient).execute(conn))?;
     out!(
         "added patient {} to clinic {}",
-        patient.id, patient.clinic_id
+        patient.id,
+        patient.clinic_id
     );
     Ok(())
 }
@@ -246,7 +246,11 @@ pub(crate) fn list(db: &mut Db, kek: &Path) -> AppResult<()> {
         match row {
             Ok(p) => out!(
                 "{:>4}  clinic {:<3} {:<20} {:<28} {}",
-                p.id, p.clinic_id, p.name, p.email, p.date_of_birth
+                p.id,
+                p.clinic_id,
+                p.name,
+                p.email,
+                p.date_of_birth
             ),
             Err(e) => out!(
                 "{id:>4}  unreadable: {}",
@@ -293,7 +297,11 @@ pub(crate) fn key_stats(db: &mut Db, kek: &Path) -> AppResult<()> {
         .load(conn))?;
     out!(
         "{:>12}  {:<8} {:<12} {:<10} {:>8}",
-        "key id", "clinic", "purpose", "state", "rows"
+        "key id",
+        "clinic",
+        "purpose",
+        "state",
+        "rows"
     );
     for (id, tenant, purpose, state) in rows {
         let rows = if purpose == "data" {

@@ -2,10 +2,13 @@
 
 use diesel::prelude::*;
 use diesel_migrations::{EmbeddedMigrations, MigrationHarness, embed_migrations};
+use encrypted_types::kek::local::LocalKek;
+use encrypted_types::store::KeyStore;
 
-const SQLITE: EmbeddedMigrations = embed_migrations!("../migrations/sqlite");
-const POSTGRES: EmbeddedMigrations = embed_migrations!("../migrations/postgres");
-const MYSQL: EmbeddedMigrations = embed_migrations!("../migrations/mysql");
+// The app's own table; the key table comes from the library (`KeyStore::run_migrations`).
+const SQLITE: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+const MYSQL: EmbeddedMigrations = embed_migrations!("migrations/mysql");
 
 /// A connection to one of the three backends.
 pub(crate) enum Db {
@@ -45,6 +48,7 @@ impl Db {
             )
             .into());
         };
+        with_conn!(&mut db, c => KeyStore::<LocalKek>::run_migrations(c))?;
         match &mut db {
             Db::Sqlite(c) => c.run_pending_migrations(SQLITE).map(drop),
             Db::Pg(c) => c.run_pending_migrations(POSTGRES).map(drop),
