@@ -337,3 +337,64 @@ pub mod hazmat {
         crate::index::mac_truncated(key, msg, bits)
     }
 }
+
+/// Plaintext bytes moved between keys without decoding them.
+struct Raw(Vec<u8>);
+
+impl Plaintext for Raw {
+    // Never part of a context: `reseal` passes the column's own type tag.
+    const TYPE: &'static str = "raw";
+
+    fn encode(&self, out: &mut SecretBuf) -> Result<(), Error> {
+        out.extend_from_slice(&self.0);
+        Ok(())
+    }
+
+    fn encoded_len_hint(&self) -> usize {
+        self.0.len()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        Ok(Self(bytes.to_vec()))
+    }
+
+    fn decode_owned(bytes: Vec<u8>) -> Result<Self, Error> {
+        Ok(Self(bytes))
+    }
+
+    fn wipe(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+/// Re-seals a value of `table.column` (of type tag `value_type`) under the primary key of the
+/// tenant of the key that sealed it. Returns `None` when it is already under that primary key.
+/// The plaintext is never decoded, and is wiped after use.
+///
+/// # Errors
+/// As opening and sealing: the header errors, [`Error::AuthenticationFailed`],
+/// [`Error::NoPrimaryKey`].
+pub fn reseal(
+    keyring: &crate::Keyring,
+    table: &str,
+    column: &str,
+    value_type: &str,
+    sealed: &[u8],
+) -> Result<Option<Vec<u8>>, Error> {
+    let header = Header::parse(sealed)?;
+    let old = keyring.key(header.key_id)?;
+    if keyring.is_primary(old) {
+        return Ok(None);
+    }
+    let ctx = Context {
+        table,
+        column,
+        tenant: old.tenant(),
+        value_type,
+    };
+    let mut plain: Raw = open(old, &ctx, sealed.to_vec())?;
+    let new = keyring.primary_key(old.tenant())?;
+    let resealed = seal(new, &ctx, &plain);
+    plain.wipe();
+    resealed.map(Some)
+}

@@ -115,6 +115,21 @@ impl Keyring {
         }
     }
 
+    /// Whether `key` is the primary key of its tenant (the one new values are sealed with).
+    pub fn is_primary(&self, key: &DataKey) -> bool {
+        self.primary_key(key.tenant()).is_ok_and(|p| p.id == key.id)
+    }
+
+    /// The data keys that open values but no longer seal new ones: what a rotation job moves
+    /// rows away from.
+    pub fn retired_key_ids(&self) -> Vec<KeyId> {
+        self.keys
+            .iter()
+            .filter(|k| !self.is_primary(k))
+            .map(DataKey::id)
+            .collect()
+    }
+
     /// Every data key id in the keyring, in ascending order.
     pub fn key_ids(&self) -> Vec<KeyId> {
         self.keys.iter().map(DataKey::id).collect()

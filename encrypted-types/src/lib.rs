@@ -72,6 +72,8 @@ mod error;
 pub mod format;
 pub mod index;
 #[cfg(feature = "keystore")]
+pub mod jobs;
+#[cfg(feature = "keystore")]
 pub mod kek;
 mod key;
 mod keyring;

@@ -167,6 +167,13 @@ pub trait KeyTable: diesel::backend::Backend + Sized {
         tenant: &str,
         at: i64,
     ) -> QueryResult<Vec<i64>>;
+    /// Destroys one retired key; returns rows changed.
+    #[doc(hidden)]
+    fn destroy_retired<C: LoadConnection<Backend = Self>>(
+        conn: &mut C,
+        key_id: i64,
+        at: i64,
+    ) -> QueryResult<usize>;
     /// Runs `SELECT COUNT(*) AS n ...`.
     #[doc(hidden)]
     fn count<C: LoadConnection<Backend = Self>>(conn: &mut C, sql: String) -> QueryResult<i64>;
@@ -285,6 +292,24 @@ macro_rules! key_table {
                         .execute(conn)?;
                     Ok(ids)
                 })
+            }
+
+            fn destroy_retired<C: LoadConnection<Backend = Self>>(
+                conn: &mut C,
+                key_id: i64,
+                at: i64,
+            ) -> QueryResult<usize> {
+                diesel::update(
+                    keys::table
+                        .find(key_id)
+                        .filter(keys::state.eq(KeyState::Retired.as_str())),
+                )
+                .set((
+                    keys::state.eq(KeyState::Destroyed.as_str()),
+                    keys::wrapped_key.eq(None::<Vec<u8>>),
+                    keys::state_changed_at.eq(at),
+                ))
+                .execute(conn)
             }
 
             fn count<C: LoadConnection<Backend = Self>>(
@@ -633,6 +658,40 @@ impl<P: KekProvider> KeyStore<P> {
         let (keyring, report) = self.load(conn)?;
         keyring.install();
         Ok(report)
+    }
+
+    /// Destroys one retired data key (its wrapped bytes erased), refusing while any row of
+    /// `models` still holds a value sealed with it: run the rotation job first.
+    ///
+    /// # Errors
+    /// [`Error::KeyRecord`] if rows still reference the key or it is the tenant's active key;
+    /// [`Error::Store`].
+    pub fn destroy_key<C>(
+        &self,
+        conn: &mut C,
+        key_id: KeyId,
+        models: &[ModelInfo],
+    ) -> Result<(), Error>
+    where
+        C: LoadConnection,
+        C::Backend: KeyTable,
+    {
+        if count_rows_with_keys(conn, models, &[key_id])? > 0 {
+            return Err(Error::KeyRecord {
+                key_id,
+                reason: "rows still hold values sealed with it",
+            });
+        }
+        if C::Backend::destroy_retired(conn, i64::from(key_id.get()), now()).map_err(store_err)?
+            == 0
+        {
+            return Err(Error::KeyRecord {
+                key_id,
+                reason: "not a retired key",
+            });
+        }
+        tracing::warn!(target: "encrypted_types::audit", event = "key_destroyed", key_id = key_id.get());
+        Ok(())
     }
 
     /// Crypto-shreds a tenant: marks all its keys destroyed and erases their wrapped bytes, in

@@ -1,0 +1,408 @@
+//! Background jobs over encrypted columns. So far: re-sealing rows after a data-key rotation.
+//!
+//! [`rotate_data_keys`] finds the rows of one encrypted column whose header names a retired key
+//! (by the key-id bytes, in SQL: nothing is decrypted to find them), walks them in primary-key
+//! order (keyset pagination, never `OFFSET`), re-seals each value under its tenant's primary key
+//! and writes it back with a compare-and-swap (`WHERE pk = ? AND col = <old bytes>`), so an
+//! application write that lands in between is never overwritten. Each batch commits together
+//! with its checkpoint in `encrypted_types_jobs`, so a killed job resumes after its last
+//! committed batch. Work can be split across workers by primary-key range.
+
+use diesel::connection::LoadConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Binary};
+
+use crate::Error;
+use crate::format;
+use crate::key::KeyId;
+use crate::keyring::Keyring;
+use crate::model::{ColumnInfo, ModelInfo};
+use crate::store::KeyTable;
+
+diesel::table! {
+    /// Checkpoints of the jobs (`migrations/<backend>/..._encrypted_types_jobs`).
+    encrypted_types_jobs (job) {
+        /// The job's name: model, column, primary-key range, worker.
+        job -> Text,
+        /// Rows with a primary key up to here are done.
+        last_pk -> BigInt,
+        /// Rows re-sealed so far.
+        rows_done -> BigInt,
+        /// Unix seconds.
+        updated_at -> BigInt,
+    }
+}
+
+use encrypted_types_jobs as jobs;
+
+/// How to run [`rotate_data_keys`].
+#[derive(Debug, Clone)]
+pub struct RotateOptions {
+    /// Rows per batch (one transaction each).
+    pub batch: usize,
+    /// Only rows with `from <= pk < to`: one worker's share.
+    pub range: (i64, i64),
+    /// Stop after this many batches (time-slicing, tests); `None` runs to the end.
+    pub max_batches: Option<u64>,
+}
+
+impl Default for RotateOptions {
+    fn default() -> Self {
+        Self {
+            batch: 500,
+            range: (i64::MIN, i64::MAX),
+            max_batches: None,
+        }
+    }
+}
+
+/// Progress after each committed batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// The column being re-sealed.
+    pub column: &'static str,
+    /// Values re-sealed so far in this column (over every run of the job).
+    pub rows_done: u64,
+    /// Values an application changed between our read and our write: left as they are.
+    pub conflicts: u64,
+    /// The checkpoint.
+    pub last_pk: i64,
+}
+
+/// What [`rotate_data_keys`] did in this run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RotateReport {
+    /// Values re-sealed in this run.
+    pub resealed: u64,
+    /// Compare-and-swap misses (concurrent writes), left untouched.
+    pub conflicts: u64,
+    /// Batches committed.
+    pub batches: u64,
+    /// Whether every column reached the end of the range.
+    pub finished: bool,
+}
+
+/// The SQL the jobs need, per backend.
+pub trait JobTable: KeyTable {
+    /// `$n` or `?`.
+    #[doc(hidden)]
+    fn placeholder(n: usize) -> String;
+    /// `CAST(expr AS BIGINT)` in the backend's words.
+    #[doc(hidden)]
+    fn as_bigint(expr: &str) -> String;
+    /// Runs a batch select: `(pk, value)` rows.
+    #[doc(hidden)]
+    fn select_batch<C: LoadConnection<Backend = Self>>(
+        conn: &mut C,
+        sql: String,
+        after: i64,
+        before: i64,
+    ) -> QueryResult<Vec<(i64, Vec<u8>)>>;
+    /// Runs a compare-and-swap update; returns rows changed.
+    #[doc(hidden)]
+    fn cas<C: LoadConnection<Backend = Self>>(
+        conn: &mut C,
+        sql: String,
+        new: &[u8],
+        pk: i64,
+        old: &[u8],
+    ) -> QueryResult<usize>;
+    /// Reads a checkpoint.
+    #[doc(hidden)]
+    fn checkpoint<C: LoadConnection<Backend = Self>>(
+        conn: &mut C,
+        job: &str,
+    ) -> QueryResult<Option<(i64, i64)>>;
+    /// Writes a checkpoint.
+    #[doc(hidden)]
+    fn save_checkpoint<C: LoadConnection<Backend = Self>>(
+        conn: &mut C,
+        job: &str,
+        last_pk: i64,
+        rows_done: i64,
+    ) -> QueryResult<()>;
+}
+
+#[derive(QueryableByName)]
+struct PkValue {
+    #[diesel(sql_type = BigInt)]
+    pk: i64,
+    #[diesel(sql_type = Binary)]
+    v: Vec<u8>,
+}
+
+macro_rules! job_table {
+    ($db:ty, placeholder = $ph:expr, bigint = $cast:literal) => {
+        impl JobTable for $db {
+            fn placeholder(n: usize) -> String {
+                let f: fn(usize) -> String = $ph;
+                f(n)
+            }
+
+            fn as_bigint(expr: &str) -> String {
+                format!("CAST({expr} AS {})", $cast)
+            }
+
+            fn select_batch<C: LoadConnection<Backend = Self>>(
+                conn: &mut C,
+                sql: String,
+                after: i64,
+                before: i64,
+            ) -> QueryResult<Vec<(i64, Vec<u8>)>> {
+                let rows: Vec<PkValue> = diesel::sql_query(sql)
+                    .bind::<BigInt, _>(after)
+                    .bind::<BigInt, _>(before)
+                    .load(conn)?;
+                Ok(rows.into_iter().map(|r| (r.pk, r.v)).collect())
+            }
+
+            fn cas<C: LoadConnection<Backend = Self>>(
+                conn: &mut C,
+                sql: String,
+                new: &[u8],
+                pk: i64,
+                old: &[u8],
+            ) -> QueryResult<usize> {
+                diesel::sql_query(sql)
+                    .bind::<Binary, _>(new)
+                    .bind::<BigInt, _>(pk)
+                    .bind::<Binary, _>(old)
+                    .execute(conn)
+            }
+
+            fn checkpoint<C: LoadConnection<Backend = Self>>(
+                conn: &mut C,
+                job: &str,
+            ) -> QueryResult<Option<(i64, i64)>> {
+                jobs::table
+                    .find(job)
+                    .select((jobs::last_pk, jobs::rows_done))
+                    .first(conn)
+                    .optional()
+            }
+
+            fn save_checkpoint<C: LoadConnection<Backend = Self>>(
+                conn: &mut C,
+                job: &str,
+                last_pk: i64,
+                rows_done: i64,
+            ) -> QueryResult<()> {
+                let at = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+                let n = diesel::update(jobs::table.find(job))
+                    .set((
+                        jobs::last_pk.eq(last_pk),
+                        jobs::rows_done.eq(rows_done),
+                        jobs::updated_at.eq(at),
+                    ))
+                    .execute(conn)?;
+                if n == 0 {
+                    diesel::insert_into(jobs::table)
+                        .values((
+                            jobs::job.eq(job),
+                            jobs::last_pk.eq(last_pk),
+                            jobs::rows_done.eq(rows_done),
+                            jobs::updated_at.eq(at),
+                        ))
+                        .execute(conn)?;
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
+#[cfg(feature = "sqlite")]
+job_table!(
+    diesel::sqlite::Sqlite,
+    placeholder = |_| "?".to_owned(),
+    bigint = "BIGINT"
+);
+#[cfg(feature = "postgres")]
+job_table!(
+    diesel::pg::Pg,
+    placeholder = |n| format!("${n}"),
+    bigint = "BIGINT"
+);
+#[cfg(feature = "mysql")]
+job_table!(
+    diesel::mysql::Mysql,
+    placeholder = |_| "?".to_owned(),
+    bigint = "SIGNED"
+);
+
+/// Re-seals every value of `model` that is sealed with a retired key of the installed keyring
+/// (after `KeyStore::rotate_data_key` and a reload), column by column, in batches. Resumes from
+/// the checkpoints of a previous run with the same `job` name and range.
+///
+/// `on_batch` is called after each committed batch: a progress bar, a log line, an event.
+///
+/// # Errors
+/// [`Error::NoKeyring`], [`Error::Store`], and the errors of opening a stored value (a row that
+/// does not authenticate stops the job, untouched, so it can be looked at).
+pub fn rotate_data_keys<C>(
+    conn: &mut C,
+    model: &ModelInfo,
+    job: &str,
+    options: &RotateOptions,
+    mut on_batch: impl FnMut(&Progress),
+) -> Result<RotateReport, Error>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
+    let retired = keyring.retired_key_ids();
+    let mut report = RotateReport {
+        finished: true,
+        ..RotateReport::default()
+    };
+    if retired.is_empty() {
+        return Ok(report);
+    }
+    let Some(pk) = model.primary_key.first() else {
+        return Err(Error::Store(format!(
+            "model {} has no primary key",
+            model.table
+        )));
+    };
+    for column in model.columns {
+        let done = rotate_column::<C>(
+            conn,
+            &keyring,
+            model,
+            pk,
+            column,
+            &retired,
+            job,
+            options,
+            &mut report,
+            &mut on_batch,
+        )?;
+        report.finished &= done;
+        if !done {
+            break;
+        }
+    }
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)] // one column's worth of the job's state, in one place
+fn rotate_column<C>(
+    conn: &mut C,
+    keyring: &Keyring,
+    model: &ModelInfo,
+    pk: &str,
+    column: &'static ColumnInfo,
+    retired: &[KeyId],
+    job: &str,
+    options: &RotateOptions,
+    report: &mut RotateReport,
+    on_batch: &mut impl FnMut(&Progress),
+) -> Result<bool, Error>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    type B<C> = <C as Connection>::Backend;
+    let (from, to) = options.range;
+    let name = format!("{job}:{}.{}:{from}..{to}", model.table, column.column);
+    let (table, col, pkq) = (
+        B::<C>::quote(model.table),
+        B::<C>::quote(column.column),
+        B::<C>::quote(pk),
+    );
+    let select = format!(
+        "SELECT {} AS pk, {col} AS v FROM {table} WHERE {pkq} > {} AND {pkq} < {} AND {} ORDER BY {pkq} LIMIT {}",
+        B::<C>::as_bigint(&pkq),
+        B::<C>::placeholder(1),
+        B::<C>::placeholder(2),
+        B::<C>::key_id_in(&col, retired),
+        options.batch.max(1),
+    );
+    let cas = format!(
+        "UPDATE {table} SET {col} = {} WHERE {pkq} = {} AND {col} = {}",
+        B::<C>::placeholder(1),
+        B::<C>::placeholder(2),
+        B::<C>::placeholder(3),
+    );
+    let (mut last_pk, mut rows_done) = match B::<C>::checkpoint(conn, &name)? {
+        Some((last, done)) => (last, done),
+        None => (from.saturating_sub(1), 0),
+    };
+    let mut batches = 0u64;
+    loop {
+        if options.max_batches.is_some_and(|max| batches >= max) {
+            return Ok(false);
+        }
+        let rows = B::<C>::select_batch(conn, select.clone(), last_pk, to)?;
+        let Some(&(batch_last, _)) = rows.last() else {
+            return Ok(true);
+        };
+        // Re-seal outside the transaction: it is pure computation.
+        let mut updates = Vec::with_capacity(rows.len());
+        for (id, old) in rows {
+            if let Some(new) =
+                format::reseal(keyring, model.table, column.column, column.value_type, &old)?
+            {
+                updates.push((id, old, new));
+            }
+        }
+        let (resealed, conflicts) = conn.transaction(|conn| -> Result<(u64, u64), Error> {
+            let (mut ok, mut missed) = (0u64, 0u64);
+            for (id, old, new) in &updates {
+                match B::<C>::cas(conn, cas.clone(), new, *id, old)? {
+                    0 => missed += 1,
+                    _ => ok += 1,
+                }
+            }
+            let total = rows_done.saturating_add(i64::try_from(ok).unwrap_or(i64::MAX));
+            B::<C>::save_checkpoint(conn, &name, batch_last, total)?;
+            Ok((ok, missed))
+        })?;
+        last_pk = batch_last;
+        rows_done = rows_done.saturating_add(i64::try_from(resealed).unwrap_or(i64::MAX));
+        batches += 1;
+        report.batches += 1;
+        report.resealed += resealed;
+        report.conflicts += conflicts;
+        on_batch(&Progress {
+            column: column.column,
+            rows_done: u64::try_from(rows_done).unwrap_or(0),
+            conflicts: report.conflicts,
+            last_pk,
+        });
+    }
+}
+
+/// The verification scan: for every data key of the installed keyring (and every destroyed key
+/// it knows of), how many values of each encrypted column of `model` it sealed, counted in SQL
+/// from the header bytes. After a finished rotation, retired keys count zero.
+///
+/// # Errors
+/// [`Error::NoKeyring`], [`Error::Store`].
+pub fn key_counts<C>(
+    conn: &mut C,
+    model: &ModelInfo,
+) -> Result<Vec<(&'static str, KeyId, u64)>, Error>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
+    let mut out = Vec::new();
+    for column in model.columns {
+        let one = ModelInfo {
+            columns: std::slice::from_ref(column),
+            ..*model
+        };
+        for id in keyring.key_ids() {
+            let n = crate::store::count_rows_with_keys(conn, &[one], &[id])?;
+            if n > 0 {
+                out.push((column.column, id, n));
+            }
+        }
+    }
+    Ok(out)
+}

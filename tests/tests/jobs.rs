@@ -1,0 +1,301 @@
+//! The data-key rotation job: rows found by key id in SQL, re-sealed in checkpointed batches,
+//! resumed after a stop and after SIGKILL, split across workers by primary-key range.
+// A test reports failure by panicking: unwrap, expect and indexing are assertions here.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::sync::{Mutex, MutexGuard};
+
+use diesel::prelude::*;
+use encrypted_types::jobs::{RotateOptions, rotate_data_keys};
+use encrypted_types::kek::local::LocalKek;
+use encrypted_types::store::{KeyStore, count_rows_with_keys};
+use encrypted_types::{EncryptedModel, KeyId, Keyring};
+use encrypted_types_tests::models::Patient;
+use encrypted_types_tests::schema::et_patients;
+
+/// The job reads the installed keyring: one test at a time in this binary.
+fn global() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn patients(n: i32) -> Vec<Patient> {
+    (0..n)
+        .map(|i| {
+            let mut p = Patient::sample(
+                100_000 + i,
+                1 + i64::from(i % 2),
+                &format!("r{i}@example.org"),
+                &format!("{i:09}"),
+            );
+            p.phone = (i % 3 == 0).then(|| format!("555-{i:04}"));
+            p
+        })
+        .collect()
+}
+
+/// Rows per key id over every encrypted column of the model.
+fn on_keys(
+    conn: &mut impl diesel::connection::LoadConnection<Backend = impl encrypted_types::store::KeyTable>,
+    ids: &[KeyId],
+) -> u64 {
+    count_rows_with_keys(conn, &[Patient::MODEL], ids).unwrap()
+}
+
+macro_rules! job_suite {
+    ($connect:path) => {
+        use super::*;
+
+        #[test]
+        fn rotation_reseals_every_row_resumes_and_splits_by_range() {
+            let _g = global();
+            let dir = tempfile::tempdir().unwrap();
+            let store = KeyStore::new(LocalKek::create(dir.path().join("k.kek")).unwrap());
+            let conn = &mut $connect();
+            let one = store.create_tenant(conn, Some(&"1".into())).unwrap();
+            let two = store.create_tenant(conn, Some(&"2".into())).unwrap();
+            store.load_and_install(conn).unwrap();
+            let ps = patients(600);
+            for chunk in ps.chunks(200) {
+                diesel::insert_into(et_patients::table)
+                    .values(Patient::batch(chunk))
+                    .execute(conn)
+                    .unwrap();
+            }
+            let old = [one.data, two.data];
+            assert_eq!(on_keys(conn, &old), 600);
+
+            // New primaries; nothing is re-sealed yet, everything still opens.
+            let new = [
+                store.rotate_data_key(conn, Some(&"1".into())).unwrap(),
+                store.rotate_data_key(conn, Some(&"2".into())).unwrap(),
+            ];
+            store.load_and_install(conn).unwrap();
+            let mut retired = Keyring::current().unwrap().retired_key_ids();
+            retired.sort();
+            let mut want = old.to_vec();
+            want.sort();
+            assert_eq!(retired, want);
+
+            // A key that rows still reference cannot be destroyed.
+            let refused = store.destroy_key(conn, one.data, &[Patient::MODEL]).err().unwrap();
+            assert!(matches!(refused, encrypted_types::Error::KeyRecord { key_id, .. } if key_id == one.data), "{refused}");
+
+            // Worker A takes ids below 100300 and stops after 2 batches; worker B the rest.
+            let a = RotateOptions {
+                batch: 50,
+                range: (0, 100_300),
+                max_batches: Some(2),
+            };
+            let first = rotate_data_keys(conn, &Patient::MODEL, "t", &a, |_| {}).unwrap();
+            assert!(!first.finished);
+            assert_eq!(first.batches, 2);
+            assert_eq!(first.resealed, 100, "two batches of one column");
+            assert_eq!(
+                on_keys(conn, &old),
+                600,
+                "every row still has other columns on the old key"
+            );
+            let b = RotateOptions {
+                batch: 64,
+                range: (100_300, i64::MAX),
+                max_batches: None,
+            };
+            let mut seen = 0;
+            let second =
+                rotate_data_keys(conn, &Patient::MODEL, "t", &b, |p| seen = p.rows_done).unwrap();
+            assert!(second.finished && second.conflicts == 0);
+            assert!(seen > 0);
+            // Worker A resumes from its checkpoint: it does not redo its first 100 values.
+            let resumed = rotate_data_keys(
+                conn,
+                &Patient::MODEL,
+                "t",
+                &RotateOptions {
+                    max_batches: None,
+                    ..a
+                },
+                |_| {},
+            )
+            .unwrap();
+            assert!(resumed.finished);
+            let total_values: u64 = ps
+                .iter()
+                .map(|p| 5 + u64::from(p.phone.is_some()) * 1)
+                .sum();
+            assert_eq!(
+                first.resealed + second.resealed + resumed.resealed,
+                total_values
+            );
+
+            // Verification: no row on an old key, every row opens on the new ones.
+            assert_eq!(on_keys(conn, &old), 0);
+            assert_eq!(on_keys(conn, &new), 600);
+            let back: Vec<Patient> = et_patients::table
+                .select(Patient::as_select())
+                .order(et_patients::id)
+                .load(conn)
+                .unwrap();
+            assert_eq!(back, ps);
+            // The verification scan counts values per column and key: only the new keys remain.
+            let counts = encrypted_types::jobs::key_counts(conn, &Patient::MODEL).unwrap();
+            assert!(counts.iter().all(|(_, id, _)| new.contains(id)), "{counts:?}");
+            let names: u64 = counts.iter().filter(|(c, _, _)| *c == "name").map(|(_, _, n)| n).sum();
+            assert_eq!(names, 600);
+            // Now the old keys can go; their rows are gone from them.
+            store.destroy_key(conn, one.data, &[Patient::MODEL]).unwrap();
+            store.destroy_key(conn, two.data, &[Patient::MODEL]).unwrap();
+            assert!(store.destroy_key(conn, new[0], &[Patient::MODEL]).is_err(), "an active key in use");
+            // A second full run finds nothing to do.
+            let again = rotate_data_keys(
+                conn,
+                &Patient::MODEL,
+                "t2",
+                &RotateOptions::default(),
+                |_| {},
+            )
+            .unwrap();
+            assert_eq!((again.resealed, again.finished), (0, true));
+        }
+    };
+}
+
+mod sqlite {
+    job_suite!(encrypted_types_tests::keystore::sqlite);
+}
+
+mod postgres {
+    job_suite!(encrypted_types_tests::keystore::pg);
+}
+
+mod mysql {
+    job_suite!(encrypted_types_tests::keystore::mysql);
+}
+
+/// SIGKILL at ten random points of a run on a SQLite file, each time resumed: every row ends on
+/// the new keys and opens.
+#[test]
+fn killed_ten_times_and_resumed_every_row_ends_on_the_new_key() {
+    let _g = global();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("kill.db");
+    let kek = dir.path().join("k.kek");
+    let store = KeyStore::new(LocalKek::create(&kek).unwrap());
+    let conn = &mut SqliteConnection::establish(db.to_str().unwrap()).unwrap();
+    KeyStore::<LocalKek>::run_migrations(conn).unwrap();
+    for stmt in encrypted_types_tests::ddl("BLOB") {
+        diesel::connection::SimpleConnection::batch_execute(conn, &stmt).unwrap();
+    }
+    let one = store.create_tenant(conn, Some(&"1".into())).unwrap();
+    let two = store.create_tenant(conn, Some(&"2".into())).unwrap();
+    store.load_and_install(conn).unwrap();
+    let ps = patients(3000);
+    for chunk in ps.chunks(500) {
+        diesel::insert_into(et_patients::table)
+            .values(Patient::batch(chunk))
+            .execute(conn)
+            .unwrap();
+    }
+    let new = [
+        store.rotate_data_key(conn, Some(&"1".into())).unwrap(),
+        store.rotate_data_key(conn, Some(&"2".into())).unwrap(),
+    ];
+
+    let exe = std::env::current_exe().unwrap();
+    for _ in 0..10 {
+        let mut child = std::process::Command::new(&exe)
+            .args([
+                "--ignored",
+                "--exact",
+                "rotate_in_a_child_process",
+                "--test-threads=1",
+            ])
+            .env("ET_JOB_DB", &db)
+            .env("ET_JOB_KEK", &kek)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut r = [0u8; 2];
+        getrandom_fill(&mut r);
+        std::thread::sleep(std::time::Duration::from_millis(
+            50 + u64::from(u16::from_be_bytes(r) % 400),
+        ));
+        let _ = child.kill(); // SIGKILL
+        let _ = child.wait();
+    }
+    // The killed runs committed work (checkpointed batches), and left some for the last run.
+    let moved: i64 =
+        diesel::sql_query("SELECT COALESCE(SUM(rows_done), 0) AS n FROM encrypted_types_jobs")
+            .get_result::<Count>(conn)
+            .unwrap()
+            .n;
+    assert!(moved > 0, "no killed run committed a batch");
+    assert!(on_keys(conn, &new) > 0);
+    store.load_and_install(conn).unwrap();
+    let report = rotate_data_keys(
+        conn,
+        &Patient::MODEL,
+        "kill",
+        &RotateOptions {
+            batch: 20,
+            ..RotateOptions::default()
+        },
+        |_| {},
+    )
+    .unwrap();
+    assert!(report.finished);
+    assert_eq!(
+        on_keys(conn, &[one.data, two.data]),
+        0,
+        "rows left on the old keys"
+    );
+    let back: Vec<Patient> = et_patients::table
+        .select(Patient::as_select())
+        .order(et_patients::id)
+        .load(conn)
+        .unwrap();
+    assert_eq!(back, ps);
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+fn getrandom_fill(buf: &mut [u8]) {
+    let k = encrypted_types::KeyMaterial::generate().unwrap();
+    buf.copy_from_slice(&k.expose()[..buf.len()]);
+}
+
+/// The child of the test above: loads the keys and runs the job in small batches until killed.
+#[test]
+#[ignore = "run by killed_ten_times_and_resumed_every_row_ends_on_the_new_key, and killed by it"]
+fn rotate_in_a_child_process() {
+    let db = std::env::var("ET_JOB_DB").expect("run by the parent test");
+    let kek = std::env::var("ET_JOB_KEK").unwrap();
+    let conn = &mut SqliteConnection::establish(&db).unwrap();
+    diesel::connection::SimpleConnection::batch_execute(conn, "PRAGMA busy_timeout = 5000")
+        .unwrap();
+    KeyStore::new(LocalKek::open(&kek).unwrap())
+        .load_and_install(conn)
+        .unwrap();
+    rotate_data_keys(
+        conn,
+        &Patient::MODEL,
+        "kill",
+        &RotateOptions {
+            batch: 20,
+            ..RotateOptions::default()
+        },
+        |_| {},
+    )
+    .unwrap();
+}
