@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use diesel::prelude::*;
+use encrypted_types::EncryptedModel;
 use encrypted_types::kek::local::LocalKek;
 use encrypted_types::store::KeyStore;
 
@@ -263,5 +264,80 @@ pub(crate) fn run(
         enc_size as f64 / 1048576.0,
         enc_size as f64 / plain_size.max(1) as f64
     );
+    Ok(())
+}
+
+/// Rotation throughput: re-sealing every row of `bench_encrypted` after a data-key rotation,
+/// beside the same number of compare-and-swap UPDATEs of the same rows of `bench_plain`.
+pub(crate) fn rotate(
+    db: &mut Db,
+    url: &str,
+    kek: &Path,
+    rows: usize,
+    batch: usize,
+) -> AppResult<()> {
+    run(db, url, kek, rows, batch, 0)?;
+    let store = KeyStore::new(LocalKek::open_or_create(kek)?);
+    for clinic in [1i64, 2] {
+        with_conn!(db, conn => store.rotate_data_key(conn, Some(&encrypted_types::TenantId::from(clinic))))?;
+    }
+    with_conn!(db, conn => store.load_and_install(conn))?;
+
+    let t = Instant::now();
+    let job = format!(
+        "bench-rotate-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+    );
+    let options = encrypted_types::jobs::RotateOptions {
+        batch,
+        ..Default::default()
+    };
+    let report = with_conn!(db, conn => encrypted_types::jobs::rotate_data_keys(conn, &BenchEncrypted::MODEL, &job, &options, |_| {}))?;
+    let rotate_secs = t.elapsed().as_secs_f64();
+    if !report.finished || report.resealed != (rows * 4) as u64 {
+        return Err(format!(
+            "rotation re-sealed {} of {} values",
+            report.resealed,
+            rows * 4
+        )
+        .into());
+    }
+
+    // The same shape of work in plaintext: per column, per row, a compare-and-swap UPDATE,
+    // `batch` rows per transaction.
+    let plain: Vec<BenchPlain> = with_conn!(db, conn => bench_plain::table.select(BenchPlain::as_select()).order(bench_plain::id).load(conn))?;
+    let t = Instant::now();
+    macro_rules! cas_column {
+        ($col:ident) => {
+            for chunk in plain.chunks(batch) {
+                with_conn!(db, conn => conn.transaction(|c| {
+                    for p in chunk {
+                        diesel::update(bench_plain::table.find(p.id).filter(bench_plain::$col.eq(&p.$col)))
+                            .set(bench_plain::$col.eq(&p.$col))
+                            .execute(c)?;
+                    }
+                    diesel::QueryResult::Ok(())
+                }))?;
+            }
+        };
+    }
+    cas_column!(name);
+    cas_column!(email);
+    cas_column!(ssn);
+    cas_column!(notes);
+    let update_secs = t.elapsed().as_secs_f64();
+
+    let (rot, upd) = (rows as f64 / rotate_secs, rows as f64 / update_secs);
+    out!(
+        "== rotation on {}: {rows} rows (4 encrypted values each), batches of {batch}",
+        db.backend()
+    );
+    out!("| work | rows/s |");
+    out!("|---|---:|");
+    out!("| plain UPDATE (compare-and-swap, 4 columns) | {upd:.0} |");
+    out!("| rotation job (find by key id, re-seal, CAS, checkpoint) | {rot:.0} |");
+    out!("rotation / plain UPDATE: {:.2}", rot / upd);
     Ok(())
 }

@@ -318,3 +318,84 @@ pub(crate) fn key_stats(db: &mut Db, kek: &Path) -> AppResult<()> {
     }
     Ok(())
 }
+
+/// A progress display: a bar at a terminal, a plain line every ten batches otherwise.
+pub(crate) struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    batches: u64,
+}
+
+impl Progress {
+    pub(crate) fn new(what: &str) -> Self {
+        use std::io::IsTerminal;
+        let bar = std::io::stdout().is_terminal().then(|| {
+            let bar = indicatif::ProgressBar::new_spinner();
+            bar.set_message(what.to_owned());
+            bar
+        });
+        Self { bar, batches: 0 }
+    }
+
+    pub(crate) fn batch(&mut self, p: &encrypted_types::jobs::Progress) {
+        self.batches += 1;
+        match &self.bar {
+            Some(bar) => {
+                bar.set_message(format!(
+                    "{}: {} values re-sealed (pk {})",
+                    p.column, p.rows_done, p.last_pk
+                ));
+                bar.tick();
+            }
+            None if self.batches.is_multiple_of(10) => {
+                out!(
+                    "  {}: {} values re-sealed, up to primary key {}",
+                    p.column,
+                    p.rows_done,
+                    p.last_pk
+                );
+            }
+            None => {}
+        }
+    }
+
+    pub(crate) fn finish(&self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+pub(crate) fn rotate(db: &mut Db, kek: &Path, batch: usize) -> AppResult<()> {
+    let (store, _) = key_store(kek)?;
+    let tenants: Vec<Option<String>> = with_conn!(db, conn => encrypted_types_keys::table
+        .filter(encrypted_types_keys::purpose.eq("data"))
+        .filter(encrypted_types_keys::state.eq("active"))
+        .select(encrypted_types_keys::tenant)
+        .load(conn))?;
+    for tenant in tenants.iter().flatten() {
+        let id = with_conn!(db, conn => store.rotate_data_key(conn, Some(&TenantId::from(tenant.as_str()))))?;
+        out!("clinic {tenant}: new data key {id}; the previous one is retired (still opens)");
+    }
+    with_conn!(db, conn => store.load_and_install(conn))?;
+    let job = format!(
+        "clinic-rotate-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+    );
+    let options = encrypted_types::jobs::RotateOptions {
+        batch,
+        ..Default::default()
+    };
+    let mut progress = Progress::new("re-sealing");
+    let report = with_conn!(db, conn => encrypted_types::jobs::rotate_data_keys(conn, &Patient::MODEL, &job, &options, |p| progress.batch(p)))?;
+    progress.finish();
+    out!(
+        "re-sealed {} values in {} batches ({} changed by the application meanwhile, left as written); finished: {}",
+        report.resealed,
+        report.batches,
+        report.conflicts,
+        report.finished
+    );
+    key_stats(db, kek)
+}

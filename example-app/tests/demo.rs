@@ -91,6 +91,24 @@ fn the_demo_runs_twice_and_stores_no_plaintext() {
     assert_eq!(list.lines().count(), 5, "{list}");
     let stats = clinic(dir.path(), &["key-stats"]);
     assert!(stats.contains("active"), "{stats}");
+    // Rotation: new keys, every value re-sealed, the retired keys hold no rows.
+    let rotated = clinic(dir.path(), &["rotate", "--batch", "2"]);
+    assert!(
+        rotated.contains("re-sealed 2") && rotated.contains("finished: true"),
+        "{rotated}"
+    );
+    let retired: Vec<&str> = rotated
+        .lines()
+        // The key-stats table rows: they start with the key id.
+        .filter(|l| {
+            l.trim_start().starts_with(|c: char| c.is_ascii_digit()) && l.contains(" retired ")
+        })
+        .collect();
+    assert_eq!(retired.len(), 2, "{rotated}");
+    assert!(
+        retired.iter().all(|l| l.trim_end().ends_with(" 0")),
+        "rows left on a retired key:\n{rotated}"
+    );
     let shred = clinic(dir.path(), &["shred-clinic", "--clinic", "1"]);
     assert!(
         shred.contains("2 patient row(s) can never be read again"),
