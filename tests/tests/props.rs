@@ -103,7 +103,7 @@ proptest! {
     #[test]
     fn a_blind_index_is_a_function_of_the_normalized_value(
         local in "[A-Za-z0-9._%+-]{1,20}",
-        domain in "[A-Za-z0-9-]{1,12}\\\\.[A-Za-z]{2,6}",
+        domain in "[A-Za-z0-9-]{1,12}\\.[A-Za-z]{2,6}",
         pad_left in " {0,3}", pad_right in "[ \\t]{0,3}",
         other in any::<String>(),
     ) {
@@ -112,6 +112,9 @@ proptest! {
         let messy = format!("{pad_left}{}{pad_right}", plain.to_uppercase());
         let a = EMAIL.compute(keyring(), None, &plain).unwrap();
         let b = EMAIL.compute(keyring(), None, &messy).unwrap();
+        // Equal indexes exactly when the normalized values are equal (for these ASCII addresses
+        // they are; `ß` upper-cases to `SS`, which is why the general claim is an iff).
+        prop_assert_eq!(a == b, *normalize(&[Normalizer::Email], &messy) == *normalize(&[Normalizer::Email], &plain));
         prop_assert_eq!(&a, &b);
         let n = normalize(&[Normalizer::Email], &plain).to_string();
         prop_assert_eq!(&a, &EMAIL.compute(keyring(), None, &n).unwrap());
