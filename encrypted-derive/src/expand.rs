@@ -275,26 +275,16 @@ fn write_side(
             Some(e) => {
                 let ty = sealed_ty(model, f, e, et);
                 fields.push(quote!(#name: #ty));
-                let seal = |v: TokenStream| quote!(#et::Encrypted::with_tenant(::core::clone::Clone::clone(#v), ::core::clone::Clone::clone(&__tenant)));
-                init.push(if e.optional {
-                    let s = seal(quote!(v));
-                    quote!(#name: m.#name.as_ref().map(|v| #s))
-                } else {
-                    let s = seal(quote!(&m.#name));
-                    quote!(#name: #s)
-                });
+                init.push(field_init(name, name, e.optional, |v| {
+                    quote!(#et::Encrypted::with_tenant(::core::clone::Clone::clone(#v), ::core::clone::Clone::clone(&__tenant)))
+                }));
                 if let Some(index) = &e.index {
                     let column = &index.column;
                     let ty = index_ty(model, f, e, et);
                     fields.push(quote!(#column: #ty));
-                    let index = |v: TokenStream| quote!(#et::BlindIndex::for_tenant(::core::clone::Clone::clone(#v), ::core::clone::Clone::clone(&__tenant)));
-                    init.push(if e.optional {
-                        let i = index(quote!(v));
-                        quote!(#column: m.#name.as_ref().map(|v| #i))
-                    } else {
-                        let i = index(quote!(&m.#name));
-                        quote!(#column: #i)
-                    });
+                    init.push(field_init(column, name, e.optional, |v| {
+                        quote!(#et::BlindIndex::for_tenant(::core::clone::Clone::clone(#v), ::core::clone::Clone::clone(&__tenant)))
+                    }));
                 }
             }
         }
@@ -366,6 +356,23 @@ fn write_side(
             }
         }
         #impls
+    }
+}
+
+/// `target: wrap(&m.field)`, through `Option::map` for an optional field: the value and its
+/// index are built from the same field the same way, so both are `None` together.
+fn field_init(
+    target: &Ident,
+    field: &Ident,
+    optional: bool,
+    wrap: impl Fn(TokenStream) -> TokenStream,
+) -> TokenStream {
+    if optional {
+        let w = wrap(quote!(v));
+        quote!(#target: m.#field.as_ref().map(|v| #w))
+    } else {
+        let w = wrap(quote!(&m.#field));
+        quote!(#target: #w)
     }
 }
 

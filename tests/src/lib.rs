@@ -335,3 +335,10 @@ pub fn run_in_fresh_process(name: &str, envs: &[(&str, String)]) {
         "fresh process {name} failed:\n{text}"
     );
 }
+
+/// Serializes the tests of one binary that install keyrings or share files: take it first.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -65,16 +65,9 @@ impl Drop for Token {
     }
 }
 
-/// The module is process-global state: one test at a time talks to it.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 #[test]
 fn keys_wrapped_by_an_hsm_key_unwrap_in_a_fresh_process() {
-    let _serial = serial();
+    let _serial = encrypted_types_tests::serial();
     let token = Token::create();
     let dir = tempfile::tempdir().unwrap();
     let db_path = dir.path().join("hsm.db");
@@ -172,7 +165,7 @@ fn open_in_a_fresh_process() {
 
 #[test]
 fn a_missing_token_or_key_is_a_typed_error() {
-    let _serial = serial();
+    let _serial = encrypted_types_tests::serial();
     let token = Token::create();
     let err = Pkcs11Kek::open(module(), &token.0, PIN, "no-such-key", false)
         .err()

@@ -8,8 +8,6 @@
     clippy::indexing_slicing
 )]
 
-use std::sync::{Mutex, MutexGuard};
-
 use diesel::prelude::*;
 use encrypted_types::jobs::{RotateOptions, rotate_data_keys};
 use encrypted_types::kek::local::LocalKek;
@@ -17,13 +15,6 @@ use encrypted_types::store::{KeyStore, count_rows_with_keys};
 use encrypted_types::{EncryptedModel, KeyId, Keyring};
 use encrypted_types_tests::models::Patient;
 use encrypted_types_tests::schema::et_patients;
-
-/// The job reads the installed keyring: one test at a time in this binary.
-fn global() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 fn patients(n: i32) -> Vec<Patient> {
     (0..n)
@@ -54,7 +45,7 @@ macro_rules! job_suite {
 
         #[test]
         fn rotation_reseals_every_row_resumes_and_splits_by_range() {
-            let _g = global();
+            let _g = encrypted_types_tests::serial();
             let dir = tempfile::tempdir().unwrap();
             let store = KeyStore::new(LocalKek::create(dir.path().join("k.kek")).unwrap());
             let conn = &mut $connect();
@@ -182,30 +173,11 @@ mod mysql {
 /// the new keys and opens.
 #[test]
 fn killed_ten_times_and_resumed_every_row_ends_on_the_new_key() {
-    let _g = global();
+    let _g = encrypted_types_tests::serial();
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("kill.db");
+    let (db, store, ps, old, new) = rotated_file_db(&dir, 3000);
     let kek = dir.path().join("k.kek");
-    let store = KeyStore::new(LocalKek::create(&kek).unwrap());
-    let conn = &mut SqliteConnection::establish(db.to_str().unwrap()).unwrap();
-    KeyStore::<LocalKek>::run_migrations(conn).unwrap();
-    for stmt in encrypted_types_tests::ddl("BLOB") {
-        diesel::connection::SimpleConnection::batch_execute(conn, &stmt).unwrap();
-    }
-    let one = store.create_tenant(conn, Some(&"1".into())).unwrap();
-    let two = store.create_tenant(conn, Some(&"2".into())).unwrap();
-    store.load_and_install(conn).unwrap();
-    let ps = patients(3000);
-    for chunk in ps.chunks(500) {
-        diesel::insert_into(et_patients::table)
-            .values(Patient::batch(chunk))
-            .execute(conn)
-            .unwrap();
-    }
-    let new = [
-        store.rotate_data_key(conn, Some(&"1".into())).unwrap(),
-        store.rotate_data_key(conn, Some(&"2".into())).unwrap(),
-    ];
+    let conn = &mut file_conn(&db);
 
     let exe = std::env::current_exe().unwrap();
     for _ in 0..10 {
@@ -251,11 +223,7 @@ fn killed_ten_times_and_resumed_every_row_ends_on_the_new_key() {
     )
     .unwrap();
     assert!(report.finished);
-    assert_eq!(
-        on_keys(conn, &[one.data, two.data]),
-        0,
-        "rows left on the old keys"
-    );
+    assert_eq!(on_keys(conn, &old), 0, "rows left on the old keys");
     let back: Vec<Patient> = et_patients::table
         .select(Patient::as_select())
         .order(et_patients::id)
@@ -310,6 +278,7 @@ fn rotated_file_db(
     KeyStore<LocalKek>,
     Vec<Patient>,
     [KeyId; 2],
+    [KeyId; 2],
 ) {
     let db = dir.path().join("c.db");
     let store = KeyStore::new(LocalKek::create(dir.path().join("k.kek")).unwrap());
@@ -328,10 +297,12 @@ fn rotated_file_db(
             .execute(conn)
             .unwrap();
     }
-    store.rotate_data_key(conn, Some(&"1".into())).unwrap();
-    store.rotate_data_key(conn, Some(&"2".into())).unwrap();
+    let new = [
+        store.rotate_data_key(conn, Some(&"1".into())).unwrap(),
+        store.rotate_data_key(conn, Some(&"2".into())).unwrap(),
+    ];
     store.load_and_install(conn).unwrap();
-    (db, store, ps, [one.data, two.data])
+    (db, store, ps, [one.data, two.data], new)
 }
 
 fn file_conn(db: &std::path::Path) -> SqliteConnection {
@@ -345,9 +316,9 @@ fn file_conn(db: &std::path::Path) -> SqliteConnection {
 /// lost (compare-and-swap), checked row by row, and every row ends on the new keys.
 #[test]
 fn concurrent_application_writes_are_never_lost() {
-    let _g = global();
+    let _g = encrypted_types_tests::serial();
     let dir = tempfile::tempdir().unwrap();
-    let (db, _store, mut ps, old) = rotated_file_db(&dir, 1500);
+    let (db, _store, mut ps, old, _) = rotated_file_db(&dir, 1500);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let (db, stop, ps) = (db.clone(), stop.clone(), ps.clone());
@@ -411,10 +382,10 @@ fn concurrent_application_writes_are_never_lost() {
 /// Two workers on the same range at once, and two on disjoint ranges: the same final state.
 #[test]
 fn two_workers_on_one_range_or_on_split_ranges_end_consistent() {
-    let _g = global();
+    let _g = encrypted_types_tests::serial();
     for split in [false, true] {
         let dir = tempfile::tempdir().unwrap();
-        let (db, _store, ps, old) = rotated_file_db(&dir, 1200);
+        let (db, _store, ps, old, _) = rotated_file_db(&dir, 1200);
         let mid = 100_600;
         let workers: Vec<_> = [
             (0i64, if split { mid } else { i64::MAX }, "w1"),

@@ -9,18 +9,11 @@
     clippy::indexing_slicing
 )]
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 
 use encrypted_types::kek::local::LocalKek;
 use encrypted_types::kek::{KekProvider, Purpose, WrapContext};
 use encrypted_types::{Error, KeyId, KeyMaterial, TenantId};
-
-/// This binary installs keyrings: tests that do hold this lock.
-fn global() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 fn kek(dir: &tempfile::TempDir) -> LocalKek {
     LocalKek::create(dir.path().join("test.kek")).unwrap()
@@ -150,7 +143,7 @@ macro_rules! store_suite {
 
         #[test]
         fn tenants_load_self_test_and_shred() {
-            let _g = global();
+            let _g = encrypted_types_tests::serial();
             let dir = tempfile::tempdir().unwrap();
             let store = KeyStore::new(kek(&dir));
             let conn = &mut $connect();
@@ -258,7 +251,7 @@ macro_rules! store_suite {
 
         #[test]
         fn rotation_adds_a_primary_and_old_values_still_open() {
-            let _g = global();
+            let _g = encrypted_types_tests::serial();
             let dir = tempfile::tempdir().unwrap();
             let store = KeyStore::new(kek(&dir));
             let conn = &mut $connect();
@@ -302,7 +295,7 @@ macro_rules! store_suite {
 
         #[test]
         fn a_flipped_bit_or_a_moved_wrapped_key_fails_the_load_naming_the_key() {
-            let _g = global();
+            let _g = encrypted_types_tests::serial();
             let dir = tempfile::tempdir().unwrap();
             let store = KeyStore::new(kek(&dir));
             let conn = &mut $connect();
@@ -354,7 +347,7 @@ macro_rules! store_suite {
 
         #[test]
         fn tenants_differing_only_in_case_or_spaces_are_different_tenants() {
-            let _g = global();
+            let _g = encrypted_types_tests::serial();
             let dir = tempfile::tempdir().unwrap();
             let store = KeyStore::new(kek(&dir));
             let conn = &mut $connect();
@@ -374,7 +367,7 @@ macro_rules! store_suite {
 
         #[test]
         fn one_active_key_per_tenant_and_purpose_is_enforced_by_the_table() {
-            let _g = global();
+            let _g = encrypted_types_tests::serial();
             let dir = tempfile::tempdir().unwrap();
             let store = KeyStore::new(kek(&dir));
             let conn = &mut $connect();
@@ -438,7 +431,7 @@ fn trace_output_holds_no_plaintext_and_no_key_bytes() {
         .with_writer(move || writer.clone())
         .finish();
 
-    let _g = global();
+    let _g = encrypted_types_tests::serial();
     let dir = tempfile::tempdir().unwrap();
     let kek_bytes = {
         let path = dir.path().join("test.kek");
