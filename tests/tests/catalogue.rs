@@ -294,3 +294,45 @@ fn case_75_key_types_are_zeroize_on_drop() {
     fn wipes_on_drop<T: zeroize::ZeroizeOnDrop>() {}
     wipes_on_drop::<KeyMaterial>();
 }
+
+/// #72: `Debug` of the public types that hold plaintext or key material: the canaries never
+/// appear.
+#[test]
+fn case_72_public_types_redact_their_debug() {
+    use encrypted_types::kek::aws::AwsKmsConfig;
+    use encrypted_types::kek::local::LocalKek;
+    use encrypted_types::store::KeyStore;
+    use encrypted_types::{Json, SecretBuf};
+    let dir = tempfile::tempdir().unwrap();
+    let kek_path = dir.path().join("c.kek");
+    let kek = LocalKek::create(&kek_path).unwrap();
+    let kek_bytes = std::fs::read(&kek_path).unwrap();
+    let mut buf = SecretBuf::default();
+    buf.extend_from_slice(CANARY_EMAIL.as_bytes());
+    let config = AwsKmsConfig {
+        key_id: "alias/k".into(),
+        region: "eu-west-1".into(),
+        endpoint_url: None,
+        credentials: Some(("AKIDCANARY".into(), "secret-canary-value".into())),
+        timeout: std::time::Duration::from_secs(1),
+    };
+    let shown = format!(
+        "{:?} {:?} {:?} {:?} {:?} {:?} {:?}",
+        buf,
+        Json(CANARY_EMAIL.to_owned()),
+        Encrypted::<String, CodecV>::new(CANARY_EMAIL.into()),
+        kek,
+        KeyStore::new(LocalKek::open(&kek_path).unwrap()),
+        config,
+        KeyMaterial::from_bytes([0x33; 32]),
+    );
+    assert!(
+        !shown.contains(CANARY_EMAIL) && !shown.contains("secret-canary-value"),
+        "{shown}"
+    );
+    assert!(
+        !shown.contains(&hex::encode(&kek_bytes)) && !shown.contains("51, 51"),
+        "{shown}"
+    );
+    assert!(shown.matches("redacted").count() >= 5, "{shown}");
+}
