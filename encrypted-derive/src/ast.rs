@@ -57,6 +57,8 @@ pub(crate) struct Index {
     pub(crate) explicit_column: bool,
     pub(crate) bits: Option<LitInt>,
     pub(crate) version: Option<LitInt>,
+    /// During a blind-index key rotation: the version whose indexes lookups also match.
+    pub(crate) previous: Option<LitInt>,
     pub(crate) normalize: Vec<(Normalizer, Span)>,
 }
 
@@ -66,6 +68,10 @@ impl Index {
             .as_ref()
             .and_then(|b| b.base10_parse().ok())
             .unwrap_or(256)
+    }
+
+    pub(crate) fn previous_value(&self) -> Option<u32> {
+        self.previous.as_ref().and_then(|v| v.base10_parse().ok())
     }
 
     pub(crate) fn version_value(&self) -> u32 {
@@ -111,6 +117,7 @@ impl<'a> Model<'a> {
                             .unwrap_or_else(|| quote::format_ident!("{}_bidx", ident)),
                         bits: i.bits,
                         version: i.version,
+                        previous: i.previous,
                         normalize: i.normalize,
                     }),
                 }

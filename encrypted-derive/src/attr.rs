@@ -8,7 +8,7 @@ use syn::{Attribute, Ident, LitInt, LitStr, Path};
 pub(crate) mod kw {
     pub(crate) const STRUCT_KEYS: &str = "table, tenant, primary_key, derive";
     pub(crate) const FIELD_KEYS: &str = "blind_index";
-    pub(crate) const INDEX_KEYS: &str = "normalize, bits, column, version";
+    pub(crate) const INDEX_KEYS: &str = "normalize, bits, column, version, previous";
     pub(crate) const NORMALIZERS: &str = "trim, lowercase, email, digits, casefold";
     pub(crate) const DERIVES: &str = "Queryable, Selectable, Insertable, AsChangeset";
 }
@@ -69,6 +69,7 @@ pub(crate) struct IndexAttr {
     pub(crate) bits: Option<LitInt>,
     pub(crate) column: Option<Ident>,
     pub(crate) version: Option<LitInt>,
+    pub(crate) previous: Option<LitInt>,
 }
 
 fn unknown(span: Span, what: &str, valid: &str) -> syn::Error {
@@ -184,6 +185,7 @@ pub(crate) fn parse_field(attrs: &[Attribute]) -> syn::Result<FieldAttrs> {
                     bits: None,
                     column: None,
                     version: None,
+                    previous: None,
                 };
                 if meta.input.peek(syn::token::Paren) {
                     meta.parse_nested_meta(|m| parse_index_key(&m, &mut index))?;
@@ -230,6 +232,10 @@ fn parse_index_key(m: &syn::meta::ParseNestedMeta<'_>, index: &mut IndexAttr) ->
     } else if m.path.is_ident("column") {
         once(m, index.column.is_some())?;
         index.column = Some(m.value()?.parse()?);
+        Ok(())
+    } else if m.path.is_ident("previous") {
+        once(m, index.previous.is_some())?;
+        index.previous = Some(m.value()?.parse()?);
         Ok(())
     } else if m.path.is_ident("version") {
         once(m, index.version.is_some())?;

@@ -57,6 +57,10 @@ fn idx_ident(model: &Model<'_>, f: &Field<'_>) -> Ident {
     format_ident!("__{}Index_{}", model.ident, f.ident)
 }
 
+fn prev_idx_ident(model: &Model<'_>, f: &Field<'_>) -> Ident {
+    format_ident!("__{}PreviousIndex_{}", model.ident, f.ident)
+}
+
 /// `Encrypted<T, Ctx>` or `Option<Encrypted<T, Ctx>>`.
 fn sealed_ty(model: &Model<'_>, f: &Field<'_>, e: &Encrypted<'_>, et: &TokenStream) -> TokenStream {
     let inner = e.inner;
@@ -107,27 +111,35 @@ fn markers(model: &Model<'_>, et: &TokenStream) -> TokenStream {
             }
         });
         if let Some(index) = &e.index {
-            let idx = idx_ident(model, f);
             let index_column = crate::ast::sql_name(&index.column);
-            let (version, bits) = (index.version_value(), index.bits_value());
-            let steps = index
+            let bits = index.bits_value();
+            let steps: Vec<_> = index
                 .normalize
                 .iter()
-                .map(|(n, _)| format_ident!("{}", n.variant()));
-            out.extend(quote! {
-                #[doc(hidden)]
-                pub struct #idx;
-                impl #et::IndexSpec for #idx {
-                    const PARAMS: #et::IndexParams = #et::IndexParams {
-                        table: #table_name,
-                        column: #column,
-                        index_column: #index_column,
-                        version: #version,
-                        bits: #bits,
-                        normalize: &[#(#et::Normalizer::#steps),*],
-                    };
-                }
-            });
+                .map(|(n, _)| format_ident!("{}", n.variant()))
+                .collect();
+            let versions = [
+                Some((idx_ident(model, f), index.version_value())),
+                index
+                    .previous_value()
+                    .map(|v| (prev_idx_ident(model, f), v)),
+            ];
+            for (idx, version) in versions.into_iter().flatten() {
+                out.extend(quote! {
+                    #[doc(hidden)]
+                    pub struct #idx;
+                    impl #et::IndexSpec for #idx {
+                        const PARAMS: #et::IndexParams = #et::IndexParams {
+                            table: #table_name,
+                            column: #column,
+                            index_column: #index_column,
+                            version: #version,
+                            bits: #bits,
+                            normalize: &[#(#et::Normalizer::#steps),*],
+                        };
+                    }
+                });
+            }
         }
     }
     out
@@ -408,7 +420,27 @@ fn queries(
         let matches = format_ident!("{}_matches", name);
         let find = format_ident!("find_by_{}", name);
         let bidx_ty = quote!(#et::BlindIndex<#inner, #idx>);
-        let bidx_eq_ty = quote!(#diesel::dsl::Eq<#table::#column, #bidx_ty>);
+        let previous_binding = index
+            .previous_value()
+            .map(|_| quote!(let previous = ::core::clone::Clone::clone(&value);));
+        // During a blind-index key rotation a row may hold either version: match both.
+        let (bidx_eq_ty, bidx_match) = match index.previous_value() {
+            None => (
+                quote!(#diesel::dsl::Eq<#table::#column, #bidx_ty>),
+                quote!(#diesel::ExpressionMethods::eq(#table::#column, index)),
+            ),
+            Some(_) => {
+                let prev = prev_idx_ident(model, f);
+                let prev_ty = quote!(#et::BlindIndex<#inner, #prev>);
+                (
+                    quote!(#diesel::dsl::Or<#diesel::dsl::Eq<#table::#column, #bidx_ty>, #diesel::dsl::Eq<#table::#column, #prev_ty>>),
+                    quote!(#diesel::BoolExpressionMethods::or(
+                        #diesel::ExpressionMethods::eq(#table::#column, index),
+                        #diesel::ExpressionMethods::eq(#table::#column, #et::BlindIndex::<#inner, #prev>::for_tenant(previous, __tenant_id)),
+                    )),
+                )
+            }
+        };
         let (tenant_param, tenant_arg, tenant_id, eq_ty, eq_expr) = match tenant_field {
             Some(t) => {
                 let tname = t.ident;
@@ -420,7 +452,7 @@ fn queries(
                     quote!(#diesel::dsl::And<#diesel::dsl::Eq<#table::#tname, #tty>, #bidx_eq_ty>),
                     quote!(#diesel::BoolExpressionMethods::and(
                         #diesel::ExpressionMethods::eq(#table::#tname, ::core::clone::Clone::clone(tenant)),
-                        #diesel::ExpressionMethods::eq(#table::#column, index),
+                        #bidx_match,
                     )),
                 )
             }
@@ -429,7 +461,7 @@ fn queries(
                 quote!(),
                 quote!(::core::option::Option::None),
                 bidx_eq_ty.clone(),
-                quote!(#diesel::ExpressionMethods::eq(#table::#column, index)),
+                bidx_match.clone(),
             ),
         };
         let stored = if e.optional {
@@ -465,7 +497,10 @@ fn queries(
             #[doc = #doc_eq]
             #[allow(dead_code)]
             #vis fn #eq(#tenant_param value: impl ::core::convert::Into<#inner>) -> #eq_ty {
-                let index: #bidx_ty = #et::BlindIndex::for_tenant(value.into(), #tenant_id);
+                let value: #inner = value.into();
+                let __tenant_id: ::core::option::Option<#et::TenantId> = #tenant_id;
+                #previous_binding
+                let index: #bidx_ty = #et::BlindIndex::for_tenant(value, ::core::clone::Clone::clone(&__tenant_id));
                 #eq_expr
             }
 

@@ -103,6 +103,11 @@ pub(crate) fn check(model: &Model<'_>) -> syn::Result<()> {
         {
             err(v.span(), "`version` must be a positive integer\nhelp: versions start at 1 and grow with each blind-index key rotation".into());
         }
+        if let Some(p) = &index.previous
+            && !matches!(p.base10_parse::<u32>(), Ok(n) if n >= 1 && n < index.version_value())
+        {
+            err(p.span(), "`previous` must be a version below `version`\nhelp: during a blind-index key rotation write `blind_index(version = N, previous = N - 1)`; remove `previous` once the reindex job has finished".into());
+        }
         if e.kind == Some(ValueKind::Other)
             && let Some((_, span)) = index.normalize.first()
         {

@@ -398,3 +398,30 @@ pub fn reseal(
     plain.wipe();
     resealed.map(Some)
 }
+
+/// Opens a value of `table.column` (type tag `value_type`) to its plaintext bytes, undecoded,
+/// with the tenant of the key that sealed it: what a job needs to recompute a blind index.
+///
+/// # Errors
+/// As opening: the header errors, [`Error::AuthenticationFailed`].
+pub fn open_raw(
+    keyring: &crate::Keyring,
+    table: &str,
+    column: &str,
+    value_type: &str,
+    sealed: &[u8],
+) -> Result<(zeroize::Zeroizing<Vec<u8>>, Option<TenantId>), Error> {
+    let header = Header::parse(sealed)?;
+    let key = keyring.key(header.key_id)?;
+    let ctx = Context {
+        table,
+        column,
+        tenant: key.tenant(),
+        value_type,
+    };
+    let mut plain: Raw = open(key, &ctx, sealed.to_vec())?;
+    Ok((
+        zeroize::Zeroizing::new(std::mem::take(&mut plain.0)),
+        key.tenant().cloned(),
+    ))
+}

@@ -193,6 +193,36 @@ impl IndexParams {
     }
 }
 
+impl IndexParams {
+    /// [`IndexParams::compute`] from plaintext bytes (a value's canonical encoding, type tag
+    /// `value_type`) instead of a typed value: for jobs that never decode.
+    ///
+    /// # Errors
+    /// As [`IndexParams::compute`]; [`Error::InvalidPlaintext`] when normalizers meet bytes that
+    /// are not UTF-8.
+    pub fn compute_raw(
+        &self,
+        keyring: &Keyring,
+        tenant: Option<&TenantId>,
+        value_type: &'static str,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, Error> {
+        if !(1..=256).contains(&self.bits) {
+            return Err(Error::InvalidIndex("bits must be between 1 and 256"));
+        }
+        let mut mac = keyring.index_mac(self, tenant, value_type)?;
+        if self.normalize.is_empty() {
+            mac.update(plaintext);
+        } else {
+            let text = std::str::from_utf8(plaintext).map_err(|_| Error::InvalidPlaintext {
+                type_name: value_type,
+            })?;
+            mac.update(normalize(self.normalize, text).as_bytes());
+        }
+        Ok(truncate(mac, self.bits))
+    }
+}
+
 /// Finishes a MAC and keeps `bits` of it: `ceil(bits/8)` bytes, spare low bits cleared so
 /// equal prefixes give equal bytes.
 fn truncate(mac: IndexMac, bits: u16) -> Vec<u8> {

@@ -82,6 +82,18 @@ pub struct RotateReport {
     pub finished: bool,
 }
 
+/// A row read by [`reindex`]: primary key, sealed value, stored index.
+#[derive(QueryableByName, Debug)]
+#[doc(hidden)]
+pub struct PkValueIndex {
+    #[diesel(sql_type = BigInt)]
+    pub(crate) pk: i64,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Binary>)]
+    pub(crate) v: Option<Vec<u8>>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Binary>)]
+    pub(crate) i: Option<Vec<u8>>,
+}
+
 /// The SQL the jobs need, per backend.
 pub trait JobTable: KeyTable {
     /// `$n` or `?`.
@@ -98,6 +110,14 @@ pub trait JobTable: KeyTable {
         after: i64,
         before: i64,
     ) -> QueryResult<Vec<(i64, Vec<u8>)>>;
+    /// Runs a select of `(pk, value, index)` rows.
+    #[doc(hidden)]
+    fn select_indexed<C: LoadConnection<Backend = Self>>(
+        conn: &mut C,
+        sql: String,
+        after: i64,
+        before: i64,
+    ) -> QueryResult<Vec<PkValueIndex>>;
     /// Runs a compare-and-swap update; returns rows changed.
     #[doc(hidden)]
     fn cas<C: LoadConnection<Backend = Self>>(
@@ -154,6 +174,18 @@ macro_rules! job_table {
                     .bind::<BigInt, _>(before)
                     .load(conn)?;
                 Ok(rows.into_iter().map(|r| (r.pk, r.v)).collect())
+            }
+
+            fn select_indexed<C: LoadConnection<Backend = Self>>(
+                conn: &mut C,
+                sql: String,
+                after: i64,
+                before: i64,
+            ) -> QueryResult<Vec<PkValueIndex>> {
+                diesel::sql_query(sql)
+                    .bind::<BigInt, _>(after)
+                    .bind::<BigInt, _>(before)
+                    .load(conn)
             }
 
             fn cas<C: LoadConnection<Backend = Self>>(
@@ -405,4 +437,116 @@ where
         }
     }
     Ok(out)
+}
+
+/// Recomputes every blind index of `model` with its current parameters (after a new index
+/// version, or a change of normalizers), in checkpointed batches by primary key. Each index is
+/// written with a compare-and-swap on the value it was computed from (`WHERE pk = ? AND col =
+/// <the sealed value read>`), so an application write of the field, which writes its own index,
+/// always wins. While it runs, declare `blind_index(version = N, previous = N - 1)` so lookups
+/// match both versions; remove `previous` once it has finished.
+///
+/// # Errors
+/// As [`rotate_data_keys`].
+pub fn reindex<C>(
+    conn: &mut C,
+    model: &ModelInfo,
+    job: &str,
+    options: &RotateOptions,
+    mut on_batch: impl FnMut(&Progress),
+) -> Result<RotateReport, Error>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    type B<C> = <C as Connection>::Backend;
+    let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
+    let Some(pk) = model.primary_key.first() else {
+        return Err(Error::Store(format!(
+            "model {} has no primary key",
+            model.table
+        )));
+    };
+    let mut report = RotateReport {
+        finished: true,
+        ..RotateReport::default()
+    };
+    let (from, to) = options.range;
+    let (table, pkq) = (B::<C>::quote(model.table), B::<C>::quote(pk));
+    for column in model.columns {
+        for params in column.indexes {
+            let name = format!("{job}:{}.{}:{from}..{to}", model.table, params.index_column);
+            let (col, idx) = (
+                B::<C>::quote(column.column),
+                B::<C>::quote(params.index_column),
+            );
+            let select = format!(
+                "SELECT {} AS pk, {col} AS v, {idx} AS i FROM {table} WHERE {pkq} > {} AND {pkq} < {} ORDER BY {pkq} LIMIT {}",
+                B::<C>::as_bigint(&pkq),
+                B::<C>::placeholder(1),
+                B::<C>::placeholder(2),
+                options.batch.max(1),
+            );
+            let cas = format!(
+                "UPDATE {table} SET {idx} = {} WHERE {pkq} = {} AND {col} = {}",
+                B::<C>::placeholder(1),
+                B::<C>::placeholder(2),
+                B::<C>::placeholder(3),
+            );
+            let (mut last_pk, mut rows_done) =
+                B::<C>::checkpoint(conn, &name)?.unwrap_or((from.saturating_sub(1), 0));
+            let mut batches = 0u64;
+            loop {
+                if options.max_batches.is_some_and(|max| batches >= max) {
+                    report.finished = false;
+                    return Ok(report);
+                }
+                let rows = B::<C>::select_indexed(conn, select.clone(), last_pk, to)?;
+                let Some(batch_last) = rows.last().map(|r| r.pk) else {
+                    break;
+                };
+                let mut updates = Vec::new();
+                for row in rows {
+                    let Some(value) = row.v else { continue };
+                    let (plain, tenant) = format::open_raw(
+                        &keyring,
+                        model.table,
+                        column.column,
+                        column.value_type,
+                        &value,
+                    )?;
+                    let index =
+                        params.compute_raw(&keyring, tenant.as_ref(), column.value_type, &plain)?;
+                    if row.i.as_deref() != Some(index.as_slice()) {
+                        updates.push((row.pk, value, index));
+                    }
+                }
+                let (done, missed) = conn.transaction(|conn| -> Result<(u64, u64), Error> {
+                    let (mut ok, mut missed) = (0u64, 0u64);
+                    for (id, value, index) in &updates {
+                        match B::<C>::cas(conn, cas.clone(), index, *id, value)? {
+                            0 => missed += 1,
+                            _ => ok += 1,
+                        }
+                    }
+                    let total = rows_done.saturating_add(i64::try_from(ok).unwrap_or(i64::MAX));
+                    B::<C>::save_checkpoint(conn, &name, batch_last, total)?;
+                    Ok((ok, missed))
+                })?;
+                last_pk = batch_last;
+                rows_done = rows_done.saturating_add(i64::try_from(done).unwrap_or(i64::MAX));
+                batches += 1;
+                report.batches += 1;
+                report.resealed += done;
+                report.conflicts += missed;
+                on_batch(&Progress {
+                    column: params.index_column,
+                    rows_done: u64::try_from(rows_done).unwrap_or(0),
+                    conflicts: report.conflicts,
+                    last_pk,
+                });
+            }
+        }
+    }
+    Ok(report)
 }

@@ -152,7 +152,9 @@ pub use model::{ColumnInfo, EncryptedModel, ModelInfo};
 /// On a field, `#[encrypted]` or `#[encrypted(blind_index(...))]` with these optional keys:
 /// `normalize = email` or `normalize(trim, lowercase)` (strings only: `trim`, `lowercase`,
 /// `email`, `digits`, `casefold`), `bits = N` (1..=256, default 256; size it with
-/// [`index::plan`]), `column = name` (default `<field>_bidx`), `version = N` (default 1).
+/// [`index::plan`]), `column = name` (default `<field>_bidx`), `version = N` (default 1), and
+/// during a blind-index key rotation `previous = N - 1`: lookups then match both versions while
+/// `jobs::reindex` moves the rows to the new one (`docs/KEYS.md`).
 ///
 /// Every model that writes a field must declare the same `blind_index` on it (columns, bits,
 /// normalizers, version): a model that writes the value without its index, or with another

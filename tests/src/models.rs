@@ -52,3 +52,44 @@ impl Patient {
         }
     }
 }
+
+/// The same table during a blind-index key rotation of `email`: new writes index with version
+/// 2, lookups also match rows still indexed with version 1.
+#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[encrypted(table = schema::et_patients, tenant = clinic_id)]
+pub struct PatientRotating {
+    pub id: i32,
+    pub clinic_id: i64,
+    #[encrypted]
+    pub name: String,
+    #[encrypted(blind_index(normalize = email, version = 2, previous = 1))]
+    pub email: String,
+    #[encrypted(blind_index(normalize = digits, bits = 16))]
+    pub ssn: String,
+    #[encrypted]
+    pub dob: chrono::NaiveDate,
+    #[encrypted]
+    pub notes: Option<String>,
+    #[encrypted(blind_index(normalize = digits))]
+    pub phone: Option<String>,
+}
+
+/// After the rotation: version 2 only.
+#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[encrypted(table = schema::et_patients, tenant = clinic_id, derive(Queryable, Selectable))]
+pub struct PatientRotated {
+    pub id: i32,
+    pub clinic_id: i64,
+    #[encrypted]
+    pub name: String,
+    #[encrypted(blind_index(normalize = email, version = 2))]
+    pub email: String,
+    #[encrypted(blind_index(normalize = digits, bits = 16))]
+    pub ssn: String,
+    #[encrypted]
+    pub dob: chrono::NaiveDate,
+    #[encrypted]
+    pub notes: Option<String>,
+    #[encrypted(blind_index(normalize = digits))]
+    pub phone: Option<String>,
+}

@@ -157,6 +157,121 @@ macro_rules! job_suite {
     };
 }
 
+macro_rules! reindex_suite {
+    ($connect:path) => {
+        use super::*;
+        use encrypted_types::jobs::reindex;
+        use encrypted_types_tests::models::{PatientRotated, PatientRotating};
+
+        /// Blind-index key rotation: during it, lookups match both versions; the reindex job
+        /// moves every row to the new one; after it, the new version alone finds every row.
+        #[test]
+        fn blind_index_rotation_matches_both_versions_then_reindexes() {
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let store = KeyStore::new(LocalKek::create(dir.path().join("k.kek")).unwrap());
+            let conn = &mut $connect();
+            store.create_tenant(conn, Some(&"1".into())).unwrap();
+            store.create_tenant(conn, Some(&"2".into())).unwrap();
+            store.load_and_install(conn).unwrap();
+            let old = patients(120);
+            diesel::insert_into(et_patients::table)
+                .values(Patient::batch(&old))
+                .execute(conn)
+                .unwrap();
+            // New rows written during the rotation carry version 2.
+            let new: Vec<PatientRotating> = (0..10)
+                .map(|i| {
+                    let p = Patient::sample(200_000 + i, 1, &format!("new{i}@example.org"), "1");
+                    PatientRotating {
+                        id: p.id,
+                        clinic_id: p.clinic_id,
+                        name: p.name,
+                        email: p.email,
+                        ssn: p.ssn,
+                        dob: p.dob,
+                        notes: p.notes,
+                        phone: p.phone,
+                    }
+                })
+                .collect();
+            diesel::insert_into(et_patients::table)
+                .values(PatientRotating::batch(&new))
+                .execute(conn)
+                .unwrap();
+
+            let old_one = &old[0];
+            assert_eq!(
+                PatientRotating::find_by_email(
+                    conn,
+                    &old_one.clinic_id,
+                    old_one.email.to_uppercase()
+                )
+                .unwrap()
+                .len(),
+                1
+            );
+            assert_eq!(
+                PatientRotating::find_by_email(conn, &1, "NEW3@example.org")
+                    .unwrap()
+                    .len(),
+                1
+            );
+            // Version 2 alone does not yet find the old rows.
+            let v2_only = |conn: &mut _, p: &Patient| -> usize {
+                et_patients::table
+                    .select(PatientRotated::as_select())
+                    .filter(PatientRotated::email_eq(&p.clinic_id, p.email.clone()))
+                    .load::<PatientRotated>(conn)
+                    .unwrap()
+                    .len()
+            };
+            assert_eq!(v2_only(conn, old_one), 0);
+
+            let report = reindex(
+                conn,
+                &PatientRotating::MODEL,
+                "bidx-v2",
+                &RotateOptions {
+                    batch: 32,
+                    ..RotateOptions::default()
+                },
+                |_| {},
+            )
+            .unwrap();
+            assert!(report.finished);
+            assert_eq!(
+                report.resealed, 120,
+                "only the 120 old email indexes change"
+            );
+            for p in &old {
+                assert_eq!(v2_only(conn, p), 1, "{}", p.email);
+            }
+            let again = reindex(
+                conn,
+                &PatientRotating::MODEL,
+                "bidx-v2-again",
+                &RotateOptions::default(),
+                |_| {},
+            )
+            .unwrap();
+            assert_eq!(again.resealed, 0);
+        }
+    };
+}
+
+mod reindex_sqlite {
+    reindex_suite!(encrypted_types_tests::keystore::sqlite);
+}
+
+mod reindex_postgres {
+    reindex_suite!(encrypted_types_tests::keystore::pg);
+}
+
+mod reindex_mysql {
+    reindex_suite!(encrypted_types_tests::keystore::mysql);
+}
+
 mod sqlite {
     job_suite!(encrypted_types_tests::keystore::sqlite);
 }
