@@ -45,6 +45,9 @@ pub struct Encrypted<T: Plaintext, C: ColumnContext = Unbound> {
     /// (`Drop` wipes the value, so it cannot simply be moved out).
     value: Option<T>,
     tenant: Option<TenantId>,
+    /// Read as legacy plaintext under [`crate::migration`] fallback: it had no key, so no
+    /// tenant to check.
+    legacy: bool,
     context: PhantomData<fn() -> C>,
 }
 
@@ -65,6 +68,7 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
         Self {
             value: Some(value),
             tenant,
+            legacy: false,
             context: PhantomData,
         }
     }
@@ -113,7 +117,7 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
         expected: Option<&TenantId>,
         column: &'static str,
     ) -> Result<(), Error> {
-        if self.tenant.as_ref() == expected {
+        if self.legacy || self.tenant.as_ref() == expected {
             Ok(())
         } else {
             let err = Error::TenantMismatch { column };
@@ -165,8 +169,8 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
     /// # Errors
     /// See [`Encrypted::open_with`].
     pub fn open(sealed: &[u8]) -> Result<Self, Error> {
-        // Malformed or oversized input is refused before it is copied.
-        Header::parse(sealed)?;
+        // Oversized input is refused before it is copied.
+        format::check_len(sealed)?;
         Self::open_owned(sealed.to_vec())
     }
 
@@ -188,7 +192,7 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
     /// [`Error::UnknownKeyId`], [`Error::KeyDestroyed`], [`Error::AuthenticationFailed`] or
     /// [`Error::InvalidPlaintext`].
     pub fn open_with(keyring: &Keyring, sealed: &[u8]) -> Result<Self, Error> {
-        Header::parse(sealed)?;
+        format::check_len(sealed)?;
         Self::open_owned_with(keyring, sealed.to_vec())
     }
 
@@ -206,7 +210,18 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
     }
 
     fn open_inner(keyring: &Keyring, sealed: Vec<u8>) -> Result<Self, Error> {
-        let header = Header::parse(&sealed)?;
+        let header = match Header::parse(&sealed) {
+            Ok(h) => h,
+            // Not a sealed value at all: legacy plaintext, if the column is being migrated.
+            Err(Error::UnsupportedVersion(_) | Error::Truncated { .. })
+                if crate::migration::take_plaintext(C::TABLE, C::COLUMN) =>
+            {
+                let mut v = Self::with_tenant(T::decode_owned(sealed)?, None);
+                v.legacy = true;
+                return Ok(v);
+            }
+            Err(e) => return Err(e),
+        };
         let key = keyring.key(header.key_id)?;
         let ctx = Self::context_for(key.tenant());
         let value = format::open(key, &ctx, sealed)?;
@@ -241,6 +256,7 @@ impl<T: Plaintext + Clone, C: ColumnContext> Clone for Encrypted<T, C> {
         Self {
             value: self.value.clone(),
             tenant: self.tenant.clone(),
+            legacy: self.legacy,
             context: PhantomData,
         }
     }

@@ -113,6 +113,15 @@ fn aad(header: &[u8; 6], ctx: &Context<'_>) -> Result<Vec<u8>, Error> {
     Ok(aad)
 }
 
+/// Refuses input longer than any sealed value can be, from its length alone.
+pub(crate) fn check_len(sealed: &[u8]) -> Result<(), Error> {
+    if sealed.len() > MAX_PLAINTEXT + OVERHEAD {
+        Err(Error::TooLarge(sealed.len()))
+    } else {
+        Ok(())
+    }
+}
+
 /// The parsed, not yet authenticated, header of a sealed value.
 ///
 /// ```
@@ -424,4 +433,33 @@ pub fn open_raw(
         zeroize::Zeroizing::new(std::mem::take(&mut plain.0)),
         key.tenant().cloned(),
     ))
+}
+
+/// Seals plaintext bytes (a legacy value's canonical encoding, type tag `value_type`) for
+/// `table.column` under the primary key of `tenant`: the plaintext-migration backfill.
+///
+/// # Errors
+/// [`Error::NoPrimaryKey`], [`Error::TooLarge`].
+pub fn seal_raw(
+    keyring: &crate::Keyring,
+    table: &str,
+    column: &str,
+    value_type: &str,
+    tenant: Option<&TenantId>,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let key = keyring.primary_key(tenant)?;
+    let mut raw = Raw(plaintext.to_vec());
+    let sealed = seal(
+        key,
+        &Context {
+            table,
+            column,
+            tenant,
+            value_type,
+        },
+        &raw,
+    );
+    raw.wipe();
+    sealed
 }

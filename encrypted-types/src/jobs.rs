@@ -94,6 +94,18 @@ pub struct PkValueIndex {
     pub(crate) i: Option<Vec<u8>>,
 }
 
+/// A row read by [`encrypt_column`]: primary key, stored bytes, the row's tenant as text.
+#[derive(QueryableByName, Debug)]
+#[doc(hidden)]
+pub struct PkLegacy {
+    #[diesel(sql_type = BigInt)]
+    pk: i64,
+    #[diesel(sql_type = Binary)]
+    v: Vec<u8>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    t: Option<String>,
+}
+
 /// The SQL the jobs need, per backend.
 pub trait JobTable: KeyTable {
     /// `$n` or `?`.
@@ -118,6 +130,30 @@ pub trait JobTable: KeyTable {
         after: i64,
         before: i64,
     ) -> QueryResult<Vec<PkValueIndex>>;
+    /// SQL true when `col` does not start like a version 1 sealed value.
+    #[doc(hidden)]
+    fn not_sealed(col: &str) -> String;
+    /// `CAST(expr AS <text>)`.
+    #[doc(hidden)]
+    fn as_text(expr: &str) -> String;
+    /// Runs a select of `(pk, value, tenant)` rows.
+    #[doc(hidden)]
+    fn select_legacy<C: LoadConnection<Backend = Self>>(
+        conn: &mut C,
+        sql: String,
+        after: i64,
+        before: i64,
+    ) -> QueryResult<Vec<PkLegacy>>;
+    /// Runs `UPDATE ... SET a = ?, b = ? ... WHERE pk = ? AND col = ?` with `values` bound in
+    /// order; returns rows changed.
+    #[doc(hidden)]
+    fn cas_many<C: LoadConnection<Backend = Self>>(
+        conn: &mut C,
+        sql: String,
+        values: &[Vec<u8>],
+        pk: i64,
+        old: &[u8],
+    ) -> QueryResult<usize>;
     /// Runs a compare-and-swap update; returns rows changed.
     #[doc(hidden)]
     fn cas<C: LoadConnection<Backend = Self>>(
@@ -152,8 +188,45 @@ struct PkValue {
 }
 
 macro_rules! job_table {
-    ($db:ty, placeholder = $ph:expr, bigint = $cast:literal) => {
+    ($db:ty, placeholder = $ph:expr, bigint = $cast:literal, text = $text:literal, not_sealed = $ns:expr) => {
         impl JobTable for $db {
+            fn not_sealed(col: &str) -> String {
+                let f: fn(&str) -> String = $ns;
+                f(col)
+            }
+
+            fn as_text(expr: &str) -> String {
+                format!("CAST({expr} AS {})", $text)
+            }
+
+            fn select_legacy<C: LoadConnection<Backend = Self>>(
+                conn: &mut C,
+                sql: String,
+                after: i64,
+                before: i64,
+            ) -> QueryResult<Vec<PkLegacy>> {
+                diesel::sql_query(sql)
+                    .bind::<BigInt, _>(after)
+                    .bind::<BigInt, _>(before)
+                    .load(conn)
+            }
+
+            fn cas_many<C: LoadConnection<Backend = Self>>(
+                conn: &mut C,
+                sql: String,
+                values: &[Vec<u8>],
+                pk: i64,
+                old: &[u8],
+            ) -> QueryResult<usize> {
+                let mut q = diesel::sql_query(sql).into_boxed();
+                for v in values {
+                    q = q.bind::<Binary, _>(v.clone());
+                }
+                q.bind::<BigInt, _>(pk)
+                    .bind::<Binary, _>(old.to_vec())
+                    .execute(conn)
+            }
+
             fn placeholder(n: usize) -> String {
                 let f: fn(usize) -> String = $ph;
                 f(n)
@@ -249,19 +322,25 @@ macro_rules! job_table {
 job_table!(
     diesel::sqlite::Sqlite,
     placeholder = |_| "?".to_owned(),
-    bigint = "BIGINT"
+    bigint = "BIGINT",
+    text = "TEXT",
+    not_sealed = |c| format!("substr({c}, 1, 2) <> X'0101'")
 );
 #[cfg(feature = "postgres")]
 job_table!(
     diesel::pg::Pg,
     placeholder = |n| format!("${n}"),
-    bigint = "BIGINT"
+    bigint = "BIGINT",
+    text = "TEXT",
+    not_sealed = |c| format!("substring({c} from 1 for 2) <> '\\x0101'::bytea")
 );
 #[cfg(feature = "mysql")]
 job_table!(
     diesel::mysql::Mysql,
     placeholder = |_| "?".to_owned(),
-    bigint = "SIGNED"
+    bigint = "SIGNED",
+    text = "CHAR",
+    not_sealed = |c| format!("SUBSTRING({c}, 1, 2) <> X'0101'")
 );
 
 /// Re-seals every value of `model` that is sealed with a retired key of the installed keyring
@@ -549,4 +628,171 @@ where
         }
     }
     Ok(report)
+}
+
+/// The backfill of a column that held plaintext (see [`crate::migration`]): seals every value of
+/// `model`'s `column` that is not yet a sealed value, with the row's tenant key, writes its
+/// blind indexes with it, in checkpointed compare-and-swap batches by primary key. An
+/// application write that lands in between (and seals the value itself) wins.
+///
+/// # Errors
+/// [`Error::Store`] for an unknown column; [`Error::InvalidPlaintext`] for a legacy string that
+/// is not UTF-8 (the job stops there, row untouched); as [`rotate_data_keys`] otherwise.
+pub fn encrypt_column<C>(
+    conn: &mut C,
+    model: &ModelInfo,
+    column: &str,
+    job: &str,
+    options: &RotateOptions,
+    mut on_batch: impl FnMut(&Progress),
+) -> Result<RotateReport, Error>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    type B<C> = <C as Connection>::Backend;
+    let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
+    let info = model
+        .columns
+        .iter()
+        .find(|c| c.column == column)
+        .ok_or_else(|| {
+            Error::Store(format!(
+                "{}.{column} is not an encrypted column",
+                model.table
+            ))
+        })?;
+    let Some(pk) = model.primary_key.first() else {
+        return Err(Error::Store(format!(
+            "model {} has no primary key",
+            model.table
+        )));
+    };
+    let (from, to) = options.range;
+    let (table, pkq, col) = (
+        B::<C>::quote(model.table),
+        B::<C>::quote(pk),
+        B::<C>::quote(info.column),
+    );
+    let tenant = model
+        .tenant_column
+        .map_or_else(|| "NULL".to_owned(), |t| B::<C>::as_text(&B::<C>::quote(t)));
+    let select = format!(
+        "SELECT {} AS pk, {col} AS v, {tenant} AS t FROM {table} WHERE {pkq} > {} AND {pkq} < {} \
+         AND {col} IS NOT NULL AND {} ORDER BY {pkq} LIMIT {}",
+        B::<C>::as_bigint(&pkq),
+        B::<C>::placeholder(1),
+        B::<C>::placeholder(2),
+        B::<C>::not_sealed(&col),
+        options.batch.max(1),
+    );
+    let mut sets = vec![format!("{col} = {}", B::<C>::placeholder(1))];
+    for (i, params) in info.indexes.iter().enumerate() {
+        sets.push(format!(
+            "{} = {}",
+            B::<C>::quote(params.index_column),
+            B::<C>::placeholder(i + 2)
+        ));
+    }
+    let n = sets.len();
+    let cas = format!(
+        "UPDATE {table} SET {} WHERE {pkq} = {} AND {col} = {}",
+        sets.join(", "),
+        B::<C>::placeholder(n + 1),
+        B::<C>::placeholder(n + 2),
+    );
+    let name = format!("{job}:{}.{}:{from}..{to}", model.table, info.column);
+    let (mut last_pk, mut rows_done) =
+        B::<C>::checkpoint(conn, &name)?.unwrap_or((from.saturating_sub(1), 0));
+    let mut report = RotateReport {
+        finished: true,
+        ..RotateReport::default()
+    };
+    let mut batches = 0u64;
+    loop {
+        if options.max_batches.is_some_and(|max| batches >= max) {
+            report.finished = false;
+            return Ok(report);
+        }
+        let rows = B::<C>::select_legacy(conn, select.clone(), last_pk, to)?;
+        let Some(batch_last) = rows.last().map(|r| r.pk) else {
+            break;
+        };
+        let mut updates = Vec::with_capacity(rows.len());
+        for row in rows {
+            let tenant = row.t.map(crate::TenantId::from);
+            if info.value_type == "string" && std::str::from_utf8(&row.v).is_err() {
+                return Err(Error::InvalidPlaintext {
+                    type_name: "string",
+                });
+            }
+            let mut values = vec![format::seal_raw(
+                &keyring,
+                model.table,
+                info.column,
+                info.value_type,
+                tenant.as_ref(),
+                &row.v,
+            )?];
+            for params in info.indexes {
+                values.push(params.compute_raw(
+                    &keyring,
+                    tenant.as_ref(),
+                    info.value_type,
+                    &row.v,
+                )?);
+            }
+            updates.push((row.pk, row.v, values));
+        }
+        let (done, missed) = conn.transaction(|conn| -> Result<(u64, u64), Error> {
+            let (mut ok, mut missed) = (0u64, 0u64);
+            for (id, old, values) in &updates {
+                match B::<C>::cas_many(conn, cas.clone(), values, *id, old)? {
+                    0 => missed += 1,
+                    _ => ok += 1,
+                }
+            }
+            let total = rows_done.saturating_add(i64::try_from(ok).unwrap_or(i64::MAX));
+            B::<C>::save_checkpoint(conn, &name, batch_last, total)?;
+            Ok((ok, missed))
+        })?;
+        // The legacy plaintext held in memory for this batch is wiped before the next one.
+        for (_, mut old, _) in updates {
+            zeroize::Zeroize::zeroize(&mut old);
+        }
+        last_pk = batch_last;
+        rows_done = rows_done.saturating_add(i64::try_from(done).unwrap_or(i64::MAX));
+        batches += 1;
+        report.batches += 1;
+        report.resealed += done;
+        report.conflicts += missed;
+        on_batch(&Progress {
+            column: info.column,
+            rows_done: u64::try_from(rows_done).unwrap_or(0),
+            conflicts: report.conflicts,
+            last_pk,
+        });
+    }
+    Ok(report)
+}
+
+/// The verification of a plaintext migration: how many values of `model`'s `column` are still
+/// not sealed (counted in SQL). Stop the fallback when it is zero.
+///
+/// # Errors
+/// [`Error::Store`].
+pub fn count_plaintext<C>(conn: &mut C, model: &ModelInfo, column: &str) -> Result<u64, Error>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    type B<C> = <C as Connection>::Backend;
+    let col = B::<C>::quote(column);
+    let sql = format!(
+        "SELECT COUNT(*) AS n FROM {} WHERE {col} IS NOT NULL AND {}",
+        B::<C>::quote(model.table),
+        B::<C>::not_sealed(&col)
+    );
+    let n = B::<C>::count(conn, sql)?;
+    Ok(u64::try_from(n).unwrap_or(0))
 }

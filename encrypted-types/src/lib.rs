@@ -77,6 +77,7 @@ pub mod jobs;
 pub mod kek;
 mod key;
 mod keyring;
+pub mod migration;
 mod model;
 mod nonce;
 mod sql;
