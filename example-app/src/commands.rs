@@ -399,3 +399,58 @@ pub(crate) fn rotate(db: &mut Db, kek: &Path, batch: usize) -> AppResult<()> {
     );
     key_stats(db, kek)
 }
+
+fn job_name(what: &str) -> AppResult<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    Ok(format!("clinic-{what}-{now}"))
+}
+
+pub(crate) fn rotate_index(db: &mut Db, kek: &Path, batch: usize) -> AppResult<()> {
+    load_keys(db, kek)?;
+    let options = encrypted_types::jobs::RotateOptions {
+        batch,
+        ..Default::default()
+    };
+    let job = job_name("reindex")?;
+    let mut progress = Progress::new("recomputing blind indexes");
+    let report = with_conn!(db, conn => encrypted_types::jobs::reindex(conn, &Patient::MODEL, &job, &options, |p| progress.batch(p)))?;
+    progress.finish();
+    out!(
+        "rewrote {} blind indexes in {} batches ({} rows changed by the application meanwhile); finished: {}",
+        report.resealed,
+        report.batches,
+        report.conflicts,
+        report.finished
+    );
+    Ok(())
+}
+
+pub(crate) fn encrypt_column(db: &mut Db, kek: &Path, column: &str, batch: usize) -> AppResult<()> {
+    load_keys(db, kek)?;
+    let Some(info) = Patient::MODEL.columns.iter().find(|c| c.column == column) else {
+        return Err(format!("{column:?} is not an encrypted column of patients").into());
+    };
+    let before = with_conn!(db, conn => encrypted_types::jobs::count_plaintext(conn, &Patient::MODEL, info.column))?;
+    let options = encrypted_types::jobs::RotateOptions {
+        batch,
+        ..Default::default()
+    };
+    let job = job_name("encrypt")?;
+    let mut progress = Progress::new("sealing plaintext");
+    let report = with_conn!(db, conn => encrypted_types::jobs::encrypt_column(conn, &Patient::MODEL, info.column, &job, &options, |p| progress.batch(p)))?;
+    progress.finish();
+    let after = with_conn!(db, conn => encrypted_types::jobs::count_plaintext(conn, &Patient::MODEL, info.column))?;
+    out!(
+        "patients.{column}: {before} plaintext values before, {} sealed (with their blind indexes), {after} left",
+        report.resealed
+    );
+    if after > 0 {
+        return Err(format!("{after} plaintext values are left in patients.{column}").into());
+    }
+    out!(
+        "Plaintext that was overwritten survives in WAL, replicas and backups until they age out."
+    );
+    Ok(())
+}

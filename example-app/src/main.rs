@@ -95,6 +95,23 @@ enum Command {
         #[arg(long, default_value_t = 500)]
         batch: usize,
     },
+    /// Recomputes every blind index of the patients with the model's current parameters
+    /// (after a new index version or a change of normalizers), in checkpointed batches.
+    RotateIndex {
+        /// Rows per batch.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+    },
+    /// Seals the values of a patients column that still hold plaintext (a legacy column),
+    /// with their blind indexes, then verifies that none is left.
+    EncryptColumn {
+        /// The column: name, email, ssn, date_of_birth or notes.
+        #[arg(long)]
+        column: String,
+        /// Rows per batch.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+    },
     /// Rotation throughput beside a plain UPDATE of the same rows, in one run.
     BenchRotate {
         /// Rows in the table.
@@ -176,6 +193,10 @@ fn run(cli: Cli) -> AppResult<()> {
         Command::ShredClinic { clinic } => commands::shred_clinic(&mut db, &cli.kek, clinic),
         Command::KeyStats => commands::key_stats(&mut db, &cli.kek),
         Command::Rotate { batch } => commands::rotate(&mut db, &cli.kek, batch.max(1)),
+        Command::RotateIndex { batch } => commands::rotate_index(&mut db, &cli.kek, batch.max(1)),
+        Command::EncryptColumn { column, batch } => {
+            commands::encrypt_column(&mut db, &cli.kek, &column, batch.max(1))
+        }
         Command::BenchRotate { rows, batch } => {
             bench::rotate(&mut db, &url, &cli.kek, rows, batch.max(1))
         }

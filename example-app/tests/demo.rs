@@ -109,6 +109,16 @@ fn the_demo_runs_twice_and_stores_no_plaintext() {
         retired.iter().all(|l| l.trim_end().ends_with(" 0")),
         "rows left on a retired key:\n{rotated}"
     );
+    let reindexed = clinic(dir.path(), &["rotate-index"]);
+    assert!(
+        reindexed.contains("rewrote 0 blind indexes") && reindexed.contains("finished: true"),
+        "{reindexed}"
+    );
+    let encrypted = clinic(dir.path(), &["encrypt-column", "--column", "notes"]);
+    assert!(
+        encrypted.contains("0 plaintext values before") && encrypted.contains("0 left"),
+        "{encrypted}"
+    );
     let shred = clinic(dir.path(), &["shred-clinic", "--clinic", "1"]);
     assert!(
         shred.contains("2 patient row(s) can never be read again"),

@@ -645,3 +645,158 @@ fn two_workers_on_one_range_or_on_split_ranges_end_consistent() {
         assert_eq!(resealed, values, "split = {split}");
     }
 }
+
+/// A database of its own on a server (committed data, unlike the other tests' rolled-back
+/// transactions), with the key table, the job table and `et_patients`, emptied first.
+fn server_db<C: Connection + diesel::connection::SimpleConnection>(
+    admin_url: &str,
+    name: &str,
+    blob: &str,
+) -> String {
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    let url = format!("{base}/{name}");
+    let mut admin = C::establish(admin_url).unwrap();
+    if base.starts_with("mysql") {
+        admin
+            .batch_execute(&format!("CREATE DATABASE IF NOT EXISTS {name}"))
+            .unwrap();
+    } else if admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .is_err()
+    {
+        // Already there.
+    }
+    let mut conn = C::establish(&url).unwrap();
+    for t in [
+        "encrypted_types_keys",
+        "encrypted_types_jobs",
+        "__diesel_schema_migrations",
+    ] {
+        conn.batch_execute(&format!("DROP TABLE IF EXISTS {t}"))
+            .unwrap();
+    }
+    for stmt in encrypted_types_tests::ddl(blob) {
+        conn.batch_execute(&stmt).unwrap();
+    }
+    url
+}
+
+macro_rules! server_kill_test {
+    ($name:ident, $child:ident, $conn:ty, $admin:expr, $blob:literal) => {
+        /// 100,000 rows on a server, rotated; the job killed with SIGKILL at ten random points
+        /// and resumed each time; every row ends on the new keys and opens.
+        #[test]
+        fn $name() {
+            let _g = encrypted_types_tests::serial();
+            let url = server_db::<$conn>(&$admin, concat!("et_", stringify!($name)), $blob);
+            let dir = tempfile::tempdir().unwrap();
+            let kek = dir.path().join("k.kek");
+            let store = KeyStore::new(LocalKek::create(&kek).unwrap());
+            let conn = &mut <$conn>::establish(&url).unwrap();
+            KeyStore::<LocalKek>::run_migrations(conn).unwrap();
+            let one = store.create_tenant(conn, Some(&"1".into())).unwrap();
+            let two = store.create_tenant(conn, Some(&"2".into())).unwrap();
+            store.load_and_install(conn).unwrap();
+            let ps = patients(100_000);
+            for chunk in ps.chunks(1000) {
+                conn.transaction(|c| {
+                    diesel::insert_into(et_patients::table)
+                        .values(Patient::batch(chunk))
+                        .execute(c)
+                })
+                .unwrap();
+            }
+            let new = [
+                store.rotate_data_key(conn, Some(&"1".into())).unwrap(),
+                store.rotate_data_key(conn, Some(&"2".into())).unwrap(),
+            ];
+            let exe = std::env::current_exe().unwrap();
+            for _ in 0..10 {
+                let mut child = std::process::Command::new(&exe)
+                    .args([
+                        "--ignored",
+                        "--exact",
+                        stringify!($child),
+                        "--test-threads=1",
+                    ])
+                    .env("ET_JOB_URL", &url)
+                    .env("ET_JOB_KEK", &kek)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
+                let mut r = [0u8; 2];
+                getrandom_fill(&mut r);
+                std::thread::sleep(std::time::Duration::from_millis(
+                    300 + u64::from(u16::from_be_bytes(r) % 1200),
+                ));
+                let _ = child.kill(); // SIGKILL
+                let _ = child.wait();
+            }
+            assert!(on_keys(conn, &new) > 0, "no killed run committed a batch");
+            store.load_and_install(conn).unwrap();
+            let started = std::time::Instant::now();
+            let report = rotate_data_keys(
+                conn,
+                &Patient::MODEL,
+                "kill",
+                &RotateOptions::default(),
+                |_| {},
+            )
+            .unwrap();
+            assert!(report.finished);
+            println!(
+                "final run after 10 kills: {} values in {:?}",
+                report.resealed,
+                started.elapsed()
+            );
+            assert_eq!(
+                on_keys(conn, &[one.data, two.data]),
+                0,
+                "rows left on the old keys"
+            );
+            assert_eq!(on_keys(conn, &new), 100_000);
+            let back: Vec<Patient> = et_patients::table
+                .select(Patient::as_select())
+                .order(et_patients::id)
+                .load(conn)
+                .unwrap();
+            assert!(back == ps, "a row changed or failed to open");
+        }
+
+        /// The child of the test above: runs the job until killed.
+        #[test]
+        #[ignore = "run and killed by its parent test"]
+        fn $child() {
+            let url = std::env::var("ET_JOB_URL").expect("run by the parent test");
+            let kek = std::env::var("ET_JOB_KEK").unwrap();
+            let conn = &mut <$conn>::establish(&url).unwrap();
+            KeyStore::new(LocalKek::open(&kek).unwrap())
+                .load_and_install(conn)
+                .unwrap();
+            rotate_data_keys(
+                conn,
+                &Patient::MODEL,
+                "kill",
+                &RotateOptions::default(),
+                |_| {},
+            )
+            .unwrap();
+        }
+    };
+}
+
+server_kill_test!(
+    killed_ten_times_on_postgres,
+    rotate_child_postgres,
+    PgConnection,
+    encrypted_types_tests::pg_url(),
+    "BYTEA"
+);
+server_kill_test!(
+    killed_ten_times_on_mysql,
+    rotate_child_mysql,
+    MysqlConnection,
+    encrypted_types_tests::mysql_url(),
+    "LONGBLOB"
+);
