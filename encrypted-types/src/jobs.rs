@@ -478,12 +478,16 @@ where
         report.batches += 1;
         report.resealed += resealed;
         report.conflicts += conflicts;
-        on_batch(&Progress {
-            column: column.column,
-            rows_done: u64::try_from(rows_done).unwrap_or(0),
-            conflicts: report.conflicts,
-            last_pk,
-        });
+        report_batch(
+            job,
+            &mut *on_batch,
+            Progress {
+                column: column.column,
+                rows_done: u64::try_from(rows_done).unwrap_or(0),
+                conflicts: report.conflicts,
+                last_pk,
+            },
+        );
     }
 }
 
@@ -618,12 +622,16 @@ where
                 report.batches += 1;
                 report.resealed += done;
                 report.conflicts += missed;
-                on_batch(&Progress {
-                    column: params.index_column,
-                    rows_done: u64::try_from(rows_done).unwrap_or(0),
-                    conflicts: report.conflicts,
-                    last_pk,
-                });
+                report_batch(
+                    job,
+                    &mut on_batch,
+                    Progress {
+                        column: params.index_column,
+                        rows_done: u64::try_from(rows_done).unwrap_or(0),
+                        conflicts: report.conflicts,
+                        last_pk,
+                    },
+                );
             }
         }
     }
@@ -766,12 +774,16 @@ where
         report.batches += 1;
         report.resealed += done;
         report.conflicts += missed;
-        on_batch(&Progress {
-            column: info.column,
-            rows_done: u64::try_from(rows_done).unwrap_or(0),
-            conflicts: report.conflicts,
-            last_pk,
-        });
+        report_batch(
+            job,
+            &mut on_batch,
+            Progress {
+                column: info.column,
+                rows_done: u64::try_from(rows_done).unwrap_or(0),
+                conflicts: report.conflicts,
+                last_pk,
+            },
+        );
     }
     Ok(report)
 }
@@ -795,4 +807,19 @@ where
     );
     let n = B::<C>::count(conn, sql)?;
     Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// Reports a committed batch: a structured `tracing` event for services, then the caller's
+/// callback (a progress bar, a log line).
+fn report_batch<F: FnMut(&Progress)>(job: &str, on_batch: &mut F, progress: Progress) {
+    tracing::info!(
+        target: "encrypted_types::jobs",
+        event = "batch",
+        job,
+        column = progress.column,
+        rows_done = progress.rows_done,
+        conflicts = progress.conflicts,
+        last_pk = progress.last_pk,
+    );
+    on_batch(&progress);
 }

@@ -386,13 +386,13 @@ mod mysql {
     job_suite!(encrypted_types_tests::keystore::mysql);
 }
 
-/// SIGKILL at ten random points of a run on a SQLite file, each time resumed: every row ends on
-/// the new keys and opens.
+/// 100,000 rows in a SQLite file, rotated; SIGKILL at ten random points of the run, each time
+/// resumed: every row ends on the new keys and opens.
 #[test]
 fn killed_ten_times_and_resumed_every_row_ends_on_the_new_key() {
     let _g = encrypted_types_tests::serial();
     let dir = tempfile::tempdir().unwrap();
-    let (db, store, ps, old, new) = rotated_file_db(&dir, 3000);
+    let (db, store, ps, old, new) = rotated_file_db(&dir, 100_000);
     let kek = dir.path().join("k.kek");
     let conn = &mut file_conn(&db);
 
@@ -414,7 +414,7 @@ fn killed_ten_times_and_resumed_every_row_ends_on_the_new_key() {
         let mut r = [0u8; 2];
         getrandom_fill(&mut r);
         std::thread::sleep(std::time::Duration::from_millis(
-            50 + u64::from(u16::from_be_bytes(r) % 400),
+            200 + u64::from(u16::from_be_bytes(r) % 600),
         ));
         let _ = child.kill(); // SIGKILL
         let _ = child.wait();
