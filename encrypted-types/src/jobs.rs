@@ -16,7 +16,7 @@ use crate::Error;
 use crate::format;
 use crate::key::KeyId;
 use crate::keyring::Keyring;
-use crate::model::{ColumnInfo, ModelInfo};
+use crate::model::ModelInfo;
 use crate::store::KeyTable;
 
 diesel::table! {
@@ -363,6 +363,7 @@ where
     C: LoadConnection,
     C::Backend: JobTable,
 {
+    type B<C> = <C as Connection>::Backend;
     let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
     let retired = keyring.retired_key_ids();
     let mut report = RotateReport {
@@ -372,98 +373,119 @@ where
     if retired.is_empty() {
         return Ok(report);
     }
-    let Some(pk) = model.primary_key.first() else {
-        return Err(Error::Store(format!(
-            "model {} has no primary key",
-            model.table
-        )));
-    };
+    let pk = primary_key(model)?;
+    let (table, pkq) = (B::<C>::quote(model.table), B::<C>::quote(pk));
     for column in model.columns {
-        let done = rotate_column::<C>(
-            conn,
-            &keyring,
-            model,
-            pk,
-            column,
-            &retired,
+        let col = B::<C>::quote(column.column);
+        let select = format!(
+            "SELECT {} AS pk, {col} AS v FROM {table} WHERE {pkq} > {} AND {pkq} < {} AND {} ORDER BY {pkq} LIMIT {}",
+            B::<C>::as_bigint(&pkq),
+            B::<C>::placeholder(1),
+            B::<C>::placeholder(2),
+            B::<C>::key_id_in(&col, &retired),
+            options.batch.max(1),
+        );
+        let cas = format!(
+            "UPDATE {table} SET {col} = {} WHERE {pkq} = {} AND {col} = {}",
+            B::<C>::placeholder(1),
+            B::<C>::placeholder(2),
+            B::<C>::placeholder(3),
+        );
+        let pass = Pass {
             job,
+            target: column.column,
+            model,
             options,
+        };
+        let finished = run_pass(
+            conn,
+            &pass,
             &mut report,
             &mut on_batch,
+            |conn, after, before| {
+                let rows = B::<C>::select_batch(conn, select.clone(), after, before)?;
+                let Some(&(last, _)) = rows.last() else {
+                    return Ok(None);
+                };
+                // Re-seal outside the transaction: it is pure computation.
+                let mut updates = Vec::with_capacity(rows.len());
+                for (id, old) in rows {
+                    if let Some(new) = format::reseal(
+                        &keyring,
+                        model.table,
+                        column.column,
+                        column.value_type,
+                        &old,
+                    )? {
+                        updates.push((id, old, new));
+                    }
+                }
+                Ok(Some((last, updates)))
+            },
+            |conn, (id, old, new)| B::<C>::cas(conn, cas.clone(), new, *id, old),
         )?;
-        report.finished &= done;
-        if !done {
+        if !finished {
+            report.finished = false;
             break;
         }
     }
     Ok(report)
 }
 
-#[allow(clippy::too_many_arguments)] // one column's worth of the job's state, in one place
-fn rotate_column<C>(
+fn primary_key(model: &ModelInfo) -> Result<&'static str, Error> {
+    model
+        .primary_key
+        .first()
+        .copied()
+        .ok_or_else(|| Error::Store(format!("model {} has no primary key", model.table)))
+}
+
+/// One pass of a job over one column: what it is named after in the checkpoint table.
+struct Pass<'a> {
+    job: &'a str,
+    /// The column (or index column) the pass writes.
+    target: &'static str,
+    model: &'a ModelInfo,
+    options: &'a RotateOptions,
+}
+
+/// The loop every job shares: resume from the checkpoint, fetch and prepare a batch after it
+/// (`next`, outside any transaction), then in one transaction apply each compare-and-swap
+/// update (`apply`: rows changed, 0 when an application write won) and save the checkpoint;
+/// report the batch. Returns whether the range was finished (`false` when `max_batches` stopped
+/// it).
+fn run_pass<C, U>(
     conn: &mut C,
-    keyring: &Keyring,
-    model: &ModelInfo,
-    pk: &str,
-    column: &'static ColumnInfo,
-    retired: &[KeyId],
-    job: &str,
-    options: &RotateOptions,
+    pass: &Pass<'_>,
     report: &mut RotateReport,
     on_batch: &mut impl FnMut(&Progress),
+    mut next: impl FnMut(&mut C, i64, i64) -> Result<Option<(i64, Vec<U>)>, Error>,
+    mut apply: impl FnMut(&mut C, &U) -> QueryResult<usize>,
 ) -> Result<bool, Error>
 where
     C: LoadConnection,
     C::Backend: JobTable,
 {
     type B<C> = <C as Connection>::Backend;
-    let (from, to) = options.range;
-    let name = format!("{job}:{}.{}:{from}..{to}", model.table, column.column);
-    let (table, col, pkq) = (
-        B::<C>::quote(model.table),
-        B::<C>::quote(column.column),
-        B::<C>::quote(pk),
+    let (from, to) = pass.options.range;
+    let name = format!(
+        "{}:{}.{}:{from}..{to}",
+        pass.job, pass.model.table, pass.target
     );
-    let select = format!(
-        "SELECT {} AS pk, {col} AS v FROM {table} WHERE {pkq} > {} AND {pkq} < {} AND {} ORDER BY {pkq} LIMIT {}",
-        B::<C>::as_bigint(&pkq),
-        B::<C>::placeholder(1),
-        B::<C>::placeholder(2),
-        B::<C>::key_id_in(&col, retired),
-        options.batch.max(1),
-    );
-    let cas = format!(
-        "UPDATE {table} SET {col} = {} WHERE {pkq} = {} AND {col} = {}",
-        B::<C>::placeholder(1),
-        B::<C>::placeholder(2),
-        B::<C>::placeholder(3),
-    );
-    let (mut last_pk, mut rows_done) = match B::<C>::checkpoint(conn, &name)? {
-        Some((last, done)) => (last, done),
-        None => (from.saturating_sub(1), 0),
-    };
+    let (mut last_pk, mut rows_done) =
+        B::<C>::checkpoint(conn, &name)?.unwrap_or((from.saturating_sub(1), 0));
     let mut batches = 0u64;
     loop {
-        if options.max_batches.is_some_and(|max| batches >= max) {
+        if pass.options.max_batches.is_some_and(|max| batches >= max) {
             return Ok(false);
         }
-        let rows = B::<C>::select_batch(conn, select.clone(), last_pk, to)?;
-        let Some(&(batch_last, _)) = rows.last() else {
+        let Some((batch_last, updates)) = next(conn, last_pk, to)? else {
             return Ok(true);
         };
-        // Re-seal outside the transaction: it is pure computation.
-        let mut updates = Vec::with_capacity(rows.len());
-        for (id, old) in rows {
-            if let Some(new) =
-                format::reseal(keyring, model.table, column.column, column.value_type, &old)?
-            {
-                updates.push((id, old, new));
-            }
-        }
-        let (resealed, conflicts) = conn.transaction(|conn| -> Result<(u64, u64), Error> {
+        let (done, missed) = conn.transaction(|conn| -> Result<(u64, u64), Error> {
             let (mut ok, mut missed) = (0u64, 0u64);
-            for (id, old, new) in &updates {
-                match B::<C>::cas(conn, cas.clone(), new, *id, old)? {
+            for u in &updates {
+                match apply(conn, u)? {
                     0 => missed += 1,
                     _ => ok += 1,
                 }
@@ -472,17 +494,19 @@ where
             B::<C>::save_checkpoint(conn, &name, batch_last, total)?;
             Ok((ok, missed))
         })?;
+        // Whatever the updates held (old ciphertext, legacy plaintext) goes before the next batch.
+        drop(updates);
         last_pk = batch_last;
-        rows_done = rows_done.saturating_add(i64::try_from(resealed).unwrap_or(i64::MAX));
+        rows_done = rows_done.saturating_add(i64::try_from(done).unwrap_or(i64::MAX));
         batches += 1;
         report.batches += 1;
-        report.resealed += resealed;
-        report.conflicts += conflicts;
+        report.resealed += done;
+        report.conflicts += missed;
         report_batch(
-            job,
-            &mut *on_batch,
+            pass.job,
+            on_batch,
             Progress {
-                column: column.column,
+                column: pass.target,
                 rows_done: u64::try_from(rows_done).unwrap_or(0),
                 conflicts: report.conflicts,
                 last_pk,
@@ -544,21 +568,14 @@ where
 {
     type B<C> = <C as Connection>::Backend;
     let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
-    let Some(pk) = model.primary_key.first() else {
-        return Err(Error::Store(format!(
-            "model {} has no primary key",
-            model.table
-        )));
-    };
+    let pk = primary_key(model)?;
     let mut report = RotateReport {
         finished: true,
         ..RotateReport::default()
     };
-    let (from, to) = options.range;
     let (table, pkq) = (B::<C>::quote(model.table), B::<C>::quote(pk));
     for column in model.columns {
         for params in column.indexes {
-            let name = format!("{job}:{}.{}:{from}..{to}", model.table, params.index_column);
             let (col, idx) = (
                 B::<C>::quote(column.column),
                 B::<C>::quote(params.index_column),
@@ -576,62 +593,49 @@ where
                 B::<C>::placeholder(2),
                 B::<C>::placeholder(3),
             );
-            let (mut last_pk, mut rows_done) =
-                B::<C>::checkpoint(conn, &name)?.unwrap_or((from.saturating_sub(1), 0));
-            let mut batches = 0u64;
-            loop {
-                if options.max_batches.is_some_and(|max| batches >= max) {
-                    report.finished = false;
-                    return Ok(report);
-                }
-                let rows = B::<C>::select_indexed(conn, select.clone(), last_pk, to)?;
-                let Some(batch_last) = rows.last().map(|r| r.pk) else {
-                    break;
-                };
-                let mut updates = Vec::new();
-                for row in rows {
-                    let Some(value) = row.v else { continue };
-                    let (plain, tenant) = format::open_raw(
-                        &keyring,
-                        model.table,
-                        column.column,
-                        column.value_type,
-                        &value,
-                    )?;
-                    let index =
-                        params.compute_raw(&keyring, tenant.as_ref(), column.value_type, &plain)?;
-                    if row.i.as_deref() != Some(index.as_slice()) {
-                        updates.push((row.pk, value, index));
-                    }
-                }
-                let (done, missed) = conn.transaction(|conn| -> Result<(u64, u64), Error> {
-                    let (mut ok, mut missed) = (0u64, 0u64);
-                    for (id, value, index) in &updates {
-                        match B::<C>::cas(conn, cas.clone(), index, *id, value)? {
-                            0 => missed += 1,
-                            _ => ok += 1,
+            let pass = Pass {
+                job,
+                target: params.index_column,
+                model,
+                options,
+            };
+            let finished = run_pass(
+                conn,
+                &pass,
+                &mut report,
+                &mut on_batch,
+                |conn, after, before| {
+                    let rows = B::<C>::select_indexed(conn, select.clone(), after, before)?;
+                    let Some(last) = rows.last().map(|r| r.pk) else {
+                        return Ok(None);
+                    };
+                    let mut updates = Vec::new();
+                    for row in rows {
+                        let Some(value) = row.v else { continue };
+                        let (plain, tenant) = format::open_raw(
+                            &keyring,
+                            model.table,
+                            column.column,
+                            column.value_type,
+                            &value,
+                        )?;
+                        let index = params.compute_raw(
+                            &keyring,
+                            tenant.as_ref(),
+                            column.value_type,
+                            &plain,
+                        )?;
+                        if row.i.as_deref() != Some(index.as_slice()) {
+                            updates.push((row.pk, value, index));
                         }
                     }
-                    let total = rows_done.saturating_add(i64::try_from(ok).unwrap_or(i64::MAX));
-                    B::<C>::save_checkpoint(conn, &name, batch_last, total)?;
-                    Ok((ok, missed))
-                })?;
-                last_pk = batch_last;
-                rows_done = rows_done.saturating_add(i64::try_from(done).unwrap_or(i64::MAX));
-                batches += 1;
-                report.batches += 1;
-                report.resealed += done;
-                report.conflicts += missed;
-                report_batch(
-                    job,
-                    &mut on_batch,
-                    Progress {
-                        column: params.index_column,
-                        rows_done: u64::try_from(rows_done).unwrap_or(0),
-                        conflicts: report.conflicts,
-                        last_pk,
-                    },
-                );
+                    Ok(Some((last, updates)))
+                },
+                |conn, (id, value, index)| B::<C>::cas(conn, cas.clone(), index, *id, value),
+            )?;
+            if !finished {
+                report.finished = false;
+                return Ok(report);
             }
         }
     }
@@ -670,13 +674,7 @@ where
                 model.table
             ))
         })?;
-    let Some(pk) = model.primary_key.first() else {
-        return Err(Error::Store(format!(
-            "model {} has no primary key",
-            model.table
-        )));
-    };
-    let (from, to) = options.range;
+    let pk = primary_key(model)?;
     let (table, pkq, col) = (
         B::<C>::quote(model.table),
         B::<C>::quote(pk),
@@ -709,82 +707,58 @@ where
         B::<C>::placeholder(n + 1),
         B::<C>::placeholder(n + 2),
     );
-    let name = format!("{job}:{}.{}:{from}..{to}", model.table, info.column);
-    let (mut last_pk, mut rows_done) =
-        B::<C>::checkpoint(conn, &name)?.unwrap_or((from.saturating_sub(1), 0));
     let mut report = RotateReport {
         finished: true,
         ..RotateReport::default()
     };
-    let mut batches = 0u64;
-    loop {
-        if options.max_batches.is_some_and(|max| batches >= max) {
-            report.finished = false;
-            return Ok(report);
-        }
-        let rows = B::<C>::select_legacy(conn, select.clone(), last_pk, to)?;
-        let Some(batch_last) = rows.last().map(|r| r.pk) else {
-            break;
-        };
-        let mut updates = Vec::with_capacity(rows.len());
-        for row in rows {
-            let tenant = row.t.map(crate::TenantId::from);
-            if info.value_type == "string" && std::str::from_utf8(&row.v).is_err() {
-                return Err(Error::InvalidPlaintext {
-                    type_name: "string",
-                });
-            }
-            let mut values = vec![format::seal_raw(
-                &keyring,
-                model.table,
-                info.column,
-                info.value_type,
-                tenant.as_ref(),
-                &row.v,
-            )?];
-            for params in info.indexes {
-                values.push(params.compute_raw(
-                    &keyring,
-                    tenant.as_ref(),
-                    info.value_type,
-                    &row.v,
-                )?);
-            }
-            updates.push((row.pk, row.v, values));
-        }
-        let (done, missed) = conn.transaction(|conn| -> Result<(u64, u64), Error> {
-            let (mut ok, mut missed) = (0u64, 0u64);
-            for (id, old, values) in &updates {
-                match B::<C>::cas_many(conn, cas.clone(), values, *id, old)? {
-                    0 => missed += 1,
-                    _ => ok += 1,
+    let pass = Pass {
+        job,
+        target: info.column,
+        model,
+        options,
+    };
+    report.finished = run_pass(
+        conn,
+        &pass,
+        &mut report,
+        &mut on_batch,
+        |conn, after, before| {
+            let rows = B::<C>::select_legacy(conn, select.clone(), after, before)?;
+            let Some(last) = rows.last().map(|r| r.pk) else {
+                return Ok(None);
+            };
+            let mut updates = Vec::with_capacity(rows.len());
+            for row in rows {
+                // Legacy plaintext: wiped when the batch is done with it.
+                let plain = zeroize::Zeroizing::new(row.v);
+                let tenant = row.t.map(crate::TenantId::from);
+                if info.value_type == "string" && std::str::from_utf8(&plain).is_err() {
+                    return Err(Error::InvalidPlaintext {
+                        type_name: "string",
+                    });
                 }
+                let mut values = vec![format::seal_raw(
+                    &keyring,
+                    model.table,
+                    info.column,
+                    info.value_type,
+                    tenant.as_ref(),
+                    &plain,
+                )?];
+                for params in info.indexes {
+                    values.push(params.compute_raw(
+                        &keyring,
+                        tenant.as_ref(),
+                        info.value_type,
+                        &plain,
+                    )?);
+                }
+                updates.push((row.pk, plain, values));
             }
-            let total = rows_done.saturating_add(i64::try_from(ok).unwrap_or(i64::MAX));
-            B::<C>::save_checkpoint(conn, &name, batch_last, total)?;
-            Ok((ok, missed))
-        })?;
-        // The legacy plaintext held in memory for this batch is wiped before the next one.
-        for (_, mut old, _) in updates {
-            zeroize::Zeroize::zeroize(&mut old);
-        }
-        last_pk = batch_last;
-        rows_done = rows_done.saturating_add(i64::try_from(done).unwrap_or(i64::MAX));
-        batches += 1;
-        report.batches += 1;
-        report.resealed += done;
-        report.conflicts += missed;
-        report_batch(
-            job,
-            &mut on_batch,
-            Progress {
-                column: info.column,
-                rows_done: u64::try_from(rows_done).unwrap_or(0),
-                conflicts: report.conflicts,
-                last_pk,
-            },
-        );
-    }
+            Ok(Some((last, updates)))
+        },
+        |conn, (id, old, values)| B::<C>::cas_many(conn, cas.clone(), values, *id, old),
+    )?;
     Ok(report)
 }
 
