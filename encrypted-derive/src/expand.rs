@@ -170,6 +170,7 @@ fn metadata(model: &Model<'_>, et: &TokenStream) -> TokenStream {
                 value_type: <#inner as #et::Plaintext>::TYPE,
                 nullable: #nullable,
                 indexes: &[#(#indexes),*],
+                validate: #et::model_validate::<#inner>,
             }
         }
     });

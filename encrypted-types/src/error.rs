@@ -148,4 +148,29 @@ pub enum Error {
     /// The operating system's random number generator failed.
     #[error("the system random number generator failed")]
     Rng,
+    /// The job table could not be read or written, or holds something malformed.
+    #[error("job table: {0}")]
+    Job(String),
+    /// A job cannot walk this table correctly (no primary key, a key type it cannot page, a
+    /// primary key other than the model's): refused before anything is written.
+    #[error("table {table} cannot be processed by the jobs: {reason}")]
+    UnpageableKey {
+        /// The table.
+        table: String,
+        /// Why.
+        reason: String,
+    },
+    /// A job name was resumed for another operation or target than the one it was started
+    /// for (for example after another key rotation).
+    #[error(
+        "job {job} was started as `{found}`, this run is `{wanted}`: give this run another job name"
+    )]
+    JobMismatch {
+        /// The job's name.
+        job: String,
+        /// What the job table records.
+        found: String,
+        /// What this run would do.
+        wanted: String,
+    },
 }

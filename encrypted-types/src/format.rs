@@ -408,6 +408,50 @@ pub fn reseal(
     resealed.map(Some)
 }
 
+/// What a stored value is, by the one test the fallback read, the backfill job and
+/// `jobs::count_plaintext` share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stored {
+    /// A value of ours: opening it decides whether it is genuine. Never read as plaintext.
+    Sealed,
+    /// Legacy plaintext, readable while its column is in fallback.
+    Legacy,
+}
+
+/// Tells a sealed value from legacy plaintext without decrypting: a value is *sealed* when it
+/// has a version 1 header (at least 6 bytes, first byte 1) naming a key id that the keyring
+/// knows, live or destroyed; anything else is *legacy*. So a legacy `i16` 257 (`01 01`), a
+/// UUID that starts `01 01`, or a short or foreign string are legacy, while a sealed value
+/// that was tampered with, copied from another column, or sealed under a shredded tenant's
+/// destroyed key stays sealed and fails to open: it is never mistaken for plaintext. A legacy
+/// value collides with a sealed one only if it starts `01`, holds 4 bytes equal to a live key
+/// id and is long enough: then it fails to open and the backfill reports it.
+///
+/// ```
+/// use encrypted_types::{format::{self, Stored}, Keyring, KeyMaterial};
+/// let kr = Keyring::builder()
+///     .data_key(7, None, KeyMaterial::generate().unwrap())
+///     .primary(None, 7)
+///     .build()
+///     .unwrap();
+/// assert_eq!(format::classify(&kr, &257_i16.to_be_bytes()), Stored::Legacy);
+/// assert_eq!(format::classify(&kr, &[1, 1, 0, 0, 0, 8, 0]), Stored::Legacy);
+/// assert_eq!(format::classify(&kr, &[1, 1, 0, 0, 0, 7, 0]), Stored::Sealed);
+/// ```
+pub fn classify(keyring: &crate::Keyring, stored: &[u8]) -> Stored {
+    match stored.get(..6) {
+        Some([VERSION, _, a, b, c, d]) => {
+            if keyring.knows(KeyId::from(u32::from_be_bytes([*a, *b, *c, *d]))) {
+                Stored::Sealed
+            } else {
+                Stored::Legacy
+            }
+        }
+        _ => Stored::Legacy,
+    }
+}
+
 /// Opens a value of `table.column` (type tag `value_type`) to its plaintext bytes, undecoded,
 /// with the tenant of the key that sealed it: what a job needs to recompute a blind index.
 ///

@@ -115,6 +115,12 @@ impl Keyring {
         }
     }
 
+    /// Whether the key table holds (or held, and destroyed) a data key with this id: what
+    /// tells a sealed value from legacy plaintext ([`crate::format::classify`]).
+    pub fn knows(&self, id: KeyId) -> bool {
+        self.keys.binary_search_by_key(&id, DataKey::id).is_ok() || self.destroyed.contains(&id)
+    }
+
     /// Whether `key` is the primary key of its tenant (the one new values are sealed with).
     pub fn is_primary(&self, key: &DataKey) -> bool {
         self.primary_key(key.tenant()).is_ok_and(|p| p.id == key.id)

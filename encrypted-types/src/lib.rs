@@ -93,7 +93,7 @@ pub use encrypted::Encrypted;
 pub use error::Error;
 pub use key::{BlindIndexRootKey, DataKey, KeyId, KeyMaterial};
 pub use keyring::{Keyring, KeyringBuilder};
-pub use model::{ColumnInfo, EncryptedModel, ModelInfo};
+pub use model::{ColumnInfo, EncryptedModel, ModelInfo, validate as model_validate};
 
 /// Derives field-level encryption for a Diesel model struct.
 ///
@@ -184,7 +184,8 @@ pub use encrypted_derive::Encrypted;
 pub mod __private {
     pub use crate::index::{BlindIndex, IndexParams, IndexSpec, Normalizer};
     pub use crate::{
-        ColumnContext, ColumnInfo, Encrypted, EncryptedModel, Error, ModelInfo, Plaintext, TenantId,
+        ColumnContext, ColumnInfo, Encrypted, EncryptedModel, Error, ModelInfo, Plaintext,
+        TenantId, model_validate,
     };
     pub use diesel;
 }

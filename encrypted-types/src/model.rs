@@ -29,6 +29,23 @@ pub struct ColumnInfo {
     pub nullable: bool,
     /// Blind indexes computed from this column.
     pub indexes: &'static [IndexParams],
+    /// Checks that bytes are a valid plaintext encoding of the field's type: the backfill
+    /// refuses to seal a legacy value that every later read would fail on.
+    pub validate: fn(&[u8]) -> Result<(), crate::Error>,
+}
+
+/// [`ColumnInfo::validate`] for a field of type `T`.
+///
+/// ```
+/// use encrypted_types::model_validate;
+/// assert!(model_validate::<i16>(&[1, 1]).is_ok());
+/// assert!(model_validate::<i16>(&[1]).is_err());
+/// assert!(model_validate::<String>(&[0xff]).is_err());
+/// ```
+pub fn validate<T: crate::Plaintext>(bytes: &[u8]) -> Result<(), crate::Error> {
+    let mut v = T::decode(bytes)?;
+    v.wipe();
+    Ok(())
 }
 
 /// Implemented by `#[derive(Encrypted)]`.

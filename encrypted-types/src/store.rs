@@ -338,7 +338,10 @@ key_table!(
 key_table!(
     diesel::pg::Pg,
     key_id_in = |c, ids| {
-        let lits: Vec<String> = ids.split(',').map(|h| format!("'\\x{h}'::bytea")).collect();
+        let lits: Vec<String> = ids
+            .split(',')
+            .map(|h| format!("decode('{h}', 'hex')"))
+            .collect();
         format!("substring({c} from 3 for 4) IN ({})", lits.join(", "))
     },
     quote = "\""
@@ -464,8 +467,15 @@ impl<P: KekProvider> KeyStore<P> {
     {
         // Retire and create in one transaction: a failed wrap leaves the old key active.
         conn.transaction(|conn| {
-            C::Backend::retire_data_keys(conn, tenant.map(TenantId::as_str), now())
+            let retired = C::Backend::retire_data_keys(conn, tenant.map(TenantId::as_str), now())
                 .map_err(store_err)?;
+            // A tenant without an active data key was never created (or was shredded): a lone
+            // data key would make a half-tenant that every later `load` refuses.
+            if retired == 0 {
+                return Err(Error::NoPrimaryKey {
+                    tenant: crate::tenant::describe(tenant),
+                });
+            }
             self.create_key(conn, tenant, Purpose::Data)
         })
     }

@@ -290,16 +290,16 @@ pub(crate) fn rotate(
             .duration_since(std::time::UNIX_EPOCH)?
             .as_nanos()
     );
-    let options = encrypted_types::jobs::RotateOptions {
+    let options = encrypted_types::jobs::JobOptions {
         batch,
         ..Default::default()
     };
     let report = with_conn!(db, conn => encrypted_types::jobs::rotate_data_keys(conn, &BenchEncrypted::MODEL, &job, &options, |_| {}))?;
     let rotate_secs = t.elapsed().as_secs_f64();
-    if !report.finished || report.resealed != (rows * 4) as u64 {
+    if !report.finished || report.written != (rows * 4) as u64 {
         return Err(format!(
             "rotation re-sealed {} of {} values",
-            report.resealed,
+            report.written,
             rows * 4
         )
         .into());

@@ -340,19 +340,11 @@ impl Progress {
         self.batches += 1;
         match &self.bar {
             Some(bar) => {
-                bar.set_message(format!(
-                    "{}: {} values re-sealed (pk {})",
-                    p.column, p.rows_done, p.last_pk
-                ));
+                bar.set_message(format!("{}: {} values written", p.column, p.rows_done));
                 bar.tick();
             }
             None if self.batches.is_multiple_of(10) => {
-                out!(
-                    "  {}: {} values re-sealed, up to primary key {}",
-                    p.column,
-                    p.rows_done,
-                    p.last_pk
-                );
+                out!("  {}: {} values written", p.column, p.rows_done);
             }
             None => {}
         }
@@ -383,7 +375,7 @@ pub(crate) fn rotate(db: &mut Db, kek: &Path, batch: usize) -> AppResult<()> {
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs()
     );
-    let options = encrypted_types::jobs::RotateOptions {
+    let options = encrypted_types::jobs::JobOptions {
         batch,
         ..Default::default()
     };
@@ -391,10 +383,12 @@ pub(crate) fn rotate(db: &mut Db, kek: &Path, batch: usize) -> AppResult<()> {
     let report = with_conn!(db, conn => encrypted_types::jobs::rotate_data_keys(conn, &Patient::MODEL, &job, &options, |p| progress.batch(p)))?;
     progress.finish();
     out!(
-        "re-sealed {} values in {} batches ({} changed by the application meanwhile, left as written); finished: {}",
-        report.resealed,
+        "re-sealed {} values in {} batches ({} changed by the application meanwhile, left as written; {} skipped {:?}); finished: {}",
+        report.written,
         report.batches,
         report.conflicts,
+        report.skipped_total(),
+        report.skipped,
         report.finished
     );
     key_stats(db, kek)
@@ -409,7 +403,7 @@ fn job_name(what: &str) -> AppResult<String> {
 
 pub(crate) fn rotate_index(db: &mut Db, kek: &Path, batch: usize) -> AppResult<()> {
     load_keys(db, kek)?;
-    let options = encrypted_types::jobs::RotateOptions {
+    let options = encrypted_types::jobs::JobOptions {
         batch,
         ..Default::default()
     };
@@ -418,10 +412,12 @@ pub(crate) fn rotate_index(db: &mut Db, kek: &Path, batch: usize) -> AppResult<(
     let report = with_conn!(db, conn => encrypted_types::jobs::reindex(conn, &Patient::MODEL, &job, &options, |p| progress.batch(p)))?;
     progress.finish();
     out!(
-        "rewrote {} blind indexes in {} batches ({} rows changed by the application meanwhile); finished: {}",
-        report.resealed,
+        "rewrote {} blind indexes in {} batches ({} rows changed by the application meanwhile; {} skipped {:?}); finished: {}",
+        report.written,
         report.batches,
         report.conflicts,
+        report.skipped_total(),
+        report.skipped,
         report.finished
     );
     Ok(())
@@ -433,7 +429,7 @@ pub(crate) fn encrypt_column(db: &mut Db, kek: &Path, column: &str, batch: usize
         return Err(format!("{column:?} is not an encrypted column of patients").into());
     };
     let before = with_conn!(db, conn => encrypted_types::jobs::count_plaintext(conn, &Patient::MODEL, info.column))?;
-    let options = encrypted_types::jobs::RotateOptions {
+    let options = encrypted_types::jobs::JobOptions {
         batch,
         ..Default::default()
     };
@@ -444,7 +440,7 @@ pub(crate) fn encrypt_column(db: &mut Db, kek: &Path, column: &str, batch: usize
     let after = with_conn!(db, conn => encrypted_types::jobs::count_plaintext(conn, &Patient::MODEL, info.column))?;
     out!(
         "patients.{column}: {before} plaintext values before, {} sealed (with their blind indexes), {after} left",
-        report.resealed
+        report.written
     );
     if after > 0 {
         return Err(format!("{after} plaintext values are left in patients.{column}").into());

@@ -8,7 +8,15 @@ use diesel_async::AsyncConnection;
 use crate::{ddl, install_keyring, mysql_url, pg_url, unreachable};
 
 fn create_schema(conn: &mut impl diesel::connection::SimpleConnection, blob: &str) {
-    for stmt in ddl(blob) {
+    let backend = match blob {
+        "BYTEA" => "postgres",
+        "LONGBLOB" => "mysql",
+        _ => "sqlite",
+    };
+    for stmt in ddl(blob)
+        .into_iter()
+        .chain(crate::real_schema::ddl(backend))
+    {
         conn.batch_execute(&stmt).expect("test DDL");
     }
 }

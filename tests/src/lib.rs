@@ -57,6 +57,73 @@ pub mod schema {
     }
 }
 
+/// Tables keyed the ways real schemas are: by UUID (PostgreSQL `uuid`, or 16 bytes in a
+/// binary column) and by a composite `(clinic_id, patient_no)` key with a text part.
+pub mod real_schema {
+    diesel::table! {
+        et_uuid_pg (id) {
+            id -> Uuid,
+            clinic_id -> BigInt,
+            name -> Binary,
+            email -> Binary,
+            email_bidx -> Binary,
+        }
+    }
+    diesel::table! {
+        et_uuid_bin (id) {
+            id -> Binary,
+            clinic_id -> BigInt,
+            name -> Binary,
+            email -> Binary,
+            email_bidx -> Binary,
+        }
+    }
+    diesel::table! {
+        et_visits (clinic_id, patient_no) {
+            clinic_id -> BigInt,
+            patient_no -> Text,
+            note -> Binary,
+            code -> Binary,
+            ref_id -> Nullable<Binary>,
+        }
+    }
+
+    /// The DDL of these tables on `backend` (`sqlite`, `postgres`, `mysql`).
+    pub fn ddl(backend: &str) -> Vec<String> {
+        let (blob, text_key, uuid_table) = match backend {
+            "postgres" => (
+                "BYTEA",
+                "TEXT",
+                "CREATE TABLE et_uuid_pg (id UUID PRIMARY KEY, clinic_id BIGINT NOT NULL, \
+                 name BYTEA NOT NULL, email BYTEA NOT NULL, email_bidx BYTEA NOT NULL)",
+            ),
+            "mysql" => (
+                "LONGBLOB",
+                "VARCHAR(32)",
+                "CREATE TABLE et_uuid_bin (id BINARY(16) PRIMARY KEY, clinic_id BIGINT NOT NULL, \
+                 name LONGBLOB NOT NULL, email LONGBLOB NOT NULL, email_bidx VARBINARY(32) NOT NULL)",
+            ),
+            _ => (
+                "BLOB",
+                "TEXT",
+                "CREATE TABLE et_uuid_bin (id BLOB PRIMARY KEY NOT NULL, clinic_id BIGINT NOT NULL, \
+                 name BLOB NOT NULL, email BLOB NOT NULL, email_bidx BLOB NOT NULL)",
+            ),
+        };
+        vec![
+            "DROP TABLE IF EXISTS et_uuid_pg".into(),
+            "DROP TABLE IF EXISTS et_uuid_bin".into(),
+            "DROP TABLE IF EXISTS et_visits".into(),
+            uuid_table.into(),
+            format!(
+                "CREATE TABLE et_visits (clinic_id BIGINT NOT NULL, patient_no {text_key} NOT NULL, \
+                 note {blob} NOT NULL, code {blob} NOT NULL, ref_id {blob}, \
+                 PRIMARY KEY (clinic_id, patient_no))"
+            ),
+        ]
+    }
+}
+
 pub mod models;
 
 encrypted_types::column_context!(pub CodecV = "et_codec"."v");

@@ -93,3 +93,45 @@ pub struct PatientRotated {
     #[encrypted(blind_index(normalize = digits))]
     pub phone: Option<String>,
 }
+
+/// A record keyed by a PostgreSQL `uuid`.
+#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[encrypted(table = crate::real_schema::et_uuid_pg, tenant = clinic_id)]
+pub struct UuidRecord {
+    pub id: uuid::Uuid,
+    pub clinic_id: i64,
+    #[encrypted]
+    pub name: String,
+    #[encrypted(blind_index(normalize = email))]
+    pub email: String,
+}
+
+/// The same record where the UUID is 16 bytes in a binary column (MySQL, SQLite).
+#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[encrypted(table = crate::real_schema::et_uuid_bin, tenant = clinic_id)]
+pub struct BinRecord {
+    pub id: Vec<u8>,
+    pub clinic_id: i64,
+    #[encrypted]
+    pub name: String,
+    #[encrypted(blind_index(normalize = email))]
+    pub email: String,
+}
+
+/// A visit keyed by `(clinic_id, patient_no)`: an integer and a text part.
+#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[encrypted(
+    table = crate::real_schema::et_visits,
+    tenant = clinic_id,
+    primary_key(clinic_id, patient_no)
+)]
+pub struct Visit {
+    pub clinic_id: i64,
+    pub patient_no: String,
+    #[encrypted]
+    pub note: String,
+    #[encrypted]
+    pub code: i16,
+    #[encrypted]
+    pub ref_id: Option<uuid::Uuid>,
+}

@@ -1,0 +1,1548 @@
+//! Background jobs over encrypted columns: re-sealing after a data-key rotation
+//! ([`rotate_data_keys`]), recomputing blind indexes ([`reindex`]) and sealing a column that
+//! held plaintext ([`encrypt_column`]).
+//!
+//! Every job works the same way, on any table Diesel supports:
+//!
+//! - **Any primary key.** The job reads the table's primary key from the database's catalogue
+//!   (integer, text, binary, PostgreSQL `uuid`, any number of columns) and walks rows in key
+//!   order with keyset pagination over the whole tuple (`a > ? OR (a = ? AND b > ?)`, written
+//!   the same way for the three backends), never `OFFSET`. A table it cannot page correctly (no
+//!   primary key, a float or decimal key, a key other than the model's, an SQLite key column
+//!   holding mixed storage classes) is refused with [`Error::UnpageableKey`] before any write.
+//! - **Compare-and-swap writes.** Each value is written back with `WHERE <key> AND col = <the
+//!   bytes read>`, so an application write that lands in between wins. A miss is retried from
+//!   a fresh read, so a value re-sealed by another job is still processed.
+//! - **Units, checkpoints, leases.** A job is a set of units in `encrypted_types_jobs`: one
+//!   column (or index) over one key range. Each batch commits together with its unit's
+//!   checkpoint (the last key tuple, in [`RowKey::encode`]'s form) and renews the unit's lease,
+//!   so a killed worker loses at most one uncommitted batch and another worker (or the same one
+//!   restarted) takes the unit over. [`Scope::Parts`] splits a job into ranges that any number
+//!   of worker processes claim (`FOR UPDATE SKIP LOCKED` on PostgreSQL and MySQL/MariaDB); the
+//!   database is the coordinator.
+//! - **A job's identity.** The job table records each unit's operation and target (the key
+//!   set a rotation moves away from, the index version a reindex writes). Resuming a name for
+//!   another operation or target is [`Error::JobMismatch`]; a job that had already finished says
+//!   so in [`JobReport::already_finished`].
+//! - **Finished means verified.** [`JobReport::finished`] is true only when every unit is done
+//!   *and* an independent count finds nothing left: no value on a retired key (counted in SQL
+//!   from the header bytes), no legacy plaintext ([`count_plaintext`]). Rows a job cannot
+//!   process (a destroyed key, a value that does not authenticate, a legacy value that is not
+//!   a valid encoding) are skipped and counted by reason in [`JobReport::skipped`], never
+//!   written.
+
+mod key;
+mod sql;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use diesel::connection::LoadConnection;
+use zeroize::Zeroizing;
+
+pub use key::{KeyColumn, KeyKind, KeyPart, RowKey};
+use sql::alias;
+pub use sql::{CatalogRow, JobTable, Param, Query, Row, UnitRow};
+
+use crate::Error;
+use crate::format;
+use crate::index::IndexParams;
+use crate::key::KeyId;
+use crate::keyring::Keyring;
+use crate::model::{ColumnInfo, ModelInfo};
+use crate::store::KeyTable;
+
+/// Which rows a run of a job covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Scope {
+    /// The whole table, as one unit per column.
+    All,
+    /// Rows with `from <= key < to` (either bound open): one worker's explicit share.
+    Range {
+        /// Inclusive lower bound; `None` from the first row.
+        from: Option<RowKey>,
+        /// Exclusive upper bound; `None` to the last row.
+        to: Option<RowKey>,
+    },
+    /// The whole table split into this many key ranges, planned once by the first worker
+    /// from the rows present then (later rows fall in the first or last range); every worker
+    /// of the job claims ranges until none is left.
+    Parts(u32),
+}
+
+/// How to run a job.
+#[derive(Debug, Clone)]
+pub struct JobOptions {
+    /// Rows per batch (one transaction each).
+    pub batch: usize,
+    /// The rows this run covers.
+    pub scope: Scope,
+    /// Stop after this many batches (time-slicing, tests); `None` runs to the end.
+    pub max_batches: Option<u64>,
+    /// How long a claimed unit stays this worker's without a committed batch. A worker that
+    /// dies loses its units after this long.
+    pub lease: Duration,
+    /// This worker's name in the job table. Give a restarted worker the same name and it takes
+    /// its units back at once; `None` picks a random name per run.
+    pub worker: Option<String>,
+    /// Fault injection for tests: runs after a batch is read and prepared, before it is
+    /// written (where a concurrent writer can change the rows). Not for production use.
+    #[doc(hidden)]
+    pub before_write: Option<fn()>,
+}
+
+impl Default for JobOptions {
+    fn default() -> Self {
+        Self {
+            batch: 500,
+            scope: Scope::All,
+            max_batches: None,
+            lease: Duration::from_secs(60),
+            worker: None,
+            before_write: None,
+        }
+    }
+}
+
+/// Progress after each committed batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Progress {
+    /// The column (or index column) being written.
+    pub column: &'static str,
+    /// Values written so far in this unit (over every run of the job).
+    pub rows_done: u64,
+    /// Compare-and-swap misses so far in this run (an application write won).
+    pub conflicts: u64,
+    /// The unit's checkpoint: the last key done.
+    pub last_key: Option<RowKey>,
+}
+
+/// Why a job left a value as it was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum SkipReason {
+    /// Sealed with a destroyed key (a shredded tenant): it can never be opened.
+    KeyDestroyed,
+    /// Sealed with a key the key table does not hold.
+    UnknownKey,
+    /// Does not authenticate (tampered, or copied from another column or tenant).
+    AuthenticationFailed,
+    /// A legacy value that is not a valid encoding of the column's type: sealing it would make
+    /// every later read fail.
+    InvalidLegacyValue,
+    /// The row's tenant has no data key (never created, or shredded).
+    NoTenantKey,
+    /// Any other error of opening or sealing the value.
+    Other,
+}
+
+impl SkipReason {
+    fn of(e: &Error) -> Self {
+        match e {
+            Error::KeyDestroyed(_) => Self::KeyDestroyed,
+            Error::UnknownKeyId(_) => Self::UnknownKey,
+            Error::AuthenticationFailed => Self::AuthenticationFailed,
+            Error::InvalidPlaintext { .. } => Self::InvalidLegacyValue,
+            Error::NoPrimaryKey { .. } | Error::NoBlindIndexKey { .. } => Self::NoTenantKey,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// What a run of a job did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobReport {
+    /// Values (or indexes) written in this run.
+    pub written: u64,
+    /// Compare-and-swap misses that a fresh read showed needed nothing more (an application
+    /// write won).
+    pub conflicts: u64,
+    /// Batches committed.
+    pub batches: u64,
+    /// Values left as they were, by reason.
+    pub skipped: BTreeMap<SkipReason, u64>,
+    /// What the closing count found still to do in this run's scope: values on a retired key
+    /// (rotation), legacy values (encryption), rows that kept changing under a reindex.
+    pub remaining: u64,
+    /// Every unit of this run's scope was already done before it started.
+    pub already_finished: bool,
+    /// Every unit is done and the closing count found nothing left.
+    pub finished: bool,
+}
+
+impl JobReport {
+    /// Values skipped, over every reason.
+    pub fn skipped_total(&self) -> u64 {
+        self.skipped.values().sum()
+    }
+}
+
+/// What one pass writes.
+enum Op<'a> {
+    Rotate { retired: &'a [KeyId] },
+    Reindex { params: &'static IndexParams },
+    Encrypt,
+}
+
+impl Op<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Rotate { .. } => "rotate",
+            Self::Reindex { .. } => "reindex",
+            Self::Encrypt => "encrypt",
+        }
+    }
+}
+
+/// One column (or index) of one job.
+struct Pass<'a> {
+    column: &'static ColumnInfo,
+    op: Op<'a>,
+    /// The column written: the value's, or the index's.
+    writes: &'static str,
+    /// The identity recorded in the job table.
+    target: String,
+}
+
+/// A table as the jobs see it.
+struct Table {
+    name: &'static str,
+    quoted: String,
+    key: Vec<KeyColumn>,
+    qkey: Vec<String>,
+    /// The tenant column as text, or `NULL`.
+    tenant: String,
+}
+
+/// Reads the table's primary key from the catalogue and refuses what cannot be paged.
+fn inspect<C>(conn: &mut C, model: &ModelInfo) -> Result<Table, Error>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    type B<C> = <C as diesel::Connection>::Backend;
+    let refuse = |reason: String| Error::UnpageableKey {
+        table: model.table.to_owned(),
+        reason,
+    };
+    let q = Query {
+        sql: B::<C>::catalogue().to_owned(),
+        params: vec![Param::Text(model.table.to_owned())],
+    };
+    let cols = B::<C>::load_catalogue(conn, &q).map_err(job_err)?;
+    if cols.is_empty() {
+        return Err(refuse(
+            "it has no primary key (or does not exist); keyset pagination needs a unique, \
+             non-null key"
+                .into(),
+        ));
+    }
+    if cols.len() > sql::MAX_KEY_PARTS {
+        return Err(refuse(format!(
+            "its primary key has {} columns, more than the {} the jobs page by",
+            cols.len(),
+            sql::MAX_KEY_PARTS
+        )));
+    }
+    let mut key = Vec::new();
+    for c in &cols {
+        let kind = key::kind_of(B::<C>::NAME, &c.ty).ok_or_else(|| {
+            refuse(format!(
+                "primary-key column {} has type {}; the jobs page by integer, text, binary \
+                 and uuid keys",
+                c.name, c.ty
+            ))
+        })?;
+        key.push(KeyColumn {
+            name: c.name.clone(),
+            kind,
+        });
+    }
+    let mut declared: Vec<&str> = model.primary_key.to_vec();
+    let mut actual: Vec<&str> = key.iter().map(|k| k.name.as_str()).collect();
+    declared.sort_unstable();
+    actual.sort_unstable();
+    if declared != actual {
+        return Err(refuse(format!(
+            "the model declares primary key ({}) but the table's is ({}); set \
+             #[encrypted(primary_key(...))] to the table's key",
+            model.primary_key.join(", "),
+            key.iter()
+                .map(|k| k.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let qkey: Vec<String> = key.iter().map(|k| B::<C>::quote(&k.name)).collect();
+    let quoted = B::<C>::quote(model.table);
+    if B::<C>::NAME == "sqlite" {
+        // SQLite orders values of different storage classes by class: a text key among
+        // integers would sit outside the range a bound of the column's kind selects. NULL keys
+        // (allowed in non-integer SQLite keys) would never be visited.
+        for (k, q) in key.iter().zip(&qkey) {
+            let class = match k.kind {
+                KeyKind::Int => "integer",
+                KeyKind::Text => "text",
+                _ => "blob",
+            };
+            let n = B::<C>::count_q(
+                conn,
+                &Query {
+                    sql: format!(
+                        "SELECT COUNT(*) AS n FROM {quoted} WHERE typeof({q}) <> '{class}'"
+                    ),
+                    params: Vec::new(),
+                },
+            )
+            .map_err(job_err)?;
+            if n > 0 {
+                return Err(refuse(format!(
+                    "primary-key column {} holds {n} values that are not {class} (NULL or \
+                     another storage class)",
+                    k.name
+                )));
+            }
+        }
+    }
+    let tenant = model
+        .tenant_column
+        .map_or_else(|| "NULL".to_owned(), |t| B::<C>::as_text(&B::<C>::quote(t)));
+    Ok(Table {
+        name: model.table,
+        quoted,
+        key,
+        qkey,
+        tenant,
+    })
+}
+
+fn job_err(e: impl std::fmt::Display) -> Error {
+    Error::Job(e.to_string())
+}
+
+/// A placeholder for `part` compared with a key column of `kind`.
+fn key_param<B: JobTable>(q: &mut Query, kind: KeyKind, part: &KeyPart) -> Result<String, Error> {
+    let p = match (kind, part) {
+        (KeyKind::Int, KeyPart::Int(v)) => Param::Int(*v),
+        (KeyKind::Text, KeyPart::Text(s)) | (KeyKind::Uuid, KeyPart::Text(s)) => {
+            Param::Text(s.clone())
+        }
+        (KeyKind::Bytes, KeyPart::Bytes(b)) => Param::Bytes(b.clone()),
+        (KeyKind::Bytes, KeyPart::Uuid(u)) => Param::Bytes(u.to_vec()),
+        (KeyKind::Uuid, KeyPart::Uuid(u)) => Param::Text(sql::uuid_text(u)),
+        _ => {
+            return Err(Error::Job(format!(
+                "a key value of another type than its {kind:?} column"
+            )));
+        }
+    };
+    Ok(B::key_param(kind, q.bind::<B>(p)))
+}
+
+#[derive(Clone, Copy)]
+enum Cmp {
+    /// `key > bound`
+    After,
+    /// `key >= bound`
+    From,
+    /// `key < bound`
+    Before,
+}
+
+/// The row-value comparison `key <cmp> bound`, spelled out so every backend runs it the same
+/// way: `(a > ? OR (a = ? AND b > ?))`, with a leading `a >= ?` that lets the index seek.
+fn compare<B: JobTable>(
+    q: &mut Query,
+    t: &Table,
+    bound: &RowKey,
+    cmp: Cmp,
+) -> Result<String, Error> {
+    if bound.0.len() != t.key.len() {
+        return Err(Error::Job(format!(
+            "a key tuple of {} values for a primary key of {} columns",
+            bound.0.len(),
+            t.key.len()
+        )));
+    }
+    fn level<B: JobTable>(
+        q: &mut Query,
+        t: &Table,
+        bound: &RowKey,
+        cmp: Cmp,
+        i: usize,
+    ) -> Result<String, Error> {
+        let (Some(col), Some(k), Some(part)) = (t.qkey.get(i), t.key.get(i), bound.0.get(i)) else {
+            return Err(Error::Job("key tuple shorter than the key".into()));
+        };
+        let strict = if matches!(cmp, Cmp::Before) { "<" } else { ">" };
+        if i + 1 == t.key.len() {
+            let op = match cmp {
+                Cmp::After => ">",
+                Cmp::From => ">=",
+                Cmp::Before => "<",
+            };
+            let ph = key_param::<B>(q, k.kind, part)?;
+            return Ok(format!("{col} {op} {ph}"));
+        }
+        let a = key_param::<B>(q, k.kind, part)?;
+        let b = key_param::<B>(q, k.kind, part)?;
+        let rest = level::<B>(q, t, bound, cmp, i + 1)?;
+        Ok(format!("({col} {strict} {a} OR ({col} = {b} AND {rest}))"))
+    }
+    if t.key.len() == 1 {
+        return level::<B>(q, t, bound, cmp, 0);
+    }
+    let (Some(col), Some(k), Some(part)) = (t.qkey.first(), t.key.first(), bound.0.first()) else {
+        return Err(Error::Job("empty key".into()));
+    };
+    let wide = if matches!(cmp, Cmp::Before) {
+        "<="
+    } else {
+        ">="
+    };
+    let ph = key_param::<B>(q, k.kind, part)?;
+    let rest = level::<B>(q, t, bound, cmp, 0)?;
+    Ok(format!("{col} {wide} {ph} AND {rest}"))
+}
+
+/// `k1 = ? AND k2 = ? ...`
+fn key_eq<B: JobTable>(q: &mut Query, t: &Table, key: &[KeyPart]) -> Result<String, Error> {
+    let mut preds = Vec::new();
+    for ((col, k), part) in t.qkey.iter().zip(&t.key).zip(key) {
+        let ph = key_param::<B>(q, k.kind, part)?;
+        preds.push(format!("{col} = {ph}"));
+    }
+    Ok(preds.join(" AND "))
+}
+
+fn key_selects<B: JobTable>(t: &Table) -> String {
+    t.key
+        .iter()
+        .zip(&t.qkey)
+        .enumerate()
+        .map(|(n, (k, q))| format!("{} AS {}", B::key_select(k.kind, q), alias(n, k.kind)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `SELECT <key>, v, i, t FROM table WHERE <conds> ORDER BY <key> [LIMIT n]`.
+fn select<B: JobTable>(
+    t: &Table,
+    column: &str,
+    index: Option<&str>,
+    conds: &[String],
+    q: &mut Query,
+    limit: Option<usize>,
+) {
+    let v = B::quote(column);
+    let i = index.map_or_else(|| "NULL".to_owned(), B::quote);
+    let mut sql = format!(
+        "SELECT {}, {v} AS v, {i} AS i, {} AS t FROM {}",
+        key_selects::<B>(t),
+        t.tenant,
+        t.quoted
+    );
+    if !conds.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conds.join(" AND "));
+    }
+    sql.push_str(" ORDER BY ");
+    sql.push_str(&t.qkey.join(", "));
+    if let Some(n) = limit {
+        sql.push_str(&format!(" LIMIT {n}"));
+    }
+    q.sql = sql;
+}
+
+/// The range conditions of a unit, after its checkpoint.
+fn range_conds<B: JobTable>(
+    q: &mut Query,
+    t: &Table,
+    from: Option<&RowKey>,
+    to: Option<&RowKey>,
+    after: Option<&RowKey>,
+) -> Result<Vec<String>, Error> {
+    let mut conds = Vec::new();
+    match (after, from) {
+        (Some(a), _) => conds.push(compare::<B>(q, t, a, Cmp::After)?),
+        (None, Some(f)) => conds.push(compare::<B>(q, t, f, Cmp::From)?),
+        (None, None) => {}
+    }
+    if let Some(to) = to {
+        conds.push(compare::<B>(q, t, to, Cmp::Before)?);
+    }
+    Ok(conds)
+}
+
+/// A value ready to be written: the row's key, the bytes read (the compare-and-swap's
+/// condition, wiped after use: legacy plaintext during an encryption) and the columns to set.
+struct Write {
+    key: Vec<KeyPart>,
+    old: Zeroizing<Vec<u8>>,
+    sets: Vec<(&'static str, Vec<u8>)>,
+}
+
+enum Outcome {
+    Write(Vec<(&'static str, Vec<u8>)>),
+    Nothing,
+    Skip(SkipReason),
+}
+
+/// What `pass` would write for a row holding `value` (tenant text `tenant`, index `index`).
+fn prepare(
+    keyring: &Keyring,
+    t: &Table,
+    pass: &Pass<'_>,
+    value: &[u8],
+    index: Option<&[u8]>,
+    tenant: Option<&str>,
+) -> Result<Outcome, Error> {
+    let c = pass.column;
+    match &pass.op {
+        Op::Rotate { .. } => match format::reseal(keyring, t.name, c.column, c.value_type, value) {
+            Ok(Some(new)) => Ok(Outcome::Write(vec![(c.column, new)])),
+            Ok(None) => Ok(Outcome::Nothing),
+            Err(e @ Error::NoKeyring) => Err(e),
+            Err(e) => Ok(Outcome::Skip(SkipReason::of(&e))),
+        },
+        Op::Reindex { params } => {
+            let (plain, tenant) =
+                match format::open_raw(keyring, t.name, c.column, c.value_type, value) {
+                    Ok(v) => v,
+                    Err(e) => return Ok(Outcome::Skip(SkipReason::of(&e))),
+                };
+            match params.compute_raw(keyring, tenant.as_ref(), c.value_type, &plain) {
+                Ok(new) if index == Some(new.as_slice()) => Ok(Outcome::Nothing),
+                Ok(new) => Ok(Outcome::Write(vec![(params.index_column, new)])),
+                Err(e) => Ok(Outcome::Skip(SkipReason::of(&e))),
+            }
+        }
+        Op::Encrypt => {
+            if format::classify(keyring, value) == format::Stored::Sealed {
+                return Ok(Outcome::Nothing);
+            }
+            // Decode-checked first: a value that is not a valid encoding of the column's type
+            // would seal into something every later read fails on.
+            if (c.validate)(value).is_err() {
+                return Ok(Outcome::Skip(SkipReason::InvalidLegacyValue));
+            }
+            let tenant = tenant.map(crate::TenantId::from);
+            let sealed = match format::seal_raw(
+                keyring,
+                t.name,
+                c.column,
+                c.value_type,
+                tenant.as_ref(),
+                value,
+            ) {
+                Ok(s) => s,
+                Err(e) => return Ok(Outcome::Skip(SkipReason::of(&e))),
+            };
+            let mut sets = vec![(c.column, sealed)];
+            for params in c.indexes {
+                match params.compute_raw(keyring, tenant.as_ref(), c.value_type, value) {
+                    Ok(i) => sets.push((params.index_column, i)),
+                    Err(e) => return Ok(Outcome::Skip(SkipReason::of(&e))),
+                }
+            }
+            Ok(Outcome::Write(sets))
+        }
+    }
+}
+
+/// Errors inside a batch's transaction.
+enum TxError {
+    Lib(Error),
+    /// Another worker holds the unit now: this batch is rolled back.
+    LeaseLost,
+    Db(diesel::result::Error),
+}
+
+impl From<diesel::result::Error> for TxError {
+    fn from(e: diesel::result::Error) -> Self {
+        Self::Db(e)
+    }
+}
+
+impl From<Error> for TxError {
+    fn from(e: Error) -> Self {
+        Self::Lib(e)
+    }
+}
+
+/// A unit this worker holds.
+struct Unit {
+    name: String,
+    pass: usize,
+    from: Option<RowKey>,
+    to: Option<RowKey>,
+    last: Option<RowKey>,
+    rows_done: i64,
+}
+
+const JOBS: &str = "encrypted_types_jobs";
+const UNIT_COLS: &str = "unit, operation, target, range_from, range_to, last_key, state, rows_done";
+
+fn decode_opt(s: Option<&str>) -> Result<Option<RowKey>, Error> {
+    s.map(RowKey::decode).transpose()
+}
+
+/// One run of a job: plan or check its units, claim and process them until none is left,
+/// then count what remains.
+struct Run<'a, C: LoadConnection>
+where
+    C::Backend: JobTable,
+{
+    job: &'a str,
+    worker: String,
+    options: &'a JobOptions,
+    keyring: &'a Keyring,
+    table: Table,
+    passes: Vec<Pass<'a>>,
+    /// This run's units, by name.
+    units: Vec<String>,
+    report: JobReport,
+    _conn: std::marker::PhantomData<fn(&mut C)>,
+}
+
+impl<'a, C> Run<'a, C>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    fn lease_secs(&self) -> i64 {
+        i64::try_from(self.options.lease.as_secs().max(1)).unwrap_or(i64::MAX)
+    }
+
+    fn units_in(&self, q: &mut Query) -> String {
+        let phs: Vec<String> = self
+            .units
+            .iter()
+            .map(|u| q.bind::<C::Backend>(Param::Text(u.clone())))
+            .collect();
+        format!("unit IN ({})", phs.join(", "))
+    }
+
+    fn list(&self, conn: &mut C) -> Result<Vec<UnitRow>, Error> {
+        let mut q = Query::new();
+        let j = q.bind::<C::Backend>(Param::Text(self.job.to_owned()));
+        q.sql = format!("SELECT {UNIT_COLS} FROM {JOBS} WHERE job = {j}");
+        C::Backend::load_units(conn, &q).map_err(job_err)
+    }
+
+    /// The unit names of this run's scope for pass `p`, with their ranges.
+    fn wanted(
+        &self,
+        conn: &mut C,
+        existing: &[UnitRow],
+    ) -> Result<Vec<(String, usize, Option<RowKey>, Option<RowKey>)>, Error> {
+        let mut out = Vec::new();
+        match &self.options.scope {
+            Scope::All => {
+                for (p, pass) in self.passes.iter().enumerate() {
+                    out.push((format!("{}#all", self.prefix(pass)), p, None, None));
+                }
+            }
+            Scope::Range { from, to } => {
+                let tag = range_tag(from.as_ref(), to.as_ref());
+                for (p, pass) in self.passes.iter().enumerate() {
+                    out.push((
+                        format!("{}#r{tag}", self.prefix(pass)),
+                        p,
+                        from.clone(),
+                        to.clone(),
+                    ));
+                }
+            }
+            Scope::Parts(n) => {
+                // The first worker's plan stands: later workers take the parts it recorded.
+                let planned: Vec<(usize, &UnitRow)> = existing
+                    .iter()
+                    .filter(|u| u.unit.contains("#p"))
+                    .filter_map(|u| self.pass_of(&u.unit).map(|p| (p, u)))
+                    .collect();
+                if !planned.is_empty() {
+                    for (p, u) in planned {
+                        out.push((
+                            u.unit.clone(),
+                            p,
+                            decode_opt(u.range_from.as_deref())?,
+                            decode_opt(u.range_to.as_deref())?,
+                        ));
+                    }
+                    return Ok(out);
+                }
+                let bounds = self.boundaries(conn, (*n).max(1))?;
+                for (p, pass) in self.passes.iter().enumerate() {
+                    let mut from: Option<RowKey> = None;
+                    for (i, b) in bounds.iter().map(Some).chain([None]).enumerate() {
+                        out.push((
+                            format!("{}#p{i:04}", self.prefix(pass)),
+                            p,
+                            from.clone(),
+                            b.cloned(),
+                        ));
+                        from = b.cloned();
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// `n - 1` key tuples splitting the table's current rows into `n` ranges of about equal
+    /// size (found with `OFFSET` once, when the job is planned).
+    fn boundaries(&self, conn: &mut C, n: u32) -> Result<Vec<RowKey>, Error> {
+        let t = &self.table;
+        let total = C::Backend::count_q(
+            conn,
+            &Query {
+                sql: format!("SELECT COUNT(*) AS n FROM {}", t.quoted),
+                params: Vec::new(),
+            },
+        )
+        .map_err(job_err)?;
+        let mut out: Vec<RowKey> = Vec::new();
+        for i in 1..i64::from(n) {
+            let offset = total.saturating_mul(i) / i64::from(n);
+            let sql = format!(
+                "SELECT {}, NULL AS v, NULL AS i, NULL AS t FROM {} ORDER BY {} LIMIT 1 OFFSET {offset}",
+                key_selects::<C::Backend>(t),
+                t.quoted,
+                t.qkey.join(", ")
+            );
+            let rows = C::Backend::load_rows(
+                conn,
+                &Query {
+                    sql,
+                    params: Vec::new(),
+                },
+            )
+            .map_err(job_err)?;
+            if let Some(r) = rows.into_iter().next() {
+                let k = RowKey(r.key);
+                if out.last() != Some(&k) {
+                    out.push(k);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// A unit's name before its range: `table.column`.
+    fn prefix(&self, pass: &Pass<'_>) -> String {
+        format!("{}.{}", self.table.name, pass.writes)
+    }
+
+    /// The pass of this run a unit belongs to, if any (other units of the same job name are
+    /// other tables' or columns' work).
+    fn pass_of(&self, unit: &str) -> Option<usize> {
+        let prefix = unit.split('#').next().unwrap_or("");
+        self.passes.iter().position(|p| self.prefix(p) == prefix)
+    }
+
+    fn our_pass(&self, unit: &str) -> Result<usize, Error> {
+        self.pass_of(unit)
+            .ok_or_else(|| Error::Job(format!("unit {unit} is not this run's")))
+    }
+
+    fn describe(&self) -> String {
+        let targets: Vec<&str> = self.passes.iter().map(|p| p.target.as_str()).collect();
+        targets.join("; ")
+    }
+
+    /// Checks the recorded identity of the job's units and records the missing ones of this
+    /// run's scope; returns whether every one of them was already done.
+    fn plan(&mut self, conn: &mut C) -> Result<bool, Error> {
+        for attempt in 0..3 {
+            let result = conn.transaction(|conn| -> Result<bool, TxError> {
+                // Write first: on SQLite this takes the write lock before the read below, so
+                // two planners queue instead of deadlocking on a lock upgrade; elsewhere it
+                // serializes planners of the same job.
+                let mut w = Query::new();
+                let j = w.bind::<C::Backend>(Param::Text(self.job.to_owned()));
+                w.sql = format!("UPDATE {JOBS} SET updated_at = updated_at WHERE job = {j}");
+                C::Backend::exec(conn, &w)?;
+                let existing = self.list(conn)?;
+                let op = self.passes.first().map_or("", |p| p.op.name());
+                for u in &existing {
+                    if u.operation != op {
+                        return Err(TxError::Lib(Error::JobMismatch {
+                            job: self.job.to_owned(),
+                            found: format!("{} of {}", u.operation, u.target),
+                            wanted: format!("{op} of {}", self.describe()),
+                        }));
+                    }
+                    let Some(pass) = self.pass_of(&u.unit).and_then(|p| self.passes.get(p)) else {
+                        continue;
+                    };
+                    if u.target != pass.target {
+                        return Err(TxError::Lib(Error::JobMismatch {
+                            job: self.job.to_owned(),
+                            found: u.target.clone(),
+                            wanted: pass.target.clone(),
+                        }));
+                    }
+                }
+                let wanted = self.wanted(conn, &existing)?;
+                let mut all_done = true;
+                let mut names = Vec::new();
+                for (name, p, from, to) in wanted {
+                    names.push(name.clone());
+                    if let Some(u) = existing.iter().find(|u| u.unit == name) {
+                        all_done &= u.state == "done";
+                        continue;
+                    }
+                    all_done = false;
+                    let pass = self
+                        .passes
+                        .get(p)
+                        .ok_or_else(|| Error::Job("pass".into()))?;
+                    let mut q = Query::new();
+                    let vals = [
+                        q.bind::<C::Backend>(Param::Text(self.job.to_owned())),
+                        q.bind::<C::Backend>(Param::Text(name.clone())),
+                        q.bind::<C::Backend>(Param::Text(pass.op.name().to_owned())),
+                        q.bind::<C::Backend>(Param::Text(pass.target.clone())),
+                    ];
+                    let mut bound = |k: &Option<RowKey>| match k {
+                        Some(k) => q_bind_text::<C::Backend>(&mut q, k.encode()),
+                        None => "NULL".to_owned(),
+                    };
+                    let (f, t) = (bound(&from), bound(&to));
+                    q.sql = format!(
+                        "INSERT INTO {JOBS} (job, unit, operation, target, range_from, range_to, \
+                         last_key, state, rows_done, lease_owner, lease_until, updated_at) \
+                         VALUES ({}, {f}, {t}, NULL, 'pending', 0, NULL, NULL, {})",
+                        vals.join(", "),
+                        C::Backend::now()
+                    );
+                    C::Backend::exec(conn, &q)?;
+                }
+                self.units = names;
+                Ok(all_done)
+            });
+            match result {
+                Ok(done) => return Ok(done),
+                // Another worker planned the same units at the same moment: read its plan.
+                Err(TxError::Db(diesel::result::Error::DatabaseError(
+                    diesel::result::DatabaseErrorKind::UniqueViolation,
+                    _,
+                ))) if attempt < 2 => {}
+                Err(e) => return Err(tx_err(e)),
+            }
+        }
+        Err(Error::Job("could not record the job's units".into()))
+    }
+
+    /// Claims a pending unit of this run whose lease is free, expired or already this worker's.
+    fn claim(&self, conn: &mut C) -> Result<Option<Unit>, Error> {
+        let now = C::Backend::now();
+        let lease = self.lease_secs();
+        conn.transaction(|conn| -> Result<Option<Unit>, TxError> {
+            let mut q = Query::new();
+            // `?` placeholders bind in the order they appear in the text.
+            let j = q.bind::<C::Backend>(Param::Text(self.job.to_owned()));
+            let ours = self.units_in(&mut q);
+            let me = q.bind::<C::Backend>(Param::Text(self.worker.clone()));
+            let free = format!(
+                "job = {j} AND {ours} AND state = 'pending' AND \
+                 (lease_owner IS NULL OR lease_owner = {me} OR lease_until < {now})"
+            );
+            let name = if C::Backend::SKIP_LOCKED {
+                q.sql = format!(
+                    "SELECT {UNIT_COLS} FROM {JOBS} WHERE {free} ORDER BY unit LIMIT 1 \
+                     FOR UPDATE SKIP LOCKED"
+                );
+                let Some(u) = C::Backend::load_units(conn, &q)?.into_iter().next() else {
+                    return Ok(None);
+                };
+                let mut q = Query::new();
+                let me = q.bind::<C::Backend>(Param::Text(self.worker.clone()));
+                let l = q.bind::<C::Backend>(Param::Int(lease));
+                let j = q.bind::<C::Backend>(Param::Text(self.job.to_owned()));
+                let un = q.bind::<C::Backend>(Param::Text(u.unit.clone()));
+                q.sql = format!(
+                    "UPDATE {JOBS} SET lease_owner = {me}, lease_until = {now} + {l} \
+                     WHERE job = {j} AND unit = {un}"
+                );
+                C::Backend::exec(conn, &q)?;
+                u.unit
+            } else {
+                // One writer at a time: a single UPDATE claims atomically.
+                let mut u = Query::new();
+                let me2 = u.bind::<C::Backend>(Param::Text(self.worker.clone()));
+                let l = u.bind::<C::Backend>(Param::Int(lease));
+                let jj = u.bind::<C::Backend>(Param::Text(self.job.to_owned()));
+                let sub_j = u.bind::<C::Backend>(Param::Text(self.job.to_owned()));
+                let sub_ours = self.units_in(&mut u);
+                let sub_me = u.bind::<C::Backend>(Param::Text(self.worker.clone()));
+                u.sql = format!(
+                    "UPDATE {JOBS} SET lease_owner = {me2}, lease_until = {now} + {l} \
+                     WHERE job = {jj} AND unit = (SELECT unit FROM {JOBS} WHERE job = {sub_j} \
+                     AND {sub_ours} AND state = 'pending' AND (lease_owner IS NULL OR \
+                     lease_owner = {sub_me} OR lease_until < {now}) ORDER BY unit LIMIT 1)"
+                );
+                if C::Backend::exec(conn, &u)? == 0 {
+                    return Ok(None);
+                }
+                let mut s = Query::new();
+                let j = s.bind::<C::Backend>(Param::Text(self.job.to_owned()));
+                let me = s.bind::<C::Backend>(Param::Text(self.worker.clone()));
+                let ours = self.units_in(&mut s);
+                s.sql = format!(
+                    "SELECT {UNIT_COLS} FROM {JOBS} WHERE job = {j} AND lease_owner = {me} AND \
+                     state = 'pending' AND {ours} ORDER BY unit LIMIT 1"
+                );
+                let Some(row) = C::Backend::load_units(conn, &s)?.into_iter().next() else {
+                    return Ok(None);
+                };
+                row.unit
+            };
+            let rows = self.list(conn)?;
+            let row = rows
+                .into_iter()
+                .find(|r| r.unit == name)
+                .ok_or_else(|| Error::Job("claimed unit vanished".into()))?;
+            Ok(Some(Unit {
+                pass: self.our_pass(&row.unit)?,
+                from: decode_opt(row.range_from.as_deref())?,
+                to: decode_opt(row.range_to.as_deref())?,
+                last: decode_opt(row.last_key.as_deref())?,
+                rows_done: row.rows_done,
+                name,
+            }))
+        })
+        .map_err(tx_err)
+    }
+
+    fn pending(&self, conn: &mut C) -> Result<i64, Error> {
+        let mut q = Query::new();
+        let j = q.bind::<C::Backend>(Param::Text(self.job.to_owned()));
+        let ours = self.units_in(&mut q);
+        q.sql = format!(
+            "SELECT COUNT(*) AS n FROM {JOBS} WHERE job = {j} AND {ours} AND state = 'pending'"
+        );
+        C::Backend::count_q(conn, &q).map_err(job_err)
+    }
+
+    /// Ends this worker's hold on a unit: done, or released for another worker.
+    fn release(&self, conn: &mut C, unit: &str, done: bool) -> Result<(), Error> {
+        let mut q = Query::new();
+        let j = q.bind::<C::Backend>(Param::Text(self.job.to_owned()));
+        let u = q.bind::<C::Backend>(Param::Text(unit.to_owned()));
+        let me = q.bind::<C::Backend>(Param::Text(self.worker.clone()));
+        let state = if done { "state = 'done', " } else { "" };
+        q.sql = format!(
+            "UPDATE {JOBS} SET {state}lease_owner = NULL, lease_until = NULL, updated_at = {} \
+             WHERE job = {j} AND unit = {u} AND lease_owner = {me}",
+            C::Backend::now()
+        );
+        C::Backend::exec(conn, &q).map_err(job_err)?;
+        Ok(())
+    }
+
+    /// Processes a claimed unit batch by batch. Returns `false` when `max_batches` stopped it
+    /// (or its lease was lost).
+    fn work(
+        &mut self,
+        conn: &mut C,
+        mut unit: Unit,
+        on_batch: &mut dyn FnMut(&Progress),
+    ) -> Result<bool, Error> {
+        let pass = self
+            .passes
+            .get(unit.pass)
+            .ok_or_else(|| Error::Job("pass".into()))?;
+        let t = &self.table;
+        let column = pass.column.column;
+        let index = match &pass.op {
+            Op::Reindex { params } => Some(params.index_column),
+            _ => None,
+        };
+        loop {
+            if self
+                .options
+                .max_batches
+                .is_some_and(|max| self.report.batches >= max)
+            {
+                self.release(conn, &unit.name, false)?;
+                return Ok(false);
+            }
+            let mut q = Query::new();
+            let mut conds = range_conds::<C::Backend>(
+                &mut q,
+                t,
+                unit.from.as_ref(),
+                unit.to.as_ref(),
+                unit.last.as_ref(),
+            )?;
+            match &pass.op {
+                Op::Rotate { retired } => {
+                    conds.push(C::Backend::key_id_in(&C::Backend::quote(column), retired));
+                }
+                _ => conds.push(format!("{} IS NOT NULL", C::Backend::quote(column))),
+            }
+            select::<C::Backend>(
+                t,
+                column,
+                index,
+                &conds,
+                &mut q,
+                Some(self.options.batch.max(1)),
+            );
+            let rows = C::Backend::load_rows(conn, &q).map_err(job_err)?;
+            let Some(last) = rows.last().map(|r| RowKey(r.key.clone())) else {
+                self.release(conn, &unit.name, true)?;
+                return Ok(true);
+            };
+            // Opening and sealing run outside the transaction: they are pure computation.
+            let mut writes = Vec::new();
+            for row in rows {
+                let old = Zeroizing::new(row.v.unwrap_or_default());
+                match prepare(
+                    self.keyring,
+                    t,
+                    pass,
+                    &old,
+                    row.i.as_deref(),
+                    row.t.as_deref(),
+                )? {
+                    Outcome::Write(sets) => writes.push(Write {
+                        key: row.key,
+                        old,
+                        sets,
+                    }),
+                    Outcome::Nothing => {}
+                    Outcome::Skip(r) => *self.report.skipped.entry(r).or_default() += 1,
+                }
+            }
+            if let Some(hook) = self.options.before_write {
+                hook();
+            }
+            let outcome = conn.transaction(|conn| -> Result<(u64, u64, u64), TxError> {
+                self.fence(conn, &unit.name)?;
+                let (mut ok, mut missed, mut unsettled) = (0u64, 0u64, 0u64);
+                for w in &writes {
+                    match self.cas_retrying(conn, pass, w)? {
+                        Cas::Written => ok += 1,
+                        Cas::Superseded => missed += 1,
+                        Cas::Unsettled => unsettled += 1,
+                    }
+                }
+                let mut q = Query::new();
+                let lk = q.bind::<C::Backend>(Param::Text(last.encode()));
+                let n = q.bind::<C::Backend>(Param::Int(i64::try_from(ok).unwrap_or(i64::MAX)));
+                let j = q.bind::<C::Backend>(Param::Text(self.job.to_owned()));
+                let u = q.bind::<C::Backend>(Param::Text(unit.name.clone()));
+                q.sql = format!(
+                    "UPDATE {JOBS} SET last_key = {lk}, rows_done = rows_done + {n} \
+                     WHERE job = {j} AND unit = {u}"
+                );
+                C::Backend::exec(conn, &q)?;
+                Ok((ok, missed, unsettled))
+            });
+            drop(writes);
+            let (ok, missed, unsettled) = match outcome {
+                Ok(v) => v,
+                Err(TxError::LeaseLost) => return Ok(false),
+                Err(e) => return Err(tx_err(e)),
+            };
+            unit.last = Some(last);
+            unit.rows_done = unit
+                .rows_done
+                .saturating_add(i64::try_from(ok).unwrap_or(0));
+            self.report.batches += 1;
+            self.report.written += ok;
+            self.report.conflicts += missed;
+            self.report.remaining += unsettled;
+            report_batch(
+                self.job,
+                on_batch,
+                Progress {
+                    column: pass.writes,
+                    rows_done: u64::try_from(unit.rows_done).unwrap_or(0),
+                    conflicts: self.report.conflicts,
+                    last_key: unit.last.clone(),
+                },
+            );
+        }
+    }
+
+    /// Renews this worker's lease on `unit`, first thing in a batch's transaction (it locks
+    /// the unit's row): a worker that lost the unit writes nothing.
+    fn fence(&self, conn: &mut C, unit: &str) -> Result<(), TxError> {
+        let mut q = Query::new();
+        let l = q.bind::<C::Backend>(Param::Int(self.lease_secs()));
+        let j = q.bind::<C::Backend>(Param::Text(self.job.to_owned()));
+        let u = q.bind::<C::Backend>(Param::Text(unit.to_owned()));
+        let me = q.bind::<C::Backend>(Param::Text(self.worker.clone()));
+        let now = C::Backend::now();
+        q.sql = format!(
+            "UPDATE {JOBS} SET lease_until = {now} + {l}, updated_at = {now} \
+             WHERE job = {j} AND unit = {u} AND lease_owner = {me} AND state = 'pending'"
+        );
+        if C::Backend::exec(conn, &q)? == 1 {
+            Ok(())
+        } else {
+            Err(TxError::LeaseLost)
+        }
+    }
+
+    /// Compare-and-swap of one value; on a miss, reads the row again and retries, so a value
+    /// another job re-sealed meanwhile is still processed.
+    fn cas_retrying(&self, conn: &mut C, pass: &Pass<'_>, w: &Write) -> Result<Cas, TxError> {
+        let t = &self.table;
+        let col = pass.column.column;
+        let mut sets = w.sets.clone();
+        let mut old: Zeroizing<Vec<u8>> = w.old.clone();
+        for attempt in 0..4 {
+            let mut q = Query::new();
+            let assigns: Vec<String> = sets
+                .iter()
+                .map(|(c, v)| {
+                    let ph = q.bind::<C::Backend>(Param::Bytes(v.clone()));
+                    format!("{} = {ph}", C::Backend::quote(c))
+                })
+                .collect();
+            let k = key_eq::<C::Backend>(&mut q, t, &w.key)?;
+            let o = q.bind::<C::Backend>(Param::Bytes(old.to_vec()));
+            q.sql = format!(
+                "UPDATE {} SET {} WHERE {k} AND {} = {o}",
+                t.quoted,
+                assigns.join(", "),
+                C::Backend::quote(col)
+            );
+            let changed = C::Backend::exec(conn, &q)?;
+            // The bound copy of the old value may be legacy plaintext.
+            for p in &mut q.params {
+                if let Param::Bytes(b) = p {
+                    zeroize::Zeroize::zeroize(b);
+                }
+            }
+            if changed > 0 {
+                return Ok(Cas::Written);
+            }
+            if attempt == 3 {
+                break;
+            }
+            let mut r = Query::new();
+            let index = match &pass.op {
+                Op::Reindex { params } => Some(params.index_column),
+                _ => None,
+            };
+            let k = key_eq::<C::Backend>(&mut r, t, &w.key)?;
+            select::<C::Backend>(t, col, index, &[k], &mut r, Some(1));
+            let Some(row) = C::Backend::load_rows(conn, &r)?.into_iter().next() else {
+                return Ok(Cas::Superseded); // deleted meanwhile
+            };
+            let Some(v) = row.v else {
+                return Ok(Cas::Superseded);
+            };
+            old = Zeroizing::new(v);
+            match prepare(
+                self.keyring,
+                t,
+                pass,
+                &old,
+                row.i.as_deref(),
+                row.t.as_deref(),
+            )? {
+                Outcome::Write(s) => sets = s,
+                Outcome::Nothing | Outcome::Skip(_) => return Ok(Cas::Superseded),
+            }
+        }
+        Ok(Cas::Unsettled)
+    }
+
+    /// Values in this run's scope still to do, counted independently of the work: values on
+    /// a retired key (in SQL, from the header bytes) or legacy values (by [`format::classify`]).
+    fn remaining(&self, conn: &mut C) -> Result<u64, Error> {
+        let t = &self.table;
+        let (from, to) = match &self.options.scope {
+            Scope::Range { from, to } => (from.clone(), to.clone()),
+            _ => (None, None),
+        };
+        let mut total = 0u64;
+        for pass in &self.passes {
+            let col = C::Backend::quote(pass.column.column);
+            match &pass.op {
+                Op::Rotate { retired } => {
+                    let mut q = Query::new();
+                    let mut conds =
+                        range_conds::<C::Backend>(&mut q, t, from.as_ref(), to.as_ref(), None)?;
+                    conds.push(C::Backend::key_id_in(&col, retired));
+                    q.sql = format!(
+                        "SELECT COUNT(*) AS n FROM {} WHERE {}",
+                        t.quoted,
+                        conds.join(" AND ")
+                    );
+                    let n = C::Backend::count_q(conn, &q).map_err(job_err)?;
+                    total += u64::try_from(n).unwrap_or(0);
+                }
+                Op::Encrypt => {
+                    total += scan_legacy(
+                        conn,
+                        self.keyring,
+                        t,
+                        pass.column.column,
+                        from.as_ref(),
+                        to.as_ref(),
+                    )?;
+                }
+                Op::Reindex { .. } => {}
+            }
+        }
+        Ok(total)
+    }
+
+    fn run(
+        mut self,
+        conn: &mut C,
+        on_batch: &mut dyn FnMut(&Progress),
+    ) -> Result<JobReport, Error> {
+        self.report.already_finished = self.plan(conn)?;
+        let mut stopped = false;
+        // A model with nothing for this job to do (a reindex of a model without indexes).
+        while !self.units.is_empty() {
+            if self
+                .options
+                .max_batches
+                .is_some_and(|max| self.report.batches >= max)
+            {
+                stopped = true;
+                break;
+            }
+            match self.claim(conn)? {
+                Some(unit) => {
+                    if !self.work(conn, unit, on_batch)?
+                        && self
+                            .options
+                            .max_batches
+                            .is_some_and(|max| self.report.batches >= max)
+                    {
+                        stopped = true;
+                        break;
+                    }
+                }
+                None => {
+                    if self.pending(conn)? == 0 {
+                        break;
+                    }
+                    // Every unit left is held by another live worker: wait for it to finish
+                    // or for its lease to run out.
+                    std::thread::sleep(self.options.lease.min(Duration::from_millis(500)) / 2);
+                }
+            }
+        }
+        if stopped {
+            self.report.finished = false;
+            return Ok(self.report);
+        }
+        let remaining = self.remaining(conn)?;
+        self.report.remaining += remaining;
+        self.report.finished = self.report.remaining == 0;
+        Ok(self.report)
+    }
+}
+
+enum Cas {
+    Written,
+    /// A fresh read showed nothing left to do (an application write won).
+    Superseded,
+    /// The row kept changing under every retry.
+    Unsettled,
+}
+
+fn q_bind_text<B: JobTable>(q: &mut Query, s: String) -> String {
+    q.bind::<B>(Param::Text(s))
+}
+
+fn tx_err(e: TxError) -> Error {
+    match e {
+        TxError::Lib(e) => e,
+        TxError::LeaseLost => Error::Job("lease lost".into()),
+        TxError::Db(e) => job_err(e),
+    }
+}
+
+/// A short stable tag of a range, for unit names.
+fn range_tag(from: Option<&RowKey>, to: Option<&RowKey>) -> String {
+    use sha2::Digest;
+    let text = format!(
+        "{}..{}",
+        from.map(RowKey::encode).unwrap_or_default(),
+        to.map(RowKey::encode).unwrap_or_default()
+    );
+    let d = sha2::Sha256::digest(text.as_bytes());
+    d.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+fn worker_name(options: &JobOptions) -> Result<String, Error> {
+    if let Some(w) = &options.worker {
+        return Ok(w.clone());
+    }
+    let mut r = [0u8; 8];
+    getrandom::fill(&mut r).map_err(|_| Error::Rng)?;
+    let tag: String = r.iter().map(|b| format!("{b:02x}")).collect();
+    Ok(format!("pid{}-{tag}", std::process::id()))
+}
+
+fn start<'a, C>(
+    conn: &mut C,
+    model: &ModelInfo,
+    job: &'a str,
+    options: &'a JobOptions,
+    keyring: &'a Keyring,
+    passes: Vec<Pass<'a>>,
+) -> Result<Run<'a, C>, Error>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    if job.is_empty() || job.len() > 150 {
+        return Err(Error::Job("a job name is 1 to 150 bytes".into()));
+    }
+    Ok(Run {
+        job,
+        worker: worker_name(options)?,
+        options,
+        keyring,
+        table: inspect(conn, model)?,
+        passes,
+        units: Vec::new(),
+        report: JobReport::default(),
+        _conn: std::marker::PhantomData,
+    })
+}
+
+/// Re-seals every value of `model` sealed with a retired key of the installed keyring (after
+/// `KeyStore::rotate_data_key` and a reload) under its tenant's primary key, column by column,
+/// in checkpointed compare-and-swap batches (see the [module docs](self)).
+///
+/// The job's target is the set of retired keys: after another rotation, start a new job name.
+///
+/// # Errors
+/// [`Error::NoKeyring`], [`Error::UnpageableKey`], [`Error::JobMismatch`], [`Error::Job`].
+pub fn rotate_data_keys<C>(
+    conn: &mut C,
+    model: &ModelInfo,
+    job: &str,
+    options: &JobOptions,
+    mut on_batch: impl FnMut(&Progress),
+) -> Result<JobReport, Error>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
+    let mut retired = keyring.retired_key_ids();
+    retired.sort();
+    if retired.is_empty() {
+        // Nothing can be on a retired key; still refuse a table the jobs could not page.
+        inspect(conn, model)?;
+        return Ok(JobReport {
+            finished: true,
+            ..JobReport::default()
+        });
+    }
+    let ids: Vec<String> = retired.iter().map(|k| k.get().to_string()).collect();
+    let passes = model
+        .columns
+        .iter()
+        .map(|c| Pass {
+            column: c,
+            op: Op::Rotate { retired: &retired },
+            writes: c.column,
+            target: format!("{}.{} off keys {}", model.table, c.column, ids.join(",")),
+        })
+        .collect();
+    start(conn, model, job, options, &keyring, passes)?.run(conn, &mut on_batch)
+}
+
+/// Recomputes every blind index of `model` with its current parameters (after a new index
+/// version, or a change of normalizers or bits). Each index is written with a compare-and-swap
+/// on the value it was computed from, so an application write of the field, which writes its
+/// own index, always wins; a value re-sealed meanwhile by a rotation is read again. Rows that
+/// cannot be opened (a shredded tenant, a destroyed key) are skipped and counted.
+///
+/// While it runs, declare `blind_index(version = N, previous = N - 1)` so lookups match both
+/// versions; remove `previous` once it has finished.
+///
+/// # Errors
+/// As [`rotate_data_keys`].
+pub fn reindex<C>(
+    conn: &mut C,
+    model: &ModelInfo,
+    job: &str,
+    options: &JobOptions,
+    mut on_batch: impl FnMut(&Progress),
+) -> Result<JobReport, Error>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
+    let mut passes = Vec::new();
+    for c in model.columns {
+        for params in c.indexes {
+            let norm: Vec<&str> = params.normalize.iter().map(|n| n.name()).collect();
+            passes.push(Pass {
+                column: c,
+                op: Op::Reindex { params },
+                writes: params.index_column,
+                target: format!(
+                    "{}.{} from {} version {} bits {} normalize [{}]",
+                    model.table,
+                    params.index_column,
+                    c.column,
+                    params.version,
+                    params.bits,
+                    norm.join(",")
+                ),
+            });
+        }
+    }
+    start(conn, model, job, options, &keyring, passes)?.run(conn, &mut on_batch)
+}
+
+/// The backfill of a column that held plaintext (see [`crate::migration`]): seals every legacy
+/// value of `model`'s `column` (by [`format::classify`], the same test the fallback read
+/// uses) with the row's tenant key and writes its blind indexes with it, in checkpointed
+/// compare-and-swap batches. Legacy values are decode-checked first; an invalid one is skipped
+/// and reported, never sealed. An application write that lands in between wins.
+///
+/// # Errors
+/// [`Error::Store`] for a column that is not encrypted; as [`rotate_data_keys`] otherwise.
+pub fn encrypt_column<C>(
+    conn: &mut C,
+    model: &ModelInfo,
+    column: &str,
+    job: &str,
+    options: &JobOptions,
+    mut on_batch: impl FnMut(&Progress),
+) -> Result<JobReport, Error>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
+    let info = find_column(model, column)?;
+    let passes = vec![Pass {
+        column: info,
+        op: Op::Encrypt,
+        writes: info.column,
+        target: format!("{}.{} sealed", model.table, info.column),
+    }];
+    start(conn, model, job, options, &keyring, passes)?.run(conn, &mut on_batch)
+}
+
+fn find_column(model: &ModelInfo, column: &str) -> Result<&'static ColumnInfo, Error> {
+    model
+        .columns
+        .iter()
+        .find(|c| c.column == column)
+        .ok_or_else(|| {
+            Error::Store(format!(
+                "{}.{column} is not an encrypted column",
+                model.table
+            ))
+        })
+}
+
+/// Legacy values of `column` with `from <= key < to`, by [`format::classify`], in keyset pages.
+fn scan_legacy<C>(
+    conn: &mut C,
+    keyring: &Keyring,
+    t: &Table,
+    column: &str,
+    from: Option<&RowKey>,
+    to: Option<&RowKey>,
+) -> Result<u64, Error>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    let mut n = 0u64;
+    let mut after: Option<RowKey> = None;
+    loop {
+        let mut q = Query::new();
+        let mut conds = range_conds::<C::Backend>(&mut q, t, from, to, after.as_ref())?;
+        conds.push(format!("{} IS NOT NULL", C::Backend::quote(column)));
+        select::<C::Backend>(t, column, None, &conds, &mut q, Some(2000));
+        let rows = C::Backend::load_rows(conn, &q).map_err(job_err)?;
+        let Some(last) = rows.last().map(|r| RowKey(r.key.clone())) else {
+            return Ok(n);
+        };
+        for row in rows {
+            let v = Zeroizing::new(row.v.unwrap_or_default());
+            if format::classify(keyring, &v) == format::Stored::Legacy {
+                n += 1;
+            }
+        }
+        after = Some(last);
+    }
+}
+
+/// The verification of a plaintext migration: how many values of `model`'s `column` are still
+/// legacy plaintext, by [`format::classify`] (the test the fallback read and
+/// [`encrypt_column`] use). Stop the fallback when it is zero.
+///
+/// # Errors
+/// [`Error::NoKeyring`], [`Error::Store`], [`Error::UnpageableKey`], [`Error::Job`].
+pub fn count_plaintext<C>(conn: &mut C, model: &ModelInfo, column: &str) -> Result<u64, Error>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
+    let info = find_column(model, column)?;
+    let t = inspect(conn, model)?;
+    scan_legacy(conn, &keyring, &t, info.column, None, None)
+}
+
+/// The verification scan: for every data key of the installed keyring, how many values of
+/// each encrypted column of `model` it sealed, counted in SQL from the header bytes. After a
+/// finished rotation, retired keys count zero.
+///
+/// # Errors
+/// [`Error::NoKeyring`], [`Error::Store`].
+pub fn key_counts<C>(
+    conn: &mut C,
+    model: &ModelInfo,
+) -> Result<Vec<(&'static str, KeyId, u64)>, Error>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
+    let mut out = Vec::new();
+    for column in model.columns {
+        let one = ModelInfo {
+            columns: std::slice::from_ref(column),
+            ..*model
+        };
+        for id in keyring.key_ids() {
+            let n = crate::store::count_rows_with_keys(conn, &[one], &[id])?;
+            if n > 0 {
+                out.push((column.column, id, n));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reports a committed batch: a structured `tracing` event for services, then the caller's
+/// callback (a progress bar, a log line).
+fn report_batch(job: &str, on_batch: &mut dyn FnMut(&Progress), progress: Progress) {
+    tracing::info!(
+        target: "encrypted_types::jobs",
+        event = "batch",
+        job,
+        column = progress.column,
+        rows_done = progress.rows_done,
+        conflicts = progress.conflicts,
+    );
+    on_batch(&progress);
+}

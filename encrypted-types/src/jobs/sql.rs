@@ -1,0 +1,414 @@
+//! The SQL the jobs need, per backend: dynamic binds, rows keyed by any primary-key tuple, the
+//! catalogue query that finds a table's primary key, the clock and the locking clause used by
+//! the leases.
+
+use diesel::connection::LoadConnection;
+use diesel::deserialize::{self, FromSql, QueryableByName};
+use diesel::row::NamedRow;
+use diesel::sql_types::{BigInt, Binary, Nullable, Text};
+
+use super::key::{KeyKind, KeyPart};
+use crate::store::KeyTable;
+
+/// A bound parameter of a job query.
+#[doc(hidden)]
+#[derive(Clone)]
+pub enum Param {
+    /// `BIGINT`.
+    Int(i64),
+    /// Text.
+    Text(String),
+    /// Bytes.
+    Bytes(Vec<u8>),
+}
+
+// Parameters may hold legacy plaintext: their Debug shows only their kind and size.
+impl std::fmt::Debug for Param {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Int(_) => f.write_str("Int(..)"),
+            Self::Text(s) => write!(f, "Text(<{} bytes>)", s.len()),
+            Self::Bytes(b) => write!(f, "Bytes(<{} bytes>)", b.len()),
+        }
+    }
+}
+
+/// SQL text with its parameters, numbered as the backend wants them.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct Query {
+    pub(crate) sql: String,
+    pub(crate) params: Vec<Param>,
+}
+
+impl Query {
+    pub(crate) fn new() -> Self {
+        Self {
+            sql: String::new(),
+            params: Vec::new(),
+        }
+    }
+
+    /// Adds a parameter; returns its placeholder.
+    pub(crate) fn bind<B: JobTable>(&mut self, p: Param) -> String {
+        self.params.push(p);
+        B::placeholder(self.params.len())
+    }
+}
+
+/// How many primary-key columns the jobs page by, at most.
+pub(crate) const MAX_KEY_PARTS: usize = 8;
+
+/// Column aliases of key part `n`, one per kind: the row reader finds each part by the alias
+/// the query gave it.
+pub(crate) const KEY_ALIASES: [[&str; 4]; MAX_KEY_PARTS] = [
+    ["k0_i", "k0_t", "k0_b", "k0_u"],
+    ["k1_i", "k1_t", "k1_b", "k1_u"],
+    ["k2_i", "k2_t", "k2_b", "k2_u"],
+    ["k3_i", "k3_t", "k3_b", "k3_u"],
+    ["k4_i", "k4_t", "k4_b", "k4_u"],
+    ["k5_i", "k5_t", "k5_b", "k5_u"],
+    ["k6_i", "k6_t", "k6_b", "k6_u"],
+    ["k7_i", "k7_t", "k7_b", "k7_u"],
+];
+
+pub(crate) fn alias(n: usize, kind: KeyKind) -> &'static str {
+    let k = match kind {
+        KeyKind::Int => 0,
+        KeyKind::Text => 1,
+        KeyKind::Bytes => 2,
+        KeyKind::Uuid => 3,
+    };
+    KEY_ALIASES
+        .get(n)
+        .and_then(|a| a.get(k))
+        .copied()
+        .unwrap_or("k_overflow")
+}
+
+/// A row read by a job: its primary-key tuple, the stored value (`v`), a stored index (`i`)
+/// and the row's tenant as text (`t`).
+#[doc(hidden)]
+pub struct Row {
+    pub(crate) key: Vec<KeyPart>,
+    pub(crate) v: Option<Vec<u8>>,
+    pub(crate) i: Option<Vec<u8>>,
+    pub(crate) t: Option<String>,
+}
+
+impl std::fmt::Debug for Row {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Row")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
+fn uuid_from_text(s: &str) -> Option<[u8; 16]> {
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    let mut out = [0u8; 16];
+    if hex.len() != 32 {
+        return None;
+    }
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The canonical text of a UUID, as PostgreSQL prints it.
+pub(crate) fn uuid_text(u: &[u8; 16]) -> String {
+    let mut s = String::with_capacity(36);
+    for (i, b) in u.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            s.push('-');
+        }
+        s.push_str(&format!("{b:02x}"));
+    }
+    s
+}
+
+impl<DB> QueryableByName<DB> for Row
+where
+    DB: diesel::backend::Backend,
+    i64: FromSql<BigInt, DB>,
+    String: FromSql<Text, DB>,
+    Vec<u8>: FromSql<Binary, DB>,
+{
+    fn build<'a>(row: &impl NamedRow<'a, DB>) -> deserialize::Result<Self> {
+        let mut key = Vec::new();
+        for [i, t, b, u] in KEY_ALIASES {
+            // A query names each part by its kind; the first position with no alias ends the key.
+            if let Ok(v) = NamedRow::get::<BigInt, i64>(row, i) {
+                key.push(KeyPart::Int(v));
+            } else if let Ok(v) = NamedRow::get::<Text, String>(row, t) {
+                key.push(KeyPart::Text(v));
+            } else if let Ok(v) = NamedRow::get::<Binary, Vec<u8>>(row, b) {
+                key.push(KeyPart::Bytes(v));
+            } else if let Ok(v) = NamedRow::get::<Text, String>(row, u) {
+                key.push(KeyPart::Uuid(
+                    uuid_from_text(&v).ok_or("a uuid key column did not read as a UUID")?,
+                ));
+            } else {
+                break;
+            }
+        }
+        Ok(Self {
+            key,
+            v: NamedRow::get::<Nullable<Binary>, Option<Vec<u8>>>(row, "v")?,
+            i: NamedRow::get::<Nullable<Binary>, Option<Vec<u8>>>(row, "i")?,
+            t: NamedRow::get::<Nullable<Text>, Option<String>>(row, "t")?,
+        })
+    }
+}
+
+/// One row of the job table.
+#[doc(hidden)]
+#[derive(diesel::QueryableByName, Debug, Clone)]
+pub struct UnitRow {
+    #[diesel(sql_type = Text)]
+    pub(crate) unit: String,
+    #[diesel(sql_type = Text)]
+    pub(crate) operation: String,
+    #[diesel(sql_type = Text)]
+    pub(crate) target: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub(crate) range_from: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub(crate) range_to: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub(crate) last_key: Option<String>,
+    #[diesel(sql_type = Text)]
+    pub(crate) state: String,
+    #[diesel(sql_type = BigInt)]
+    pub(crate) rows_done: i64,
+}
+
+/// A primary-key column as the catalogue describes it.
+#[doc(hidden)]
+#[derive(diesel::QueryableByName, Debug)]
+pub struct CatalogRow {
+    #[diesel(sql_type = Text)]
+    pub(crate) name: String,
+    #[diesel(sql_type = Text)]
+    pub(crate) ty: String,
+}
+
+#[derive(diesel::QueryableByName)]
+struct N {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// The SQL the jobs need, per backend.
+pub trait JobTable: KeyTable {
+    /// `sqlite`, `postgres` or `mysql`: how the catalogue spells types.
+    #[doc(hidden)]
+    const NAME: &'static str;
+    /// Whether claims lock with `FOR UPDATE SKIP LOCKED` (SQLite has one writer at a time).
+    #[doc(hidden)]
+    const SKIP_LOCKED: bool;
+    /// `$n` or `?`.
+    #[doc(hidden)]
+    fn placeholder(n: usize) -> String;
+    /// The select expression of a key column of `kind`, read back as its alias's type.
+    #[doc(hidden)]
+    fn key_select(kind: KeyKind, col: &str) -> String;
+    /// A placeholder as compared with a key column of `kind`.
+    #[doc(hidden)]
+    fn key_param(kind: KeyKind, ph: String) -> String;
+    /// `CAST(expr AS <text>)`.
+    #[doc(hidden)]
+    fn as_text(expr: &str) -> String;
+    /// The database's clock in unix seconds: leases do not depend on the workers' clocks.
+    #[doc(hidden)]
+    fn now() -> &'static str;
+    /// The primary-key columns of the table named by parameter 1, in key order.
+    #[doc(hidden)]
+    fn catalogue() -> &'static str;
+    /// Loads job rows.
+    #[doc(hidden)]
+    fn load_rows<C: LoadConnection<Backend = Self>>(
+        conn: &mut C,
+        q: &Query,
+    ) -> diesel::QueryResult<Vec<Row>>;
+    /// Loads units of the job table.
+    #[doc(hidden)]
+    fn load_units<C: LoadConnection<Backend = Self>>(
+        conn: &mut C,
+        q: &Query,
+    ) -> diesel::QueryResult<Vec<UnitRow>>;
+    /// Loads catalogue rows.
+    #[doc(hidden)]
+    fn load_catalogue<C: LoadConnection<Backend = Self>>(
+        conn: &mut C,
+        q: &Query,
+    ) -> diesel::QueryResult<Vec<CatalogRow>>;
+    /// Runs a statement; returns rows changed.
+    #[doc(hidden)]
+    fn exec<C: LoadConnection<Backend = Self>>(
+        conn: &mut C,
+        q: &Query,
+    ) -> diesel::QueryResult<usize>;
+    /// Runs `SELECT COUNT(*) AS n ...`.
+    #[doc(hidden)]
+    fn count_q<C: LoadConnection<Backend = Self>>(
+        conn: &mut C,
+        q: &Query,
+    ) -> diesel::QueryResult<i64>;
+}
+
+macro_rules! job_table {
+    ($db:ty, name = $name:literal, skip_locked = $skip:literal, placeholder = $ph:expr,
+     key_select = $ks:expr, key_param = $kp:expr, text = $text:literal, now = $now:literal,
+     catalogue = $cat:literal) => {
+        impl JobTable for $db {
+            const NAME: &'static str = $name;
+            const SKIP_LOCKED: bool = $skip;
+
+            fn placeholder(n: usize) -> String {
+                let f: fn(usize) -> String = $ph;
+                f(n)
+            }
+
+            fn key_select(kind: KeyKind, col: &str) -> String {
+                let f: fn(KeyKind, &str) -> String = $ks;
+                f(kind, col)
+            }
+
+            fn key_param(kind: KeyKind, ph: String) -> String {
+                let f: fn(KeyKind, String) -> String = $kp;
+                f(kind, ph)
+            }
+
+            fn as_text(expr: &str) -> String {
+                format!("CAST({expr} AS {})", $text)
+            }
+
+            fn now() -> &'static str {
+                $now
+            }
+
+            fn catalogue() -> &'static str {
+                $cat
+            }
+
+            fn load_rows<C: LoadConnection<Backend = Self>>(
+                conn: &mut C,
+                q: &Query,
+            ) -> diesel::QueryResult<Vec<Row>> {
+                use diesel::RunQueryDsl;
+                boxed::<Self>(q).load(conn)
+            }
+
+            fn load_units<C: LoadConnection<Backend = Self>>(
+                conn: &mut C,
+                q: &Query,
+            ) -> diesel::QueryResult<Vec<UnitRow>> {
+                use diesel::RunQueryDsl;
+                boxed::<Self>(q).load(conn)
+            }
+
+            fn load_catalogue<C: LoadConnection<Backend = Self>>(
+                conn: &mut C,
+                q: &Query,
+            ) -> diesel::QueryResult<Vec<CatalogRow>> {
+                use diesel::RunQueryDsl;
+                boxed::<Self>(q).load(conn)
+            }
+
+            fn exec<C: LoadConnection<Backend = Self>>(
+                conn: &mut C,
+                q: &Query,
+            ) -> diesel::QueryResult<usize> {
+                use diesel::RunQueryDsl;
+                boxed::<Self>(q).execute(conn)
+            }
+
+            fn count_q<C: LoadConnection<Backend = Self>>(
+                conn: &mut C,
+                q: &Query,
+            ) -> diesel::QueryResult<i64> {
+                use diesel::RunQueryDsl;
+                boxed::<Self>(q).get_result::<N>(conn).map(|r| r.n)
+            }
+        }
+    };
+}
+
+fn boxed<DB>(
+    q: &Query,
+) -> diesel::query_builder::BoxedSqlQuery<'_, DB, diesel::query_builder::SqlQuery>
+where
+    DB: diesel::backend::Backend
+        + diesel::sql_types::HasSqlType<BigInt>
+        + diesel::sql_types::HasSqlType<Text>
+        + diesel::sql_types::HasSqlType<Binary>,
+    i64: diesel::serialize::ToSql<BigInt, DB>,
+    str: diesel::serialize::ToSql<Text, DB>,
+    [u8]: diesel::serialize::ToSql<Binary, DB>,
+{
+    let mut b = diesel::sql_query(q.sql.as_str()).into_boxed::<DB>();
+    for p in &q.params {
+        b = match p {
+            Param::Int(v) => b.bind::<BigInt, _>(*v),
+            Param::Text(s) => b.bind::<Text, _>(s.as_str()),
+            Param::Bytes(v) => b.bind::<Binary, _>(v.as_slice()),
+        };
+    }
+    b
+}
+
+#[cfg(feature = "sqlite")]
+job_table!(
+    diesel::sqlite::Sqlite,
+    name = "sqlite",
+    skip_locked = false,
+    placeholder = |_| "?".to_owned(),
+    key_select = |_, c| c.to_owned(),
+    key_param = |_, ph| ph,
+    text = "TEXT",
+    now = "CAST(strftime('%s', 'now') AS INTEGER)",
+    catalogue = "SELECT name, type AS ty FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk"
+);
+#[cfg(feature = "postgres")]
+job_table!(
+    diesel::pg::Pg,
+    name = "postgres",
+    skip_locked = true,
+    placeholder = |n| format!("${n}"),
+    key_select = |k, c| match k {
+        KeyKind::Int => format!("CAST({c} AS BIGINT)"),
+        KeyKind::Uuid => format!("CAST({c} AS TEXT)"),
+        _ => c.to_owned(),
+    },
+    key_param = |k, ph| match k {
+        KeyKind::Uuid => format!("CAST({ph} AS uuid)"),
+        _ => ph,
+    },
+    text = "TEXT",
+    now = "CAST(EXTRACT(EPOCH FROM now()) AS BIGINT)",
+    catalogue = "SELECT CAST(a.attname AS TEXT) AS name, format_type(a.atttypid, a.atttypmod) AS ty \
+                 FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+                 WHERE i.indrelid = to_regclass(quote_ident($1)) AND i.indisprimary \
+                 ORDER BY array_position(CAST(i.indkey AS int2[]), a.attnum)"
+);
+#[cfg(feature = "mysql")]
+job_table!(
+    diesel::mysql::Mysql,
+    name = "mysql",
+    skip_locked = true,
+    placeholder = |_| "?".to_owned(),
+    key_select = |k, c| match k {
+        KeyKind::Int => format!("CAST({c} AS SIGNED)"),
+        _ => c.to_owned(),
+    },
+    key_param = |_, ph| ph,
+    text = "CHAR",
+    now = "UNIX_TIMESTAMP()",
+    catalogue = "SELECT CAST(k.COLUMN_NAME AS CHAR) AS name, CAST(c.COLUMN_TYPE AS CHAR) AS ty \
+                 FROM information_schema.KEY_COLUMN_USAGE k JOIN information_schema.COLUMNS c \
+                 ON c.TABLE_SCHEMA = k.TABLE_SCHEMA AND c.TABLE_NAME = k.TABLE_NAME AND c.COLUMN_NAME = k.COLUMN_NAME \
+                 WHERE k.TABLE_SCHEMA = DATABASE() AND k.TABLE_NAME = ? AND k.CONSTRAINT_NAME = 'PRIMARY' \
+                 ORDER BY k.ORDINAL_POSITION"
+);

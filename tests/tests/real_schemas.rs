@@ -1,0 +1,701 @@
+//! The jobs on the shapes real schemas have: UUID keys (PostgreSQL `uuid`, 16 bytes in a
+//! binary column), a composite `(clinic_id, patient_no)` key with a text part and the
+//! boundary values `i64::MIN`, `i64::MAX` and `""`; SIGKILL at random points; four worker
+//! processes sharing one rotation through leases; a job's identity; legacy values that look
+//! like headers; refusals before any write.
+// A test reports failure by panicking: unwrap, expect and indexing are assertions here.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::time::Duration;
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use encrypted_types::jobs::{JobOptions, Scope, SkipReason, rotate_data_keys};
+use encrypted_types::kek::local::LocalKek;
+use encrypted_types::store::{KeyStore, count_rows_with_keys};
+use encrypted_types::{EncryptedModel, KeyId};
+use encrypted_types_tests::models::{BinRecord, UuidRecord, Visit};
+use encrypted_types_tests::real_schema::{et_uuid_bin, et_uuid_pg, et_visits};
+
+/// Tenants of the visits: the integer boundaries are tenants (and key parts) too.
+const TENANTS: [i64; 4] = [i64::MIN, 1, 2, i64::MAX];
+const UUID_ROWS: usize = 100_000;
+const VISITS: usize = 20_000;
+
+/// Spread-out UUIDs (an odd multiplier is a bijection of u128), with the nil and max UUIDs.
+fn uuid_of(i: usize) -> uuid::Uuid {
+    if i == UUID_ROWS - 1 {
+        return uuid::Uuid::max();
+    }
+    uuid::Uuid::from_u128((i as u128).wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835))
+}
+
+fn visits(n: usize) -> Vec<Visit> {
+    (0..n)
+        .map(|i| Visit {
+            clinic_id: TENANTS[i % 4],
+            // One empty text key per clinic.
+            patient_no: if i < 4 {
+                String::new()
+            } else {
+                format!("p{i:07}")
+            },
+            note: format!("visit note {i}: canary-notes"),
+            code: (i % 3000) as i16 - 1000,
+            ref_id: (i % 2 == 0).then(|| uuid_of(i)),
+        })
+        .collect()
+}
+
+fn visit_values(vs: &[Visit]) -> i64 {
+    vs.iter().map(|v| 2 + i64::from(v.ref_id.is_some())).sum()
+}
+
+fn sorted_visits(mut v: Vec<Visit>) -> Vec<Visit> {
+    v.sort_by(|a, b| (a.clinic_id, &a.patient_no).cmp(&(b.clinic_id, &b.patient_no)));
+    v
+}
+
+fn tenant(t: i64) -> encrypted_types::TenantId {
+    t.to_string().as_str().into()
+}
+
+fn connect<C: Connection + SimpleConnection>(url: &str) -> C {
+    let mut c = C::establish(url).unwrap();
+    if !url.contains("://") {
+        c.batch_execute("PRAGMA busy_timeout = 20000").unwrap();
+    }
+    c
+}
+
+/// A database of the test's own (committed data): on a server a fresh database, on SQLite a
+/// file in `dir`.
+fn database<C: Connection + SimpleConnection>(
+    admin_url: Option<String>,
+    name: &str,
+    dir: &tempfile::TempDir,
+) -> String {
+    let Some(admin_url) = admin_url else {
+        return dir.path().join("real.db").to_str().unwrap().to_owned();
+    };
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    let url = format!("{base}/{name}");
+    let mut admin = C::establish(&admin_url).unwrap();
+    if base.starts_with("mysql") {
+        admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
+            ))
+            .unwrap();
+    } else {
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+    }
+    url
+}
+
+fn random_ms(from: u64, span: u64) -> u64 {
+    let k = encrypted_types::KeyMaterial::generate().unwrap();
+    let b = k.expose();
+    from + u64::from(u16::from_be_bytes([b[0], b[1]])) % span
+}
+
+fn child(mode: &str, backend: &str, url: &str, kek: &std::path::Path) -> std::process::Command {
+    let mut c = std::process::Command::new(std::env::current_exe().unwrap());
+    c.args([
+        "--ignored",
+        "--exact",
+        "job_child",
+        "--test-threads=1",
+        "--nocapture",
+    ])
+    .env("ET_MODE", mode)
+    .env("ET_BACKEND", backend)
+    .env("ET_URL", url)
+    .env("ET_KEK", kek)
+    .stderr(std::process::Stdio::null());
+    c
+}
+
+macro_rules! real_schema_test {
+    ($name:ident, $conn:ty, $backend:literal, $admin:expr, $rec:ident, $table:ident,
+     $id:expr, $bigint:literal, $four:expr) => {
+        /// 100,000 UUID-keyed rows and 20,000 composite-keyed visits, rotated with the job
+        /// killed by SIGKILL at ten random points and resumed; then (on the servers) a second
+        /// rotation of the visits shared by four worker processes, one killed mid-range.
+        #[test]
+        fn $name() {
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let url = database::<$conn>($admin, concat!("et_", stringify!($name)), &dir);
+            let kek = dir.path().join("k.kek");
+            let store = KeyStore::new(LocalKek::create(&kek).unwrap());
+            let conn = &mut connect::<$conn>(&url);
+            KeyStore::<LocalKek>::run_migrations(conn).unwrap();
+            for stmt in encrypted_types_tests::real_schema::ddl($backend) {
+                conn.batch_execute(&stmt).unwrap();
+            }
+            let mut old = Vec::new();
+            for t in TENANTS {
+                old.push(store.create_tenant(conn, Some(&tenant(t))).unwrap().data);
+            }
+            store.load_and_install(conn).unwrap();
+            let make_id: fn(uuid::Uuid) -> _ = $id;
+            let recs: Vec<$rec> = (0..UUID_ROWS)
+                .map(|i| $rec {
+                    id: make_id(uuid_of(i)),
+                    clinic_id: 1 + (i % 2) as i64,
+                    name: format!("{} {i}", encrypted_types_tests::CANARY_NAME),
+                    email: format!("u{i}@example.org"),
+                })
+                .collect();
+            for chunk in recs.chunks(1000) {
+                conn.transaction(|c| {
+                    diesel::insert_into($table::table)
+                        .values($rec::batch(chunk))
+                        .execute(c)
+                })
+                .unwrap();
+            }
+            let vs = visits(VISITS);
+            for chunk in vs.chunks(1000) {
+                conn.transaction(|c| {
+                    diesel::insert_into(et_visits::table)
+                        .values(Visit::batch(chunk))
+                        .execute(c)
+                })
+                .unwrap();
+            }
+            let models = [$rec::MODEL, Visit::MODEL];
+            let mut new = Vec::new();
+            for t in TENANTS {
+                new.push(store.rotate_data_key(conn, Some(&tenant(t))).unwrap());
+            }
+
+            // Ten runs killed at random points; half of them start with the visits, so kills
+            // land in both tables' rotations.
+            for k in 0..10 {
+                let mode = if k % 2 == 0 {
+                    "kill-uuid-first"
+                } else {
+                    "kill-visits-first"
+                };
+                let mut c = child(mode, $backend, &url, &kek)
+                    .stdout(std::process::Stdio::null())
+                    .spawn()
+                    .unwrap();
+                std::thread::sleep(Duration::from_millis(random_ms(400, 1600)));
+                let _ = c.kill(); // SIGKILL
+                let _ = c.wait();
+            }
+            let moved = count_rows_with_keys(conn, &models, &new).unwrap();
+            assert!(moved > 0, "no killed run committed a batch");
+            store.load_and_install(conn).unwrap();
+            let opts = JobOptions {
+                worker: Some("kill".into()),
+                ..JobOptions::default()
+            };
+            for m in &models {
+                let r = rotate_data_keys(conn, m, "kill", &opts, |_| {}).unwrap();
+                assert!(r.finished && r.remaining == 0, "{}: {r:?}", m.table);
+                assert_eq!(r.skipped_total(), 0, "{r:?}");
+            }
+            // Independent checks: an SQL count of values still naming an old key id, and
+            // every row read back and compared.
+            assert_eq!(count_rows_with_keys(conn, &models, &old).unwrap(), 0);
+            let mut back: Vec<$rec> = $table::table.select($rec::as_select()).load(conn).unwrap();
+            back.sort_by(|a, b| a.id.cmp(&b.id));
+            let mut want = recs.clone();
+            want.sort_by(|a, b| a.id.cmp(&b.id));
+            assert!(back == want, "a UUID-keyed row changed or failed to open");
+            let back = sorted_visits(
+                et_visits::table
+                    .select(Visit::as_select())
+                    .load(conn)
+                    .unwrap(),
+            );
+            assert!(
+                back == sorted_visits(vs.clone()),
+                "a visit changed or failed to open"
+            );
+            println!("{}: {moved} values re-sealed by the killed runs", $backend);
+
+            if !$four {
+                return;
+            }
+            // A second rotation of the visits, split into 8 ranges that four worker processes
+            // claim; one of them is killed while it holds a range it has started.
+            let mut retired = Vec::new();
+            for t in TENANTS {
+                retired.push(store.rotate_data_key(conn, Some(&tenant(t))).unwrap());
+            }
+            let _ = new;
+            let workers: Vec<_> = (0..4)
+                .map(|w| {
+                    child(&format!("worker-w{w}"), $backend, &url, &kek)
+                        .stdout(std::process::Stdio::piped())
+                        .spawn()
+                        .unwrap()
+                })
+                .collect();
+            let held = format!(
+                "SELECT COUNT(*) AS n FROM encrypted_types_jobs WHERE job = 'four' \
+                 AND lease_owner = 'w3' AND state = 'pending' AND rows_done > 0"
+            );
+            let started = std::time::Instant::now();
+            while count!(conn, &held) == 0 {
+                assert!(
+                    started.elapsed() < Duration::from_secs(60),
+                    "w3 never held a range"
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let mut workers = workers;
+            let mut w3 = workers.pop().unwrap();
+            let _ = w3.kill(); // SIGKILL, mid-range
+            let _ = w3.wait();
+            for w in workers {
+                let out = w.wait_with_output().unwrap();
+                assert!(out.status.success(), "a surviving worker failed");
+                let text = String::from_utf8_lossy(&out.stdout);
+                let line = text.lines().find(|l| l.starts_with("REPORT ")).unwrap();
+                assert!(line.contains("finished=true"), "{line}");
+            }
+            let sum = format!(
+                "SELECT CAST(COALESCE(SUM(rows_done), 0) AS {}) AS n FROM encrypted_types_jobs \
+                 WHERE job = 'four'",
+                $bigint
+            );
+            assert_eq!(
+                count!(conn, &sum),
+                visit_values(&vs),
+                "each value re-sealed exactly once, counted in the job table"
+            );
+            assert_eq!(
+                count_rows_with_keys(conn, &[Visit::MODEL], &retired).unwrap(),
+                0
+            );
+            store.load_and_install(conn).unwrap();
+            let back = sorted_visits(
+                et_visits::table
+                    .select(Visit::as_select())
+                    .load(conn)
+                    .unwrap(),
+            );
+            assert!(
+                back == sorted_visits(vs),
+                "a visit changed or failed to open"
+            );
+        }
+    };
+}
+
+#[derive(QueryableByName)]
+struct N {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+/// `SELECT COUNT(*) AS n ...` (or any single BIGINT named `n`).
+macro_rules! count {
+    ($conn:expr, $sql:expr) => {
+        diesel::sql_query($sql).get_result::<N>($conn).unwrap().n
+    };
+}
+
+real_schema_test!(
+    real_schemas_on_sqlite,
+    SqliteConnection,
+    "sqlite",
+    None,
+    BinRecord,
+    et_uuid_bin,
+    |u| u.as_bytes().to_vec(),
+    "BIGINT",
+    false
+);
+real_schema_test!(
+    real_schemas_on_postgres,
+    PgConnection,
+    "postgres",
+    Some(encrypted_types_tests::pg_url()),
+    UuidRecord,
+    et_uuid_pg,
+    |u| u,
+    "BIGINT",
+    true
+);
+real_schema_test!(
+    real_schemas_on_mysql,
+    MysqlConnection,
+    "mysql",
+    Some(encrypted_types_tests::mysql_url()),
+    BinRecord,
+    et_uuid_bin,
+    |u| u.as_bytes().to_vec(),
+    "SIGNED",
+    true
+);
+
+macro_rules! child_body {
+    ($conn:ty, $rec:ident) => {{
+        let url = std::env::var("ET_URL").unwrap();
+        let kek = std::env::var("ET_KEK").unwrap();
+        let mode = std::env::var("ET_MODE").unwrap();
+        let conn = &mut connect::<$conn>(&url);
+        KeyStore::new(LocalKek::open(&kek).unwrap())
+            .load_and_install(conn)
+            .unwrap();
+        if let Some(name) = mode.strip_prefix("worker-") {
+            let r = rotate_data_keys(
+                conn,
+                &Visit::MODEL,
+                "four",
+                &JobOptions {
+                    batch: 25,
+                    scope: Scope::Parts(8),
+                    lease: Duration::from_secs(2),
+                    worker: Some(name.to_owned()),
+                    ..JobOptions::default()
+                },
+                |_| {},
+            )
+            .unwrap();
+            println!("REPORT finished={} written={}", r.finished, r.written);
+        } else {
+            // A restarted worker with the same name takes its ranges back at once.
+            let opts = JobOptions {
+                batch: 200,
+                worker: Some("kill".into()),
+                ..JobOptions::default()
+            };
+            let mut order = [$rec::MODEL, Visit::MODEL];
+            if mode == "kill-visits-first" {
+                order.reverse();
+            }
+            for m in &order {
+                rotate_data_keys(conn, m, "kill", &opts, |_| {}).unwrap();
+            }
+        }
+    }};
+}
+
+/// The child of the tests above: a killed rotation run, or one of four workers.
+#[test]
+#[ignore = "run (and killed) by the real-schema tests"]
+fn job_child() {
+    match std::env::var("ET_BACKEND")
+        .expect("run by a parent test")
+        .as_str()
+    {
+        "sqlite" => child_body!(SqliteConnection, BinRecord),
+        "postgres" => child_body!(PgConnection, UuidRecord),
+        _ => child_body!(MysqlConnection, BinRecord),
+    }
+}
+
+/// The model of `et_visits` with only part of its key: the jobs must refuse it.
+#[derive(Debug, Clone, PartialEq, encrypted_types::Encrypted)]
+#[encrypted(table = encrypted_types_tests::real_schema::et_visits, tenant = clinic_id, primary_key(clinic_id))]
+struct VisitHalfKey {
+    clinic_id: i64,
+    patient_no: String,
+    #[encrypted]
+    note: String,
+    #[encrypted]
+    code: i16,
+    #[encrypted]
+    ref_id: Option<uuid::Uuid>,
+}
+
+macro_rules! in_transaction_suite {
+    ($connect:path, $ct:ty) => {
+        use super::*;
+        use encrypted_types::Error;
+        use encrypted_types::jobs::{count_plaintext, encrypt_column, reindex};
+        use encrypted_types::migration;
+
+        /// Keys for every tenant and `n` visits sealed under them; returns the store, the
+        /// connection and the visits.
+        macro_rules! setup {
+            ($dir:expr, $n:expr) => {{
+                let store = KeyStore::new(LocalKek::create($dir.path().join("k.kek")).unwrap());
+                let mut conn = $connect();
+                for t in TENANTS {
+                    store.create_tenant(&mut conn, Some(&tenant(t))).unwrap();
+                }
+                store.load_and_install(&mut conn).unwrap();
+                let vs = visits($n);
+                diesel::insert_into(et_visits::table)
+                    .values(Visit::batch(&vs))
+                    .execute(&mut conn)
+                    .unwrap();
+                (store, conn, vs)
+            }};
+        }
+
+        fn rotate_all(store: &KeyStore<LocalKek>, conn: &mut $ct) -> Vec<KeyId> {
+            let ids = TENANTS
+                .iter()
+                .map(|t| store.rotate_data_key(conn, Some(&tenant(*t))).unwrap())
+                .collect();
+            store.load_and_install(conn).unwrap();
+            ids
+        }
+
+        fn set_raw(conn: &mut $ct, v: &Visit, code: Vec<u8>, ref_id: Option<Vec<u8>>) {
+            let n = diesel::update(
+                et_visits::table
+                    .filter(et_visits::clinic_id.eq(v.clinic_id))
+                    .filter(et_visits::patient_no.eq(v.patient_no.clone())),
+            )
+            .set((et_visits::code.eq(code), et_visits::ref_id.eq(ref_id)))
+            .execute(conn)
+            .unwrap();
+            assert_eq!(n, 1);
+        }
+
+        #[test]
+        fn a_model_whose_key_the_jobs_cannot_page_is_refused_before_any_write() {
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let (store, mut conn, _) = setup!(dir, 40);
+            let conn = &mut conn;
+            let new = rotate_all(&store, conn);
+            let err = rotate_data_keys(
+                conn,
+                &VisitHalfKey::MODEL,
+                "half",
+                &JobOptions::default(),
+                |_| {},
+            )
+            .unwrap_err();
+            assert!(matches!(err, Error::UnpageableKey { .. }), "{err}");
+            assert!(err.to_string().contains("(clinic_id, patient_no)"), "{err}");
+            assert_eq!(
+                count!(
+                    conn,
+                    "SELECT COUNT(*) AS n FROM encrypted_types_jobs WHERE job = 'half'"
+                ),
+                0,
+                "nothing recorded"
+            );
+            assert_eq!(
+                count_rows_with_keys(conn, &[Visit::MODEL], &new).unwrap(),
+                0,
+                "nothing re-sealed"
+            );
+        }
+
+        #[test]
+        fn a_job_name_keeps_its_operation_and_target_and_says_when_it_had_finished() {
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let (store, mut conn, vs) = setup!(dir, 40);
+            let conn = &mut conn;
+            rotate_all(&store, conn);
+            let opts = JobOptions {
+                batch: 7,
+                ..JobOptions::default()
+            };
+            let first = rotate_data_keys(conn, &Visit::MODEL, "ident", &opts, |_| {}).unwrap();
+            assert!(first.finished && !first.already_finished, "{first:?}");
+            assert_eq!(first.written as i64, visit_values(&vs));
+            let again = rotate_data_keys(conn, &Visit::MODEL, "ident", &opts, |_| {}).unwrap();
+            assert!(
+                again.finished && again.already_finished && again.written == 0,
+                "{again:?}"
+            );
+            // Another rotation retires other keys: the same name is another target now.
+            rotate_all(&store, conn);
+            let e = rotate_data_keys(conn, &Visit::MODEL, "ident", &opts, |_| {}).unwrap_err();
+            assert!(matches!(e, Error::JobMismatch { .. }), "{e}");
+            let e = reindex(conn, &Visit::MODEL, "ident", &opts, |_| {}).unwrap_err();
+            assert!(
+                matches!(e, Error::JobMismatch { .. }),
+                "another operation: {e}"
+            );
+            let fresh = rotate_data_keys(conn, &Visit::MODEL, "ident-2", &opts, |_| {}).unwrap();
+            assert!(fresh.finished && fresh.written as i64 == visit_values(&vs));
+        }
+
+        #[test]
+        fn legacy_values_that_look_like_headers_are_migrated_and_invalid_ones_skipped() {
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let (_store, mut conn, mut vs) = setup!(dir, 40);
+            let conn = &mut conn;
+            // Legacy rows: an i16 of 257 is the bytes 01 01, and so is the start of this UUID.
+            let legacy = uuid::Uuid::from_bytes([
+                1, 1, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10,
+            ]);
+            for v in vs.iter_mut().take(10) {
+                v.code = 257;
+                v.ref_id = Some(legacy);
+                set_raw(
+                    conn,
+                    v,
+                    257_i16.to_be_bytes().to_vec(),
+                    Some(legacy.as_bytes().to_vec()),
+                );
+            }
+            // Three bytes are no i16: sealing them would make every later read fail.
+            let bad = vs.remove(20);
+            set_raw(conn, &bad, vec![1, 1, 1], None);
+            migration::allow_plaintext("et_visits", "code");
+            migration::allow_plaintext("et_visits", "ref_id");
+            assert_eq!(count_plaintext(conn, &Visit::MODEL, "code").unwrap(), 11);
+            assert_eq!(count_plaintext(conn, &Visit::MODEL, "ref_id").unwrap(), 10);
+            let opts = JobOptions {
+                batch: 6,
+                ..JobOptions::default()
+            };
+            let r = encrypt_column(conn, &Visit::MODEL, "code", "legacy", &opts, |_| {}).unwrap();
+            assert_eq!(r.written, 10, "{r:?}");
+            assert_eq!(
+                r.skipped.get(&SkipReason::InvalidLegacyValue),
+                Some(&1),
+                "{r:?}"
+            );
+            assert!(
+                !r.finished && r.remaining == 1,
+                "a column with plaintext left is not finished: {r:?}"
+            );
+            let raw: Vec<u8> = et_visits::table
+                .filter(et_visits::clinic_id.eq(bad.clinic_id))
+                .filter(et_visits::patient_no.eq(bad.patient_no.clone()))
+                .select(et_visits::code)
+                .first(conn)
+                .unwrap();
+            assert_eq!(raw, vec![1, 1, 1], "the invalid value was not sealed");
+            let r = encrypt_column(conn, &Visit::MODEL, "ref_id", "legacy", &opts, |_| {}).unwrap();
+            assert!(r.finished && r.written == 10, "{r:?}");
+            // The operator deals with the invalid row (here: deletes it); a new run finishes.
+            diesel::delete(
+                et_visits::table
+                    .filter(et_visits::clinic_id.eq(bad.clinic_id))
+                    .filter(et_visits::patient_no.eq(bad.patient_no.clone())),
+            )
+            .execute(conn)
+            .unwrap();
+            let r = encrypt_column(conn, &Visit::MODEL, "code", "legacy-2", &opts, |_| {}).unwrap();
+            assert!(r.finished && r.written == 0, "{r:?}");
+            assert_eq!(count_plaintext(conn, &Visit::MODEL, "code").unwrap(), 0);
+            assert_eq!(count_plaintext(conn, &Visit::MODEL, "ref_id").unwrap(), 0);
+            migration::stop_plaintext("et_visits", "code");
+            migration::stop_plaintext("et_visits", "ref_id");
+            let back = sorted_visits(
+                et_visits::table
+                    .select(Visit::as_select())
+                    .load(conn)
+                    .unwrap(),
+            );
+            assert_eq!(
+                back,
+                sorted_visits(vs),
+                "every row reads strictly, 257 and the UUID included"
+            );
+        }
+
+        #[test]
+        fn reindex_after_a_tenant_is_shredded_finishes_and_reports_the_shredded_rows() {
+            use encrypted_types_tests::models::{Patient, PatientRotated, PatientRotating};
+            use encrypted_types_tests::schema::et_patients;
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let store = KeyStore::new(LocalKek::create(dir.path().join("k.kek")).unwrap());
+            let conn = &mut $connect();
+            store.create_tenant(conn, Some(&"1".into())).unwrap();
+            store.create_tenant(conn, Some(&"2".into())).unwrap();
+            store.load_and_install(conn).unwrap();
+            let ps: Vec<Patient> = (0..30)
+                .map(|i| {
+                    let mut p = Patient::sample(
+                        300 + i,
+                        1 + i64::from(i % 2),
+                        &format!("s{i}@example.org"),
+                        "123",
+                    );
+                    p.phone = (i % 3 == 0).then(|| format!("555-{i:04}"));
+                    p
+                })
+                .collect();
+            diesel::insert_into(et_patients::table)
+                .values(Patient::batch(&ps))
+                .execute(conn)
+                .unwrap();
+            store
+                .shred_tenant(conn, &"2".into(), &[Patient::MODEL])
+                .unwrap();
+            let r = reindex(
+                conn,
+                &PatientRotating::MODEL,
+                "after-shred",
+                &JobOptions {
+                    batch: 8,
+                    ..JobOptions::default()
+                },
+                |_| {},
+            )
+            .unwrap();
+            let erased: Vec<&Patient> = ps.iter().filter(|p| p.clinic_id == 2).collect();
+            let indexes = erased
+                .iter()
+                .map(|p| 2 + u64::from(p.phone.is_some()))
+                .sum::<u64>();
+            assert!(r.finished, "{r:?}");
+            assert_eq!(
+                r.skipped.get(&SkipReason::KeyDestroyed),
+                Some(&indexes),
+                "{r:?}"
+            );
+            assert_eq!(
+                r.written, 15,
+                "the live tenant's email indexes move to version 2"
+            );
+            for p in ps.iter().filter(|p| p.clinic_id == 1) {
+                let found = et_patients::table
+                    .select(PatientRotated::as_select())
+                    .filter(PatientRotated::email_eq(&p.clinic_id, p.email.clone()))
+                    .load::<PatientRotated>(conn)
+                    .unwrap();
+                assert_eq!(found.len(), 1, "{}", p.email);
+            }
+        }
+
+        #[test]
+        fn rotating_a_tenant_that_has_no_keys_is_refused() {
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let (store, mut conn, _) = setup!(dir, 4);
+            let conn = &mut conn;
+            let e = store
+                .rotate_data_key(conn, Some(&"no-such-clinic".into()))
+                .unwrap_err();
+            assert!(matches!(e, Error::NoPrimaryKey { .. }), "{e}");
+            // No half-tenant was left behind: the key table still loads.
+            store.load_and_install(conn).unwrap();
+        }
+    };
+}
+
+mod sqlite {
+    in_transaction_suite!(encrypted_types_tests::keystore::sqlite, SqliteConnection);
+}
+
+mod postgres {
+    in_transaction_suite!(encrypted_types_tests::keystore::pg, PgConnection);
+}
+
+mod mysql {
+    in_transaction_suite!(encrypted_types_tests::keystore::mysql, MysqlConnection);
+}
