@@ -59,6 +59,10 @@ pub(crate) struct Index {
     pub(crate) version: Option<LitInt>,
     /// During a blind-index key rotation: the version whose indexes lookups also match.
     pub(crate) previous: Option<LitInt>,
+    /// The previous version's length, if it differs from this one's.
+    pub(crate) previous_bits: Option<LitInt>,
+    /// The previous version's normalizers, if they differ from this one's.
+    pub(crate) previous_normalize: Option<Vec<(Normalizer, Span)>>,
     pub(crate) normalize: Vec<(Normalizer, Span)>,
 }
 
@@ -68,6 +72,19 @@ impl Index {
             .as_ref()
             .and_then(|b| b.base10_parse().ok())
             .unwrap_or(256)
+    }
+
+    pub(crate) fn previous_bits_value(&self) -> u16 {
+        self.previous_bits
+            .as_ref()
+            .and_then(|b| b.base10_parse().ok())
+            .unwrap_or_else(|| self.bits_value())
+    }
+
+    pub(crate) fn previous_normalize(&self) -> &[(Normalizer, Span)] {
+        self.previous_normalize
+            .as_deref()
+            .unwrap_or(&self.normalize)
     }
 
     pub(crate) fn previous_value(&self) -> Option<u32> {
@@ -118,6 +135,8 @@ impl<'a> Model<'a> {
                         bits: i.bits,
                         version: i.version,
                         previous: i.previous,
+                        previous_bits: i.previous_bits,
+                        previous_normalize: i.previous_normalize,
                         normalize: i.normalize,
                     }),
                 }

@@ -70,6 +70,10 @@ pub(crate) struct IndexAttr {
     pub(crate) column: Option<Ident>,
     pub(crate) version: Option<LitInt>,
     pub(crate) previous: Option<LitInt>,
+    /// `previous(bits = ..)`: the previous version's length, when it differs.
+    pub(crate) previous_bits: Option<LitInt>,
+    /// `previous(normalize = ..)`: the previous version's normalizers, when they differ.
+    pub(crate) previous_normalize: Option<Vec<(Normalizer, Span)>>,
 }
 
 fn unknown(span: Span, what: &str, valid: &str) -> syn::Error {
@@ -186,6 +190,8 @@ pub(crate) fn parse_field(attrs: &[Attribute]) -> syn::Result<FieldAttrs> {
                     column: None,
                     version: None,
                     previous: None,
+                    previous_bits: None,
+                    previous_normalize: None,
                 };
                 if meta.input.peek(syn::token::Paren) {
                     meta.parse_nested_meta(|m| parse_index_key(&m, &mut index))?;
@@ -204,27 +210,32 @@ pub(crate) fn parse_field(attrs: &[Attribute]) -> syn::Result<FieldAttrs> {
     Ok(out)
 }
 
+fn parse_normalize(
+    m: &syn::meta::ParseNestedMeta<'_>,
+    out: &mut Vec<(Normalizer, Span)>,
+) -> syn::Result<()> {
+    if m.input.peek(syn::token::Paren) {
+        m.parse_nested_meta(|n| {
+            out.push(normalizer(n.path.require_ident()?)?);
+            Ok(())
+        })
+    } else {
+        let value = m.value()?;
+        // Accept both `normalize = email` and `normalize = "email"`.
+        if value.peek(LitStr) {
+            let lit: LitStr = value.parse()?;
+            out.push(normalizer_named(&lit.value(), lit.span())?);
+        } else {
+            let ident: Ident = value.parse()?;
+            out.push(normalizer(&ident)?);
+        }
+        Ok(())
+    }
+}
+
 fn parse_index_key(m: &syn::meta::ParseNestedMeta<'_>, index: &mut IndexAttr) -> syn::Result<()> {
     if m.path.is_ident("normalize") {
-        if m.input.peek(syn::token::Paren) {
-            m.parse_nested_meta(|n| {
-                index.normalize.push(normalizer(n.path.require_ident()?)?);
-                Ok(())
-            })
-        } else {
-            let value = m.value()?;
-            // Accept both `normalize = email` and `normalize = "email"`.
-            if value.peek(LitStr) {
-                let lit: LitStr = value.parse()?;
-                index
-                    .normalize
-                    .push(normalizer_named(&lit.value(), lit.span())?);
-            } else {
-                let ident: Ident = value.parse()?;
-                index.normalize.push(normalizer(&ident)?);
-            }
-            Ok(())
-        }
+        parse_normalize(m, &mut index.normalize)
     } else if m.path.is_ident("bits") {
         once(m, index.bits.is_some())?;
         index.bits = Some(m.value()?.parse()?);
@@ -235,7 +246,37 @@ fn parse_index_key(m: &syn::meta::ParseNestedMeta<'_>, index: &mut IndexAttr) ->
         Ok(())
     } else if m.path.is_ident("previous") {
         once(m, index.previous.is_some())?;
-        index.previous = Some(m.value()?.parse()?);
+        if !m.input.peek(syn::token::Paren) {
+            index.previous = Some(m.value()?.parse()?);
+            return Ok(());
+        }
+        // `previous(version = N, bits = B, normalize = ..)`: a rotation that also changes the
+        // length or the normalizers; what is not given is the current version's.
+        let span = m.path.span();
+        m.parse_nested_meta(|p| {
+            if p.path.is_ident("version") {
+                once(&p, index.previous.is_some())?;
+                index.previous = Some(p.value()?.parse()?);
+            } else if p.path.is_ident("bits") {
+                once(&p, index.previous_bits.is_some())?;
+                index.previous_bits = Some(p.value()?.parse()?);
+            } else if p.path.is_ident("normalize") {
+                parse_normalize(&p, index.previous_normalize.get_or_insert_with(Vec::new))?;
+            } else {
+                return Err(unknown(
+                    p.path.span(),
+                    "key in previous(...)",
+                    "version, bits, normalize",
+                ));
+            }
+            Ok(())
+        })?;
+        if index.previous.is_none() {
+            return Err(syn::Error::new(
+                span,
+                "`previous(...)` needs the previous `version`\nhelp: write `previous(version = N - 1, bits = .., normalize = ..)`",
+            ));
+        }
         Ok(())
     } else if m.path.is_ident("version") {
         once(m, index.version.is_some())?;

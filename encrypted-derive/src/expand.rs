@@ -112,19 +112,29 @@ fn markers(model: &Model<'_>, et: &TokenStream) -> TokenStream {
         });
         if let Some(index) = &e.index {
             let index_column = crate::ast::sql_name(&index.column);
-            let bits = index.bits_value();
-            let steps: Vec<_> = index
-                .normalize
-                .iter()
-                .map(|(n, _)| format_ident!("{}", n.variant()))
-                .collect();
+            let steps = |n: &[(crate::attr::Normalizer, proc_macro2::Span)]| -> Vec<_> {
+                n.iter()
+                    .map(|(n, _)| format_ident!("{}", n.variant()))
+                    .collect()
+            };
+            // The previous version may have had its own length and normalizers.
             let versions = [
-                Some((idx_ident(model, f), index.version_value())),
-                index
-                    .previous_value()
-                    .map(|v| (prev_idx_ident(model, f), v)),
+                Some((
+                    idx_ident(model, f),
+                    index.version_value(),
+                    index.bits_value(),
+                    steps(&index.normalize),
+                )),
+                index.previous_value().map(|v| {
+                    (
+                        prev_idx_ident(model, f),
+                        v,
+                        index.previous_bits_value(),
+                        steps(index.previous_normalize()),
+                    )
+                }),
             ];
-            for (idx, version) in versions.into_iter().flatten() {
+            for (idx, version, bits, steps) in versions.into_iter().flatten() {
                 out.extend(quote! {
                     #[doc(hidden)]
                     pub struct #idx;

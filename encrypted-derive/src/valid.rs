@@ -92,7 +92,7 @@ pub(crate) fn check(model: &Model<'_>) -> syn::Result<()> {
             );
         }
         let Some(index) = &e.index else { continue };
-        if let Some(bits) = &index.bits {
+        for bits in index.bits.iter().chain(&index.previous_bits) {
             match bits.base10_parse::<u32>() {
                 Ok(1..=256) => {}
                 _ => err(bits.span(), "`bits` must be between 1 and 256\nhelp: 256 (the default) keeps the whole HMAC; use `encrypted_types::index::plan(rows, distinct)` to size a truncated index".into()),
@@ -109,7 +109,10 @@ pub(crate) fn check(model: &Model<'_>) -> syn::Result<()> {
             err(p.span(), "`previous` must be a version below `version`\nhelp: during a blind-index key rotation write `blind_index(version = N, previous = N - 1)`; remove `previous` once the reindex job has finished".into());
         }
         if e.kind == Some(ValueKind::Other)
-            && let Some((_, span)) = index.normalize.first()
+            && let Some((_, span)) = index
+                .normalize
+                .first()
+                .or_else(|| index.previous_normalize.iter().flatten().next())
         {
             err(
                 *span,

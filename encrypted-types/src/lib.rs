@@ -155,7 +155,9 @@ pub use model::{ColumnInfo, EncryptedModel, ModelInfo, validate as model_validat
 /// `email`, `digits`, `casefold`), `bits = N` (1..=256, default 256; size it with
 /// [`index::plan`]), `column = name` (default `<field>_bidx`), `version = N` (default 1), and
 /// during a blind-index key rotation `previous = N - 1`: lookups then match both versions while
-/// `jobs::reindex` moves the rows to the new one (`docs/KEYS.md`).
+/// `jobs::reindex` moves the rows to the new one (`docs/KEYS.md`). A rotation that also changes
+/// the length or the normalizers names the old ones:
+/// `previous(version = 1, bits = 16, normalize = digits)` (what it omits is the new version's).
 ///
 /// Every model that writes a field must declare the same `blind_index` on it (columns, bits,
 /// normalizers, version): a model that writes the value without its index, or with another

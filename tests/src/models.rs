@@ -135,3 +135,44 @@ pub struct Visit {
     #[encrypted]
     pub ref_id: Option<uuid::Uuid>,
 }
+
+/// A blind-index rotation of `ssn` that also changes its length and normalizers: version 1 was
+/// `digits` over 16 bits (as [`Patient`] writes it), version 2 is `trim` over all 256 bits.
+#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[encrypted(table = schema::et_patients, tenant = clinic_id)]
+pub struct PatientSsnWidening {
+    pub id: i32,
+    pub clinic_id: i64,
+    #[encrypted]
+    pub name: String,
+    #[encrypted(blind_index(normalize = email))]
+    pub email: String,
+    #[encrypted(blind_index(normalize = trim, version = 2, previous(version = 1, bits = 16, normalize = digits)))]
+    pub ssn: String,
+    #[encrypted]
+    pub dob: chrono::NaiveDate,
+    #[encrypted]
+    pub notes: Option<String>,
+    #[encrypted(blind_index(normalize = digits))]
+    pub phone: Option<String>,
+}
+
+/// After that rotation: version 2 alone.
+#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[encrypted(table = schema::et_patients, tenant = clinic_id)]
+pub struct PatientSsnWide {
+    pub id: i32,
+    pub clinic_id: i64,
+    #[encrypted]
+    pub name: String,
+    #[encrypted(blind_index(normalize = email))]
+    pub email: String,
+    #[encrypted(blind_index(normalize = trim, version = 2))]
+    pub ssn: String,
+    #[encrypted]
+    pub dob: chrono::NaiveDate,
+    #[encrypted]
+    pub notes: Option<String>,
+    #[encrypted(blind_index(normalize = digits))]
+    pub phone: Option<String>,
+}

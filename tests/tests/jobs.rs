@@ -255,6 +255,62 @@ macro_rules! reindex_suite {
             .unwrap();
             assert_eq!(again.written, 0);
         }
+
+        /// `previous(version, bits, normalize)`: a rotation that widens the SSN index from 16
+        /// bits of `digits` to 256 bits of `trim` still finds the old rows while it runs.
+        #[test]
+        fn previous_with_its_own_bits_and_normalizers_finds_old_rows() {
+            use encrypted_types_tests::models::{PatientSsnWide, PatientSsnWidening};
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let store = KeyStore::new(LocalKek::create(dir.path().join("k.kek")).unwrap());
+            let conn = &mut $connect();
+            store.create_tenant(conn, Some(&"1".into())).unwrap();
+            store.create_tenant(conn, Some(&"2".into())).unwrap();
+            store.load_and_install(conn).unwrap();
+            let old = patients(50);
+            diesel::insert_into(et_patients::table)
+                .values(Patient::batch(&old))
+                .execute(conn)
+                .unwrap();
+            let find = |conn: &mut _, p: &Patient| {
+                PatientSsnWidening::find_by_ssn(conn, &p.clinic_id, p.ssn.clone())
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| r.id)
+                    .collect::<Vec<_>>()
+            };
+            let wide_only = |conn: &mut _, p: &Patient| {
+                PatientSsnWide::find_by_ssn(conn, &p.clinic_id, p.ssn.clone())
+                    .unwrap()
+                    .len()
+            };
+            for p in &old {
+                assert_eq!(
+                    find(conn, p),
+                    vec![p.id],
+                    "old row found during the rotation"
+                );
+            }
+            assert_eq!(
+                wide_only(conn, &old[0]),
+                0,
+                "version 2 alone does not see it yet"
+            );
+            let r = reindex(
+                conn,
+                &PatientSsnWidening::MODEL,
+                "ssn-wide",
+                &JobOptions::default(),
+                |_| {},
+            )
+            .unwrap();
+            assert!(r.finished);
+            assert_eq!(r.written, 50, "every ssn index rewritten");
+            for p in &old {
+                assert_eq!(wide_only(conn, p), 1);
+            }
+        }
     };
 }
 
