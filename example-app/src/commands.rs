@@ -64,15 +64,33 @@ fn samples() -> Vec<Patient> {
 }
 
 /// Opens (or creates) the development KEK and a key store over it.
-fn key_store(kek: &Path) -> AppResult<(KeyStore<LocalKek>, bool)> {
+/// The key store over the development KEK file. A missing file is created only while the key
+/// table holds no keys: keys wrapped by a lost KEK can never be unwrapped by a new one, so that
+/// case is an explicit error and nothing is created.
+fn key_store(db: &mut Db, kek: &Path) -> AppResult<(KeyStore<LocalKek>, bool)> {
     let created = !kek.exists();
+    if created {
+        // No key table yet (a fresh database) counts as no keys.
+        let wrapped: i64 = with_conn!(db, conn => encrypted_types_keys::table
+            .count()
+            .get_result(conn))
+        .unwrap_or(0);
+        if wrapped > 0 {
+            return Err(format!(
+                "the KEK file {} is missing, but the key table holds {wrapped} keys wrapped by a \
+                 KEK: restore the file (a new KEK cannot unwrap them); nothing was created",
+                kek.display()
+            )
+            .into());
+        }
+    }
     let provider = LocalKek::open_or_create(kek)?;
     Ok((KeyStore::new(provider), created))
 }
 
 /// Loads the key table, unwraps and self-tests every key, and installs the keyring.
 fn load_keys(db: &mut Db, kek: &Path) -> AppResult<KeyStore<LocalKek>> {
-    let (store, _) = key_store(kek)?;
+    let (store, _) = key_store(db, kek)?;
     with_conn!(db, conn => store.load_and_install(conn))?;
     Ok(store)
 }
@@ -102,7 +120,7 @@ fn hex_short(bytes: &[u8]) -> String {
 
 pub(crate) fn demo(db: &mut Db, url: &str, kek: &Path) -> AppResult<()> {
     out!("== clinic demo on {} ({url})", db.backend());
-    let (store, created) = key_store(kek)?;
+    let (store, created) = key_store(db, kek)?;
     out!(
         "development KEK: {} ({})",
         kek.display(),
@@ -200,7 +218,7 @@ fn print_stored(db: &mut Db, id: i64) -> AppResult<()> {
 }
 
 pub(crate) fn add(db: &mut Db, kek: &Path, mut patient: Patient) -> AppResult<()> {
-    let (store, _) = key_store(kek)?;
+    let (store, _) = key_store(db, kek)?;
     ensure_clinic(db, &store, patient.clinic_id)?;
     with_conn!(db, conn => store.load_and_install(conn))?;
     let max: Option<i64> =
@@ -263,7 +281,7 @@ pub(crate) fn list(db: &mut Db, kek: &Path) -> AppResult<()> {
 }
 
 pub(crate) fn create_clinic(db: &mut Db, kek: &Path, clinic: i64) -> AppResult<()> {
-    let (store, _) = key_store(kek)?;
+    let (store, _) = key_store(db, kek)?;
     if ensure_clinic(db, &store, clinic)? {
         out!("clinic {clinic}: created its data key and blind-index key");
     } else {
@@ -273,7 +291,7 @@ pub(crate) fn create_clinic(db: &mut Db, kek: &Path, clinic: i64) -> AppResult<(
 }
 
 pub(crate) fn shred_clinic(db: &mut Db, kek: &Path, clinic: i64) -> AppResult<()> {
-    let (store, _) = key_store(kek)?;
+    let (store, _) = key_store(db, kek)?;
     let report = with_conn!(db, conn => store.shred_tenant(conn, &TenantId::from(clinic), &[Patient::MODEL]))?;
     let ids: Vec<u32> = report.keys.iter().map(|k| k.get()).collect();
     out!(
@@ -358,7 +376,7 @@ impl Progress {
 }
 
 pub(crate) fn rotate(db: &mut Db, kek: &Path, batch: usize) -> AppResult<()> {
-    let (store, _) = key_store(kek)?;
+    let (store, _) = key_store(db, kek)?;
     let tenants: Vec<Option<String>> = with_conn!(db, conn => encrypted_types_keys::table
         .filter(encrypted_types_keys::purpose.eq("data"))
         .filter(encrypted_types_keys::state.eq("active"))

@@ -140,7 +140,15 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("clinic: {e}");
+            // The whole cause chain: Diesel's "Error deserializing field 'name'" says where,
+            // the library's error under it says what.
+            let mut msg = format!("clinic: {e}");
+            let mut cause = e.source();
+            while let Some(c) = cause {
+                msg.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            eprintln!("{msg}");
             ExitCode::FAILURE
         }
     }

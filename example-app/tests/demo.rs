@@ -129,3 +129,28 @@ fn the_demo_runs_twice_and_stores_no_plaintext() {
     assert!(list.contains("destroyed"), "{list}");
     assert!(list.contains("Eve Adams"), "{list}");
 }
+
+/// A missing KEK file with a key table that holds keys wrapped by it: an explicit error, and no
+/// new KEK is created (one could never unwrap those keys).
+#[test]
+fn a_missing_kek_file_is_an_error_and_nothing_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    clinic(dir.path(), &["demo"]);
+    let kek = dir.path().join("clinic.kek");
+    std::fs::remove_file(&kek).unwrap();
+    for args in [&["demo"][..], &["list"][..]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_clinic"))
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded without its KEK");
+        assert!(
+            stderr.contains("KEK file") && stderr.contains("missing") && stderr.contains("restore"),
+            "{stderr}"
+        );
+        assert!(!kek.exists(), "a new KEK was created by {args:?}");
+    }
+}
