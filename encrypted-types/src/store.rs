@@ -826,17 +826,17 @@ pub trait Migrations {
 #[cfg(all(feature = "migrations", feature = "sqlite"))]
 impl Migrations for diesel::sqlite::Sqlite {
     const MIGRATIONS: diesel_migrations::EmbeddedMigrations =
-        diesel_migrations::embed_migrations!("../migrations/sqlite");
+        diesel_migrations::embed_migrations!("migrations/sqlite");
 }
 
 #[cfg(all(feature = "migrations", feature = "postgres"))]
 impl Migrations for diesel::pg::Pg {
     const MIGRATIONS: diesel_migrations::EmbeddedMigrations =
-        diesel_migrations::embed_migrations!("../migrations/postgres");
+        diesel_migrations::embed_migrations!("migrations/postgres");
 }
 
 #[cfg(all(feature = "migrations", feature = "mysql"))]
 impl Migrations for diesel::mysql::Mysql {
     const MIGRATIONS: diesel_migrations::EmbeddedMigrations =
-        diesel_migrations::embed_migrations!("../migrations/mysql");
+        diesel_migrations::embed_migrations!("migrations/mysql");
 }

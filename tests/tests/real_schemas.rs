@@ -285,8 +285,12 @@ macro_rules! real_schema_test {
                 "each value re-sealed exactly once, counted in the job table"
             );
             assert_eq!(
-                count_rows_with_keys(conn, &[Visit::MODEL], &retired).unwrap(),
+                count_rows_with_keys(conn, &[Visit::MODEL], &new).unwrap(),
                 0
+            );
+            assert_eq!(
+                count_rows_with_keys(conn, &[Visit::MODEL], &newest).unwrap(),
+                VISITS as u64
             );
             store.load_and_install(conn).unwrap();
             let back = sorted_visits(

@@ -571,6 +571,9 @@ impl From<Error> for TxError {
     }
 }
 
+/// A unit of this run's scope: its name, its pass, and its key range.
+type Planned = (String, usize, Option<RowKey>, Option<RowKey>);
+
 /// A unit this worker holds.
 struct Unit {
     name: String,
@@ -632,11 +635,7 @@ where
     }
 
     /// The unit names of this run's scope for pass `p`, with their ranges.
-    fn wanted(
-        &self,
-        conn: &mut C,
-        existing: &[UnitRow],
-    ) -> Result<Vec<(String, usize, Option<RowKey>, Option<RowKey>)>, Error> {
+    fn wanted(&self, conn: &mut C, existing: &[UnitRow]) -> Result<Vec<Planned>, Error> {
         let mut out = Vec::new();
         match &self.options.scope {
             Scope::All => {

@@ -1,0 +1,1 @@
+DROP TABLE encrypted_types_keys;
