@@ -415,18 +415,22 @@ pub fn reseal(
 pub enum Stored {
     /// A value of ours: opening it decides whether it is genuine. Never read as plaintext.
     Sealed,
+    /// Shaped like a whole sealed value of this format (version 1, suite 1, long enough) but
+    /// naming a key id this keyring does not hold: most likely sealed by a process that knows
+    /// a newer key. Never read, sealed again or counted done as plaintext.
+    Unknown,
     /// Legacy plaintext, readable while its column is in fallback.
     Legacy,
 }
 
-/// Tells a sealed value from legacy plaintext without decrypting: a value is *sealed* when it
+/// Tells a sealed value from legacy plaintext without decrypting. A value is *sealed* when it
 /// has a version 1 header (at least 6 bytes, first byte 1) naming a key id that the keyring
-/// knows, live or destroyed; anything else is *legacy*. So a legacy `i16` 257 (`01 01`), a
-/// UUID that starts `01 01`, or a short or foreign string are legacy, while a sealed value
-/// that was tampered with, copied from another column, or sealed under a shredded tenant's
-/// destroyed key stays sealed and fails to open: it is never mistaken for plaintext. A legacy
-/// value collides with a sealed one only if it starts `01`, holds 4 bytes equal to a live key
-/// id and is long enough: then it fails to open and the backfill reports it.
+/// knows, live or destroyed; *unknown* when it has the whole shape of a version 1 value (first
+/// bytes `01 01`, at least the 34 bytes of header and tag) under a key id the keyring does not
+/// know; anything else is *legacy*. So a legacy `i16` 257 (`01 01`), a UUID that starts
+/// `01 01`, or a short or foreign string are legacy, while a sealed value that was tampered
+/// with, copied from another column, sealed under a shredded tenant's destroyed key, or sealed
+/// with a key created after this keyring was loaded is never mistaken for plaintext.
 ///
 /// ```
 /// use encrypted_types::{format::{self, Stored}, Keyring, KeyMaterial};
@@ -438,12 +442,17 @@ pub enum Stored {
 /// assert_eq!(format::classify(&kr, &257_i16.to_be_bytes()), Stored::Legacy);
 /// assert_eq!(format::classify(&kr, &[1, 1, 0, 0, 0, 8, 0]), Stored::Legacy);
 /// assert_eq!(format::classify(&kr, &[1, 1, 0, 0, 0, 7, 0]), Stored::Sealed);
+/// let mut newer = vec![1, 1, 0, 0, 0, 8];
+/// newer.resize(40, 0);
+/// assert_eq!(format::classify(&kr, &newer), Stored::Unknown);
 /// ```
 pub fn classify(keyring: &crate::Keyring, stored: &[u8]) -> Stored {
     match stored.get(..6) {
-        Some([VERSION, _, a, b, c, d]) => {
+        Some([VERSION, suite, a, b, c, d]) => {
             if keyring.knows(KeyId::from(u32::from_be_bytes([*a, *b, *c, *d]))) {
                 Stored::Sealed
+            } else if *suite == SUITE_AES256GCM && stored.len() >= OVERHEAD {
+                Stored::Unknown
             } else {
                 Stored::Legacy
             }

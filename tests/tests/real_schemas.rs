@@ -681,6 +681,81 @@ macro_rules! in_transaction_suite {
         }
 
         #[test]
+        fn a_value_under_a_key_this_process_does_not_know_is_never_taken_for_plaintext() {
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let (_store, mut conn, vs) = setup!(dir, 12);
+            let conn = &mut conn;
+            // The shape of a sealed value under a key id the key table does not hold (one
+            // created by another process after this one loaded its keys).
+            let mut newer = vec![1, 1, 0x7f, 0xee, 0xdd, 0xcc];
+            newer.resize(60, 0x42);
+            let v = &vs[5];
+            let n = diesel::update(
+                et_visits::table
+                    .filter(et_visits::clinic_id.eq(v.clinic_id))
+                    .filter(et_visits::patient_no.eq(v.patient_no.clone())),
+            )
+            .set(et_visits::note.eq(newer.clone()))
+            .execute(conn)
+            .unwrap();
+            assert_eq!(n, 1);
+            migration::allow_plaintext("et_visits", "note");
+            let read = et_visits::table
+                .select(Visit::as_select())
+                .load::<Visit>(conn);
+            let opts = JobOptions::default();
+            let r = encrypt_column(conn, &Visit::MODEL, "note", "unknown", &opts, |_| {});
+            let left = count_plaintext(conn, &Visit::MODEL, "note");
+            migration::stop_plaintext("et_visits", "note");
+            let e = read.unwrap_err().to_string();
+            assert!(!e.contains("BBBB"), "read as plaintext: {e}");
+            let r = r.unwrap();
+            assert_eq!(r.skipped.get(&SkipReason::UnknownKey), Some(&1), "{r:?}");
+            assert!(!r.finished && r.written == 0, "{r:?}");
+            assert_eq!(left.unwrap(), 1);
+            let raw: Vec<u8> = et_visits::table
+                .filter(et_visits::clinic_id.eq(v.clinic_id))
+                .filter(et_visits::patient_no.eq(v.patient_no.clone()))
+                .select(et_visits::note)
+                .first(conn)
+                .unwrap();
+            assert_eq!(raw, newer, "not sealed a second time");
+        }
+
+        #[test]
+        fn a_ciphertext_copied_into_another_tenants_row_is_skipped_by_the_jobs() {
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let (store, mut conn, vs) = setup!(dir, 8);
+            let conn = &mut conn;
+            // vs[1] is tenant 1's, vs[2] tenant 2's: the note moves across tenants.
+            let from: Vec<u8> = et_visits::table
+                .filter(et_visits::clinic_id.eq(vs[1].clinic_id))
+                .filter(et_visits::patient_no.eq(vs[1].patient_no.clone()))
+                .select(et_visits::note)
+                .first(conn)
+                .unwrap();
+            diesel::update(
+                et_visits::table
+                    .filter(et_visits::clinic_id.eq(vs[2].clinic_id))
+                    .filter(et_visits::patient_no.eq(vs[2].patient_no.clone())),
+            )
+            .set(et_visits::note.eq(from))
+            .execute(conn)
+            .unwrap();
+            rotate_all(&store, conn);
+            let r = rotate_data_keys(conn, &Visit::MODEL, "swap", &JobOptions::default(), |_| {})
+                .unwrap();
+            assert_eq!(
+                r.skipped.get(&SkipReason::TenantMismatch),
+                Some(&1),
+                "{r:?}"
+            );
+            assert!(!r.finished && r.remaining == 1, "{r:?}");
+        }
+
+        #[test]
         fn rotating_a_tenant_that_has_no_keys_is_refused() {
             let _g = encrypted_types_tests::serial();
             let dir = tempfile::tempdir().unwrap();

@@ -202,9 +202,9 @@ pub(crate) fn kind_of(backend: &str, declared: &str) -> Option<KeyKind> {
             "text" | "name" => Some(KeyKind::Text),
             "bytea" => Some(KeyKind::Bytes),
             "uuid" => Some(KeyKind::Uuid),
-            _ if t.starts_with("character varying") || t.starts_with("character(") => {
-                Some(KeyKind::Text)
-            }
+            // `character(n)` is left out: it reads back padded, and PostgreSQL compares it
+            // with text after trimming, so a compare-and-swap by key would never match.
+            _ if t.starts_with("character varying") => Some(KeyKind::Text),
             _ => None,
         },
         "mysql" => {
@@ -273,6 +273,7 @@ mod tests {
             Some(KeyKind::Text)
         );
         assert_eq!(kind_of("postgres", "numeric(10,0)"), None);
+        assert_eq!(kind_of("postgres", "character(8)"), None);
         assert_eq!(kind_of("mysql", "bigint(20) unsigned"), None);
         assert_eq!(kind_of("mysql", "int(10) unsigned"), Some(KeyKind::Int));
         assert_eq!(kind_of("mysql", "binary(16)"), Some(KeyKind::Bytes));

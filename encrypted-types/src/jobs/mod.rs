@@ -133,6 +133,8 @@ pub enum SkipReason {
     InvalidLegacyValue,
     /// The row's tenant has no data key (never created, or shredded).
     NoTenantKey,
+    /// Sealed under another tenant's key than its row's (copied across tenants).
+    TenantMismatch,
     /// Any other error of opening or sealing the value.
     Other,
 }
@@ -145,6 +147,7 @@ impl SkipReason {
             Error::AuthenticationFailed => Self::AuthenticationFailed,
             Error::InvalidPlaintext { .. } => Self::InvalidLegacyValue,
             Error::NoPrimaryKey { .. } | Error::NoBlindIndexKey { .. } => Self::NoTenantKey,
+            Error::TenantMismatch { .. } => Self::TenantMismatch,
             _ => Self::Other,
         }
     }
@@ -213,6 +216,8 @@ struct Table {
     qkey: Vec<String>,
     /// The tenant column as text, or `NULL`.
     tenant: String,
+    /// Whether rows belong to tenants.
+    has_tenant: bool,
 }
 
 /// Reads the table's primary key from the catalogue and refuses what cannot be paged.
@@ -314,6 +319,7 @@ where
         key,
         qkey,
         tenant,
+        has_tenant: model.tenant_column.is_some(),
     })
 }
 
@@ -408,6 +414,13 @@ fn compare<B: JobTable>(
 
 /// `k1 = ? AND k2 = ? ...`
 fn key_eq<B: JobTable>(q: &mut Query, t: &Table, key: &[KeyPart]) -> Result<String, Error> {
+    if key.len() != t.key.len() {
+        return Err(Error::Job(format!(
+            "a row read with {} key values for a primary key of {} columns",
+            key.len(),
+            t.key.len()
+        )));
+    }
     let mut preds = Vec::new();
     for ((col, k), part) in t.qkey.iter().zip(&t.key).zip(key) {
         let ph = key_param::<B>(q, k.kind, part)?;
@@ -500,32 +513,27 @@ fn prepare(
 ) -> Result<Outcome, Error> {
     let c = pass.column;
     match &pass.op {
-        Op::Rotate { .. } => match format::reseal(keyring, t.name, c.column, c.value_type, value) {
-            Ok(Some(new)) => Ok(Outcome::Write(vec![(c.column, new)])),
-            Ok(None) => Ok(Outcome::Nothing),
-            Err(e @ Error::NoKeyring) => Err(e),
-            Err(e) => Ok(Outcome::Skip(SkipReason::of(&e))),
-        },
-        Op::Reindex { params } => {
-            let (plain, tenant) =
-                match format::open_raw(keyring, t.name, c.column, c.value_type, value) {
-                    Ok(v) => v,
-                    Err(e) => return Ok(Outcome::Skip(SkipReason::of(&e))),
-                };
-            match params.compute_raw(keyring, tenant.as_ref(), c.value_type, &plain) {
-                Ok(new) if index == Some(new.as_slice()) => Ok(Outcome::Nothing),
-                Ok(new) => Ok(Outcome::Write(vec![(params.index_column, new)])),
+        Op::Rotate { .. } => {
+            if foreign_tenant(keyring, t, value, tenant) {
+                return Ok(Outcome::Skip(SkipReason::TenantMismatch));
+            }
+            match format::reseal(keyring, t.name, c.column, c.value_type, value) {
+                Ok(Some(new)) => Ok(Outcome::Write(vec![(c.column, new)])),
+                Ok(None) => Ok(Outcome::Nothing),
+                Err(e @ Error::NoKeyring) => Err(e),
                 Err(e) => Ok(Outcome::Skip(SkipReason::of(&e))),
             }
         }
+        Op::Reindex { params } => match fresh_index(keyring, t, c, params, value, tenant) {
+            Ok(new) if index == Some(new.as_slice()) => Ok(Outcome::Nothing),
+            Ok(new) => Ok(Outcome::Write(vec![(params.index_column, new)])),
+            Err(r) => Ok(Outcome::Skip(r)),
+        },
         Op::Encrypt => {
-            if format::classify(keyring, value) == format::Stored::Sealed {
-                return Ok(Outcome::Nothing);
-            }
-            // Decode-checked first: a value that is not a valid encoding of the column's type
-            // would seal into something every later read fails on.
-            if (c.validate)(value).is_err() {
-                return Ok(Outcome::Skip(SkipReason::InvalidLegacyValue));
+            match legacy_state(keyring, t, c, value) {
+                LegacyState::Done => return Ok(Outcome::Nothing),
+                LegacyState::Bad(r) => return Ok(Outcome::Skip(r)),
+                LegacyState::Todo => {}
             }
             let tenant = tenant.map(crate::TenantId::from);
             let sealed = match format::seal_raw(
@@ -548,6 +556,68 @@ fn prepare(
             }
             Ok(Outcome::Write(sets))
         }
+    }
+}
+
+/// Whether a sealed value's key belongs to another tenant than its row: a ciphertext copied
+/// across tenants, which a job must neither re-seal nor index under the row's name.
+fn foreign_tenant(keyring: &Keyring, t: &Table, value: &[u8], row: Option<&str>) -> bool {
+    if !t.has_tenant {
+        return false;
+    }
+    let Ok(h) = format::Header::parse(value) else {
+        return false;
+    };
+    let Ok(key) = keyring.key(h.key_id) else {
+        return false;
+    };
+    key.tenant().map(crate::TenantId::as_str) != row
+}
+
+/// The index `params` gives the value sealed in `value`, or why it cannot be computed.
+fn fresh_index(
+    keyring: &Keyring,
+    t: &Table,
+    c: &ColumnInfo,
+    params: &IndexParams,
+    value: &[u8],
+    row_tenant: Option<&str>,
+) -> Result<Vec<u8>, SkipReason> {
+    if foreign_tenant(keyring, t, value, row_tenant) {
+        return Err(SkipReason::TenantMismatch);
+    }
+    let (plain, tenant) = format::open_raw(keyring, t.name, c.column, c.value_type, value)
+        .map_err(|e| SkipReason::of(&e))?;
+    params
+        .compute_raw(keyring, tenant.as_ref(), c.value_type, &plain)
+        .map_err(|e| SkipReason::of(&e))
+}
+
+/// What an encryption pass makes of a stored value.
+enum LegacyState {
+    /// Sealed, and it opens (or its key was destroyed: sealed, and gone for good).
+    Done,
+    /// Legacy plaintext, a valid encoding of the field's type: to seal.
+    Todo,
+    /// Neither: reported, left as it is, and the column is not done.
+    Bad(SkipReason),
+}
+
+fn legacy_state(keyring: &Keyring, t: &Table, c: &ColumnInfo, value: &[u8]) -> LegacyState {
+    match format::classify(keyring, value) {
+        // Opened, not assumed: a legacy value that happens to look sealed fails here and is
+        // reported instead of passing for done.
+        format::Stored::Sealed => {
+            match format::open_raw(keyring, t.name, c.column, c.value_type, value) {
+                Ok(_) | Err(Error::KeyDestroyed(_)) => LegacyState::Done,
+                Err(e) => LegacyState::Bad(SkipReason::of(&e)),
+            }
+        }
+        format::Stored::Unknown => LegacyState::Bad(SkipReason::UnknownKey),
+        // Decode-checked first: a value that is not a valid encoding of the column's type
+        // would seal into something every later read fails on.
+        _ if (c.validate)(value).is_err() => LegacyState::Bad(SkipReason::InvalidLegacyValue),
+        _ => LegacyState::Todo,
     }
 }
 
@@ -585,6 +655,8 @@ struct Unit {
 }
 
 const JOBS: &str = "encrypted_types_jobs";
+/// Parts of one job at most: every claim binds the names of the run's units.
+const MAX_PARTS: u32 = 1024;
 const UNIT_COLS: &str = "unit, operation, target, range_from, range_to, last_key, state, rows_done";
 
 fn decode_opt(s: Option<&str>) -> Result<Option<RowKey>, Error> {
@@ -661,14 +733,33 @@ where
                     .filter(|u| u.unit.contains("#p"))
                     .filter_map(|u| self.pass_of(&u.unit).map(|p| (p, u)))
                     .collect();
-                if !planned.is_empty() {
-                    for (p, u) in planned {
-                        out.push((
-                            u.unit.clone(),
-                            p,
+                if let Some(&(first, _)) = planned.first() {
+                    // The recorded ranges, from one pass; a pass with no units yet (a column
+                    // or index added under the same job name) gets the same ranges.
+                    let mut ranges = Vec::new();
+                    for (p, u) in &planned {
+                        let (from, to) = (
                             decode_opt(u.range_from.as_deref())?,
                             decode_opt(u.range_to.as_deref())?,
-                        ));
+                        );
+                        if *p == first {
+                            let part = u.unit.rsplit('#').next().unwrap_or("").to_owned();
+                            ranges.push((part, from.clone(), to.clone()));
+                        }
+                        out.push((u.unit.clone(), *p, from, to));
+                    }
+                    for (p, pass) in self.passes.iter().enumerate() {
+                        if planned.iter().any(|(q, _)| *q == p) {
+                            continue;
+                        }
+                        for (part, from, to) in &ranges {
+                            out.push((
+                                format!("{}#{part}", self.prefix(pass)),
+                                p,
+                                from.clone(),
+                                to.clone(),
+                            ));
+                        }
                     }
                     return Ok(out);
                 }
@@ -826,7 +917,8 @@ where
                 Ok(done) => return Ok(done),
                 // Another worker planned the same units at the same moment: read its plan.
                 Err(TxError::Db(diesel::result::Error::DatabaseError(
-                    diesel::result::DatabaseErrorKind::UniqueViolation,
+                    diesel::result::DatabaseErrorKind::UniqueViolation
+                    | diesel::result::DatabaseErrorKind::SerializationFailure,
                     _,
                 ))) if attempt < 2 => {}
                 Err(e) => return Err(tx_err(e)),
@@ -998,6 +1090,7 @@ where
             };
             // Opening and sealing run outside the transaction: they are pure computation.
             let mut writes = Vec::new();
+            let mut skips: BTreeMap<SkipReason, u64> = BTreeMap::new();
             for row in rows {
                 let old = Zeroizing::new(row.v.unwrap_or_default());
                 match prepare(
@@ -1014,7 +1107,7 @@ where
                         sets,
                     }),
                     Outcome::Nothing => {}
-                    Outcome::Skip(r) => *self.report.skipped.entry(r).or_default() += 1,
+                    Outcome::Skip(r) => *skips.entry(r).or_default() += 1,
                 }
             }
             if let Some(hook) = self.options.before_write {
@@ -1048,6 +1141,10 @@ where
                 Err(TxError::LeaseLost) => return Ok(false),
                 Err(e) => return Err(tx_err(e)),
             };
+            // Counted once the batch is committed: a rolled-back batch is read again.
+            for (r, n) in skips {
+                *self.report.skipped.entry(r).or_default() += n;
+            }
             unit.last = Some(last);
             unit.rows_done = unit
                 .rows_done
@@ -1055,7 +1152,7 @@ where
             self.report.batches += 1;
             self.report.written += ok;
             self.report.conflicts += missed;
-            self.report.remaining += unsettled;
+            let _ = unsettled; // counted again, independently, by the closing check
             report_batch(
                 self.job,
                 on_batch,
@@ -1133,6 +1230,11 @@ where
             };
             let k = key_eq::<C::Backend>(&mut r, t, &w.key)?;
             select::<C::Backend>(t, col, index, &[k], &mut r, Some(1));
+            if C::Backend::SKIP_LOCKED {
+                // A locking read sees the latest committed row, not the transaction's snapshot
+                // (MySQL's REPEATABLE READ would return the bytes that just missed).
+                r.sql.push_str(" FOR UPDATE");
+            }
             let Some(row) = C::Backend::load_rows(conn, &r)?.into_iter().next() else {
                 return Ok(Cas::Superseded); // deleted meanwhile
             };
@@ -1185,12 +1287,27 @@ where
                         conn,
                         self.keyring,
                         t,
-                        pass.column.column,
+                        pass.column,
                         from.as_ref(),
                         to.as_ref(),
                     )?;
                 }
-                Op::Reindex { .. } => {}
+                // Every index recomputed from its decrypted value and compared with the stored
+                // one; rows that cannot be opened were reported as skipped.
+                Op::Reindex { params } => {
+                    total += scan(
+                        conn,
+                        t,
+                        pass.column.column,
+                        Some(params.index_column),
+                        from.as_ref(),
+                        to.as_ref(),
+                        |row, v| {
+                            fresh_index(self.keyring, t, pass.column, params, v, row.t.as_deref())
+                                .is_ok_and(|new| row.i.as_deref() != Some(new.as_slice()))
+                        },
+                    )?;
+                }
             }
         }
         Ok(total)
@@ -1280,6 +1397,10 @@ fn range_tag(from: Option<&RowKey>, to: Option<&RowKey>) -> String {
 
 fn worker_name(options: &JobOptions) -> Result<String, Error> {
     if let Some(w) = &options.worker {
+        // The job table's lease_owner column holds 100 bytes.
+        if w.is_empty() || w.len() > 100 {
+            return Err(Error::Job("a worker name is 1 to 100 bytes".into()));
+        }
         return Ok(w.clone());
     }
     let mut r = [0u8; 8];
@@ -1302,6 +1423,13 @@ where
 {
     if job.is_empty() || job.len() > 150 {
         return Err(Error::Job("a job name is 1 to 150 bytes".into()));
+    }
+    if let Scope::Parts(n) = options.scope
+        && !(1..=MAX_PARTS).contains(&n)
+    {
+        return Err(Error::Job(format!(
+            "Scope::Parts takes 1 to {MAX_PARTS} parts"
+        )));
     }
     Ok(Run {
         job,
@@ -1450,14 +1578,17 @@ fn find_column(model: &ModelInfo, column: &str) -> Result<&'static ColumnInfo, E
         })
 }
 
-/// Legacy values of `column` with `from <= key < to`, by [`format::classify`], in keyset pages.
-fn scan_legacy<C>(
+/// Counts the rows of `column` with `from <= key < to` (non-NULL values) for which `hit` holds,
+/// in keyset pages: the closing checks, independent of the work they check.
+#[allow(clippy::too_many_arguments)] // one scan for every closing check
+fn scan<C>(
     conn: &mut C,
-    keyring: &Keyring,
     t: &Table,
     column: &str,
+    index: Option<&str>,
     from: Option<&RowKey>,
     to: Option<&RowKey>,
+    mut hit: impl FnMut(&Row, &[u8]) -> bool,
 ) -> Result<u64, Error>
 where
     C: LoadConnection,
@@ -1469,14 +1600,15 @@ where
         let mut q = Query::new();
         let mut conds = range_conds::<C::Backend>(&mut q, t, from, to, after.as_ref())?;
         conds.push(format!("{} IS NOT NULL", C::Backend::quote(column)));
-        select::<C::Backend>(t, column, None, &conds, &mut q, Some(2000));
+        select::<C::Backend>(t, column, index, &conds, &mut q, Some(2000));
         let rows = C::Backend::load_rows(conn, &q).map_err(job_err)?;
         let Some(last) = rows.last().map(|r| RowKey(r.key.clone())) else {
             return Ok(n);
         };
-        for row in rows {
-            let v = Zeroizing::new(row.v.unwrap_or_default());
-            if format::classify(keyring, &v) == format::Stored::Legacy {
+        for mut row in rows {
+            // Possibly legacy plaintext: wiped once looked at.
+            let v = Zeroizing::new(row.v.take().unwrap_or_default());
+            if hit(&row, &v) {
                 n += 1;
             }
         }
@@ -1484,9 +1616,29 @@ where
     }
 }
 
-/// The verification of a plaintext migration: how many values of `model`'s `column` are still
-/// legacy plaintext, by [`format::classify`] (the test the fallback read and
-/// [`encrypt_column`] use). Stop the fallback when it is zero.
+/// Values of `c` not known to be sealed: legacy plaintext, values under a key this keyring
+/// does not hold, and values that look sealed but do not open.
+fn scan_legacy<C>(
+    conn: &mut C,
+    keyring: &Keyring,
+    t: &Table,
+    c: &ColumnInfo,
+    from: Option<&RowKey>,
+    to: Option<&RowKey>,
+) -> Result<u64, Error>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    scan(conn, t, c.column, None, from, to, |_, v| {
+        !matches!(legacy_state(keyring, t, c, v), LegacyState::Done)
+    })
+}
+
+/// The verification of a plaintext migration: how many values of `model`'s `column` are not
+/// known to be sealed: legacy plaintext by [`format::classify`] (the test the fallback read and
+/// [`encrypt_column`] use), values under a key the keyring does not hold, and values that look
+/// sealed but do not open. Stop the fallback when it is zero.
 ///
 /// # Errors
 /// [`Error::NoKeyring`], [`Error::Store`], [`Error::UnpageableKey`], [`Error::Job`].
@@ -1498,7 +1650,7 @@ where
     let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
     let info = find_column(model, column)?;
     let t = inspect(conn, model)?;
-    scan_legacy(conn, &keyring, &t, info.column, None, None)
+    scan_legacy(conn, &keyring, &t, info, None, None)
 }
 
 /// The verification scan: for every data key of the installed keyring, how many values of

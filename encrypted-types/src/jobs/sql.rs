@@ -164,7 +164,7 @@ where
 
 /// One row of the job table.
 #[doc(hidden)]
-#[derive(diesel::QueryableByName, Debug, Clone)]
+#[derive(diesel::QueryableByName, Clone)]
 pub struct UnitRow {
     #[diesel(sql_type = Text)]
     pub(crate) unit: String,
@@ -182,6 +182,18 @@ pub struct UnitRow {
     pub(crate) state: String,
     #[diesel(sql_type = BigInt)]
     pub(crate) rows_done: i64,
+}
+
+// Range bounds and checkpoints are key values (maybe an email): not printed.
+impl std::fmt::Debug for UnitRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnitRow")
+            .field("unit", &self.unit)
+            .field("operation", &self.operation)
+            .field("state", &self.state)
+            .field("rows_done", &self.rows_done)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A primary-key column as the catalogue describes it.
