@@ -40,6 +40,11 @@ echo "== the library alone and with one backend (feature sets users pick)"
 cargo check --locked -p encrypted-types --no-default-features
 cargo check --locked -p encrypted-types --no-default-features --features sqlite
 cargo check --locked -p encrypted-types --no-default-features --features postgres,keystore
+echo "== cargo doc (no broken links)"
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps -p encrypted-types -p encrypted-derive --all-features
+echo "== the crates as published: cargo package builds the packaged sources (embedded migrations included)"
+cargo package --locked --allow-dirty -p encrypted-derive -p encrypted-types \
+  --features encrypted-types/migrations,encrypted-types/sqlite,encrypted-types/postgres,encrypted-types/mysql
 echo "== reference implementation of the format (Python) against the frozen vectors"
 python3 tests/vectors/reference.py check
 echo "== cargo test (all backends, sync and async; doctests)"

@@ -1,7 +1,7 @@
 //! `#[derive(Encrypted)]` for `encrypted-types`; use it through `encrypted_types::Encrypted`.
 //!
-//! The macro runs in four steps, one module each: [`attr`] parses the `#[encrypted(...)]`
-//! attributes, [`ast`] builds the model, [`valid`] checks it, [`expand`] writes the code. Every
+//! The macro runs in four steps, one module each: `attr` parses the `#[encrypted(...)]`
+//! attributes, `ast` builds the model, `valid` checks it, `expand` writes the code. Every
 //! problem becomes a `compile_error!` spanned at the offending token with a `help:` line; the
 //! macro itself never panics.
 #![forbid(unsafe_code)]

@@ -22,7 +22,7 @@ mod uuid;
 #[cfg(feature = "json")]
 pub use json::Json;
 
-/// A type that can be sealed inside [`crate::Encrypted`].
+/// A type that can be sealed inside [`crate::Encrypted`](struct@crate::Encrypted).
 ///
 /// Implemented for `String`, `Vec<u8>`, `bool`, `i16`, `i32`, `i64`, `f64`, and behind features
 /// for chrono's `NaiveDate`, `NaiveDateTime` and `DateTime<Utc>`, `uuid::Uuid`,

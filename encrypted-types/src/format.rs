@@ -195,7 +195,7 @@ fn fixed_header(key_id: KeyId) -> [u8; 6] {
 
 /// Seals `value` under `key` with a fresh random nonce.
 ///
-/// `ctx.tenant` must be the key's tenant; [`crate::Encrypted`] guarantees that.
+/// `ctx.tenant` must be the key's tenant; [`crate::Encrypted`](struct@crate::Encrypted) guarantees that.
 ///
 /// # Errors
 /// [`Error::Unencodable`], [`Error::TooLarge`], [`Error::ContextTooLong`] or [`Error::Rng`].
@@ -309,7 +309,7 @@ fn gcm_open(
 pub mod hazmat {
     use super::{DataKey, Error, Tag, gcm_open, gcm_seal};
 
-    /// [`gcm_seal`]: encrypts `body` in place, returns the 16-byte tag.
+    /// `gcm_seal`: encrypts `body` in place, returns the 16-byte tag.
     ///
     /// # Errors
     /// [`Error::TooLarge`].
@@ -322,7 +322,7 @@ pub mod hazmat {
         gcm_seal(key, nonce, aad, body).map(Into::into)
     }
 
-    /// [`gcm_open`]: decrypts `body` in place if `tag` verifies.
+    /// `gcm_open`: decrypts `body` in place if `tag` verifies.
     ///
     /// # Errors
     /// [`Error::AuthenticationFailed`].

@@ -264,7 +264,7 @@ pub trait IndexSpec: 'static {
 }
 
 /// A value to be written to (or compared with) a blind-index column. Like
-/// [`crate::Encrypted`], it holds plaintext in Rust and becomes index bytes only in `ToSql`,
+/// [`crate::Encrypted`](struct@crate::Encrypted), it holds plaintext in Rust and becomes index bytes only in `ToSql`,
 /// under the installed keyring.
 ///
 /// ```

@@ -1,6 +1,6 @@
 //! Field-level encryption for Diesel.
 //!
-//! [`Encrypted<T, C>`](Encrypted) is a Diesel column type over `Binary` (`BYTEA`, `BLOB`,
+//! [`Encrypted<T, C>`](struct@Encrypted) is a Diesel column type over `Binary` (`BYTEA`, `BLOB`,
 //! `VARBINARY`). Writing one seals its value with AES-256-GCM under the process-wide
 //! [`Keyring`]; reading one opens it with exactly the key its header names. The table and column
 //! (the [`ColumnContext`] `C`), the tenant and the value type are authenticated with every
@@ -167,7 +167,7 @@ pub use model::{ColumnInfo, EncryptedModel, ModelInfo, validate as model_validat
 /// # What is generated
 ///
 /// - `Selectable`, `Queryable`, `Insertable` (for `&Model` and `Model`) and `AsChangeset`
-///   impls on the model itself, through hidden row types holding [`Encrypted`] values and
+///   impls on the model itself, through hidden row types holding [`Encrypted`](struct@Encrypted) values and
 ///   [`index::BlindIndex`] companions: every write path that writes a field writes its index,
 ///   and `Option` fields in a changeset skip both. Read with `select(Model::as_select())`.
 /// - `Model::batch(&[Model])`: rows for `insert_into(..).values(..)` batch inserts.
