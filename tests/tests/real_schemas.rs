@@ -243,6 +243,8 @@ macro_rules! real_schema_test {
                 .map(|w| {
                     child(&format!("worker-w{w}"), $backend, &url, &kek)
                         .stdout(std::process::Stdio::piped())
+                        // A worker's failure shows in the test's output.
+                        .stderr(std::process::Stdio::inherit())
                         .spawn()
                         .unwrap()
                 })
@@ -252,14 +254,19 @@ macro_rules! real_schema_test {
                  AND lease_owner = 'w3' AND state = 'pending' AND rows_done > 0"
             );
             let started = std::time::Instant::now();
+            let mut workers = workers;
             while count!(conn, &held) == 0 {
+                for w in &mut workers {
+                    if let Some(status) = w.try_wait().unwrap() {
+                        assert!(status.success(), "a worker failed before w3 held a range");
+                    }
+                }
                 assert!(
                     started.elapsed() < Duration::from_secs(60),
                     "w3 never held a range"
                 );
                 std::thread::sleep(Duration::from_millis(10));
             }
-            let mut workers = workers;
             let mut w3 = workers.pop().unwrap();
             let _ = w3.kill(); // SIGKILL, mid-range
             let _ = w3.wait();

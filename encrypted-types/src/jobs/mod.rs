@@ -845,7 +845,7 @@ where
     /// Checks the recorded identity of the job's units and records the missing ones of this
     /// run's scope; returns whether every one of them was already done.
     fn plan(&mut self, conn: &mut C) -> Result<bool, Error> {
-        for attempt in 0..3 {
+        for attempt in 0..6 {
             let result = conn.transaction(|conn| -> Result<bool, TxError> {
                 // Write first: on SQLite this takes the write lock before the read below, so
                 // two planners queue instead of deadlocking on a lock upgrade; elsewhere it
@@ -920,7 +920,7 @@ where
                     diesel::result::DatabaseErrorKind::UniqueViolation
                     | diesel::result::DatabaseErrorKind::SerializationFailure,
                     _,
-                ))) if attempt < 2 => {}
+                ))) if attempt < 5 => {}
                 Err(e) => return Err(tx_err(e)),
             }
         }
@@ -928,7 +928,7 @@ where
     }
 
     /// Claims a pending unit of this run whose lease is free, expired or already this worker's.
-    fn claim(&self, conn: &mut C) -> Result<Option<Unit>, Error> {
+    fn claim(&self, conn: &mut C) -> Result<Option<Unit>, TxError> {
         let now = C::Backend::now();
         let lease = self.lease_secs();
         conn.transaction(|conn| -> Result<Option<Unit>, TxError> {
@@ -1005,7 +1005,17 @@ where
                 name,
             }))
         })
-        .map_err(tx_err)
+    }
+
+    /// [`Run::claim`], again after a deadlock (two claimers on InnoDB).
+    fn claim_retrying(&self, conn: &mut C) -> Result<Option<Unit>, Error> {
+        let mut attempt = 0;
+        loop {
+            match self.claim(conn) {
+                Err(e) if is_deadlock(&e) && attempt < 5 => attempt += 1,
+                other => return other.map_err(tx_err),
+            }
+        }
     }
 
     fn pending(&self, conn: &mut C) -> Result<i64, Error> {
@@ -1052,6 +1062,7 @@ where
             Op::Reindex { params } => Some(params.index_column),
             _ => None,
         };
+        let mut deadlocks = 0u32;
         loop {
             if self
                 .options
@@ -1139,8 +1150,14 @@ where
             let (ok, missed, unsettled) = match outcome {
                 Ok(v) => v,
                 Err(TxError::LeaseLost) => return Ok(false),
+                // A deadlock victim (InnoDB) was rolled back whole: read the batch again.
+                Err(e) if is_deadlock(&e) && deadlocks < 5 => {
+                    deadlocks += 1;
+                    continue;
+                }
                 Err(e) => return Err(tx_err(e)),
             };
+            deadlocks = 0;
             // Counted once the batch is committed: a rolled-back batch is read again.
             for (r, n) in skips {
                 *self.report.skipped.entry(r).or_default() += n;
@@ -1330,7 +1347,7 @@ where
                 stopped = true;
                 break;
             }
-            match self.claim(conn)? {
+            match self.claim_retrying(conn)? {
                 Some(unit) => {
                     if !self.work(conn, unit, on_batch)?
                         && self
@@ -1369,6 +1386,16 @@ enum Cas {
     Superseded,
     /// The row kept changing under every retry.
     Unsettled,
+}
+
+fn is_deadlock(e: &TxError) -> bool {
+    matches!(
+        e,
+        TxError::Db(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::SerializationFailure,
+            _,
+        ))
+    )
 }
 
 fn q_bind_text<B: JobTable>(q: &mut Query, s: String) -> String {
