@@ -762,6 +762,69 @@ macro_rules! in_transaction_suite {
             assert!(!r.finished && r.remaining == 1, "{r:?}");
         }
 
+        /// The live leakage report: `ssn` indexed on 16 bits over 200 distinct values per
+        /// clinic leaks more than the bound allows, and the report says which bits to use.
+        #[test]
+        fn the_leakage_report_judges_each_index_on_live_rows() {
+            use encrypted_types::index::IndexVerdict;
+            use encrypted_types::jobs::index_leakage;
+            use encrypted_types_tests::models::Patient;
+            use encrypted_types_tests::schema::et_patients;
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let store = KeyStore::new(LocalKek::create(dir.path().join("k.kek")).unwrap());
+            let conn = &mut $connect();
+            store.create_tenant(conn, Some(&"1".into())).unwrap();
+            store.create_tenant(conn, Some(&"2".into())).unwrap();
+            store.load_and_install(conn).unwrap();
+            let ps: Vec<Patient> = (0..400)
+                .map(|i| {
+                    // Tenant 2's emails repeat: 10 distinct values over 200 rows.
+                    let email = if i % 2 == 0 {
+                        format!("p{i}@example.org")
+                    } else {
+                        format!("shared{}@example.org", i % 20)
+                    };
+                    Patient::sample(500 + i, 1 + i64::from(i % 2), &email, &format!("{i:09}"))
+                })
+                .collect();
+            diesel::insert_into(et_patients::table)
+                .values(Patient::batch(&ps))
+                .execute(conn)
+                .unwrap();
+            let report = index_leakage(conn, &Patient::MODEL).unwrap();
+            let get = |col: &str, tenant: &str| {
+                report
+                    .iter()
+                    .find(|l| l.index_column == col && l.tenant.as_deref() == Some(tenant))
+                    .unwrap()
+                    .clone()
+            };
+            let ssn = get("ssn_bidx", "1");
+            assert_eq!(
+                (ssn.rows, ssn.distinct_values, ssn.unreadable),
+                (200, 200, 0)
+            );
+            assert!(ssn.distinct_index_values <= 200 && ssn.distinct_index_values > 190);
+            assert_eq!(
+                ssn.verdict,
+                IndexVerdict::LeaksMore {
+                    bits: 16,
+                    max_bits: 6
+                },
+                "{ssn:?}"
+            );
+            assert_eq!(ssn.plan.recommended_bits, 6);
+            let shared = get("email_bidx", "2");
+            assert_eq!((shared.rows, shared.distinct_values), (200, 10));
+            assert_eq!(
+                shared.distinct_index_values, 10,
+                "a full index shows each repeat"
+            );
+            // No phone was written: that index has no rows to judge.
+            assert!(report.iter().all(|l| l.index_column != "phone_bidx"));
+        }
+
         #[test]
         fn rotating_a_tenant_that_has_no_keys_is_refused() {
             let _g = encrypted_types_tests::serial();

@@ -1724,3 +1724,97 @@ fn report_batch(job: &str, on_batch: &mut dyn FnMut(&Progress), progress: Progre
     );
     on_batch(&progress);
 }
+
+/// What one blind index of a table reveals today, for one tenant: [`index_leakage`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct IndexLeakage {
+    /// The index column.
+    pub index_column: &'static str,
+    /// The tenant, as text (`None` for values without a tenant).
+    pub tenant: Option<String>,
+    /// Rows with a value.
+    pub rows: u64,
+    /// Distinct stored index values: what a database reader sees.
+    pub distinct_index_values: u64,
+    /// Distinct normalized values (counted through a keyed hash, never held as plaintext).
+    pub distinct_values: u64,
+    /// Rows that could not be opened (destroyed or unknown keys, failed authentication).
+    pub unreadable: u64,
+    /// [`crate::index::plan`] for these rows and values.
+    pub plan: crate::index::IndexPlan,
+    /// The planner's verdict on the configured bits; `LeaksMore` names the bits to use.
+    pub verdict: crate::index::IndexVerdict,
+}
+
+/// Leakage of every blind index of `model` on the live data, per tenant: rows, distinct index
+/// values, distinct values, and [`crate::index::plan`]'s verdict on the configured bits (an
+/// index that `LeaksMore` says which `bits` would keep within the bound). Decrypts every value
+/// once; nothing is written.
+///
+/// # Errors
+/// [`Error::NoKeyring`], [`Error::UnpageableKey`], [`Error::Job`].
+pub fn index_leakage<C>(conn: &mut C, model: &ModelInfo) -> Result<Vec<IndexLeakage>, Error>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    use std::collections::{BTreeMap, HashSet};
+    let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
+    let t = inspect(conn, model)?;
+    let mut out = Vec::new();
+    for c in model.columns {
+        for params in c.indexes {
+            // Distinct values are counted by a full-length index (a keyed hash) of each.
+            let full = IndexParams {
+                bits: 256,
+                ..*params
+            };
+            #[derive(Default)]
+            struct Tally {
+                rows: u64,
+                stored: HashSet<Vec<u8>>,
+                values: HashSet<Vec<u8>>,
+                unreadable: u64,
+            }
+            let mut by_tenant: BTreeMap<Option<String>, Tally> = BTreeMap::new();
+            scan(
+                conn,
+                &t,
+                c.column,
+                Some(params.index_column),
+                None,
+                None,
+                |row, v| {
+                    let tally = by_tenant.entry(row.t.clone()).or_default();
+                    tally.rows += 1;
+                    if let Some(i) = &row.i {
+                        tally.stored.insert(i.clone());
+                    }
+                    match fresh_index(&keyring, &t, c, &full, v, row.t.as_deref()) {
+                        Ok(h) => {
+                            tally.values.insert(h);
+                        }
+                        Err(_) => tally.unreadable += 1,
+                    }
+                    false
+                },
+            )?;
+            for (tenant, tally) in by_tenant {
+                let distinct = tally.values.len() as u64;
+                let plan = crate::index::plan(tally.rows, distinct);
+                out.push(IndexLeakage {
+                    index_column: params.index_column,
+                    tenant,
+                    rows: tally.rows,
+                    distinct_index_values: tally.stored.len() as u64,
+                    distinct_values: distinct,
+                    unreadable: tally.unreadable,
+                    verdict: plan.check(params.bits),
+                    plan,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
