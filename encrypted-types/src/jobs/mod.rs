@@ -897,7 +897,7 @@ where
                         q.bind::<C::Backend>(Param::Text(pass.target.clone())),
                     ];
                     let mut bound = |k: &Option<RowKey>| match k {
-                        Some(k) => q_bind_text::<C::Backend>(&mut q, k.encode()),
+                        Some(k) => q.bind::<C::Backend>(Param::Text(k.encode())),
                         None => "NULL".to_owned(),
                     };
                     let (f, t) = (bound(&from), bound(&to));
@@ -1124,14 +1124,15 @@ where
             if let Some(hook) = self.options.before_write {
                 hook();
             }
-            let outcome = conn.transaction(|conn| -> Result<(u64, u64, u64), TxError> {
+            let outcome = conn.transaction(|conn| -> Result<(u64, u64), TxError> {
                 self.fence(conn, &unit.name)?;
-                let (mut ok, mut missed, mut unsettled) = (0u64, 0u64, 0u64);
+                let (mut ok, mut missed) = (0u64, 0u64);
                 for w in &writes {
                     match self.cas_retrying(conn, pass, w)? {
                         Cas::Written => ok += 1,
                         Cas::Superseded => missed += 1,
-                        Cas::Unsettled => unsettled += 1,
+                        // Left for the closing check, which counts it independently.
+                        Cas::Unsettled => {}
                     }
                 }
                 let mut q = Query::new();
@@ -1144,10 +1145,10 @@ where
                      WHERE job = {j} AND unit = {u}"
                 );
                 C::Backend::exec(conn, &q)?;
-                Ok((ok, missed, unsettled))
+                Ok((ok, missed))
             });
             drop(writes);
-            let (ok, missed, unsettled) = match outcome {
+            let (ok, missed) = match outcome {
                 Ok(v) => v,
                 Err(TxError::LeaseLost) => return Ok(false),
                 // A deadlock victim (InnoDB) was rolled back whole: read the batch again.
@@ -1169,7 +1170,6 @@ where
             self.report.batches += 1;
             self.report.written += ok;
             self.report.conflicts += missed;
-            let _ = unsettled; // counted again, independently, by the closing check
             report_batch(
                 self.job,
                 on_batch,
@@ -1396,10 +1396,6 @@ fn is_deadlock(e: &TxError) -> bool {
             _,
         ))
     )
-}
-
-fn q_bind_text<B: JobTable>(q: &mut Query, s: String) -> String {
-    q.bind::<B>(Param::Text(s))
 }
 
 fn tx_err(e: TxError) -> Error {
