@@ -42,11 +42,14 @@ pub(crate) struct Encrypted<'a> {
     /// What the type is, by its name; `None` if unsupported.
     pub(crate) kind: Option<ValueKind>,
     pub(crate) index: Option<Index>,
+    /// `migrate_from = ...`: the legacy plaintext column read while it is non-NULL.
+    pub(crate) migrate_from: Option<Ident>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ValueKind {
     String,
+    Bytes,
     Other,
 }
 
@@ -126,6 +129,7 @@ impl<'a> Model<'a> {
                     inner,
                     optional,
                     kind: classify(inner),
+                    migrate_from: fa.migrate_from,
                     index: fa.index.map(|i| Index {
                         span: i.span,
                         explicit_column: i.column.is_some(),
@@ -228,7 +232,7 @@ fn classify(ty: &Type) -> Option<ValueKind> {
         "Vec" => match &last.arguments {
             PathArguments::AngleBracketed(a) => match a.args.first() {
                 Some(GenericArgument::Type(Type::Path(inner))) if inner.path.is_ident("u8") => {
-                    Some(ValueKind::Other)
+                    Some(ValueKind::Bytes)
                 }
                 _ => None,
             },

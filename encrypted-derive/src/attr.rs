@@ -7,7 +7,7 @@ use syn::{Attribute, Ident, LitInt, LitStr, Path};
 /// Keywords, in one place so error messages and parsers agree.
 pub(crate) mod kw {
     pub(crate) const STRUCT_KEYS: &str = "table, tenant, primary_key, derive";
-    pub(crate) const FIELD_KEYS: &str = "blind_index";
+    pub(crate) const FIELD_KEYS: &str = "blind_index, migrate_from";
     pub(crate) const INDEX_KEYS: &str = "normalize, bits, column, version, previous";
     pub(crate) const NORMALIZERS: &str = "trim, lowercase, email, digits, casefold";
     pub(crate) const DERIVES: &str = "Queryable, Selectable, Insertable, AsChangeset";
@@ -61,6 +61,8 @@ pub(crate) struct FieldAttrs {
     pub(crate) index: Option<IndexAttr>,
     /// A stray `#[blind_index]` outside `#[encrypted(...)]`.
     pub(crate) stray_index: Option<Span>,
+    /// `migrate_from = legacy_column`: the plaintext column this field is migrated from.
+    pub(crate) migrate_from: Option<Ident>,
 }
 
 pub(crate) struct IndexAttr {
@@ -197,6 +199,12 @@ pub(crate) fn parse_field(attrs: &[Attribute]) -> syn::Result<FieldAttrs> {
                     meta.parse_nested_meta(|m| parse_index_key(&m, &mut index))?;
                 }
                 out.index = Some(index);
+                Ok(())
+            } else if meta.path.is_ident("migrate_from") {
+                if out.migrate_from.is_some() {
+                    return Err(meta.error("this key is given twice\nhelp: give each key once"));
+                }
+                out.migrate_from = Some(meta.value()?.parse()?);
                 Ok(())
             } else {
                 Err(unknown(

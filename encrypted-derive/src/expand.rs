@@ -174,6 +174,14 @@ fn metadata(model: &Model<'_>, et: &TokenStream) -> TokenStream {
             let idx = idx_ident(model, f);
             quote!(<#idx as #et::IndexSpec>::PARAMS)
         });
+        let legacy = match &e.migrate_from {
+            Some(l) => {
+                let l = crate::ast::sql_name(l);
+                let text = e.kind == Some(ValueKind::String);
+                quote!(::core::option::Option::Some(#et::LegacyColumn { column: #l, text: #text }))
+            }
+            None => quote!(::core::option::Option::None),
+        };
         quote! {
             #et::ColumnInfo {
                 column: #column,
@@ -181,6 +189,7 @@ fn metadata(model: &Model<'_>, et: &TokenStream) -> TokenStream {
                 nullable: #nullable,
                 indexes: &[#(#indexes),*],
                 validate: #et::model_validate::<#inner>,
+                legacy: #legacy,
             }
         }
     });
@@ -205,22 +214,42 @@ fn read_side(
     let ident = model.ident;
     let read = &names.read;
     let table = &model.table;
-    let fields = model.fields.iter().map(|f| {
-        let name = f.ident;
-        let ty = match &f.encrypted {
-            Some(e) => sealed_ty(model, f, e, et),
-            None => {
-                let ty = f.ty;
-                quote!(#ty)
-            }
-        };
-        quote!(#name: #ty)
-    });
+    let mut fields: Vec<TokenStream> = model
+        .fields
+        .iter()
+        .map(|f| {
+            let name = f.ident;
+            let ty = match &f.encrypted {
+                // Rows not migrated yet have no ciphertext.
+                Some(e) if e.migrate_from.is_some() => {
+                    let ty = sealed_ty(model, f, e, et);
+                    if e.optional {
+                        ty
+                    } else {
+                        quote!(::core::option::Option<#ty>)
+                    }
+                }
+                Some(e) => sealed_ty(model, f, e, et),
+                None => {
+                    let ty = f.ty;
+                    quote!(#ty)
+                }
+            };
+            quote!(#name: #ty)
+        })
+        .collect();
+    // The legacy columns last, in the order `queries` selects them.
+    for (_, e) in model.encrypted_fields() {
+        if let Some(legacy) = &e.migrate_from {
+            let inner = e.inner;
+            fields.push(quote!(#legacy: ::core::option::Option<#inner>));
+        }
+    }
     let tenant = tenant_of(model, &quote!(row), et);
     let checks = model.encrypted_fields().map(|(f, e)| {
         let name = f.ident;
         let column = crate::ast::sql_name(name);
-        if e.optional {
+        if e.optional || e.migrate_from.is_some() {
             quote! {
                 if let ::core::option::Option::Some(v) = &row.#name {
                     v.verify_tenant(__tenant.as_ref(), #column)?;
@@ -230,9 +259,36 @@ fn read_side(
             quote!(row.#name.verify_tenant(__tenant.as_ref(), #column)?;)
         }
     });
+    let table_name = model.table_name();
     let build = model.fields.iter().map(|f| {
         let name = f.ident;
         match &f.encrypted {
+            // While the legacy column holds a value it is the row's value: this code sets it
+            // to NULL on every write, so a value there is unmigrated, or written since by an
+            // application version that knows only the legacy column.
+            Some(e) if e.migrate_from.is_some() => {
+                let legacy = e.migrate_from.as_ref().map(|l| quote!(#l));
+                let column = crate::ast::sql_name(name);
+                let legacy_name = e.migrate_from.as_ref().map(crate::ast::sql_name);
+                if e.optional {
+                    quote!(#name: match row.#legacy {
+                        ::core::option::Option::Some(p) => ::core::option::Option::Some(p),
+                        ::core::option::Option::None => row.#name.map(#et::Encrypted::into_inner),
+                    })
+                } else {
+                    quote!(#name: match (row.#legacy, row.#name) {
+                        (::core::option::Option::Some(p), _) => p,
+                        (::core::option::Option::None, ::core::option::Option::Some(v)) => v.into_inner(),
+                        (::core::option::Option::None, ::core::option::Option::None) => {
+                            return ::core::result::Result::Err(::std::boxed::Box::new(#et::Error::NoValue {
+                                table: #table_name,
+                                column: #column,
+                                legacy: #legacy_name,
+                            }));
+                        }
+                    })
+                }
+            }
             Some(e) if e.optional => quote!(#name: row.#name.map(#et::Encrypted::into_inner)),
             Some(_) => quote!(#name: row.#name.into_inner()),
             None => quote!(#name: row.#name),
@@ -308,6 +364,15 @@ fn write_side(
                     init.push(field_init(column, name, e.optional, |v| {
                         quote!(#et::BlindIndex::for_tenant(::core::clone::Clone::clone(#v), ::core::clone::Clone::clone(&__tenant)))
                     }));
+                }
+                // Every write clears the legacy plaintext: the row's value now lives sealed.
+                if let Some(legacy) = &e.migrate_from {
+                    let inner = e.inner;
+                    fields.push(quote!(
+                        #[diesel(treat_none_as_null = true)]
+                        #legacy: ::core::option::Option<#inner>
+                    ));
+                    init.push(quote!(#legacy: ::core::option::Option::None));
                 }
             }
         }
@@ -413,10 +478,13 @@ fn queries(
     let cols: Vec<_> = model
         .fields
         .iter()
-        .map(|f| {
-            let name = f.ident;
-            quote!(#table::#name)
-        })
+        .map(|f| f.ident)
+        .chain(
+            model
+                .encrypted_fields()
+                .filter_map(|(_, e)| e.migrate_from.as_ref()),
+        )
+        .map(|name| quote!(#table::#name))
         .collect();
     let columns = quote!((#(#cols,)*));
     let columns_ty = quote!((#(#cols,)*));

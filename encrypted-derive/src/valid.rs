@@ -91,6 +91,22 @@ pub(crate) fn check(model: &Model<'_>) -> syn::Result<()> {
                 ),
             );
         }
+        if let Some(legacy) = &e.migrate_from {
+            if !matches!(e.kind, Some(ValueKind::String | ValueKind::Bytes)) {
+                err(
+                    legacy.span(),
+                    "`migrate_from` reads a legacy TEXT/VARCHAR column into a String field, or a binary column into a Vec<u8> field\nhelp: for another type, convert the column in place and use `encrypted_types::migration` (see KEYS.md)".into(),
+                );
+            }
+            if let Some(_prev) = columns.insert(legacy.to_string(), legacy.span()) {
+                err(
+                    legacy.span(),
+                    format!(
+                        "duplicate column `{legacy}`: the legacy column is already a field or another companion column\nhelp: `migrate_from` names the old plaintext column, which no field of this struct maps"
+                    ),
+                );
+            }
+        }
         let Some(index) = &e.index else { continue };
         for bits in index.bits.iter().chain(&index.previous_bits) {
             match bits.base10_parse::<u32>() {
@@ -108,7 +124,7 @@ pub(crate) fn check(model: &Model<'_>) -> syn::Result<()> {
         {
             err(p.span(), "`previous` must be a version below `version`\nhelp: during a blind-index key rotation write `blind_index(version = N, previous = N - 1)`; remove `previous` once the reindex job has finished".into());
         }
-        if e.kind == Some(ValueKind::Other)
+        if matches!(e.kind, Some(ValueKind::Other | ValueKind::Bytes))
             && let Some((_, span)) = index
                 .normalize
                 .first()

@@ -151,6 +151,25 @@ pub enum Error {
     /// The job table could not be read or written, or holds something malformed.
     #[error("job table: {0}")]
     Job(String),
+    /// A row of a model in an expand/contract migration has neither a sealed value nor a
+    /// legacy one in a column its model says is not optional.
+    #[error("{table}.{column} is NULL and so is its legacy column {legacy}")]
+    NoValue {
+        /// The table.
+        table: &'static str,
+        /// The encrypted column.
+        column: &'static str,
+        /// The legacy column (`migrate_from`).
+        legacy: &'static str,
+    },
+    /// The database rolled a job's transaction back as a deadlock victim or a serialization
+    /// failure more times than the job retries (with random pauses). Nothing half-done was
+    /// kept: run the job again and it resumes from its checkpoint.
+    #[error(
+        "job table: the database kept rolling the job's transaction back (deadlock or \
+         serialization failure); run the job again to resume"
+    )]
+    Contended,
     /// A job cannot walk this table correctly (no primary key, a key type it cannot page, a
     /// primary key other than the model's): refused before anything is written.
     #[error("table {table} cannot be processed by the jobs: {reason}")]

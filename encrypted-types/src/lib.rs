@@ -93,7 +93,7 @@ pub use encrypted::Encrypted;
 pub use error::Error;
 pub use key::{BlindIndexRootKey, DataKey, KeyId, KeyMaterial};
 pub use keyring::{Keyring, KeyringBuilder};
-pub use model::{ColumnInfo, EncryptedModel, ModelInfo, validate as model_validate};
+pub use model::{ColumnInfo, EncryptedModel, LegacyColumn, ModelInfo, validate as model_validate};
 
 /// Derives field-level encryption for a Diesel model struct.
 ///
@@ -186,8 +186,8 @@ pub use encrypted_derive::Encrypted;
 pub mod __private {
     pub use crate::index::{BlindIndex, IndexParams, IndexSpec, Normalizer};
     pub use crate::{
-        ColumnContext, ColumnInfo, Encrypted, EncryptedModel, Error, ModelInfo, Plaintext,
-        TenantId, model_validate,
+        ColumnContext, ColumnInfo, Encrypted, EncryptedModel, Error, LegacyColumn, ModelInfo,
+        Plaintext, TenantId, model_validate,
     };
     pub use diesel;
 }

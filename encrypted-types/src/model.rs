@@ -32,6 +32,22 @@ pub struct ColumnInfo {
     /// Checks that bytes are a valid plaintext encoding of the field's type: the backfill
     /// refuses to seal a legacy value that every later read would fail on.
     pub validate: fn(&[u8]) -> Result<(), crate::Error>,
+    /// The legacy plaintext column this one is migrated from (`migrate_from`), if any.
+    pub legacy: Option<LegacyColumn>,
+}
+
+/// A legacy plaintext column beside its encrypted successor, during an expand/contract
+/// migration (`#[encrypted(migrate_from = ...)]`; KEYS.md, "Encrypting a TEXT column").
+///
+/// While it holds a value, that value is the row's: reads return it, every write of the model
+/// sets it to NULL, and [`crate::jobs::encrypt_column`] moves it into the encrypted column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegacyColumn {
+    /// SQL column name.
+    pub column: &'static str,
+    /// Whether it is a text column (`TEXT`, `VARCHAR`: its value is read as UTF-8) rather than
+    /// a binary one.
+    pub text: bool,
 }
 
 /// [`ColumnInfo::validate`] for a field of type `T`.

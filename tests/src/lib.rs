@@ -88,6 +88,52 @@ pub mod real_schema {
         }
     }
 
+    // A table in the middle of an expand/contract migration: `email_plain` and `note_plain`
+    // are the legacy TEXT columns, `email`, `email_bidx` and `note` the columns added beside
+    // them (nullable: rows not migrated yet have none).
+    diesel::table! {
+        et_contacts (id) {
+            id -> BigInt,
+            clinic_id -> BigInt,
+            email_plain -> Nullable<Text>,
+            note_plain -> Nullable<Text>,
+            email -> Nullable<Binary>,
+            email_bidx -> Nullable<Binary>,
+            note -> Nullable<Binary>,
+        }
+    }
+
+    /// The legacy table, before the migration: plaintext in `TEXT`/`VARCHAR` columns.
+    pub fn legacy_contacts_ddl(backend: &str) -> Vec<String> {
+        let (email, note) = match backend {
+            "mysql" => ("VARCHAR(255)", "TEXT"),
+            _ => ("TEXT", "TEXT"),
+        };
+        vec![
+            "DROP TABLE IF EXISTS et_contacts".into(),
+            format!(
+                "CREATE TABLE et_contacts (id BIGINT PRIMARY KEY NOT NULL, clinic_id BIGINT NOT NULL, \
+                 email_plain {email}, note_plain {note})"
+            ),
+        ]
+    }
+
+    /// The expand step: the encrypted columns added beside the legacy ones. Nullable and
+    /// without a default, so no backend rewrites the table to add them.
+    pub fn expand_contacts_ddl(backend: &str) -> Vec<String> {
+        let (blob, bidx) = match backend {
+            "postgres" => ("BYTEA", "BYTEA"),
+            "mysql" => ("LONGBLOB", "VARBINARY(32)"),
+            _ => ("BLOB", "BLOB"),
+        };
+        vec![
+            format!("ALTER TABLE et_contacts ADD COLUMN email {blob}"),
+            format!("ALTER TABLE et_contacts ADD COLUMN email_bidx {bidx}"),
+            format!("ALTER TABLE et_contacts ADD COLUMN note {blob}"),
+            "CREATE INDEX et_contacts_email_bidx ON et_contacts (clinic_id, email_bidx)".into(),
+        ]
+    }
+
     /// The DDL of these tables on `backend` (`sqlite`, `postgres`, `mysql`).
     pub fn ddl(backend: &str) -> Vec<String> {
         let (blob, text_key, uuid_table) = match backend {
@@ -408,4 +454,44 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A connection to `url` (a server URL, or an SQLite file that other processes share: it
+/// waits for their locks).
+pub fn connect<C: diesel::Connection + diesel::connection::SimpleConnection>(url: &str) -> C {
+    let mut c = C::establish(url).unwrap();
+    if !url.contains("://") {
+        c.batch_execute("PRAGMA busy_timeout = 20000").unwrap();
+    }
+    c
+}
+
+/// A database of the test's own (committed data): on a server a fresh database, on SQLite a
+/// file in `dir`.
+pub fn database<C: diesel::Connection + diesel::connection::SimpleConnection>(
+    admin_url: Option<String>,
+    name: &str,
+    dir: &tempfile::TempDir,
+) -> String {
+    let Some(admin_url) = admin_url else {
+        return dir.path().join("real.db").to_str().unwrap().to_owned();
+    };
+    let (base, _) = admin_url.rsplit_once('/').unwrap();
+    let url = format!("{base}/{name}");
+    let mut admin = C::establish(&admin_url).unwrap();
+    if base.starts_with("mysql") {
+        admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
+            ))
+            .unwrap();
+    } else {
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .unwrap();
+    }
+    url
 }

@@ -176,3 +176,17 @@ pub struct PatientSsnWide {
     #[encrypted(blind_index(normalize = digits))]
     pub phone: Option<String>,
 }
+
+/// A contact in the middle of an expand/contract migration from legacy TEXT columns: reads
+/// take `email_plain`/`note_plain` while they hold a value, every write seals into
+/// `email`/`note` and clears them, and `jobs::encrypt_column` moves the rest.
+#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[encrypted(table = crate::real_schema::et_contacts, tenant = clinic_id)]
+pub struct Contact {
+    pub id: i64,
+    pub clinic_id: i64,
+    #[encrypted(blind_index(normalize = email), migrate_from = email_plain)]
+    pub email: String,
+    #[encrypted(migrate_from = note_plain)]
+    pub note: Option<String>,
+}

@@ -21,6 +21,7 @@ use encrypted_types::store::{KeyStore, count_rows_with_keys};
 use encrypted_types::{EncryptedModel, KeyId};
 use encrypted_types_tests::models::{BinRecord, UuidRecord, Visit};
 use encrypted_types_tests::real_schema::{et_uuid_bin, et_uuid_pg, et_visits};
+use encrypted_types_tests::{connect, database};
 
 /// Tenants of the visits: the integer boundaries are tenants (and key parts) too.
 const TENANTS: [i64; 4] = [i64::MIN, 1, 2, i64::MAX];
@@ -63,44 +64,6 @@ fn sorted_visits(mut v: Vec<Visit>) -> Vec<Visit> {
 
 fn tenant(t: i64) -> encrypted_types::TenantId {
     t.to_string().as_str().into()
-}
-
-fn connect<C: Connection + SimpleConnection>(url: &str) -> C {
-    let mut c = C::establish(url).unwrap();
-    if !url.contains("://") {
-        c.batch_execute("PRAGMA busy_timeout = 20000").unwrap();
-    }
-    c
-}
-
-/// A database of the test's own (committed data): on a server a fresh database, on SQLite a
-/// file in `dir`.
-fn database<C: Connection + SimpleConnection>(
-    admin_url: Option<String>,
-    name: &str,
-    dir: &tempfile::TempDir,
-) -> String {
-    let Some(admin_url) = admin_url else {
-        return dir.path().join("real.db").to_str().unwrap().to_owned();
-    };
-    let (base, _) = admin_url.rsplit_once('/').unwrap();
-    let url = format!("{base}/{name}");
-    let mut admin = C::establish(&admin_url).unwrap();
-    if base.starts_with("mysql") {
-        admin
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {name}; CREATE DATABASE {name}"
-            ))
-            .unwrap();
-    } else {
-        admin
-            .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-            .unwrap();
-        admin
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .unwrap();
-    }
-    url
 }
 
 fn random_ms(from: u64, span: u64) -> u64 {

@@ -49,7 +49,7 @@ use crate::format;
 use crate::index::IndexParams;
 use crate::key::KeyId;
 use crate::keyring::Keyring;
-use crate::model::{ColumnInfo, ModelInfo};
+use crate::model::{ColumnInfo, LegacyColumn, ModelInfo};
 use crate::store::KeyTable;
 
 /// Which rows a run of a job covers.
@@ -183,9 +183,17 @@ impl JobReport {
 
 /// What one pass writes.
 enum Op<'a> {
-    Rotate { retired: &'a [KeyId] },
-    Reindex { params: &'static IndexParams },
+    Rotate {
+        retired: &'a [KeyId],
+    },
+    Reindex {
+        params: &'static IndexParams,
+    },
     Encrypt,
+    /// Seal the legacy column's values into the encrypted column, clearing the legacy one.
+    Backfill {
+        legacy: LegacyColumn,
+    },
 }
 
 impl Op<'_> {
@@ -194,6 +202,28 @@ impl Op<'_> {
             Self::Rotate { .. } => "rotate",
             Self::Reindex { .. } => "reindex",
             Self::Encrypt => "encrypt",
+            Self::Backfill { .. } => "backfill",
+        }
+    }
+}
+
+impl Pass<'_> {
+    /// The SQL expression of the value a batch reads and the compare-and-swap compares: the
+    /// column's bytes, or the legacy column's (text as its UTF-8 bytes).
+    fn read_expr<B: JobTable>(&self) -> String {
+        match &self.op {
+            Op::Backfill { legacy } if legacy.text => B::text_bytes(&B::quote(legacy.column)),
+            Op::Backfill { legacy } => B::quote(legacy.column),
+            _ => B::quote(self.column.column),
+        }
+    }
+
+    /// The condition of the rows a batch reads (besides its range).
+    fn todo_cond<B: JobTable>(&self) -> String {
+        match &self.op {
+            Op::Rotate { retired } => B::key_id_in(&B::quote(self.column.column), retired),
+            Op::Backfill { legacy } => format!("{} IS NOT NULL", B::quote(legacy.column)),
+            _ => format!("{} IS NOT NULL", B::quote(self.column.column)),
         }
     }
 }
@@ -323,8 +353,16 @@ where
     })
 }
 
-fn job_err(e: impl std::fmt::Display) -> Error {
-    Error::Job(e.to_string())
+/// A database error of the jobs; a deadlock or serialization failure stays recognisable, so a
+/// helper's error that passes through [`TxError::Lib`] is retried too.
+fn job_err(e: diesel::result::Error) -> Error {
+    match e {
+        diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::SerializationFailure,
+            _,
+        ) => Error::Contended,
+        e => Error::Job(e.to_string()),
+    }
 }
 
 /// A placeholder for `part` compared with a key column of `kind`.
@@ -439,16 +477,15 @@ fn key_selects<B: JobTable>(t: &Table) -> String {
         .join(", ")
 }
 
-/// `SELECT <key>, v, i, t FROM table WHERE <conds> ORDER BY <key> [LIMIT n]`.
+/// `SELECT <key>, <v> AS v, i, t FROM table WHERE <conds> ORDER BY <key> [LIMIT n]`.
 fn select<B: JobTable>(
     t: &Table,
-    column: &str,
+    v: &str,
     index: Option<&str>,
     conds: &[String],
     q: &mut Query,
     limit: Option<usize>,
 ) {
-    let v = B::quote(column);
     let i = index.map_or_else(|| "NULL".to_owned(), B::quote);
     let mut sql = format!(
         "SELECT {}, {v} AS v, {i} AS i, {} AS t FROM {}",
@@ -493,11 +530,14 @@ fn range_conds<B: JobTable>(
 struct Write {
     key: Vec<KeyPart>,
     old: Zeroizing<Vec<u8>>,
-    sets: Vec<(&'static str, Vec<u8>)>,
+    sets: Sets,
 }
 
+/// The columns a write sets: bytes, or `NULL` for `None`.
+type Sets = Vec<(&'static str, Option<Vec<u8>>)>;
+
 enum Outcome {
-    Write(Vec<(&'static str, Vec<u8>)>),
+    Write(Sets),
     Nothing,
     Skip(SkipReason),
 }
@@ -518,7 +558,7 @@ fn prepare(
                 return Ok(Outcome::Skip(SkipReason::TenantMismatch));
             }
             match format::reseal(keyring, t.name, c.column, c.value_type, value) {
-                Ok(Some(new)) => Ok(Outcome::Write(vec![(c.column, new)])),
+                Ok(Some(new)) => Ok(Outcome::Write(vec![(c.column, Some(new))])),
                 Ok(None) => Ok(Outcome::Nothing),
                 Err(e @ Error::NoKeyring) => Err(e),
                 Err(e) => Ok(Outcome::Skip(SkipReason::of(&e))),
@@ -526,37 +566,58 @@ fn prepare(
         }
         Op::Reindex { params } => match fresh_index(keyring, t, c, params, value, tenant) {
             Ok(new) if index == Some(new.as_slice()) => Ok(Outcome::Nothing),
-            Ok(new) => Ok(Outcome::Write(vec![(params.index_column, new)])),
+            Ok(new) => Ok(Outcome::Write(vec![(params.index_column, Some(new))])),
             Err(r) => Ok(Outcome::Skip(r)),
         },
-        Op::Encrypt => {
-            match legacy_state(keyring, t, c, value) {
-                LegacyState::Done => return Ok(Outcome::Nothing),
-                LegacyState::Bad(r) => return Ok(Outcome::Skip(r)),
-                LegacyState::Todo => {}
-            }
-            let tenant = tenant.map(crate::TenantId::from);
-            let sealed = match format::seal_raw(
-                keyring,
-                t.name,
-                c.column,
-                c.value_type,
-                tenant.as_ref(),
-                value,
-            ) {
-                Ok(s) => s,
-                Err(e) => return Ok(Outcome::Skip(SkipReason::of(&e))),
-            };
-            let mut sets = vec![(c.column, sealed)];
-            for params in c.indexes {
-                match params.compute_raw(keyring, tenant.as_ref(), c.value_type, value) {
-                    Ok(i) => sets.push((params.index_column, i)),
-                    Err(e) => return Ok(Outcome::Skip(SkipReason::of(&e))),
+        Op::Encrypt | Op::Backfill { .. } => {
+            if let Op::Backfill { legacy } = &pass.op {
+                // Whatever the legacy column holds is plaintext; only its encoding is checked.
+                if (c.validate)(value).is_err() {
+                    return Ok(Outcome::Skip(SkipReason::InvalidLegacyValue));
                 }
+                let mut sets = seal_legacy(keyring, t, c, value, tenant);
+                if let Outcome::Write(sets) = &mut sets {
+                    sets.push((legacy.column, None));
+                }
+                return Ok(sets);
             }
-            Ok(Outcome::Write(sets))
+            match legacy_state(keyring, t, c, value) {
+                LegacyState::Done => Ok(Outcome::Nothing),
+                LegacyState::Bad(r) => Ok(Outcome::Skip(r)),
+                LegacyState::Todo => Ok(seal_legacy(keyring, t, c, value, tenant)),
+            }
         }
     }
+}
+
+/// A legacy value sealed under the row's tenant key, with its blind indexes.
+fn seal_legacy(
+    keyring: &Keyring,
+    t: &Table,
+    c: &ColumnInfo,
+    value: &[u8],
+    tenant: Option<&str>,
+) -> Outcome {
+    let tenant = tenant.map(crate::TenantId::from);
+    let sealed = match format::seal_raw(
+        keyring,
+        t.name,
+        c.column,
+        c.value_type,
+        tenant.as_ref(),
+        value,
+    ) {
+        Ok(s) => s,
+        Err(e) => return Outcome::Skip(SkipReason::of(&e)),
+    };
+    let mut sets = vec![(c.column, Some(sealed))];
+    for params in c.indexes {
+        match params.compute_raw(keyring, tenant.as_ref(), c.value_type, value) {
+            Ok(i) => sets.push((params.index_column, Some(i))),
+            Err(e) => return Outcome::Skip(SkipReason::of(&e)),
+        }
+    }
+    Outcome::Write(sets)
 }
 
 /// Whether a sealed value's key belongs to another tenant than its row: a ciphertext copied
@@ -845,8 +906,8 @@ where
     /// Checks the recorded identity of the job's units and records the missing ones of this
     /// run's scope; returns whether every one of them was already done.
     fn plan(&mut self, conn: &mut C) -> Result<bool, Error> {
-        for attempt in 0..6 {
-            let result = conn.transaction(|conn| -> Result<bool, TxError> {
+        for attempt in 0..=RETRIES {
+            let result = transaction(conn, |conn| -> Result<bool, TxError> {
                 // Write first: on SQLite this takes the write lock before the read below, so
                 // two planners queue instead of deadlocking on a lock upgrade; elsewhere it
                 // serializes planners of the same job.
@@ -917,21 +978,21 @@ where
                 Ok(done) => return Ok(done),
                 // Another worker planned the same units at the same moment: read its plan.
                 Err(TxError::Db(diesel::result::Error::DatabaseError(
-                    diesel::result::DatabaseErrorKind::UniqueViolation
-                    | diesel::result::DatabaseErrorKind::SerializationFailure,
+                    diesel::result::DatabaseErrorKind::UniqueViolation,
                     _,
-                ))) if attempt < 5 => {}
+                ))) if attempt < RETRIES => {}
+                Err(e) if is_deadlock(&e) && attempt < RETRIES => backoff(attempt),
                 Err(e) => return Err(tx_err(e)),
             }
         }
-        Err(Error::Job("could not record the job's units".into()))
+        Err(Error::Contended)
     }
 
     /// Claims a pending unit of this run whose lease is free, expired or already this worker's.
     fn claim(&self, conn: &mut C) -> Result<Option<Unit>, TxError> {
         let now = C::Backend::now();
         let lease = self.lease_secs();
-        conn.transaction(|conn| -> Result<Option<Unit>, TxError> {
+        transaction(conn, |conn| -> Result<Option<Unit>, TxError> {
             let mut q = Query::new();
             // `?` placeholders bind in the order they appear in the text.
             let j = q.bind::<C::Backend>(Param::Text(self.job.to_owned()));
@@ -1012,7 +1073,10 @@ where
         let mut attempt = 0;
         loop {
             match self.claim(conn) {
-                Err(e) if is_deadlock(&e) && attempt < 5 => attempt += 1,
+                Err(e) if is_deadlock(&e) && attempt < RETRIES => {
+                    backoff(attempt);
+                    attempt += 1;
+                }
                 other => return other.map_err(tx_err),
             }
         }
@@ -1040,8 +1104,32 @@ where
              WHERE job = {j} AND unit = {u} AND lease_owner = {me}",
             C::Backend::now()
         );
-        C::Backend::exec(conn, &q).map_err(job_err)?;
-        Ok(())
+        for attempt in 0..RETRIES {
+            match transaction(conn, |conn| Ok(C::Backend::exec(conn, &q)?)) {
+                Err(e) if is_deadlock(&e) => backoff(attempt),
+                other => return other.map(|_| ()).map_err(tx_err),
+            }
+        }
+        Err(Error::Contended)
+    }
+
+    /// Sets this run's done units back to pending, from their start.
+    fn reopen(&self, conn: &mut C) -> Result<(), Error> {
+        let mut q = Query::new();
+        let j = q.bind::<C::Backend>(Param::Text(self.job.to_owned()));
+        let ours = self.units_in(&mut q);
+        q.sql = format!(
+            "UPDATE {JOBS} SET state = 'pending', last_key = NULL, lease_owner = NULL, \
+             lease_until = NULL, updated_at = {} WHERE job = {j} AND {ours} AND state = 'done'",
+            C::Backend::now()
+        );
+        for attempt in 0..RETRIES {
+            match transaction(conn, |conn| Ok(C::Backend::exec(conn, &q)?)) {
+                Err(e) if is_deadlock(&e) => backoff(attempt),
+                other => return other.map(|_| ()).map_err(tx_err),
+            }
+        }
+        Err(Error::Contended)
     }
 
     /// Processes a claimed unit batch by batch. Returns `false` when `max_batches` stopped it
@@ -1057,7 +1145,6 @@ where
             .get(unit.pass)
             .ok_or_else(|| Error::Job("pass".into()))?;
         let t = &self.table;
-        let column = pass.column.column;
         let index = match &pass.op {
             Op::Reindex { params } => Some(params.index_column),
             _ => None,
@@ -1080,15 +1167,10 @@ where
                 unit.to.as_ref(),
                 unit.last.as_ref(),
             )?;
-            match &pass.op {
-                Op::Rotate { retired } => {
-                    conds.push(C::Backend::key_id_in(&C::Backend::quote(column), retired));
-                }
-                _ => conds.push(format!("{} IS NOT NULL", C::Backend::quote(column))),
-            }
+            conds.push(pass.todo_cond::<C::Backend>());
             select::<C::Backend>(
                 t,
-                column,
+                &pass.read_expr::<C::Backend>(),
                 index,
                 &conds,
                 &mut q,
@@ -1124,7 +1206,7 @@ where
             if let Some(hook) = self.options.before_write {
                 hook();
             }
-            let outcome = conn.transaction(|conn| -> Result<(u64, u64), TxError> {
+            let outcome = transaction(conn, |conn| -> Result<(u64, u64), TxError> {
                 self.fence(conn, &unit.name)?;
                 let (mut ok, mut missed) = (0u64, 0u64);
                 for w in &writes {
@@ -1152,7 +1234,8 @@ where
                 Ok(v) => v,
                 Err(TxError::LeaseLost) => return Ok(false),
                 // A deadlock victim (InnoDB) was rolled back whole: read the batch again.
-                Err(e) if is_deadlock(&e) && deadlocks < 5 => {
+                Err(e) if is_deadlock(&e) && deadlocks < RETRIES => {
+                    backoff(deadlocks);
                     deadlocks += 1;
                     continue;
                 }
@@ -1207,7 +1290,6 @@ where
     /// another job re-sealed meanwhile is still processed.
     fn cas_retrying(&self, conn: &mut C, pass: &Pass<'_>, w: &Write) -> Result<Cas, TxError> {
         let t = &self.table;
-        let col = pass.column.column;
         let mut sets = w.sets.clone();
         let mut old: Zeroizing<Vec<u8>> = w.old.clone();
         for attempt in 0..4 {
@@ -1215,7 +1297,10 @@ where
             let assigns: Vec<String> = sets
                 .iter()
                 .map(|(c, v)| {
-                    let ph = q.bind::<C::Backend>(Param::Bytes(v.clone()));
+                    let ph = match v {
+                        Some(v) => q.bind::<C::Backend>(Param::Bytes(v.clone())),
+                        None => "NULL".to_owned(),
+                    };
                     format!("{} = {ph}", C::Backend::quote(c))
                 })
                 .collect();
@@ -1225,7 +1310,7 @@ where
                 "UPDATE {} SET {} WHERE {k} AND {} = {o}",
                 t.quoted,
                 assigns.join(", "),
-                C::Backend::quote(col)
+                pass.read_expr::<C::Backend>()
             );
             let changed = C::Backend::exec(conn, &q)?;
             // The bound copy of the old value may be legacy plaintext.
@@ -1246,7 +1331,14 @@ where
                 _ => None,
             };
             let k = key_eq::<C::Backend>(&mut r, t, &w.key)?;
-            select::<C::Backend>(t, col, index, &[k], &mut r, Some(1));
+            select::<C::Backend>(
+                t,
+                &pass.read_expr::<C::Backend>(),
+                index,
+                &[k],
+                &mut r,
+                Some(1),
+            );
             if C::Backend::SKIP_LOCKED {
                 // A locking read sees the latest committed row, not the transaction's snapshot
                 // (MySQL's REPEATABLE READ would return the bytes that just missed).
@@ -1298,6 +1390,9 @@ where
                     );
                     let n = C::Backend::count_q(conn, &q).map_err(job_err)?;
                     total += u64::try_from(n).unwrap_or(0);
+                }
+                Op::Backfill { legacy } => {
+                    total += count_legacy(conn, t, *legacy, from.as_ref(), to.as_ref())?;
                 }
                 Op::Encrypt => {
                     total += scan_legacy(
@@ -1376,6 +1471,12 @@ where
         let remaining = self.remaining(conn)?;
         self.report.remaining += remaining;
         self.report.finished = self.report.remaining == 0;
+        if remaining > 0 {
+            // Every unit passed, yet values are left: written behind the units since (an
+            // application still on the old keyring or the legacy column) or skipped. The next
+            // run of this job walks the units again instead of calling itself finished.
+            self.reopen(conn)?;
+        }
         Ok(self.report)
     }
 }
@@ -1388,14 +1489,56 @@ enum Cas {
     Unsettled,
 }
 
+/// Whether the database rolled the transaction back as a deadlock victim (InnoDB) or a
+/// serialization failure: the whole transaction may run again.
 fn is_deadlock(e: &TxError) -> bool {
     matches!(
         e,
         TxError::Db(diesel::result::Error::DatabaseError(
             diesel::result::DatabaseErrorKind::SerializationFailure,
             _,
-        ))
+        )) | TxError::Lib(Error::Contended)
     )
+}
+
+/// Retries of one transaction the database rolled back; then [`Error::Contended`].
+const RETRIES: u32 = 12;
+
+/// A random pause before retry `attempt` (from 0): workers that collided do not collide again
+/// in step. Grows from about 5 ms to at most about 1 s.
+fn backoff(attempt: u32) {
+    let mut r = [0u8; 2];
+    let jitter = match getrandom::fill(&mut r) {
+        Ok(()) => u64::from(u16::from_le_bytes(r)),
+        Err(_) => 32_768,
+    };
+    let base = 5u64.saturating_mul(1 << attempt.min(8)).min(1_000);
+    // base/2 .. base*3/2
+    let ms = base / 2 + base * jitter / 65_536;
+    std::thread::sleep(Duration::from_millis(ms));
+}
+
+/// A job transaction. On MySQL/MariaDB a top-level one runs at `READ COMMITTED`: InnoDB's
+/// next-key (gap) locks of `REPEATABLE READ` are what makes workers on neighbouring ranges,
+/// or planners inserting into an empty job, deadlock; every read of the jobs that decides a
+/// write is a locking read or a compare-and-swap, so the snapshot level adds nothing. Inside
+/// a caller's transaction the caller's level stands.
+fn transaction<C, T>(
+    conn: &mut C,
+    f: impl FnOnce(&mut C) -> Result<T, TxError>,
+) -> Result<T, TxError>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    if let Some(sql) = C::Backend::BEFORE_TRANSACTION {
+        use diesel::connection::TransactionManager;
+        let depth = C::TransactionManager::transaction_manager_status_mut(conn).transaction_depth();
+        if matches!(depth, Ok(None)) {
+            conn.batch_execute(sql)?;
+        }
+    }
+    conn.transaction(f)
 }
 
 fn tx_err(e: TxError) -> Error {
@@ -1579,11 +1722,22 @@ where
 {
     let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
     let info = find_column(model, column)?;
-    let passes = vec![Pass {
-        column: info,
-        op: Op::Encrypt,
-        writes: info.column,
-        target: format!("{}.{} sealed", model.table, info.column),
+    let passes = vec![match info.legacy {
+        Some(legacy) => Pass {
+            column: info,
+            op: Op::Backfill { legacy },
+            writes: info.column,
+            target: format!(
+                "{}.{} sealed from {}",
+                model.table, info.column, legacy.column
+            ),
+        },
+        None => Pass {
+            column: info,
+            op: Op::Encrypt,
+            writes: info.column,
+            target: format!("{}.{} sealed", model.table, info.column),
+        },
     }];
     start(conn, model, job, options, &keyring, passes)?.run(conn, &mut on_batch)
 }
@@ -1623,7 +1777,14 @@ where
         let mut q = Query::new();
         let mut conds = range_conds::<C::Backend>(&mut q, t, from, to, after.as_ref())?;
         conds.push(format!("{} IS NOT NULL", C::Backend::quote(column)));
-        select::<C::Backend>(t, column, index, &conds, &mut q, Some(2000));
+        select::<C::Backend>(
+            t,
+            &C::Backend::quote(column),
+            index,
+            &conds,
+            &mut q,
+            Some(2000),
+        );
         let rows = C::Backend::load_rows(conn, &q).map_err(job_err)?;
         let Some(last) = rows.last().map(|r| RowKey(r.key.clone())) else {
             return Ok(n);
@@ -1658,6 +1819,30 @@ where
     })
 }
 
+/// Rows of `t` with `from <= key < to` whose legacy column still holds a value, counted in SQL.
+fn count_legacy<C>(
+    conn: &mut C,
+    t: &Table,
+    legacy: LegacyColumn,
+    from: Option<&RowKey>,
+    to: Option<&RowKey>,
+) -> Result<u64, Error>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    let mut q = Query::new();
+    let mut conds = range_conds::<C::Backend>(&mut q, t, from, to, None)?;
+    conds.push(format!("{} IS NOT NULL", C::Backend::quote(legacy.column)));
+    q.sql = format!(
+        "SELECT COUNT(*) AS n FROM {} WHERE {}",
+        t.quoted,
+        conds.join(" AND ")
+    );
+    let n = C::Backend::count_q(conn, &q).map_err(job_err)?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
 /// The verification of a plaintext migration: how many values of `model`'s `column` are not
 /// known to be sealed: legacy plaintext by [`format::classify`] (the test the fallback read and
 /// [`encrypt_column`] use), values under a key the keyring does not hold, and values that look
@@ -1673,7 +1858,11 @@ where
     let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
     let info = find_column(model, column)?;
     let t = inspect(conn, model)?;
-    scan_legacy(conn, &keyring, &t, info, None, None)
+    let legacy = match info.legacy {
+        Some(l) => count_legacy(conn, &t, l, None, None)?,
+        None => 0,
+    };
+    Ok(legacy + scan_legacy(conn, &keyring, &t, info, None, None)?)
 }
 
 /// The verification scan: for every data key of the installed keyring, how many values of

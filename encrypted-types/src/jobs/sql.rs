@@ -220,6 +220,9 @@ pub trait JobTable: KeyTable {
     /// Whether claims lock with `FOR UPDATE SKIP LOCKED` (SQLite has one writer at a time).
     #[doc(hidden)]
     const SKIP_LOCKED: bool;
+    /// A statement run before a job's own (top-level) transaction.
+    #[doc(hidden)]
+    const BEFORE_TRANSACTION: Option<&'static str>;
     /// `$n` or `?`.
     #[doc(hidden)]
     fn placeholder(n: usize) -> String;
@@ -232,6 +235,10 @@ pub trait JobTable: KeyTable {
     /// `CAST(expr AS <text>)`.
     #[doc(hidden)]
     fn as_text(expr: &str) -> String;
+    /// The UTF-8 bytes of the text `expr`: compared byte for byte, so no collation (MySQL's
+    /// case-insensitive, pad-space defaults) takes two different values for equal.
+    #[doc(hidden)]
+    fn text_bytes(expr: &str) -> String;
     /// The database's clock in unix seconds: leases do not depend on the workers' clocks.
     #[doc(hidden)]
     fn now() -> &'static str;
@@ -271,12 +278,14 @@ pub trait JobTable: KeyTable {
 }
 
 macro_rules! job_table {
-    ($db:ty, name = $name:literal, skip_locked = $skip:literal, placeholder = $ph:expr,
-     key_select = $ks:expr, key_param = $kp:expr, text = $text:literal, now = $now:literal,
+    ($db:ty, name = $name:literal, skip_locked = $skip:literal,
+     before_transaction = $before:expr, placeholder = $ph:expr,
+     key_select = $ks:expr, key_param = $kp:expr, text = $text:literal, text_bytes = $tb:expr, now = $now:literal,
      catalogue = $cat:literal) => {
         impl JobTable for $db {
             const NAME: &'static str = $name;
             const SKIP_LOCKED: bool = $skip;
+            const BEFORE_TRANSACTION: Option<&'static str> = $before;
 
             fn placeholder(n: usize) -> String {
                 let f: fn(usize) -> String = $ph;
@@ -291,6 +300,11 @@ macro_rules! job_table {
             fn key_param(kind: KeyKind, ph: String) -> String {
                 let f: fn(KeyKind, String) -> String = $kp;
                 f(kind, ph)
+            }
+
+            fn text_bytes(expr: &str) -> String {
+                let f: fn(&str) -> String = $tb;
+                f(expr)
             }
 
             fn as_text(expr: &str) -> String {
@@ -376,10 +390,12 @@ job_table!(
     diesel::sqlite::Sqlite,
     name = "sqlite",
     skip_locked = false,
+    before_transaction = None,
     placeholder = |_| "?".to_owned(),
     key_select = |_, c| c.to_owned(),
     key_param = |_, ph| ph,
     text = "TEXT",
+    text_bytes = |e| format!("CAST({e} AS BLOB)"),
     now = "CAST(strftime('%s', 'now') AS INTEGER)",
     catalogue = "SELECT name, type AS ty FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk"
 );
@@ -388,6 +404,7 @@ job_table!(
     diesel::pg::Pg,
     name = "postgres",
     skip_locked = true,
+    before_transaction = None,
     placeholder = |n| format!("${n}"),
     key_select = |k, c| match k {
         KeyKind::Int => format!("CAST({c} AS BIGINT)"),
@@ -399,6 +416,7 @@ job_table!(
         _ => ph,
     },
     text = "TEXT",
+    text_bytes = |e| format!("convert_to({e}, 'UTF8')"),
     now = "CAST(EXTRACT(EPOCH FROM now()) AS BIGINT)",
     catalogue = "SELECT CAST(a.attname AS TEXT) AS name, format_type(a.atttypid, a.atttypmod) AS ty \
                  FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
@@ -410,6 +428,8 @@ job_table!(
     diesel::mysql::Mysql,
     name = "mysql",
     skip_locked = true,
+    // The next transaction only; see `jobs::transaction`.
+    before_transaction = Some("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"),
     placeholder = |_| "?".to_owned(),
     key_select = |k, c| match k {
         KeyKind::Int => format!("CAST({c} AS SIGNED)"),
@@ -417,6 +437,7 @@ job_table!(
     },
     key_param = |_, ph| ph,
     text = "CHAR",
+    text_bytes = |e| format!("CAST(CONVERT({e} USING utf8mb4) AS BINARY)"),
     now = "UNIX_TIMESTAMP()",
     catalogue = "SELECT CAST(k.COLUMN_NAME AS CHAR) AS name, CAST(c.COLUMN_TYPE AS CHAR) AS ty \
                  FROM information_schema.KEY_COLUMN_USAGE k JOIN information_schema.COLUMNS c \
