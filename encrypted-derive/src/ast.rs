@@ -174,7 +174,12 @@ impl<'a> Model<'a> {
                     .collect()
             }),
             fields,
-            treat_none_as_null: attrs.treat_none_as_null,
+            // A `None` writes NULL unless the model says otherwise: keeping the old value
+            // would silently keep data a deletion meant to remove.
+            treat_none_as_null: attrs
+                .none_is_null
+                .or(attrs.treat_none_as_null)
+                .unwrap_or(true),
         })
     }
 

@@ -6,7 +6,8 @@ use syn::{Attribute, Ident, LitInt, LitStr, Path};
 
 /// Keywords, in one place so error messages and parsers agree.
 pub(crate) mod kw {
-    pub(crate) const STRUCT_KEYS: &str = "table, tenant, primary_key, derive";
+    pub(crate) const STRUCT_KEYS: &str = "table, tenant, primary_key, derive, none";
+    pub(crate) const NONE_CHOICES: &str = "null, skip";
     pub(crate) const FIELD_KEYS: &str = "blind_index, migrate_from";
     pub(crate) const INDEX_KEYS: &str = "normalize, bits, column, version, previous";
     pub(crate) const NORMALIZERS: &str = "trim, lowercase, email, digits, casefold";
@@ -49,8 +50,10 @@ pub(crate) struct StructAttrs {
     pub(crate) tenant: Option<Ident>,
     pub(crate) primary_key: Option<Vec<Ident>>,
     pub(crate) derives: Option<Vec<(DeriveKind, Span)>>,
-    /// `#[diesel(treat_none_as_null = true)]`: passed on to the generated changeset.
-    pub(crate) treat_none_as_null: bool,
+    /// `#[diesel(treat_none_as_null = ..)]`, if written.
+    pub(crate) treat_none_as_null: Option<bool>,
+    /// `#[encrypted(none = null | skip)]`: whether an update writes NULL for a `None` field.
+    pub(crate) none_is_null: Option<bool>,
 }
 
 /// One field's attributes.
@@ -121,6 +124,14 @@ pub(crate) fn parse_struct(attrs: &[Attribute]) -> syn::Result<StructAttrs> {
                         Ok(())
                     })?;
                     out.derives = Some(list);
+                } else if meta.path.is_ident("none") {
+                    duplicate(out.none_is_null.is_some())?;
+                    let choice: Ident = meta.value()?.parse()?;
+                    out.none_is_null = Some(match choice.to_string().as_str() {
+                        "null" => true,
+                        "skip" => false,
+                        _ => return Err(unknown(choice.span(), "`none` choice", kw::NONE_CHOICES)),
+                    });
                 } else {
                     return Err(unknown(
                         meta.path.span(),
@@ -141,7 +152,7 @@ pub(crate) fn parse_struct(attrs: &[Attribute]) -> syn::Result<StructAttrs> {
                     out.primary_key.get_or_insert(pk);
                 } else if meta.path.is_ident("treat_none_as_null") {
                     let lit: syn::LitBool = meta.value()?.parse()?;
-                    out.treat_none_as_null = lit.value;
+                    out.treat_none_as_null = Some(lit.value);
                 } else if meta.input.peek(syn::Token![=]) {
                     let _: proc_macro2::TokenStream = meta.value()?.parse()?;
                 } else if meta.input.peek(syn::token::Paren) {

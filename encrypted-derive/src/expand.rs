@@ -36,6 +36,13 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
         TokenStream::new()
     };
     let queries = queries(model, &names, &et, &diesel);
+    // A `none = skip` struct is a patch already, and its `Option` may stand for a NOT NULL
+    // column: no setters there.
+    let setters = if model.wants(DeriveKind::AsChangeset) && model.treat_none_as_null {
+        setters(model, &et, &diesel)
+    } else {
+        TokenStream::new()
+    };
 
     quote! {
         #[allow(non_camel_case_types, non_snake_case, unused_qualifications, unreachable_pub, dead_code, clippy::all)]
@@ -45,6 +52,7 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
             #read
             #write
             #queries
+            #setters
         };
     }
 }
@@ -214,6 +222,9 @@ fn read_side(
     let ident = model.ident;
     let read = &names.read;
     let table = &model.table;
+    let table_name = model.table_name();
+    // The row as stored: ciphertext bytes, opened by `FallibleModel::open` (one place for the
+    // plain read and the per-row fallible one).
     let mut fields: Vec<TokenStream> = model
         .fields
         .iter()
@@ -221,15 +232,10 @@ fn read_side(
             let name = f.ident;
             let ty = match &f.encrypted {
                 // Rows not migrated yet have no ciphertext.
-                Some(e) if e.migrate_from.is_some() => {
-                    let ty = sealed_ty(model, f, e, et);
-                    if e.optional {
-                        ty
-                    } else {
-                        quote!(::core::option::Option<#ty>)
-                    }
+                Some(e) if e.optional || e.migrate_from.is_some() => {
+                    quote!(::core::option::Option<::std::vec::Vec<u8>>)
                 }
-                Some(e) => sealed_ty(model, f, e, et),
+                Some(_) => quote!(::std::vec::Vec<u8>),
                 None => {
                     let ty = f.ty;
                     quote!(#ty)
@@ -246,52 +252,71 @@ fn read_side(
         }
     }
     let tenant = tenant_of(model, &quote!(row), et);
-    let checks = model.encrypted_fields().map(|(f, e)| {
+    let pk: Vec<_> = model
+        .primary_key
+        .iter()
+        .filter(|pk| model.fields.iter().any(|f| f.ident == *pk))
+        .collect();
+    let key = match pk.as_slice() {
+        [] => quote!(::std::string::String::new()),
+        [one] => quote!(::std::format!("{:?}", &row.#one)),
+        many => quote!(::std::format!("{:?}", (#(&row.#many,)*))),
+    };
+    let opens = model.encrypted_fields().map(|(f, e)| {
         let name = f.ident;
         let column = crate::ast::sql_name(name);
-        if e.optional || e.migrate_from.is_some() {
-            quote! {
-                if let ::core::option::Option::Some(v) = &row.#name {
-                    v.verify_tenant(__tenant.as_ref(), #column)?;
+        let inner = e.inner;
+        let ctx = ctx_ident(model, f);
+        // Opened under its header's key; the row's tenant must own it.
+        let open = quote! {
+            match #et::Encrypted::<#inner, #ctx>::open_owned(bytes).and_then(|v| {
+                v.verify_tenant(__tenant.as_ref(), #column)?;
+                ::core::result::Result::Ok(v.into_inner())
+            }) {
+                ::core::result::Result::Ok(v) => v,
+                ::core::result::Result::Err(e) => {
+                    return ::core::result::Result::Err(#et::Unreadable::new(#key, #table_name, #column, e));
                 }
             }
-        } else {
-            quote!(row.#name.verify_tenant(__tenant.as_ref(), #column)?;)
-        }
-    });
-    let table_name = model.table_name();
-    let build = model.fields.iter().map(|f| {
-        let name = f.ident;
-        match &f.encrypted {
+        };
+        let value = match (&e.migrate_from, e.optional) {
+            (None, false) => quote!({ let bytes = row.#name; #open }),
+            (None, true) => quote!(match row.#name {
+                ::core::option::Option::Some(bytes) => ::core::option::Option::Some(#open),
+                ::core::option::Option::None => ::core::option::Option::None,
+            }),
             // While the legacy column holds a value it is the row's value: this code sets it
             // to NULL on every write, so a value there is unmigrated, or written since by an
             // application version that knows only the legacy column.
-            Some(e) if e.migrate_from.is_some() => {
-                let legacy = e.migrate_from.as_ref().map(|l| quote!(#l));
-                let column = crate::ast::sql_name(name);
-                let legacy_name = e.migrate_from.as_ref().map(crate::ast::sql_name);
-                if e.optional {
-                    quote!(#name: match row.#legacy {
-                        ::core::option::Option::Some(p) => ::core::option::Option::Some(p),
-                        ::core::option::Option::None => row.#name.map(#et::Encrypted::into_inner),
-                    })
-                } else {
-                    quote!(#name: match (row.#legacy, row.#name) {
-                        (::core::option::Option::Some(p), _) => p,
-                        (::core::option::Option::None, ::core::option::Option::Some(v)) => v.into_inner(),
-                        (::core::option::Option::None, ::core::option::Option::None) => {
-                            return ::core::result::Result::Err(::std::boxed::Box::new(#et::Error::NoValue {
-                                table: #table_name,
-                                column: #column,
-                                legacy: #legacy_name,
-                            }));
-                        }
-                    })
-                }
+            (Some(legacy), true) => quote!(match (row.#legacy, row.#name) {
+                (::core::option::Option::Some(p), _) => ::core::option::Option::Some(p),
+                (::core::option::Option::None, ::core::option::Option::Some(bytes)) => ::core::option::Option::Some(#open),
+                (::core::option::Option::None, ::core::option::Option::None) => ::core::option::Option::None,
+            }),
+            (Some(legacy), false) => {
+                let legacy_name = crate::ast::sql_name(legacy);
+                quote!(match (row.#legacy, row.#name) {
+                    (::core::option::Option::Some(p), _) => p,
+                    (::core::option::Option::None, ::core::option::Option::Some(bytes)) => #open,
+                    (::core::option::Option::None, ::core::option::Option::None) => {
+                        return ::core::result::Result::Err(#et::Unreadable::new(
+                            #key,
+                            #table_name,
+                            #column,
+                            #et::Error::NoValue { table: #table_name, column: #column, legacy: #legacy_name },
+                        ));
+                    }
+                })
             }
-            Some(e) if e.optional => quote!(#name: row.#name.map(#et::Encrypted::into_inner)),
-            Some(_) => quote!(#name: row.#name.into_inner()),
-            None => quote!(#name: row.#name),
+        };
+        quote!(let #name = #value;)
+    });
+    let build = model.fields.iter().map(|f| {
+        let name = f.ident;
+        if f.encrypted.is_some() {
+            quote!(#name)
+        } else {
+            quote!(#name: row.#name)
         }
     });
     let selectable = model.wants(DeriveKind::Selectable).then(|| {
@@ -306,6 +331,14 @@ fn read_side(
     });
     let queryable = model.wants(DeriveKind::Queryable).then(|| {
         quote! {
+            impl #et::FallibleModel for #ident {
+                type Raw = #read;
+                fn open(row: #read) -> ::core::result::Result<Self, ::std::boxed::Box<#et::Unreadable>> {
+                    let __tenant: ::core::option::Option<#et::TenantId> = #tenant;
+                    #(#opens)*
+                    ::core::result::Result::Ok(Self { #(#build),* })
+                }
+            }
             impl<__ST, __DB: #diesel::backend::Backend> #diesel::prelude::Queryable<__ST, __DB> for #ident
             where
                 #read: #diesel::prelude::Queryable<__ST, __DB>,
@@ -313,10 +346,7 @@ fn read_side(
                 type Row = <#read as #diesel::prelude::Queryable<__ST, __DB>>::Row;
                 fn build(row: Self::Row) -> #diesel::deserialize::Result<Self> {
                     let row = <#read as #diesel::prelude::Queryable<__ST, __DB>>::build(row)?;
-                    // Each value opened under its header's key; the row's tenant must own it.
-                    let __tenant: ::core::option::Option<#et::TenantId> = #tenant;
-                    #(#checks)*
-                    ::core::result::Result::Ok(Self { #(#build),* })
+                    ::core::result::Result::Ok(<Self as #et::FallibleModel>::open(row)?)
                 }
             }
         }
@@ -625,6 +655,96 @@ fn queries(
     }
     if methods.is_empty() {
         return methods;
+    }
+    quote! {
+        impl #ident { #methods }
+    }
+}
+
+/// `Model::set_<field>(tenant, value)`: a changeset of one encrypted field that writes its
+/// value, its blind index and (during a migration) NULL into its legacy column, together.
+fn setters(model: &Model<'_>, et: &TokenStream, diesel: &TokenStream) -> TokenStream {
+    let ident = model.ident;
+    let vis = model.vis;
+    let table = &model.table;
+    let (tenant_param, tenant_id) = match model.tenant_field() {
+        Some(t) => {
+            let tty = t.ty;
+            (
+                quote!(tenant: &#tty,),
+                quote!(::core::option::Option::Some(#et::TenantId::from(::core::clone::Clone::clone(tenant)))),
+            )
+        }
+        None => (quote!(), quote!(::core::option::Option::None)),
+    };
+    let mut methods = TokenStream::new();
+    for (f, e) in model.encrypted_fields() {
+        let name = f.ident;
+        let inner = e.inner;
+        let set = format_ident!("set_{}", crate::ast::sql_name(name));
+        let value_ty = sealed_ty(model, f, e, et);
+        let (param_ty, convert) = if e.optional {
+            (quote!(::core::option::Option<#inner>), quote!())
+        } else {
+            (
+                quote!(impl ::core::convert::Into<#inner>),
+                quote!(let value: #inner = ::core::convert::Into::into(value);),
+            )
+        };
+        let wrap = |w: TokenStream| {
+            if e.optional {
+                quote!(value.as_ref().map(|v| #w(::core::clone::Clone::clone(v), ::core::clone::Clone::clone(&__tenant))))
+            } else {
+                quote!(#w(::core::clone::Clone::clone(&value), ::core::clone::Clone::clone(&__tenant)))
+            }
+        };
+        let mut tys = vec![quote!(#diesel::dsl::Eq<#table::#name, #value_ty>)];
+        let sealed = wrap(quote!(#et::Encrypted::with_tenant));
+        let mut exprs = vec![quote!(#diesel::ExpressionMethods::eq(#table::#name, #sealed))];
+        if let Some(index) = &e.index {
+            let column = &index.column;
+            let ty = index_ty(model, f, e, et);
+            tys.push(quote!(#diesel::dsl::Eq<#table::#column, #ty>));
+            let bidx = wrap(quote!(#et::BlindIndex::for_tenant));
+            exprs.push(quote!(#diesel::ExpressionMethods::eq(#table::#column, #bidx)));
+        }
+        if let Some(legacy) = &e.migrate_from {
+            tys.push(quote!(#diesel::dsl::Eq<#table::#legacy, ::core::option::Option<#inner>>));
+            exprs.push(quote!(#diesel::ExpressionMethods::eq(#table::#legacy, ::core::option::Option::<#inner>::None)));
+        }
+        let (ty, expr) = if tys.len() == 1 {
+            (quote!(#(#tys)*), quote!(#(#exprs)*))
+        } else {
+            (quote!((#(#tys,)*)), quote!((#(#exprs,)*)))
+        };
+        let doc = format!(
+            "A changeset of `{name}` alone, for `diesel::update(..).set(..)`: the value sealed for \
+             the row's tenant{index}{legacy}.{none}",
+            index = if e.index.is_some() {
+                ", with its blind index"
+            } else {
+                ""
+            },
+            legacy = if e.migrate_from.is_some() {
+                ", and its legacy column set to NULL"
+            } else {
+                ""
+            },
+            none = if e.optional {
+                " `None` writes NULL (and a NULL index): the value is gone."
+            } else {
+                ""
+            },
+        );
+        methods.extend(quote! {
+            #[doc = #doc]
+            #[allow(dead_code)]
+            #vis fn #set(#tenant_param value: #param_ty) -> #ty {
+                #convert
+                let __tenant: ::core::option::Option<#et::TenantId> = #tenant_id;
+                #expr
+            }
+        });
     }
     quote! {
         impl #ident { #methods }

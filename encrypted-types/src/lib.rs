@@ -80,6 +80,9 @@ mod keyring;
 pub mod migration;
 mod model;
 mod nonce;
+mod row;
+#[cfg(feature = "keystore")]
+pub mod schema;
 mod sql;
 #[cfg(feature = "keystore")]
 pub mod store;
@@ -94,6 +97,7 @@ pub use error::Error;
 pub use key::{BlindIndexRootKey, DataKey, KeyId, KeyMaterial};
 pub use keyring::{Keyring, KeyringBuilder};
 pub use model::{ColumnInfo, EncryptedModel, LegacyColumn, ModelInfo, validate as model_validate};
+pub use row::{Fallible, FallibleModel, Unreadable};
 
 /// Derives field-level encryption for a Diesel model struct.
 ///
@@ -149,6 +153,7 @@ pub use model::{ColumnInfo, EncryptedModel, LegacyColumn, ModelInfo, validate as
 /// | `tenant = field` | the field holding the row's tenant id: values are sealed and indexed with the tenant's keys, and a value from another tenant's row is refused on read (`Error::TenantMismatch`) |
 /// | `primary_key(a, b)` | primary-key fields (default `id`); never encrypted, skipped by `AsChangeset` |
 /// | `derive(...)` | which of `Queryable`, `Selectable`, `Insertable`, `AsChangeset` to implement (default: all four) |
+/// | `none = null` / `none = skip` | what an update writes for a `None` field: NULL, value and index gone (the default), or nothing, the column kept (a patch struct); `#[diesel(treat_none_as_null = ..)]` is read too |
 ///
 /// On a field, `#[encrypted]` or `#[encrypted(blind_index(...))]` with these optional keys:
 /// `normalize = email` or `normalize(trim, lowercase)` (strings only: `trim`, `lowercase`,
@@ -158,6 +163,11 @@ pub use model::{ColumnInfo, EncryptedModel, LegacyColumn, ModelInfo, validate as
 /// `jobs::reindex` moves the rows to the new one (`docs/KEYS.md`). A rotation that also changes
 /// the length or the normalizers names the old ones:
 /// `previous(version = 1, bits = 16, normalize = digits)` (what it omits is the new version's).
+/// `migrate_from = legacy_column` moves a `String` field out of a legacy `TEXT`/`VARCHAR` column
+/// (a `Vec<u8>` field out of a binary one) without rewriting the table: the legacy value, while
+/// there is one, is what reads return; every write seals the value and sets the legacy column
+/// to NULL; `jobs::encrypt_column` moves the rest (`docs/KEYS.md`, "Encrypting a column that
+/// held plaintext").
 ///
 /// Every model that writes a field must declare the same `blind_index` on it (columns, bits,
 /// normalizers, version): a model that writes the value without its index, or with another
@@ -168,8 +178,11 @@ pub use model::{ColumnInfo, EncryptedModel, LegacyColumn, ModelInfo, validate as
 ///
 /// - `Selectable`, `Queryable`, `Insertable` (for `&Model` and `Model`) and `AsChangeset`
 ///   impls on the model itself, through hidden row types holding [`Encrypted`](struct@Encrypted) values and
-///   [`index::BlindIndex`] companions: every write path that writes a field writes its index,
-///   and `Option` fields in a changeset skip both. Read with `select(Model::as_select())`.
+///   [`index::BlindIndex`] companions: every write path that writes a field writes its index.
+///   A `None` field writes NULL for both (unless `none = skip`), so saving a model with a note
+///   removed leaves no ciphertext of it. Read with `select(Model::as_select())`.
+/// - Per encrypted field, with `AsChangeset` (and not `none = skip`): `Model::set_email([tenant,] value)`, a changeset
+///   of that field alone (value, blind index, legacy column) for `diesel::update(..).set(..)`.
 /// - `Model::batch(&[Model])`: rows for `insert_into(..).values(..)` batch inserts.
 /// - Per blind index: `Model::email_eq([tenant,] value)`, a filter composable with other Diesel
 ///   filters on sync and async connections; `model.email_matches(value)`, the decrypted
@@ -186,8 +199,8 @@ pub use encrypted_derive::Encrypted;
 pub mod __private {
     pub use crate::index::{BlindIndex, IndexParams, IndexSpec, Normalizer};
     pub use crate::{
-        ColumnContext, ColumnInfo, Encrypted, EncryptedModel, Error, LegacyColumn, ModelInfo,
-        Plaintext, TenantId, model_validate,
+        ColumnContext, ColumnInfo, Encrypted, EncryptedModel, Error, FallibleModel, LegacyColumn,
+        ModelInfo, Plaintext, TenantId, Unreadable, model_validate,
     };
     pub use diesel;
 }

@@ -164,6 +164,93 @@ macro_rules! derive_suite {
         }
 
         #[test]
+        fn saving_none_removes_the_value_and_its_index() {
+            let conn = &mut $connect();
+            let mut p = Patient::sample(next_id(), 2, "none@example.org", "333-33-3333");
+            p.notes = Some("confidential review note 1600".into());
+            p.phone = Some("555-0100".into());
+            diesel::insert_into(et_patients::table)
+                .values(&p)
+                .execute(conn)
+                .unwrap();
+            // A deletion request: the model saved with the note and the phone gone.
+            p.notes = None;
+            p.phone = None;
+            diesel::update(et_patients::table.find(p.id))
+                .set(&p)
+                .execute(conn)
+                .unwrap();
+            let stored: (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>) = et_patients::table
+                .find(p.id)
+                .select((
+                    et_patients::notes,
+                    et_patients::phone,
+                    et_patients::phone_bidx,
+                ))
+                .first(conn)
+                .unwrap();
+            assert_eq!(stored, (None, None, None), "a value or index survived None");
+            let back: Patient = et_patients::table
+                .find(p.id)
+                .select(Patient::as_select())
+                .first(conn)
+                .unwrap();
+            assert_eq!(back, p);
+        }
+
+        #[test]
+        fn one_field_updates_write_the_value_and_its_index() {
+            let conn = &mut $connect();
+            let p = Patient::sample(next_id(), 2, "one@example.org", "444-44-4444");
+            diesel::insert_into(et_patients::table)
+                .values(&p)
+                .execute(conn)
+                .unwrap();
+            diesel::update(et_patients::table.find(p.id))
+                .set(Patient::set_email(&2, "Moved.One@Example.org"))
+                .execute(conn)
+                .unwrap();
+            assert!(
+                Patient::find_by_email(conn, &2, "one@example.org")
+                    .unwrap()
+                    .is_empty()
+            );
+            let got = Patient::find_by_email(conn, &2, "moved.one@example.org").unwrap();
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].email, "Moved.One@Example.org");
+            assert_eq!(
+                (&got[0].name, &got[0].ssn),
+                (&p.name, &p.ssn),
+                "other fields kept"
+            );
+            // Sealed for the row's tenant: under another tenant's key the row would not open.
+            diesel::update(et_patients::table.find(p.id))
+                .set(Patient::set_phone(&2, Some("555-0199".into())))
+                .execute(conn)
+                .unwrap();
+            assert_eq!(
+                Patient::find_by_phone(conn, &2, "5550199").unwrap()[0]
+                    .phone
+                    .as_deref(),
+                Some("555-0199")
+            );
+            diesel::update(et_patients::table.find(p.id))
+                .set(Patient::set_phone(&2, None))
+                .execute(conn)
+                .unwrap();
+            let stored: (Option<Vec<u8>>, Option<Vec<u8>>) = et_patients::table
+                .find(p.id)
+                .select((et_patients::phone, et_patients::phone_bidx))
+                .first(conn)
+                .unwrap();
+            assert_eq!(stored, (None, None));
+            diesel::update(et_patients::table.find(p.id))
+                .set(Patient::set_dob(&2, p.dob))
+                .execute(conn)
+                .unwrap();
+        }
+
+        #[test]
         fn partial_update_skips_value_and_index_together() {
             let conn = &mut $connect();
             let p = Patient::sample(next_id(), 2, "keep@example.org", "222-22-2222");

@@ -291,6 +291,7 @@ pub fn ddl(blob: &str) -> Vec<String> {
         ),
         "CREATE INDEX et_patients_email ON et_patients (clinic_id, email_bidx)".into(),
         "CREATE INDEX et_patients_ssn ON et_patients (clinic_id, ssn_bidx)".into(),
+        "CREATE INDEX et_patients_phone ON et_patients (clinic_id, phone_bidx)".into(),
         "DROP TABLE IF EXISTS et_codec".into(),
         "DROP TABLE IF EXISTS et_people".into(),
         "DROP TABLE IF EXISTS et_people_copy".into(),

@@ -25,9 +25,14 @@ pub struct Patient {
     pub phone: Option<String>,
 }
 
-/// A partial update: `None` leaves a column, and its index, as they are.
+/// A partial update: `None` leaves a column, and its index, as they are (`none = skip`).
 #[derive(Debug, Encrypted)]
-#[encrypted(table = schema::et_patients, tenant = clinic_id, derive(AsChangeset))]
+#[encrypted(
+    table = schema::et_patients,
+    tenant = clinic_id,
+    derive(AsChangeset),
+    none = skip
+)]
 pub struct PatientPatch {
     pub id: i32,
     pub clinic_id: i64,

@@ -811,6 +811,141 @@ macro_rules! in_transaction_suite {
             // No half-tenant was left behind: the key table still loads.
             store.load_and_install(conn).unwrap();
         }
+
+        #[test]
+        fn after_a_tenant_is_shredded_a_listing_reports_its_rows_and_the_purge_removes_them() {
+            use encrypted_types::jobs::purge_tenant;
+            use encrypted_types::{Fallible, TenantId};
+            use encrypted_types_tests::models::Patient;
+            use encrypted_types_tests::schema::et_patients;
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let store = KeyStore::new(LocalKek::create(dir.path().join("k.kek")).unwrap());
+            let conn = &mut $connect();
+            for t in ["1", "2", "3"] {
+                store.create_tenant(conn, Some(&t.into())).unwrap();
+            }
+            store.load_and_install(conn).unwrap();
+            let ps: Vec<Patient> = (0..30)
+                .map(|i| {
+                    Patient::sample(
+                        600 + i,
+                        1 + i64::from(i % 3),
+                        &format!("e{i}@example.org"),
+                        "123",
+                    )
+                })
+                .collect();
+            diesel::insert_into(et_patients::table)
+                .values(Patient::batch(&ps))
+                .execute(conn)
+                .unwrap();
+            // Legacy plaintext notes of clinics 1 and 2, from before the column was encrypted.
+            for id in [603, 604] {
+                diesel::update(et_patients::table.find(id))
+                    .set(et_patients::notes.eq(Some(b"legacy note".to_vec())))
+                    .execute(conn)
+                    .unwrap();
+            }
+            store
+                .shred_tenant(conn, &"2".into(), &[Patient::MODEL])
+                .unwrap();
+            store.load_and_install(conn).unwrap();
+
+            // The plain listing fails on the first erased row, and says which.
+            let all = et_patients::table
+                .filter(et_patients::id.ge(600))
+                .select(Patient::as_select())
+                .order(et_patients::id)
+                .load::<Patient>(conn);
+            let e = all.unwrap_err();
+            assert!(
+                matches!(Error::from_diesel(&e), Some(Error::KeyDestroyed(_))),
+                "{e}"
+            );
+            assert!(
+                e.to_string().contains("et_patients row 601: column name"),
+                "{e}"
+            );
+            // Row by row: every other clinic's row, and a report of each erased one.
+            let rows: Vec<Fallible<Patient>> = et_patients::table
+                .filter(et_patients::id.ge(600))
+                .select(Fallible::<Patient>::as_select())
+                .order(et_patients::id)
+                .load(conn)
+                .unwrap();
+            let (mut ok, mut bad) = (Vec::new(), Vec::new());
+            for r in rows {
+                match r.into_result() {
+                    Ok(p) => ok.push(p),
+                    Err(u) => bad.push(u),
+                }
+            }
+            let mut kept: Vec<Patient> = ps.iter().filter(|p| p.clinic_id != 2).cloned().collect();
+            // 603 (clinic 1) holds legacy plaintext, which reads only with the fallback on.
+            kept.iter_mut().find(|p| p.id == 603).unwrap().notes = Some("legacy note".into());
+            assert_eq!(ok.len() + bad.len(), 30);
+            assert!(
+                bad.iter().all(|u| u.column == "name" || u.key == "603"),
+                "{bad:?}"
+            );
+            let erased: Vec<String> = ps
+                .iter()
+                .filter(|p| p.clinic_id == 2)
+                .map(|p| p.id.to_string())
+                .collect();
+            for id in &erased {
+                assert!(
+                    bad.iter()
+                        .any(|u| &u.key == id && matches!(u.error, Error::KeyDestroyed(_))),
+                    "{id}: {bad:?}"
+                );
+            }
+            assert!(ok.iter().all(|p| p.clinic_id != 2));
+            // The backfill seals clinic 1's legacy note and reports clinic 2's: no key for it.
+            let r = encrypt_column(
+                conn,
+                &Patient::MODEL,
+                "notes",
+                "notes-after-shred",
+                &JobOptions::default(),
+                |_| {},
+            )
+            .unwrap();
+            assert_eq!(r.written, 1, "{r:?}");
+            assert_eq!(r.skipped.get(&SkipReason::NoTenantKey), Some(&1), "{r:?}");
+            assert!(!r.finished);
+
+            // The purge: refused for a live tenant, then the erased rows leave the table.
+            assert!(purge_tenant(conn, &Patient::MODEL, &TenantId::from("1"), 4).is_err());
+            assert_eq!(
+                purge_tenant(conn, &Patient::MODEL, &TenantId::from("2"), 4).unwrap(),
+                erased.len() as u64
+            );
+            let left: i64 = et_patients::table
+                .filter(et_patients::clinic_id.eq(2))
+                .count()
+                .get_result(conn)
+                .unwrap();
+            assert_eq!(left, 0, "a row of the erased tenant is left");
+            let back = et_patients::table
+                .filter(et_patients::id.ge(600))
+                .select(Patient::as_select())
+                .order(et_patients::id)
+                .load::<Patient>(conn)
+                .unwrap();
+            assert_eq!(back, kept);
+            let r = encrypt_column(
+                conn,
+                &Patient::MODEL,
+                "notes",
+                "notes-after-purge",
+                &JobOptions::default(),
+                |_| {},
+            )
+            .unwrap();
+            assert!(r.finished, "{r:?}");
+        }
     };
 }
 

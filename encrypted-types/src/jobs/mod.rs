@@ -1742,6 +1742,114 @@ where
     start(conn, model, job, options, &keyring, passes)?.run(conn, &mut on_batch)
 }
 
+/// After [`crate::store::KeyStore::shred_tenant`]: deletes the rows of `model` that belong to
+/// `tenant`, `batch` rows per transaction, and returns how many it deleted. What shredding
+/// made unreadable then leaves the table too, so a listing no longer meets it (read with
+/// [`crate::Fallible`] meanwhile), and no ciphertext of the tenant stays in live rows. Copies in
+/// backups, the WAL or binlog and replicas age out as `docs/KEYS.md` says.
+///
+/// Refused while the installed keyring still holds a live key for `tenant`: this deletes
+/// readable data only by mistake. Run it after every process has reloaded its keyring.
+///
+/// ```
+/// use diesel::prelude::*;
+/// use encrypted_types::{Encrypted, EncryptedModel, Error, KeyMaterial, Keyring, TenantId};
+/// use encrypted_types::jobs::purge_tenant;
+///
+/// diesel::table! { notes (id) { id -> Integer, clinic -> BigInt, body -> Binary } }
+/// #[derive(Encrypted)]
+/// #[encrypted(table = notes, tenant = clinic)]
+/// struct Note { id: i32, clinic: i64, #[encrypted] body: String }
+///
+/// let conn = &mut SqliteConnection::establish(":memory:").unwrap();
+/// diesel::sql_query("CREATE TABLE notes (id INTEGER PRIMARY KEY, clinic BIGINT NOT NULL, body BLOB NOT NULL)")
+///     .execute(conn).unwrap();
+/// // Tenant 7 is live, tenant 8 was shredded (its key destroyed).
+/// Keyring::builder()
+///     .data_key(1, Some("7".into()), KeyMaterial::generate()?)
+///     .primary(Some("7".into()), 1)
+///     .destroyed_key(2)
+///     .build()?
+///     .install();
+/// diesel::insert_into(notes::table).values(&Note { id: 1, clinic: 7, body: "kept".into() }).execute(conn).unwrap();
+/// diesel::sql_query("INSERT INTO notes VALUES (2, 8, x'01010000000200')").execute(conn).unwrap();
+///
+/// assert!(purge_tenant(conn, &Note::MODEL, &TenantId::from("7"), 100).is_err());
+/// assert_eq!(purge_tenant(conn, &Note::MODEL, &TenantId::from("8"), 100)?, 1);
+/// assert_eq!(notes::table.count().get_result::<i64>(conn).unwrap(), 1);
+/// # Ok::<(), Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::NoKeyring`]; [`Error::Store`] for a live tenant or a model without a tenant
+/// column; [`Error::UnpageableKey`], [`Error::Job`].
+pub fn purge_tenant<C>(
+    conn: &mut C,
+    model: &ModelInfo,
+    tenant: &crate::TenantId,
+    batch: usize,
+) -> Result<u64, Error>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
+    if keyring.primary_key(Some(tenant)).is_ok() {
+        return Err(Error::Store(format!(
+            "tenant {tenant} still has a live key: shred it (and reload every keyring) before purging its rows"
+        )));
+    }
+    let t = inspect(conn, model)?;
+    if !t.has_tenant {
+        return Err(Error::Store(format!(
+            "{} has no tenant column",
+            model.table
+        )));
+    }
+    let (mut deleted, mut stuck) = (0u64, 0u32);
+    loop {
+        let mut q = Query::new();
+        let ph = q.bind::<C::Backend>(Param::Text(tenant.as_str().to_owned()));
+        select::<C::Backend>(
+            &t,
+            "NULL",
+            None,
+            &[format!("{} = {ph}", t.tenant)],
+            &mut q,
+            Some(batch.max(1)),
+        );
+        let rows = C::Backend::load_rows(conn, &q).map_err(job_err)?;
+        if rows.is_empty() {
+            return Ok(deleted);
+        }
+        let mut d = Query::new();
+        let mut preds = Vec::new();
+        for r in &rows {
+            preds.push(format!("({})", key_eq::<C::Backend>(&mut d, &t, &r.key)?));
+        }
+        let tp = d.bind::<C::Backend>(Param::Text(tenant.as_str().to_owned()));
+        // The tenant is checked again: a row moved to another tenant meanwhile stays.
+        d.sql = format!(
+            "DELETE FROM {} WHERE ({}) AND {} = {tp}",
+            t.quoted,
+            preds.join(" OR "),
+            t.tenant
+        );
+        let n = transaction(conn, |conn| Ok(C::Backend::exec(conn, &d)?)).map_err(tx_err)?;
+        deleted += u64::try_from(n).unwrap_or(0);
+        // A batch whose every row changed tenant in between deletes nothing; the next one
+        // reads afresh. Rows that keep doing so stop the purge with an error, never a count
+        // that looks complete.
+        stuck = if n == 0 { stuck + 1 } else { 0 };
+        if stuck > 3 {
+            return Err(Error::Job(format!(
+                "rows of tenant {tenant} in {} keep changing under the purge",
+                model.table
+            )));
+        }
+    }
+}
+
 fn find_column(model: &ModelInfo, column: &str) -> Result<&'static ColumnInfo, Error> {
     model
         .columns

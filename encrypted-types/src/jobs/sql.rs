@@ -245,6 +245,17 @@ pub trait JobTable: KeyTable {
     /// The primary-key columns of the table named by parameter 1, in key order.
     #[doc(hidden)]
     fn catalogue() -> &'static str;
+    /// Every column of the table named by parameter 1 (`name`, `ty`: its type as declared).
+    #[doc(hidden)]
+    const COLUMNS: &'static str;
+    /// Every index of the table named by parameter 1 as rows (`name`: the index, `ty`: one
+    /// column), ordered by index and position in it.
+    #[doc(hidden)]
+    const INDEXES: &'static str;
+    /// Whether a column declared `ty` (as [`JobTable::COLUMNS`] reports it) stores bytes as
+    /// they are.
+    #[doc(hidden)]
+    fn is_binary(ty: &str) -> bool;
     /// Loads job rows.
     #[doc(hidden)]
     fn load_rows<C: LoadConnection<Backend = Self>>(
@@ -281,7 +292,8 @@ macro_rules! job_table {
     ($db:ty, name = $name:literal, skip_locked = $skip:literal,
      before_transaction = $before:expr, placeholder = $ph:expr,
      key_select = $ks:expr, key_param = $kp:expr, text = $text:literal, text_bytes = $tb:expr, now = $now:literal,
-     catalogue = $cat:literal) => {
+     catalogue = $cat:literal, columns = $cols:literal, indexes = $idx:literal,
+     is_binary = $bin:expr) => {
         impl JobTable for $db {
             const NAME: &'static str = $name;
             const SKIP_LOCKED: bool = $skip;
@@ -317,6 +329,14 @@ macro_rules! job_table {
 
             fn catalogue() -> &'static str {
                 $cat
+            }
+
+            const COLUMNS: &'static str = $cols;
+            const INDEXES: &'static str = $idx;
+
+            fn is_binary(ty: &str) -> bool {
+                let f: fn(&str) -> bool = $bin;
+                f(&ty.to_ascii_lowercase())
             }
 
             fn load_rows<C: LoadConnection<Backend = Self>>(
@@ -397,7 +417,13 @@ job_table!(
     text = "TEXT",
     text_bytes = |e| format!("CAST({e} AS BLOB)"),
     now = "CAST(strftime('%s', 'now') AS INTEGER)",
-    catalogue = "SELECT name, type AS ty FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk"
+    catalogue = "SELECT name, type AS ty FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk",
+    columns = "SELECT name, type AS ty FROM pragma_table_info(?)",
+    indexes = "SELECT il.name AS name, ii.name AS ty FROM pragma_index_list(?) AS il, \
+               pragma_index_info(il.name) AS ii ORDER BY il.name, ii.seqno",
+    // SQLite's affinity rules: a declared type with INT, CHAR/CLOB/TEXT or REAL/FLOA/DOUB in it
+    // converts what it stores; BLOB (or no type) keeps bytes as they are.
+    is_binary = |t| t.is_empty() || t.contains("blob")
 );
 #[cfg(feature = "postgres")]
 job_table!(
@@ -421,7 +447,15 @@ job_table!(
     catalogue = "SELECT CAST(a.attname AS TEXT) AS name, format_type(a.atttypid, a.atttypmod) AS ty \
                  FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
                  WHERE i.indrelid = to_regclass(quote_ident($1)) AND i.indisprimary \
-                 ORDER BY array_position(CAST(i.indkey AS int2[]), a.attnum)"
+                 ORDER BY array_position(CAST(i.indkey AS int2[]), a.attnum)",
+    columns = "SELECT CAST(column_name AS TEXT) AS name, CAST(data_type AS TEXT) AS ty \
+               FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1",
+    indexes = "SELECT CAST(c.relname AS TEXT) AS name, CAST(a.attname AS TEXT) AS ty \
+               FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid \
+               CROSS JOIN LATERAL unnest(CAST(x.indkey AS int2[])) WITH ORDINALITY AS k(attnum, n) \
+               JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum \
+               WHERE x.indrelid = to_regclass(quote_ident($1)) ORDER BY c.relname, k.n",
+    is_binary = |t| t == "bytea"
 );
 #[cfg(feature = "mysql")]
 job_table!(
@@ -443,5 +477,14 @@ job_table!(
                  FROM information_schema.KEY_COLUMN_USAGE k JOIN information_schema.COLUMNS c \
                  ON c.TABLE_SCHEMA = k.TABLE_SCHEMA AND c.TABLE_NAME = k.TABLE_NAME AND c.COLUMN_NAME = k.COLUMN_NAME \
                  WHERE k.TABLE_SCHEMA = DATABASE() AND k.TABLE_NAME = ? AND k.CONSTRAINT_NAME = 'PRIMARY' \
-                 ORDER BY k.ORDINAL_POSITION"
+                 ORDER BY k.ORDINAL_POSITION",
+    columns = "SELECT CAST(COLUMN_NAME AS CHAR) AS name, CAST(DATA_TYPE AS CHAR) AS ty \
+               FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+    indexes = "SELECT CAST(INDEX_NAME AS CHAR) AS name, CAST(COLUMN_NAME AS CHAR) AS ty \
+               FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? \
+               ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+    is_binary = |t| matches!(
+        t,
+        "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob"
+    )
 );

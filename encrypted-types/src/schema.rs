@@ -1,0 +1,168 @@
+//! The database's columns and indexes checked against the models: run [`check`] at startup
+//! (or from an operator's `check` command) so a schema that would store ciphertext as text, or
+//! lose a blind index, is refused before the first write.
+//!
+//! What it refuses, on SQLite, PostgreSQL and MySQL/MariaDB alike:
+//!
+//! - a table of a model that does not exist;
+//! - an encrypted or blind-index column that is missing, or whose type does not keep bytes as
+//!   they are (PostgreSQL `bytea`; MySQL `BINARY`, `VARBINARY`, `*BLOB`; SQLite a `BLOB`
+//!   declared type). A `TEXT` column declared `Binary` in `table!` is the classic mistake: the
+//!   database stores the sealed bytes as text, or converts them;
+//! - a blind index without an index that leads with the tenant column and then the index column
+//!   (the lookup `WHERE tenant = ? AND email_bidx = ?` scans the table otherwise), or, without
+//!   tenants, one that leads with the index column;
+//! - a `migrate_from` legacy column that is missing.
+
+use diesel::connection::LoadConnection;
+
+use crate::Error;
+use crate::jobs::{JobTable, Param, Query};
+use crate::model::ModelInfo;
+
+/// One way the database differs from a model.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Mismatch {
+    /// The model's table does not exist.
+    #[error("table {table} does not exist")]
+    NoTable {
+        /// The table.
+        table: String,
+    },
+    /// A column the model writes does not exist.
+    #[error(
+        "{table}.{column} does not exist: add it as a binary column (`{column} -> Binary` in table!)"
+    )]
+    NoColumn {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+    /// A ciphertext or index column whose type does not store bytes as they are.
+    #[error(
+        "{table}.{column} is `{found}`, not a binary column: sealed values and indexes need bytea / VARBINARY or BLOB"
+    )]
+    NotBinary {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+        /// Its type, as the database reports it.
+        found: String,
+    },
+    /// A blind index without an index that leads with the tenant (then the index column).
+    #[error(
+        "{table}.{column}: no index on ({leading}); lookups scan the table. Add `CREATE INDEX ON {table} ({leading})`"
+    )]
+    NoIndex {
+        /// The table.
+        table: String,
+        /// The blind-index column.
+        column: String,
+        /// The columns the index should start with.
+        leading: String,
+    },
+}
+
+/// Compares the database's columns and indexes with `models`.
+///
+/// ```
+/// use diesel::prelude::*;
+/// use encrypted_types::{Encrypted, EncryptedModel};
+/// use encrypted_types::schema::{Mismatch, check};
+///
+/// diesel::table! { users (id) { id -> Integer, email -> Binary, email_bidx -> Binary } }
+/// #[derive(Encrypted)]
+/// #[encrypted(table = users)]
+/// struct User { id: i32, #[encrypted(blind_index)] email: String }
+///
+/// let conn = &mut SqliteConnection::establish(":memory:").unwrap();
+/// diesel::sql_query("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL, email_bidx BLOB)")
+///     .execute(conn).unwrap();
+/// let found = check(conn, &[User::MODEL]).unwrap();
+/// assert!(matches!(&found[0], Mismatch::NotBinary { column, .. } if column == "email"));
+/// assert!(matches!(&found[1], Mismatch::NoIndex { column, .. } if column == "email_bidx"));
+/// ```
+///
+/// # Errors
+/// [`Error::Store`] when the catalogue cannot be read.
+pub fn check<C>(conn: &mut C, models: &[ModelInfo]) -> Result<Vec<Mismatch>, Error>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    type B<C> = <C as diesel::Connection>::Backend;
+    let mut out = Vec::new();
+    for m in models {
+        let table = m.table.to_owned();
+        let query = |sql: &str| Query {
+            sql: sql.to_owned(),
+            params: vec![Param::Text(m.table.to_owned())],
+        };
+        let columns = B::<C>::load_catalogue(conn, &query(B::<C>::COLUMNS))
+            .map_err(|e| Error::Store(format!("the catalogue of {}: {e}", m.table)))?;
+        if columns.is_empty() {
+            out.push(Mismatch::NoTable { table });
+            continue;
+        }
+        let indexes = B::<C>::load_catalogue(conn, &query(B::<C>::INDEXES))
+            .map_err(|e| Error::Store(format!("the indexes of {}: {e}", m.table)))?;
+        let binary = |column: &str, out: &mut Vec<Mismatch>| match columns
+            .iter()
+            .find(|c| c.name.eq_ignore_ascii_case(column))
+        {
+            None => out.push(Mismatch::NoColumn {
+                table: table.clone(),
+                column: column.to_owned(),
+            }),
+            Some(c) if !B::<C>::is_binary(&c.ty) => out.push(Mismatch::NotBinary {
+                table: table.clone(),
+                column: column.to_owned(),
+                found: c.ty.clone(),
+            }),
+            Some(_) => {}
+        };
+        for c in m.columns {
+            binary(c.column, &mut out);
+            for i in c.indexes {
+                binary(i.index_column, &mut out);
+                let leading: Vec<&str> = m
+                    .tenant_column
+                    .into_iter()
+                    .chain([i.index_column])
+                    .collect();
+                if !leads(&indexes, &leading) {
+                    out.push(Mismatch::NoIndex {
+                        table: table.clone(),
+                        column: i.index_column.to_owned(),
+                        leading: leading.join(", "),
+                    });
+                }
+            }
+            if let Some(l) = c.legacy
+                && !columns
+                    .iter()
+                    .any(|x| x.name.eq_ignore_ascii_case(l.column))
+            {
+                out.push(Mismatch::NoColumn {
+                    table: table.clone(),
+                    column: l.column.to_owned(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether some index (rows of index name and column, in order) starts with `leading`.
+fn leads(indexes: &[crate::jobs::CatalogRow], leading: &[&str]) -> bool {
+    indexes.chunk_by(|a, b| a.name == b.name).any(|cols| {
+        cols.len() >= leading.len()
+            && cols
+                .iter()
+                .zip(leading)
+                .all(|(c, l)| c.ty.eq_ignore_ascii_case(l))
+    })
+}

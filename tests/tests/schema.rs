@@ -1,0 +1,128 @@
+//! `schema::check` against the real catalogues of the three backends: the test schema passes;
+//! a `TEXT` ciphertext column (PostgreSQL), a `VARCHAR` one (MariaDB), a missing index column
+//! (SQLite), a missing tenant-leading index and a missing legacy column are refused, each
+//! naming its table and column.
+// A test reports failure by panicking: unwrap, expect and indexing are assertions here.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use encrypted_types::schema::{Mismatch, check};
+use encrypted_types::{Encrypted, EncryptedModel};
+use encrypted_types_tests::models::{Contact, Patient, Visit};
+use encrypted_types_tests::{connect, database};
+
+diesel::table! {
+    et_schema_users (id) {
+        id -> Integer,
+        org -> BigInt,
+        email -> Binary,
+        email_bidx -> Binary,
+    }
+}
+
+#[derive(Encrypted)]
+#[encrypted(table = et_schema_users, tenant = org)]
+#[allow(dead_code)] // only its metadata is used
+struct SchemaUser {
+    id: i32,
+    org: i64,
+    #[encrypted(blind_index(normalize = email))]
+    email: String,
+}
+
+fn names(found: &[Mismatch]) -> Vec<String> {
+    found.iter().map(ToString::to_string).collect()
+}
+
+macro_rules! schema_test {
+    ($name:ident, $conn:ty, $backend:literal, $blob:literal, $admin:expr, $bad:literal, $want:pat_param if $guard:expr) => {
+        #[test]
+        fn $name() {
+            let dir = tempfile::tempdir().unwrap();
+            let url = database::<$conn>($admin, concat!("et_", stringify!($name)), &dir);
+            let conn = &mut connect::<$conn>(&url);
+            for stmt in encrypted_types_tests::ddl($blob)
+                .into_iter()
+                .chain(encrypted_types_tests::real_schema::ddl($backend))
+            {
+                conn.batch_execute(&stmt).unwrap();
+            }
+            // The test schema is what its models want.
+            assert_eq!(names(&check(conn, &[Patient::MODEL, Visit::MODEL]).unwrap()), Vec::<String>::new());
+
+            // The mistake of this backend.
+            conn.batch_execute($bad).unwrap();
+            let found = check(conn, &[SchemaUser::MODEL]).unwrap();
+            assert!(matches!(found.as_slice(), $want if $guard), "{:?}", names(&found));
+            for m in &found {
+                assert!(m.to_string().contains("et_schema_users."), "{m}");
+            }
+
+            // No tenant-leading index: refused, then accepted once it exists.
+            conn.batch_execute("DROP INDEX et_patients_email ON et_patients")
+                .or_else(|_| conn.batch_execute("DROP INDEX et_patients_email"))
+                .unwrap();
+            let found = check(conn, &[Patient::MODEL]).unwrap();
+            assert!(
+                matches!(found.as_slice(), [Mismatch::NoIndex { table, column, leading }]
+                    if table == "et_patients" && column == "email_bidx" && leading == "clinic_id, email_bidx"),
+                "{:?}",
+                names(&found)
+            );
+            // A model of a table that is not there, and a legacy column that is not there.
+            assert!(matches!(
+                check(conn, &[Contact::MODEL]).unwrap().as_slice(),
+                [Mismatch::NoTable { table }] if table == "et_contacts"
+            ));
+            for stmt in encrypted_types_tests::real_schema::legacy_contacts_ddl($backend)
+                .into_iter()
+                .chain(encrypted_types_tests::real_schema::expand_contacts_ddl($backend))
+            {
+                conn.batch_execute(&stmt).unwrap();
+            }
+            assert_eq!(names(&check(conn, &[Contact::MODEL]).unwrap()), Vec::<String>::new());
+            conn.batch_execute("ALTER TABLE et_contacts DROP COLUMN note_plain").unwrap();
+            assert!(matches!(
+                check(conn, &[Contact::MODEL]).unwrap().as_slice(),
+                [Mismatch::NoColumn { table, column }] if table == "et_contacts" && column == "note_plain"
+            ));
+        }
+    };
+}
+
+schema_test!(
+    a_text_ciphertext_column_is_refused_on_postgres,
+    PgConnection,
+    "postgres",
+    "BYTEA",
+    Some(encrypted_types_tests::pg_url()),
+    "CREATE TABLE et_schema_users (id INTEGER PRIMARY KEY, org BIGINT NOT NULL, email TEXT NOT NULL, \
+     email_bidx BYTEA NOT NULL); CREATE INDEX et_schema_users_bidx ON et_schema_users (org, email_bidx)",
+    [Mismatch::NotBinary { column, found, .. }] if column == "email" && found == "text"
+);
+schema_test!(
+    a_varchar_ciphertext_column_is_refused_on_mariadb,
+    MysqlConnection,
+    "mysql",
+    "LONGBLOB",
+    Some(encrypted_types_tests::mysql_url()),
+    "CREATE TABLE et_schema_users (id INTEGER PRIMARY KEY, org BIGINT NOT NULL, email VARCHAR(255) NOT NULL, \
+     email_bidx VARBINARY(32) NOT NULL, INDEX et_schema_users_bidx (org, email_bidx))",
+    [Mismatch::NotBinary { column, found, .. }] if column == "email" && found == "varchar"
+);
+schema_test!(
+    a_missing_index_column_is_refused_on_sqlite,
+    SqliteConnection,
+    "sqlite",
+    "BLOB",
+    None,
+    "CREATE TABLE et_schema_users (id INTEGER PRIMARY KEY, org BIGINT NOT NULL, email BLOB NOT NULL)",
+    [Mismatch::NoColumn { column, .. }, Mismatch::NoIndex { .. }] if column == "email_bidx"
+);
