@@ -38,6 +38,7 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
     let queries = queries(model, &names, &et, &diesel);
     // A `none = skip` struct is a patch already, and its `Option` may stand for a NOT NULL
     // column: no setters there.
+    let columns = column_checks(model, &et, &diesel);
     let setters = if model.wants(DeriveKind::AsChangeset) && model.treat_none_as_null {
         setters(model, &et, &diesel)
     } else {
@@ -53,6 +54,7 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
             #write
             #queries
             #setters
+            #columns
         };
     }
 }
@@ -748,5 +750,51 @@ fn setters(model: &Model<'_>, et: &TokenStream, diesel: &TokenStream) -> TokenSt
     }
     quote! {
         impl #ident { #methods }
+    }
+}
+
+/// Checks that `table!` declares every column the model writes, binary where it holds sealed
+/// bytes, with the error at the field. Each name resolves to the table's column through the
+/// inner block's glob import, or, when `table!` lacks it, to the local stand-in declared
+/// outside it, which is no column: the bound then fails with `ColumnOf`'s message.
+fn column_checks(model: &Model<'_>, et: &TokenStream, diesel: &TokenStream) -> TokenStream {
+    let Some(table) = &model.table else {
+        return TokenStream::new();
+    };
+    let mut standins = Vec::new();
+    let mut checks = Vec::new();
+    for (f, e) in model.encrypted_fields() {
+        let span = f.ident.span();
+        let mut cols = vec![(f.ident.clone(), true)];
+        if let Some(index) = &e.index {
+            cols.push((index.column.clone(), true));
+        }
+        if let Some(legacy) = &e.migrate_from {
+            cols.push((legacy.clone(), false));
+        }
+        for (col, binary) in cols {
+            standins.push(quote! {
+                struct #col;
+                impl #diesel::Expression for #col {
+                    type SqlType = #diesel::sql_types::Binary;
+                }
+            });
+            let check = if binary {
+                quote::quote_spanned!(span=> #et::binary_column::<#table::table, #col>();)
+            } else {
+                quote::quote_spanned!(span=> #et::column::<#table::table, #col>();)
+            };
+            checks.push(check);
+        }
+    }
+    quote! {
+        #[allow(dead_code, non_camel_case_types, unused_imports)]
+        fn __columns() {
+            #(#standins)*
+            {
+                use #table::*;
+                #(#checks)*
+            }
+        }
     }
 }

@@ -203,5 +203,40 @@ pub mod __private {
         ModelInfo, Plaintext, TenantId, Unreadable, model_validate,
     };
     pub use diesel;
+
+    /// A column of `Table`: what the derive checks each column it writes against, so a column
+    /// missing from `table!` is reported at the field, with what to add.
+    #[diagnostic::on_unimplemented(
+        message = "the `table!` of `{Table}` has no column `{Self}`",
+        label = "this field is written to it",
+        note = "help: add the column to the `table!` declaration (`Binary`, or `Nullable<Binary>` for an optional field; a blind index is `<field>_bidx` unless `column = ...` names it) and to the table in a migration"
+    )]
+    pub trait ColumnOf<Table> {}
+    impl<C: diesel::Column> ColumnOf<C::Table> for C {}
+
+    /// A column declared `Binary` or `Nullable<Binary>`.
+    pub trait BinaryColumn {}
+    impl<C> BinaryColumn for C
+    where
+        C: diesel::Expression,
+        C::SqlType: BinarySql,
+    {
+    }
+
+    /// `Binary` and `Nullable<Binary>`: the SQL type of a column that holds sealed bytes.
+    #[diagnostic::on_unimplemented(
+        message = "a column of this encrypted field is declared `{Self}` in `table!`, not `Binary`",
+        label = "its ciphertext or blind-index column",
+        note = "help: declare it `Binary` (or `Nullable<Binary>`) and make the SQL column BYTEA, VARBINARY/BLOB or BLOB: a text column stores or converts the bytes as text"
+    )]
+    pub trait BinarySql {}
+    impl BinarySql for diesel::sql_types::Binary {}
+    impl BinarySql for diesel::sql_types::Nullable<diesel::sql_types::Binary> {}
+
+    /// Compiles when `C` is a binary column of `Table`.
+    pub fn binary_column<Table, C: ColumnOf<Table> + BinaryColumn>() {}
+
+    /// Compiles when `C` is a column of `Table`.
+    pub fn column<Table, C: ColumnOf<Table>>() {}
 }
 pub use tenant::TenantId;
