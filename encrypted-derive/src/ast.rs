@@ -66,6 +66,8 @@ pub(crate) struct Index {
     pub(crate) previous_bits: Option<LitInt>,
     /// The previous version's normalizers, if they differ from this one's.
     pub(crate) previous_normalize: Option<Vec<(Normalizer, Span)>>,
+    /// Whether the previous version derives from the retired root key.
+    pub(crate) previous_root_retired: bool,
     pub(crate) normalize: Vec<(Normalizer, Span)>,
 }
 
@@ -141,6 +143,7 @@ impl<'a> Model<'a> {
                         previous: i.previous,
                         previous_bits: i.previous_bits,
                         previous_normalize: i.previous_normalize,
+                        previous_root_retired: i.previous_root_retired,
                         normalize: i.normalize,
                     }),
                 }

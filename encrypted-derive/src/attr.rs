@@ -79,6 +79,8 @@ pub(crate) struct IndexAttr {
     pub(crate) previous_bits: Option<LitInt>,
     /// `previous(normalize = ..)`: the previous version's normalizers, when they differ.
     pub(crate) previous_normalize: Option<Vec<(Normalizer, Span)>>,
+    /// `previous(root = retired)`: the previous version derives from the retired root key.
+    pub(crate) previous_root_retired: bool,
 }
 
 fn unknown(span: Span, what: &str, valid: &str) -> syn::Error {
@@ -205,6 +207,7 @@ pub(crate) fn parse_field(attrs: &[Attribute]) -> syn::Result<FieldAttrs> {
                     previous: None,
                     previous_bits: None,
                     previous_normalize: None,
+                    previous_root_retired: false,
                 };
                 if meta.input.peek(syn::token::Paren) {
                     meta.parse_nested_meta(|m| parse_index_key(&m, &mut index))?;
@@ -281,11 +284,18 @@ fn parse_index_key(m: &syn::meta::ParseNestedMeta<'_>, index: &mut IndexAttr) ->
                 index.previous_bits = Some(p.value()?.parse()?);
             } else if p.path.is_ident("normalize") {
                 parse_normalize(&p, index.previous_normalize.get_or_insert_with(Vec::new))?;
+            } else if p.path.is_ident("root") {
+                once(&p, index.previous_root_retired)?;
+                let root: Ident = p.value()?.parse()?;
+                if root != "retired" {
+                    return Err(unknown(root.span(), "`root`", "retired"));
+                }
+                index.previous_root_retired = true;
             } else {
                 return Err(unknown(
                     p.path.span(),
                     "key in previous(...)",
-                    "version, bits, normalize",
+                    "version, bits, normalize, root",
                 ));
             }
             Ok(())

@@ -134,6 +134,7 @@ fn markers(model: &Model<'_>, et: &TokenStream) -> TokenStream {
                     index.version_value(),
                     index.bits_value(),
                     steps(&index.normalize),
+                    format_ident!("Current"),
                 )),
                 index.previous_value().map(|v| {
                     (
@@ -141,10 +142,18 @@ fn markers(model: &Model<'_>, et: &TokenStream) -> TokenStream {
                         v,
                         index.previous_bits_value(),
                         steps(index.previous_normalize()),
+                        format_ident!(
+                            "{}",
+                            if index.previous_root_retired {
+                                "Retired"
+                            } else {
+                                "Current"
+                            }
+                        ),
                     )
                 }),
             ];
-            for (idx, version, bits, steps) in versions.into_iter().flatten() {
+            for (idx, version, bits, steps, root) in versions.into_iter().flatten() {
                 out.extend(quote! {
                     #[doc(hidden)]
                     pub struct #idx;
@@ -156,6 +165,7 @@ fn markers(model: &Model<'_>, et: &TokenStream) -> TokenStream {
                             version: #version,
                             bits: #bits,
                             normalize: &[#(#et::Normalizer::#steps),*],
+                            root: #et::IndexRoot::#root,
                         };
                     }
                 });

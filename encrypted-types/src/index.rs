@@ -100,6 +100,20 @@ pub struct IndexParams {
     pub bits: u16,
     /// Normalization steps, for string values.
     pub normalize: &'static [Normalizer],
+    /// The root key the index derives from.
+    pub root: IndexRoot,
+}
+
+/// Which of a tenant's blind-index root keys an index derives from. Only a lookup of the
+/// previous version during a root replacement uses the retired one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum IndexRoot {
+    /// The tenant's active root key.
+    #[default]
+    Current,
+    /// The root key being replaced, where the tenant has one, else the active one
+    /// (`previous(.., root = retired)`).
+    Retired,
 }
 
 impl IndexParams {
@@ -268,14 +282,14 @@ pub trait IndexSpec: 'static {
 /// under the installed keyring.
 ///
 /// ```
-/// use encrypted_types::index::{BlindIndex, IndexParams, IndexSpec, Normalizer};
+/// use encrypted_types::index::{BlindIndex, IndexParams, IndexRoot, IndexSpec, Normalizer};
 /// use encrypted_types::{KeyMaterial, Keyring};
 ///
 /// struct EmailIdx;
 /// impl IndexSpec for EmailIdx {
 ///     const PARAMS: IndexParams = IndexParams {
 ///         table: "patients", column: "email", index_column: "email_bidx",
-///         version: 1, bits: 256, normalize: &[Normalizer::Email],
+///         version: 1, bits: 256, normalize: &[Normalizer::Email], root: IndexRoot::Current,
 ///     };
 /// }
 /// Keyring::builder().blind_index_root(None, KeyMaterial::generate()?).build()?.install();

@@ -42,12 +42,15 @@ pub struct Keyring {
     primary_default: Option<usize>,
     primary_by_tenant: HashMap<TenantId, usize>,
     blind_index: HashMap<Option<TenantId>, BlindIndexRootKey>,
+    /// During a root replacement: the root key being replaced, per tenant.
+    retired_blind_index: HashMap<Option<TenantId>, BlindIndexRootKey>,
     /// Blind-index keys derived so far: HKDF runs once per index and tenant, not per value.
     derived: RwLock<HashMap<DerivedId, IndexMac>>,
 }
 
 type DerivedId = (
     Option<TenantId>,
+    crate::index::IndexRoot,
     &'static str,
     &'static str,
     &'static str,
@@ -146,6 +149,25 @@ impl Keyring {
         self.blind_index.get(&tenant.cloned())
     }
 
+    /// The root key an index of `root` derives from for `tenant`: the active one, or, for
+    /// [`IndexRoot::Retired`](crate::index::IndexRoot::Retired), the one being replaced where
+    /// the tenant has one (a tenant whose root was never replaced wrote its old version under
+    /// its active root).
+    pub fn index_root(
+        &self,
+        tenant: Option<&TenantId>,
+        root: crate::index::IndexRoot,
+    ) -> Option<&BlindIndexRootKey> {
+        let key = tenant.cloned();
+        match root {
+            crate::index::IndexRoot::Retired => self
+                .retired_blind_index
+                .get(&key)
+                .or_else(|| self.blind_index.get(&key)),
+            crate::index::IndexRoot::Current => self.blind_index.get(&key),
+        }
+    }
+
     /// A copy of this keyring without `tenant`'s keys, with `destroyed` recorded as destroyed:
     /// what a process installs right after crypto-shredding the tenant.
     #[cfg(feature = "keystore")]
@@ -189,6 +211,12 @@ impl Keyring {
                 .filter(|(t, _)| t.as_ref() != Some(tenant))
                 .map(|(t, k)| (t.clone(), k.duplicate()))
                 .collect(),
+            retired_blind_index: self
+                .retired_blind_index
+                .iter()
+                .filter(|(t, _)| t.as_ref() != Some(tenant))
+                .map(|(t, k)| (t.clone(), k.duplicate()))
+                .collect(),
             keys,
             destroyed: gone,
             derived: RwLock::new(derived),
@@ -204,6 +232,7 @@ impl Keyring {
     ) -> Result<IndexMac, Error> {
         let id = (
             tenant.cloned(),
+            params.root,
             params.table,
             params.column,
             value_type,
@@ -220,7 +249,7 @@ impl Keyring {
             return Ok(mac.clone());
         }
         let root = self
-            .blind_index_root(tenant)
+            .index_root(tenant, params.root)
             .ok_or_else(|| Error::NoBlindIndexKey {
                 tenant: describe(tenant),
             })?;
@@ -261,6 +290,7 @@ pub struct KeyringBuilder {
     destroyed: Vec<KeyId>,
     primaries: Vec<(Option<TenantId>, KeyId)>,
     blind_index: Vec<(Option<TenantId>, KeyMaterial)>,
+    retired_blind_index: Vec<(Option<TenantId>, KeyMaterial)>,
 }
 
 impl fmt::Debug for KeyringBuilder {
@@ -294,6 +324,18 @@ impl KeyringBuilder {
     /// Sets the blind-index root key of `tenant` (or the default one, for `None`).
     pub fn blind_index_root(mut self, tenant: Option<TenantId>, material: KeyMaterial) -> Self {
         self.blind_index.push((tenant, material));
+        self
+    }
+
+    /// During a blind-index root replacement: the retired root key of `tenant`, which indexes
+    /// declared `previous(.., root = retired)` still derive from until the reindex job has
+    /// moved every row (`docs/KEYS.md`, "Replacing a blind-index root key").
+    pub fn retired_blind_index_root(
+        mut self,
+        tenant: Option<TenantId>,
+        material: KeyMaterial,
+    ) -> Self {
+        self.retired_blind_index.push((tenant, material));
         self
     }
 
@@ -334,21 +376,27 @@ impl KeyringBuilder {
                 return Err(Error::InvalidKeyring("two primary keys for one tenant"));
             }
         }
-        let mut blind_index = HashMap::new();
-        for (tenant, material) in self.blind_index {
-            if blind_index.contains_key(&tenant) {
-                return Err(Error::InvalidKeyring(
-                    "two blind-index root keys for one tenant",
-                ));
+        let roots = |list: Vec<(Option<TenantId>, KeyMaterial)>| {
+            let mut map = HashMap::new();
+            for (tenant, material) in list {
+                if map.contains_key(&tenant) {
+                    return Err(Error::InvalidKeyring(
+                        "two blind-index root keys of one state for one tenant",
+                    ));
+                }
+                map.insert(tenant.clone(), BlindIndexRootKey::new(tenant, material));
             }
-            blind_index.insert(tenant.clone(), BlindIndexRootKey::new(tenant, material));
-        }
+            Ok(map)
+        };
+        let blind_index = roots(self.blind_index)?;
+        let retired_blind_index = roots(self.retired_blind_index)?;
         Ok(Keyring {
             keys,
             destroyed: self.destroyed,
             primary_default,
             primary_by_tenant,
             blind_index,
+            retired_blind_index,
             derived: RwLock::default(),
         })
     }

@@ -197,7 +197,7 @@ pub use encrypted_derive::Encrypted;
 /// direct dependency on the crates it uses. Not public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::index::{BlindIndex, IndexParams, IndexSpec, Normalizer};
+    pub use crate::index::{BlindIndex, IndexParams, IndexRoot, IndexSpec, Normalizer};
     pub use crate::{
         ColumnContext, ColumnInfo, Encrypted, EncryptedModel, Error, FallibleModel, LegacyColumn,
         ModelInfo, Plaintext, TenantId, Unreadable, model_validate,

@@ -150,11 +150,12 @@ pub trait KeyTable: diesel::backend::Backend + Sized {
         conn: &mut C,
         record: &KeyRecord,
     ) -> QueryResult<()>;
-    /// Retires the tenant's active data keys.
+    /// Retires the tenant's active keys of `purpose`.
     #[doc(hidden)]
-    fn retire_data_keys<C: LoadConnection<Backend = Self>>(
+    fn retire_keys<C: LoadConnection<Backend = Self>>(
         conn: &mut C,
         tenant: Option<&str>,
+        purpose: &str,
         at: i64,
     ) -> QueryResult<usize>;
     /// Every key.
@@ -241,13 +242,14 @@ macro_rules! key_table {
                     .map(|_| ())
             }
 
-            fn retire_data_keys<C: LoadConnection<Backend = Self>>(
+            fn retire_keys<C: LoadConnection<Backend = Self>>(
                 conn: &mut C,
                 tenant: Option<&str>,
+                purpose: &str,
                 at: i64,
             ) -> QueryResult<usize> {
                 let active = keys::table
-                    .filter(keys::purpose.eq(Purpose::Data.as_str()))
+                    .filter(keys::purpose.eq(purpose))
                     .filter(keys::state.eq(KeyState::Active.as_str()));
                 let set = (
                     keys::state.eq(KeyState::Retired.as_str()),
@@ -467,8 +469,13 @@ impl<P: KekProvider> KeyStore<P> {
     {
         // Retire and create in one transaction: a failed wrap leaves the old key active.
         conn.transaction(|conn| {
-            let retired = C::Backend::retire_data_keys(conn, tenant.map(TenantId::as_str), now())
-                .map_err(store_err)?;
+            let retired = C::Backend::retire_keys(
+                conn,
+                tenant.map(TenantId::as_str),
+                Purpose::Data.as_str(),
+                now(),
+            )
+            .map_err(store_err)?;
             // A tenant without an active data key was never created (or was shredded): a lone
             // data key would make a half-tenant that every later `load` refuses.
             if retired == 0 {
@@ -477,6 +484,54 @@ impl<P: KekProvider> KeyStore<P> {
                 });
             }
             self.create_key(conn, tenant, Purpose::Data)
+        })
+    }
+
+    /// Replaces `tenant`'s blind-index root key, after a compromise: the active root is retired
+    /// and a new one created, in one transaction. Every blind index of the tenant must then be
+    /// recomputed under the new root; until it is, lookups find old rows through
+    /// `previous(.., root = retired)` (`docs/KEYS.md`, "Replacing a blind-index root key").
+    /// Then destroy the retired root with [`KeyStore::destroy_key`].
+    ///
+    /// Returns the new root's id and the retired one's.
+    ///
+    /// # Errors
+    /// [`Error::NoBlindIndexKey`] for a tenant without one; [`Error::Store`] while an earlier
+    /// replacement of the tenant's root is not finished (its retired root not destroyed).
+    pub fn replace_blind_index_root<C>(
+        &self,
+        conn: &mut C,
+        tenant: Option<&TenantId>,
+    ) -> Result<(KeyId, KeyId), Error>
+    where
+        C: LoadConnection,
+        C::Backend: KeyTable,
+    {
+        conn.transaction(|conn| {
+            let t = tenant.map(TenantId::as_str);
+            let mine: Vec<KeyRecord> = C::Backend::all_keys(conn)
+                .map_err(store_err)?
+                .into_iter()
+                .filter(|r| r.tenant.as_deref() == t && r.purpose == Purpose::BlindIndex.as_str())
+                .collect();
+            if mine.iter().any(|r| r.state == KeyState::Retired.as_str()) {
+                return Err(Error::Store(format!(
+                    "the blind-index root of {} is already being replaced: reindex, then destroy the retired root first",
+                    crate::tenant::describe(tenant)
+                )));
+            }
+            let old = mine
+                .iter()
+                .find(|r| r.state == KeyState::Active.as_str())
+                .and_then(|r| u32::try_from(r.key_id).ok())
+                .map(KeyId::from)
+                .ok_or_else(|| Error::NoBlindIndexKey {
+                    tenant: crate::tenant::describe(tenant),
+                })?;
+            C::Backend::retire_keys(conn, t, Purpose::BlindIndex.as_str(), now())
+                .map_err(store_err)?;
+            let new = self.create_key(conn, tenant, Purpose::BlindIndex)?;
+            Ok((new, old))
         })
     }
 
@@ -602,8 +657,11 @@ impl<P: KekProvider> KeyStore<P> {
                     builder = builder.blind_index_root(tenant, material);
                     report.blind_index_keys += 1;
                 }
-                // Retired blind-index keys are kept only for rotation (a later version).
-                Purpose::BlindIndex => {}
+                // A root being replaced: lookups of the previous index version still use it.
+                Purpose::BlindIndex => {
+                    builder = builder.retired_blind_index_root(tenant, material);
+                    report.blind_index_keys += 1;
+                }
             }
         }
         // Every tenant with live keys must have exactly one active key of each purpose, so a
@@ -670,8 +728,12 @@ impl<P: KekProvider> KeyStore<P> {
         Ok(report)
     }
 
-    /// Destroys one retired data key (its wrapped bytes erased), refusing while any row of
-    /// `models` still holds a value sealed with it: run the rotation job first.
+    /// Destroys one retired key (its wrapped bytes erased). For a data key it refuses while
+    /// any row of `models` still holds a value sealed with it: run the rotation job first. A
+    /// retired blind-index root ([`KeyStore::replace_blind_index_root`]) leaves no trace in the
+    /// index bytes, so nothing here can count what still depends on it: destroy it only after
+    /// the reindex job reported `finished`; lookups of an index not yet recomputed then find
+    /// nothing (they never find a wrong row: every match is re-checked).
     ///
     /// # Errors
     /// [`Error::KeyRecord`] if rows still reference the key or it is the tenant's active key;

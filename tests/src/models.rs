@@ -79,6 +79,47 @@ pub struct PatientRotating {
     pub phone: Option<String>,
 }
 
+/// The same table while the blind-index root key of a tenant is replaced: every index moves
+/// to version 2 under the new root; lookups also match version 1 under the retired root.
+#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[encrypted(table = schema::et_patients, tenant = clinic_id)]
+pub struct PatientRootReplacing {
+    pub id: i32,
+    pub clinic_id: i64,
+    #[encrypted]
+    pub name: String,
+    #[encrypted(blind_index(normalize = email, version = 2, previous(version = 1, root = retired)))]
+    pub email: String,
+    #[encrypted(blind_index(normalize = digits, bits = 16, version = 2, previous(version = 1, root = retired)))]
+    pub ssn: String,
+    #[encrypted]
+    pub dob: chrono::NaiveDate,
+    #[encrypted]
+    pub notes: Option<String>,
+    #[encrypted(blind_index(normalize = digits, version = 2, previous(version = 1, root = retired)))]
+    pub phone: Option<String>,
+}
+
+/// After the root replacement: version 2 only, under the new root.
+#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[encrypted(table = schema::et_patients, tenant = clinic_id, derive(Queryable, Selectable))]
+pub struct PatientRootReplaced {
+    pub id: i32,
+    pub clinic_id: i64,
+    #[encrypted]
+    pub name: String,
+    #[encrypted(blind_index(normalize = email, version = 2))]
+    pub email: String,
+    #[encrypted(blind_index(normalize = digits, bits = 16, version = 2))]
+    pub ssn: String,
+    #[encrypted]
+    pub dob: chrono::NaiveDate,
+    #[encrypted]
+    pub notes: Option<String>,
+    #[encrypted(blind_index(normalize = digits, version = 2))]
+    pub phone: Option<String>,
+}
+
 /// After the rotation: version 2 only.
 #[derive(Debug, Clone, PartialEq, Encrypted)]
 #[encrypted(table = schema::et_patients, tenant = clinic_id, derive(Queryable, Selectable))]

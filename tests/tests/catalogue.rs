@@ -199,6 +199,7 @@ fn case_34_unicode_forms_round_trip_and_index_as_configured() {
         version: 1,
         bits: 256,
         normalize: n,
+        root: encrypted_types::index::IndexRoot::Current,
     };
     let fold = p(&[Normalizer::Casefold]);
     assert_eq!(

@@ -26,6 +26,7 @@ const fn params(
         version,
         bits,
         normalize,
+        root: encrypted_types::index::IndexRoot::Current,
     }
 }
 

@@ -107,7 +107,7 @@ proptest! {
         pad_left in " {0,3}", pad_right in "[ \\t]{0,3}",
         other in any::<String>(),
     ) {
-        const EMAIL: IndexParams = IndexParams { table: "t", column: "email", index_column: "email_bidx", version: 1, bits: 256, normalize: &[Normalizer::Email] };
+        const EMAIL: IndexParams = IndexParams { table: "t", column: "email", index_column: "email_bidx", version: 1, bits: 256, normalize: &[Normalizer::Email], root: encrypted_types::index::IndexRoot::Current };
         let plain = format!("{local}@{domain}");
         let messy = format!("{pad_left}{}{pad_right}", plain.to_uppercase());
         let a = EMAIL.compute(keyring(), None, &plain).unwrap();

@@ -813,6 +813,126 @@ macro_rules! in_transaction_suite {
         }
 
         #[test]
+        fn a_replaced_blind_index_root_key_is_reindexed_and_destroyed() {
+            use encrypted_types_tests::models::{
+                Patient, PatientRootReplaced, PatientRootReplacing,
+            };
+            use encrypted_types_tests::schema::et_patients;
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let store = KeyStore::new(LocalKek::create(dir.path().join("k.kek")).unwrap());
+            let conn = &mut $connect();
+            for t in ["1", "2"] {
+                store.create_tenant(conn, Some(&t.into())).unwrap();
+            }
+            store.load_and_install(conn).unwrap();
+            let ps: Vec<Patient> = (0..20)
+                .map(|i| {
+                    let mut p = Patient::sample(
+                        700 + i,
+                        1 + i64::from(i % 2),
+                        &format!("r{i}@example.org"),
+                        &format!("{i:03}-00-0000"),
+                    );
+                    p.phone = (i % 3 == 0).then(|| format!("555-{i:04}"));
+                    p
+                })
+                .collect();
+            diesel::insert_into(et_patients::table)
+                .values(Patient::batch(&ps))
+                .execute(conn)
+                .unwrap();
+            let stored = |conn: &mut $ct| -> Vec<Vec<u8>> {
+                et_patients::table
+                    .filter(et_patients::id.ge(700))
+                    .order(et_patients::id)
+                    .select(et_patients::email_bidx)
+                    .load(conn)
+                    .unwrap()
+            };
+            let before = stored(conn);
+
+            // Tenant 1's root is compromised: replaced, and every process reloads.
+            let (new, old) = store
+                .replace_blind_index_root(conn, Some(&"1".into()))
+                .unwrap();
+            assert_ne!(new, old);
+            assert!(
+                store
+                    .replace_blind_index_root(conn, Some(&"1".into()))
+                    .is_err(),
+                "a second replacement before the first is done"
+            );
+            store.load_and_install(conn).unwrap();
+            // The old version under the new root finds nothing of tenant 1 ...
+            assert!(
+                Patient::find_by_email(conn, &1, "r0@example.org")
+                    .unwrap()
+                    .is_empty()
+            );
+            // ... while the replacing model finds every row through the retired root, and
+            // tenant 2 (never replaced) through its own.
+            for p in &ps {
+                let found =
+                    PatientRootReplacing::find_by_email(conn, &p.clinic_id, p.email.clone())
+                        .unwrap();
+                assert_eq!(
+                    found.iter().map(|f| f.id).collect::<Vec<_>>(),
+                    vec![p.id],
+                    "{}",
+                    p.email
+                );
+                assert!(
+                    PatientRootReplacing::find_by_ssn(conn, &p.clinic_id, p.ssn.clone())
+                        .unwrap()
+                        .iter()
+                        .any(|f| f.id == p.id)
+                );
+            }
+            let r = reindex(
+                conn,
+                &PatientRootReplacing::MODEL,
+                "root-1",
+                &JobOptions::default(),
+                |_| {},
+            )
+            .unwrap();
+            assert!(r.finished, "{r:?}");
+            let after = stored(conn);
+            assert!(
+                before.iter().zip(&after).all(|(a, b)| a != b),
+                "an index kept its old bytes"
+            );
+            // The retired root is destroyed; lookups of version 2 under the new root find
+            // every row of both tenants.
+            store.destroy_key(conn, old, &[]).unwrap();
+            store.load_and_install(conn).unwrap();
+            for p in &ps {
+                let found = PatientRootReplaced::find_by_email(conn, &p.clinic_id, p.email.clone())
+                    .unwrap();
+                assert_eq!(found.len(), 1, "{}", p.email);
+                if let Some(phone) = &p.phone {
+                    assert_eq!(
+                        PatientRootReplaced::find_by_phone(conn, &p.clinic_id, phone.clone())
+                            .unwrap()
+                            .len(),
+                        1
+                    );
+                }
+            }
+            let destroyed: i64 = encrypted_types::store::encrypted_types_keys::table
+                .filter(
+                    encrypted_types::store::encrypted_types_keys::key_id.eq(i64::from(old.get())),
+                )
+                .filter(encrypted_types::store::encrypted_types_keys::state.eq("destroyed"))
+                .filter(encrypted_types::store::encrypted_types_keys::wrapped_key.is_null())
+                .count()
+                .get_result(conn)
+                .unwrap();
+            assert_eq!(destroyed, 1, "the old root's bytes are still stored");
+        }
+
+        #[test]
         fn after_a_tenant_is_shredded_a_listing_reports_its_rows_and_the_purge_removes_them() {
             use encrypted_types::jobs::purge_tenant;
             use encrypted_types::{Fallible, TenantId};

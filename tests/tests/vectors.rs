@@ -215,6 +215,7 @@ fn every_blind_index_vector_is_reproduced() {
             version: v.version,
             bits: v.bits,
             normalize: Box::leak(steps.into_boxed_slice()),
+            root: encrypted_types::index::IndexRoot::Current,
         };
         let got = match v.value_type.as_str() {
             "string" => params.compute(
