@@ -50,6 +50,7 @@ pub(crate) struct Encrypted<'a> {
 pub(crate) enum ValueKind {
     String,
     Bytes,
+    Json,
     Other,
 }
 
@@ -234,8 +235,11 @@ fn classify(ty: &Type) -> Option<ValueKind> {
     let name = last.ident.to_string();
     match name.as_str() {
         "String" => Some(ValueKind::String),
-        "bool" | "i16" | "i32" | "i64" | "f64" | "NaiveDate" | "NaiveDateTime" | "Uuid"
-        | "Value" | "Json" => Some(ValueKind::Other),
+        "bool" | "i16" | "i32" | "i64" | "f64" | "NaiveDate" | "NaiveDateTime" | "Uuid" => {
+            Some(ValueKind::Other)
+        }
+        // JSON has no one canonical byte form a blind index could be computed from.
+        "Value" | "Json" => Some(ValueKind::Json),
         "DateTime" => Some(ValueKind::Other),
         "Vec" => match &last.arguments {
             PathArguments::AngleBracketed(a) => match a.args.first() {

@@ -108,6 +108,13 @@ pub(crate) fn check(model: &Model<'_>) -> syn::Result<()> {
             }
         }
         let Some(index) = &e.index else { continue };
+        if e.kind == Some(ValueKind::Json) {
+            err(
+                index.span,
+                "a JSON field cannot have a blind index: equal JSON values can be written as different bytes (key order, number forms), so their indexes would differ\nhelp: index a String or scalar field that holds the value to look up".into(),
+            );
+            continue;
+        }
         for bits in index.bits.iter().chain(&index.previous_bits) {
             match bits.base10_parse::<u32>() {
                 Ok(1..=256) => {}

@@ -24,21 +24,31 @@ use crate::tenant::TenantId;
 /// HMAC-SHA256 keyed with a derived blind-index key.
 pub(crate) type IndexMac = hmac::Hmac<Sha256>;
 
+mod unicode;
+
 /// A normalization step applied to a string before it is indexed, so that values a person
 /// considers equal ("Ann@Example.org " and "ann@example.org") index equally.
+///
+/// Every step is pinned to Unicode 14.0.0 (`docs/FORMAT.md` §7.1), whatever Unicode version
+/// the compiler's standard library or the normalization crates follow: a code point unassigned
+/// in 14.0.0 is copied unchanged (dropped by `digits`) and splits the string into runs that are
+/// mapped separately. A newer toolchain therefore never changes an index; a newer Unicode
+/// version would be new normalizer names, hence a new index version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Normalizer {
-    /// Strip leading and trailing Unicode whitespace.
+    /// Strip the 25 `White_Space` code points at both ends (not U+001C..U+001F, U+180E or
+    /// U+200B).
     Trim,
-    /// Unicode lowercase.
+    /// The full Unicode lowercase mapping, with the final-sigma rule and no language tailoring
+    /// ("İ" becomes "i̇", "ẞ" becomes "ß").
     Lowercase,
     /// An email address: trim, then lowercase.
     Email,
     /// NFKC (so full-width and other compatibility digits become 0-9), then keep only the ASCII
-    /// digits 0-9 (phone numbers, SSNs).
+    /// digits 0-9 (phone numbers, SSNs). Other scripts' digits (Arabic-Indic) are dropped.
     Digits,
-    /// NFKC normalization, then Unicode default case folding ("Straße" and "STRASSE" match).
+    /// NFKC, then full default case folding, once ("Straße" and "STRASSE" match).
     Casefold,
 }
 
@@ -56,17 +66,72 @@ impl Normalizer {
 
     fn apply(self, s: &str) -> Zeroizing<String> {
         use unicode_normalization::UnicodeNormalization;
-        Zeroizing::new(match self {
-            Self::Trim => s.trim().to_owned(),
-            Self::Lowercase => s.to_lowercase(),
-            Self::Email => s.trim().to_lowercase(),
-            Self::Digits => s.nfkc().filter(char::is_ascii_digit).collect(),
-            Self::Casefold => {
-                let nfkc = Zeroizing::new(s.nfkc().collect::<String>());
-                caseless::default_case_fold_str(&nfkc)
-            }
-        })
+        match self {
+            Self::Trim => Zeroizing::new(trim(s).to_owned()),
+            Self::Lowercase => by_runs(s, true, |run, out| {
+                // `str::to_lowercase` applies the final-sigma rule within the run.
+                out.push_str(&Zeroizing::new(run.to_lowercase()));
+            }),
+            Self::Email => Self::Lowercase.apply(trim(s)),
+            Self::Digits => by_runs(s, false, |run, out| {
+                out.extend(run.nfkc().filter(char::is_ascii_digit));
+            }),
+            Self::Casefold => by_runs(s, true, |run, out| {
+                let nfkc = Zeroizing::new(run.nfkc().collect::<String>());
+                let folded = Zeroizing::new(caseless::default_case_fold_str(&nfkc));
+                out.push_str(&folded);
+            }),
+        }
     }
+}
+
+/// The `White_Space` property: stable since Unicode 6.3, and written out so that it is.
+const WHITE_SPACE: [char; 25] = [
+    '\u{9}', '\u{A}', '\u{B}', '\u{C}', '\u{D}', '\u{20}', '\u{85}', '\u{A0}', '\u{1680}',
+    '\u{2000}', '\u{2001}', '\u{2002}', '\u{2003}', '\u{2004}', '\u{2005}', '\u{2006}', '\u{2007}',
+    '\u{2008}', '\u{2009}', '\u{200A}', '\u{2028}', '\u{2029}', '\u{202F}', '\u{205F}', '\u{3000}',
+];
+
+/// Whether `c` is assigned (General_Category other than Cn) in Unicode 14.0.0.
+fn assigned(c: char) -> bool {
+    use std::cmp::Ordering;
+    let cp = u32::from(c);
+    // Everything below U+0378 is assigned: ASCII and Latin never reach the search.
+    cp < 0x378
+        || unicode::UNASSIGNED
+            .binary_search_by(|&(lo, hi)| {
+                if hi < cp {
+                    Ordering::Less
+                } else if lo > cp {
+                    Ordering::Greater
+                } else {
+                    Ordering::Equal
+                }
+            })
+            .is_err()
+}
+
+fn trim(s: &str) -> &str {
+    s.trim_matches(|c| WHITE_SPACE.contains(&c))
+}
+
+/// Maps each maximal run of code points assigned in Unicode 14.0.0 with `step`; a code point
+/// unassigned there ends the run and is copied (`keep`) or dropped.
+fn by_runs(s: &str, keep: bool, mut step: impl FnMut(&str, &mut String)) -> Zeroizing<String> {
+    let mut out = Zeroizing::new(String::with_capacity(s.len()));
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        if assigned(c) {
+            continue;
+        }
+        step(s.get(start..i).unwrap_or_default(), &mut out);
+        if keep {
+            out.push(c);
+        }
+        start = i + c.len_utf8();
+    }
+    step(s.get(start..).unwrap_or_default(), &mut out);
+    out
 }
 
 /// Applies `steps` in order.
@@ -143,6 +208,10 @@ impl IndexParams {
     /// The bytes that are hashed: the normalized string, or the canonical encoding of any
     /// other value.
     fn input<T: Plaintext>(&self, value: &T) -> Result<Zeroizing<Vec<u8>>, Error> {
+        if T::TYPE == "json" {
+            // Equal JSON values need not be equal bytes (docs/FORMAT.md §3.1).
+            return Err(Error::InvalidIndex("a JSON value has no blind index"));
+        }
         match (value.as_str(), self.normalize) {
             (Some(s), steps) => Ok(Zeroizing::new(normalize(steps, s).as_bytes().to_vec())),
             (None, []) => {
@@ -223,6 +292,9 @@ impl IndexParams {
     ) -> Result<Vec<u8>, Error> {
         if !(1..=256).contains(&self.bits) {
             return Err(Error::InvalidIndex("bits must be between 1 and 256"));
+        }
+        if value_type == "json" {
+            return Err(Error::InvalidIndex("a JSON value has no blind index"));
         }
         let mut mac = keyring.index_mac(self, tenant, value_type)?;
         if self.normalize.is_empty() {

@@ -376,20 +376,21 @@ impl KeyringBuilder {
                 return Err(Error::InvalidKeyring("two primary keys for one tenant"));
             }
         }
-        let roots = |list: Vec<(Option<TenantId>, KeyMaterial)>| {
+        let roots = |list: Vec<(Option<TenantId>, KeyMaterial)>, why: &'static str| {
             let mut map = HashMap::new();
             for (tenant, material) in list {
                 if map.contains_key(&tenant) {
-                    return Err(Error::InvalidKeyring(
-                        "two blind-index root keys of one state for one tenant",
-                    ));
+                    return Err(Error::InvalidKeyring(why));
                 }
                 map.insert(tenant.clone(), BlindIndexRootKey::new(tenant, material));
             }
             Ok(map)
         };
-        let blind_index = roots(self.blind_index)?;
-        let retired_blind_index = roots(self.retired_blind_index)?;
+        let blind_index = roots(self.blind_index, "two blind-index root keys for one tenant")?;
+        let retired_blind_index = roots(
+            self.retired_blind_index,
+            "two retired blind-index root keys for one tenant",
+        )?;
         Ok(Keyring {
             keys,
             destroyed: self.destroyed,

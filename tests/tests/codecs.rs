@@ -125,3 +125,30 @@ fn a_json_map_with_non_string_keys_is_unencodable_not_a_panic() {
         Some(Error::Unencodable { type_name: "json" })
     );
 }
+
+/// FORMAT.md §3.1: the JSON texts an opener accepts, at their edges.
+#[test]
+fn json_openers_take_nesting_to_127_and_refuse_duplicate_keys() {
+    let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    assert!(serde_json::Value::decode(nested(127).as_bytes()).is_ok());
+    assert!(serde_json::Value::decode(nested(128).as_bytes()).is_err());
+    for text in [
+        r#"{"a":1,"a":2}"#,
+        r#"{"a":1,"\u0061":2}"#,
+        r#"[{"x":{"a":1,"b":2,"a":3}}]"#,
+    ] {
+        assert!(
+            serde_json::Value::decode(text.as_bytes()).is_err(),
+            "{text}"
+        );
+        assert!(
+            Json::<serde_json::Value>::decode(text.as_bytes()).is_err(),
+            "{text}"
+        );
+    }
+    // Equal keys in different objects are not duplicates; white space around the value is JSON's.
+    let ok = br#" {"a":{"a":1},"b":[{"a":2},{"a":3}]} "#;
+    assert!(serde_json::Value::decode(ok).is_ok());
+    assert!(Json::<serde_json::Value>::decode(ok).is_ok());
+    assert!(Json::<Allergy>::decode(br#"{"substance":"x","severe":true,"severe":false}"#).is_err());
+}

@@ -125,6 +125,13 @@ fn the_builder_rejects_inconsistent_keyrings() {
                 .blind_index_root(None, k(2)),
             "two blind-index root keys for one tenant",
         ),
+        (
+            Keyring::builder()
+                .blind_index_root(None, k(1))
+                .retired_blind_index_root(None, k(2))
+                .retired_blind_index_root(None, k(3)),
+            "two retired blind-index root keys for one tenant",
+        ),
     ];
     for (builder, why) in cases {
         assert_eq!(builder.build().err(), Some(Error::InvalidKeyring(why)));

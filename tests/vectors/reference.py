@@ -1,10 +1,13 @@
 #!/usr/bin/env python3
 """An independent implementation of ciphertext format v1, written from docs/FORMAT.md alone.
 
-    reference.py check      open every vector in v1.json and re-seal it with its nonce, and
-                            recompute every blind index in blind_index_v1.json: all must
-                            match byte for byte (CI runs this)
-    reference.py generate   write both files from the cases below (only when adding vectors:
+    reference.py check      open every vector in v1.json and re-seal it with its nonce,
+                            recompute every blind index in blind_index_v1.json, and check that
+                            every vector of v1_invalid.json fails with its error (CI runs this)
+    reference.py normalizers FILE   compare a corpus of the Rust normalizers' outputs (the
+                            Rust test `normalizers_agree_with_the_reference` writes and runs it)
+    reference.py generate-unicode   regenerate encrypted-types/src/index/unicode.rs
+    reference.py generate   write the vector files from the cases below (only when adding vectors:
                             existing vectors are frozen and must never change)
 
 Needs the `cryptography` package.
@@ -39,17 +42,124 @@ def seal(key: bytes, key_id: int, nonce: bytes, ctx: dict, plaintext: bytes) -> 
     return header6 + nonce + ct_tag
 
 
-def open_(keys: dict, ctx: dict, sealed: bytes) -> bytes:
-    if not sealed or sealed[0] != 1:
-        raise ValueError("UnsupportedVersion")
+class Invalid(Exception):
+    """An opening error of FORMAT.md section 5, named as the Rust `Error` variant."""
+
+
+def open_(keys: dict, ctx: dict, sealed: bytes, destroyed=frozenset()) -> bytes:
+    """Section 5 steps 1-5: the plaintext bytes. `keys` maps key id to (key, tenant)."""
+    if not sealed:
+        raise Invalid("Truncated")
+    if sealed[0] != 1:
+        raise Invalid("UnsupportedVersion")
     if len(sealed) < 34:
-        raise ValueError("Truncated")
+        raise Invalid("Truncated")
+    if len(sealed) > (1 << 30) + 34:
+        raise Invalid("TooLarge")
     if sealed[1] != 1:
-        raise ValueError("UnsupportedSuite")
+        raise Invalid("UnsupportedSuite")
     (key_id,) = struct.unpack(">I", sealed[2:6])
+    if key_id in destroyed:
+        raise Invalid("KeyDestroyed")
     if key_id not in keys:
-        raise ValueError("UnknownKeyId")
-    return AESGCM(keys[key_id]).decrypt(sealed[6:18], sealed[18:], aad(sealed[:6], **ctx))
+        raise Invalid("UnknownKeyId")
+    key, key_tenant = keys[key_id]
+    from cryptography.exceptions import InvalidTag
+    try:
+        return AESGCM(key).decrypt(sealed[6:18], sealed[18:], aad(sealed[:6], **dict(ctx, tenant=key_tenant)))
+    except InvalidTag:
+        raise Invalid("AuthenticationFailed") from None
+
+
+def open_row(keys: dict, destroyed, table, column, value_type, row_tenant, sealed: bytes):
+    """Sections 5 and 5.1: open, decode, then check the key's tenant against the row's."""
+    ctx = dict(table=table, column=column, value_type=value_type)
+    plaintext = open_(keys, ctx, sealed, destroyed)
+    value = decode(value_type, plaintext)
+    (key_id,) = struct.unpack(">I", sealed[2:6])
+    if keys[key_id][1] != row_tenant:
+        raise Invalid("TenantMismatch")
+    return value
+
+
+DAY_MIN, DAY_MAX = -96465292, 95026236  # -262143-01-01 and 262142-12-31
+JSON_MAX_DEPTH = 127
+
+
+def decode(value_type: str, p: bytes):
+    """Section 3: the one accepted encoding of each type; anything else is InvalidPlaintext."""
+    def need(ok):
+        if not ok:
+            raise Invalid("InvalidPlaintext")
+    if value_type == "string":
+        try:
+            return p.decode("utf-8")  # strict: no surrogates, no overlong forms
+        except UnicodeDecodeError:
+            raise Invalid("InvalidPlaintext") from None
+    if value_type == "bytes":
+        return p
+    if value_type == "bool":
+        need(p in (b"\x00", b"\x01"))
+        return p == b"\x01"
+    if value_type in ("i16", "i32", "i64"):
+        need(len(p) == int(value_type[1:]) // 8)
+        return int.from_bytes(p, "big", signed=True)
+    if value_type == "f64":
+        need(len(p) == 8)
+        return p
+    if value_type == "date":
+        need(len(p) == 4)
+        (days,) = struct.unpack(">i", p)
+        need(DAY_MIN <= days <= DAY_MAX)
+        return days
+    if value_type in ("timestamp", "timestamptz"):
+        need(len(p) == 12)
+        secs, nanos = struct.unpack(">qI", p)
+        need(DAY_MIN * 86400 <= secs <= DAY_MAX * 86400 + 86399)
+        need(nanos < 10**9 or (nanos < 2 * 10**9 and secs % 60 == 59))  # floor modulo
+        return [secs, nanos]
+    if value_type == "uuid":
+        need(len(p) == 16)
+        return p.hex()
+    if value_type == "json":
+        return decode_json(p)
+    raise ValueError(value_type)
+
+
+def decode_json(p: bytes):
+    """Section 3.1: RFC 8259 JSON text in UTF-8, with no duplicate object keys, no lone
+    surrogates, finite numbers only, and arrays and objects nested at most 127 deep."""
+    def bad(*_):
+        raise Invalid("InvalidPlaintext")
+
+    def pairs(items):
+        keys = [k for k, _ in items]
+        if len(set(keys)) != len(keys):
+            bad()
+        return dict(items)
+
+    def number(text):
+        f = float(text)
+        if f in (float("inf"), float("-inf")):
+            bad()
+        return f
+
+    def check(v, depth):
+        if isinstance(v, str):
+            v.encode("utf-8")  # a lone surrogate from a \u escape fails here
+        elif isinstance(v, (list, dict)):
+            if depth >= JSON_MAX_DEPTH:
+                bad()
+            for item in (v.items() if isinstance(v, dict) else v):
+                for part in (item if isinstance(v, dict) else (item,)):
+                    check(part, depth + 1)
+    try:
+        text = p.decode("utf-8")
+        value = json.loads(text, object_pairs_hook=pairs, parse_constant=bad, parse_float=number)
+        check(value, 0)
+        return value
+    except (UnicodeError, ValueError, RecursionError):
+        raise Invalid("InvalidPlaintext") from None
 
 
 def encode(value_type: str, value) -> bytes:
@@ -110,21 +220,129 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 
+# FORMAT.md section 7.1: the normalizers, written from the spec's words. Python's `unicodedata`
+# and `str` methods are its own (C tables), not the Rust crates the library uses.
+UNICODE_VERSION = "14.0.0"
+UNICODE_TABLE = HERE.parent.parent / "encrypted-types" / "src" / "index" / "unicode.rs"
+# The White_Space property: exactly these 25 code points (not U+001C..U+001F, U+180E, U+200B).
+WHITE_SPACE = frozenset(map(chr, [0x09, 0x0A, 0x0B, 0x0C, 0x0D, 0x20, 0x85, 0xA0, 0x1680,
+                                  *range(0x2000, 0x200B), 0x2028, 0x2029, 0x202F, 0x205F, 0x3000]))
+ASCII_DIGITS = frozenset("0123456789")
+
+
+def unassigned_ranges_from_ucd():
+    """Code points whose General_Category is Cn in this Python's Unicode database."""
+    ranges, start = [], None
+    for cp in range(0x110000):
+        cn = unicodedata.category(chr(cp)) == "Cn"
+        if cn and start is None:
+            start = cp
+        elif not cn and start is not None:
+            ranges.append((start, cp - 1))
+            start = None
+    if start is not None:
+        ranges.append((start, 0x10FFFF))
+    return ranges
+
+
+def unassigned_ranges_from_table():
+    import re
+    text = UNICODE_TABLE.read_text()
+    return [(int(a, 16), int(b, 16)) for a, b in re.findall(r"\(0x([0-9A-F]+), 0x([0-9A-F]+)\)", text)]
+
+
+def _unassigned():
+    import bisect
+    ranges = unassigned_ranges_from_table()
+    starts = [a for a, _ in ranges]
+
+    def test(ch: str) -> bool:
+        cp = ord(ch)
+        i = bisect.bisect_right(starts, cp) - 1
+        return i >= 0 and ranges[i][0] <= cp <= ranges[i][1]
+    return test
+
+
+UNASSIGNED = None
+
+
+def runs(text: str, step, keep_unassigned: bool) -> str:
+    """Applies `step` to each maximal run of code points assigned in Unicode 14.0.0; a code point
+    unassigned there is a boundary, copied unchanged (or dropped, for `digits`)."""
+    global UNASSIGNED
+    if UNASSIGNED is None:
+        UNASSIGNED = _unassigned()
+    out, run = [], []
+    for ch in text:
+        if UNASSIGNED(ch):
+            if run:
+                out.append(step("".join(run)))
+                run = []
+            if keep_unassigned:
+                out.append(ch)
+        else:
+            run.append(ch)
+    if run:
+        out.append(step("".join(run)))
+    return "".join(out)
+
+
+def trim(text: str) -> str:
+    start, end = 0, len(text)
+    while start < end and text[start] in WHITE_SPACE:
+        start += 1
+    while end > start and text[end - 1] in WHITE_SPACE:
+        end -= 1
+    return text[start:end]
+
+
+def nfkc(text: str) -> str:
+    return unicodedata.normalize("NFKC", text)
+
+
 def normalize(steps, text: str) -> str:
     for step in steps:
         if step == "trim":
-            text = text.strip()
-        elif step == "lowercase":
-            text = text.lower()
+            text = trim(text)
+        elif step == "lowercase":  # full lowercase mapping, Final_Sigma, no language tailoring
+            text = runs(text, str.lower, True)
         elif step == "email":
-            text = text.strip().lower()
+            text = runs(trim(text), str.lower, True)
         elif step == "digits":
-            text = "".join(c for c in unicodedata.normalize("NFKC", text) if c in "0123456789")
-        elif step == "casefold":
-            text = unicodedata.normalize("NFKC", text).casefold()
+            text = runs(text, lambda r: "".join(c for c in nfkc(r) if c in ASCII_DIGITS), False)
+        elif step == "casefold":  # NFKC, then full default case folding (C + F), once
+            text = runs(text, lambda r: nfkc(r).casefold(), True)
         else:
             raise ValueError(step)
     return text
+
+
+def generate_unicode():
+    """Writes the Rust table of code points unassigned in Unicode 14.0.0 (needs Python 3.11,
+    whose unicodedata is 14.0.0)."""
+    assert unicodedata.unidata_version == UNICODE_VERSION, unicodedata.unidata_version
+    ranges = unassigned_ranges_from_ucd()
+    lines = [
+        "//! Code points unassigned (General_Category Cn) in Unicode 14.0.0, the version the",
+        "//! normalizers are pinned to (docs/FORMAT.md section 7.1). Generated by",
+        "//! `python3 tests/vectors/reference.py generate-unicode` from Python 3.11's unicodedata;",
+        "//! `reference.py check` regenerates and compares it. Do not edit.",
+        "",
+        "/// Inclusive ranges, sorted, disjoint.",
+        f"pub(crate) static UNASSIGNED: [(u32, u32); {len(ranges)}] = [",
+    ]
+    lines += [f"    (0x{a:04X}, 0x{b:04X})," for a, b in ranges]
+    lines += ["];", ""]
+    UNICODE_TABLE.write_text("\n".join(lines))
+    print(f"wrote {len(ranges)} ranges to {UNICODE_TABLE}")
+
+
+def check_unicode():
+    """The committed table must be what the Unicode 14.0.0 database says, where this Python has it."""
+    if unicodedata.unidata_version != UNICODE_VERSION:
+        print(f"(Python's Unicode is {unicodedata.unidata_version}: the 14.0.0 table is taken as committed)")
+        return
+    assert unassigned_ranges_from_table() == unassigned_ranges_from_ucd(), "unicode.rs differs from UCD 14.0.0"
 
 
 def blind_index(root: bytes, table, column, tenant, value_type, version, bits, steps, value) -> bytes:
@@ -151,6 +369,30 @@ INDEX_CASES = [
     ("casefold", "people", "surname", None, "string", 1, 256, ["trim", "casefold"], " STRASSE "),
     ("no-normalizer", "people", "code", None, "string", 1, 256, [], "Exact Value"),
     ("i64", "accounts", "number", "clinic-a", "i64", 1, 64, [], 1234567890123),
+    # FORMAT.md section 7.1: inputs that separate one normalizer definition from another.
+    ("casefold-sharp-s", "people", "surname", None, "string", 1, 256, ["casefold"], "Straße"),
+    ("casefold-capital-sharp-s", "people", "surname", None, "string", 1, 256, ["casefold"], "STRAẞE"),
+    ("lowercase-capital-sharp-s", "people", "surname", None, "string", 1, 256, ["lowercase"], "STRAẞE"),
+    ("lowercase-final-sigma", "people", "surname", None, "string", 1, 256, ["lowercase"], "ΣΑΣ ΣΑΣ."),
+    ("casefold-final-sigma", "people", "surname", None, "string", 1, 256, ["casefold"], "ΣΑΣ"),
+    ("lowercase-dotted-capital-i", "people", "surname", None, "string", 1, 256, ["lowercase"], "İSTANBUL"),
+    ("casefold-dotted-capital-i", "people", "surname", None, "string", 1, 256, ["casefold"], "İstanbul"),
+    ("casefold-dotless-i", "people", "surname", None, "string", 1, 256, ["casefold"], "ıspanak"),
+    ("casefold-fi-ligature", "people", "surname", None, "string", 1, 256, ["casefold"], "ﬁnn"),
+    ("lowercase-fi-ligature", "people", "surname", None, "string", 1, 256, ["lowercase"], "ﬁnn"),
+    ("trim-keeps-information-separator", "people", "code", None, "string", 1, 256, ["trim"], "\x1c a \x1c"),
+    ("trim-keeps-mongolian-vowel-separator", "people", "code", None, "string", 1, 256, ["trim"], "\u180e a\u200b"),
+    ("trim-all-white-space", "people", "code", None, "string", 1, 256, ["trim"],
+     "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000\u200a\u2028\u2029\u202f\u205f\u3000a\u3000"),
+    ("digits-arabic-indic", "patients", "phone", None, "string", 1, 256, ["digits"], "٥٥٥-١٢٣ 42"),
+    ("digits-full-width", "patients", "phone", None, "string", 1, 256, ["digits"], "０１２３４５６７８９"),
+    ("digits-superscript", "patients", "phone", None, "string", 1, 256, ["digits"], "x²³"),
+    # Garay (added in Unicode 16.0) is unassigned in 14.0.0: copied, never case-mapped.
+    ("lowercase-unassigned-in-14", "people", "surname", None, "string", 1, 256, ["lowercase"],
+     "A\U00010d50B\u03a3"),
+    ("casefold-unassigned-in-14", "people", "surname", None, "string", 1, 256, ["casefold"],
+     "\u03a3\U00010d50\u03a3"),
+    ("digits-unassigned-in-14", "patients", "phone", None, "string", 1, 256, ["digits"], "1\U00010d401"),
 ]
 
 
@@ -191,26 +433,164 @@ def generate():
     print(f"wrote {len(out)} vectors to {VECTORS}")
 
 
+INVALID_VECTORS = HERE / "v1_invalid.json"
+# The keyring every negative vector is opened with: id -> (key, tenant); id 9 is destroyed.
+NEG_KEYS = {1: (KEY_A, None), 2: (KEY_B, "clinic-a"), 3: (bytes(range(0x80, 0xA0)), "clinic-b")}
+NEG_DESTROYED = {9}
+
+
+def invalid_cases():
+    """(name, sealed bytes, table, column, value type, row tenant, error)."""
+    def sealed(key_id, vt, pt, nb=0x21, table="patients", column="email", tenant=False):
+        key, key_tenant = NEG_KEYS[key_id]
+        aad_tenant = key_tenant if tenant is False else tenant
+        return seal(key, key_id, bytes([nb] * 12),
+                    dict(table=table, column=column, tenant=aad_tenant, value_type=vt), pt)
+
+    good = sealed(1, "string", b"ann@example.org")
+    flip = lambda b, i: b[:i] + bytes([b[i] ^ 0x01]) + b[i + 1:]
+    row = lambda name, b, err, table="patients", column="email", vt="string", tenant=None: \
+        (name, b, table, column, vt, tenant, err)
+    cases = [
+        row("empty", b"", "Truncated"),
+        row("version-0", b"\x00" + good[1:], "UnsupportedVersion"),
+        row("version-2", b"\x02" + good[1:], "UnsupportedVersion"),
+        row("version-2-short", b"\x02\x01", "UnsupportedVersion"),
+        row("one-byte", b"\x01", "Truncated"),
+        row("33-bytes", good[:33], "Truncated"),
+        row("suite-0", good[:1] + b"\x00" + good[2:], "UnsupportedSuite"),
+        row("suite-2", good[:1] + b"\x02" + good[2:], "UnsupportedSuite"),
+        row("unknown-key-id", good[:2] + struct.pack(">I", 7) + good[6:], "UnknownKeyId"),
+        row("key-id-0", good[:2] + struct.pack(">I", 0) + good[6:], "UnknownKeyId"),
+        row("destroyed-key-id", good[:2] + struct.pack(">I", 9) + good[6:], "KeyDestroyed"),
+        row("key-id-of-another-key", good[:2] + struct.pack(">I", 2) + good[6:], "AuthenticationFailed"),
+        row("tampered-nonce", flip(good, 6), "AuthenticationFailed"),
+        row("tampered-ciphertext", flip(good, 18), "AuthenticationFailed"),
+        row("tampered-tag", flip(good, len(good) - 1), "AuthenticationFailed"),
+        row("truncated-tag", good[:-1], "AuthenticationFailed"),
+        row("appended-byte", good + b"\x00", "AuthenticationFailed"),
+        row("wrong-table", good, "AuthenticationFailed", table="visits"),
+        row("wrong-column", good, "AuthenticationFailed", column="name"),
+        row("wrong-type", good, "AuthenticationFailed", vt="bytes"),
+        # Sealed under clinic-b's key with clinic-a in the AAD: the opener takes the tenant from
+        # the key, so the context differs.
+        row("aad-tenant-not-the-keys", sealed(3, "string", b"123-45-6789", column="ssn", tenant="clinic-a"),
+            "AuthenticationFailed", column="ssn", tenant="clinic-b"),
+        row("aad-tenant-on-untenanted-key", sealed(1, "string", b"x", column="ssn", tenant="clinic-a"),
+            "AuthenticationFailed", column="ssn", tenant=None),
+        # A valid value of clinic-a read in a row of clinic-b (or of no tenant).
+        row("tenant-mismatch", sealed(2, "string", b"123-45-6789", column="ssn"), "TenantMismatch",
+            column="ssn", tenant="clinic-b"),
+        row("tenant-missing", sealed(2, "string", b"123-45-6789", column="ssn"), "TenantMismatch",
+            column="ssn", tenant=None),
+        row("tenant-unexpected", sealed(1, "string", b"x", column="ssn"), "TenantMismatch",
+            column="ssn", tenant="clinic-a"),
+    ]
+    # Non-canonical plaintexts, properly sealed: every one opens and fails to decode.
+    non_canonical = [
+        ("string", "c3"), ("string", "c0af"), ("string", "eda080"), ("string", "f4908080"), ("string", "ff"),
+        ("bool", ""), ("bool", "02"), ("bool", "ff"), ("bool", "0000"),
+        ("i16", "00"), ("i16", "000000"), ("i32", "000000"), ("i64", "00000000000000"), ("i64", "000000000000000000"),
+        ("f64", "00000000000000"), ("date", "000000"), ("date", struct.pack(">i", DAY_MAX + 1).hex()),
+        ("date", struct.pack(">i", DAY_MIN - 1).hex()), ("date", "7fffffff"),
+        ("timestamp", "0000000000000000"), ("timestamp", struct.pack(">qI", 0, 2 * 10**9).hex()),
+        ("timestamp", struct.pack(">qI", 58, 10**9).hex()), ("timestamp", struct.pack(">qI", -2, 10**9).hex()),
+        ("timestamp", struct.pack(">qI", DAY_MAX * 86400 + 86400, 0).hex()),
+        ("timestamp", struct.pack(">qI", DAY_MIN * 86400 - 1, 0).hex()),
+        ("timestamptz", struct.pack(">qI", 0, 0xFFFFFFFF).hex()),
+        ("uuid", "00" * 15), ("uuid", "00" * 17),
+    ]
+    for i, (vt, hexpt) in enumerate(non_canonical):
+        cases.append(row(f"non-canonical-{vt}-{i}", sealed(1, vt, bytes.fromhex(hexpt), nb=0x40 + i, column="c"),
+                         "InvalidPlaintext", column="c", vt=vt))
+    bad_json = [
+        b"", b" ", b"{", b'{"a":1} x', b"NaN", b"[Infinity]", b"1e400", b'{"a":1,"a":2}',
+        b'{"a":1,"\\u0061":2}', b'"\\ud800"', b'["\\udc00x"]', b"\xef\xbb\xbf{}", b'"\x01"', b"\xff",
+        b"[" * (JSON_MAX_DEPTH + 1) + b"]" * (JSON_MAX_DEPTH + 1), b"{'a':1}", b"[1,]", b"01",
+    ]
+    for i, text in enumerate(bad_json):
+        cases.append(row(f"non-canonical-json-{i}", sealed(1, "json", text, nb=0x80 + i, column="c"),
+                         "InvalidPlaintext", column="c", vt="json"))
+    return cases
+
+
+def generate_invalid():
+    out = [{"name": n, "sealed": b.hex(), "table": t, "column": c, "value_type": vt, "tenant": ten,
+            "error": err} for n, b, t, c, vt, ten, err in invalid_cases()]
+    doc = {
+        "keys": [{"key_id": i, "key": k.hex(), "tenant": t} for i, (k, t) in sorted(NEG_KEYS.items())],
+        "destroyed": sorted(NEG_DESTROYED),
+        "vectors": out,
+    }
+    INVALID_VECTORS.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {len(out)} vectors to {INVALID_VECTORS}")
+
+
+def check_invalid():
+    doc = json.loads(INVALID_VECTORS.read_text())
+    keys = {k["key_id"]: (bytes.fromhex(k["key"]), k["tenant"]) for k in doc["keys"]}
+    for v in doc["vectors"]:
+        try:
+            open_row(keys, set(doc["destroyed"]), v["table"], v["column"], v["value_type"], v["tenant"],
+                     bytes.fromhex(v["sealed"]))
+            raise AssertionError(v["name"] + ": opened")
+        except Invalid as e:
+            assert str(e) == v["error"], f'{v["name"]}: {e} instead of {v["error"]}'
+    # The deepest nesting accepted, and equal keys in different objects.
+    depth = JSON_MAX_DEPTH
+    decode_json(b"[" * depth + b"]" * depth)
+    decode_json(b' {"a":{"a":1},"b":[{"a":2},{"a":3}]} ')
+    # A value one byte over the limit is refused from its length alone (not stored as a file).
+    try:
+        open_(keys, {}, b"\x01\x01" + bytes((1 << 30) + 33))
+        raise AssertionError("too large")
+    except Invalid as e:
+        assert str(e) == "TooLarge"
+    return len(doc["vectors"])
+
+
 def check():
+    check_unicode()
     vectors = json.loads(VECTORS.read_text())
     for v in vectors:
-        ctx = dict(table=v["table"], column=v["column"], tenant=v["tenant"], value_type=v["value_type"])
-        key = bytes.fromhex(v["key"])
+        ctx = dict(table=v["table"], column=v["column"], value_type=v["value_type"])
+        keys = {v["key_id"]: (bytes.fromhex(v["key"]), v["tenant"])}
         pt = bytes.fromhex(v["plaintext"])
         assert encode(v["value_type"], v["value"]) == pt, v["name"] + ": plaintext encoding"
         sealed = bytes.fromhex(v["sealed"])
-        assert seal(key, v["key_id"], bytes.fromhex(v["nonce"]), ctx, pt) == sealed, v["name"] + ": seal"
-        assert open_({v["key_id"]: key}, ctx, sealed) == pt, v["name"] + ": open"
-        wrong = dict(ctx, column=ctx["column"] + "x")
+        assert seal(keys[v["key_id"]][0], v["key_id"], bytes.fromhex(v["nonce"]), dict(ctx, tenant=v["tenant"]), pt) \
+            == sealed, v["name"] + ": seal"
+        assert open_(keys, ctx, sealed) == pt, v["name"] + ": open"
+        decode(v["value_type"], pt)
         try:
-            open_({v["key_id"]: key}, wrong, sealed)
+            open_(keys, dict(ctx, column=ctx["column"] + "x"), sealed)
             raise AssertionError(v["name"] + ": opened under the wrong column")
-        except Exception as e:  # cryptography raises InvalidTag
-            if isinstance(e, AssertionError):
-                raise
-    n = len(vectors) + check_index()
+        except Invalid as e:
+            assert str(e) == "AuthenticationFailed"
+    n = len(vectors) + check_index() + check_invalid()
     print(f"{n} passed, 0 failed")
 
 
+def check_normalizers(path):
+    """Compares the Rust normalizers' output in a corpus file with this implementation's."""
+    corpus = json.loads(Path(path).read_text(encoding="utf-8", errors="surrogatepass"))
+    bad = 0
+    for case in corpus:
+        got = normalize(case["steps"], case["input"])
+        if got != case["output"]:
+            bad += 1
+            if bad <= 10:
+                print("differs:", case["steps"], [f"U+{ord(c):04X}" for c in case["input"]],
+                      "rust", [f"U+{ord(c):04X}" for c in case["output"]],
+                      "python", [f"U+{ord(c):04X}" for c in got])
+    print(f"{len(corpus) - bad} agree, {bad} differ")
+    sys.exit(1 if bad else 0)
+
+
 if __name__ == "__main__":
-    {"generate": lambda: (generate(), generate_index()), "check": check}[sys.argv[1] if len(sys.argv) > 1 else "check"]()
+    cmd = sys.argv[1] if len(sys.argv) > 1 else "check"
+    if cmd == "normalizers":
+        check_normalizers(sys.argv[2])
+    else:
+        {"generate": lambda: (generate(), generate_index(), generate_invalid()), "check": check,
+         "generate-unicode": generate_unicode}[cmd]()
