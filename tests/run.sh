@@ -40,6 +40,7 @@ echo "== the library alone and with one backend (feature sets users pick)"
 cargo check --locked -p encrypted-types --no-default-features
 cargo check --locked -p encrypted-types --no-default-features --features sqlite
 cargo check --locked -p encrypted-types --no-default-features --features postgres,keystore
+cargo check --locked -p encrypted-types --no-default-features --features mysql,async
 echo "== cargo doc (no broken links)"
 RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps -p encrypted-types -p encrypted-derive --all-features
 echo "== the crates as published: cargo package builds the packaged sources (embedded migrations included)"

@@ -55,6 +55,7 @@
 //! | `json` | codecs for `serde_json::Value` and [`Json<T>`](Json) (any serde type) |
 //! | `keystore` | the key table and its loader ([`store`]), the KEK provider trait ([`kek`]) |
 //! | `migrations` | the key table's embedded migrations (`KeyStore::run_migrations`) |
+//! | `async` | key-store operations, jobs and [`schema::check`] on diesel-async connections (`*_async`, awaited; tokio for the waits) |
 //! | `local-kek` | a KEK file for development |
 //! | `aws-kms` | AWS KMS as KEK provider (the AWS SDK; Rust 1.94.1) |
 //! | `pkcs11` | an HSM through PKCS#11 as KEK provider |
@@ -67,6 +68,9 @@
 pub mod audit;
 mod codec;
 mod context;
+#[cfg(feature = "keystore")]
+#[doc(hidden)]
+pub mod db;
 mod encrypted;
 mod error;
 pub mod format;

@@ -14,8 +14,6 @@
 //!   tenants, one that leads with the index column;
 //! - a `migrate_from` legacy column that is missing.
 
-use diesel::connection::LoadConnection;
-
 use crate::Error;
 use crate::jobs::{JobTable, Param, Query};
 use crate::model::ModelInfo;
@@ -66,34 +64,37 @@ pub enum Mismatch {
     },
 }
 
-/// Compares the database's columns and indexes with `models`.
-///
-/// ```
-/// use diesel::prelude::*;
-/// use encrypted_types::{Encrypted, EncryptedModel};
-/// use encrypted_types::schema::{Mismatch, check};
-///
-/// diesel::table! { users (id) { id -> Integer, email -> Binary, email_bidx -> Binary } }
-/// #[derive(Encrypted)]
-/// #[encrypted(table = users)]
-/// struct User { id: i32, #[encrypted(blind_index)] email: String }
-///
-/// let conn = &mut SqliteConnection::establish(":memory:").unwrap();
-/// diesel::sql_query("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL, email_bidx BLOB)")
-///     .execute(conn).unwrap();
-/// let found = check(conn, &[User::MODEL]).unwrap();
-/// assert!(matches!(&found[0], Mismatch::NotBinary { column, .. } if column == "email"));
-/// assert!(matches!(&found[1], Mismatch::NoIndex { column, .. } if column == "email_bidx"));
-/// ```
-///
-/// # Errors
-/// [`Error::Store`] when the catalogue cannot be read.
-pub fn check<C>(conn: &mut C, models: &[ModelInfo]) -> Result<Vec<Mismatch>, Error>
+crate::db::sync_and_async! {
+    /// Compares the database's columns and indexes with `models`.
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use encrypted_types::{Encrypted, EncryptedModel};
+    /// use encrypted_types::schema::{Mismatch, check};
+    ///
+    /// diesel::table! { users (id) { id -> Integer, email -> Binary, email_bidx -> Binary } }
+    /// #[derive(Encrypted)]
+    /// #[encrypted(table = users)]
+    /// struct User { id: i32, #[encrypted(blind_index)] email: String }
+    ///
+    /// let conn = &mut SqliteConnection::establish(":memory:").unwrap();
+    /// diesel::sql_query("CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT NOT NULL, email_bidx BLOB)")
+    ///     .execute(conn).unwrap();
+    /// let found = check(conn, &[User::MODEL]).unwrap();
+    /// assert!(matches!(&found[0], Mismatch::NotBinary { column, .. } if column == "email"));
+    /// assert!(matches!(&found[1], Mismatch::NoIndex { column, .. } if column == "email_bidx"));
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the catalogue cannot be read.
+    pub fn check / check_async(models: &[ModelInfo])
+        -> Result<Vec<Mismatch>, Error> where Backend: JobTable => check_on
+}
+
+async fn check_on<D>(db: &mut D, models: &[ModelInfo]) -> Result<Vec<Mismatch>, Error>
 where
-    C: LoadConnection,
-    C::Backend: JobTable,
+    D: crate::db::Db<Backend: JobTable>,
 {
-    type B<C> = <C as diesel::Connection>::Backend;
     let mut out = Vec::new();
     for m in models {
         let table = m.table.to_owned();
@@ -101,13 +102,15 @@ where
             sql: sql.to_owned(),
             params: vec![Param::Text(m.table.to_owned())],
         };
-        let columns = B::<C>::load_catalogue(conn, &query(B::<C>::COLUMNS))
+        let columns = D::Backend::load_catalogue(db, &query(D::Backend::COLUMNS))
+            .await
             .map_err(|e| Error::Store(format!("the catalogue of {}: {e}", m.table)))?;
         if columns.is_empty() {
             out.push(Mismatch::NoTable { table });
             continue;
         }
-        let indexes = B::<C>::load_catalogue(conn, &query(B::<C>::INDEXES))
+        let indexes = D::Backend::load_catalogue(db, &query(D::Backend::INDEXES))
+            .await
             .map_err(|e| Error::Store(format!("the indexes of {}: {e}", m.table)))?;
         let binary = |column: &str, out: &mut Vec<Mismatch>| match columns
             .iter()
@@ -117,7 +120,7 @@ where
                 table: table.clone(),
                 column: column.to_owned(),
             }),
-            Some(c) if !B::<C>::is_binary(&c.ty) => out.push(Mismatch::NotBinary {
+            Some(c) if !D::Backend::is_binary(&c.ty) => out.push(Mismatch::NotBinary {
                 table: table.clone(),
                 column: column.to_owned(),
                 found: c.ty.clone(),

@@ -8,8 +8,11 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use diesel::connection::LoadConnection;
+use std::future::Future;
+
 use diesel::prelude::*;
+
+use crate::db::{Db, Exec, Param, Query, sync_and_async};
 
 use crate::Error;
 use crate::format::{self, Context};
@@ -40,8 +43,6 @@ diesel::table! {
         state_changed_at -> BigInt,
     }
 }
-
-use encrypted_types_keys as keys;
 
 /// A key's life-cycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +76,7 @@ impl KeyState {
 }
 
 /// One row of the key table.
-#[derive(Debug, Clone, Queryable, Insertable, Selectable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Insertable, Selectable)]
 #[diesel(table_name = encrypted_types_keys)]
 pub struct KeyRecord {
     /// Key id (u32, stored as BIGINT).
@@ -126,64 +127,51 @@ pub struct ShredReport {
     pub rows_unreadable: u64,
 }
 
-/// The key-table operations, written once per backend (Diesel's typed queries need a concrete
-/// backend). Implemented for diesel's SQLite, PostgreSQL and MySQL backends, with their
-/// features; callers use [`KeyStore`].
-pub trait KeyTable: diesel::backend::Backend + Sized {
+/// What the key table needs of a backend: SQL that finds key ids in sealed headers, quoting,
+/// and the typed rows of the key-table queries. Implemented for Diesel's SQLite, PostgreSQL
+/// and MySQL backends, with their features; callers use [`KeyStore`].
+pub trait KeyTable: Exec {
     /// SQL that is true when the key id in the header of sealed column `column` is one of
     /// `ids`: header bytes 3 to 6 (1-based), compared with big-endian literals.
     fn key_id_in(column: &str, ids: &[KeyId]) -> String;
     /// Quotes an identifier.
     fn quote(ident: &str) -> String;
-    /// Live (not destroyed) keys of a tenant.
+    /// Loads key records.
     #[doc(hidden)]
-    fn live_keys<C: LoadConnection<Backend = Self>>(
-        conn: &mut C,
-        tenant: Option<&str>,
-    ) -> QueryResult<Vec<i64>>;
-    /// Whether a key id is taken.
+    fn load_records<D: Db<Backend = Self>>(
+        db: &mut D,
+        q: &Query,
+    ) -> impl Future<Output = QueryResult<Vec<KeyRecord>>> + Send;
+    /// Loads key ids.
     #[doc(hidden)]
-    fn id_taken<C: LoadConnection<Backend = Self>>(conn: &mut C, id: i64) -> QueryResult<bool>;
-    /// Inserts one key.
-    #[doc(hidden)]
-    fn insert_key<C: LoadConnection<Backend = Self>>(
-        conn: &mut C,
-        record: &KeyRecord,
-    ) -> QueryResult<()>;
-    /// Retires the tenant's active keys of `purpose`.
-    #[doc(hidden)]
-    fn retire_keys<C: LoadConnection<Backend = Self>>(
-        conn: &mut C,
-        tenant: Option<&str>,
-        purpose: &str,
-        at: i64,
-    ) -> QueryResult<usize>;
-    /// Every key.
-    #[doc(hidden)]
-    fn all_keys<C: LoadConnection<Backend = Self>>(conn: &mut C) -> QueryResult<Vec<KeyRecord>>;
-    /// Marks the tenant's keys destroyed and erases their wrapped bytes; returns their ids.
-    #[doc(hidden)]
-    fn destroy_tenant<C: LoadConnection<Backend = Self>>(
-        conn: &mut C,
-        tenant: &str,
-        at: i64,
-    ) -> QueryResult<Vec<i64>>;
-    /// Destroys one retired key; returns rows changed.
-    #[doc(hidden)]
-    fn destroy_retired<C: LoadConnection<Backend = Self>>(
-        conn: &mut C,
-        key_id: i64,
-        at: i64,
-    ) -> QueryResult<usize>;
+    fn load_ids<D: Db<Backend = Self>>(
+        db: &mut D,
+        q: &Query,
+    ) -> impl Future<Output = QueryResult<Vec<i64>>> + Send;
     /// Runs `SELECT COUNT(*) AS n ...`.
     #[doc(hidden)]
-    fn count<C: LoadConnection<Backend = Self>>(conn: &mut C, sql: String) -> QueryResult<i64>;
+    fn count_q<D: Db<Backend = Self>>(
+        db: &mut D,
+        q: &Query,
+    ) -> impl Future<Output = QueryResult<i64>> + Send;
+    /// Runs the [`Generation`] query.
+    #[doc(hidden)]
+    fn load_generation<D: Db<Backend = Self>>(
+        db: &mut D,
+        q: &Query,
+    ) -> impl Future<Output = QueryResult<Vec<Generation>>> + Send;
 }
 
 #[derive(QueryableByName)]
 struct Count {
     #[diesel(sql_type = diesel::sql_types::BigInt)]
     n: i64,
+}
+
+#[derive(QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    key_id: i64,
 }
 
 fn hex4(id: KeyId) -> String {
@@ -208,119 +196,35 @@ macro_rules! key_table {
                 format!("{q}{}{q}", ident.replace(q, &format!("{q}{q}")))
             }
 
-            fn live_keys<C: LoadConnection<Backend = Self>>(
-                conn: &mut C,
-                tenant: Option<&str>,
-            ) -> QueryResult<Vec<i64>> {
-                let live = keys::table
-                    .filter(keys::state.ne(KeyState::Destroyed.as_str()))
-                    .select(keys::key_id);
-                match tenant {
-                    Some(t) => live.filter(keys::tenant.eq(t)).load(conn),
-                    None => live.filter(keys::tenant.is_null()).load(conn),
-                }
+            fn load_records<D: Db<Backend = Self>>(
+                db: &mut D,
+                q: &Query,
+            ) -> impl Future<Output = QueryResult<Vec<KeyRecord>>> + Send {
+                db.load::<KeyRecord>(q)
             }
 
-            fn id_taken<C: LoadConnection<Backend = Self>>(
-                conn: &mut C,
-                id: i64,
-            ) -> QueryResult<bool> {
-                let n: i64 = keys::table
-                    .filter(keys::key_id.eq(id))
-                    .count()
-                    .get_result(conn)?;
-                Ok(n > 0)
+            fn load_ids<D: Db<Backend = Self>>(
+                db: &mut D,
+                q: &Query,
+            ) -> impl Future<Output = QueryResult<Vec<i64>>> + Send {
+                let rows = db.load::<IdRow>(q);
+                async move { Ok(rows.await?.into_iter().map(|r| r.key_id).collect()) }
             }
 
-            fn insert_key<C: LoadConnection<Backend = Self>>(
-                conn: &mut C,
-                record: &KeyRecord,
-            ) -> QueryResult<()> {
-                diesel::insert_into(keys::table)
-                    .values(record)
-                    .execute(conn)
-                    .map(|_| ())
+            fn count_q<D: Db<Backend = Self>>(
+                db: &mut D,
+                q: &Query,
+            ) -> impl Future<Output = QueryResult<i64>> + Send {
+                // Only the load's future is held: it is `Send` whatever `D` is.
+                let rows = db.load::<Count>(q);
+                async move { Ok(rows.await?.into_iter().next().map_or(0, |r| r.n)) }
             }
 
-            fn retire_keys<C: LoadConnection<Backend = Self>>(
-                conn: &mut C,
-                tenant: Option<&str>,
-                purpose: &str,
-                at: i64,
-            ) -> QueryResult<usize> {
-                let active = keys::table
-                    .filter(keys::purpose.eq(purpose))
-                    .filter(keys::state.eq(KeyState::Active.as_str()));
-                let set = (
-                    keys::state.eq(KeyState::Retired.as_str()),
-                    keys::state_changed_at.eq(at),
-                );
-                match tenant {
-                    Some(t) => diesel::update(active.filter(keys::tenant.eq(t)))
-                        .set(set)
-                        .execute(conn),
-                    None => diesel::update(active.filter(keys::tenant.is_null()))
-                        .set(set)
-                        .execute(conn),
-                }
-            }
-
-            fn all_keys<C: LoadConnection<Backend = Self>>(
-                conn: &mut C,
-            ) -> QueryResult<Vec<KeyRecord>> {
-                keys::table
-                    .select(KeyRecord::as_select())
-                    .order(keys::key_id)
-                    .load(conn)
-            }
-
-            fn destroy_tenant<C: LoadConnection<Backend = Self>>(
-                conn: &mut C,
-                tenant: &str,
-                at: i64,
-            ) -> QueryResult<Vec<i64>> {
-                conn.transaction(|conn| {
-                    let ids: Vec<i64> = keys::table
-                        .filter(keys::tenant.eq(tenant))
-                        .filter(keys::state.ne(KeyState::Destroyed.as_str()))
-                        .select(keys::key_id)
-                        .load(conn)?;
-                    diesel::update(keys::table.filter(keys::tenant.eq(tenant)))
-                        .set((
-                            keys::state.eq(KeyState::Destroyed.as_str()),
-                            keys::wrapped_key.eq(None::<Vec<u8>>),
-                            keys::state_changed_at.eq(at),
-                        ))
-                        .execute(conn)?;
-                    Ok(ids)
-                })
-            }
-
-            fn destroy_retired<C: LoadConnection<Backend = Self>>(
-                conn: &mut C,
-                key_id: i64,
-                at: i64,
-            ) -> QueryResult<usize> {
-                diesel::update(
-                    keys::table
-                        .find(key_id)
-                        .filter(keys::state.eq(KeyState::Retired.as_str())),
-                )
-                .set((
-                    keys::state.eq(KeyState::Destroyed.as_str()),
-                    keys::wrapped_key.eq(None::<Vec<u8>>),
-                    keys::state_changed_at.eq(at),
-                ))
-                .execute(conn)
-            }
-
-            fn count<C: LoadConnection<Backend = Self>>(
-                conn: &mut C,
-                sql: String,
-            ) -> QueryResult<i64> {
-                diesel::sql_query(sql)
-                    .get_result::<Count>(conn)
-                    .map(|c| c.n)
+            fn load_generation<D: Db<Backend = Self>>(
+                db: &mut D,
+                q: &Query,
+            ) -> impl Future<Output = QueryResult<Vec<Generation>>> + Send {
+                db.load::<Generation>(q)
             }
         }
     };
@@ -359,6 +263,139 @@ key_table!(
     quote = "`"
 );
 
+/// A connection the key store runs on, sync or async.
+trait KeyDb: Db<Backend: KeyTable> {}
+impl<D: Db<Backend: KeyTable>> KeyDb for D {}
+
+// The key-table statements, written once in SQL every backend runs; only placeholders differ.
+const KEYS: &str = "encrypted_types_keys";
+const RECORD_COLS: &str =
+    "key_id, tenant, purpose, state, wrapped_key, kek_ref, created_at, state_changed_at";
+
+fn tenant_is<B: Exec>(q: &mut Query, tenant: Option<&str>) -> String {
+    match tenant {
+        Some(t) => format!("tenant = {}", q.bind::<B>(Param::Text(t.to_owned()))),
+        None => "tenant IS NULL".to_owned(),
+    }
+}
+
+/// Live (not destroyed) keys of a tenant.
+async fn live_keys<D: KeyDb>(db: &mut D, tenant: Option<&str>) -> QueryResult<Vec<i64>> {
+    let mut q = Query::new();
+    let t = tenant_is::<D::Backend>(&mut q, tenant);
+    q.sql = format!("SELECT key_id FROM {KEYS} WHERE state <> 'destroyed' AND {t}");
+    D::Backend::load_ids(db, &q).await
+}
+
+async fn id_taken<D: KeyDb>(db: &mut D, id: i64) -> QueryResult<bool> {
+    let mut q = Query::new();
+    let p = q.bind::<D::Backend>(Param::Int(id));
+    q.sql = format!("SELECT COUNT(*) AS n FROM {KEYS} WHERE key_id = {p}");
+    Ok(D::Backend::count_q(db, &q).await? > 0)
+}
+
+async fn insert_key<D: KeyDb>(db: &mut D, r: &KeyRecord) -> QueryResult<()> {
+    let mut q = Query::new();
+    let vals = [
+        q.bind::<D::Backend>(Param::Int(r.key_id)),
+        q.bind::<D::Backend>(Param::OptText(r.tenant.clone())),
+        q.bind::<D::Backend>(Param::Text(r.purpose.clone())),
+        q.bind::<D::Backend>(Param::Text(r.state.clone())),
+        q.bind::<D::Backend>(Param::OptBytes(r.wrapped_key.clone())),
+        q.bind::<D::Backend>(Param::Text(r.kek_ref.clone())),
+        q.bind::<D::Backend>(Param::Int(r.created_at)),
+        q.bind::<D::Backend>(Param::Int(r.state_changed_at)),
+    ];
+    q.sql = format!(
+        "INSERT INTO {KEYS} ({RECORD_COLS}) VALUES ({})",
+        vals.join(", ")
+    );
+    db.exec(&q).await.map(|_| ())
+}
+
+/// Retires the tenant's active keys of `purpose`.
+async fn retire_keys<D: KeyDb>(
+    db: &mut D,
+    tenant: Option<&str>,
+    purpose: &str,
+    at: i64,
+) -> QueryResult<usize> {
+    let mut q = Query::new();
+    let a = q.bind::<D::Backend>(Param::Int(at));
+    let p = q.bind::<D::Backend>(Param::Text(purpose.to_owned()));
+    let t = tenant_is::<D::Backend>(&mut q, tenant);
+    q.sql = format!(
+        "UPDATE {KEYS} SET state = 'retired', state_changed_at = {a} \
+         WHERE purpose = {p} AND state = 'active' AND {t}"
+    );
+    db.exec(&q).await
+}
+
+async fn all_keys<D: KeyDb>(db: &mut D) -> QueryResult<Vec<KeyRecord>> {
+    let q = Query::sql(format!("SELECT {RECORD_COLS} FROM {KEYS} ORDER BY key_id"));
+    D::Backend::load_records(db, &q).await
+}
+
+/// Marks the tenant's keys destroyed and erases their wrapped bytes; returns their ids.
+async fn destroy_tenant<D: KeyDb>(db: &mut D, tenant: &str, at: i64) -> Result<Vec<i64>, Error> {
+    crate::db::transaction(db, store_err, async |db| {
+        let ids = live_keys(db, Some(tenant)).await.map_err(store_err)?;
+        let mut q = Query::new();
+        let a = q.bind::<D::Backend>(Param::Int(at));
+        let t = tenant_is::<D::Backend>(&mut q, Some(tenant));
+        q.sql = format!(
+            "UPDATE {KEYS} SET state = 'destroyed', wrapped_key = NULL, state_changed_at = {a} \
+             WHERE {t}"
+        );
+        db.exec(&q).await.map_err(store_err)?;
+        Ok(ids)
+    })
+    .await
+}
+
+/// Destroys one retired key; returns rows changed.
+async fn destroy_retired<D: KeyDb>(db: &mut D, key_id: i64, at: i64) -> QueryResult<usize> {
+    let mut q = Query::new();
+    let a = q.bind::<D::Backend>(Param::Int(at));
+    let k = q.bind::<D::Backend>(Param::Int(key_id));
+    q.sql = format!(
+        "UPDATE {KEYS} SET state = 'destroyed', wrapped_key = NULL, state_changed_at = {a} \
+         WHERE key_id = {k} AND state = 'retired'"
+    );
+    db.exec(&q).await
+}
+
+/// A summary of the key table that every key-store operation changes: poll it to learn
+/// that another process created, rotated, destroyed or shredded keys
+/// ([`KeyStore::generation`]).
+///
+/// Every operation only ever adds keys or moves a key forward (active, retired, destroyed),
+/// so each one raises the number of keys or of destroyed keys: two generations are equal
+/// only if no operation ran in between. Compare them with `==`; nothing else is meaningful.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, QueryableByName)]
+pub struct Generation {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    key_count: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    retired_count: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    destroyed_count: i64,
+}
+
+async fn generation<D: KeyDb>(db: &mut D) -> Result<Generation, Error> {
+    let q = Query::sql(format!(
+        "SELECT COUNT(*) AS key_count, \
+         COUNT(CASE WHEN state = 'retired' THEN 1 END) AS retired_count, \
+         COUNT(CASE WHEN state = 'destroyed' THEN 1 END) AS destroyed_count FROM {KEYS}"
+    ));
+    D::Backend::load_generation(db, &q)
+        .await
+        .map_err(store_err)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Store("the key table returned no generation".into()))
+}
+
 fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -378,12 +415,12 @@ fn store_err(e: impl std::fmt::Display) -> Error {
 ///
 /// let dir = std::env::temp_dir().join(format!("et-store-doc-{}", std::process::id()));
 /// std::fs::create_dir_all(&dir).unwrap();
-/// let conn = &mut SqliteConnection::establish(":memory:").unwrap();
-/// KeyStore::<LocalKek>::run_migrations(conn)?;
+/// let db = &mut SqliteConnection::establish(":memory:").unwrap();
+/// KeyStore::<LocalKek>::run_migrations(db)?;
 ///
 /// let store = KeyStore::new(LocalKek::create(dir.join("dev.kek"))?);
-/// store.create_tenant(conn, Some(&"clinic-a".into()))?;
-/// let (keyring, report) = store.load(conn)?;
+/// store.create_tenant(db, Some(&"clinic-a".into()))?;
+/// let (keyring, report) = store.load(db)?;
 /// assert_eq!(report.data_keys, 1);
 /// assert!(keyring.primary_key(Some(&"clinic-a".into())).is_ok());
 /// # std::fs::remove_dir_all(&dir).unwrap();
@@ -405,6 +442,43 @@ impl<P: KekProvider> KeyStore<P> {
         &self.provider
     }
 
+    sync_and_async! {
+        /// The key table's [`Generation`]: one aggregate query, cheap enough to poll every few
+        /// seconds. When it differs from the one seen at the last load, another process changed
+        /// keys: reload ([`KeyStore::load_and_install`]). A rotation is safe to pick up late (the
+        /// old key still opens); a shredded tenant's keys stay usable in a process until it
+        /// reloads, so poll often where erasure must take effect fast.
+        ///
+        /// ```
+        /// # use diesel::prelude::*;
+        /// # use encrypted_types::kek::local::LocalKek;
+        /// # use encrypted_types::store::KeyStore;
+        /// # let dir = std::env::temp_dir().join(format!("et-gen-doc-{}", std::process::id()));
+        /// # std::fs::create_dir_all(&dir).unwrap();
+        /// # let conn = &mut SqliteConnection::establish(":memory:").unwrap();
+        /// # KeyStore::<LocalKek>::run_migrations(conn)?;
+        /// let store = KeyStore::new(LocalKek::create(dir.join("dev.kek"))?);
+        /// store.create_tenant(conn, Some(&"clinic-a".into()))?;
+        /// let seen = store.generation(conn)?;
+        /// store.load_and_install(conn)?;
+        ///
+        /// // Elsewhere, another process rotates the clinic's data key ...
+        /// store.rotate_data_key(conn, Some(&"clinic-a".into()))?;
+        ///
+        /// // ... and this one notices on its next poll.
+        /// if store.generation(conn)? != seen {
+        ///     store.load_and_install(conn)?;
+        /// }
+        /// # std::fs::remove_dir_all(&dir).unwrap();
+        /// # Ok::<(), encrypted_types::Error>(())
+        /// ```
+        ///
+        /// # Errors
+        /// [`Error::Store`].
+        pub fn generation / generation_async(&self)
+            -> Result<Generation, Error> where Backend: KeyTable => self.generation_on
+    }
+
     /// Creates the key table (the embedded copy of `migrations/<backend>/`), if not yet done.
     ///
     /// # Errors
@@ -420,61 +494,70 @@ impl<P: KekProvider> KeyStore<P> {
         Ok(())
     }
 
-    /// Creates a tenant's keys (or, for `None`, the keys of values without a tenant): an
-    /// active data key and an active blind-index root key, each fresh from the OS, wrapped and
-    /// stored.
-    ///
-    /// # Errors
-    /// [`Error::Store`] (for instance if the tenant already has keys), provider errors.
-    pub fn create_tenant<C>(
+    sync_and_async! {
+        /// Creates a tenant's keys (or, for `None`, the keys of values without a tenant): an
+        /// active data key and an active blind-index root key, each fresh from the OS, wrapped and
+        /// stored.
+        ///
+        /// # Errors
+        /// [`Error::Store`] (for instance if the tenant already has keys), provider errors.
+        pub fn create_tenant / create_tenant_async(&self, tenant: Option<&TenantId>)
+            -> Result<TenantKeys, Error> where Backend: KeyTable => self.create_tenant_on
+    }
+
+    async fn generation_on<D: KeyDb>(&self, db: &mut D) -> Result<Generation, Error> {
+        generation(db).await
+    }
+
+    async fn create_tenant_on<D: KeyDb>(
         &self,
-        conn: &mut C,
+        db: &mut D,
         tenant: Option<&TenantId>,
-    ) -> Result<TenantKeys, Error>
-    where
-        C: LoadConnection,
-        C::Backend: KeyTable,
-    {
+    ) -> Result<TenantKeys, Error> {
         // One transaction: both keys or neither. The unique index on active keys makes a
         // concurrent creator of the same tenant fail instead of adding a second primary.
-        conn.transaction(|conn| {
-            let existing =
-                C::Backend::live_keys(conn, tenant.map(TenantId::as_str)).map_err(store_err)?;
+        crate::db::transaction(db, store_err, async |db| {
+            let existing = live_keys(db, tenant.map(TenantId::as_str))
+                .await
+                .map_err(store_err)?;
             if !existing.is_empty() {
                 return Err(Error::Store(format!(
                     "tenant {} already has keys",
                     crate::tenant::describe(tenant)
                 )));
             }
-            let data = self.create_key(conn, tenant, Purpose::Data)?;
-            let blind_index = self.create_key(conn, tenant, Purpose::BlindIndex)?;
+            let data = self.create_key(db, tenant, Purpose::Data).await?;
+            let blind_index = self.create_key(db, tenant, Purpose::BlindIndex).await?;
             Ok(TenantKeys { data, blind_index })
         })
+        .await
     }
 
-    /// Adds a new active data key for `tenant` and retires the previous one: new writes use the
-    /// new key at once (after the keyring is reloaded), old values still open. The rotation job
-    /// re-seals old rows.
-    ///
-    /// # Errors
-    /// [`Error::Store`], provider errors.
-    pub fn rotate_data_key<C>(
+    sync_and_async! {
+        /// Adds a new active data key for `tenant` and retires the previous one: new writes use the
+        /// new key at once (after the keyring is reloaded), old values still open. The rotation job
+        /// re-seals old rows.
+        ///
+        /// # Errors
+        /// [`Error::Store`], provider errors.
+        pub fn rotate_data_key / rotate_data_key_async(&self, tenant: Option<&TenantId>)
+            -> Result<KeyId, Error> where Backend: KeyTable => self.rotate_data_key_on
+    }
+
+    async fn rotate_data_key_on<D: KeyDb>(
         &self,
-        conn: &mut C,
+        db: &mut D,
         tenant: Option<&TenantId>,
-    ) -> Result<KeyId, Error>
-    where
-        C: LoadConnection,
-        C::Backend: KeyTable,
-    {
+    ) -> Result<KeyId, Error> {
         // Retire and create in one transaction: a failed wrap leaves the old key active.
-        conn.transaction(|conn| {
-            let retired = C::Backend::retire_keys(
-                conn,
+        crate::db::transaction(db, store_err, async |db| {
+            let retired = retire_keys(
+                db,
                 tenant.map(TenantId::as_str),
                 Purpose::Data.as_str(),
                 now(),
             )
+            .await
             .map_err(store_err)?;
             // A tenant without an active data key was never created (or was shredded): a lone
             // data key would make a half-tenant that every later `load` refuses.
@@ -483,33 +566,35 @@ impl<P: KekProvider> KeyStore<P> {
                     tenant: crate::tenant::describe(tenant),
                 });
             }
-            self.create_key(conn, tenant, Purpose::Data)
+            self.create_key(db, tenant, Purpose::Data).await
         })
+        .await
     }
 
-    /// Replaces `tenant`'s blind-index root key, after a compromise: the active root is retired
-    /// and a new one created, in one transaction. Every blind index of the tenant must then be
-    /// recomputed under the new root; until it is, lookups find old rows through
-    /// `previous(.., root = retired)` (`docs/KEYS.md`, "Replacing a blind-index root key").
-    /// Then destroy the retired root with [`KeyStore::destroy_key`].
-    ///
-    /// Returns the new root's id and the retired one's.
-    ///
-    /// # Errors
-    /// [`Error::NoBlindIndexKey`] for a tenant without one; [`Error::Store`] while an earlier
-    /// replacement of the tenant's root is not finished (its retired root not destroyed).
-    pub fn replace_blind_index_root<C>(
+    sync_and_async! {
+        /// Replaces `tenant`'s blind-index root key, after a compromise: the active root is retired
+        /// and a new one created, in one transaction. Every blind index of the tenant must then be
+        /// recomputed under the new root; until it is, lookups find old rows through
+        /// `previous(.., root = retired)` (`docs/KEYS.md`, "Replacing a blind-index root key").
+        /// Then destroy the retired root with [`KeyStore::destroy_key`].
+        ///
+        /// Returns the new root's id and the retired one's.
+        ///
+        /// # Errors
+        /// [`Error::NoBlindIndexKey`] for a tenant without one; [`Error::Store`] while an earlier
+        /// replacement of the tenant's root is not finished (its retired root not destroyed).
+        pub fn replace_blind_index_root / replace_blind_index_root_async(&self, tenant: Option<&TenantId>)
+            -> Result<(KeyId, KeyId), Error> where Backend: KeyTable => self.replace_blind_index_root_on
+    }
+
+    async fn replace_blind_index_root_on<D: KeyDb>(
         &self,
-        conn: &mut C,
+        db: &mut D,
         tenant: Option<&TenantId>,
-    ) -> Result<(KeyId, KeyId), Error>
-    where
-        C: LoadConnection,
-        C::Backend: KeyTable,
-    {
-        conn.transaction(|conn| {
+    ) -> Result<(KeyId, KeyId), Error> {
+        crate::db::transaction(db, store_err, async |db| {
             let t = tenant.map(TenantId::as_str);
-            let mine: Vec<KeyRecord> = C::Backend::all_keys(conn)
+            let mine: Vec<KeyRecord> = all_keys(db).await
                 .map_err(store_err)?
                 .into_iter()
                 .filter(|r| r.tenant.as_deref() == t && r.purpose == Purpose::BlindIndex.as_str())
@@ -528,29 +613,25 @@ impl<P: KekProvider> KeyStore<P> {
                 .ok_or_else(|| Error::NoBlindIndexKey {
                     tenant: crate::tenant::describe(tenant),
                 })?;
-            C::Backend::retire_keys(conn, t, Purpose::BlindIndex.as_str(), now())
+            retire_keys(db, t, Purpose::BlindIndex.as_str(), now()).await
                 .map_err(store_err)?;
-            let new = self.create_key(conn, tenant, Purpose::BlindIndex)?;
+            let new = self.create_key(db, tenant, Purpose::BlindIndex).await?;
             Ok((new, old))
-        })
+        }).await
     }
 
-    fn create_key<C>(
+    async fn create_key<D: KeyDb>(
         &self,
-        conn: &mut C,
+        db: &mut D,
         tenant: Option<&TenantId>,
         purpose: Purpose,
-    ) -> Result<KeyId, Error>
-    where
-        C: LoadConnection,
-        C::Backend: KeyTable,
-    {
+    ) -> Result<KeyId, Error> {
         // Random ids need no coordination between processes; a clash is retried.
         for _ in 0..8 {
             let mut raw = [0u8; 4];
             getrandom::fill(&mut raw).map_err(|_| Error::Rng)?;
             let id = KeyId::from(u32::from_be_bytes(raw) & 0x7FFF_FFFF | 1);
-            if C::Backend::id_taken(conn, i64::from(id.get())).map_err(store_err)? {
+            if id_taken(db, i64::from(id.get())).await.map_err(store_err)? {
                 continue;
             }
             let ctx = WrapContext {
@@ -574,7 +655,7 @@ impl<P: KekProvider> KeyStore<P> {
                 created_at: at,
                 state_changed_at: at,
             };
-            C::Backend::insert_key(conn, &record).map_err(store_err)?;
+            insert_key(db, &record).await.map_err(store_err)?;
             tracing::info!(
                 target: "encrypted_types::audit",
                 event = "key_created",
@@ -588,23 +669,24 @@ impl<P: KekProvider> KeyStore<P> {
         Err(Error::Store("could not find a free key id".into()))
     }
 
-    /// Reads the whole key table, unwraps every active and retired key once, self-tests each
-    /// data key with a canary seal and open, and builds the keyring. Destroyed keys are recorded
-    /// so their values fail with [`Error::KeyDestroyed`].
-    ///
-    /// Any unusable key fails the whole load with an error naming its key id, so a bad key is
-    /// found at startup, never on first use.
-    ///
-    /// # Errors
-    /// [`Error::KeyUnwrap`], [`Error::SelfTest`], [`Error::KeyRecord`], [`Error::Store`],
-    /// provider errors.
-    pub fn load<C>(&self, conn: &mut C) -> Result<(Keyring, LoadReport), Error>
-    where
-        C: LoadConnection,
-        C::Backend: KeyTable,
-    {
+    sync_and_async! {
+        /// Reads the whole key table, unwraps every active and retired key once, self-tests each
+        /// data key with a canary seal and open, and builds the keyring. Destroyed keys are recorded
+        /// so their values fail with [`Error::KeyDestroyed`].
+        ///
+        /// Any unusable key fails the whole load with an error naming its key id, so a bad key is
+        /// found at startup, never on first use.
+        ///
+        /// # Errors
+        /// [`Error::KeyUnwrap`], [`Error::SelfTest`], [`Error::KeyRecord`], [`Error::Store`],
+        /// provider errors.
+        pub fn load / load_async(&self)
+            -> Result<(Keyring, LoadReport), Error> where Backend: KeyTable => self.load_on
+    }
+
+    async fn load_on<D: KeyDb>(&self, db: &mut D) -> Result<(Keyring, LoadReport), Error> {
         let started = Instant::now();
-        let records = C::Backend::all_keys(conn).map_err(store_err)?;
+        let records = all_keys(db).await.map_err(store_err)?;
         let mut builder = Keyring::builder();
         let mut report = LoadReport {
             data_keys: 0,
@@ -713,48 +795,52 @@ impl<P: KekProvider> KeyStore<P> {
         Ok((keyring, report))
     }
 
-    /// [`KeyStore::load`], then installs the keyring process-wide. Call it at startup and
-    /// whenever keys change (a refresh); readers switch atomically.
-    ///
-    /// # Errors
-    /// As [`KeyStore::load`]; the installed keyring is left unchanged on error.
-    pub fn load_and_install<C>(&self, conn: &mut C) -> Result<LoadReport, Error>
-    where
-        C: LoadConnection,
-        C::Backend: KeyTable,
-    {
-        let (keyring, report) = self.load(conn)?;
+    sync_and_async! {
+        /// [`KeyStore::load`], then installs the keyring process-wide. Call it at startup and
+        /// whenever keys change (a refresh); readers switch atomically.
+        ///
+        /// # Errors
+        /// As [`KeyStore::load`]; the installed keyring is left unchanged on error.
+        pub fn load_and_install / load_and_install_async(&self)
+            -> Result<LoadReport, Error> where Backend: KeyTable => self.load_and_install_on
+    }
+
+    async fn load_and_install_on<D: KeyDb>(&self, db: &mut D) -> Result<LoadReport, Error> {
+        let (keyring, report) = self.load_on(db).await?;
         keyring.install();
         Ok(report)
     }
 
-    /// Destroys one retired key (its wrapped bytes erased). For a data key it refuses while
-    /// any row of `models` still holds a value sealed with it: run the rotation job first. A
-    /// retired blind-index root ([`KeyStore::replace_blind_index_root`]) leaves no trace in the
-    /// index bytes, so nothing here can count what still depends on it: destroy it only after
-    /// the reindex job reported `finished`; lookups of an index not yet recomputed then find
-    /// nothing (they never find a wrong row: every match is re-checked).
-    ///
-    /// # Errors
-    /// [`Error::KeyRecord`] if rows still reference the key or it is the tenant's active key;
-    /// [`Error::Store`].
-    pub fn destroy_key<C>(
+    sync_and_async! {
+        /// Destroys one retired key (its wrapped bytes erased). For a data key it refuses while
+        /// any row of `models` still holds a value sealed with it: run the rotation job first. A
+        /// retired blind-index root ([`KeyStore::replace_blind_index_root`]) leaves no trace in the
+        /// index bytes, so nothing here can count what still depends on it: destroy it only after
+        /// the reindex job reported `finished`; lookups of an index not yet recomputed then find
+        /// nothing (they never find a wrong row: every match is re-checked).
+        ///
+        /// # Errors
+        /// [`Error::KeyRecord`] if rows still reference the key or it is the tenant's active key;
+        /// [`Error::Store`].
+        pub fn destroy_key / destroy_key_async(&self, key_id: KeyId, models: &[ModelInfo])
+            -> Result<(), Error> where Backend: KeyTable => self.destroy_key_on
+    }
+
+    async fn destroy_key_on<D: KeyDb>(
         &self,
-        conn: &mut C,
+        db: &mut D,
         key_id: KeyId,
         models: &[ModelInfo],
-    ) -> Result<(), Error>
-    where
-        C: LoadConnection,
-        C::Backend: KeyTable,
-    {
-        if count_rows_with_keys(conn, models, &[key_id])? > 0 {
+    ) -> Result<(), Error> {
+        if count_rows_with_keys_on(db, models, &[key_id]).await? > 0 {
             return Err(Error::KeyRecord {
                 key_id,
                 reason: "rows still hold values sealed with it",
             });
         }
-        if C::Backend::destroy_retired(conn, i64::from(key_id.get()), now()).map_err(store_err)?
+        if destroy_retired(db, i64::from(key_id.get()), now())
+            .await
+            .map_err(store_err)?
             == 0
         {
             return Err(Error::KeyRecord {
@@ -766,37 +852,41 @@ impl<P: KekProvider> KeyStore<P> {
         Ok(())
     }
 
-    /// Crypto-shreds a tenant: marks all its keys destroyed and erases their wrapped bytes, in
-    /// one transaction, then counts the rows of `models` that hold values sealed with them.
-    /// Reload the keyring afterwards (every process: [`KeyStore::load_and_install`]); no other
-    /// tenant is touched.
-    ///
-    /// Erasing the wrapped bytes does not reach copies in backups, WAL or replicas: those stay
-    /// decryptable by anyone who also holds the KEK until they age out, or until a per-tenant
-    /// KEK is deleted in the KMS (see `docs/KEYS.md`).
-    ///
-    /// # Errors
-    /// [`Error::Store`].
-    pub fn shred_tenant<C>(
+    sync_and_async! {
+        /// Crypto-shreds a tenant: marks all its keys destroyed and erases their wrapped bytes, in
+        /// one transaction, then counts the rows of `models` that hold values sealed with them.
+        /// Reload the keyring afterwards (every process: [`KeyStore::load_and_install`]); no other
+        /// tenant is touched.
+        ///
+        /// Erasing the wrapped bytes does not reach copies in backups, WAL or replicas: those stay
+        /// decryptable by anyone who also holds the KEK until they age out, or until a per-tenant
+        /// KEK is deleted in the KMS (see `docs/KEYS.md`).
+        ///
+        /// # Errors
+        /// [`Error::Store`].
+        pub fn shred_tenant / shred_tenant_async(&self, tenant: &TenantId, models: &[ModelInfo])
+            -> Result<ShredReport, Error> where Backend: KeyTable => self.shred_tenant_on
+    }
+
+    async fn shred_tenant_on<D: KeyDb>(
         &self,
-        conn: &mut C,
+        db: &mut D,
         tenant: &TenantId,
         models: &[ModelInfo],
-    ) -> Result<ShredReport, Error>
-    where
-        C: LoadConnection,
-        C::Backend: KeyTable,
-    {
+    ) -> Result<ShredReport, Error> {
         // Count first: the rows sealed with the tenant's keys are the same before and after, and a
         // failed count must not leave keys destroyed with no report.
-        let live: Vec<KeyId> = C::Backend::live_keys(conn, Some(tenant.as_str()))
+        let live: Vec<KeyId> = live_keys(db, Some(tenant.as_str()))
+            .await
             .map_err(store_err)?
             .iter()
             .filter_map(|id| u32::try_from(*id).ok())
             .map(KeyId::from)
             .collect();
-        let rows_unreadable = count_rows_with_keys(conn, models, &live)?;
-        let ids = C::Backend::destroy_tenant(conn, tenant.as_str(), now()).map_err(store_err)?;
+        let rows_unreadable = count_rows_with_keys_on(db, models, &live).await?;
+        let ids = destroy_tenant(db, tenant.as_str(), now())
+            .await
+            .map_err(store_err)?;
         let key_ids: Vec<KeyId> = ids
             .iter()
             .filter_map(|id| u32::try_from(*id).ok())
@@ -820,18 +910,22 @@ impl<P: KekProvider> KeyStore<P> {
     }
 }
 
-/// Rows of `models` holding a value sealed with one of `ids`, found by the header bytes in SQL.
-///
-/// # Errors
-/// [`Error::Store`].
-pub fn count_rows_with_keys<C>(
-    conn: &mut C,
+sync_and_async! {
+    /// Rows of `models` holding a value sealed with one of `ids`, found by the header bytes in SQL.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn count_rows_with_keys / count_rows_with_keys_async(models: &[ModelInfo], ids: &[KeyId])
+        -> Result<u64, Error> where Backend: KeyTable => count_rows_with_keys_on
+}
+
+pub(crate) async fn count_rows_with_keys_on<D>(
+    db: &mut D,
     models: &[ModelInfo],
     ids: &[KeyId],
 ) -> Result<u64, Error>
 where
-    C: LoadConnection,
-    C::Backend: KeyTable,
+    D: Db<Backend: KeyTable>,
 {
     if ids.is_empty() {
         return Ok(0);
@@ -841,17 +935,17 @@ where
         let preds: Vec<String> = m
             .columns
             .iter()
-            .map(|c| C::Backend::key_id_in(&C::Backend::quote(c.column), ids))
+            .map(|c| D::Backend::key_id_in(&D::Backend::quote(c.column), ids))
             .collect();
         if preds.is_empty() {
             continue;
         }
-        let sql = format!(
+        let q = Query::sql(format!(
             "SELECT COUNT(*) AS n FROM {} WHERE {}",
-            C::Backend::quote(m.table),
+            D::Backend::quote(m.table),
             preds.join(" OR ")
-        );
-        let n = C::Backend::count(conn, sql).map_err(store_err)?;
+        ));
+        let n = D::Backend::count_q(db, &q).await.map_err(store_err)?;
         total += u64::try_from(n).unwrap_or(0);
     }
     Ok(total)

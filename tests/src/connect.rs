@@ -117,24 +117,60 @@ pub mod keystore {
         conn
     }
 
-    pub fn pg() -> PgConnection {
+    fn pg_key_table() {
         static ONCE: Once = Once::new();
         ONCE.call_once(|| {
             KeyStore::<LocalKek>::run_migrations(&mut pg_raw()).expect("key table migration")
         });
+    }
+
+    fn mysql_key_table() {
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            KeyStore::<LocalKek>::run_migrations(&mut mysql_raw()).expect("key table migration")
+        });
+    }
+
+    pub fn pg() -> PgConnection {
+        pg_key_table();
         let mut conn = super::pg();
         empty_key_table(&mut conn);
         conn
     }
 
     pub fn mysql() -> MysqlConnection {
-        static ONCE: Once = Once::new();
-        ONCE.call_once(|| {
-            KeyStore::<LocalKek>::run_migrations(&mut mysql_raw()).expect("key table migration")
-        });
+        mysql_key_table();
         let mut conn = super::mysql();
         empty_key_table(&mut conn);
         conn
+    }
+
+    /// [`super::async_pg`] with the key table migrated and empty.
+    pub async fn async_pg() -> diesel_async::AsyncPgConnection {
+        pg_key_table();
+        let mut conn = super::async_pg().await;
+        empty_key_table_async(&mut conn).await;
+        conn
+    }
+
+    /// [`super::async_mysql`] with the key table migrated and empty.
+    pub async fn async_mysql() -> diesel_async::AsyncMysqlConnection {
+        mysql_key_table();
+        let mut conn = super::async_mysql().await;
+        empty_key_table_async(&mut conn).await;
+        conn
+    }
+
+    /// [`super::async_sqlite`] with the key table migrated.
+    pub async fn async_sqlite()
+    -> diesel_async::sync_connection_wrapper::SyncConnectionWrapper<SqliteConnection> {
+        diesel_async::sync_connection_wrapper::SyncConnectionWrapper::new(sqlite())
+    }
+
+    async fn empty_key_table_async(conn: &mut impl diesel_async::SimpleAsyncConnection) {
+        conn.batch_execute("DELETE FROM encrypted_types_keys")
+            .await
+            .expect("empty the key table");
     }
 
     /// The key table may hold committed keys of other users of the database (the example

@@ -108,6 +108,31 @@ println!("{} rows can never be read again", report.rows_unreadable);
     Ok(())
 }
 
+#[rustfmt::skip]
+async fn block_4(
+    conn: &mut diesel_async::sync_connection_wrapper::SyncConnectionWrapper<SqliteConnection>,
+) -> Res<()> {
+// README block 4
+// On diesel-async (AsyncPgConnection, AsyncMysqlConnection, SyncConnectionWrapper), feature
+// "async": the same operations and jobs, awaited, with no spawn_blocking.
+use encrypted_types::kek::local::LocalKek;
+use encrypted_types::store::KeyStore;
+use encrypted_types::{EncryptedModel, TenantId};
+
+let store = KeyStore::new(LocalKek::open_or_create("dev.kek")?);
+store.create_tenant_async(conn, Some(&TenantId::from(7i64))).await?;
+let seen = store.generation_async(conn).await?; // one cheap query over the key table
+store.load_and_install_async(conn).await?;
+let options = encrypted_types::jobs::JobOptions::default();
+encrypted_types::jobs::rotate_data_keys_async(conn, &Patient::MODEL, "rotate", &options, |_| {}).await?;
+// Every few seconds, in every process: reload when another process changed keys.
+if store.generation_async(conn).await? != seen {
+    store.load_and_install_async(conn).await?;
+}
+// end of README block 4
+    Ok(())
+}
+
 fn database() -> SqliteConnection {
     let mut conn = SqliteConnection::establish(":memory:").unwrap();
     conn.batch_execute(
@@ -161,6 +186,28 @@ fn the_key_management_block_runs() {
     assert!(dir.path().join("dev.kek").exists());
 }
 
+#[test]
+fn the_async_block_runs() {
+    let _g = encrypted_types_tests::serial();
+    let dir = tempfile::tempdir().unwrap();
+    std::env::set_current_dir(dir.path()).unwrap();
+    let mut sync = database();
+    encrypted_types::store::KeyStore::<encrypted_types::kek::local::LocalKek>::run_migrations(
+        &mut sync,
+    )
+    .unwrap();
+    let conn = &mut diesel_async::sync_connection_wrapper::SyncConnectionWrapper::new(sync);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(block_4(conn)).unwrap();
+    let keys: i64 = runtime
+        .block_on(diesel_async::RunQueryDsl::get_result(
+            encrypted_types::store::encrypted_types_keys::table.count(),
+            conn,
+        ))
+        .unwrap();
+    assert_eq!(keys, 2, "the block created the tenant's two keys");
+}
+
 /// The lines between `start` and `end` markers of this file, or between the `rust` fences of
 /// README.md, trimmed.
 fn blocks(text: &str, readme: bool) -> Vec<Vec<String>> {
@@ -193,7 +240,7 @@ fn readme_shows_this_code() {
     let here = include_str!("readme.rs");
     let want = blocks(here, false);
     let have = blocks(readme, true);
-    assert_eq!(want.len(), 3);
+    assert_eq!(want.len(), 4);
     assert_eq!(
         have.len(),
         want.len(),

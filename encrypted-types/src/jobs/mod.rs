@@ -30,6 +30,8 @@
 //!   process (a destroyed key, a value that does not authenticate, a legacy value that is not
 //!   a valid encoding) are skipped and counted by reason in [`JobReport::skipped`], never
 //!   written.
+//! - **Sync or async.** With the `async` feature each job has an `_async` twin taking a
+//!   diesel-async connection (`rotate_data_keys_async`, ...): the same implementation, awaited.
 
 mod key;
 mod sql;
@@ -37,12 +39,18 @@ mod sql;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use diesel::connection::LoadConnection;
 use zeroize::Zeroizing;
 
+use crate::db::{Db, sync_and_async};
+
+pub use crate::db::{Param, Query};
 pub use key::{KeyColumn, KeyKind, KeyPart, RowKey};
 use sql::alias;
-pub use sql::{CatalogRow, JobTable, Param, Query, Row, UnitRow};
+pub use sql::{CatalogRow, JobTable, Row, UnitRow};
+
+/// A connection the jobs run on, sync or async.
+trait JobDb: Db<Backend: JobTable> {}
+impl<D: Db<Backend: JobTable>> JobDb for D {}
 
 use crate::Error;
 use crate::format;
@@ -251,21 +259,19 @@ struct Table {
 }
 
 /// Reads the table's primary key from the catalogue and refuses what cannot be paged.
-fn inspect<C>(conn: &mut C, model: &ModelInfo) -> Result<Table, Error>
+async fn inspect<D>(db: &mut D, model: &ModelInfo) -> Result<Table, Error>
 where
-    C: LoadConnection,
-    C::Backend: JobTable,
+    D: JobDb,
 {
-    type B<C> = <C as diesel::Connection>::Backend;
     let refuse = |reason: String| Error::UnpageableKey {
         table: model.table.to_owned(),
         reason,
     };
     let q = Query {
-        sql: B::<C>::catalogue().to_owned(),
+        sql: D::Backend::catalogue().to_owned(),
         params: vec![Param::Text(model.table.to_owned())],
     };
-    let cols = B::<C>::load_catalogue(conn, &q).map_err(job_err)?;
+    let cols = D::Backend::load_catalogue(db, &q).await.map_err(job_err)?;
     if cols.is_empty() {
         return Err(refuse(
             "it has no primary key (or does not exist); keyset pagination needs a unique, \
@@ -282,7 +288,7 @@ where
     }
     let mut key = Vec::new();
     for c in &cols {
-        let kind = key::kind_of(B::<C>::NAME, &c.ty).ok_or_else(|| {
+        let kind = key::kind_of(D::Backend::NAME, &c.ty).ok_or_else(|| {
             refuse(format!(
                 "primary-key column {} has type {}; the jobs page by integer, text, binary \
                  and uuid keys",
@@ -309,9 +315,9 @@ where
                 .join(", ")
         )));
     }
-    let qkey: Vec<String> = key.iter().map(|k| B::<C>::quote(&k.name)).collect();
-    let quoted = B::<C>::quote(model.table);
-    if B::<C>::NAME == "sqlite" {
+    let qkey: Vec<String> = key.iter().map(|k| D::Backend::quote(&k.name)).collect();
+    let quoted = D::Backend::quote(model.table);
+    if D::Backend::NAME == "sqlite" {
         // SQLite orders values of different storage classes by class: a text key among
         // integers would sit outside the range a bound of the column's kind selects. NULL keys
         // (allowed in non-integer SQLite keys) would never be visited.
@@ -321,8 +327,8 @@ where
                 KeyKind::Text => "text",
                 _ => "blob",
             };
-            let n = B::<C>::count_q(
-                conn,
+            let n = D::Backend::count_q(
+                db,
                 &Query {
                     sql: format!(
                         "SELECT COUNT(*) AS n FROM {quoted} WHERE typeof({q}) <> '{class}'"
@@ -330,6 +336,7 @@ where
                     params: Vec::new(),
                 },
             )
+            .await
             .map_err(job_err)?;
             if n > 0 {
                 return Err(refuse(format!(
@@ -340,9 +347,10 @@ where
             }
         }
     }
-    let tenant = model
-        .tenant_column
-        .map_or_else(|| "NULL".to_owned(), |t| B::<C>::as_text(&B::<C>::quote(t)));
+    let tenant = model.tenant_column.map_or_else(
+        || "NULL".to_owned(),
+        |t| D::Backend::as_text(&D::Backend::quote(t)),
+    );
     Ok(Table {
         name: model.table,
         quoted,
@@ -726,10 +734,7 @@ fn decode_opt(s: Option<&str>) -> Result<Option<RowKey>, Error> {
 
 /// One run of a job: plan or check its units, claim and process them until none is left,
 /// then count what remains.
-struct Run<'a, C: LoadConnection>
-where
-    C::Backend: JobTable,
-{
+struct Run<'a> {
     job: &'a str,
     worker: String,
     options: &'a JobOptions,
@@ -739,36 +744,35 @@ where
     /// This run's units, by name.
     units: Vec<String>,
     report: JobReport,
-    _conn: std::marker::PhantomData<fn(&mut C)>,
 }
 
-impl<'a, C> Run<'a, C>
-where
-    C: LoadConnection,
-    C::Backend: JobTable,
-{
+impl Run<'_> {
     fn lease_secs(&self) -> i64 {
         i64::try_from(self.options.lease.as_secs().max(1)).unwrap_or(i64::MAX)
     }
 
-    fn units_in(&self, q: &mut Query) -> String {
+    fn units_in<B: crate::db::Exec>(&self, q: &mut Query) -> String {
         let phs: Vec<String> = self
             .units
             .iter()
-            .map(|u| q.bind::<C::Backend>(Param::Text(u.clone())))
+            .map(|u| q.bind::<B>(Param::Text(u.clone())))
             .collect();
         format!("unit IN ({})", phs.join(", "))
     }
 
-    fn list(&self, conn: &mut C) -> Result<Vec<UnitRow>, Error> {
+    async fn list<D: JobDb>(&self, db: &mut D) -> Result<Vec<UnitRow>, Error> {
         let mut q = Query::new();
-        let j = q.bind::<C::Backend>(Param::Text(self.job.to_owned()));
+        let j = q.bind::<D::Backend>(Param::Text(self.job.to_owned()));
         q.sql = format!("SELECT {UNIT_COLS} FROM {JOBS} WHERE job = {j}");
-        C::Backend::load_units(conn, &q).map_err(job_err)
+        D::Backend::load_units(db, &q).await.map_err(job_err)
     }
 
     /// The unit names of this run's scope for pass `p`, with their ranges.
-    fn wanted(&self, conn: &mut C, existing: &[UnitRow]) -> Result<Vec<Planned>, Error> {
+    async fn wanted<D: JobDb>(
+        &self,
+        db: &mut D,
+        existing: &[UnitRow],
+    ) -> Result<Vec<Planned>, Error> {
         let mut out = Vec::new();
         match &self.options.scope {
             Scope::All => {
@@ -824,7 +828,7 @@ where
                     }
                     return Ok(out);
                 }
-                let bounds = self.boundaries(conn, (*n).max(1))?;
+                let bounds = self.boundaries(db, (*n).max(1)).await?;
                 for (p, pass) in self.passes.iter().enumerate() {
                     let mut from: Option<RowKey> = None;
                     for (i, b) in bounds.iter().map(Some).chain([None]).enumerate() {
@@ -844,32 +848,34 @@ where
 
     /// `n - 1` key tuples splitting the table's current rows into `n` ranges of about equal
     /// size (found with `OFFSET` once, when the job is planned).
-    fn boundaries(&self, conn: &mut C, n: u32) -> Result<Vec<RowKey>, Error> {
+    async fn boundaries<D: JobDb>(&self, db: &mut D, n: u32) -> Result<Vec<RowKey>, Error> {
         let t = &self.table;
-        let total = C::Backend::count_q(
-            conn,
+        let total = D::Backend::count_q(
+            db,
             &Query {
                 sql: format!("SELECT COUNT(*) AS n FROM {}", t.quoted),
                 params: Vec::new(),
             },
         )
+        .await
         .map_err(job_err)?;
         let mut out: Vec<RowKey> = Vec::new();
         for i in 1..i64::from(n) {
             let offset = total.saturating_mul(i) / i64::from(n);
             let sql = format!(
                 "SELECT {}, NULL AS v, NULL AS i, NULL AS t FROM {} ORDER BY {} LIMIT 1 OFFSET {offset}",
-                key_selects::<C::Backend>(t),
+                key_selects::<D::Backend>(t),
                 t.quoted,
                 t.qkey.join(", ")
             );
-            let rows = C::Backend::load_rows(
-                conn,
+            let rows = D::Backend::load_rows(
+                db,
                 &Query {
                     sql,
                     params: Vec::new(),
                 },
             )
+            .await
             .map_err(job_err)?;
             if let Some(r) = rows.into_iter().next() {
                 let k = RowKey(r.key);
@@ -905,17 +911,17 @@ where
 
     /// Checks the recorded identity of the job's units and records the missing ones of this
     /// run's scope; returns whether every one of them was already done.
-    fn plan(&mut self, conn: &mut C) -> Result<bool, Error> {
+    async fn plan<D: JobDb>(&mut self, db: &mut D) -> Result<bool, Error> {
         for attempt in 0..=RETRIES {
-            let result = transaction(conn, |conn| -> Result<bool, TxError> {
+            let result = transaction(db, async |db| -> Result<bool, TxError> {
                 // Write first: on SQLite this takes the write lock before the read below, so
                 // two planners queue instead of deadlocking on a lock upgrade; elsewhere it
                 // serializes planners of the same job.
                 let mut w = Query::new();
-                let j = w.bind::<C::Backend>(Param::Text(self.job.to_owned()));
+                let j = w.bind::<D::Backend>(Param::Text(self.job.to_owned()));
                 w.sql = format!("UPDATE {JOBS} SET updated_at = updated_at WHERE job = {j}");
-                C::Backend::exec(conn, &w)?;
-                let existing = self.list(conn)?;
+                db.exec(&w).await?;
+                let existing = self.list(db).await?;
                 let op = self.passes.first().map_or("", |p| p.op.name());
                 for u in &existing {
                     if u.operation != op {
@@ -936,7 +942,7 @@ where
                         }));
                     }
                 }
-                let wanted = self.wanted(conn, &existing)?;
+                let wanted = self.wanted(db, &existing).await?;
                 let mut all_done = true;
                 let mut names = Vec::new();
                 for (name, p, from, to) in wanted {
@@ -952,13 +958,13 @@ where
                         .ok_or_else(|| Error::Job("pass".into()))?;
                     let mut q = Query::new();
                     let vals = [
-                        q.bind::<C::Backend>(Param::Text(self.job.to_owned())),
-                        q.bind::<C::Backend>(Param::Text(name.clone())),
-                        q.bind::<C::Backend>(Param::Text(pass.op.name().to_owned())),
-                        q.bind::<C::Backend>(Param::Text(pass.target.clone())),
+                        q.bind::<D::Backend>(Param::Text(self.job.to_owned())),
+                        q.bind::<D::Backend>(Param::Text(name.clone())),
+                        q.bind::<D::Backend>(Param::Text(pass.op.name().to_owned())),
+                        q.bind::<D::Backend>(Param::Text(pass.target.clone())),
                     ];
                     let mut bound = |k: &Option<RowKey>| match k {
-                        Some(k) => q.bind::<C::Backend>(Param::Text(k.encode())),
+                        Some(k) => q.bind::<D::Backend>(Param::Text(k.encode())),
                         None => "NULL".to_owned(),
                     };
                     let (f, t) = (bound(&from), bound(&to));
@@ -967,13 +973,14 @@ where
                          last_key, state, rows_done, lease_owner, lease_until, updated_at) \
                          VALUES ({}, {f}, {t}, NULL, 'pending', 0, NULL, NULL, {})",
                         vals.join(", "),
-                        C::Backend::now()
+                        D::Backend::now()
                     );
-                    C::Backend::exec(conn, &q)?;
+                    db.exec(&q).await?;
                 }
                 self.units = names;
                 Ok(all_done)
-            });
+            })
+            .await;
             match result {
                 Ok(done) => return Ok(done),
                 // Another worker planned the same units at the same moment: read its plan.
@@ -981,7 +988,7 @@ where
                     diesel::result::DatabaseErrorKind::UniqueViolation,
                     _,
                 ))) if attempt < RETRIES => {}
-                Err(e) if is_deadlock(&e) && attempt < RETRIES => backoff(attempt),
+                Err(e) if is_deadlock(&e) && attempt < RETRIES => backoff(db, attempt).await,
                 Err(e) => return Err(tx_err(e)),
             }
         }
@@ -989,70 +996,70 @@ where
     }
 
     /// Claims a pending unit of this run whose lease is free, expired or already this worker's.
-    fn claim(&self, conn: &mut C) -> Result<Option<Unit>, TxError> {
-        let now = C::Backend::now();
+    async fn claim<D: JobDb>(&self, db: &mut D) -> Result<Option<Unit>, TxError> {
+        let now = D::Backend::now();
         let lease = self.lease_secs();
-        transaction(conn, |conn| -> Result<Option<Unit>, TxError> {
+        transaction(db, async |db| -> Result<Option<Unit>, TxError> {
             let mut q = Query::new();
             // `?` placeholders bind in the order they appear in the text.
-            let j = q.bind::<C::Backend>(Param::Text(self.job.to_owned()));
-            let ours = self.units_in(&mut q);
-            let me = q.bind::<C::Backend>(Param::Text(self.worker.clone()));
+            let j = q.bind::<D::Backend>(Param::Text(self.job.to_owned()));
+            let ours = self.units_in::<D::Backend>(&mut q);
+            let me = q.bind::<D::Backend>(Param::Text(self.worker.clone()));
             let free = format!(
                 "job = {j} AND {ours} AND state = 'pending' AND \
                  (lease_owner IS NULL OR lease_owner = {me} OR lease_until < {now})"
             );
-            let name = if C::Backend::SKIP_LOCKED {
+            let name = if D::Backend::SKIP_LOCKED {
                 q.sql = format!(
                     "SELECT {UNIT_COLS} FROM {JOBS} WHERE {free} ORDER BY unit LIMIT 1 \
                      FOR UPDATE SKIP LOCKED"
                 );
-                let Some(u) = C::Backend::load_units(conn, &q)?.into_iter().next() else {
+                let Some(u) = D::Backend::load_units(db, &q).await?.into_iter().next() else {
                     return Ok(None);
                 };
                 let mut q = Query::new();
-                let me = q.bind::<C::Backend>(Param::Text(self.worker.clone()));
-                let l = q.bind::<C::Backend>(Param::Int(lease));
-                let j = q.bind::<C::Backend>(Param::Text(self.job.to_owned()));
-                let un = q.bind::<C::Backend>(Param::Text(u.unit.clone()));
+                let me = q.bind::<D::Backend>(Param::Text(self.worker.clone()));
+                let l = q.bind::<D::Backend>(Param::Int(lease));
+                let j = q.bind::<D::Backend>(Param::Text(self.job.to_owned()));
+                let un = q.bind::<D::Backend>(Param::Text(u.unit.clone()));
                 q.sql = format!(
                     "UPDATE {JOBS} SET lease_owner = {me}, lease_until = {now} + {l} \
                      WHERE job = {j} AND unit = {un}"
                 );
-                C::Backend::exec(conn, &q)?;
+                db.exec(&q).await?;
                 u.unit
             } else {
                 // One writer at a time: a single UPDATE claims atomically.
                 let mut u = Query::new();
-                let me2 = u.bind::<C::Backend>(Param::Text(self.worker.clone()));
-                let l = u.bind::<C::Backend>(Param::Int(lease));
-                let jj = u.bind::<C::Backend>(Param::Text(self.job.to_owned()));
-                let sub_j = u.bind::<C::Backend>(Param::Text(self.job.to_owned()));
-                let sub_ours = self.units_in(&mut u);
-                let sub_me = u.bind::<C::Backend>(Param::Text(self.worker.clone()));
+                let me2 = u.bind::<D::Backend>(Param::Text(self.worker.clone()));
+                let l = u.bind::<D::Backend>(Param::Int(lease));
+                let jj = u.bind::<D::Backend>(Param::Text(self.job.to_owned()));
+                let sub_j = u.bind::<D::Backend>(Param::Text(self.job.to_owned()));
+                let sub_ours = self.units_in::<D::Backend>(&mut u);
+                let sub_me = u.bind::<D::Backend>(Param::Text(self.worker.clone()));
                 u.sql = format!(
                     "UPDATE {JOBS} SET lease_owner = {me2}, lease_until = {now} + {l} \
                      WHERE job = {jj} AND unit = (SELECT unit FROM {JOBS} WHERE job = {sub_j} \
                      AND {sub_ours} AND state = 'pending' AND (lease_owner IS NULL OR \
                      lease_owner = {sub_me} OR lease_until < {now}) ORDER BY unit LIMIT 1)"
                 );
-                if C::Backend::exec(conn, &u)? == 0 {
+                if db.exec(&u).await? == 0 {
                     return Ok(None);
                 }
                 let mut s = Query::new();
-                let j = s.bind::<C::Backend>(Param::Text(self.job.to_owned()));
-                let me = s.bind::<C::Backend>(Param::Text(self.worker.clone()));
-                let ours = self.units_in(&mut s);
+                let j = s.bind::<D::Backend>(Param::Text(self.job.to_owned()));
+                let me = s.bind::<D::Backend>(Param::Text(self.worker.clone()));
+                let ours = self.units_in::<D::Backend>(&mut s);
                 s.sql = format!(
                     "SELECT {UNIT_COLS} FROM {JOBS} WHERE job = {j} AND lease_owner = {me} AND \
                      state = 'pending' AND {ours} ORDER BY unit LIMIT 1"
                 );
-                let Some(row) = C::Backend::load_units(conn, &s)?.into_iter().next() else {
+                let Some(row) = D::Backend::load_units(db, &s).await?.into_iter().next() else {
                     return Ok(None);
                 };
                 row.unit
             };
-            let rows = self.list(conn)?;
+            let rows = self.list(db).await?;
             let row = rows
                 .into_iter()
                 .find(|r| r.unit == name)
@@ -1066,15 +1073,16 @@ where
                 name,
             }))
         })
+        .await
     }
 
     /// [`Run::claim`], again after a deadlock (two claimers on InnoDB).
-    fn claim_retrying(&self, conn: &mut C) -> Result<Option<Unit>, Error> {
+    async fn claim_retrying<D: JobDb>(&self, db: &mut D) -> Result<Option<Unit>, Error> {
         let mut attempt = 0;
         loop {
-            match self.claim(conn) {
+            match self.claim(db).await {
                 Err(e) if is_deadlock(&e) && attempt < RETRIES => {
-                    backoff(attempt);
+                    backoff(db, attempt).await;
                     attempt += 1;
                 }
                 other => return other.map_err(tx_err),
@@ -1082,31 +1090,31 @@ where
         }
     }
 
-    fn pending(&self, conn: &mut C) -> Result<i64, Error> {
+    async fn pending<D: JobDb>(&self, db: &mut D) -> Result<i64, Error> {
         let mut q = Query::new();
-        let j = q.bind::<C::Backend>(Param::Text(self.job.to_owned()));
-        let ours = self.units_in(&mut q);
+        let j = q.bind::<D::Backend>(Param::Text(self.job.to_owned()));
+        let ours = self.units_in::<D::Backend>(&mut q);
         q.sql = format!(
             "SELECT COUNT(*) AS n FROM {JOBS} WHERE job = {j} AND {ours} AND state = 'pending'"
         );
-        C::Backend::count_q(conn, &q).map_err(job_err)
+        D::Backend::count_q(db, &q).await.map_err(job_err)
     }
 
     /// Ends this worker's hold on a unit: done, or released for another worker.
-    fn release(&self, conn: &mut C, unit: &str, done: bool) -> Result<(), Error> {
+    async fn release<D: JobDb>(&self, db: &mut D, unit: &str, done: bool) -> Result<(), Error> {
         let mut q = Query::new();
-        let j = q.bind::<C::Backend>(Param::Text(self.job.to_owned()));
-        let u = q.bind::<C::Backend>(Param::Text(unit.to_owned()));
-        let me = q.bind::<C::Backend>(Param::Text(self.worker.clone()));
+        let j = q.bind::<D::Backend>(Param::Text(self.job.to_owned()));
+        let u = q.bind::<D::Backend>(Param::Text(unit.to_owned()));
+        let me = q.bind::<D::Backend>(Param::Text(self.worker.clone()));
         let state = if done { "state = 'done', " } else { "" };
         q.sql = format!(
             "UPDATE {JOBS} SET {state}lease_owner = NULL, lease_until = NULL, updated_at = {} \
              WHERE job = {j} AND unit = {u} AND lease_owner = {me}",
-            C::Backend::now()
+            D::Backend::now()
         );
         for attempt in 0..RETRIES {
-            match transaction(conn, |conn| Ok(C::Backend::exec(conn, &q)?)) {
-                Err(e) if is_deadlock(&e) => backoff(attempt),
+            match transaction(db, async |db| Ok(db.exec(&q).await?)).await {
+                Err(e) if is_deadlock(&e) => backoff(db, attempt).await,
                 other => return other.map(|_| ()).map_err(tx_err),
             }
         }
@@ -1114,18 +1122,18 @@ where
     }
 
     /// Sets this run's done units back to pending, from their start.
-    fn reopen(&self, conn: &mut C) -> Result<(), Error> {
+    async fn reopen<D: JobDb>(&self, db: &mut D) -> Result<(), Error> {
         let mut q = Query::new();
-        let j = q.bind::<C::Backend>(Param::Text(self.job.to_owned()));
-        let ours = self.units_in(&mut q);
+        let j = q.bind::<D::Backend>(Param::Text(self.job.to_owned()));
+        let ours = self.units_in::<D::Backend>(&mut q);
         q.sql = format!(
             "UPDATE {JOBS} SET state = 'pending', last_key = NULL, lease_owner = NULL, \
              lease_until = NULL, updated_at = {} WHERE job = {j} AND {ours} AND state = 'done'",
-            C::Backend::now()
+            D::Backend::now()
         );
         for attempt in 0..RETRIES {
-            match transaction(conn, |conn| Ok(C::Backend::exec(conn, &q)?)) {
-                Err(e) if is_deadlock(&e) => backoff(attempt),
+            match transaction(db, async |db| Ok(db.exec(&q).await?)).await {
+                Err(e) if is_deadlock(&e) => backoff(db, attempt).await,
                 other => return other.map(|_| ()).map_err(tx_err),
             }
         }
@@ -1134,11 +1142,11 @@ where
 
     /// Processes a claimed unit batch by batch. Returns `false` when `max_batches` stopped it
     /// (or its lease was lost).
-    fn work(
+    async fn work<D: JobDb, F: FnMut(&Progress)>(
         &mut self,
-        conn: &mut C,
+        db: &mut D,
         mut unit: Unit,
-        on_batch: &mut dyn FnMut(&Progress),
+        on_batch: &mut F,
     ) -> Result<bool, Error> {
         let pass = self
             .passes
@@ -1156,29 +1164,29 @@ where
                 .max_batches
                 .is_some_and(|max| self.report.batches >= max)
             {
-                self.release(conn, &unit.name, false)?;
+                self.release(db, &unit.name, false).await?;
                 return Ok(false);
             }
             let mut q = Query::new();
-            let mut conds = range_conds::<C::Backend>(
+            let mut conds = range_conds::<D::Backend>(
                 &mut q,
                 t,
                 unit.from.as_ref(),
                 unit.to.as_ref(),
                 unit.last.as_ref(),
             )?;
-            conds.push(pass.todo_cond::<C::Backend>());
-            select::<C::Backend>(
+            conds.push(pass.todo_cond::<D::Backend>());
+            select::<D::Backend>(
                 t,
-                &pass.read_expr::<C::Backend>(),
+                &pass.read_expr::<D::Backend>(),
                 index,
                 &conds,
                 &mut q,
                 Some(self.options.batch.max(1)),
             );
-            let rows = C::Backend::load_rows(conn, &q).map_err(job_err)?;
+            let rows = D::Backend::load_rows(db, &q).await.map_err(job_err)?;
             let Some(last) = rows.last().map(|r| RowKey(r.key.clone())) else {
-                self.release(conn, &unit.name, true)?;
+                self.release(db, &unit.name, true).await?;
                 return Ok(true);
             };
             // Opening and sealing run outside the transaction: they are pure computation.
@@ -1206,11 +1214,11 @@ where
             if let Some(hook) = self.options.before_write {
                 hook();
             }
-            let outcome = transaction(conn, |conn| -> Result<(u64, u64), TxError> {
-                self.fence(conn, &unit.name)?;
+            let outcome = transaction(db, async |db| -> Result<(u64, u64), TxError> {
+                self.fence(db, &unit.name).await?;
                 let (mut ok, mut missed) = (0u64, 0u64);
                 for w in &writes {
-                    match self.cas_retrying(conn, pass, w)? {
+                    match self.cas_retrying(db, pass, w).await? {
                         Cas::Written => ok += 1,
                         Cas::Superseded => missed += 1,
                         // Left for the closing check, which counts it independently.
@@ -1218,24 +1226,25 @@ where
                     }
                 }
                 let mut q = Query::new();
-                let lk = q.bind::<C::Backend>(Param::Text(last.encode()));
-                let n = q.bind::<C::Backend>(Param::Int(i64::try_from(ok).unwrap_or(i64::MAX)));
-                let j = q.bind::<C::Backend>(Param::Text(self.job.to_owned()));
-                let u = q.bind::<C::Backend>(Param::Text(unit.name.clone()));
+                let lk = q.bind::<D::Backend>(Param::Text(last.encode()));
+                let n = q.bind::<D::Backend>(Param::Int(i64::try_from(ok).unwrap_or(i64::MAX)));
+                let j = q.bind::<D::Backend>(Param::Text(self.job.to_owned()));
+                let u = q.bind::<D::Backend>(Param::Text(unit.name.clone()));
                 q.sql = format!(
                     "UPDATE {JOBS} SET last_key = {lk}, rows_done = rows_done + {n} \
                      WHERE job = {j} AND unit = {u}"
                 );
-                C::Backend::exec(conn, &q)?;
+                db.exec(&q).await?;
                 Ok((ok, missed))
-            });
+            })
+            .await;
             drop(writes);
             let (ok, missed) = match outcome {
                 Ok(v) => v,
                 Err(TxError::LeaseLost) => return Ok(false),
                 // A deadlock victim (InnoDB) was rolled back whole: read the batch again.
                 Err(e) if is_deadlock(&e) && deadlocks < RETRIES => {
-                    backoff(deadlocks);
+                    backoff(db, deadlocks).await;
                     deadlocks += 1;
                     continue;
                 }
@@ -1268,18 +1277,18 @@ where
 
     /// Renews this worker's lease on `unit`, first thing in a batch's transaction (it locks
     /// the unit's row): a worker that lost the unit writes nothing.
-    fn fence(&self, conn: &mut C, unit: &str) -> Result<(), TxError> {
+    async fn fence<D: JobDb>(&self, db: &mut D, unit: &str) -> Result<(), TxError> {
         let mut q = Query::new();
-        let l = q.bind::<C::Backend>(Param::Int(self.lease_secs()));
-        let j = q.bind::<C::Backend>(Param::Text(self.job.to_owned()));
-        let u = q.bind::<C::Backend>(Param::Text(unit.to_owned()));
-        let me = q.bind::<C::Backend>(Param::Text(self.worker.clone()));
-        let now = C::Backend::now();
+        let l = q.bind::<D::Backend>(Param::Int(self.lease_secs()));
+        let j = q.bind::<D::Backend>(Param::Text(self.job.to_owned()));
+        let u = q.bind::<D::Backend>(Param::Text(unit.to_owned()));
+        let me = q.bind::<D::Backend>(Param::Text(self.worker.clone()));
+        let now = D::Backend::now();
         q.sql = format!(
             "UPDATE {JOBS} SET lease_until = {now} + {l}, updated_at = {now} \
              WHERE job = {j} AND unit = {u} AND lease_owner = {me} AND state = 'pending'"
         );
-        if C::Backend::exec(conn, &q)? == 1 {
+        if db.exec(&q).await? == 1 {
             Ok(())
         } else {
             Err(TxError::LeaseLost)
@@ -1288,7 +1297,12 @@ where
 
     /// Compare-and-swap of one value; on a miss, reads the row again and retries, so a value
     /// another job re-sealed meanwhile is still processed.
-    fn cas_retrying(&self, conn: &mut C, pass: &Pass<'_>, w: &Write) -> Result<Cas, TxError> {
+    async fn cas_retrying<D: JobDb>(
+        &self,
+        db: &mut D,
+        pass: &Pass<'_>,
+        w: &Write,
+    ) -> Result<Cas, TxError> {
         let t = &self.table;
         let mut sets = w.sets.clone();
         let mut old: Zeroizing<Vec<u8>> = w.old.clone();
@@ -1298,21 +1312,21 @@ where
                 .iter()
                 .map(|(c, v)| {
                     let ph = match v {
-                        Some(v) => q.bind::<C::Backend>(Param::Bytes(v.clone())),
+                        Some(v) => q.bind::<D::Backend>(Param::Bytes(v.clone())),
                         None => "NULL".to_owned(),
                     };
-                    format!("{} = {ph}", C::Backend::quote(c))
+                    format!("{} = {ph}", D::Backend::quote(c))
                 })
                 .collect();
-            let k = key_eq::<C::Backend>(&mut q, t, &w.key)?;
-            let o = q.bind::<C::Backend>(Param::Bytes(old.to_vec()));
+            let k = key_eq::<D::Backend>(&mut q, t, &w.key)?;
+            let o = q.bind::<D::Backend>(Param::Bytes(old.to_vec()));
             q.sql = format!(
                 "UPDATE {} SET {} WHERE {k} AND {} = {o}",
                 t.quoted,
                 assigns.join(", "),
-                pass.read_expr::<C::Backend>()
+                pass.read_expr::<D::Backend>()
             );
-            let changed = C::Backend::exec(conn, &q)?;
+            let changed = db.exec(&q).await?;
             // The bound copy of the old value may be legacy plaintext.
             for p in &mut q.params {
                 if let Param::Bytes(b) = p {
@@ -1330,21 +1344,21 @@ where
                 Op::Reindex { params } => Some(params.index_column),
                 _ => None,
             };
-            let k = key_eq::<C::Backend>(&mut r, t, &w.key)?;
-            select::<C::Backend>(
+            let k = key_eq::<D::Backend>(&mut r, t, &w.key)?;
+            select::<D::Backend>(
                 t,
-                &pass.read_expr::<C::Backend>(),
+                &pass.read_expr::<D::Backend>(),
                 index,
                 &[k],
                 &mut r,
                 Some(1),
             );
-            if C::Backend::SKIP_LOCKED {
+            if D::Backend::SKIP_LOCKED {
                 // A locking read sees the latest committed row, not the transaction's snapshot
                 // (MySQL's REPEATABLE READ would return the bytes that just missed).
                 r.sql.push_str(" FOR UPDATE");
             }
-            let Some(row) = C::Backend::load_rows(conn, &r)?.into_iter().next() else {
+            let Some(row) = D::Backend::load_rows(db, &r).await?.into_iter().next() else {
                 return Ok(Cas::Superseded); // deleted meanwhile
             };
             let Some(v) = row.v else {
@@ -1368,7 +1382,7 @@ where
 
     /// Values in this run's scope still to do, counted independently of the work: values on
     /// a retired key (in SQL, from the header bytes) or legacy values (by [`format::classify`]).
-    fn remaining(&self, conn: &mut C) -> Result<u64, Error> {
+    async fn remaining<D: JobDb>(&self, db: &mut D) -> Result<u64, Error> {
         let t = &self.table;
         let (from, to) = match &self.options.scope {
             Scope::Range { from, to } => (from.clone(), to.clone()),
@@ -1376,39 +1390,34 @@ where
         };
         let mut total = 0u64;
         for pass in &self.passes {
-            let col = C::Backend::quote(pass.column.column);
+            let col = D::Backend::quote(pass.column.column);
             match &pass.op {
                 Op::Rotate { retired } => {
                     let mut q = Query::new();
                     let mut conds =
-                        range_conds::<C::Backend>(&mut q, t, from.as_ref(), to.as_ref(), None)?;
-                    conds.push(C::Backend::key_id_in(&col, retired));
+                        range_conds::<D::Backend>(&mut q, t, from.as_ref(), to.as_ref(), None)?;
+                    conds.push(D::Backend::key_id_in(&col, retired));
                     q.sql = format!(
                         "SELECT COUNT(*) AS n FROM {} WHERE {}",
                         t.quoted,
                         conds.join(" AND ")
                     );
-                    let n = C::Backend::count_q(conn, &q).map_err(job_err)?;
+                    let n = D::Backend::count_q(db, &q).await.map_err(job_err)?;
                     total += u64::try_from(n).unwrap_or(0);
                 }
                 Op::Backfill { legacy } => {
-                    total += count_legacy(conn, t, *legacy, from.as_ref(), to.as_ref())?;
+                    total += count_legacy(db, t, *legacy, from.as_ref(), to.as_ref()).await?;
                 }
                 Op::Encrypt => {
-                    total += scan_legacy(
-                        conn,
-                        self.keyring,
-                        t,
-                        pass.column,
-                        from.as_ref(),
-                        to.as_ref(),
-                    )?;
+                    total +=
+                        scan_legacy(db, self.keyring, t, pass.column, from.as_ref(), to.as_ref())
+                            .await?;
                 }
                 // Every index recomputed from its decrypted value and compared with the stored
                 // one; rows that cannot be opened were reported as skipped.
                 Op::Reindex { params } => {
                     total += scan(
-                        conn,
+                        db,
                         t,
                         pass.column.column,
                         Some(params.index_column),
@@ -1418,19 +1427,20 @@ where
                             fresh_index(self.keyring, t, pass.column, params, v, row.t.as_deref())
                                 .is_ok_and(|new| row.i.as_deref() != Some(new.as_slice()))
                         },
-                    )?;
+                    )
+                    .await?;
                 }
             }
         }
         Ok(total)
     }
 
-    fn run(
+    async fn run<D: JobDb, F: FnMut(&Progress)>(
         mut self,
-        conn: &mut C,
-        on_batch: &mut dyn FnMut(&Progress),
+        db: &mut D,
+        on_batch: &mut F,
     ) -> Result<JobReport, Error> {
-        self.report.already_finished = self.plan(conn)?;
+        self.report.already_finished = self.plan(db).await?;
         let mut stopped = false;
         // A model with nothing for this job to do (a reindex of a model without indexes).
         while !self.units.is_empty() {
@@ -1442,9 +1452,9 @@ where
                 stopped = true;
                 break;
             }
-            match self.claim_retrying(conn)? {
+            match self.claim_retrying(db).await? {
                 Some(unit) => {
-                    if !self.work(conn, unit, on_batch)?
+                    if !self.work(db, unit, on_batch).await?
                         && self
                             .options
                             .max_batches
@@ -1455,12 +1465,13 @@ where
                     }
                 }
                 None => {
-                    if self.pending(conn)? == 0 {
+                    if self.pending(db).await? == 0 {
                         break;
                     }
                     // Every unit left is held by another live worker: wait for it to finish
                     // or for its lease to run out.
-                    std::thread::sleep(self.options.lease.min(Duration::from_millis(500)) / 2);
+                    db.sleep(self.options.lease.min(Duration::from_millis(500)) / 2)
+                        .await;
                 }
             }
         }
@@ -1468,14 +1479,14 @@ where
             self.report.finished = false;
             return Ok(self.report);
         }
-        let remaining = self.remaining(conn)?;
+        let remaining = self.remaining(db).await?;
         self.report.remaining += remaining;
         self.report.finished = self.report.remaining == 0;
         if remaining > 0 {
             // Every unit passed, yet values are left: written behind the units since (an
             // application still on the old keyring or the legacy column) or skipped. The next
             // run of this job walks the units again instead of calling itself finished.
-            self.reopen(conn)?;
+            self.reopen(db).await?;
         }
         Ok(self.report)
     }
@@ -1506,7 +1517,7 @@ const RETRIES: u32 = 12;
 
 /// A random pause before retry `attempt` (from 0): workers that collided do not collide again
 /// in step. Grows from about 5 ms to at most about 1 s.
-fn backoff(attempt: u32) {
+async fn backoff<D: JobDb>(db: &mut D, attempt: u32) {
     let mut r = [0u8; 2];
     let jitter = match getrandom::fill(&mut r) {
         Ok(()) => u64::from(u16::from_le_bytes(r)),
@@ -1515,7 +1526,7 @@ fn backoff(attempt: u32) {
     let base = 5u64.saturating_mul(1 << attempt.min(8)).min(1_000);
     // base/2 .. base*3/2
     let ms = base / 2 + base * jitter / 65_536;
-    std::thread::sleep(Duration::from_millis(ms));
+    db.sleep(Duration::from_millis(ms)).await;
 }
 
 /// A job transaction. On MySQL/MariaDB a top-level one runs at `READ COMMITTED`: InnoDB's
@@ -1523,22 +1534,16 @@ fn backoff(attempt: u32) {
 /// or planners inserting into an empty job, deadlock; every read of the jobs that decides a
 /// write is a locking read or a compare-and-swap, so the snapshot level adds nothing. Inside
 /// a caller's transaction the caller's level stands.
-fn transaction<C, T>(
-    conn: &mut C,
-    f: impl FnOnce(&mut C) -> Result<T, TxError>,
-) -> Result<T, TxError>
-where
-    C: LoadConnection,
-    C::Backend: JobTable,
-{
-    if let Some(sql) = C::Backend::BEFORE_TRANSACTION {
-        use diesel::connection::TransactionManager;
-        let depth = C::TransactionManager::transaction_manager_status_mut(conn).transaction_depth();
-        if matches!(depth, Ok(None)) {
-            conn.batch_execute(sql)?;
-        }
+async fn transaction<D: JobDb, T>(
+    db: &mut D,
+    f: impl AsyncFnOnce(&mut D) -> Result<T, TxError>,
+) -> Result<T, TxError> {
+    if let Some(sql) = D::Backend::BEFORE_TRANSACTION
+        && db.depth()? == 0
+    {
+        db.exec(&Query::sql(sql)).await?;
     }
-    conn.transaction(f)
+    crate::db::transaction(db, TxError::Db, f).await
 }
 
 fn tx_err(e: TxError) -> Error {
@@ -1575,17 +1580,16 @@ fn worker_name(options: &JobOptions) -> Result<String, Error> {
     Ok(format!("pid{}-{tag}", std::process::id()))
 }
 
-fn start<'a, C>(
-    conn: &mut C,
+async fn start<'a, D>(
+    db: &mut D,
     model: &ModelInfo,
     job: &'a str,
     options: &'a JobOptions,
     keyring: &'a Keyring,
     passes: Vec<Pass<'a>>,
-) -> Result<Run<'a, C>, Error>
+) -> Result<Run<'a>, Error>
 where
-    C: LoadConnection,
-    C::Backend: JobTable,
+    D: JobDb,
 {
     if job.is_empty() || job.len() > 150 {
         return Err(Error::Job("a job name is 1 to 150 bytes".into()));
@@ -1602,39 +1606,43 @@ where
         worker: worker_name(options)?,
         options,
         keyring,
-        table: inspect(conn, model)?,
+        table: inspect(db, model).await?,
         passes,
         units: Vec::new(),
         report: JobReport::default(),
-        _conn: std::marker::PhantomData,
     })
 }
 
-/// Re-seals every value of `model` sealed with a retired key of the installed keyring (after
-/// `KeyStore::rotate_data_key` and a reload) under its tenant's primary key, column by column,
-/// in checkpointed compare-and-swap batches (see the [module docs](self)).
-///
-/// The job's target is the set of retired keys: after another rotation, start a new job name.
-///
-/// # Errors
-/// [`Error::NoKeyring`], [`Error::UnpageableKey`], [`Error::JobMismatch`], [`Error::Job`].
-pub fn rotate_data_keys<C>(
-    conn: &mut C,
+sync_and_async! {
+    /// Re-seals every value of `model` sealed with a retired key of the installed keyring (after
+    /// `KeyStore::rotate_data_key` and a reload) under its tenant's primary key, column by column,
+    /// in checkpointed compare-and-swap batches (see the [module docs](self)).
+    ///
+    /// The job's target is the set of retired keys: after another rotation, start a new job name.
+    ///
+    /// # Errors
+    /// [`Error::NoKeyring`], [`Error::UnpageableKey`], [`Error::JobMismatch`], [`Error::Job`].
+    pub fn rotate_data_keys / rotate_data_keys_async(model: &ModelInfo, job: &str, options: &JobOptions; on_batch)
+        -> Result<JobReport, Error> where Backend: JobTable => rotate_data_keys_on
+}
+
+async fn rotate_data_keys_on<D, F>(
+    db: &mut D,
     model: &ModelInfo,
     job: &str,
     options: &JobOptions,
-    mut on_batch: impl FnMut(&Progress),
+    on_batch: &mut F,
 ) -> Result<JobReport, Error>
 where
-    C: LoadConnection,
-    C::Backend: JobTable,
+    D: JobDb,
+    F: FnMut(&Progress),
 {
     let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
     let mut retired = keyring.retired_key_ids();
     retired.sort();
     if retired.is_empty() {
         // Nothing can be on a retired key; still refuse a table the jobs could not page.
-        inspect(conn, model)?;
+        inspect(db, model).await?;
         return Ok(JobReport {
             finished: true,
             ..JobReport::default()
@@ -1651,30 +1659,38 @@ where
             target: format!("{}.{} off keys {}", model.table, c.column, ids.join(",")),
         })
         .collect();
-    start(conn, model, job, options, &keyring, passes)?.run(conn, &mut on_batch)
+    start(db, model, job, options, &keyring, passes)
+        .await?
+        .run(db, on_batch)
+        .await
 }
 
-/// Recomputes every blind index of `model` with its current parameters (after a new index
-/// version, or a change of normalizers or bits). Each index is written with a compare-and-swap
-/// on the value it was computed from, so an application write of the field, which writes its
-/// own index, always wins; a value re-sealed meanwhile by a rotation is read again. Rows that
-/// cannot be opened (a shredded tenant, a destroyed key) are skipped and counted.
-///
-/// While it runs, declare `blind_index(version = N, previous = N - 1)` so lookups match both
-/// versions; remove `previous` once it has finished.
-///
-/// # Errors
-/// As [`rotate_data_keys`].
-pub fn reindex<C>(
-    conn: &mut C,
+sync_and_async! {
+    /// Recomputes every blind index of `model` with its current parameters (after a new index
+    /// version, or a change of normalizers or bits). Each index is written with a compare-and-swap
+    /// on the value it was computed from, so an application write of the field, which writes its
+    /// own index, always wins; a value re-sealed meanwhile by a rotation is read again. Rows that
+    /// cannot be opened (a shredded tenant, a destroyed key) are skipped and counted.
+    ///
+    /// While it runs, declare `blind_index(version = N, previous = N - 1)` so lookups match both
+    /// versions; remove `previous` once it has finished.
+    ///
+    /// # Errors
+    /// As [`rotate_data_keys`].
+    pub fn reindex / reindex_async(model: &ModelInfo, job: &str, options: &JobOptions; on_batch)
+        -> Result<JobReport, Error> where Backend: JobTable => reindex_on
+}
+
+async fn reindex_on<D, F>(
+    db: &mut D,
     model: &ModelInfo,
     job: &str,
     options: &JobOptions,
-    mut on_batch: impl FnMut(&Progress),
+    on_batch: &mut F,
 ) -> Result<JobReport, Error>
 where
-    C: LoadConnection,
-    C::Backend: JobTable,
+    D: JobDb,
+    F: FnMut(&Progress),
 {
     let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
     let mut passes = Vec::new();
@@ -1697,28 +1713,36 @@ where
             });
         }
     }
-    start(conn, model, job, options, &keyring, passes)?.run(conn, &mut on_batch)
+    start(db, model, job, options, &keyring, passes)
+        .await?
+        .run(db, on_batch)
+        .await
 }
 
-/// The backfill of a column that held plaintext (see [`crate::migration`]): seals every legacy
-/// value of `model`'s `column` (by [`format::classify`], the same test the fallback read
-/// uses) with the row's tenant key and writes its blind indexes with it, in checkpointed
-/// compare-and-swap batches. Legacy values are decode-checked first; an invalid one is skipped
-/// and reported, never sealed. An application write that lands in between wins.
-///
-/// # Errors
-/// [`Error::Store`] for a column that is not encrypted; as [`rotate_data_keys`] otherwise.
-pub fn encrypt_column<C>(
-    conn: &mut C,
+sync_and_async! {
+    /// The backfill of a column that held plaintext (see [`crate::migration`]): seals every legacy
+    /// value of `model`'s `column` (by [`format::classify`], the same test the fallback read
+    /// uses) with the row's tenant key and writes its blind indexes with it, in checkpointed
+    /// compare-and-swap batches. Legacy values are decode-checked first; an invalid one is skipped
+    /// and reported, never sealed. An application write that lands in between wins.
+    ///
+    /// # Errors
+    /// [`Error::Store`] for a column that is not encrypted; as [`rotate_data_keys`] otherwise.
+    pub fn encrypt_column / encrypt_column_async(model: &ModelInfo, column: &str, job: &str, options: &JobOptions; on_batch)
+        -> Result<JobReport, Error> where Backend: JobTable => encrypt_column_on
+}
+
+async fn encrypt_column_on<D, F>(
+    db: &mut D,
     model: &ModelInfo,
     column: &str,
     job: &str,
     options: &JobOptions,
-    mut on_batch: impl FnMut(&Progress),
+    on_batch: &mut F,
 ) -> Result<JobReport, Error>
 where
-    C: LoadConnection,
-    C::Backend: JobTable,
+    D: JobDb,
+    F: FnMut(&Progress),
 {
     let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
     let info = find_column(model, column)?;
@@ -1739,59 +1763,66 @@ where
             target: format!("{}.{} sealed", model.table, info.column),
         },
     }];
-    start(conn, model, job, options, &keyring, passes)?.run(conn, &mut on_batch)
+    start(db, model, job, options, &keyring, passes)
+        .await?
+        .run(db, on_batch)
+        .await
 }
 
-/// After [`crate::store::KeyStore::shred_tenant`]: deletes the rows of `model` that belong to
-/// `tenant`, `batch` rows per transaction, and returns how many it deleted. What shredding
-/// made unreadable then leaves the table too, so a listing no longer meets it (read with
-/// [`crate::Fallible`] meanwhile), and no ciphertext of the tenant stays in live rows. Copies in
-/// backups, the WAL or binlog and replicas age out as `docs/KEYS.md` says.
-///
-/// Refused while the installed keyring still holds a live key for `tenant`: this deletes
-/// readable data only by mistake. Run it after every process has reloaded its keyring.
-///
-/// ```
-/// use diesel::prelude::*;
-/// use encrypted_types::{Encrypted, EncryptedModel, Error, KeyMaterial, Keyring, TenantId};
-/// use encrypted_types::jobs::purge_tenant;
-///
-/// diesel::table! { notes (id) { id -> Integer, clinic -> BigInt, body -> Binary } }
-/// #[derive(Encrypted)]
-/// #[encrypted(table = notes, tenant = clinic)]
-/// struct Note { id: i32, clinic: i64, #[encrypted] body: String }
-///
-/// let conn = &mut SqliteConnection::establish(":memory:").unwrap();
-/// diesel::sql_query("CREATE TABLE notes (id INTEGER PRIMARY KEY, clinic BIGINT NOT NULL, body BLOB NOT NULL)")
-///     .execute(conn).unwrap();
-/// // Tenant 7 is live, tenant 8 was shredded (its key destroyed).
-/// Keyring::builder()
-///     .data_key(1, Some("7".into()), KeyMaterial::generate()?)
-///     .primary(Some("7".into()), 1)
-///     .destroyed_key(2)
-///     .build()?
-///     .install();
-/// diesel::insert_into(notes::table).values(&Note { id: 1, clinic: 7, body: "kept".into() }).execute(conn).unwrap();
-/// diesel::sql_query("INSERT INTO notes VALUES (2, 8, x'01010000000200')").execute(conn).unwrap();
-///
-/// assert!(purge_tenant(conn, &Note::MODEL, &TenantId::from("7"), 100).is_err());
-/// assert_eq!(purge_tenant(conn, &Note::MODEL, &TenantId::from("8"), 100)?, 1);
-/// assert_eq!(notes::table.count().get_result::<i64>(conn).unwrap(), 1);
-/// # Ok::<(), Error>(())
-/// ```
-///
-/// # Errors
-/// [`Error::NoKeyring`]; [`Error::Store`] for a live tenant or a model without a tenant
-/// column; [`Error::UnpageableKey`], [`Error::Job`].
-pub fn purge_tenant<C>(
-    conn: &mut C,
+sync_and_async! {
+    /// After [`crate::store::KeyStore::shred_tenant`]: deletes the rows of `model` that belong to
+    /// `tenant`, `batch` rows per transaction, and returns how many it deleted. What shredding
+    /// made unreadable then leaves the table too, so a listing no longer meets it (read with
+    /// [`crate::Fallible`] meanwhile), and no ciphertext of the tenant stays in live rows. Copies in
+    /// backups, the WAL or binlog and replicas age out as `docs/KEYS.md` says.
+    ///
+    /// Refused while the installed keyring still holds a live key for `tenant`: this deletes
+    /// readable data only by mistake. Run it after every process has reloaded its keyring.
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use encrypted_types::{Encrypted, EncryptedModel, Error, KeyMaterial, Keyring, TenantId};
+    /// use encrypted_types::jobs::purge_tenant;
+    ///
+    /// diesel::table! { notes (id) { id -> Integer, clinic -> BigInt, body -> Binary } }
+    /// #[derive(Encrypted)]
+    /// #[encrypted(table = notes, tenant = clinic)]
+    /// struct Note { id: i32, clinic: i64, #[encrypted] body: String }
+    ///
+    /// let db = &mut SqliteConnection::establish(":memory:").unwrap();
+    /// diesel::sql_query("CREATE TABLE notes (id INTEGER PRIMARY KEY, clinic BIGINT NOT NULL, body BLOB NOT NULL)")
+    ///     .execute(db).unwrap();
+    /// // Tenant 7 is live, tenant 8 was shredded (its key destroyed).
+    /// Keyring::builder()
+    ///     .data_key(1, Some("7".into()), KeyMaterial::generate()?)
+    ///     .primary(Some("7".into()), 1)
+    ///     .destroyed_key(2)
+    ///     .build()?
+    ///     .install();
+    /// diesel::insert_into(notes::table).values(&Note { id: 1, clinic: 7, body: "kept".into() }).execute(db).unwrap();
+    /// diesel::sql_query("INSERT INTO notes VALUES (2, 8, x'01010000000200')").execute(db).unwrap();
+    ///
+    /// assert!(purge_tenant(db, &Note::MODEL, &TenantId::from("7"), 100).is_err());
+    /// assert_eq!(purge_tenant(db, &Note::MODEL, &TenantId::from("8"), 100)?, 1);
+    /// assert_eq!(notes::table.count().get_result::<i64>(db).unwrap(), 1);
+    /// # Ok::<(), Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::NoKeyring`]; [`Error::Store`] for a live tenant or a model without a tenant
+    /// column; [`Error::UnpageableKey`], [`Error::Job`].
+    pub fn purge_tenant / purge_tenant_async(model: &ModelInfo, tenant: &crate::TenantId, batch: usize)
+        -> Result<u64, Error> where Backend: JobTable => purge_tenant_on
+}
+
+async fn purge_tenant_on<D>(
+    db: &mut D,
     model: &ModelInfo,
     tenant: &crate::TenantId,
     batch: usize,
 ) -> Result<u64, Error>
 where
-    C: LoadConnection,
-    C::Backend: JobTable,
+    D: JobDb,
 {
     let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
     if keyring.primary_key(Some(tenant)).is_ok() {
@@ -1799,7 +1830,7 @@ where
             "tenant {tenant} still has a live key: shred it (and reload every keyring) before purging its rows"
         )));
     }
-    let t = inspect(conn, model)?;
+    let t = inspect(db, model).await?;
     if !t.has_tenant {
         return Err(Error::Store(format!(
             "{} has no tenant column",
@@ -1809,8 +1840,8 @@ where
     let (mut deleted, mut stuck) = (0u64, 0u32);
     loop {
         let mut q = Query::new();
-        let ph = q.bind::<C::Backend>(Param::Text(tenant.as_str().to_owned()));
-        select::<C::Backend>(
+        let ph = q.bind::<D::Backend>(Param::Text(tenant.as_str().to_owned()));
+        select::<D::Backend>(
             &t,
             "NULL",
             None,
@@ -1818,16 +1849,16 @@ where
             &mut q,
             Some(batch.max(1)),
         );
-        let rows = C::Backend::load_rows(conn, &q).map_err(job_err)?;
+        let rows = D::Backend::load_rows(db, &q).await.map_err(job_err)?;
         if rows.is_empty() {
             return Ok(deleted);
         }
         let mut d = Query::new();
         let mut preds = Vec::new();
         for r in &rows {
-            preds.push(format!("({})", key_eq::<C::Backend>(&mut d, &t, &r.key)?));
+            preds.push(format!("({})", key_eq::<D::Backend>(&mut d, &t, &r.key)?));
         }
-        let tp = d.bind::<C::Backend>(Param::Text(tenant.as_str().to_owned()));
+        let tp = d.bind::<D::Backend>(Param::Text(tenant.as_str().to_owned()));
         // The tenant is checked again: a row moved to another tenant meanwhile stays.
         d.sql = format!(
             "DELETE FROM {} WHERE ({}) AND {} = {tp}",
@@ -1835,7 +1866,9 @@ where
             preds.join(" OR "),
             t.tenant
         );
-        let n = transaction(conn, |conn| Ok(C::Backend::exec(conn, &d)?)).map_err(tx_err)?;
+        let n = transaction(db, async |db| Ok(db.exec(&d).await?))
+            .await
+            .map_err(tx_err)?;
         deleted += u64::try_from(n).unwrap_or(0);
         // A batch whose every row changed tenant in between deletes nothing; the next one
         // reads afresh. Rows that keep doing so stop the purge with an error, never a count
@@ -1866,8 +1899,8 @@ fn find_column(model: &ModelInfo, column: &str) -> Result<&'static ColumnInfo, E
 /// Counts the rows of `column` with `from <= key < to` (non-NULL values) for which `hit` holds,
 /// in keyset pages: the closing checks, independent of the work they check.
 #[allow(clippy::too_many_arguments)] // one scan for every closing check
-fn scan<C>(
-    conn: &mut C,
+async fn scan<D>(
+    db: &mut D,
     t: &Table,
     column: &str,
     index: Option<&str>,
@@ -1876,24 +1909,23 @@ fn scan<C>(
     mut hit: impl FnMut(&Row, &[u8]) -> bool,
 ) -> Result<u64, Error>
 where
-    C: LoadConnection,
-    C::Backend: JobTable,
+    D: JobDb,
 {
     let mut n = 0u64;
     let mut after: Option<RowKey> = None;
     loop {
         let mut q = Query::new();
-        let mut conds = range_conds::<C::Backend>(&mut q, t, from, to, after.as_ref())?;
-        conds.push(format!("{} IS NOT NULL", C::Backend::quote(column)));
-        select::<C::Backend>(
+        let mut conds = range_conds::<D::Backend>(&mut q, t, from, to, after.as_ref())?;
+        conds.push(format!("{} IS NOT NULL", D::Backend::quote(column)));
+        select::<D::Backend>(
             t,
-            &C::Backend::quote(column),
+            &D::Backend::quote(column),
             index,
             &conds,
             &mut q,
             Some(2000),
         );
-        let rows = C::Backend::load_rows(conn, &q).map_err(job_err)?;
+        let rows = D::Backend::load_rows(db, &q).await.map_err(job_err)?;
         let Some(last) = rows.last().map(|r| RowKey(r.key.clone())) else {
             return Ok(n);
         };
@@ -1910,8 +1942,8 @@ where
 
 /// Values of `c` not known to be sealed: legacy plaintext, values under a key this keyring
 /// does not hold, and values that look sealed but do not open.
-fn scan_legacy<C>(
-    conn: &mut C,
+async fn scan_legacy<D>(
+    db: &mut D,
     keyring: &Keyring,
     t: &Table,
     c: &ColumnInfo,
@@ -1919,73 +1951,80 @@ fn scan_legacy<C>(
     to: Option<&RowKey>,
 ) -> Result<u64, Error>
 where
-    C: LoadConnection,
-    C::Backend: JobTable,
+    D: JobDb,
 {
-    scan(conn, t, c.column, None, from, to, |_, v| {
+    scan(db, t, c.column, None, from, to, |_, v| {
         !matches!(legacy_state(keyring, t, c, v), LegacyState::Done)
     })
+    .await
 }
 
 /// Rows of `t` with `from <= key < to` whose legacy column still holds a value, counted in SQL.
-fn count_legacy<C>(
-    conn: &mut C,
+async fn count_legacy<D>(
+    db: &mut D,
     t: &Table,
     legacy: LegacyColumn,
     from: Option<&RowKey>,
     to: Option<&RowKey>,
 ) -> Result<u64, Error>
 where
-    C: LoadConnection,
-    C::Backend: JobTable,
+    D: JobDb,
 {
     let mut q = Query::new();
-    let mut conds = range_conds::<C::Backend>(&mut q, t, from, to, None)?;
-    conds.push(format!("{} IS NOT NULL", C::Backend::quote(legacy.column)));
+    let mut conds = range_conds::<D::Backend>(&mut q, t, from, to, None)?;
+    conds.push(format!("{} IS NOT NULL", D::Backend::quote(legacy.column)));
     q.sql = format!(
         "SELECT COUNT(*) AS n FROM {} WHERE {}",
         t.quoted,
         conds.join(" AND ")
     );
-    let n = C::Backend::count_q(conn, &q).map_err(job_err)?;
+    let n = D::Backend::count_q(db, &q).await.map_err(job_err)?;
     Ok(u64::try_from(n).unwrap_or(0))
 }
 
-/// The verification of a plaintext migration: how many values of `model`'s `column` are not
-/// known to be sealed: legacy plaintext by [`format::classify`] (the test the fallback read and
-/// [`encrypt_column`] use), values under a key the keyring does not hold, and values that look
-/// sealed but do not open. Stop the fallback when it is zero.
-///
-/// # Errors
-/// [`Error::NoKeyring`], [`Error::Store`], [`Error::UnpageableKey`], [`Error::Job`].
-pub fn count_plaintext<C>(conn: &mut C, model: &ModelInfo, column: &str) -> Result<u64, Error>
+sync_and_async! {
+    /// The verification of a plaintext migration: how many values of `model`'s `column` are not
+    /// known to be sealed: legacy plaintext by [`format::classify`] (the test the fallback read and
+    /// [`encrypt_column`] use), values under a key the keyring does not hold, and values that look
+    /// sealed but do not open. Stop the fallback when it is zero.
+    ///
+    /// # Errors
+    /// [`Error::NoKeyring`], [`Error::Store`], [`Error::UnpageableKey`], [`Error::Job`].
+    pub fn count_plaintext / count_plaintext_async(model: &ModelInfo, column: &str)
+        -> Result<u64, Error> where Backend: JobTable => count_plaintext_on
+}
+
+async fn count_plaintext_on<D>(db: &mut D, model: &ModelInfo, column: &str) -> Result<u64, Error>
 where
-    C: LoadConnection,
-    C::Backend: JobTable,
+    D: JobDb,
 {
     let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
     let info = find_column(model, column)?;
-    let t = inspect(conn, model)?;
+    let t = inspect(db, model).await?;
     let legacy = match info.legacy {
-        Some(l) => count_legacy(conn, &t, l, None, None)?,
+        Some(l) => count_legacy(db, &t, l, None, None).await?,
         None => 0,
     };
-    Ok(legacy + scan_legacy(conn, &keyring, &t, info, None, None)?)
+    Ok(legacy + scan_legacy(db, &keyring, &t, info, None, None).await?)
 }
 
-/// The verification scan: for every data key of the installed keyring, how many values of
-/// each encrypted column of `model` it sealed, counted in SQL from the header bytes. After a
-/// finished rotation, retired keys count zero.
-///
-/// # Errors
-/// [`Error::NoKeyring`], [`Error::Store`].
-pub fn key_counts<C>(
-    conn: &mut C,
+sync_and_async! {
+    /// The verification scan: for every data key of the installed keyring, how many values of
+    /// each encrypted column of `model` it sealed, counted in SQL from the header bytes. After a
+    /// finished rotation, retired keys count zero.
+    ///
+    /// # Errors
+    /// [`Error::NoKeyring`], [`Error::Store`].
+    pub fn key_counts / key_counts_async(model: &ModelInfo)
+        -> Result<Vec<(&'static str, KeyId, u64)>, Error> where Backend: JobTable => key_counts_on
+}
+
+async fn key_counts_on<D>(
+    db: &mut D,
     model: &ModelInfo,
 ) -> Result<Vec<(&'static str, KeyId, u64)>, Error>
 where
-    C: LoadConnection,
-    C::Backend: JobTable,
+    D: JobDb,
 {
     let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
     let mut out = Vec::new();
@@ -1995,7 +2034,7 @@ where
             ..*model
         };
         for id in keyring.key_ids() {
-            let n = crate::store::count_rows_with_keys(conn, &[one], &[id])?;
+            let n = crate::store::count_rows_with_keys_on(db, &[one], &[id]).await?;
             if n > 0 {
                 out.push((column.column, id, n));
             }
@@ -2040,21 +2079,25 @@ pub struct IndexLeakage {
     pub verdict: crate::index::IndexVerdict,
 }
 
-/// Leakage of every blind index of `model` on the live data, per tenant: rows, distinct index
-/// values, distinct values, and [`crate::index::plan`]'s verdict on the configured bits (an
-/// index that `LeaksMore` says which `bits` would keep within the bound). Decrypts every value
-/// once; nothing is written.
-///
-/// # Errors
-/// [`Error::NoKeyring`], [`Error::UnpageableKey`], [`Error::Job`].
-pub fn index_leakage<C>(conn: &mut C, model: &ModelInfo) -> Result<Vec<IndexLeakage>, Error>
+sync_and_async! {
+    /// Leakage of every blind index of `model` on the live data, per tenant: rows, distinct index
+    /// values, distinct values, and [`crate::index::plan`]'s verdict on the configured bits (an
+    /// index that `LeaksMore` says which `bits` would keep within the bound). Decrypts every value
+    /// once; nothing is written.
+    ///
+    /// # Errors
+    /// [`Error::NoKeyring`], [`Error::UnpageableKey`], [`Error::Job`].
+    pub fn index_leakage / index_leakage_async(model: &ModelInfo)
+        -> Result<Vec<IndexLeakage>, Error> where Backend: JobTable => index_leakage_on
+}
+
+async fn index_leakage_on<D>(db: &mut D, model: &ModelInfo) -> Result<Vec<IndexLeakage>, Error>
 where
-    C: LoadConnection,
-    C::Backend: JobTable,
+    D: JobDb,
 {
     use std::collections::{BTreeMap, HashSet};
     let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
-    let t = inspect(conn, model)?;
+    let t = inspect(db, model).await?;
     let mut out = Vec::new();
     for c in model.columns {
         for params in c.indexes {
@@ -2072,7 +2115,7 @@ where
             }
             let mut by_tenant: BTreeMap<Option<String>, Tally> = BTreeMap::new();
             scan(
-                conn,
+                db,
                 &t,
                 c.column,
                 Some(params.index_column),
@@ -2092,7 +2135,8 @@ where
                     }
                     false
                 },
-            )?;
+            )
+            .await?;
             for (tenant, tally) in by_tenant {
                 let distinct = tally.values.len() as u64;
                 let plan = crate::index::plan(tally.rows, distinct);

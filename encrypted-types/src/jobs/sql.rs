@@ -2,7 +2,6 @@
 //! catalogue query that finds a table's primary key, the clock and the locking clause used by
 //! the leases.
 
-use diesel::connection::LoadConnection;
 use diesel::deserialize::{self, FromSql, QueryableByName};
 use diesel::row::NamedRow;
 use diesel::sql_types::{BigInt, Binary, Nullable, Text};
@@ -10,51 +9,9 @@ use diesel::sql_types::{BigInt, Binary, Nullable, Text};
 use super::key::{KeyKind, KeyPart};
 use crate::store::KeyTable;
 
-/// A bound parameter of a job query.
-#[doc(hidden)]
-#[derive(Clone)]
-pub enum Param {
-    /// `BIGINT`.
-    Int(i64),
-    /// Text.
-    Text(String),
-    /// Bytes.
-    Bytes(Vec<u8>),
-}
+use std::future::Future;
 
-// Parameters may hold legacy plaintext: their Debug shows only their kind and size.
-impl std::fmt::Debug for Param {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Int(_) => f.write_str("Int(..)"),
-            Self::Text(s) => write!(f, "Text(<{} bytes>)", s.len()),
-            Self::Bytes(b) => write!(f, "Bytes(<{} bytes>)", b.len()),
-        }
-    }
-}
-
-/// SQL text with its parameters, numbered as the backend wants them.
-#[doc(hidden)]
-#[derive(Debug)]
-pub struct Query {
-    pub(crate) sql: String,
-    pub(crate) params: Vec<Param>,
-}
-
-impl Query {
-    pub(crate) fn new() -> Self {
-        Self {
-            sql: String::new(),
-            params: Vec::new(),
-        }
-    }
-
-    /// Adds a parameter; returns its placeholder.
-    pub(crate) fn bind<B: JobTable>(&mut self, p: Param) -> String {
-        self.params.push(p);
-        B::placeholder(self.params.len())
-    }
-}
+use crate::db::{Db, Query};
 
 /// How many primary-key columns the jobs page by, at most.
 pub(crate) const MAX_KEY_PARTS: usize = 8;
@@ -206,12 +163,6 @@ pub struct CatalogRow {
     pub(crate) ty: String,
 }
 
-#[derive(diesel::QueryableByName)]
-struct N {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
-
 /// The SQL the jobs need, per backend.
 pub trait JobTable: KeyTable {
     /// `sqlite`, `postgres` or `mysql`: how the catalogue spells types.
@@ -223,9 +174,6 @@ pub trait JobTable: KeyTable {
     /// A statement run before a job's own (top-level) transaction.
     #[doc(hidden)]
     const BEFORE_TRANSACTION: Option<&'static str>;
-    /// `$n` or `?`.
-    #[doc(hidden)]
-    fn placeholder(n: usize) -> String;
     /// The select expression of a key column of `kind`, read back as its alias's type.
     #[doc(hidden)]
     fn key_select(kind: KeyKind, col: &str) -> String;
@@ -258,39 +206,27 @@ pub trait JobTable: KeyTable {
     fn is_binary(ty: &str) -> bool;
     /// Loads job rows.
     #[doc(hidden)]
-    fn load_rows<C: LoadConnection<Backend = Self>>(
-        conn: &mut C,
+    fn load_rows<D: Db<Backend = Self>>(
+        db: &mut D,
         q: &Query,
-    ) -> diesel::QueryResult<Vec<Row>>;
+    ) -> impl Future<Output = diesel::QueryResult<Vec<Row>>> + Send;
     /// Loads units of the job table.
     #[doc(hidden)]
-    fn load_units<C: LoadConnection<Backend = Self>>(
-        conn: &mut C,
+    fn load_units<D: Db<Backend = Self>>(
+        db: &mut D,
         q: &Query,
-    ) -> diesel::QueryResult<Vec<UnitRow>>;
+    ) -> impl Future<Output = diesel::QueryResult<Vec<UnitRow>>> + Send;
     /// Loads catalogue rows.
     #[doc(hidden)]
-    fn load_catalogue<C: LoadConnection<Backend = Self>>(
-        conn: &mut C,
+    fn load_catalogue<D: Db<Backend = Self>>(
+        db: &mut D,
         q: &Query,
-    ) -> diesel::QueryResult<Vec<CatalogRow>>;
-    /// Runs a statement; returns rows changed.
-    #[doc(hidden)]
-    fn exec<C: LoadConnection<Backend = Self>>(
-        conn: &mut C,
-        q: &Query,
-    ) -> diesel::QueryResult<usize>;
-    /// Runs `SELECT COUNT(*) AS n ...`.
-    #[doc(hidden)]
-    fn count_q<C: LoadConnection<Backend = Self>>(
-        conn: &mut C,
-        q: &Query,
-    ) -> diesel::QueryResult<i64>;
+    ) -> impl Future<Output = diesel::QueryResult<Vec<CatalogRow>>> + Send;
 }
 
 macro_rules! job_table {
     ($db:ty, name = $name:literal, skip_locked = $skip:literal,
-     before_transaction = $before:expr, placeholder = $ph:expr,
+     before_transaction = $before:expr,
      key_select = $ks:expr, key_param = $kp:expr, text = $text:literal, text_bytes = $tb:expr, now = $now:literal,
      catalogue = $cat:literal, columns = $cols:literal, indexes = $idx:literal,
      is_binary = $bin:expr) => {
@@ -298,11 +234,6 @@ macro_rules! job_table {
             const NAME: &'static str = $name;
             const SKIP_LOCKED: bool = $skip;
             const BEFORE_TRANSACTION: Option<&'static str> = $before;
-
-            fn placeholder(n: usize) -> String {
-                let f: fn(usize) -> String = $ph;
-                f(n)
-            }
 
             fn key_select(kind: KeyKind, col: &str) -> String {
                 let f: fn(KeyKind, &str) -> String = $ks;
@@ -339,70 +270,28 @@ macro_rules! job_table {
                 f(&ty.to_ascii_lowercase())
             }
 
-            fn load_rows<C: LoadConnection<Backend = Self>>(
-                conn: &mut C,
+            fn load_rows<D: Db<Backend = Self>>(
+                db: &mut D,
                 q: &Query,
-            ) -> diesel::QueryResult<Vec<Row>> {
-                use diesel::RunQueryDsl;
-                boxed::<Self>(q).load(conn)
+            ) -> impl Future<Output = diesel::QueryResult<Vec<Row>>> + Send {
+                db.load::<Row>(q)
             }
 
-            fn load_units<C: LoadConnection<Backend = Self>>(
-                conn: &mut C,
+            fn load_units<D: Db<Backend = Self>>(
+                db: &mut D,
                 q: &Query,
-            ) -> diesel::QueryResult<Vec<UnitRow>> {
-                use diesel::RunQueryDsl;
-                boxed::<Self>(q).load(conn)
+            ) -> impl Future<Output = diesel::QueryResult<Vec<UnitRow>>> + Send {
+                db.load::<UnitRow>(q)
             }
 
-            fn load_catalogue<C: LoadConnection<Backend = Self>>(
-                conn: &mut C,
+            fn load_catalogue<D: Db<Backend = Self>>(
+                db: &mut D,
                 q: &Query,
-            ) -> diesel::QueryResult<Vec<CatalogRow>> {
-                use diesel::RunQueryDsl;
-                boxed::<Self>(q).load(conn)
-            }
-
-            fn exec<C: LoadConnection<Backend = Self>>(
-                conn: &mut C,
-                q: &Query,
-            ) -> diesel::QueryResult<usize> {
-                use diesel::RunQueryDsl;
-                boxed::<Self>(q).execute(conn)
-            }
-
-            fn count_q<C: LoadConnection<Backend = Self>>(
-                conn: &mut C,
-                q: &Query,
-            ) -> diesel::QueryResult<i64> {
-                use diesel::RunQueryDsl;
-                boxed::<Self>(q).get_result::<N>(conn).map(|r| r.n)
+            ) -> impl Future<Output = diesel::QueryResult<Vec<CatalogRow>>> + Send {
+                db.load::<CatalogRow>(q)
             }
         }
     };
-}
-
-fn boxed<DB>(
-    q: &Query,
-) -> diesel::query_builder::BoxedSqlQuery<'_, DB, diesel::query_builder::SqlQuery>
-where
-    DB: diesel::backend::Backend
-        + diesel::sql_types::HasSqlType<BigInt>
-        + diesel::sql_types::HasSqlType<Text>
-        + diesel::sql_types::HasSqlType<Binary>,
-    i64: diesel::serialize::ToSql<BigInt, DB>,
-    str: diesel::serialize::ToSql<Text, DB>,
-    [u8]: diesel::serialize::ToSql<Binary, DB>,
-{
-    let mut b = diesel::sql_query(q.sql.as_str()).into_boxed::<DB>();
-    for p in &q.params {
-        b = match p {
-            Param::Int(v) => b.bind::<BigInt, _>(*v),
-            Param::Text(s) => b.bind::<Text, _>(s.as_str()),
-            Param::Bytes(v) => b.bind::<Binary, _>(v.as_slice()),
-        };
-    }
-    b
 }
 
 #[cfg(feature = "sqlite")]
@@ -411,7 +300,6 @@ job_table!(
     name = "sqlite",
     skip_locked = false,
     before_transaction = None,
-    placeholder = |_| "?".to_owned(),
     key_select = |_, c| c.to_owned(),
     key_param = |_, ph| ph,
     text = "TEXT",
@@ -431,7 +319,6 @@ job_table!(
     name = "postgres",
     skip_locked = true,
     before_transaction = None,
-    placeholder = |n| format!("${n}"),
     key_select = |k, c| match k {
         KeyKind::Int => format!("CAST({c} AS BIGINT)"),
         KeyKind::Uuid => format!("CAST({c} AS TEXT)"),
@@ -464,7 +351,6 @@ job_table!(
     skip_locked = true,
     // The next transaction only; see `jobs::transaction`.
     before_transaction = Some("SET TRANSACTION ISOLATION LEVEL READ COMMITTED"),
-    placeholder = |_| "?".to_owned(),
     key_select = |k, c| match k {
         KeyKind::Int => format!("CAST({c} AS SIGNED)"),
         _ => c.to_owned(),
