@@ -20,6 +20,8 @@ pub(crate) struct Model<'a> {
     pub(crate) derives: Vec<(DeriveKind, Span)>,
     pub(crate) fields: Vec<Field<'a>>,
     pub(crate) treat_none_as_null: bool,
+    /// Whether the derive writes a `Debug` that prints every encrypted field as `<redacted>`.
+    pub(crate) redacted_debug: bool,
 }
 
 /// The SQL name of an identifier: `r#type` is the column `type`.
@@ -184,6 +186,8 @@ impl<'a> Model<'a> {
                 .none_is_null
                 .or(attrs.treat_none_as_null)
                 .unwrap_or(true),
+            // Plaintext must not reach logs by `{:?}`: on unless the model writes its own.
+            redacted_debug: attrs.redacted_debug.unwrap_or(true),
         })
     }
 

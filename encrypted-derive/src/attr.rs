@@ -6,8 +6,9 @@ use syn::{Attribute, Ident, LitInt, LitStr, Path};
 
 /// Keywords, in one place so error messages and parsers agree.
 pub(crate) mod kw {
-    pub(crate) const STRUCT_KEYS: &str = "table, tenant, primary_key, derive, none";
+    pub(crate) const STRUCT_KEYS: &str = "table, tenant, primary_key, derive, none, debug";
     pub(crate) const NONE_CHOICES: &str = "null, skip";
+    pub(crate) const DEBUG_CHOICES: &str = "redacted, none";
     pub(crate) const FIELD_KEYS: &str = "blind_index, migrate_from";
     pub(crate) const INDEX_KEYS: &str = "normalize, bits, column, version, previous";
     pub(crate) const NORMALIZERS: &str = "trim, lowercase, email, digits, casefold";
@@ -54,6 +55,8 @@ pub(crate) struct StructAttrs {
     pub(crate) treat_none_as_null: Option<bool>,
     /// `#[encrypted(none = null | skip)]`: whether an update writes NULL for a `None` field.
     pub(crate) none_is_null: Option<bool>,
+    /// `#[encrypted(debug = redacted | none)]`: whether the derive writes the model's `Debug`.
+    pub(crate) redacted_debug: Option<bool>,
 }
 
 /// One field's attributes.
@@ -133,6 +136,20 @@ pub(crate) fn parse_struct(attrs: &[Attribute]) -> syn::Result<StructAttrs> {
                         "null" => true,
                         "skip" => false,
                         _ => return Err(unknown(choice.span(), "`none` choice", kw::NONE_CHOICES)),
+                    });
+                } else if meta.path.is_ident("debug") {
+                    duplicate(out.redacted_debug.is_some())?;
+                    let choice: Ident = meta.value()?.parse()?;
+                    out.redacted_debug = Some(match choice.to_string().as_str() {
+                        "redacted" => true,
+                        "none" => false,
+                        _ => {
+                            return Err(unknown(
+                                choice.span(),
+                                "`debug` choice",
+                                kw::DEBUG_CHOICES,
+                            ));
+                        }
                     });
                 } else {
                     return Err(unknown(

@@ -14,6 +14,30 @@ struct Names {
     write: Ident,
 }
 
+/// `Debug` for the model: clear fields as they are, encrypted ones as `<redacted>` (`None` too:
+/// whether a note exists is the database's to tell, not a log line's).
+fn debug_impl(model: &Model<'_>, et: &TokenStream) -> TokenStream {
+    let ident = model.ident;
+    let (impl_generics, ty_generics, where_clause) = model.input.generics.split_for_impl();
+    let name = ident.to_string();
+    let fields = model.fields.iter().map(|f| {
+        let field = f.ident;
+        let label = crate::ast::sql_name(field);
+        if f.encrypted.is_some() {
+            quote! { .field(#label, &#et::Redacted) }
+        } else {
+            quote! { .field(#label, &self.#field) }
+        }
+    });
+    quote! {
+        impl #impl_generics ::core::fmt::Debug for #ident #ty_generics #where_clause {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                f.debug_struct(#name) #(#fields)* .finish()
+            }
+        }
+    }
+}
+
 pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
     let et = quote!(::encrypted_types::__private);
     let diesel = quote!(#et::diesel);
@@ -39,6 +63,11 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
     // A `none = skip` struct is a patch already, and its `Option` may stand for a NOT NULL
     // column: no setters there.
     let columns = column_checks(model, &et, &diesel);
+    let debug = if model.redacted_debug {
+        debug_impl(model, &et)
+    } else {
+        TokenStream::new()
+    };
     let setters = if model.wants(DeriveKind::AsChangeset) && model.treat_none_as_null {
         setters(model, &et, &diesel)
     } else {
@@ -55,6 +84,7 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
             #queries
             #setters
             #columns
+            #debug
         };
     }
 }

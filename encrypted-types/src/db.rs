@@ -230,7 +230,7 @@ where
 }
 
 /// Runs `f` in a transaction (a savepoint inside the caller's): committed if it returns
-/// `Ok`, rolled back otherwise, as Diesel's `Connection::transaction` does. `err` turns the
+/// `Ok`, rolled back otherwise, exactly as Diesel's `Connection::transaction` does. `err` turns the
 /// database's own errors (begin, commit, rollback) into `E`.
 pub(crate) async fn transaction<D, T, E>(
     db: &mut D,
@@ -242,13 +242,10 @@ where
 {
     db.begin().await.map_err(&err)?;
     match f(db).await {
-        Ok(value) => match db.commit().await {
-            Ok(()) => Ok(value),
-            Err(commit) => match db.rollback().await {
-                Ok(()) | Err(diesel::result::Error::BrokenTransactionManager) => Err(err(commit)),
-                Err(rollback) => Err(err(rollback)),
-            },
-        },
+        // A failed commit closes the transaction level itself (Diesel and diesel-async both):
+        // rolling back again would end the caller's level instead, or hide the commit's error
+        // (a serialization failure that the jobs retry).
+        Ok(value) => db.commit().await.map(|()| value).map_err(err),
         Err(user) => match db.rollback().await {
             Ok(()) | Err(diesel::result::Error::BrokenTransactionManager) => Err(user),
             Err(rollback) => Err(err(rollback)),

@@ -70,16 +70,21 @@ impl Normalizer {
             Self::Trim => Zeroizing::new(trim(s).to_owned()),
             Self::Lowercase => by_runs(s, true, |run, out| {
                 // `str::to_lowercase` applies the final-sigma rule within the run.
-                out.push_str(&Zeroizing::new(run.to_lowercase()));
+                push_wiped(out, &Zeroizing::new(run.to_lowercase()));
             }),
             Self::Email => Self::Lowercase.apply(trim(s)),
             Self::Digits => by_runs(s, false, |run, out| {
-                out.extend(run.nfkc().filter(char::is_ascii_digit));
+                for d in run.nfkc().filter(char::is_ascii_digit) {
+                    push_wiped(out, d.encode_utf8(&mut [0; 4]));
+                }
             }),
             Self::Casefold => by_runs(s, true, |run, out| {
-                let nfkc = Zeroizing::new(run.nfkc().collect::<String>());
+                let mut nfkc = Zeroizing::new(String::with_capacity(run.len()));
+                for c in run.nfkc() {
+                    push_wiped(&mut nfkc, c.encode_utf8(&mut [0; 4]));
+                }
                 let folded = Zeroizing::new(caseless::default_case_fold_str(&nfkc));
-                out.push_str(&folded);
+                push_wiped(out, &folded);
             }),
         }
     }
@@ -117,7 +122,11 @@ fn trim(s: &str) -> &str {
 
 /// Maps each maximal run of code points assigned in Unicode 14.0.0 with `step`; a code point
 /// unassigned there ends the run and is copied (`keep`) or dropped.
-fn by_runs(s: &str, keep: bool, mut step: impl FnMut(&str, &mut String)) -> Zeroizing<String> {
+fn by_runs(
+    s: &str,
+    keep: bool,
+    mut step: impl FnMut(&str, &mut Zeroizing<String>),
+) -> Zeroizing<String> {
     let mut out = Zeroizing::new(String::with_capacity(s.len()));
     let mut start = 0;
     for (i, c) in s.char_indices() {
@@ -126,12 +135,23 @@ fn by_runs(s: &str, keep: bool, mut step: impl FnMut(&str, &mut String)) -> Zero
         }
         step(s.get(start..i).unwrap_or_default(), &mut out);
         if keep {
-            out.push(c);
+            push_wiped(&mut out, c.encode_utf8(&mut [0; 4]));
         }
         start = i + c.len_utf8();
     }
     step(s.get(start..).unwrap_or_default(), &mut out);
     out
+}
+
+/// Appends `piece`, moving to a larger buffer by hand when it must grow: `String`'s own
+/// growth would free the old buffer, plaintext and all, without wiping it.
+fn push_wiped(out: &mut Zeroizing<String>, piece: &str) {
+    if out.capacity() - out.len() < piece.len() {
+        let mut bigger = Zeroizing::new(String::with_capacity((out.len() + piece.len()) * 2));
+        bigger.push_str(out);
+        *out = bigger; // the old buffer is wiped as its `Zeroizing` drops
+    }
+    out.push_str(piece);
 }
 
 /// Applies `steps` in order.

@@ -115,7 +115,7 @@ pub use row::{Fallible, FallibleModel, Unreadable};
 /// # diesel::table! { patients (id) { id -> Integer, clinic_id -> BigInt, name -> Binary,
 /// #   email -> Binary, email_bidx -> Binary, ssn -> Binary, ssn_bidx -> Binary,
 /// #   dob -> Binary, notes -> Nullable<Binary> } }
-/// #[derive(Encrypted, Debug, PartialEq)]
+/// #[derive(Encrypted, PartialEq)]
 /// #[encrypted(table = patients, tenant = clinic_id)]
 /// struct Patient {
 ///     id: i32,
@@ -157,6 +157,7 @@ pub use row::{Fallible, FallibleModel, Unreadable};
 /// | `tenant = field` | the field holding the row's tenant id: values are sealed and indexed with the tenant's keys, and a value from another tenant's row is refused on read (`Error::TenantMismatch`) |
 /// | `primary_key(a, b)` | primary-key fields (default `id`); never encrypted, skipped by `AsChangeset` |
 /// | `derive(...)` | which of `Queryable`, `Selectable`, `Insertable`, `AsChangeset` to implement (default: all four) |
+/// | `debug = redacted` / `debug = none` | `Debug` for the model, printing every encrypted field as `<redacted>` (the default: a model holds plaintext, and `{:?}` is how it reaches logs), or none, for a model that writes its own. A `#[derive(Debug)]` beside `Encrypted` conflicts with it (E0119): remove it, or write `debug = none` |
 /// | `none = null` / `none = skip` | what an update writes for a `None` field: NULL, value and index gone (the default), or nothing, the column kept (a patch struct); `#[diesel(treat_none_as_null = ..)]` is read too |
 ///
 /// On a field, `#[encrypted]` or `#[encrypted(blind_index(...))]` with these optional keys:
@@ -187,6 +188,7 @@ pub use row::{Fallible, FallibleModel, Unreadable};
 ///   removed leaves no ciphertext of it. Read with `select(Model::as_select())`.
 /// - Per encrypted field, with `AsChangeset` (and not `none = skip`): `Model::set_email([tenant,] value)`, a changeset
 ///   of that field alone (value, blind index, legacy column) for `diesel::update(..).set(..)`.
+/// - `Debug` (unless `debug = none`): clear fields as they are, encrypted ones `<redacted>`.
 /// - `Model::batch(&[Model])`: rows for `insert_into(..).values(..)` batch inserts.
 /// - Per blind index: `Model::email_eq([tenant,] value)`, a filter composable with other Diesel
 ///   filters on sync and async connections; `model.email_matches(value)`, the decrypted
@@ -207,6 +209,16 @@ pub mod __private {
         ModelInfo, Plaintext, TenantId, Unreadable, model_validate,
     };
     pub use diesel;
+
+    /// What a model's derived `Debug` prints in place of an encrypted field.
+    #[derive(Clone, Copy)]
+    pub struct Redacted;
+
+    impl core::fmt::Debug for Redacted {
+        fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+            f.write_str("<redacted>")
+        }
+    }
 
     /// A column of `Table`: what the derive checks each column it writes against, so a column
     /// missing from `table!` is reported at the field, with what to add.

@@ -884,9 +884,7 @@ impl<P: KekProvider> KeyStore<P> {
             .map(KeyId::from)
             .collect();
         let rows_unreadable = count_rows_with_keys_on(db, models, &live).await?;
-        let ids = destroy_tenant(db, tenant.as_str(), now())
-            .await
-            .map_err(store_err)?;
+        let ids = destroy_tenant(db, tenant.as_str(), now()).await?;
         let key_ids: Vec<KeyId> = ids
             .iter()
             .filter_map(|id| u32::try_from(*id).ok())

@@ -171,7 +171,12 @@ pub(crate) fn demo(db: &mut Db, url: &str, kek: &Path) -> AppResult<()> {
         return Err("the demo patient was not found".into());
     };
     print_stored(db, ann.id)?;
-    out!("\nWhat the application sees:\n  {ann:#?}");
+    // The application reads plaintext field by field; the model's own `Debug` (what a log
+    // line would print) redacts every encrypted field, and so does this output for the SSN
+    // and the notes, which a demo has no reason to show.
+    out!("\nWhat the application reads:");
+    print_read(ann, false);
+    out!("\nWhat `{{:?}}` of the model prints (a log line):\n  {ann:?}");
     out!("\nNo name, email or SSN above is stored in clear: try `grep -a 'Ann Smith' clinic.db`.");
     Ok(())
 }
@@ -241,9 +246,36 @@ pub(crate) fn find(db: &mut Db, kek: &Path, clinic: i64, email: &str) -> AppResu
         found.len()
     );
     for p in found {
-        out!("{p:#?}");
+        print_read(&p, false);
     }
     Ok(())
+}
+
+/// Prints what the application reads, field by field: printed on purpose, never through the
+/// model's `Debug` (which redacts every encrypted field). `show` asks for everything; other
+/// commands keep the SSN and notes to themselves.
+fn print_read(p: &Patient, everything: bool) {
+    let withheld = |s: &str| format!("({} characters, not printed)", s.chars().count());
+    out!("  id             {}  (clinic {})", p.id, p.clinic_id);
+    out!("  name           {}", p.name);
+    out!("  email          {}", p.email);
+    out!(
+        "  ssn            {}",
+        if everything {
+            p.ssn.clone()
+        } else {
+            withheld(&p.ssn)
+        }
+    );
+    out!("  date_of_birth  {}", p.date_of_birth);
+    out!(
+        "  notes          {}",
+        match &p.notes {
+            None => "NULL".to_owned(),
+            Some(n) if everything => n.clone(),
+            Some(n) => withheld(n),
+        }
+    );
 }
 
 pub(crate) fn show(db: &mut Db, kek: &Path, id: i64) -> AppResult<()> {
@@ -251,7 +283,8 @@ pub(crate) fn show(db: &mut Db, kek: &Path, id: i64) -> AppResult<()> {
     let p: Patient =
         with_conn!(db, conn => patients::table.find(id).select(Patient::as_select()).first(conn))?;
     print_stored(db, id)?;
-    out!("\nDecrypted:\n{p:#?}");
+    out!("\nDecrypted:");
+    print_read(&p, true);
     Ok(())
 }
 

@@ -19,7 +19,7 @@ diesel::table! {
 
 /// A patient, as the application sees it. The derive stores five fields encrypted and keeps
 /// blind indexes of the email and the SSN; the clinic is the tenant.
-#[derive(Encrypted, Debug, Clone, PartialEq)]
+#[derive(Encrypted, Clone, PartialEq)]
 #[encrypted(table = patients, tenant = clinic_id)]
 pub(crate) struct Patient {
     pub(crate) id: i64,
@@ -61,7 +61,7 @@ diesel::table! {
 }
 
 /// The benchmark's encrypted row.
-#[derive(Encrypted, Debug, Clone, PartialEq)]
+#[derive(Encrypted, Clone, PartialEq)]
 #[encrypted(table = bench_encrypted, tenant = clinic_id, derive(Queryable, Selectable, Insertable))]
 pub(crate) struct BenchEncrypted {
     pub(crate) id: i64,

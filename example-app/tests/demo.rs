@@ -31,6 +31,23 @@ fn the_demo_runs_twice_and_stores_no_plaintext() {
         first.contains("1 match through the email's blind index"),
         "{first}"
     );
+    // What the demo prints reads as the application reads, field by field; the model's
+    // `Debug` (what a log line would hold) and the output carry no SSN and no note text.
+    assert!(
+        first.contains("Ann Smith") && first.contains("<redacted>"),
+        "{first}"
+    );
+    for secret in ["123-45-6789", "123456789", "Penicillin", "Asthma"] {
+        assert!(
+            !first.contains(secret),
+            "the demo printed {secret:?}:\n{first}"
+        );
+    }
+    let debug_line = first
+        .lines()
+        .find(|l| l.contains("Patient {"))
+        .unwrap_or_else(|| panic!("no Debug line:\n{first}"));
+    assert!(!debug_line.contains("Ann"), "{debug_line}");
     let second = clinic(dir.path(), &["demo"]);
     assert!(second.contains("0 inserted, 4 already present"), "{second}");
     assert!(second.contains("1 match"), "{second}");

@@ -6,7 +6,7 @@ use crate::schema;
 
 /// The representative model: five encrypted fields, three of them with blind indexes (one
 /// truncated to 16 bits, one nullable), and a tenant.
-#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[derive(Clone, PartialEq, Encrypted)]
 #[encrypted(table = schema::et_patients, tenant = clinic_id)]
 pub struct Patient {
     pub id: i32,
@@ -26,7 +26,7 @@ pub struct Patient {
 }
 
 /// A partial update: `None` leaves a column, and its index, as they are (`none = skip`).
-#[derive(Debug, Encrypted)]
+#[derive(Encrypted)]
 #[encrypted(
     table = schema::et_patients,
     tenant = clinic_id,
@@ -60,7 +60,7 @@ impl Patient {
 
 /// The same table during a blind-index key rotation of `email`: new writes index with version
 /// 2, lookups also match rows still indexed with version 1.
-#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[derive(Clone, PartialEq, Encrypted)]
 #[encrypted(table = schema::et_patients, tenant = clinic_id)]
 pub struct PatientRotating {
     pub id: i32,
@@ -81,7 +81,7 @@ pub struct PatientRotating {
 
 /// The same table while the blind-index root key of a tenant is replaced: every index moves
 /// to version 2 under the new root; lookups also match version 1 under the retired root.
-#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[derive(Clone, PartialEq, Encrypted)]
 #[encrypted(table = schema::et_patients, tenant = clinic_id)]
 pub struct PatientRootReplacing {
     pub id: i32,
@@ -101,7 +101,7 @@ pub struct PatientRootReplacing {
 }
 
 /// After the root replacement: version 2 only, under the new root.
-#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[derive(Clone, PartialEq, Encrypted)]
 #[encrypted(table = schema::et_patients, tenant = clinic_id, derive(Queryable, Selectable))]
 pub struct PatientRootReplaced {
     pub id: i32,
@@ -121,7 +121,7 @@ pub struct PatientRootReplaced {
 }
 
 /// After the rotation: version 2 only.
-#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[derive(Clone, PartialEq, Encrypted)]
 #[encrypted(table = schema::et_patients, tenant = clinic_id, derive(Queryable, Selectable))]
 pub struct PatientRotated {
     pub id: i32,
@@ -141,7 +141,7 @@ pub struct PatientRotated {
 }
 
 /// A record keyed by a PostgreSQL `uuid`.
-#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[derive(Clone, PartialEq, Encrypted)]
 #[encrypted(table = crate::real_schema::et_uuid_pg, tenant = clinic_id)]
 pub struct UuidRecord {
     pub id: uuid::Uuid,
@@ -153,7 +153,7 @@ pub struct UuidRecord {
 }
 
 /// The same record where the UUID is 16 bytes in a binary column (MySQL, SQLite).
-#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[derive(Clone, PartialEq, Encrypted)]
 #[encrypted(table = crate::real_schema::et_uuid_bin, tenant = clinic_id)]
 pub struct BinRecord {
     pub id: Vec<u8>,
@@ -165,7 +165,7 @@ pub struct BinRecord {
 }
 
 /// A visit keyed by `(clinic_id, patient_no)`: an integer and a text part.
-#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[derive(Clone, PartialEq, Encrypted)]
 #[encrypted(
     table = crate::real_schema::et_visits,
     tenant = clinic_id,
@@ -184,7 +184,7 @@ pub struct Visit {
 
 /// A blind-index rotation of `ssn` that also changes its length and normalizers: version 1 was
 /// `digits` over 16 bits (as [`Patient`] writes it), version 2 is `trim` over all 256 bits.
-#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[derive(Clone, PartialEq, Encrypted)]
 #[encrypted(table = schema::et_patients, tenant = clinic_id)]
 pub struct PatientSsnWidening {
     pub id: i32,
@@ -204,7 +204,7 @@ pub struct PatientSsnWidening {
 }
 
 /// After that rotation: version 2 alone.
-#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[derive(Clone, PartialEq, Encrypted)]
 #[encrypted(table = schema::et_patients, tenant = clinic_id)]
 pub struct PatientSsnWide {
     pub id: i32,
@@ -226,7 +226,7 @@ pub struct PatientSsnWide {
 /// A contact in the middle of an expand/contract migration from legacy TEXT columns: reads
 /// take `email_plain`/`note_plain` while they hold a value, every write seals into
 /// `email`/`note` and clears them, and `jobs::encrypt_column` moves the rest.
-#[derive(Debug, Clone, PartialEq, Encrypted)]
+#[derive(Clone, PartialEq, Encrypted)]
 #[encrypted(table = crate::real_schema::et_contacts, tenant = clinic_id)]
 pub struct Contact {
     pub id: i64,

@@ -382,7 +382,7 @@ fn job_child() {
 }
 
 /// The model of `et_visits` with only part of its key: the jobs must refuse it.
-#[derive(Debug, Clone, PartialEq, encrypted_types::Encrypted)]
+#[derive(Clone, PartialEq, encrypted_types::Encrypted)]
 #[encrypted(table = encrypted_types_tests::real_schema::et_visits, tenant = clinic_id, primary_key(clinic_id))]
 struct VisitHalfKey {
     clinic_id: i64,

@@ -144,6 +144,13 @@ def decode_json(p: bytes):
             bad()
         return f
 
+    def integer(text):
+        # An integer beyond i64/u64 is read as a binary64: it too must be finite.
+        v = int(text)
+        if abs(v) > sys.float_info.max:
+            bad()
+        return v
+
     def check(v, depth):
         if isinstance(v, str):
             v.encode("utf-8")  # a lone surrogate from a \u escape fails here
@@ -155,7 +162,8 @@ def decode_json(p: bytes):
                     check(part, depth + 1)
     try:
         text = p.decode("utf-8")
-        value = json.loads(text, object_pairs_hook=pairs, parse_constant=bad, parse_float=number)
+        value = json.loads(text, object_pairs_hook=pairs, parse_constant=bad, parse_float=number,
+                           parse_int=integer)
         check(value, 0)
         return value
     except (UnicodeError, ValueError, RecursionError):
@@ -507,6 +515,7 @@ def invalid_cases():
         b"", b" ", b"{", b'{"a":1} x', b"NaN", b"[Infinity]", b"1e400", b'{"a":1,"a":2}',
         b'{"a":1,"\\u0061":2}', b'"\\ud800"', b'["\\udc00x"]', b"\xef\xbb\xbf{}", b'"\x01"', b"\xff",
         b"[" * (JSON_MAX_DEPTH + 1) + b"]" * (JSON_MAX_DEPTH + 1), b"{'a':1}", b"[1,]", b"01",
+        b"1" + b"0" * 400,
     ]
     for i, text in enumerate(bad_json):
         cases.append(row(f"non-canonical-json-{i}", sealed(1, "json", text, nb=0x80 + i, column="c"),
