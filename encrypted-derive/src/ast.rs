@@ -22,6 +22,8 @@ pub(crate) struct Model<'a> {
     pub(crate) treat_none_as_null: bool,
     /// Whether the derive writes a `Debug` that prints every encrypted field as `<redacted>`.
     pub(crate) redacted_debug: bool,
+    /// Whether the model wipes its encrypted fields' plaintext on drop.
+    pub(crate) zeroize: bool,
 }
 
 /// The SQL name of an identifier: `r#type` is the column `type`.
@@ -188,6 +190,7 @@ impl<'a> Model<'a> {
                 .unwrap_or(true),
             // Plaintext must not reach logs by `{:?}`: on unless the model writes its own.
             redacted_debug: attrs.redacted_debug.unwrap_or(true),
+            zeroize: attrs.zeroize,
         })
     }
 

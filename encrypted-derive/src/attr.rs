@@ -6,7 +6,7 @@ use syn::{Attribute, Ident, LitInt, LitStr, Path};
 
 /// Keywords, in one place so error messages and parsers agree.
 pub(crate) mod kw {
-    pub(crate) const STRUCT_KEYS: &str = "table, tenant, primary_key, derive, none, debug";
+    pub(crate) const STRUCT_KEYS: &str = "table, tenant, primary_key, derive, none, debug, zeroize";
     pub(crate) const NONE_CHOICES: &str = "null, skip";
     pub(crate) const DEBUG_CHOICES: &str = "redacted, none";
     pub(crate) const FIELD_KEYS: &str = "blind_index, migrate_from";
@@ -57,6 +57,8 @@ pub(crate) struct StructAttrs {
     pub(crate) none_is_null: Option<bool>,
     /// `#[encrypted(debug = redacted | none)]`: whether the derive writes the model's `Debug`.
     pub(crate) redacted_debug: Option<bool>,
+    /// `#[encrypted(zeroize)]`: wipe the model's plaintext fields when it is dropped.
+    pub(crate) zeroize: bool,
 }
 
 /// One field's attributes.
@@ -137,6 +139,9 @@ pub(crate) fn parse_struct(attrs: &[Attribute]) -> syn::Result<StructAttrs> {
                         "skip" => false,
                         _ => return Err(unknown(choice.span(), "`none` choice", kw::NONE_CHOICES)),
                     });
+                } else if meta.path.is_ident("zeroize") {
+                    duplicate(out.zeroize)?;
+                    out.zeroize = true;
                 } else if meta.path.is_ident("debug") {
                     duplicate(out.redacted_debug.is_some())?;
                     let choice: Ident = meta.value()?.parse()?;

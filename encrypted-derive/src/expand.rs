@@ -14,6 +14,39 @@ struct Names {
     write: Ident,
 }
 
+/// `#[encrypted(zeroize)]`: `wipe_plaintext`, and a `Drop` that calls it. A type with `Drop`
+/// cannot have fields moved out of it (E0509): users clone or `std::mem::take` them instead.
+fn wipe_impl(model: &Model<'_>, et: &TokenStream) -> TokenStream {
+    let ident = model.ident;
+    let vis = model.vis;
+    let wipes = model.encrypted_fields().map(|(f, e)| {
+        let field = f.ident;
+        if e.optional {
+            quote! {
+                if let ::core::option::Option::Some(v) = &mut self.#field {
+                    #et::Plaintext::wipe(v);
+                }
+            }
+        } else {
+            quote! { #et::Plaintext::wipe(&mut self.#field); }
+        }
+    });
+    quote! {
+        impl #ident {
+            /// Overwrites the plaintext of every encrypted field (what `drop` does).
+            #[allow(dead_code)]
+            #vis fn wipe_plaintext(&mut self) {
+                #(#wipes)*
+            }
+        }
+        impl ::core::ops::Drop for #ident {
+            fn drop(&mut self) {
+                self.wipe_plaintext();
+            }
+        }
+    }
+}
+
 /// `Debug` for the model: clear fields as they are, encrypted ones as `<redacted>` (`None` too:
 /// whether a note exists is the database's to tell, not a log line's).
 fn debug_impl(model: &Model<'_>, et: &TokenStream) -> TokenStream {
@@ -63,6 +96,11 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
     // A `none = skip` struct is a patch already, and its `Option` may stand for a NOT NULL
     // column: no setters there.
     let columns = column_checks(model, &et, &diesel);
+    let wipe = if model.zeroize {
+        wipe_impl(model, &et)
+    } else {
+        TokenStream::new()
+    };
     let debug = if model.redacted_debug {
         debug_impl(model, &et)
     } else {
@@ -85,6 +123,7 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
             #setters
             #columns
             #debug
+            #wipe
         };
     }
 }
@@ -561,6 +600,7 @@ fn queries(
     let columns = quote!((#(#cols,)*));
     let columns_ty = quote!((#(#cols,)*));
     let mut methods = TokenStream::new();
+    let mut async_methods = TokenStream::new();
     for (f, e) in model.encrypted_fields() {
         let Some(index) = &e.index else { continue };
         let name = f.ident;
@@ -662,12 +702,184 @@ fn queries(
                 #matches_body
             }
         });
+        // `<field>_in`: one query for many values, both versions during a rotation.
+        let eq_in = format_ident!("{}_in", name);
+        let find_in = format_ident!("find_by_{}_in", name);
+        // The lookups' bodies, one each for the sync and async methods around them. The
+        // columns are named, not `as_select()`, so the query's type does not depend on the
+        // backend and needs no bounds beyond `LoadQuery`.
+        let one_query = quote! {
+            let value: #inner = value.into();
+            let query = #diesel::QueryDsl::filter(
+                #diesel::QueryDsl::select(#table::table, #columns),
+                Self::#eq(#tenant_arg ::core::clone::Clone::clone(&value)),
+            );
+        };
+        let one_keep = quote! {
+            ::core::result::Result::Ok(rows.into_iter().filter(|r| r.#matches(&value)).collect())
+        };
+        let many_query = quote! {
+            let values: ::std::vec::Vec<#inner> =
+                values.into_iter().map(::core::convert::Into::into).collect();
+            let query = #diesel::QueryDsl::filter(
+                #diesel::QueryDsl::select(#table::table, #columns),
+                Self::#eq_in(#tenant_arg ::core::iter::Iterator::cloned(values.iter())),
+            );
+        };
+        let many_keep = quote! {
+            ::core::result::Result::Ok(rows
+                .into_iter()
+                .filter(|r| values.iter().any(|v| r.#matches(v)))
+                .collect())
+        };
+        let in_of =
+            |ty: &TokenStream| quote!(#diesel::dsl::EqAny<#table::#column, ::std::vec::Vec<#ty>>);
+        let (bidx_in_ty, bidx_in_match, previous_in) = match index.previous_value() {
+            None => (
+                in_of(&bidx_ty),
+                quote!(#diesel::ExpressionMethods::eq_any(#table::#column, index)),
+                quote!(),
+            ),
+            Some(_) => {
+                let prev = prev_idx_ident(model, f);
+                let prev_ty = quote!(#et::BlindIndex<#inner, #prev>);
+                let (now_in, prev_in) = (in_of(&bidx_ty), in_of(&prev_ty));
+                (
+                    quote!(#diesel::dsl::Or<#now_in, #prev_in>),
+                    quote!(#diesel::BoolExpressionMethods::or(
+                        #diesel::ExpressionMethods::eq_any(#table::#column, index),
+                        #diesel::ExpressionMethods::eq_any(#table::#column, previous),
+                    )),
+                    quote!(
+                        let previous: ::std::vec::Vec<#prev_ty> = values
+                            .iter()
+                            .map(|v| #et::BlindIndex::for_tenant(::core::clone::Clone::clone(v), ::core::clone::Clone::clone(&__tenant_id)))
+                            .collect();
+                    ),
+                )
+            }
+        };
+        let (in_ty, in_expr) = match tenant_field {
+            Some(t) => {
+                let tname = t.ident;
+                let tty = t.ty;
+                (
+                    quote!(#diesel::dsl::And<#diesel::dsl::Eq<#table::#tname, #tty>, #bidx_in_ty>),
+                    quote!(#diesel::BoolExpressionMethods::and(
+                        #diesel::ExpressionMethods::eq(#table::#tname, ::core::clone::Clone::clone(tenant)),
+                        #bidx_in_match,
+                    )),
+                )
+            }
+            None => (bidx_in_ty.clone(), bidx_in_match.clone()),
+        };
+        let doc_in = format!(
+            "A filter on the blind index of `{name}` for many values at once: rows whose `{column}` \
+             matches any of `values` after normalization, in one `IN (...)` (during a blind-index \
+             rotation, either version). Each value is one bound parameter (two during a rotation): \
+             split very long lists to stay under the backend's limit (65,535 on PostgreSQL and MySQL).{trunc}",
+            trunc = if index.bits_value() < 256 {
+                format!(
+                    " Truncated: keep the rows for which `{name}_matches` holds for one of the values, or use `find_by_{name}_in`."
+                )
+            } else {
+                String::new()
+            }
+        );
+        methods.extend(quote! {
+            #[doc = #doc_in]
+            #[allow(dead_code)]
+            #vis fn #eq_in<__V: ::core::convert::Into<#inner>>(
+                #tenant_param
+                values: impl ::core::iter::IntoIterator<Item = __V>,
+            ) -> #in_ty {
+                let values: ::std::vec::Vec<#inner> =
+                    values.into_iter().map(::core::convert::Into::into).collect();
+                let __tenant_id: ::core::option::Option<#et::TenantId> = #tenant_id;
+                #previous_in
+                let index: ::std::vec::Vec<#bidx_ty> = values
+                    .into_iter()
+                    .map(|v| #et::BlindIndex::for_tenant(v, ::core::clone::Clone::clone(&__tenant_id)))
+                    .collect();
+                #in_expr
+            }
+        });
+        if can_load {
+            let doc_find_in = format!(
+                "Loads the rows whose `{name}` equals one of `values` (after normalization), in one \
+                 query, each candidate checked by decrypted equality as `find_by_{name}` does."
+            );
+            let doc_async = format!(
+                "`find_by_{name}` on a diesel-async connection: the same lookup and re-check."
+            );
+            let doc_in_async = format!(
+                "`find_by_{name}_in` on a diesel-async connection: the same lookup and re-check."
+            );
+            let find_async = format_ident!("find_by_{}_async", name);
+            let find_in_async = format_ident!("find_by_{}_in_async", name);
+            methods.extend(quote! {
+                #[doc = #doc_find_in]
+                #[allow(dead_code)]
+                #vis fn #find_in<__C, __V: ::core::convert::Into<#inner>>(
+                    conn: &mut __C,
+                    #tenant_param
+                    values: impl ::core::iter::IntoIterator<Item = __V>,
+                ) -> #diesel::QueryResult<::std::vec::Vec<Self>>
+                where
+                    __C: #diesel::Connection,
+                    #diesel::dsl::Filter<#diesel::dsl::Select<#table::table, #columns_ty>, #in_ty>:
+                        for<'__q> #diesel::query_dsl::LoadQuery<'__q, __C, Self>,
+                {
+                    #many_query
+                    let rows: ::std::vec::Vec<Self> = #diesel::RunQueryDsl::load(query, conn)?;
+                    #many_keep
+                }
+            });
+            async_methods.extend(quote! {
+                #[doc = #doc_async]
+                #[allow(dead_code)]
+                #vis async fn #find_async<__C>(
+                    conn: &mut __C,
+                    #tenant_param
+                    value: impl ::core::convert::Into<#inner>,
+                ) -> #diesel::QueryResult<::std::vec::Vec<Self>>
+                where
+                    __C: #et::diesel_async::AsyncConnection,
+                    Self: ::core::marker::Send,
+                    #diesel::dsl::Filter<#diesel::dsl::Select<#table::table, #columns_ty>, #eq_ty>:
+                        for<'__q> #et::diesel_async::methods::LoadQuery<'__q, __C, Self>,
+                {
+                    #one_query
+                    let rows: ::std::vec::Vec<Self> =
+                        #et::diesel_async::RunQueryDsl::load(query, conn).await?;
+                    #one_keep
+                }
+
+                #[doc = #doc_in_async]
+                #[allow(dead_code)]
+                #vis async fn #find_in_async<__C, __V: ::core::convert::Into<#inner>>(
+                    conn: &mut __C,
+                    #tenant_param
+                    values: impl ::core::iter::IntoIterator<Item = __V>,
+                ) -> #diesel::QueryResult<::std::vec::Vec<Self>>
+                where
+                    __C: #et::diesel_async::AsyncConnection,
+                    Self: ::core::marker::Send,
+                    #diesel::dsl::Filter<#diesel::dsl::Select<#table::table, #columns_ty>, #in_ty>:
+                        for<'__q> #et::diesel_async::methods::LoadQuery<'__q, __C, Self>,
+                {
+                    #many_query
+                    let rows: ::std::vec::Vec<Self> =
+                        #et::diesel_async::RunQueryDsl::load(query, conn).await?;
+                    #many_keep
+                }
+            });
+        }
         if can_load {
             let doc_find = format!(
                 "Loads the rows whose `{name}` equals `value` (after normalization): a blind-index \
                  lookup, then a check of every candidate by decrypted equality, so a truncated index \
-                 never returns a wrong row. Sync connections; on diesel-async, filter with `{name}_eq` \
-                 and keep the rows for which `{name}_matches` holds."
+                 never returns a wrong row. On diesel-async: `find_by_{name}_async`."
             );
             methods.extend(quote! {
                 #[doc = #doc_find]
@@ -682,15 +894,9 @@ fn queries(
                     #diesel::dsl::Filter<#diesel::dsl::Select<#table::table, #columns_ty>, #eq_ty>:
                         for<'__q> #diesel::query_dsl::LoadQuery<'__q, __C, Self>,
                 {
-                    let value: #inner = value.into();
-                    // The columns are named, not `as_select()`, so the query's type does not
-                    // depend on the backend and needs no bounds beyond `LoadQuery`.
-                    let query = #diesel::QueryDsl::filter(
-                        #diesel::QueryDsl::select(#table::table, #columns),
-                        Self::#eq(#tenant_arg ::core::clone::Clone::clone(&value)),
-                    );
+                    #one_query
                     let rows: ::std::vec::Vec<Self> = #diesel::RunQueryDsl::load(query, conn)?;
-                    ::core::result::Result::Ok(rows.into_iter().filter(|r| r.#matches(&value)).collect())
+                    #one_keep
                 }
             });
         }
@@ -698,8 +904,13 @@ fn queries(
     if methods.is_empty() {
         return methods;
     }
+    // The async lookups exist when encrypted-types has its `async` feature: the macro that
+    // wraps them is defined by that feature, so the user's crate needs no feature of its own.
     quote! {
         impl #ident { #methods }
+        #et::if_async! {
+            impl #ident { #async_methods }
+        }
     }
 }
 

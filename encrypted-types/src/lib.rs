@@ -158,6 +158,7 @@ pub use row::{Fallible, FallibleModel, Unreadable};
 /// | `primary_key(a, b)` | primary-key fields (default `id`); never encrypted, skipped by `AsChangeset` |
 /// | `derive(...)` | which of `Queryable`, `Selectable`, `Insertable`, `AsChangeset` to implement (default: all four) |
 /// | `debug = redacted` / `debug = none` | `Debug` for the model, printing every encrypted field as `<redacted>` (the default: a model holds plaintext, and `{:?}` is how it reaches logs), or none, for a model that writes its own. A `#[derive(Debug)]` beside `Encrypted` conflicts with it (E0119): remove it, or write `debug = none` |
+/// | `zeroize` | the model wipes every encrypted field's plaintext when it is dropped (`Drop`, through the generated `wipe_plaintext`). A type with `Drop` cannot have a field moved out of it (E0509): clone the field or `std::mem::take` it |
 /// | `none = null` / `none = skip` | what an update writes for a `None` field: NULL, value and index gone (the default), or nothing, the column kept (a patch struct); `#[diesel(treat_none_as_null = ..)]` is read too |
 ///
 /// On a field, `#[encrypted]` or `#[encrypted(blind_index(...))]` with these optional keys:
@@ -194,10 +195,30 @@ pub use row::{Fallible, FallibleModel, Unreadable};
 ///   filters on sync and async connections; `model.email_matches(value)`, the decrypted
 ///   equality check; `Model::find_by_email(conn, [tenant,] value)`, which runs the lookup and
 ///   re-checks every candidate, so a truncated index never returns a wrong row.
+///   `Model::email_in([tenant,] values)` and `Model::find_by_email_in(conn, [tenant,] values)`
+///   do the same for many values in one `IN (...)` query (both versions during a rotation).
+///   With this crate's `async` feature, `find_by_email_async` and `find_by_email_in_async`
+///   do it on diesel-async connections.
 /// - [`EncryptedModel`]: the model's table, key, tenant column and encrypted columns, for the
 ///   rotation and migration jobs.
 #[cfg(feature = "derive")]
 pub use encrypted_derive::Encrypted;
+
+/// Keeps its input (the derive's diesel-async lookups) when this crate has its `async` feature.
+#[cfg(feature = "async")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_async {
+    ($($t:tt)*) => { $($t)* };
+}
+
+/// Drops its input: this crate was built without its `async` feature.
+#[cfg(not(feature = "async"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __if_async {
+    ($($t:tt)*) => {};
+}
 
 /// What generated code reaches through (`::encrypted_types::__private`), so users need no
 /// direct dependency on the crates it uses. Not public API.
@@ -209,6 +230,10 @@ pub mod __private {
         ModelInfo, Plaintext, TenantId, Unreadable, model_validate,
     };
     pub use diesel;
+    #[cfg(feature = "async")]
+    pub use diesel_async;
+
+    pub use crate::__if_async as if_async;
 
     /// What a model's derived `Debug` prints in place of an encrypted field.
     #[derive(Clone, Copy)]

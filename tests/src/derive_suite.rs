@@ -339,6 +339,99 @@ macro_rules! derive_suite {
         }
 
         #[test]
+        fn five_hundred_values_are_looked_up_in_one_query() {
+            use std::sync::Arc;
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            let conn = &mut $connect();
+            let tag = next_id();
+            let ps: Vec<Patient> = (0..30)
+                .map(|i| {
+                    Patient::sample(
+                        next_id(),
+                        1 + (i % 2),
+                        &format!("In{i}-{tag}@Example.org"),
+                        &format!("{i:03}-55-{tag:04}"),
+                    )
+                })
+                .collect();
+            for p in &ps {
+                diesel::insert_into(et_patients::table)
+                    .values(p)
+                    .execute(conn)
+                    .unwrap();
+            }
+            // Every email written differently, both tenants' among them, and 470 that match
+            // nothing: 500 values.
+            let mut values: Vec<String> = ps
+                .iter()
+                .map(|p| format!(" {} ", p.email.to_uppercase()))
+                .collect();
+            values.extend((0..470).map(|i| format!("nobody{i}-{tag}@example.org")));
+            assert_eq!(values.len(), 500);
+            let queries = Arc::new(AtomicUsize::new(0));
+            let counter = Arc::clone(&queries);
+            conn.set_instrumentation(move |event: diesel::connection::InstrumentationEvent<'_>| {
+                if matches!(
+                    event,
+                    diesel::connection::InstrumentationEvent::StartQuery { .. }
+                ) {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+            let mut found = Patient::find_by_email_in(conn, &1, values.clone()).unwrap();
+            assert_eq!(queries.load(Ordering::Relaxed), 1, "one statement");
+            found.sort_by_key(|p| p.id);
+            let want: Vec<Patient> = ps.iter().filter(|p| p.clinic_id == 1).cloned().collect();
+            assert_eq!(found, want);
+            // The filter composes like `email_eq`, and an empty list matches nothing.
+            let n: i64 = et_patients::table
+                .filter(Patient::email_in(&2, values.clone()))
+                .count()
+                .get_result(conn)
+                .unwrap();
+            assert_eq!(n, 15);
+            assert!(
+                Patient::find_by_email_in(conn, &1, Vec::<String>::new())
+                    .unwrap()
+                    .is_empty()
+            );
+            // A truncated index: forced collisions are candidates, never results.
+            let collider = $crate::derive_suite::ssn_collision("1", &ps[0].ssn);
+            let wrong =
+                Patient::sample(next_id(), 1, &format!("wrong-{tag}@example.org"), &collider);
+            diesel::insert_into(et_patients::table)
+                .values(&wrong)
+                .execute(conn)
+                .unwrap();
+            let by_ssn =
+                Patient::find_by_ssn_in(conn, &1, [ps[0].ssn.clone(), ps[2].ssn.clone()]).unwrap();
+            let mut ids: Vec<i32> = by_ssn.iter().map(|p| p.id).collect();
+            ids.sort_unstable();
+            assert_eq!(ids, vec![ps[0].id, ps[2].id]);
+            // During a blind-index rotation both versions match: a row written by the rotating
+            // model (version 2) and the rest (version 1).
+            let v2 = $crate::models::PatientRotating {
+                id: next_id(),
+                clinic_id: 1,
+                name: "v2".into(),
+                email: format!("v2-{tag}@example.org"),
+                ssn: "1".into(),
+                dob: ps[0].dob,
+                notes: None,
+                phone: None,
+            };
+            diesel::insert_into(et_patients::table)
+                .values(&v2)
+                .execute(conn)
+                .unwrap();
+            let mut both = values.clone();
+            both.push(v2.email.to_uppercase());
+            let found = $crate::models::PatientRotating::find_by_email_in(conn, &1, both).unwrap();
+            assert_eq!(found.len(), 16, "15 rows on version 1 and one on version 2");
+            assert!(found.iter().any(|p| p.id == v2.id));
+        }
+
+        #[test]
         fn one_value_in_two_columns_or_two_tenants_indexes_differently() {
             let conn = &mut $connect();
             let mut a = Patient::sample(next_id(), 1, "5550123", "333-33-3333");
@@ -504,6 +597,83 @@ macro_rules! derive_async_suite {
                 lib_error(&err),
                 Some(&Error::TenantMismatch { column: "name" }),
                 "{err}"
+            );
+        }
+    };
+}
+
+/// `find_by_*_async` and `find_by_*_in_async` for one backend.
+#[macro_export]
+macro_rules! derive_async_lookup_suite {
+    ($connect:path) => {
+        #[tokio::test]
+        async fn lookups_on_an_async_connection_recheck_like_the_sync_ones() {
+            use diesel_async::RunQueryDsl;
+            use $crate::models::Patient;
+            use $crate::schema::et_patients;
+            let conn = &mut $connect().await;
+            let tag = $crate::next_id();
+            let ps: Vec<Patient> = (0..6)
+                .map(|i| {
+                    Patient::sample(
+                        $crate::next_id(),
+                        1 + (i % 2),
+                        &format!("AsyncIn{i}-{tag}@Example.org"),
+                        &format!("{i:03}-66-{tag:04}"),
+                    )
+                })
+                .collect();
+            for p in &ps {
+                diesel::insert_into(et_patients::table)
+                    .values(p)
+                    .execute(conn)
+                    .await
+                    .unwrap();
+            }
+            let one = Patient::find_by_email_async(conn, &1, ps[0].email.to_lowercase())
+                .await
+                .unwrap();
+            assert_eq!(one, vec![ps[0].clone()]);
+            assert!(
+                Patient::find_by_email_async(conn, &2, ps[0].email.clone())
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "another tenant's row"
+            );
+            let mut many = Patient::find_by_email_in_async(
+                conn,
+                &2,
+                ps.iter().map(|p| p.email.to_uppercase()),
+            )
+            .await
+            .unwrap();
+            many.sort_by_key(|p| p.id);
+            let want: Vec<Patient> = ps.iter().filter(|p| p.clinic_id == 2).cloned().collect();
+            assert_eq!(many, want);
+            // The truncated SSN index, re-checked by decrypted equality.
+            let collider = $crate::derive_suite::ssn_collision("1", &ps[0].ssn);
+            let wrong = Patient::sample(
+                $crate::next_id(),
+                1,
+                &format!("w-{tag}@example.org"),
+                &collider,
+            );
+            diesel::insert_into(et_patients::table)
+                .values(&wrong)
+                .execute(conn)
+                .await
+                .unwrap();
+            let by_ssn = Patient::find_by_ssn_async(conn, &1, ps[0].ssn.clone())
+                .await
+                .unwrap();
+            assert_eq!(by_ssn, vec![ps[0].clone()]);
+            let by_ssn = Patient::find_by_ssn_in_async(conn, &1, [collider.clone()])
+                .await
+                .unwrap();
+            assert_eq!(
+                by_ssn.iter().map(|p| p.id).collect::<Vec<_>>(),
+                vec![wrong.id]
             );
         }
     };

@@ -22,5 +22,6 @@ mod derive_sync {
 
 mod derive_async {
     encrypted_types_tests::derive_async_suite!(async_mysql);
+    encrypted_types_tests::derive_async_lookup_suite!(async_mysql);
     encrypted_types_tests::derive_async_batch_suite!(async_mysql);
 }

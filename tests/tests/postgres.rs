@@ -21,6 +21,7 @@ mod derive_sync {
 
 mod derive_async {
     encrypted_types_tests::derive_async_suite!(async_pg);
+    encrypted_types_tests::derive_async_lookup_suite!(async_pg);
     encrypted_types_tests::derive_async_batch_suite!(async_pg);
 }
 

@@ -21,4 +21,5 @@ mod derive_sync {
 
 mod derive_async {
     encrypted_types_tests::derive_async_suite!(async_sqlite);
+    encrypted_types_tests::derive_async_lookup_suite!(async_sqlite);
 }
