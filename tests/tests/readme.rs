@@ -70,11 +70,13 @@ use diesel::prelude::*;
 diesel::insert_into(patients::table).values(&patient).execute(conn)?;
 diesel::insert_into(patients::table).values(Patient::batch(&many)).execute(conn)?;
 let clinic: i64 = 7;                                                        // the tenant column's value
-let rows = Patient::find_by_email(conn, &clinic, " Ann@Example.ORG ")?;      // sync
+let rows = Patient::find_by_email(conn, &clinic, " Ann@Example.ORG ")?;      // sync; `_async` too
+let some = Patient::find_by_email_in(conn, &clinic, ["p2@example.org", "p3@example.org"])?; // one query
 let query = patients::table
     .select(Patient::as_select())
     .filter(Patient::email_eq(&clinic, "ann@example.org"));                  // sync or async
 // end of README block 2
+    assert_eq!(some.len(), 2);
     Ok((rows.len(), query.load::<Patient>(conn)?.len()))
 }
 
