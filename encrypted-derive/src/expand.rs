@@ -726,11 +726,15 @@ fn queries(
                 Self::#eq_in(#tenant_arg ::core::iter::Iterator::cloned(values.iter())),
             );
         };
+        let row_holds = if e.optional {
+            quote!(r.#name.as_ref().is_some_and(|v| wanted.contains(v)))
+        } else {
+            quote!(wanted.contains(&r.#name))
+        };
+        // Each value normalized once; each row once, then a binary search.
         let many_keep = quote! {
-            ::core::result::Result::Ok(rows
-                .into_iter()
-                .filter(|r| values.iter().any(|v| r.#matches(v)))
-                .collect())
+            let wanted = #et::Wanted::new(<#idx as #et::IndexSpec>::PARAMS, &values);
+            ::core::result::Result::Ok(rows.into_iter().filter(|r| #row_holds).collect())
         };
         let in_of =
             |ty: &TokenStream| quote!(#diesel::dsl::EqAny<#table::#column, ::std::vec::Vec<#ty>>);
@@ -776,8 +780,9 @@ fn queries(
         let doc_in = format!(
             "A filter on the blind index of `{name}` for many values at once: rows whose `{column}` \
              matches any of `values` after normalization, in one `IN (...)` (during a blind-index \
-             rotation, either version). Each value is one bound parameter (two during a rotation): \
-             split very long lists to stay under the backend's limit (65,535 on PostgreSQL and MySQL).{trunc}",
+             rotation, either version). On PostgreSQL the list is one array parameter; on MySQL \
+             and SQLite each value is one bound parameter (two during a rotation), so split lists \
+             longer than their limits (65,535 and 32,766 parameters).{trunc}",
             trunc = if index.bits_value() < 256 {
                 format!(
                     " Truncated: keep the rows for which `{name}_matches` holds for one of the values, or use `find_by_{name}_in`."

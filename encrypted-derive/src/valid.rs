@@ -25,6 +25,23 @@ pub(crate) fn check(model: &Model<'_>) -> syn::Result<()> {
             "missing table name\nhelp: add `#[encrypted(table = your_table)]` (or `#[diesel(table_name = your_table)]`) naming the `diesel::table!` module".into(),
         );
     }
+    // `find_by_<a>_in` of a field `a` would clash with `find_by_<a_in>` of a field `a_in`.
+    let indexed: Vec<String> = model
+        .encrypted_fields()
+        .filter(|(_, e)| e.index.is_some())
+        .map(|(f, _)| crate::ast::sql_name(f.ident))
+        .collect();
+    for (f, e) in model.encrypted_fields() {
+        let name = crate::ast::sql_name(f.ident);
+        if e.index.is_some() && indexed.contains(&format!("{name}_in")) {
+            err(
+                f.ident.span(),
+                format!(
+                    "the lookups of `{name}` and `{name}_in` would have the same names (`find_by_{name}_in`)\nhelp: rename one of the two fields, or give one of them no blind index"
+                ),
+            );
+        }
+    }
     if model.encrypted_fields().next().is_none() {
         err(
             model.ident.span(),

@@ -242,10 +242,23 @@ where
 {
     db.begin().await.map_err(&err)?;
     match f(db).await {
-        // A failed commit closes the transaction level itself (Diesel and diesel-async both):
-        // rolling back again would end the caller's level instead, or hide the commit's error
-        // (a serialization failure that the jobs retry).
-        Ok(value) => db.commit().await.map(|()| value).map_err(err),
+        Ok(value) => {
+            let depth = db.depth().map_err(&err)?;
+            match db.commit().await {
+                Ok(()) => Ok(value),
+                Err(commit) => {
+                    // diesel-async, and sync Diesel at the top level, close the level on a
+                    // failed commit: rolling back then would end the caller's level. Sync
+                    // Diesel leaves a failed `RELEASE SAVEPOINT` open: roll that one back.
+                    // Either way the commit's own error is the one reported (a serialization
+                    // failure is what the jobs retry).
+                    if db.depth().map_err(&err)? == depth {
+                        let _ = db.rollback().await;
+                    }
+                    Err(err(commit))
+                }
+            }
+        }
         Err(user) => match db.rollback().await {
             Ok(()) | Err(diesel::result::Error::BrokenTransactionManager) => Err(user),
             Err(rollback) => Err(err(rollback)),

@@ -224,7 +224,7 @@ macro_rules! __if_async {
 /// direct dependency on the crates it uses. Not public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::index::{BlindIndex, IndexParams, IndexRoot, IndexSpec, Normalizer};
+    pub use crate::index::{BlindIndex, IndexParams, IndexRoot, IndexSpec, Normalizer, Wanted};
     pub use crate::{
         ColumnContext, ColumnInfo, Encrypted, EncryptedModel, Error, FallibleModel, LegacyColumn,
         ModelInfo, Plaintext, TenantId, Unreadable, model_validate,

@@ -606,8 +606,13 @@ macro_rules! derive_async_suite {
 #[macro_export]
 macro_rules! derive_async_lookup_suite {
     ($connect:path) => {
-        #[tokio::test]
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn lookups_on_an_async_connection_recheck_like_the_sync_ones() {
+            // Spawned: the lookups' futures must be `Send`.
+            tokio::spawn(async { lookups().await }).await.unwrap();
+        }
+
+        async fn lookups() {
             use diesel_async::RunQueryDsl;
             use $crate::models::Patient;
             use $crate::schema::et_patients;
