@@ -230,8 +230,9 @@ where
 }
 
 /// Runs `f` in a transaction (a savepoint inside the caller's): committed if it returns
-/// `Ok`, rolled back otherwise, exactly as Diesel's `Connection::transaction` does. `err` turns the
-/// database's own errors (begin, commit, rollback) into `E`.
+/// `Ok`, rolled back otherwise, as Diesel's `Connection::transaction` does (and a savepoint whose
+/// release failed is rolled back, which Diesel leaves open). `err` turns the database's own
+/// errors (begin, commit, rollback) into `E`.
 pub(crate) async fn transaction<D, T, E>(
     db: &mut D,
     err: impl Fn(diesel::result::Error) -> E,
@@ -252,7 +253,7 @@ where
                     // Diesel leaves a failed `RELEASE SAVEPOINT` open: roll that one back.
                     // Either way the commit's own error is the one reported (a serialization
                     // failure is what the jobs retry).
-                    if db.depth().map_err(&err)? == depth {
+                    if db.depth().ok() == Some(depth) {
                         let _ = db.rollback().await;
                     }
                     Err(err(commit))
