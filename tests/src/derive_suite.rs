@@ -344,16 +344,7 @@ macro_rules! derive_suite {
             use std::sync::atomic::{AtomicUsize, Ordering};
             let conn = &mut $connect();
             let tag = next_id();
-            let ps: Vec<Patient> = (0..30)
-                .map(|i| {
-                    Patient::sample(
-                        next_id(),
-                        1 + (i % 2),
-                        &format!("In{i}-{tag}@Example.org"),
-                        &format!("{i:03}-55-{tag:04}"),
-                    )
-                })
-                .collect();
+            let ps = Patient::several(30, "In");
             for p in &ps {
                 diesel::insert_into(et_patients::table)
                     .values(p)
@@ -618,16 +609,7 @@ macro_rules! derive_async_lookup_suite {
             use $crate::schema::et_patients;
             let conn = &mut $connect().await;
             let tag = $crate::next_id();
-            let ps: Vec<Patient> = (0..6)
-                .map(|i| {
-                    Patient::sample(
-                        $crate::next_id(),
-                        1 + (i % 2),
-                        &format!("AsyncIn{i}-{tag}@Example.org"),
-                        &format!("{i:03}-66-{tag:04}"),
-                    )
-                })
-                .collect();
+            let ps = Patient::several(6, "AsyncIn");
             for p in &ps {
                 diesel::insert_into(et_patients::table)
                     .values(p)

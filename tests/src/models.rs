@@ -43,6 +43,24 @@ pub struct PatientPatch {
 }
 
 impl Patient {
+    /// `n` patients alternating between clinics 1 and 2, with emails and SSNs no other test
+    /// uses (`label` and a fresh tag tell them apart).
+    pub fn several(n: i32, label: &str) -> Vec<Self> {
+        let tag = crate::next_id();
+        (0..n)
+            .map(|i| {
+                Self::sample(
+                    crate::next_id(),
+                    1 + i64::from(i % 2),
+                    &format!("{label}{i}-{tag}@Example.org"),
+                    // The middle group keeps the digits above 500,000, so the collision
+                    // search of the SSN tests (from 0 up) meets a real collision first.
+                    &format!("{i:03}-5{}-{tag:04}", label.len() % 10),
+                )
+            })
+            .collect()
+    }
+
     /// A patient of clinic `clinic` with canary plaintexts.
     pub fn sample(id: i32, clinic: i64, email: &str, ssn: &str) -> Self {
         Self {
