@@ -96,6 +96,28 @@ pub enum Error {
         /// The key.
         key_id: KeyId,
     },
+    /// An unwrapped key does not match the check value stored beside it: the KEK provider
+    /// returned other bytes than the key that was wrapped (a misbehaving KMS or HSM).
+    #[error(
+        "key {key_id} does not match its check value: the KEK provider returned wrong key bytes"
+    )]
+    KeyCheck {
+        /// The key.
+        key_id: KeyId,
+    },
+    /// The tenant's own KEK (bring your own key) could not unwrap its keys at the last load:
+    /// disabled, deleted or unreachable. Nothing of the tenant can be read or written until
+    /// access to that KEK is restored and the keyring reloaded
+    /// (`KeyStore::load_and_install`).
+    #[error(
+        "tenant {tenant} is unavailable: its KEK {kek} could not unwrap its keys at the last load; restore access to the KEK, then reload the keyring (KeyStore::load_and_install)"
+    )]
+    TenantUnavailable {
+        /// The tenant (as `describe` prints it).
+        tenant: String,
+        /// The KEK reference (a KMS key id or HSM label, never key bytes).
+        kek: String,
+    },
     /// An unwrapped key failed its canary seal-and-open self-test.
     #[error("key {key_id} failed its self-test")]
     SelfTest {

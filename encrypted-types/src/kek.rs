@@ -29,6 +29,9 @@ pub enum Purpose {
     Data,
     /// A blind-index root key: derives blind-index keys.
     BlindIndex,
+    /// A wrapping key: wrapped by the KEK, it wraps the other keys in the process
+    /// (`docs/adr/0003-key-hierarchy.md`), so loading costs one KEK call per wrapping key.
+    Wrapping,
 }
 
 impl Purpose {
@@ -37,6 +40,7 @@ impl Purpose {
         match self {
             Self::Data => "data",
             Self::BlindIndex => "blind_index",
+            Self::Wrapping => "wrapping",
         }
     }
 
@@ -45,6 +49,7 @@ impl Purpose {
         match s {
             "data" => Some(Self::Data),
             "blind_index" => Some(Self::BlindIndex),
+            "wrapping" => Some(Self::Wrapping),
             _ => None,
         }
     }
@@ -79,6 +84,7 @@ impl WrapContext<'_> {
         out.push(match self.purpose {
             Purpose::Data => 1,
             Purpose::BlindIndex => 2,
+            Purpose::Wrapping => 3,
         });
         out.extend_from_slice(&self.key_id.get().to_be_bytes());
         out

@@ -44,6 +44,10 @@ pub struct Keyring {
     blind_index: HashMap<Option<TenantId>, BlindIndexRootKey>,
     /// During a root replacement: the root key being replaced, per tenant.
     retired_blind_index: HashMap<Option<TenantId>, BlindIndexRootKey>,
+    /// Tenants whose own KEK did not unwrap their keys, with that KEK's reference.
+    unavailable: HashMap<TenantId, String>,
+    /// The key ids of those tenants, so their values fail naming the tenant.
+    unavailable_keys: HashMap<KeyId, TenantId>,
     /// Blind-index keys derived so far: HKDF runs once per index and tenant, not per value.
     derived: RwLock<HashMap<DerivedId, IndexMac>>,
 }
@@ -99,11 +103,29 @@ impl Keyring {
             None => self.primary_default,
             Some(t) => self.primary_by_tenant.get(t).copied(),
         };
-        index
-            .and_then(|i| self.keys.get(i))
-            .ok_or_else(|| Error::NoPrimaryKey {
-                tenant: describe(tenant),
+        index.and_then(|i| self.keys.get(i)).ok_or_else(|| {
+            match tenant.and_then(|t| self.unavailable_error(t)) {
+                Some(e) => e,
+                None => Error::NoPrimaryKey {
+                    tenant: describe(tenant),
+                },
+            }
+        })
+    }
+
+    /// [`Error::TenantUnavailable`] if `tenant`'s own KEK failed at the last load.
+    fn unavailable_error(&self, tenant: &TenantId) -> Option<Error> {
+        self.unavailable
+            .get(tenant)
+            .map(|kek| Error::TenantUnavailable {
+                tenant: describe(Some(tenant)),
+                kek: kek.clone(),
             })
+    }
+
+    /// The tenants whose own KEK did not unwrap their keys at the last load, with that KEK.
+    pub fn unavailable_tenants(&self) -> impl Iterator<Item = (&TenantId, &str)> {
+        self.unavailable.iter().map(|(t, k)| (t, k.as_str()))
     }
 
     /// The key with this id, for opening.
@@ -114,14 +136,20 @@ impl Keyring {
         match self.keys.binary_search_by_key(&id, DataKey::id) {
             Ok(i) => self.keys.get(i).ok_or(Error::UnknownKeyId(id)),
             Err(_) if self.destroyed.contains(&id) => Err(Error::KeyDestroyed(id)),
-            Err(_) => Err(Error::UnknownKeyId(id)),
+            Err(_) => Err(self
+                .unavailable_keys
+                .get(&id)
+                .and_then(|t| self.unavailable_error(t))
+                .unwrap_or(Error::UnknownKeyId(id))),
         }
     }
 
     /// Whether the key table holds (or held, and destroyed) a data key with this id: what
     /// tells a sealed value from legacy plaintext ([`crate::format::classify`]).
     pub fn knows(&self, id: KeyId) -> bool {
-        self.keys.binary_search_by_key(&id, DataKey::id).is_ok() || self.destroyed.contains(&id)
+        self.keys.binary_search_by_key(&id, DataKey::id).is_ok()
+            || self.destroyed.contains(&id)
+            || self.unavailable_keys.contains_key(&id)
     }
 
     /// Whether `key` is the primary key of its tenant (the one new values are sealed with).
@@ -217,6 +245,18 @@ impl Keyring {
                 .filter(|(t, _)| t.as_ref() != Some(tenant))
                 .map(|(t, k)| (t.clone(), k.duplicate()))
                 .collect(),
+            unavailable: self
+                .unavailable
+                .iter()
+                .filter(|(t, _)| *t != tenant)
+                .map(|(t, k)| (t.clone(), k.clone()))
+                .collect(),
+            unavailable_keys: self
+                .unavailable_keys
+                .iter()
+                .filter(|(_, t)| *t != tenant)
+                .map(|(id, t)| (*id, t.clone()))
+                .collect(),
             keys,
             destroyed: gone,
             derived: RwLock::new(derived),
@@ -248,11 +288,14 @@ impl Keyring {
         {
             return Ok(mac.clone());
         }
-        let root = self
-            .index_root(tenant, params.root)
-            .ok_or_else(|| Error::NoBlindIndexKey {
-                tenant: describe(tenant),
-            })?;
+        let root = self.index_root(tenant, params.root).ok_or_else(|| {
+            match tenant.and_then(|t| self.unavailable_error(t)) {
+                Some(e) => e,
+                None => Error::NoBlindIndexKey {
+                    tenant: describe(tenant),
+                },
+            }
+        })?;
         let mac = derive_mac(
             root.material.expose(),
             &params.key_info(tenant, value_type)?,
@@ -291,6 +334,7 @@ pub struct KeyringBuilder {
     primaries: Vec<(Option<TenantId>, KeyId)>,
     blind_index: Vec<(Option<TenantId>, KeyMaterial)>,
     retired_blind_index: Vec<(Option<TenantId>, KeyMaterial)>,
+    unavailable: Vec<(TenantId, String, Vec<KeyId>)>,
 }
 
 impl fmt::Debug for KeyringBuilder {
@@ -312,6 +356,14 @@ impl KeyringBuilder {
     /// [`Error::KeyDestroyed`] rather than [`Error::UnknownKeyId`].
     pub fn destroyed_key(mut self, id: u32) -> Self {
         self.destroyed.push(KeyId::from(id));
+        self
+    }
+
+    /// Records that `tenant`'s own KEK `kek_ref` could not unwrap its keys `ids`: its values,
+    /// writes and lookups fail with [`Error::TenantUnavailable`] naming the tenant and the KEK.
+    pub fn unavailable_tenant(mut self, tenant: TenantId, kek_ref: String, ids: Vec<u32>) -> Self {
+        let ids = ids.into_iter().map(KeyId::from).collect();
+        self.unavailable.push((tenant, kek_ref, ids));
         self
     }
 
@@ -391,8 +443,23 @@ impl KeyringBuilder {
             self.retired_blind_index,
             "two retired blind-index root keys for one tenant",
         )?;
+        let mut unavailable = HashMap::new();
+        let mut unavailable_keys = HashMap::new();
+        for (tenant, kek, ids) in self.unavailable {
+            for id in ids {
+                if find(&id).is_some() || self.destroyed.contains(&id) {
+                    return Err(Error::InvalidKeyring(
+                        "an unavailable tenant's key id is also present",
+                    ));
+                }
+                unavailable_keys.insert(id, tenant.clone());
+            }
+            unavailable.insert(tenant, kek);
+        }
         Ok(Keyring {
             keys,
+            unavailable,
+            unavailable_keys,
             destroyed: self.destroyed,
             primary_default,
             primary_by_tenant,

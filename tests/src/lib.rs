@@ -327,6 +327,7 @@ pub fn unreachable(backend: &str, url: &str, err: &dyn std::fmt::Display) -> ! {
 
 mod connect;
 pub mod derive_suite;
+pub mod keytable;
 mod suite;
 
 pub use connect::*;

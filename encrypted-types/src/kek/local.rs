@@ -10,15 +10,13 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use aes_gcm::aead::{AeadInOut, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::KeyInit;
 use zeroize::Zeroizing;
 
 use super::{KekProvider, WrapContext};
 use crate::Error;
 use crate::key::KeyMaterial;
-
-const WRAPPED_LEN: usize = 12 + 32 + 16;
 
 /// The local file KEK.
 ///
@@ -147,39 +145,10 @@ impl KekProvider for LocalKek {
     }
 
     fn wrap(&self, ctx: &WrapContext<'_>, key: &KeyMaterial) -> Result<Vec<u8>, Error> {
-        let nonce: [u8; 12] = crate::nonce::generate()?;
-        let mut out = Vec::with_capacity(WRAPPED_LEN);
-        out.extend_from_slice(&nonce);
-        out.extend_from_slice(key.expose());
-        let body = out
-            .get_mut(12..)
-            .ok_or(Error::KeyUnwrap { key_id: ctx.key_id })?;
-        let tag = self
-            .cipher
-            .encrypt_inout_detached(&Nonce::from(nonce), &ctx.aad(), body.into())
-            .map_err(|_| Error::KeyUnwrap { key_id: ctx.key_id })?;
-        out.extend_from_slice(&tag);
-        Ok(out)
+        crate::store::record::seal_key(&self.cipher, &ctx.aad(), key, ctx.key_id)
     }
 
     fn unwrap(&self, ctx: &WrapContext<'_>, wrapped: &[u8]) -> Result<KeyMaterial, Error> {
-        let fail = || Error::KeyUnwrap { key_id: ctx.key_id };
-        if wrapped.len() != WRAPPED_LEN {
-            return Err(fail());
-        }
-        let nonce: [u8; 12] = wrapped
-            .get(..12)
-            .and_then(|b| b.try_into().ok())
-            .ok_or_else(fail)?;
-        let tag = wrapped
-            .get(44..)
-            .and_then(|b| Tag::try_from(b).ok())
-            .ok_or_else(fail)?;
-        let mut key = Zeroizing::new([0u8; 32]);
-        key.copy_from_slice(wrapped.get(12..44).ok_or_else(fail)?);
-        self.cipher
-            .decrypt_inout_detached(&Nonce::from(nonce), &ctx.aad(), (&mut key[..]).into(), &tag)
-            .map_err(|_| fail())?;
-        KeyMaterial::from_slice(&*key)
+        crate::store::record::open_key(&self.cipher, &ctx.aad(), wrapped, ctx.key_id)
     }
 }

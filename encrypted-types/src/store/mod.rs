@@ -6,9 +6,11 @@
 //! [`KeyStore::run_migrations`]). Works on any sync Diesel connection of the three backends,
 //! and on diesel-async through `AsyncConnectionWrapper`.
 
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
-
+use std::collections::HashMap;
+use std::fmt;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use diesel::prelude::*;
 
@@ -16,11 +18,19 @@ use crate::db::{Db, Exec, Param, Query, sync_and_async};
 
 use crate::Error;
 use crate::format::{self, Context};
-use crate::kek::{KekProvider, Purpose, WrapContext};
+use crate::kek::{KekProvider, Purpose};
 use crate::key::{DataKey, KeyId, KeyMaterial};
 use crate::keyring::Keyring;
 use crate::model::ModelInfo;
 use crate::tenant::TenantId;
+
+mod load;
+pub(crate) mod record;
+mod rewrap;
+mod wrap;
+
+use record::Wrapper;
+pub use rewrap::{RewrapOptions, RewrapReport};
 
 diesel::table! {
     /// The key table (`migrations/<backend>/..._encrypted_types_keys`).
@@ -41,6 +51,14 @@ diesel::table! {
         created_at -> BigInt,
         /// Unix seconds of the last state change.
         state_changed_at -> BigInt,
+        /// Per tenant and purpose 1, 2, ...: the active key's is the highest (0: not authenticated).
+        generation -> BigInt,
+        /// The key's check value (`docs/KEYTABLE.md`), verified on every unwrap.
+        check_value -> Nullable<Binary>,
+        /// The deployment wrapping key whose MAC key authenticated the record.
+        mac_key_id -> Nullable<BigInt>,
+        /// HMAC-SHA256 over the record's fields.
+        record_mac -> Nullable<Binary>,
     }
 }
 
@@ -95,6 +113,14 @@ pub struct KeyRecord {
     pub created_at: i64,
     /// Unix seconds.
     pub state_changed_at: i64,
+    /// Generation within the tenant and purpose.
+    pub generation: i64,
+    /// Check value of the key.
+    pub check_value: Option<Vec<u8>>,
+    /// Id of the wrapping key whose MAC key authenticated the record.
+    pub mac_key_id: Option<i64>,
+    /// The record's MAC.
+    pub record_mac: Option<Vec<u8>>,
 }
 
 /// The keys made for a new tenant.
@@ -115,6 +141,16 @@ pub struct LoadReport {
     pub blind_index_keys: usize,
     /// Destroyed keys recorded, so their values fail with [`Error::KeyDestroyed`].
     pub destroyed: usize,
+    /// Calls to KEK providers: one per wrapping key (the deployment's, and one per tenant with
+    /// its own KEK), plus one per key written before the table had a wrapping key (until
+    /// [`KeyStore::rewrap`] moves them under one).
+    pub kek_calls: usize,
+    /// Tenants whose own KEK could not unwrap their keys, with that KEK's reference: their
+    /// values fail with [`Error::TenantUnavailable`]; every other tenant loaded.
+    pub unavailable: Vec<(TenantId, String)>,
+    /// Records not yet authenticated (a table from before the key hierarchy, until its first
+    /// key-store write or [`KeyStore::rewrap`]).
+    pub unauthenticated: usize,
 }
 
 /// What [`KeyStore::shred_tenant`] did.
@@ -269,8 +305,8 @@ impl<D: Db<Backend: KeyTable>> KeyDb for D {}
 
 // The key-table statements, written once in SQL every backend runs; only placeholders differ.
 const KEYS: &str = "encrypted_types_keys";
-const RECORD_COLS: &str =
-    "key_id, tenant, purpose, state, wrapped_key, kek_ref, created_at, state_changed_at";
+const RECORD_COLS: &str = "key_id, tenant, purpose, state, wrapped_key, kek_ref, created_at, \
+     state_changed_at, generation, check_value, mac_key_id, record_mac";
 
 fn tenant_is<B: Exec>(q: &mut Query, tenant: Option<&str>) -> String {
     match tenant {
@@ -279,11 +315,13 @@ fn tenant_is<B: Exec>(q: &mut Query, tenant: Option<&str>) -> String {
     }
 }
 
-/// Live (not destroyed) keys of a tenant.
+/// Live (not destroyed) data and blind-index keys of a tenant.
 async fn live_keys<D: KeyDb>(db: &mut D, tenant: Option<&str>) -> QueryResult<Vec<i64>> {
     let mut q = Query::new();
     let t = tenant_is::<D::Backend>(&mut q, tenant);
-    q.sql = format!("SELECT key_id FROM {KEYS} WHERE state <> 'destroyed' AND {t}");
+    q.sql = format!(
+        "SELECT key_id FROM {KEYS} WHERE state <> 'destroyed' AND purpose <> 'wrapping' AND {t}"
+    );
     D::Backend::load_ids(db, &q).await
 }
 
@@ -305,6 +343,10 @@ async fn insert_key<D: KeyDb>(db: &mut D, r: &KeyRecord) -> QueryResult<()> {
         q.bind::<D::Backend>(Param::Text(r.kek_ref.clone())),
         q.bind::<D::Backend>(Param::Int(r.created_at)),
         q.bind::<D::Backend>(Param::Int(r.state_changed_at)),
+        q.bind::<D::Backend>(Param::Int(r.generation)),
+        q.bind::<D::Backend>(Param::OptBytes(r.check_value.clone())),
+        q.bind::<D::Backend>(Param::OptInt(r.mac_key_id)),
+        q.bind::<D::Backend>(Param::OptBytes(r.record_mac.clone())),
     ];
     q.sql = format!(
         "INSERT INTO {KEYS} ({RECORD_COLS}) VALUES ({})",
@@ -313,55 +355,99 @@ async fn insert_key<D: KeyDb>(db: &mut D, r: &KeyRecord) -> QueryResult<()> {
     db.exec(&q).await.map(|_| ())
 }
 
-/// Retires the tenant's active keys of `purpose`.
-async fn retire_keys<D: KeyDb>(
-    db: &mut D,
-    tenant: Option<&str>,
-    purpose: &str,
-    at: i64,
-) -> QueryResult<usize> {
-    let mut q = Query::new();
-    let a = q.bind::<D::Backend>(Param::Int(at));
-    let p = q.bind::<D::Backend>(Param::Text(purpose.to_owned()));
-    let t = tenant_is::<D::Backend>(&mut q, tenant);
-    q.sql = format!(
-        "UPDATE {KEYS} SET state = 'retired', state_changed_at = {a} \
-         WHERE purpose = {p} AND state = 'active' AND {t}"
-    );
-    db.exec(&q).await
-}
-
 async fn all_keys<D: KeyDb>(db: &mut D) -> QueryResult<Vec<KeyRecord>> {
     let q = Query::sql(format!("SELECT {RECORD_COLS} FROM {KEYS} ORDER BY key_id"));
     D::Backend::load_records(db, &q).await
 }
 
-/// Marks the tenant's keys destroyed and erases their wrapped bytes; returns their ids.
-async fn destroy_tenant<D: KeyDb>(db: &mut D, tenant: &str, at: i64) -> Result<Vec<i64>, Error> {
-    crate::db::transaction(db, store_err, async |db| {
-        let ids = live_keys(db, Some(tenant)).await.map_err(store_err)?;
-        let mut q = Query::new();
-        let a = q.bind::<D::Backend>(Param::Int(at));
-        let t = tenant_is::<D::Backend>(&mut q, Some(tenant));
-        q.sql = format!(
-            "UPDATE {KEYS} SET state = 'destroyed', wrapped_key = NULL, state_changed_at = {a} \
-             WHERE {t}"
-        );
-        db.exec(&q).await.map_err(store_err)?;
-        Ok(ids)
-    })
-    .await
+/// The records of `tenant` (all of them, or those of `purpose` in `state`).
+async fn tenant_keys<D: KeyDb>(
+    db: &mut D,
+    tenant: Option<&str>,
+    purpose: Option<Purpose>,
+    state: Option<KeyState>,
+) -> QueryResult<Vec<KeyRecord>> {
+    let mut q = Query::new();
+    let mut cond = vec![tenant_is::<D::Backend>(&mut q, tenant)];
+    if let Some(p) = purpose {
+        cond.push(format!(
+            "purpose = {}",
+            q.bind::<D::Backend>(Param::Text(p.as_str().to_owned()))
+        ));
+    }
+    if let Some(st) = state {
+        cond.push(format!(
+            "state = {}",
+            q.bind::<D::Backend>(Param::Text(st.as_str().to_owned()))
+        ));
+    }
+    q.sql = format!(
+        "SELECT {RECORD_COLS} FROM {KEYS} WHERE {} ORDER BY key_id",
+        cond.join(" AND ")
+    );
+    D::Backend::load_records(db, &q).await
 }
 
-/// Destroys one retired key; returns rows changed.
-async fn destroy_retired<D: KeyDb>(db: &mut D, key_id: i64, at: i64) -> QueryResult<usize> {
+async fn key_by_id<D: KeyDb>(db: &mut D, id: i64) -> QueryResult<Option<KeyRecord>> {
     let mut q = Query::new();
-    let a = q.bind::<D::Backend>(Param::Int(at));
-    let k = q.bind::<D::Backend>(Param::Int(key_id));
-    q.sql = format!(
-        "UPDATE {KEYS} SET state = 'destroyed', wrapped_key = NULL, state_changed_at = {a} \
-         WHERE key_id = {k} AND state = 'retired'"
-    );
+    let k = q.bind::<D::Backend>(Param::Int(id));
+    q.sql = format!("SELECT {RECORD_COLS} FROM {KEYS} WHERE key_id = {k}");
+    Ok(D::Backend::load_records(db, &q).await?.into_iter().next())
+}
+
+/// The highest generation of `tenant`'s keys of `purpose` (0 for none).
+async fn max_generation<D: KeyDb>(
+    db: &mut D,
+    tenant: Option<&str>,
+    purpose: Purpose,
+) -> QueryResult<i64> {
+    let mut q = Query::new();
+    let p = q.bind::<D::Backend>(Param::Text(purpose.as_str().to_owned()));
+    let t = tenant_is::<D::Backend>(&mut q, tenant);
+    q.sql =
+        format!("SELECT COALESCE(MAX(generation), 0) AS n FROM {KEYS} WHERE purpose = {p} AND {t}");
+    D::Backend::count_q(db, &q).await
+}
+
+/// Writes `new` over `old` if the row is still as `old` was read (compare-and-swap on its
+/// state, wrapped bytes and MAC); returns rows changed.
+async fn update_record<D: KeyDb>(
+    db: &mut D,
+    new: &KeyRecord,
+    old: &KeyRecord,
+) -> QueryResult<usize> {
+    let mut q = Query::new();
+    let sets = [
+        ("state", Param::Text(new.state.clone())),
+        ("wrapped_key", Param::OptBytes(new.wrapped_key.clone())),
+        ("kek_ref", Param::Text(new.kek_ref.clone())),
+        ("generation", Param::Int(new.generation)),
+        ("check_value", Param::OptBytes(new.check_value.clone())),
+        ("mac_key_id", Param::OptInt(new.mac_key_id)),
+        ("record_mac", Param::OptBytes(new.record_mac.clone())),
+        ("state_changed_at", Param::Int(new.state_changed_at)),
+    ]
+    .into_iter()
+    .map(|(c, v)| format!("{c} = {}", q.bind::<D::Backend>(v)))
+    .collect::<Vec<_>>()
+    .join(", ");
+    let k = q.bind::<D::Backend>(Param::Int(old.key_id));
+    let st = q.bind::<D::Backend>(Param::Text(old.state.clone()));
+    let kek = q.bind::<D::Backend>(Param::Text(old.kek_ref.clone()));
+    let mut cond = format!("key_id = {k} AND state = {st} AND kek_ref = {kek}");
+    for (col, v) in [
+        ("wrapped_key", &old.wrapped_key),
+        ("record_mac", &old.record_mac),
+    ] {
+        match v {
+            None => cond.push_str(&format!(" AND {col} IS NULL")),
+            Some(b) => {
+                let b = q.bind::<D::Backend>(Param::Bytes(b.clone()));
+                cond.push_str(&format!(" AND {col} = {b}"));
+            }
+        }
+    }
+    q.sql = format!("UPDATE {KEYS} SET {sets} WHERE {cond}");
     db.exec(&q).await
 }
 
@@ -402,7 +488,7 @@ fn now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-fn store_err(e: impl std::fmt::Display) -> Error {
+fn store_err(e: impl fmt::Display) -> Error {
     Error::Store(e.to_string())
 }
 
@@ -426,15 +512,68 @@ fn store_err(e: impl std::fmt::Display) -> Error {
 /// # std::fs::remove_dir_all(&dir).unwrap();
 /// # Ok::<(), encrypted_types::Error>(())
 /// ```
-#[derive(Debug)]
 pub struct KeyStore<P> {
     provider: P,
+    /// KEKs that only unwrap: an old KEK during a rewrap, tenants' own KEKs.
+    others: Vec<Box<dyn KekProvider>>,
+    /// Wrapping keys unwrapped so far, by id: a KEK call once per wrapping key and load.
+    wrappers: Mutex<HashMap<KeyId, Arc<Wrapper>>>,
+    /// The highest generation seen per tenant and purpose at a load: a later load showing an
+    /// older active key (a rolled-back table) is refused.
+    seen: Mutex<HashMap<(Option<String>, Purpose), i64>>,
+}
+
+impl<P: fmt::Debug> fmt::Debug for KeyStore<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeyStore")
+            .field("provider", &self.provider)
+            .field("others", &self.others)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<P: KekProvider> KeyStore<P> {
-    /// A store whose keys are wrapped by `provider`.
+    /// A store whose new keys are wrapped by `provider`.
     pub fn new(provider: P) -> Self {
-        Self { provider }
+        Self {
+            provider,
+            others: Vec::new(),
+            wrappers: Mutex::default(),
+            seen: Mutex::default(),
+        }
+    }
+
+    /// Also unwraps keys wrapped by `kek`, without wrapping anything new under it: the old KEK
+    /// while [`KeyStore::rewrap`] moves the table to `provider`, or a tenant's own KEK
+    /// ([`KeyStore::create_tenant_with_kek`]). Keys are matched to KEKs by
+    /// [`KekProvider::kek_ref`].
+    ///
+    /// ```
+    /// # use encrypted_types::kek::local::LocalKek;
+    /// # use encrypted_types::store::KeyStore;
+    /// # let dir = std::env::temp_dir().join(format!("et-with-kek-doc-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// let new = LocalKek::create(dir.join("new.kek"))?;
+    /// let old = LocalKek::create(dir.join("old.kek"))?;
+    /// let store = KeyStore::new(new).with_kek(old);
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), encrypted_types::Error>(())
+    /// ```
+    #[must_use]
+    pub fn with_kek(mut self, kek: impl KekProvider + 'static) -> Self {
+        self.others.push(Box::new(kek));
+        self
+    }
+
+    /// The KEK named `kek_ref`, if this store has it.
+    fn kek(&self, kek_ref: &str) -> Option<&dyn KekProvider> {
+        if self.provider.kek_ref() == kek_ref {
+            return Some(&self.provider);
+        }
+        self.others
+            .iter()
+            .find(|k| k.kek_ref() == kek_ref)
+            .map(|k| &**k as &dyn KekProvider)
     }
 
     /// The provider.
@@ -534,6 +673,94 @@ impl<P: KekProvider> KeyStore<P> {
     }
 
     sync_and_async! {
+        /// Creates a tenant whose keys are wrapped by its own KEK (bring your own key): a
+        /// wrapping key for the tenant, wrapped by the KEK named `kek_ref` (added to this store
+        /// with [`KeyStore::with_kek`]), then the tenant's data key and blind-index root key,
+        /// wrapped by it. Disabling that KEK makes exactly this tenant unavailable at the next
+        /// load ([`Error::TenantUnavailable`]); re-enabling it restores the tenant at the load
+        /// after that.
+        ///
+        /// ```
+        /// # use diesel::prelude::*;
+        /// # use encrypted_types::kek::{KekProvider, local::LocalKek};
+        /// # use encrypted_types::store::KeyStore;
+        /// # let dir = std::env::temp_dir().join(format!("et-byok-doc-{}", std::process::id()));
+        /// # std::fs::create_dir_all(&dir).unwrap();
+        /// # let conn = &mut SqliteConnection::establish(":memory:").unwrap();
+        /// # KeyStore::<LocalKek>::run_migrations(conn)?;
+        /// let theirs = LocalKek::create(dir.join("clinic-b.kek"))?; // in production: their KMS key
+        /// let kek_ref = theirs.kek_ref();
+        /// let store = KeyStore::new(LocalKek::create(dir.join("ours.kek"))?).with_kek(theirs);
+        /// store.create_tenant(conn, Some(&"clinic-a".into()))?;
+        /// store.create_tenant_with_kek(conn, &"clinic-b".into(), &kek_ref)?;
+        /// let report = store.load_and_install(conn)?;
+        /// assert_eq!(report.kek_calls, 2, "one per wrapping key, not one per key");
+        /// # std::fs::remove_dir_all(&dir).unwrap();
+        /// # Ok::<(), encrypted_types::Error>(())
+        /// ```
+        ///
+        /// # Errors
+        /// [`Error::Store`] if the tenant already has keys or this store has no KEK `kek_ref`;
+        /// provider errors.
+        pub fn create_tenant_with_kek / create_tenant_with_kek_async(&self, tenant: &TenantId, kek_ref: &str)
+            -> Result<TenantKeys, Error> where Backend: KeyTable => self.create_tenant_with_kek_on
+    }
+
+    async fn create_tenant_with_kek_on<D: KeyDb>(
+        &self,
+        db: &mut D,
+        tenant: &TenantId,
+        kek_ref: &str,
+    ) -> Result<TenantKeys, Error> {
+        let kek = self.kek(kek_ref).ok_or_else(|| {
+            Error::Store(format!(
+                "no KEK {kek_ref} in this key store: add it with KeyStore::with_kek"
+            ))
+        })?;
+        crate::db::transaction(db, store_err, async |db| {
+            let existing = tenant_keys(db, Some(tenant.as_str()), None, None)
+                .await
+                .map_err(store_err)?;
+            if existing
+                .iter()
+                .any(|r| r.state != KeyState::Destroyed.as_str())
+            {
+                return Err(Error::Store(format!("tenant {tenant} already has keys")));
+            }
+            let mac = self.mac_wrapper(db).await?;
+            self.create_wrapping(db, Some(tenant), kek, Some(&mac))
+                .await?;
+            let data = self.create_key(db, Some(tenant), Purpose::Data).await?;
+            let blind_index = self
+                .create_key(db, Some(tenant), Purpose::BlindIndex)
+                .await?;
+            Ok(TenantKeys { data, blind_index })
+        })
+        .await
+    }
+
+    /// Retires `tenant`'s active keys of `purpose`; returns how many.
+    async fn retire<D: KeyDb>(
+        &self,
+        db: &mut D,
+        tenant: Option<&str>,
+        purpose: Purpose,
+    ) -> Result<usize, Error> {
+        let mac = self.mac_wrapper(db).await?;
+        let active = tenant_keys(db, tenant, Some(purpose), Some(KeyState::Active))
+            .await
+            .map_err(store_err)?;
+        for old in &active {
+            if !self.set_state(db, old, KeyState::Retired, &mac).await? {
+                return Err(Error::Store(
+                    "the key changed while it was being retired; run again".into(),
+                ));
+            }
+        }
+        Ok(active.len())
+    }
+
+    sync_and_async! {
         /// Adds a new active data key for `tenant` and retires the previous one: new writes use the
         /// new key at once (after the keyring is reloaded), old values still open. The rotation job
         /// re-seals old rows.
@@ -551,14 +778,9 @@ impl<P: KekProvider> KeyStore<P> {
     ) -> Result<KeyId, Error> {
         // Retire and create in one transaction: a failed wrap leaves the old key active.
         crate::db::transaction(db, store_err, async |db| {
-            let retired = retire_keys(
-                db,
-                tenant.map(TenantId::as_str),
-                Purpose::Data.as_str(),
-                now(),
-            )
-            .await
-            .map_err(store_err)?;
+            let retired = self
+                .retire(db, tenant.map(TenantId::as_str), Purpose::Data)
+                .await?;
             // A tenant without an active data key was never created (or was shredded): a lone
             // data key would make a half-tenant that every later `load` refuses.
             if retired == 0 {
@@ -613,60 +835,10 @@ impl<P: KekProvider> KeyStore<P> {
                 .ok_or_else(|| Error::NoBlindIndexKey {
                     tenant: crate::tenant::describe(tenant),
                 })?;
-            retire_keys(db, t, Purpose::BlindIndex.as_str(), now()).await
-                .map_err(store_err)?;
+            self.retire(db, t, Purpose::BlindIndex).await?;
             let new = self.create_key(db, tenant, Purpose::BlindIndex).await?;
             Ok((new, old))
         }).await
-    }
-
-    async fn create_key<D: KeyDb>(
-        &self,
-        db: &mut D,
-        tenant: Option<&TenantId>,
-        purpose: Purpose,
-    ) -> Result<KeyId, Error> {
-        // Random ids need no coordination between processes; a clash is retried.
-        for _ in 0..8 {
-            let mut raw = [0u8; 4];
-            getrandom::fill(&mut raw).map_err(|_| Error::Rng)?;
-            let id = KeyId::from(u32::from_be_bytes(raw) & 0x7FFF_FFFF | 1);
-            if id_taken(db, i64::from(id.get())).await.map_err(store_err)? {
-                continue;
-            }
-            let ctx = WrapContext {
-                tenant,
-                purpose,
-                key_id: id,
-            };
-            let (material, wrapped) = self.provider.generate_wrapped(&ctx)?;
-            // Never store a key that does not come back: unwrap it once now.
-            if self.provider.unwrap(&ctx, &wrapped)?.expose() != material.expose() {
-                return Err(Error::KeyUnwrap { key_id: id });
-            }
-            let at = now();
-            let record = KeyRecord {
-                key_id: i64::from(id.get()),
-                tenant: tenant.map(|t| t.as_str().to_owned()),
-                purpose: purpose.as_str().to_owned(),
-                state: KeyState::Active.as_str().to_owned(),
-                wrapped_key: Some(wrapped),
-                kek_ref: self.provider.kek_ref(),
-                created_at: at,
-                state_changed_at: at,
-            };
-            insert_key(db, &record).await.map_err(store_err)?;
-            tracing::info!(
-                target: "encrypted_types::audit",
-                event = "key_created",
-                key_id = id.get(),
-                tenant = %crate::tenant::describe(tenant),
-                purpose = purpose.as_str(),
-                kek = %record.kek_ref,
-            );
-            return Ok(id);
-        }
-        Err(Error::Store("could not find a free key id".into()))
     }
 
     sync_and_async! {
@@ -682,117 +854,6 @@ impl<P: KekProvider> KeyStore<P> {
         /// provider errors.
         pub fn load / load_async(&self)
             -> Result<(Keyring, LoadReport), Error> where Backend: KeyTable => self.load_on
-    }
-
-    async fn load_on<D: KeyDb>(&self, db: &mut D) -> Result<(Keyring, LoadReport), Error> {
-        let started = Instant::now();
-        let records = all_keys(db).await.map_err(store_err)?;
-        let mut builder = Keyring::builder();
-        let mut report = LoadReport {
-            data_keys: 0,
-            blind_index_keys: 0,
-            destroyed: 0,
-        };
-        let my_kek = self.provider.kek_ref();
-        for r in &records {
-            let id = u32::try_from(r.key_id)
-                .map(KeyId::from)
-                .map_err(|_| Error::KeyRecord {
-                    key_id: KeyId::from(0),
-                    reason: "key id out of range",
-                })?;
-            let bad = |reason| Error::KeyRecord { key_id: id, reason };
-            let state = KeyState::parse(&r.state).ok_or_else(|| bad("unknown state"))?;
-            let purpose = Purpose::parse(&r.purpose).ok_or_else(|| bad("unknown purpose"))?;
-            let tenant = r.tenant.as_deref().map(TenantId::from);
-            if state == KeyState::Destroyed {
-                if purpose == Purpose::Data {
-                    builder = builder.destroyed_key(id.get());
-                }
-                report.destroyed += 1;
-                continue;
-            }
-            if r.kek_ref != my_kek {
-                return Err(bad("wrapped by another KEK than this process's provider"));
-            }
-            let wrapped = r
-                .wrapped_key
-                .as_deref()
-                .ok_or_else(|| bad("no wrapped key bytes"))?;
-            let ctx = WrapContext {
-                tenant: tenant.as_ref(),
-                purpose,
-                key_id: id,
-            };
-            let material = self.provider.unwrap(&ctx, wrapped)?;
-            tracing::debug!(target: "encrypted_types::audit", event = "key_unwrapped", key_id = id.get(), purpose = purpose.as_str());
-            match purpose {
-                Purpose::Data => {
-                    self_test(id, tenant.as_ref(), &material)?;
-                    builder = builder.data_key(id.get(), tenant.clone(), material);
-                    if state == KeyState::Active {
-                        builder = builder.primary(tenant, id.get());
-                    }
-                    report.data_keys += 1;
-                }
-                Purpose::BlindIndex if state == KeyState::Active => {
-                    builder = builder.blind_index_root(tenant, material);
-                    report.blind_index_keys += 1;
-                }
-                // A root being replaced: lookups of the previous index version still use it.
-                Purpose::BlindIndex => {
-                    builder = builder.retired_blind_index_root(tenant, material);
-                    report.blind_index_keys += 1;
-                }
-            }
-        }
-        // Every tenant with live keys must have exactly one active key of each purpose, so a
-        // half-created tenant fails here, at startup, not on its first write.
-        let mut active: std::collections::HashMap<(Option<&str>, &str), usize> =
-            std::collections::HashMap::new();
-        let mut live: Vec<(Option<&str>, KeyId)> = Vec::new();
-        for r in &records {
-            if r.state == KeyState::Active.as_str() {
-                *active
-                    .entry((r.tenant.as_deref(), r.purpose.as_str()))
-                    .or_default() += 1;
-            }
-            if r.state != KeyState::Destroyed.as_str() {
-                live.push((
-                    r.tenant.as_deref(),
-                    KeyId::from(u32::try_from(r.key_id).unwrap_or(0)),
-                ));
-            }
-        }
-        for (tenant, key_id) in live {
-            for purpose in [Purpose::Data, Purpose::BlindIndex] {
-                match active.get(&(tenant, purpose.as_str())) {
-                    Some(1) => {}
-                    Some(_) => {
-                        return Err(Error::KeyRecord {
-                            key_id,
-                            reason: "its tenant has two active keys of one purpose",
-                        });
-                    }
-                    None => {
-                        return Err(Error::KeyRecord {
-                            key_id,
-                            reason: "its tenant lacks an active data key or blind-index key",
-                        });
-                    }
-                }
-            }
-        }
-        let keyring = builder.build()?;
-        tracing::info!(
-            target: "encrypted_types::audit",
-            event = "keyring_loaded",
-            data_keys = report.data_keys,
-            blind_index_keys = report.blind_index_keys,
-            destroyed = report.destroyed,
-            millis = started.elapsed().as_millis() as u64,
-        );
-        Ok((keyring, report))
     }
 
     sync_and_async! {
@@ -838,15 +899,26 @@ impl<P: KekProvider> KeyStore<P> {
                 reason: "rows still hold values sealed with it",
             });
         }
-        if destroy_retired(db, i64::from(key_id.get()), now())
-            .await
-            .map_err(store_err)?
-            == 0
-        {
-            return Err(Error::KeyRecord {
-                key_id,
-                reason: "not a retired key",
-            });
+        let not_retired = Error::KeyRecord {
+            key_id,
+            reason: "not a retired key",
+        };
+        let destroyed = crate::db::transaction(db, store_err, async |db| {
+            let mac = self.mac_wrapper(db).await?;
+            let old = key_by_id(db, i64::from(key_id.get()))
+                .await
+                .map_err(store_err)?
+                .filter(|r| {
+                    r.state == KeyState::Retired.as_str() && r.purpose != Purpose::Wrapping.as_str()
+                });
+            match old {
+                Some(old) => self.set_state(db, &old, KeyState::Destroyed, &mac).await,
+                None => Ok(false),
+            }
+        })
+        .await?;
+        if !destroyed {
+            return Err(not_retired);
         }
         tracing::warn!(target: "encrypted_types::audit", event = "key_destroyed", key_id = key_id.get());
         Ok(())
@@ -884,7 +956,29 @@ impl<P: KekProvider> KeyStore<P> {
             .map(KeyId::from)
             .collect();
         let rows_unreadable = count_rows_with_keys_on(db, models, &live).await?;
-        let ids = destroy_tenant(db, tenant.as_str(), now()).await?;
+        let ids = crate::db::transaction(db, store_err, async |db| {
+            let mac = self.mac_wrapper(db).await?;
+            let mut ids = Vec::new();
+            for old in tenant_keys(db, Some(tenant.as_str()), None, None)
+                .await
+                .map_err(store_err)?
+            {
+                if old.state != KeyState::Destroyed.as_str() {
+                    if !self.set_state(db, &old, KeyState::Destroyed, &mac).await? {
+                        return Err(Error::Store(
+                            "the tenant's keys changed while it was being shredded; run again"
+                                .into(),
+                        ));
+                    }
+                    ids.push(old.key_id);
+                    if old.purpose == Purpose::Wrapping.as_str() {
+                        self.forget_wrapping(wrap::key_id_of(&old)?);
+                    }
+                }
+            }
+            Ok(ids)
+        })
+        .await?;
         let key_ids: Vec<KeyId> = ids
             .iter()
             .filter_map(|id| u32::try_from(*id).ok())

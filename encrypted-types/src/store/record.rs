@@ -1,0 +1,230 @@
+//! The key records' own cryptography (`docs/KEYTABLE.md`): a key wrapped locally under a
+//! wrapping key, the key check value, and the MAC that authenticates every record.
+//!
+//! All three are pure functions of their inputs, so the Python reference in `tests/vectors/`
+//! reproduces them byte for byte.
+
+use aes_gcm::aead::{AeadInOut, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce, Tag};
+use hmac::Mac;
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use super::KeyRecord;
+use crate::Error;
+use crate::kek::WrapContext;
+use crate::key::{KeyId, KeyMaterial};
+
+type HmacSha256 = hmac::Hmac<Sha256>;
+
+/// `nonce (12) ‖ ciphertext (32) ‖ tag (16)`: the local KEK's layout and the wrapping key's.
+pub(crate) const WRAPPED_LEN: usize = 12 + 32 + 16;
+
+const WRAP_DOMAIN: &[u8] = b"encrypted-types/keytable/wrap/v1";
+const CHECK_LABEL: &[u8] = b"encrypted-types/keytable/check/v1";
+const MAC_INFO: &[u8] = b"encrypted-types/keytable/mac/v1";
+const RECORD_DOMAIN: &[u8] = b"encrypted-types/keytable/record/v1";
+
+/// Bytes of a check value: enough that 32 random bytes pass with probability 2⁻¹²⁸.
+pub(crate) const CHECK_LEN: usize = 16;
+
+/// AES-256-GCM-seals a 32-byte key under `cipher` with `aad` and `nonce`.
+pub(crate) fn seal_key_with_nonce(
+    cipher: &Aes256Gcm,
+    aad: &[u8],
+    nonce: [u8; 12],
+    key: &KeyMaterial,
+    key_id: KeyId,
+) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::with_capacity(WRAPPED_LEN);
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(key.expose());
+    let body = out.get_mut(12..).ok_or(Error::KeyUnwrap { key_id })?;
+    let tag = cipher
+        .encrypt_inout_detached(&Nonce::from(nonce), aad, body.into())
+        .map_err(|_| Error::KeyUnwrap { key_id })?;
+    out.extend_from_slice(&tag);
+    Ok(out)
+}
+
+/// [`seal_key_with_nonce`] with a fresh nonce from the OS.
+pub(crate) fn seal_key(
+    cipher: &Aes256Gcm,
+    aad: &[u8],
+    key: &KeyMaterial,
+    key_id: KeyId,
+) -> Result<Vec<u8>, Error> {
+    seal_key_with_nonce(cipher, aad, crate::nonce::generate()?, key, key_id)
+}
+
+/// Opens what [`seal_key`] made; any other length, tag or AAD is [`Error::KeyUnwrap`].
+pub(crate) fn open_key(
+    cipher: &Aes256Gcm,
+    aad: &[u8],
+    wrapped: &[u8],
+    key_id: KeyId,
+) -> Result<KeyMaterial, Error> {
+    let fail = || Error::KeyUnwrap { key_id };
+    if wrapped.len() != WRAPPED_LEN {
+        return Err(fail());
+    }
+    let nonce: [u8; 12] = wrapped
+        .get(..12)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(fail)?;
+    let tag = wrapped
+        .get(44..)
+        .and_then(|b| Tag::try_from(b).ok())
+        .ok_or_else(fail)?;
+    let mut key = Zeroizing::new([0u8; 32]);
+    key.copy_from_slice(wrapped.get(12..44).ok_or_else(fail)?);
+    cipher
+        .decrypt_inout_detached(&Nonce::from(nonce), aad, (&mut key[..]).into(), &tag)
+        .map_err(|_| fail())?;
+    KeyMaterial::from_slice(&*key)
+}
+
+/// The AAD of a key wrapped by wrapping key `wrapping`: the domain, the wrapping key's id and
+/// the same context a KEK binds ([`WrapContext::aad`]).
+pub(crate) fn local_aad(ctx: &WrapContext<'_>, wrapping: KeyId) -> Vec<u8> {
+    let mut aad = WRAP_DOMAIN.to_vec();
+    aad.extend_from_slice(&wrapping.get().to_be_bytes());
+    aad.extend_from_slice(&ctx.aad());
+    aad
+}
+
+/// A key wrapping other keys locally: an unwrapped wrapping key, with its id.
+pub(crate) struct Wrapper {
+    pub(crate) id: KeyId,
+    cipher: Aes256Gcm,
+    mac: HmacSha256,
+}
+
+impl Wrapper {
+    pub(crate) fn new(id: KeyId, key: &KeyMaterial) -> Result<Self, Error> {
+        let mut okm = Zeroizing::new([0u8; 32]);
+        let mut info = MAC_INFO.to_vec();
+        info.extend_from_slice(&id.get().to_be_bytes());
+        hkdf::Hkdf::<Sha256>::new(None, key.expose())
+            .expand(&info, &mut okm[..])
+            .map_err(|_| Error::KeyRecord {
+                key_id: id,
+                reason: "cannot derive its MAC key",
+            })?;
+        let mac =
+            <HmacSha256 as KeyInit>::new_from_slice(&okm[..]).map_err(|_| Error::KeyRecord {
+                key_id: id,
+                reason: "cannot derive its MAC key",
+            })?;
+        Ok(Self {
+            id,
+            cipher: Aes256Gcm::new(key.expose().into()),
+            mac,
+        })
+    }
+
+    /// Wraps `key` for `ctx` under this wrapping key.
+    pub(crate) fn wrap(&self, ctx: &WrapContext<'_>, key: &KeyMaterial) -> Result<Vec<u8>, Error> {
+        seal_key(&self.cipher, &local_aad(ctx, self.id), key, ctx.key_id)
+    }
+
+    #[cfg(feature = "test-vectors")]
+    pub(crate) fn wrap_with_nonce(
+        &self,
+        ctx: &WrapContext<'_>,
+        nonce: [u8; 12],
+        key: &KeyMaterial,
+    ) -> Result<Vec<u8>, Error> {
+        seal_key_with_nonce(
+            &self.cipher,
+            &local_aad(ctx, self.id),
+            nonce,
+            key,
+            ctx.key_id,
+        )
+    }
+
+    /// Unwraps a key wrapped for `ctx` under this wrapping key.
+    pub(crate) fn unwrap(
+        &self,
+        ctx: &WrapContext<'_>,
+        wrapped: &[u8],
+    ) -> Result<KeyMaterial, Error> {
+        open_key(&self.cipher, &local_aad(ctx, self.id), wrapped, ctx.key_id)
+    }
+
+    /// Sets `r.mac_key_id` to this key and `r.record_mac` to the MAC of the record's fields.
+    pub(crate) fn authenticate(&self, r: &mut KeyRecord) {
+        r.mac_key_id = Some(i64::from(self.id.get()));
+        r.record_mac = Some(self.record_mac(r).to_vec());
+    }
+
+    /// Whether `r.record_mac` is this key's MAC of `r` (in constant time).
+    pub(crate) fn verifies(&self, r: &KeyRecord) -> bool {
+        if r.mac_key_id != Some(i64::from(self.id.get())) {
+            return false;
+        }
+        let Some(tag) = r.record_mac.as_deref() else {
+            return false;
+        };
+        let mut mac = self.mac.clone();
+        mac.update(&mac_input(r));
+        mac.verify_slice(tag).is_ok()
+    }
+
+    fn record_mac(&self, r: &KeyRecord) -> [u8; 32] {
+        let mut mac = self.mac.clone();
+        mac.update(&mac_input(r));
+        mac.finalize().into_bytes().into()
+    }
+}
+
+/// `HMAC-SHA256(key, label)`, truncated: a fingerprint of a key that reveals nothing of it.
+pub(crate) fn check_value(key: &KeyMaterial) -> [u8; CHECK_LEN] {
+    let mut out = [0u8; CHECK_LEN];
+    if let Ok(mut mac) = <HmacSha256 as KeyInit>::new_from_slice(key.expose()) {
+        mac.update(CHECK_LABEL);
+        let full = mac.finalize().into_bytes();
+        out.copy_from_slice(full.get(..CHECK_LEN).unwrap_or(&[0; CHECK_LEN]));
+    }
+    out
+}
+
+/// Whether `key` matches the stored check value (in constant time).
+pub(crate) fn check_matches(key: &KeyMaterial, stored: &[u8]) -> bool {
+    let Ok(mut mac) = <HmacSha256 as KeyInit>::new_from_slice(key.expose()) else {
+        return false;
+    };
+    mac.update(CHECK_LABEL);
+    stored.len() == CHECK_LEN && mac.verify_truncated_left(stored).is_ok()
+}
+
+fn lp(out: &mut Vec<u8>, bytes: &[u8]) {
+    out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
+    out.extend_from_slice(bytes);
+}
+
+fn opt(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
+    match bytes {
+        None => out.push(0),
+        Some(b) => {
+            out.push(1);
+            lp(out, b);
+        }
+    }
+}
+
+/// What a record MAC covers: every field but the timestamps and the MAC itself.
+pub(crate) fn mac_input(r: &KeyRecord) -> Vec<u8> {
+    let mut out = RECORD_DOMAIN.to_vec();
+    out.extend_from_slice(&r.key_id.to_be_bytes());
+    opt(&mut out, r.tenant.as_deref().map(str::as_bytes));
+    lp(&mut out, r.purpose.as_bytes());
+    lp(&mut out, r.state.as_bytes());
+    out.extend_from_slice(&r.generation.to_be_bytes());
+    lp(&mut out, r.kek_ref.as_bytes());
+    opt(&mut out, r.wrapped_key.as_deref());
+    opt(&mut out, r.check_value.as_deref());
+    out.extend_from_slice(&r.mac_key_id.unwrap_or(-1).to_be_bytes());
+    out
+}

@@ -1,0 +1,376 @@
+//! KEK rotation: re-wrapping every key of the table under a new deployment wrapping key,
+//! itself wrapped by the store's provider, without touching a single data value.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::record::{Wrapper, check_matches, check_value};
+use super::wrap::{NOT_AUTHENTIC, WRAPPED_BY, key_id_of, wrapped_by};
+use super::{KEYS, KeyDb, KeyRecord, KeyState, KeyTable, store_err, tenant_keys, update_record};
+use crate::Error;
+use crate::db::{Param, Query, sync_and_async};
+use crate::kek::{KekProvider, Purpose, WrapContext};
+use crate::key::KeyId;
+use crate::store::KeyStore;
+use crate::tenant::TenantId;
+
+/// How [`KeyStore::rewrap`] runs.
+#[derive(Debug, Clone, Copy)]
+pub struct RewrapOptions {
+    /// Records re-wrapped per transaction.
+    pub batch: usize,
+}
+
+impl Default for RewrapOptions {
+    fn default() -> Self {
+        Self { batch: 500 }
+    }
+}
+
+/// What [`KeyStore::rewrap`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RewrapReport {
+    /// The deployment wrapping key every key is now wrapped or authenticated by.
+    pub wrapping_key: KeyId,
+    /// Keys re-wrapped under it in this run.
+    pub rewrapped: u64,
+    /// Records only re-authenticated (destroyed keys, keys under a tenant's own KEK).
+    pub reauthenticated: u64,
+    /// Records another process changed between read and write, picked up by the next pass.
+    pub conflicts: u64,
+    /// The previous deployment wrapping keys, destroyed at the end.
+    pub destroyed_wrapping_keys: Vec<KeyId>,
+    /// Calls to KEK providers.
+    pub kek_calls: usize,
+    /// True only when an SQL count finds no record left on an old KEK or wrapping key and the
+    /// old wrapping keys are destroyed: the old KEK can then be disabled.
+    pub finished: bool,
+}
+
+impl<P: KekProvider> KeyStore<P> {
+    sync_and_async! {
+        /// Rotates the KEK: creates a deployment wrapping key under this store's provider (if the
+        /// active one is under another KEK), then re-wraps every data and blind-index key under it
+        /// and re-authenticates every record, `options.batch` records per transaction, never
+        /// touching a data value. Keys wrapped by a tenant's own KEK stay under it.
+        ///
+        /// Resumable and idempotent: a run killed at any point is simply run again, and skips
+        /// what is done. While it runs, every process must have both KEKs (the old one through
+        /// [`KeyStore::with_kek`]); once it reports `finished`, the old deployment wrapping key is
+        /// destroyed and the old KEK can be disabled. The same job moves a table from before the
+        /// key hierarchy (every key wrapped by the KEK itself) under a wrapping key.
+        ///
+        /// ```
+        /// # use diesel::prelude::*;
+        /// # use encrypted_types::kek::local::LocalKek;
+        /// # use encrypted_types::store::{KeyStore, RewrapOptions};
+        /// # let dir = std::env::temp_dir().join(format!("et-rewrap-doc-{}", std::process::id()));
+        /// # std::fs::create_dir_all(&dir).unwrap();
+        /// # let conn = &mut SqliteConnection::establish(":memory:").unwrap();
+        /// # KeyStore::<LocalKek>::run_migrations(conn)?;
+        /// let old = KeyStore::new(LocalKek::create(dir.join("old.kek"))?);
+        /// old.create_tenant(conn, Some(&"clinic-a".into()))?;
+        ///
+        /// // Every process now runs with the new KEK and still has the old one ...
+        /// let store = KeyStore::new(LocalKek::create(dir.join("new.kek"))?)
+        ///     .with_kek(LocalKek::open(dir.join("old.kek"))?);
+        /// let report = store.rewrap(conn, RewrapOptions::default())?;
+        /// assert!(report.finished);
+        ///
+        /// // ... and after it, the old KEK is not needed.
+        /// std::fs::remove_file(dir.join("old.kek")).unwrap();
+        /// let store = KeyStore::new(LocalKek::open(dir.join("new.kek"))?);
+        /// assert_eq!(store.load(conn)?.1.data_keys, 1);
+        /// # std::fs::remove_dir_all(&dir).unwrap();
+        /// # Ok::<(), encrypted_types::Error>(())
+        /// ```
+        ///
+        /// # Errors
+        /// [`Error::KeyRecord`] for a record that does not authenticate, [`Error::KeyUnwrap`],
+        /// [`Error::KeyCheck`], provider errors, [`Error::Store`].
+        pub fn rewrap / rewrap_async(&self, options: RewrapOptions)
+            -> Result<RewrapReport, Error> where Backend: KeyTable => self.rewrap_on
+    }
+
+    async fn rewrap_on<D: KeyDb>(
+        &self,
+        db: &mut D,
+        options: RewrapOptions,
+    ) -> Result<RewrapReport, Error> {
+        let target =
+            crate::db::transaction(db, store_err, async |db| self.rewrap_target(db).await).await?;
+        let mut report = RewrapReport {
+            wrapping_key: target.id,
+            rewrapped: 0,
+            reauthenticated: 0,
+            conflicts: 0,
+            destroyed_wrapping_keys: Vec::new(),
+            kek_calls: 0,
+            finished: false,
+        };
+        // Passes until a count finds nothing left: a record another process changed between
+        // read and write is picked up by the next pass.
+        for _ in 0..3 {
+            let mut after = -1i64;
+            loop {
+                let (last, more) = crate::db::transaction(db, store_err, async |db| {
+                    self.rewrap_batch(db, &target, after, options.batch.max(1), &mut report)
+                        .await
+                })
+                .await?;
+                after = last;
+                if !more {
+                    break;
+                }
+            }
+            if remaining(db, target.id).await? == 0 {
+                break;
+            }
+        }
+        if remaining(db, target.id).await? > 0 {
+            return Ok(report);
+        }
+        // Nothing depends on the old deployment wrapping keys any more: destroy them.
+        let destroyed = crate::db::transaction(db, store_err, async |db| {
+            let mut destroyed = Vec::new();
+            for old in tenant_keys(db, None, Some(Purpose::Wrapping), None)
+                .await
+                .map_err(store_err)?
+            {
+                if old.key_id == i64::from(target.id.get())
+                    || old.state == KeyState::Destroyed.as_str()
+                {
+                    continue;
+                }
+                if !self
+                    .set_state(db, &old, KeyState::Destroyed, &target)
+                    .await?
+                {
+                    return Err(Error::Store(
+                        "a wrapping key changed during the rewrap; run again".into(),
+                    ));
+                }
+                let id = key_id_of(&old)?;
+                self.forget_wrapping(id);
+                destroyed.push(id);
+            }
+            Ok(destroyed)
+        })
+        .await?;
+        report.destroyed_wrapping_keys = destroyed;
+        // The independent check: no record on an old KEK or wrapping key, no old wrapping key live.
+        report.finished =
+            remaining(db, target.id).await? == 0 && live_old_wrappers(db, target.id).await? == 0;
+        tracing::info!(
+            target: "encrypted_types::audit",
+            event = "rewrap_done",
+            wrapping_key = target.id.get(),
+            rewrapped = report.rewrapped,
+            reauthenticated = report.reauthenticated,
+            finished = report.finished,
+        );
+        Ok(report)
+    }
+
+    /// The deployment wrapping key under this store's provider, created (and the previous one
+    /// retired) if the active one is under another KEK.
+    async fn rewrap_target<D: KeyDb>(&self, db: &mut D) -> Result<Arc<Wrapper>, Error> {
+        let current = self.mac_wrapper(db).await?;
+        let active = tenant_keys(db, None, Some(Purpose::Wrapping), Some(KeyState::Active))
+            .await
+            .map_err(store_err)?;
+        let Some(row) = active.first() else {
+            return Err(Error::Store("no active deployment wrapping key".into()));
+        };
+        if row.kek_ref == self.provider.kek_ref() {
+            return Ok(current);
+        }
+        // Retired first (the table allows one active wrapping key), still authenticated by
+        // itself until the rewrap destroys it.
+        if !self.set_state(db, row, KeyState::Retired, &current).await? {
+            return Err(Error::Store(
+                "the wrapping key changed during the rewrap; run again".into(),
+            ));
+        }
+        self.create_wrapping(db, None, &self.provider, None).await
+    }
+
+    /// Re-wraps and re-authenticates the records after key id `after`, up to `limit` of them.
+    /// Returns the last key id read and whether there may be more.
+    async fn rewrap_batch<D: KeyDb>(
+        &self,
+        db: &mut D,
+        target: &Wrapper,
+        after: i64,
+        limit: usize,
+        report: &mut RewrapReport,
+    ) -> Result<(i64, bool), Error> {
+        let wrapping: HashMap<i64, KeyRecord> =
+            tenant_keys_of_purpose(db, Purpose::Wrapping).await?;
+        let mut q = Query::new();
+        let a = q.bind::<D::Backend>(Param::Int(after));
+        let n = q.bind::<D::Backend>(Param::Int(i64::try_from(limit).unwrap_or(i64::MAX)));
+        q.sql = format!(
+            "SELECT {} FROM {KEYS} WHERE key_id > {a} ORDER BY key_id LIMIT {n}",
+            super::RECORD_COLS
+        );
+        let rows = D::Backend::load_records(db, &q).await.map_err(store_err)?;
+        let last = rows.last().map_or(after, |r| r.key_id);
+        let more = rows.len() == limit;
+        let target_id = i64::from(target.id.get());
+        for old in &rows {
+            if old.purpose == Purpose::Wrapping.as_str() && old.tenant.is_none() {
+                continue;
+            }
+            // Keys under a tenant's own wrapping key stay there; the rest move under the target.
+            let wrapper_row =
+                wrapped_by(&old.kek_ref).and_then(|w| wrapping.get(&i64::from(w.get())));
+            let own_kek = wrapper_row.is_some_and(|w| w.tenant.is_some());
+            let rewrap = old.purpose != Purpose::Wrapping.as_str()
+                && old.state != KeyState::Destroyed.as_str()
+                && !own_kek
+                && old.kek_ref != format!("{WRAPPED_BY}{}", target.id);
+            if !rewrap && old.mac_key_id == Some(target_id) {
+                continue;
+            }
+            self.authentic(old, &wrapping)?;
+            let mut new = old.clone();
+            if rewrap {
+                let id = key_id_of(old)?;
+                let tenant = old.tenant.as_deref().map(TenantId::from);
+                let ctx = WrapContext {
+                    tenant: tenant.as_ref(),
+                    purpose: Purpose::parse(&old.purpose).ok_or(Error::KeyRecord {
+                        key_id: id,
+                        reason: "unknown purpose",
+                    })?,
+                    key_id: id,
+                };
+                let wrapped = old.wrapped_key.as_deref().ok_or(Error::KeyRecord {
+                    key_id: id,
+                    reason: "no wrapped key bytes",
+                })?;
+                let material = match wrapper_row {
+                    Some(w) => self.wrapping(w)?.unwrap(&ctx, wrapped)?,
+                    None if wrapped_by(&old.kek_ref).is_some() => {
+                        return Err(Error::KeyRecord {
+                            key_id: id,
+                            reason: "wrapped by a wrapping key the table does not hold",
+                        });
+                    }
+                    None => {
+                        let kek = self.kek(&old.kek_ref).ok_or(Error::KeyRecord {
+                            key_id: id,
+                            reason: "wrapped by a KEK this process has no provider for (add it with KeyStore::with_kek)",
+                        })?;
+                        report.kek_calls += 1;
+                        kek.unwrap(&ctx, wrapped)?
+                    }
+                };
+                if let Some(check) = old.check_value.as_deref()
+                    && !check_matches(&material, check)
+                {
+                    return Err(Error::KeyCheck { key_id: id });
+                }
+                new.wrapped_key = Some(target.wrap(&ctx, &material)?);
+                new.kek_ref = format!("{WRAPPED_BY}{}", target.id);
+                new.check_value = Some(check_value(&material).to_vec());
+            }
+            target.authenticate(&mut new);
+            if update_record(db, &new, old).await.map_err(store_err)? == 1 {
+                if rewrap {
+                    report.rewrapped += 1;
+                } else {
+                    report.reauthenticated += 1;
+                }
+            } else {
+                report.conflicts += 1;
+            }
+        }
+        Ok((last, more))
+    }
+
+    /// Checks `r`'s MAC against the deployment wrapping key that made it.
+    fn authentic(&self, r: &KeyRecord, wrapping: &HashMap<i64, KeyRecord>) -> Result<(), Error> {
+        let id = key_id_of(r)?;
+        let mac_row = r
+            .mac_key_id
+            .and_then(|m| wrapping.get(&m))
+            .filter(|m| m.tenant.is_none() && m.state != KeyState::Destroyed.as_str());
+        let ok = match mac_row {
+            Some(m) => {
+                let w = self.wrapping(m)?;
+                w.verifies(m) && w.verifies(r)
+            }
+            None => false,
+        };
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::KeyRecord {
+                key_id: id,
+                reason: NOT_AUTHENTIC,
+            })
+        }
+    }
+}
+
+/// Every record of `purpose`, by key id.
+async fn tenant_keys_of_purpose<D: KeyDb>(
+    db: &mut D,
+    purpose: Purpose,
+) -> Result<HashMap<i64, KeyRecord>, Error> {
+    let mut q = Query::new();
+    let p = q.bind::<D::Backend>(Param::Text(purpose.as_str().to_owned()));
+    q.sql = format!(
+        "SELECT {} FROM {KEYS} WHERE purpose = {p}",
+        super::RECORD_COLS
+    );
+    Ok(D::Backend::load_records(db, &q)
+        .await
+        .map_err(store_err)?
+        .into_iter()
+        .map(|r| (r.key_id, r))
+        .collect())
+}
+
+/// Records not yet under `target`: not authenticated by it, or a live key still wrapped by a
+/// KEK directly or by another deployment wrapping key. Counted in SQL, not by the job's code.
+async fn remaining<D: KeyDb>(db: &mut D, target: KeyId) -> Result<i64, Error> {
+    let old: Vec<i64> = tenant_keys_of_purpose(db, Purpose::Wrapping)
+        .await?
+        .into_values()
+        .filter(|r| r.tenant.is_none() && r.key_id != i64::from(target.get()))
+        .map(|r| r.key_id)
+        .collect();
+    let mut q = Query::new();
+    let t = q.bind::<D::Backend>(Param::Int(i64::from(target.get())));
+    let t2 = q.bind::<D::Backend>(Param::Int(i64::from(target.get())));
+    let mut under_old = String::from("kek_ref NOT LIKE 'key:%'");
+    if !old.is_empty() {
+        let refs: Vec<String> = old
+            .iter()
+            .map(|id| q.bind::<D::Backend>(Param::Text(format!("{WRAPPED_BY}{id}"))))
+            .collect();
+        under_old = format!("({under_old} OR kek_ref IN ({}))", refs.join(", "));
+    }
+    q.sql = format!(
+        "SELECT COUNT(*) AS n FROM {KEYS} WHERE key_id <> {t} \
+         AND NOT (purpose = 'wrapping' AND tenant IS NULL) \
+         AND (mac_key_id IS NULL OR mac_key_id <> {t2} \
+              OR (purpose <> 'wrapping' AND state <> 'destroyed' AND {under_old}))"
+    );
+    D::Backend::count_q(db, &q).await.map_err(store_err)
+}
+
+/// Deployment wrapping keys other than `target` that are not destroyed.
+async fn live_old_wrappers<D: KeyDb>(db: &mut D, target: KeyId) -> Result<i64, Error> {
+    let mut q = Query::new();
+    let t = q.bind::<D::Backend>(Param::Int(i64::from(target.get())));
+    q.sql = format!(
+        "SELECT COUNT(*) AS n FROM {KEYS} WHERE purpose = 'wrapping' AND tenant IS NULL \
+         AND state <> 'destroyed' AND key_id <> {t}"
+    );
+    D::Backend::count_q(db, &q).await.map_err(store_err)
+}

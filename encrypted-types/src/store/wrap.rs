@@ -1,0 +1,359 @@
+//! The key hierarchy's writes: wrapping keys, new keys wrapped under them, and state changes,
+//! each record authenticated by the deployment's active wrapping key (ADR 0003).
+
+use std::sync::{Arc, PoisonError};
+
+use super::record::{Wrapper, check_matches, check_value};
+use super::{
+    KeyDb, KeyRecord, KeyState, id_taken, insert_key, key_by_id, max_generation, now, store_err,
+    tenant_keys, update_record,
+};
+use crate::Error;
+use crate::kek::{KekProvider, Purpose, WrapContext};
+use crate::key::{KeyId, KeyMaterial};
+use crate::store::KeyStore;
+use crate::tenant::TenantId;
+
+/// The prefix of `kek_ref` for a key wrapped by a wrapping key of the table: `key:<id>`.
+pub(crate) const WRAPPED_BY: &str = "key:";
+
+pub(crate) const NOT_AUTHENTIC: &str = "its record does not authenticate (altered, moved to another tenant or purpose, or rolled back)";
+
+/// The record's key id as a [`KeyId`].
+pub(crate) fn key_id_of(r: &KeyRecord) -> Result<KeyId, Error> {
+    u32::try_from(r.key_id)
+        .map(KeyId::from)
+        .map_err(|_| Error::KeyRecord {
+            key_id: KeyId::from(0),
+            reason: "key id out of range",
+        })
+}
+
+/// The wrapping key id of a `key:<id>` reference.
+pub(crate) fn wrapped_by(kek_ref: &str) -> Option<KeyId> {
+    kek_ref
+        .strip_prefix(WRAPPED_BY)
+        .and_then(|n| n.parse::<u32>().ok())
+        .map(KeyId::from)
+}
+
+impl<P: KekProvider> KeyStore<P> {
+    /// Unwraps wrapping key `r` through its KEK (one provider call), checks its check value and
+    /// caches it. `calls` counts provider calls.
+    pub(super) fn unwrap_wrapping(
+        &self,
+        r: &KeyRecord,
+        calls: &mut usize,
+    ) -> Result<Arc<Wrapper>, Error> {
+        let id = key_id_of(r)?;
+        let bad = |reason| Error::KeyRecord { key_id: id, reason };
+        let kek = self.kek(&r.kek_ref).ok_or_else(|| {
+            bad("wrapped by a KEK this process has no provider for (add it with KeyStore::with_kek)")
+        })?;
+        let wrapped = r
+            .wrapped_key
+            .as_deref()
+            .ok_or_else(|| bad("no wrapped key bytes"))?;
+        let tenant = r.tenant.as_deref().map(TenantId::from);
+        let ctx = WrapContext {
+            tenant: tenant.as_ref(),
+            purpose: Purpose::Wrapping,
+            key_id: id,
+        };
+        *calls += 1;
+        let material = kek.unwrap(&ctx, wrapped)?;
+        let check = r
+            .check_value
+            .as_deref()
+            .ok_or_else(|| bad("no check value"))?;
+        if !check_matches(&material, check) {
+            return Err(Error::KeyCheck { key_id: id });
+        }
+        let w = Arc::new(Wrapper::new(id, &material)?);
+        self.wrappers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, Arc::clone(&w));
+        Ok(w)
+    }
+
+    /// Wrapping key `r`, from the cache or unwrapped now.
+    pub(crate) fn wrapping(&self, r: &KeyRecord) -> Result<Arc<Wrapper>, Error> {
+        let id = key_id_of(r)?;
+        let cached = self
+            .wrappers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned();
+        match cached {
+            Some(w) => Ok(w),
+            None => self.unwrap_wrapping(r, &mut 0),
+        }
+    }
+
+    pub(crate) fn forget_wrapping(&self, id: KeyId) {
+        self.wrappers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+    }
+
+    /// The deployment wrapping key that authenticated `r`, with `r` checked against it.
+    async fn verified_by<D: KeyDb>(
+        &self,
+        db: &mut D,
+        r: &KeyRecord,
+    ) -> Result<Arc<Wrapper>, Error> {
+        let id = key_id_of(r)?;
+        let not_authentic = || Error::KeyRecord {
+            key_id: id,
+            reason: NOT_AUTHENTIC,
+        };
+        let mac_id = r.mac_key_id.ok_or_else(not_authentic)?;
+        let mac_row = if mac_id == r.key_id {
+            r.clone()
+        } else {
+            key_by_id(db, mac_id)
+                .await
+                .map_err(store_err)?
+                .ok_or_else(not_authentic)?
+        };
+        if mac_row.purpose != Purpose::Wrapping.as_str()
+            || mac_row.tenant.is_some()
+            || mac_row.state == KeyState::Destroyed.as_str()
+        {
+            return Err(not_authentic());
+        }
+        let w = self.wrapping(&mac_row)?;
+        if !w.verifies(&mac_row) || !w.verifies(r) {
+            return Err(not_authentic());
+        }
+        Ok(w)
+    }
+
+    /// The deployment's active wrapping key, which wraps keys of tenants without their own KEK
+    /// and authenticates every record. A table without one gets one now, wrapped by this
+    /// store's provider, and every record already in it is authenticated (adopted) in the same
+    /// transaction.
+    pub(super) async fn mac_wrapper<D: KeyDb>(&self, db: &mut D) -> Result<Arc<Wrapper>, Error> {
+        let active = tenant_keys(db, None, Some(Purpose::Wrapping), Some(KeyState::Active))
+            .await
+            .map_err(store_err)?;
+        if let Some(r) = active.first() {
+            return self.verified_by(db, r).await;
+        }
+        let w = self.create_wrapping(db, None, &self.provider, None).await?;
+        self.adopt(db, &w).await?;
+        Ok(w)
+    }
+
+    /// Authenticates the records written before the table had a wrapping key: each gets a
+    /// generation (in creation order, its active key last) and a MAC. Refuses a table where
+    /// some records are already authenticated: their wrapping key is missing.
+    async fn adopt<D: KeyDb>(&self, db: &mut D, mac: &Wrapper) -> Result<(), Error> {
+        let mut rows = super::all_keys(db).await.map_err(store_err)?;
+        rows.retain(|r| r.key_id != i64::from(mac.id.get()));
+        if let Some(r) = rows.iter().find(|r| r.record_mac.is_some()) {
+            return Err(Error::KeyRecord {
+                key_id: key_id_of(r)?,
+                reason: "authenticated, but the table has no active deployment wrapping key",
+            });
+        }
+        let rank = |r: &KeyRecord| (r.state == KeyState::Active.as_str(), r.created_at, r.key_id);
+        rows.sort_by(|a, b| {
+            (&a.tenant, &a.purpose, rank(a)).cmp(&(&b.tenant, &b.purpose, rank(b)))
+        });
+        let mut generation = 0;
+        let mut group: Option<(Option<String>, String)> = None;
+        for old in &rows {
+            let this = (old.tenant.clone(), old.purpose.clone());
+            if group.as_ref() != Some(&this) {
+                group = Some(this);
+                generation = 0;
+            }
+            generation += 1;
+            let mut new = old.clone();
+            new.generation = generation;
+            mac.authenticate(&mut new);
+            if update_record(db, &new, old).await.map_err(store_err)? != 1 {
+                return Err(Error::Store(
+                    "the key table changed while its records were being authenticated; run again"
+                        .into(),
+                ));
+            }
+        }
+        if !rows.is_empty() {
+            tracing::info!(target: "encrypted_types::audit", event = "key_table_adopted", records = rows.len());
+        }
+        Ok(())
+    }
+
+    /// The tenant's own active wrapping key (bring your own KEK), if it has one.
+    async fn tenant_wrapper<D: KeyDb>(
+        &self,
+        db: &mut D,
+        tenant: &TenantId,
+    ) -> Result<Option<Arc<Wrapper>>, Error> {
+        let rows = tenant_keys(
+            db,
+            Some(tenant.as_str()),
+            Some(Purpose::Wrapping),
+            Some(KeyState::Active),
+        )
+        .await
+        .map_err(store_err)?;
+        let Some(r) = rows.first() else {
+            return Ok(None);
+        };
+        self.verified_by(db, r).await?;
+        self.wrapping(r).map(Some)
+    }
+
+    /// A key id no record uses. Random ids need no coordination between processes.
+    async fn free_id<D: KeyDb>(&self, db: &mut D) -> Result<KeyId, Error> {
+        for _ in 0..8 {
+            let mut raw = [0u8; 4];
+            getrandom::fill(&mut raw).map_err(|_| Error::Rng)?;
+            let id = KeyId::from(u32::from_be_bytes(raw) & 0x7FFF_FFFF | 1);
+            if !id_taken(db, i64::from(id.get())).await.map_err(store_err)? {
+                return Ok(id);
+            }
+        }
+        Err(Error::Store("could not find a free key id".into()))
+    }
+
+    /// Creates a wrapping key under `kek`: the deployment's (`tenant` None, authenticated by
+    /// itself) or a tenant's own (authenticated by `mac`).
+    pub(super) async fn create_wrapping<D: KeyDb>(
+        &self,
+        db: &mut D,
+        tenant: Option<&TenantId>,
+        kek: &dyn KekProvider,
+        mac: Option<&Wrapper>,
+    ) -> Result<Arc<Wrapper>, Error> {
+        let id = self.free_id(db).await?;
+        let ctx = WrapContext {
+            tenant,
+            purpose: Purpose::Wrapping,
+            key_id: id,
+        };
+        let (material, wrapped) = kek.generate_wrapped(&ctx)?;
+        // Never store a key that does not come back: unwrap it once now.
+        if kek.unwrap(&ctx, &wrapped)?.expose() != material.expose() {
+            return Err(Error::KeyUnwrap { key_id: id });
+        }
+        let t = tenant.map(TenantId::as_str);
+        let generation = max_generation(db, t, Purpose::Wrapping)
+            .await
+            .map_err(store_err)?
+            + 1;
+        let w = Arc::new(Wrapper::new(id, &material)?);
+        let mut record = new_record(id, tenant, Purpose::Wrapping, generation, &material);
+        record.wrapped_key = Some(wrapped);
+        record.kek_ref = kek.kek_ref();
+        mac.unwrap_or(&w).authenticate(&mut record);
+        insert_key(db, &record).await.map_err(store_err)?;
+        self.wrappers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, Arc::clone(&w));
+        tracing::info!(
+            target: "encrypted_types::audit",
+            event = "key_created",
+            key_id = id.get(),
+            tenant = %crate::tenant::describe(tenant),
+            purpose = Purpose::Wrapping.as_str(),
+            kek = %record.kek_ref,
+        );
+        Ok(w)
+    }
+
+    /// Creates a fresh active key of `purpose` for `tenant`, wrapped by the tenant's own
+    /// wrapping key if it has one and by the deployment's otherwise: no KEK call once the
+    /// wrapping key is unwrapped.
+    pub(super) async fn create_key<D: KeyDb>(
+        &self,
+        db: &mut D,
+        tenant: Option<&TenantId>,
+        purpose: Purpose,
+    ) -> Result<KeyId, Error> {
+        let mac = self.mac_wrapper(db).await?;
+        let wrapper = match tenant {
+            Some(t) => self.tenant_wrapper(db, t).await?,
+            None => None,
+        }
+        .unwrap_or_else(|| Arc::clone(&mac));
+        let id = self.free_id(db).await?;
+        let ctx = WrapContext {
+            tenant,
+            purpose,
+            key_id: id,
+        };
+        let material = KeyMaterial::generate()?;
+        let generation = max_generation(db, tenant.map(TenantId::as_str), purpose)
+            .await
+            .map_err(store_err)?
+            + 1;
+        let mut record = new_record(id, tenant, purpose, generation, &material);
+        record.wrapped_key = Some(wrapper.wrap(&ctx, &material)?);
+        record.kek_ref = format!("{WRAPPED_BY}{}", wrapper.id);
+        mac.authenticate(&mut record);
+        insert_key(db, &record).await.map_err(store_err)?;
+        tracing::info!(
+            target: "encrypted_types::audit",
+            event = "key_created",
+            key_id = id.get(),
+            tenant = %crate::tenant::describe(tenant),
+            purpose = purpose.as_str(),
+            kek = %record.kek_ref,
+        );
+        Ok(id)
+    }
+
+    /// Moves `old` to state `to` (erasing its wrapped bytes when destroyed), re-authenticated by
+    /// `mac` (from [`KeyStore::mac_wrapper`], called before `old` was read), after checking its
+    /// current record. Returns whether the row was still as read.
+    pub(super) async fn set_state<D: KeyDb>(
+        &self,
+        db: &mut D,
+        old: &KeyRecord,
+        to: KeyState,
+        mac: &Wrapper,
+    ) -> Result<bool, Error> {
+        self.verified_by(db, old).await?;
+        let mut new = old.clone();
+        new.state = to.as_str().to_owned();
+        new.state_changed_at = now();
+        if to == KeyState::Destroyed {
+            new.wrapped_key = None;
+        }
+        mac.authenticate(&mut new);
+        Ok(update_record(db, &new, old).await.map_err(store_err)? == 1)
+    }
+}
+
+/// A new active record of `material`, with its check value; the caller sets the wrap.
+fn new_record(
+    id: KeyId,
+    tenant: Option<&TenantId>,
+    purpose: Purpose,
+    generation: i64,
+    material: &KeyMaterial,
+) -> KeyRecord {
+    let at = now();
+    KeyRecord {
+        key_id: i64::from(id.get()),
+        tenant: tenant.map(|t| t.as_str().to_owned()),
+        purpose: purpose.as_str().to_owned(),
+        state: KeyState::Active.as_str().to_owned(),
+        wrapped_key: None,
+        kek_ref: String::new(),
+        created_at: at,
+        state_changed_at: at,
+        generation,
+        check_value: Some(check_value(material).to_vec()),
+        mac_key_id: None,
+        record_mac: None,
+    }
+}
