@@ -27,7 +27,11 @@ pub fn unwrap(r: &KeyRecord, wrapping: Option<&KeyRecord>, kek: &dyn KekProvider
         return *kek.unwrap(&ctx, wrapped).expect("KEK unwrap").expose();
     };
     let w = wrapping.expect("the wrapping key's record");
-    assert_eq!(id, w.key_id.to_string(), "the record names its wrapping key");
+    assert_eq!(
+        id,
+        w.key_id.to_string(),
+        "the record names its wrapping key"
+    );
     let wk = unwrap(w, None, kek);
     let mut aad = b"encrypted-types/keytable/wrap/v1".to_vec();
     aad.extend_from_slice(&u32::try_from(w.key_id).unwrap().to_be_bytes());

@@ -447,12 +447,18 @@ fn trace_output_holds_no_plaintext_and_no_key_bytes() {
             .load(conn)
             .unwrap();
         for r in &records {
-            let wrapping = r.kek_ref.strip_prefix("key:").map(|w| {
-                records.iter().find(|x| x.key_id.to_string() == w).unwrap()
-            });
-            secrets.push(encrypted_types_tests::keytable::unwrap(r, wrapping, store.provider()).to_vec());
+            let wrapping = r
+                .kek_ref
+                .strip_prefix("key:")
+                .map(|w| records.iter().find(|x| x.key_id.to_string() == w).unwrap());
+            secrets.push(
+                encrypted_types_tests::keytable::unwrap(r, wrapping, store.provider()).to_vec(),
+            );
         }
-        assert!(records.len() >= 5, "the wrapping key and both tenants' keys are checked");
+        assert!(
+            records.len() >= 5,
+            "the wrapping key and both tenants' keys are checked"
+        );
         let mut p = Patient::sample(next_id(), 1, CANARY_EMAIL, "123-45-6789");
         p.name = CANARY_NAME.into();
         diesel::insert_into(et_patients::table)

@@ -1,0 +1,391 @@
+//! The key hierarchy (docs/adr/0003-key-hierarchy.md) on the three backends: one KEK call per
+//! wrapping key, authenticated key records against a database writer, the check value against a
+//! lying KEK, tenants with their own KEK, and the KEK rotation job (rewrap), crashed and resumed.
+// Tests: a failed expectation panics with the value that failed.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use encrypted_types::kek::local::LocalKek;
+use encrypted_types::kek::{KekProvider, WrapContext};
+use encrypted_types::{Error, KeyMaterial};
+
+fn kek_at(dir: &tempfile::TempDir, name: &str) -> LocalKek {
+    LocalKek::open_or_create(dir.path().join(name)).unwrap()
+}
+
+/// Fault injection: a KEK that counts its unwraps and can be disabled (as `DisableKey` does to a
+/// KMS key), fail after a number of calls (a crash mid-job), or return random bytes (a broken HSM).
+#[derive(Debug, Clone)]
+struct Faulty {
+    inner: Arc<LocalKek>,
+    name: &'static str,
+    calls: Arc<AtomicUsize>,
+    /// 0 works, 1 disabled, 2 random bytes.
+    mode: Arc<AtomicUsize>,
+    /// Unwraps allowed before it fails (usize::MAX: no limit).
+    budget: Arc<AtomicUsize>,
+}
+
+impl Faulty {
+    fn new(dir: &tempfile::TempDir, name: &'static str) -> Self {
+        Self {
+            inner: Arc::new(kek_at(dir, name)),
+            name,
+            calls: Arc::default(),
+            mode: Arc::default(),
+            budget: Arc::new(AtomicUsize::new(usize::MAX)),
+        }
+    }
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+    fn set_mode(&self, mode: usize) {
+        self.mode.store(mode, Ordering::SeqCst);
+    }
+}
+
+impl KekProvider for Faulty {
+    fn kek_ref(&self) -> String {
+        format!("fake:{}", self.name)
+    }
+    fn wrap(&self, ctx: &WrapContext<'_>, key: &KeyMaterial) -> Result<Vec<u8>, Error> {
+        self.inner.wrap(ctx, key)
+    }
+    fn unwrap(&self, ctx: &WrapContext<'_>, wrapped: &[u8]) -> Result<KeyMaterial, Error> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let spent = self
+            .budget
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
+            .is_err();
+        if spent || self.mode.load(Ordering::SeqCst) == 1 {
+            return Err(Error::Provider {
+                operation: "unwrap",
+                key_id: ctx.key_id,
+                reason: "DisabledException: the key is disabled".into(),
+            });
+        }
+        if self.mode.load(Ordering::SeqCst) == 2 {
+            return KeyMaterial::generate();
+        }
+        self.inner.unwrap(ctx, wrapped)
+    }
+}
+
+macro_rules! hierarchy_suite {
+    ($connect:path, $conn:ty) => {
+        use diesel::prelude::*;
+        use encrypted_types::kek::Purpose;
+        use encrypted_types::store::{KeyRecord, KeyStore, RewrapOptions, encrypted_types_keys as k};
+        use encrypted_types::{KeyId, TenantId};
+        use encrypted_types_tests::models::Patient;
+        use encrypted_types_tests::schema::et_patients;
+        use encrypted_types_tests::{lib_error, next_id};
+
+        use super::*;
+
+        fn record(conn: &mut $conn, id: KeyId) -> KeyRecord {
+            k::table.find(i64::from(id.get())).select(KeyRecord::as_select()).first(conn).unwrap()
+        }
+
+        fn put(conn: &mut $conn, r: &KeyRecord) {
+            diesel::delete(k::table.find(r.key_id)).execute(conn).unwrap();
+            diesel::insert_into(k::table).values(r).execute(conn).unwrap();
+        }
+
+        fn refused_naming(err: Option<Error>) -> (KeyId, &'static str) {
+            match err {
+                Some(Error::KeyRecord { key_id, reason }) => (key_id, reason),
+                other => panic!("expected a refused key record, got {other:?}"),
+            }
+        }
+
+        #[test]
+        fn a_database_writer_cannot_swap_move_strip_or_roll_back_key_records() {
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let fresh = || KeyStore::new(kek_at(&dir, "test.kek"));
+            let store = fresh();
+            let conn = &mut $connect();
+            let a = store.create_tenant(conn, Some(&"1".into())).unwrap();
+            let b = store.create_tenant(conn, Some(&"2".into())).unwrap();
+            let k1_active = record(conn, a.data);
+            let k2 = store.rotate_data_key(conn, Some(&"1".into())).unwrap();
+            let k3 = store.rotate_data_key(conn, Some(&"1".into())).unwrap();
+            store.load_and_install(conn).unwrap();
+            let p = Patient::sample(next_id(), 1, "kept@x.org", "1");
+            diesel::insert_into(et_patients::table).values(&p).execute(conn).unwrap();
+            let k1 = record(conn, a.data);
+            let k2_rec = record(conn, k2);
+            let k3_rec = record(conn, k3);
+            let not_authentic = "its record does not authenticate (altered, moved to another tenant or purpose, or rolled back)";
+
+            // Swapping states between the active and a retired key: both MACs cover the state.
+            let set_state = |conn: &mut _, id: KeyId, st: &str| {
+                diesel::update(k::table.find(i64::from(id.get()))).set(k::state.eq(st)).execute(conn).unwrap();
+            };
+            set_state(conn, k3, "retired");
+            set_state(conn, k2, "active");
+            let (named, why) = refused_naming(fresh().load(conn).err());
+            assert!(named == k2 || named == k3, "{named}");
+            assert_eq!(why, not_authentic);
+            put(conn, &k2_rec);
+            put(conn, &k3_rec);
+            fresh().load(conn).unwrap();
+
+            // Moving a retired key to another tenant, or to another purpose.
+            for (tenant, purpose) in [(Some("2"), "data"), (Some("1"), "blind_index"), (None, "data")] {
+                let mut moved = k1.clone();
+                moved.tenant = tenant.map(str::to_owned);
+                moved.purpose = purpose.into();
+                put(conn, &moved);
+                assert_eq!(refused_naming(fresh().load(conn).err()), (a.data, not_authentic));
+                put(conn, &k1);
+            }
+            // Another tenant's wrapped key in this row, and a record with its MAC stripped.
+            let mut swapped = k1.clone();
+            swapped.wrapped_key = record(conn, b.data).wrapped_key;
+            put(conn, &swapped);
+            assert_eq!(refused_naming(fresh().load(conn).err()), (a.data, not_authentic));
+            let mut stripped = k1.clone();
+            stripped.record_mac = None;
+            stripped.mac_key_id = None;
+            put(conn, &stripped);
+            assert_eq!(refused_naming(fresh().load(conn).err()), (a.data, not_authentic));
+            put(conn, &k1);
+
+            // A rollback with records that once authenticated: k1's record from when it was
+            // active, and the newest key deleted. k2 (retired, generation 2) still says k1 is old.
+            diesel::delete(k::table.find(i64::from(k3.get()))).execute(conn).unwrap();
+            put(conn, &k1_active);
+            let (named, why) = refused_naming(fresh().load(conn).err());
+            assert_eq!(named, a.data);
+            assert!(why.contains("older key was made active again"), "{why}");
+            put(conn, &k1);
+            put(conn, &k3_rec);
+            // After every restoration the table loads and the row opens.
+            store.load_and_install(conn).unwrap();
+            let back: Patient = et_patients::table.find(p.id).select(Patient::as_select()).first(conn).unwrap();
+            assert_eq!(back, p);
+
+            // A whole tenant rolled back to its first key (every newer record deleted) is what
+            // the table alone cannot tell from a young tenant; a process that loaded the newer
+            // keys refuses it.
+            diesel::delete(k::table.filter(k::key_id.eq_any([i64::from(k2.get()), i64::from(k3.get())]))).execute(conn).unwrap();
+            put(conn, &k1_active);
+            let (_, why) = refused_naming(store.load(conn).err());
+            assert!(why.contains("rolled back"), "{why}");
+        }
+
+        #[test]
+        fn a_tenant_whose_own_kek_is_disabled_is_unavailable_and_no_other() {
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let one = Faulty::new(&dir, "one");
+            let two = Faulty::new(&dir, "two");
+            let store = KeyStore::new(kek_at(&dir, "test.kek"))
+                .with_kek(one.clone())
+                .with_kek(two.clone());
+            let conn = &mut $connect();
+            store.create_tenant_with_kek(conn, &"1".into(), "fake:one").unwrap();
+            store.create_tenant_with_kek(conn, &"2".into(), "fake:two").unwrap();
+            store.create_tenant(conn, Some(&"3".into())).unwrap();
+            let report = store.load_and_install(conn).unwrap();
+            assert_eq!((report.data_keys, report.kek_calls), (3, 3), "one call per wrapping key");
+            let rows: Vec<Patient> = (1..=3)
+                .map(|t| Patient::sample(next_id(), t, &format!("p{t}@x.org"), "1"))
+                .collect();
+            for p in &rows {
+                diesel::insert_into(et_patients::table).values(p).execute(conn).unwrap();
+            }
+            let read = |conn: &mut _, p: &Patient| {
+                et_patients::table.find(p.id).select(Patient::as_select()).first::<Patient>(conn)
+            };
+
+            one.set_mode(1);
+            let report = store.load_and_install(conn).unwrap();
+            assert_eq!(report.unavailable, vec![(TenantId::from("1"), "fake:one".to_owned())]);
+            let unavailable = Error::TenantUnavailable { tenant: "1".into(), kek: "fake:one".into() };
+            assert_eq!(lib_error(&read(conn, &rows[0]).unwrap_err()), Some(&unavailable));
+            let err = diesel::insert_into(et_patients::table)
+                .values(&Patient::sample(next_id(), 1, "new@x.org", "1"))
+                .execute(conn)
+                .unwrap_err();
+            assert_eq!(lib_error(&err), Some(&unavailable));
+            assert_eq!(Patient::find_by_email(conn, &1, "p1@x.org").err().as_ref().and_then(lib_error), Some(&unavailable));
+            assert!(!unavailable.to_string().contains("p1@x.org"));
+            assert_eq!(read(conn, &rows[1]).unwrap(), rows[1]);
+            assert_eq!(read(conn, &rows[2]).unwrap(), rows[2]);
+
+            one.set_mode(0);
+            let report = store.load_and_install(conn).unwrap();
+            assert!(report.unavailable.is_empty());
+            assert_eq!(read(conn, &rows[0]).unwrap(), rows[0]);
+            assert!(one.calls() >= 3 && two.calls() >= 3, "every load asks the tenant's KEK again");
+
+            // Shredding the tenant destroys its wrapping key with its keys.
+            let shred = store.shred_tenant(conn, &"1".into(), &[]).unwrap();
+            assert_eq!(shred.keys.len(), 3);
+            assert_eq!(store.load_and_install(conn).unwrap().kek_calls, 2);
+        }
+
+        #[test]
+        fn rewrap_moves_a_legacy_table_under_a_new_kek_resumes_after_a_crash_and_rotates_again() {
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let conn = &mut $connect();
+            // A table from before the hierarchy: every key wrapped by the KEK itself, no MACs.
+            let old = Faulty::new(&dir, "old");
+            let tenants = 30u32;
+            for t in 0..tenants {
+                let tenant = TenantId::from(format!("{}", 100 + t).as_str());
+                for (n, purpose) in [(0, Purpose::Data), (1, Purpose::BlindIndex)] {
+                    let id = KeyId::from(1_000_000 + t * 2 + n);
+                    let ctx = WrapContext { tenant: Some(&tenant), purpose, key_id: id };
+                    let wrapped = old.wrap(&ctx, &KeyMaterial::generate().unwrap()).unwrap();
+                    diesel::insert_into(k::table)
+                        .values(&KeyRecord {
+                            key_id: i64::from(id.get()),
+                            tenant: Some(tenant.as_str().to_owned()),
+                            purpose: purpose.as_str().to_owned(),
+                            state: "active".into(),
+                            wrapped_key: Some(wrapped),
+                            kek_ref: old.kek_ref(),
+                            created_at: 1,
+                            state_changed_at: 1,
+                            generation: 0,
+                            check_value: None,
+                            mac_key_id: None,
+                            record_mac: None,
+                        })
+                        .execute(conn)
+                        .unwrap();
+                }
+            }
+            let legacy = KeyStore::new(old.clone());
+            let report = legacy.load_and_install(conn).unwrap();
+            assert_eq!((report.kek_calls, report.unauthenticated), (60, 60));
+            let rows: Vec<Patient> = (0..tenants)
+                .map(|t| Patient::sample(next_id(), i64::from(100 + t), &format!("r{t}@x.org"), "9"))
+                .collect();
+            for p in &rows {
+                diesel::insert_into(et_patients::table).values(p).execute(conn).unwrap();
+            }
+            let data_before: Vec<Vec<u8>> = et_patients::table
+                .filter(et_patients::id.eq_any(rows.iter().map(|p| p.id)))
+                .order(et_patients::id)
+                .select(et_patients::name)
+                .load(conn)
+                .unwrap();
+
+            // The new KEK, with the old one for reading; the old one fails after 25 unwraps.
+            old.budget.store(25, Ordering::SeqCst);
+            let store = KeyStore::new(Faulty::new(&dir, "new")).with_kek(old.clone());
+            let crashed = store.rewrap(conn, RewrapOptions { batch: 8 });
+            assert!(matches!(crashed, Err(Error::Provider { .. })), "{crashed:?}");
+            let moved: i64 = k::table
+                .filter(k::kek_ref.like("key:%"))
+                .count()
+                .get_result(conn)
+                .unwrap();
+            assert!(moved > 0 && moved < 60, "committed batches stay done: {moved}");
+            // Resumed: it finishes, and a count in SQL agrees.
+            old.budget.store(usize::MAX, Ordering::SeqCst);
+            let report = store.rewrap(conn, RewrapOptions { batch: 8 }).unwrap();
+            assert!(report.finished, "{report:?}");
+            assert_eq!(report.rewrapped, 60 - u64::try_from(moved).unwrap());
+            let left: i64 = k::table
+                .filter(k::purpose.ne("wrapping"))
+                .filter(k::kek_ref.not_like("key:%"))
+                .count()
+                .get_result(conn)
+                .unwrap();
+            assert_eq!(left, 0);
+
+            // The old KEK is gone: a process with only the new one loads with one call.
+            let only_new = Faulty::new(&dir, "new");
+            let report = KeyStore::new(only_new.clone()).load_and_install(conn).unwrap();
+            assert_eq!((report.data_keys, report.kek_calls, report.unauthenticated), (30, 1, 0));
+            assert_eq!(only_new.calls(), 1, "counted by the provider itself");
+            for p in &rows {
+                let back: Patient = et_patients::table.find(p.id).select(Patient::as_select()).first(conn).unwrap();
+                assert_eq!(&back, p);
+            }
+            let data_after: Vec<Vec<u8>> = et_patients::table
+                .filter(et_patients::id.eq_any(rows.iter().map(|p| p.id)))
+                .order(et_patients::id)
+                .select(et_patients::name)
+                .load(conn)
+                .unwrap();
+            assert_eq!(data_before, data_after, "not one data value was rewritten");
+
+            // Rotating the KEK again, hierarchy to hierarchy: the old wrapping key is destroyed.
+            let newer = KeyStore::new(Faulty::new(&dir, "newer")).with_kek(only_new);
+            let report = newer.rewrap(conn, RewrapOptions::default()).unwrap();
+            assert!(report.finished && report.rewrapped == 60, "{report:?}");
+            assert_eq!(report.destroyed_wrapping_keys.len(), 1);
+            let report = KeyStore::new(Faulty::new(&dir, "newer")).load(conn).unwrap().1;
+            assert_eq!((report.data_keys, report.kek_calls), (30, 1));
+            // Run again, it finds nothing to do.
+            let again = newer.rewrap(conn, RewrapOptions::default()).unwrap();
+            assert!(again.finished && again.rewrapped == 0 && again.reauthenticated == 0, "{again:?}");
+        }
+    };
+}
+
+mod sqlite {
+    hierarchy_suite!(
+        encrypted_types_tests::keystore::sqlite,
+        diesel::SqliteConnection
+    );
+
+    #[test]
+    fn a_kek_that_returns_wrong_bytes_is_refused_by_the_check_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let kek = Faulty::new(&dir, "hsm");
+        let store = KeyStore::new(kek.clone());
+        let conn = &mut encrypted_types_tests::keystore::sqlite();
+        for t in 0..200 {
+            store
+                .create_tenant(conn, Some(&TenantId::from(format!("t{t}").as_str())))
+                .unwrap();
+        }
+        let counted = Faulty::new(&dir, "hsm");
+        let report = KeyStore::new(counted.clone()).load(conn).unwrap().1;
+        assert_eq!(
+            (report.data_keys, report.kek_calls, counted.calls()),
+            (200, 1, 1)
+        );
+
+        kek.set_mode(2);
+        let wrapping: i64 = k::table
+            .filter(k::purpose.eq("wrapping"))
+            .select(k::key_id)
+            .first(conn)
+            .unwrap();
+        let err = KeyStore::new(kek).load(conn).err();
+        assert_eq!(
+            err,
+            Some(Error::KeyCheck {
+                key_id: KeyId::from(u32::try_from(wrapping).unwrap())
+            })
+        );
+    }
+}
+
+mod postgres {
+    hierarchy_suite!(encrypted_types_tests::keystore::pg, PgConnection);
+}
+
+mod mysql {
+    hierarchy_suite!(
+        encrypted_types_tests::keystore::mysql,
+        diesel::MysqlConnection
+    );
+}
