@@ -340,10 +340,7 @@ macro_rules! hierarchy_suite {
 }
 
 mod sqlite {
-    hierarchy_suite!(
-        encrypted_types_tests::keystore::sqlite,
-        diesel::SqliteConnection
-    );
+    hierarchy_suite!(encrypted_types_tests::keystore::sqlite, SqliteConnection);
 
     #[test]
     fn a_kek_that_returns_wrong_bytes_is_refused_by_the_check_value() {
@@ -384,8 +381,5 @@ mod postgres {
 }
 
 mod mysql {
-    hierarchy_suite!(
-        encrypted_types_tests::keystore::mysql,
-        diesel::MysqlConnection
-    );
+    hierarchy_suite!(encrypted_types_tests::keystore::mysql, MysqlConnection);
 }
