@@ -328,6 +328,7 @@ pub fn unreachable(backend: &str, url: &str, err: &dyn std::fmt::Display) -> ! {
 mod connect;
 pub mod derive_suite;
 pub mod keytable;
+pub mod kms;
 mod suite;
 
 pub use connect::*;

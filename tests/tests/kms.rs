@@ -11,99 +11,15 @@
 )]
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
-use encrypted_types::kek::aws::{AwsKms, AwsKmsConfig};
+use encrypted_types::kek::aws::AwsKms;
 use encrypted_types::kek::{KekProvider, Purpose, RetryPolicy, Retrying, WrapContext};
 use encrypted_types::store::{KeyStore, encrypted_types_keys};
 use encrypted_types::{Encrypted, Error, KeyId, TenantId};
+use encrypted_types_tests::kms::{Emulator, config, create_key};
 use encrypted_types_tests::{PeopleEmail, run_in_fresh_process};
-
-/// A `moto_server` on a free loopback port, killed when dropped.
-struct Emulator {
-    child: Child,
-    url: String,
-}
-
-impl Emulator {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new("python3")
-            .args([
-                "-m",
-                "moto.server",
-                "-H",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3 is needed to run the KMS emulator (moto)");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "the KMS emulator did not start on port {port}: python3 -m pip install 'moto[server]' (.ci/run does)"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn config(url: &str, key_id: &str, timeout: Duration) -> AwsKmsConfig {
-    AwsKmsConfig {
-        key_id: key_id.into(),
-        region: "us-east-1".into(),
-        endpoint_url: Some(url.into()),
-        credentials: Some(("testing".into(), "testing".into())),
-        timeout,
-    }
-}
-
-/// Creates a KMS key in the emulator.
-fn create_key(url: &str) -> String {
-    let conf = aws_sdk_kms::Config::builder()
-        .behavior_version(aws_sdk_kms::config::BehaviorVersion::latest())
-        .region(aws_sdk_kms::config::Region::new("us-east-1"))
-        .endpoint_url(url)
-        .credentials_provider(aws_sdk_kms::config::Credentials::new(
-            "testing", "testing", None, None, "test",
-        ))
-        .build();
-    let client = aws_sdk_kms::Client::from_conf(conf);
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let out = rt
-        .block_on(
-            client
-                .create_key()
-                .description("encrypted-types test KEK")
-                .send(),
-        )
-        .unwrap();
-    out.key_metadata().unwrap().key_id().to_owned()
-}
 
 #[test]
 fn keys_from_kms_unwrap_in_a_fresh_process_and_tampering_is_refused() {
@@ -182,22 +98,175 @@ fn keys_from_kms_unwrap_in_a_fresh_process_and_tampering_is_refused() {
         ],
     );
 
-    // A bit flipped in the stored wrapped key: the load names the key.
-    let stored: Option<Vec<u8>> = encrypted_types_keys::table
-        .find(i64::from(keys.data.get()))
-        .select(encrypted_types_keys::wrapped_key)
+    // A bit flipped in the wrapping key's KMS ciphertext: KMS refuses it, the load names the key.
+    let wrapping: (i64, Option<Vec<u8>>) = encrypted_types_keys::table
+        .filter(encrypted_types_keys::purpose.eq("wrapping"))
+        .select((
+            encrypted_types_keys::key_id,
+            encrypted_types_keys::wrapped_key,
+        ))
         .first(conn)
         .unwrap();
-    let mut flipped = stored.clone().unwrap();
+    let mut flipped = wrapping.1.clone().unwrap();
     flipped[40] ^= 0x01;
-    diesel::update(encrypted_types_keys::table.find(i64::from(keys.data.get())))
+    diesel::update(encrypted_types_keys::table.find(wrapping.0))
         .set(encrypted_types_keys::wrapped_key.eq(Some(flipped)))
         .execute(conn)
         .unwrap();
     assert_eq!(
         store.load(conn).err(),
-        Some(Error::KeyUnwrap { key_id: keys.data })
+        Some(Error::KeyUnwrap {
+            key_id: KeyId::from(u32::try_from(wrapping.0).unwrap())
+        })
     );
+    diesel::update(encrypted_types_keys::table.find(wrapping.0))
+        .set(encrypted_types_keys::wrapped_key.eq(wrapping.1))
+        .execute(conn)
+        .unwrap();
+    assert!(store.load(conn).is_ok());
+    let _ = keys;
+}
+
+fn aws(kms: &Emulator, key: &str) -> AwsKms {
+    AwsKms::new(config(&kms.url, key, Duration::from_secs(10))).unwrap()
+}
+
+fn sqlite_file(dir: &tempfile::TempDir) -> SqliteConnection {
+    let db = dir.path().join("keys.db");
+    let mut conn = SqliteConnection::establish(db.to_str().unwrap()).unwrap();
+    KeyStore::<AwsKms>::run_migrations(&mut conn).unwrap();
+    conn
+}
+
+#[test]
+fn a_tenant_whose_own_kms_key_is_disabled_is_unavailable_until_it_is_enabled() {
+    let kms = Emulator::start();
+    let (ours, a_key, b_key) = (
+        create_key(&kms.url),
+        create_key(&kms.url),
+        create_key(&kms.url),
+    );
+    let store = || {
+        KeyStore::new(aws(&kms, &ours))
+            .with_kek(aws(&kms, &a_key))
+            .with_kek(aws(&kms, &b_key))
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let conn = &mut sqlite_file(&dir);
+    let s = store();
+    s.create_tenant_with_kek(conn, &"a".into(), &format!("aws-kms:{a_key}"))
+        .unwrap();
+    s.create_tenant_with_kek(conn, &"b".into(), &format!("aws-kms:{b_key}"))
+        .unwrap();
+    s.create_tenant(conn, None).unwrap();
+    let (keyring, _) = s.load(conn).unwrap();
+    let value = |t: Option<&str>| {
+        let v = format!("{}@example.org", t.unwrap_or("default"));
+        match t {
+            Some(t) => Encrypted::<String, PeopleEmail>::for_tenant(v, t),
+            None => Encrypted::<String, PeopleEmail>::new(v),
+        }
+        .seal_with(&keyring)
+        .unwrap()
+    };
+    let sealed = [value(Some("a")), value(Some("b")), value(None)];
+    let opens = |keyring: &encrypted_types::Keyring, i: usize| {
+        Encrypted::<String, PeopleEmail>::open_with(keyring, &sealed[i])
+            .map(|v| v.as_str().to_owned())
+    };
+
+    // A fresh process: one Decrypt per wrapping key, counted by the emulator.
+    let fresh = store();
+    let before = kms.requests();
+    let (keyring, report) = fresh.load(conn).unwrap();
+    assert_eq!(report.kek_calls, 3);
+    assert_eq!(
+        kms.requests() - before,
+        3,
+        "KMS requests in the emulator's log"
+    );
+    assert_eq!(opens(&keyring, 0).unwrap(), "a@example.org");
+
+    // DisableKey on tenant a's KMS key: after a reload, exactly tenant a is unreadable.
+    kms.set_enabled(&a_key, false);
+    let (keyring, report) = fresh.load(conn).unwrap();
+    assert_eq!(
+        report.unavailable,
+        vec![(TenantId::from("a"), format!("aws-kms:{a_key}"))]
+    );
+    let err = opens(&keyring, 0).unwrap_err();
+    assert_eq!(
+        err,
+        Error::TenantUnavailable {
+            tenant: "a".into(),
+            kek: format!("aws-kms:{a_key}")
+        }
+    );
+    assert!(!err.to_string().contains("a@example.org"));
+    assert_eq!(opens(&keyring, 1).unwrap(), "b@example.org");
+    assert_eq!(opens(&keyring, 2).unwrap(), "default@example.org");
+
+    // EnableKey: the next reload restores it.
+    kms.set_enabled(&a_key, true);
+    let (keyring, report) = fresh.load(conn).unwrap();
+    assert!(report.unavailable.is_empty());
+    assert_eq!(opens(&keyring, 0).unwrap(), "a@example.org");
+}
+
+#[test]
+fn rewrap_moves_keys_from_a_local_kek_to_kms_and_from_one_kms_key_to_another() {
+    use encrypted_types::kek::local::LocalKek;
+    use encrypted_types::store::RewrapOptions;
+
+    let kms = Emulator::start();
+    let (a, b) = (create_key(&kms.url), create_key(&kms.url));
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local.kek");
+    let conn = &mut sqlite_file(&dir);
+    let s0 = KeyStore::new(LocalKek::create(&local).unwrap());
+    let tenants: Vec<String> = (0..50).map(|t| format!("t{t}")).collect();
+    for t in &tenants {
+        s0.create_tenant(conn, Some(&t.as_str().into())).unwrap();
+    }
+    let (keyring, _) = s0.load(conn).unwrap();
+    let sealed: Vec<Vec<u8>> = tenants
+        .iter()
+        .map(|t| {
+            Encrypted::<String, PeopleEmail>::for_tenant(format!("{t}@x.org"), t.as_str())
+                .seal_with(&keyring)
+                .unwrap()
+        })
+        .collect();
+    let all_open = |keyring: &encrypted_types::Keyring| {
+        for (t, s) in tenants.iter().zip(&sealed) {
+            let v = Encrypted::<String, PeopleEmail>::open_with(keyring, s).unwrap();
+            assert_eq!(v.as_str(), format!("{t}@x.org"));
+        }
+    };
+
+    // Local file to KMS key A.
+    let s1 = KeyStore::new(aws(&kms, &a)).with_kek(LocalKek::open(&local).unwrap());
+    let report = s1.rewrap(conn, RewrapOptions::default()).unwrap();
+    assert!(report.finished, "{report:?}");
+    assert_eq!(
+        (report.rewrapped, report.destroyed_wrapping_keys.len()),
+        (100, 1)
+    );
+    std::fs::remove_file(&local).unwrap();
+    let before = kms.requests();
+    let (keyring, report) = KeyStore::new(aws(&kms, &a)).load(conn).unwrap();
+    assert_eq!((report.data_keys, report.kek_calls), (50, 1));
+    assert_eq!(kms.requests() - before, 1, "one Decrypt for 50 tenants");
+    all_open(&keyring);
+
+    // KMS key A to KMS key B; then A is disabled and nothing notices.
+    let s2 = KeyStore::new(aws(&kms, &b)).with_kek(aws(&kms, &a));
+    let report = s2.rewrap(conn, RewrapOptions::default()).unwrap();
+    assert!(report.finished && report.rewrapped == 100, "{report:?}");
+    kms.set_enabled(&a, false);
+    let (keyring, report) = KeyStore::new(aws(&kms, &b)).load(conn).unwrap();
+    assert_eq!(report.kek_calls, 1);
+    all_open(&keyring);
 }
 
 /// The fresh-process half of the test above.

@@ -220,7 +220,12 @@ impl<P: KekProvider> KeyStore<P> {
         let more = rows.len() == limit;
         let target_id = i64::from(target.id.get());
         for old in &rows {
-            if old.purpose == Purpose::Wrapping.as_str() && old.tenant.is_none() {
+            // Live old deployment wrapping keys are destroyed at the end; destroyed ones are
+            // re-authenticated like any record.
+            if old.purpose == Purpose::Wrapping.as_str()
+                && old.tenant.is_none()
+                && (old.key_id == target_id || old.state != KeyState::Destroyed.as_str())
+            {
                 continue;
             }
             // Keys under a tenant's own wrapping key stay there; the rest move under the target.
@@ -357,7 +362,7 @@ async fn remaining<D: KeyDb>(db: &mut D, target: KeyId) -> Result<i64, Error> {
     }
     q.sql = format!(
         "SELECT COUNT(*) AS n FROM {KEYS} WHERE key_id <> {t} \
-         AND NOT (purpose = 'wrapping' AND tenant IS NULL) \
+         AND NOT (purpose = 'wrapping' AND tenant IS NULL AND state <> 'destroyed') \
          AND (mac_key_id IS NULL OR mac_key_id <> {t2} \
               OR (purpose <> 'wrapping' AND state <> 'destroyed' AND {under_old}))"
     );
