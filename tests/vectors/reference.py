@@ -3,10 +3,12 @@
 
     reference.py check      open every vector in v1.json and re-seal it with its nonce,
                             recompute every blind index in blind_index_v1.json, and check that
-                            every vector of v1_invalid.json fails with its error (CI runs this)
+                            every vector of v1_invalid.json fails with its error, and recover
+                            the keys of keytable_v1.json from its KEK (CI runs this)
     reference.py normalizers FILE   compare a corpus of the Rust normalizers' outputs (the
                             Rust test `normalizers_agree_with_the_reference` writes and runs it)
     reference.py generate-unicode   regenerate encrypted-types/src/index/unicode.rs
+    reference.py generate-keytable  write keytable_v1.json (docs/KEYTABLE.md; frozen once committed)
     reference.py generate   write the vector files from the cases below (only when adding vectors:
                             existing vectors are frozen and must never change)
 
@@ -17,6 +19,7 @@ import struct
 import sys
 from pathlib import Path
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 DOMAIN = b"encrypted-types/v1"
@@ -558,6 +561,130 @@ def check_invalid():
     return len(doc["vectors"])
 
 
+# --- The key table (docs/KEYTABLE.md) -------------------------------------------------------
+
+KEYTABLE_VECTORS = HERE / "keytable_v1.json"
+PURPOSE = {"data": 1, "blind_index": 2, "wrapping": 3}
+
+
+def lp(b: bytes) -> bytes:
+    return struct.pack(">I", len(b)) + b
+
+
+def opt(b) -> bytes:
+    return b"\x00" if b is None else b"\x01" + lp(b)
+
+
+def kek_aad(tenant, purpose: str, key_id: int) -> bytes:
+    """KEYTABLE.md section 2: the context every wrap is bound to."""
+    t = b"\x00" if tenant is None else b"\x01" + struct.pack(">Q", len(tenant.encode())) + tenant.encode()
+    return b"encrypted-types/kek/v1" + t + bytes([PURPOSE[purpose]]) + struct.pack(">I", key_id)
+
+
+def wrap_aad(wrapping_id: int, tenant, purpose: str, key_id: int) -> bytes:
+    """Section 2.1: a key wrapped by wrapping key `wrapping_id`."""
+    return b"encrypted-types/keytable/wrap/v1" + struct.pack(">I", wrapping_id) + kek_aad(tenant, purpose, key_id)
+
+
+def check_value(key: bytes) -> bytes:
+    """Section 3."""
+    return hmac.new(key, b"encrypted-types/keytable/check/v1", hashlib.sha256).digest()[:16]
+
+
+def mac_key(w: bytes, w_id: int) -> bytes:
+    """Section 4."""
+    info = b"encrypted-types/keytable/mac/v1" + struct.pack(">I", w_id)
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(w)
+
+
+def record_mac(m: bytes, r: dict) -> bytes:
+    """Section 4: `r` holds the record's columns, bytes as hex."""
+    hx = lambda k: None if r[k] is None else bytes.fromhex(r[k])
+    data = (b"encrypted-types/keytable/record/v1" + struct.pack(">q", r["key_id"])
+            + opt(None if r["tenant"] is None else r["tenant"].encode())
+            + lp(r["purpose"].encode()) + lp(r["state"].encode()) + struct.pack(">q", r["generation"])
+            + lp(r["kek_ref"].encode()) + opt(hx("wrapped_key")) + opt(hx("check_value"))
+            + struct.pack(">q", r["mac_key_id"]))
+    return hmac.new(m, data, hashlib.sha256).digest()
+
+
+def unwrap(kek_or_wrapping: bytes, aad_: bytes, wrapped: bytes) -> bytes:
+    """Sections 2.1 to 2.3: nonce (12) || ciphertext (32) || tag (16)."""
+    assert len(wrapped) == 60, "a wrapped key is 60 bytes"
+    return AESGCM(kek_or_wrapping).decrypt(wrapped[:12], wrapped[12:], aad_)
+
+
+KEK = bytes(range(0xA0, 0xC0))
+WRAPPING = bytes(range(0xC0, 0xE0))
+DEK = bytes(range(0xE0, 0x100))
+
+
+def generate_keytable():
+    w_id, dek_id = 0x1A2B3C4D, 0x05060708
+    # The deployment wrapping key under a local KEK (section 2.2, also PKCS#11 section 2.3).
+    n1 = bytes([0x31] * 12)
+    w_wrapped = n1 + AESGCM(KEK).encrypt(n1, WRAPPING, kek_aad(None, "wrapping", w_id))
+    # A tenant's data key under the wrapping key (section 2.1).
+    n2 = bytes([0x32] * 12)
+    dek_wrapped = n2 + AESGCM(WRAPPING).encrypt(n2, DEK, wrap_aad(w_id, "clinic-a", "data", dek_id))
+    w_record = {"key_id": w_id, "tenant": None, "purpose": "wrapping", "state": "active", "generation": 1,
+                "kek_ref": "local:dev.kek", "wrapped_key": w_wrapped.hex(),
+                "check_value": check_value(WRAPPING).hex(), "mac_key_id": w_id}
+    dek_record = {"key_id": dek_id, "tenant": "clinic-a", "purpose": "data", "state": "active", "generation": 2,
+                  "kek_ref": f"key:{w_id}", "wrapped_key": dek_wrapped.hex(),
+                  "check_value": check_value(DEK).hex(), "mac_key_id": w_id}
+    destroyed = dict(dek_record, key_id=dek_id + 1, state="destroyed", wrapped_key=None, generation=1)
+    n3 = bytes([0x33] * 12)
+    root_id = dek_id + 2
+    root_wrapped = n3 + AESGCM(WRAPPING).encrypt(n3, ROOT, wrap_aad(w_id, "clinic-a", "blind_index", root_id))
+    root = dict(dek_record, key_id=root_id, purpose="blind_index", generation=1, wrapped_key=root_wrapped.hex(),
+                check_value=check_value(ROOT).hex())
+    m = mac_key(WRAPPING, w_id)
+    out = {
+        "kek": KEK.hex(), "wrapping_key": WRAPPING.hex(), "data_key": DEK.hex(),
+        "mac_key": m.hex(),
+        "blind_index_root": ROOT.hex(),
+        "records": [dict(r, record_mac=record_mac(m, r).hex()) for r in (w_record, dek_record, destroyed, root)],
+    }
+    KEYTABLE_VECTORS.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {len(out['records'])} records to {KEYTABLE_VECTORS}")
+
+
+def check_keytable():
+    """Recovers the data key from the frozen records and the KEK alone, checking every MAC."""
+    doc = json.loads(KEYTABLE_VECTORS.read_text())
+    kek = bytes.fromhex(doc["kek"])
+    records = {r["key_id"]: r for r in doc["records"]}
+    n = 0
+    for r in doc["records"]:
+        if r["purpose"] != "wrapping" or r["tenant"] is not None:
+            continue
+        w = unwrap(kek, kek_aad(None, "wrapping", r["key_id"]), bytes.fromhex(r["wrapped_key"]))
+        assert check_value(w).hex() == r["check_value"], "wrapping key: check value"
+        assert w.hex() == doc["wrapping_key"]
+        m = mac_key(w, r["key_id"])
+        assert m.hex() == doc["mac_key"], "MAC key"
+        for x in doc["records"]:
+            assert record_mac(m, x).hex() == x["record_mac"], f"record {x['key_id']}: MAC"
+            altered = dict(x, state="active" if x["state"] != "active" else "retired")
+            assert record_mac(m, altered).hex() != x["record_mac"]
+            n += 1
+            if x["kek_ref"] == f"key:{r['key_id']}" and x["wrapped_key"]:
+                k = unwrap(w, wrap_aad(r["key_id"], x["tenant"], x["purpose"], x["key_id"]),
+                           bytes.fromhex(x["wrapped_key"]))
+                assert check_value(k).hex() == x["check_value"], "check value"
+                assert k.hex() == doc["data_key" if x["purpose"] == "data" else "blind_index_root"]
+                try:
+                    unwrap(w, wrap_aad(r["key_id"], "clinic-b", x["purpose"], x["key_id"]),
+                           bytes.fromhex(x["wrapped_key"]))
+                    raise AssertionError("unwrapped under another tenant")
+                except InvalidTag:
+                    pass
+                n += 1
+    assert n == len(records) + 2, n
+    return n
+
+
 def check():
     check_unicode()
     vectors = json.loads(VECTORS.read_text())
@@ -576,7 +703,7 @@ def check():
             raise AssertionError(v["name"] + ": opened under the wrong column")
         except Invalid as e:
             assert str(e) == "AuthenticationFailed"
-    n = len(vectors) + check_index() + check_invalid()
+    n = len(vectors) + check_index() + check_invalid() + check_keytable()
     print(f"{n} passed, 0 failed")
 
 
@@ -602,4 +729,4 @@ if __name__ == "__main__":
         check_normalizers(sys.argv[2])
     else:
         {"generate": lambda: (generate(), generate_index(), generate_invalid()), "check": check,
-         "generate-unicode": generate_unicode}[cmd]()
+         "generate-unicode": generate_unicode, "generate-keytable": generate_keytable}[cmd]()

@@ -11,6 +11,7 @@ use super::{KeyDb, KeyRecord, KeyState, LoadReport, all_keys, self_test, store_e
 use crate::Error;
 use crate::kek::{KekProvider, Purpose, WrapContext};
 use crate::key::KeyId;
+use crate::key::KeyMaterial;
 use crate::keyring::Keyring;
 use crate::store::KeyStore;
 use crate::tenant::TenantId;
@@ -40,6 +41,40 @@ fn parse(r: &KeyRecord) -> Result<Parsed<'_>, Error> {
 fn kek_unavailable(e: &Error) -> bool {
     matches!(e, Error::Provider { .. } | Error::Timeout { .. })
         || matches!(e, Error::KeyRecord { reason, .. } if reason.contains("no provider"))
+}
+
+/// What the parallel pass made of one record.
+enum Opened {
+    /// A live data or blind-index key, unwrapped and checked.
+    Key(KeyMaterial),
+    /// A record of a table from before the hierarchy: its key (if live) needs a KEK call.
+    Legacy,
+    /// Nothing to open: a wrapping key, a destroyed key, a key of an unavailable tenant.
+    Nothing,
+}
+
+/// The tenants whose own KEK failed, with that KEK's reference and their key ids.
+type Unavailable<'a> = HashMap<&'a str, (&'a str, Vec<u32>)>;
+
+/// `f` over `items` on every available core, results in order.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    if threads < 2 || items.len() < 4096 {
+        return items.iter().map(&f).collect();
+    }
+    let chunk = items.len().div_ceil(threads);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| s.spawn(|| part.iter().map(&f).collect::<Vec<R>>()))
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
 }
 
 impl<P: KekProvider> KeyStore<P> {
@@ -72,50 +107,25 @@ impl<P: KekProvider> KeyStore<P> {
             {
                 let w = self.unwrap_wrapping(p.r, &mut report.kek_calls)?;
                 if !w.verifies(p.r) {
-                    return Err(Error::KeyRecord {
-                        key_id: p.id,
-                        reason: NOT_AUTHENTIC,
-                    });
+                    return Err(not_authentic(p.id));
                 }
                 macs.insert(p.id, w);
             }
         }
-        for p in &parsed {
-            let authentic =
-                p.r.mac_key_id
-                    .and_then(|id| u32::try_from(id).ok())
-                    .and_then(|id| macs.get(&KeyId::from(id)))
-                    .is_some_and(|w| w.verifies(p.r));
-            if hierarchical && !authentic {
-                return Err(Error::KeyRecord {
-                    key_id: p.id,
-                    reason: NOT_AUTHENTIC,
-                });
-            }
-            if !hierarchical {
-                if p.r.record_mac.is_some() || p.purpose == Purpose::Wrapping {
-                    return Err(Error::KeyRecord {
-                        key_id: p.id,
-                        reason: "authenticated, but the table has no deployment wrapping key",
-                    });
-                }
-                report.unauthenticated += 1;
-            }
-        }
-        if hierarchical {
-            self.check_generations(&parsed)?;
-        }
 
-        // Tenants' own wrapping keys: a KEK that is disabled or unreachable makes that tenant
-        // unavailable, and only that tenant.
+        // Tenants' own wrapping keys (records checked first): a KEK that is disabled or
+        // unreachable makes that tenant unavailable, and only that tenant.
         let mut tenant_wrappers: HashMap<KeyId, (Arc<Wrapper>, &str)> = HashMap::new();
-        let mut unavailable: HashMap<&str, (&str, Vec<u32>)> = HashMap::new();
+        let mut unavailable: Unavailable<'_> = HashMap::new();
         for p in &parsed {
             let Some(tenant) = p.r.tenant.as_deref() else {
                 continue;
             };
             if p.purpose != Purpose::Wrapping || p.state == KeyState::Destroyed {
                 continue;
+            }
+            if !authentic(p.r, &macs) {
+                return Err(not_authentic(p.id));
             }
             match self.unwrap_wrapping(p.r, &mut report.kek_calls) {
                 Ok(w) => {
@@ -138,65 +148,45 @@ impl<P: KekProvider> KeyStore<P> {
             }
         }
 
+        // Every record's MAC, and every live key's unwrap and check value: pure computation, on
+        // every core; the first failure in key-id order is reported, as a sequential pass would.
+        let outcomes = parallel_map(&parsed, |p| {
+            open_record(p, hierarchical, &macs, &tenant_wrappers, &unavailable)
+        });
+        let mut opened = Vec::with_capacity(parsed.len());
+        for (p, outcome) in parsed.iter().zip(outcomes) {
+            match outcome? {
+                Opened::Key(material) => opened.push((p, material)),
+                Opened::Legacy => {
+                    report.unauthenticated += 1;
+                    if p.purpose != Purpose::Wrapping && p.state != KeyState::Destroyed {
+                        opened.push((p, self.open_legacy(p, &mut report.kek_calls)?));
+                    }
+                }
+                Opened::Nothing => {}
+            }
+        }
+        check_groups(&parsed, &unavailable, hierarchical.then_some(self))?;
+
         let mut builder = Keyring::builder();
-        let mut self_tested = false;
         for p in &parsed {
             if p.purpose == Purpose::Wrapping {
                 continue;
             }
-            let tenant = p.r.tenant.as_deref().map(TenantId::from);
             if p.state == KeyState::Destroyed {
                 if p.purpose == Purpose::Data {
                     builder = builder.destroyed_key(p.id.get());
                 }
                 report.destroyed += 1;
-                continue;
-            }
-            let bad = |reason| Error::KeyRecord {
-                key_id: p.id,
-                reason,
-            };
-            if let Some((_, ids)) = p.r.tenant.as_deref().and_then(|t| unavailable.get_mut(t)) {
+            } else if let Some((_, ids)) =
+                p.r.tenant.as_deref().and_then(|t| unavailable.get_mut(t))
+            {
                 ids.push(p.id.get());
-                continue;
             }
-            let wrapped =
-                p.r.wrapped_key
-                    .as_deref()
-                    .ok_or_else(|| bad("no wrapped key bytes"))?;
-            let ctx = WrapContext {
-                tenant: tenant.as_ref(),
-                purpose: p.purpose,
-                key_id: p.id,
-            };
-            let material = match wrapped_by(&p.r.kek_ref) {
-                Some(w_id) => {
-                    let w = match (macs.get(&w_id), tenant_wrappers.get(&w_id)) {
-                        (Some(w), _) => w,
-                        (None, Some((w, owner))) if Some(*owner) == p.r.tenant.as_deref() => w,
-                        _ => return Err(bad("wrapped by a wrapping key the table does not hold")),
-                    };
-                    w.unwrap(&ctx, wrapped)?
-                }
-                // A key written before the table had a wrapping key: one KEK call each.
-                None => {
-                    let kek = self.kek(&p.r.kek_ref).ok_or_else(|| {
-                        bad("wrapped by another KEK than this process's provider")
-                    })?;
-                    report.kek_calls += 1;
-                    kek.unwrap(&ctx, wrapped)?
-                }
-            };
-            match p.r.check_value.as_deref() {
-                Some(check) if !check_matches(&material, check) => {
-                    return Err(Error::KeyCheck { key_id: p.id });
-                }
-                Some(_) => {}
-                None if hierarchical && wrapped_by(&p.r.kek_ref).is_some() => {
-                    return Err(bad("no check value"));
-                }
-                None => {}
-            }
+        }
+        let mut self_tested = false;
+        for (p, material) in opened {
+            let tenant = p.r.tenant.as_deref().map(TenantId::from);
             tracing::debug!(target: "encrypted_types::audit", event = "key_unwrapped", key_id = p.id.get(), purpose = p.purpose.as_str());
             match p.purpose {
                 Purpose::Data => {
@@ -224,7 +214,6 @@ impl<P: KekProvider> KeyStore<P> {
                 Purpose::Wrapping => {}
             }
         }
-        check_complete(&parsed, &unavailable)?;
         let mut gone: Vec<(TenantId, String)> = Vec::new();
         for (tenant, (kek, ids)) in unavailable {
             builder = builder.unavailable_tenant(tenant.into(), kek.to_owned(), ids);
@@ -246,92 +235,222 @@ impl<P: KekProvider> KeyStore<P> {
         Ok((keyring, report))
     }
 
-    /// Per tenant and purpose, generations are distinct and the active key's is the highest:
-    /// a retired key made active again, even with a record that once authenticated, is refused.
-    /// Across loads in one process, an active key older than one seen before is refused too.
-    fn check_generations(&self, parsed: &[Parsed<'_>]) -> Result<(), Error> {
-        let mut groups: HashMap<(Option<&str>, Purpose), Vec<&Parsed<'_>>> = HashMap::new();
-        for p in parsed {
-            groups
-                .entry((p.r.tenant.as_deref(), p.purpose))
-                .or_default()
-                .push(p);
+    /// A key written before the table had a wrapping key: one KEK call.
+    fn open_legacy(&self, p: &Parsed<'_>, calls: &mut usize) -> Result<KeyMaterial, Error> {
+        let bad = |reason| Error::KeyRecord {
+            key_id: p.id,
+            reason,
+        };
+        let kek = self
+            .kek(&p.r.kek_ref)
+            .ok_or_else(|| bad("wrapped by another KEK than this process's provider"))?;
+        let wrapped =
+            p.r.wrapped_key
+                .as_deref()
+                .ok_or_else(|| bad("no wrapped key bytes"))?;
+        let tenant = p.r.tenant.as_deref().map(TenantId::from);
+        let ctx = WrapContext {
+            tenant: tenant.as_ref(),
+            purpose: p.purpose,
+            key_id: p.id,
+        };
+        *calls += 1;
+        let material = kek.unwrap(&ctx, wrapped)?;
+        if let Some(check) = p.r.check_value.as_deref()
+            && !check_matches(&material, check)
+        {
+            return Err(Error::KeyCheck { key_id: p.id });
         }
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        for ((tenant, purpose), mut keys) in groups {
-            keys.sort_by_key(|p| p.r.generation);
-            if let Some(w) = keys
-                .windows(2)
-                .find(|w| matches!(w, [a, b] if a.r.generation == b.r.generation))
-            {
-                let id = w.get(1).map_or(KeyId::from(0), |p| p.id);
-                return Err(Error::KeyRecord {
-                    key_id: id,
-                    reason: "two keys of one tenant and purpose share a generation",
-                });
-            }
-            let newest = keys.last().map_or(0, |p| p.r.generation);
-            for p in &keys {
-                if p.state == KeyState::Active && p.r.generation != newest {
+        Ok(material)
+    }
+}
+
+fn not_authentic(key_id: KeyId) -> Error {
+    Error::KeyRecord {
+        key_id,
+        reason: NOT_AUTHENTIC,
+    }
+}
+
+/// Whether `r`'s MAC verifies under the deployment wrapping key it names.
+fn authentic(r: &KeyRecord, macs: &HashMap<KeyId, Arc<Wrapper>>) -> bool {
+    r.mac_key_id
+        .and_then(|id| u32::try_from(id).ok())
+        .and_then(|id| macs.get(&KeyId::from(id)))
+        .is_some_and(|w| w.verifies(r))
+}
+
+/// One record of the parallel pass: its MAC, then its key, unwrapped and checked.
+fn open_record(
+    p: &Parsed<'_>,
+    hierarchical: bool,
+    macs: &HashMap<KeyId, Arc<Wrapper>>,
+    tenant_wrappers: &HashMap<KeyId, (Arc<Wrapper>, &str)>,
+    unavailable: &Unavailable<'_>,
+) -> Result<Opened, Error> {
+    if !hierarchical {
+        if p.r.record_mac.is_some() || p.purpose == Purpose::Wrapping {
+            return Err(Error::KeyRecord {
+                key_id: p.id,
+                reason: "authenticated, but the table has no deployment wrapping key",
+            });
+        }
+        return Ok(Opened::Legacy);
+    }
+    if !authentic(p.r, macs) {
+        return Err(not_authentic(p.id));
+    }
+    if p.purpose == Purpose::Wrapping
+        || p.state == KeyState::Destroyed
+        || p.r
+            .tenant
+            .as_deref()
+            .is_some_and(|t| unavailable.contains_key(t))
+    {
+        return Ok(Opened::Nothing);
+    }
+    let bad = |reason| Error::KeyRecord {
+        key_id: p.id,
+        reason,
+    };
+    let wrapped =
+        p.r.wrapped_key
+            .as_deref()
+            .ok_or_else(|| bad("no wrapped key bytes"))?;
+    let Some(w_id) = wrapped_by(&p.r.kek_ref) else {
+        // Authenticated, but wrapped by the KEK itself: a key adopted from before the hierarchy.
+        return Ok(Opened::Legacy);
+    };
+    let w = match (macs.get(&w_id), tenant_wrappers.get(&w_id)) {
+        (Some(w), _) => w,
+        (None, Some((w, owner))) if Some(*owner) == p.r.tenant.as_deref() => w,
+        _ => return Err(bad("wrapped by a wrapping key the table does not hold")),
+    };
+    let tenant = p.r.tenant.as_deref().map(TenantId::from);
+    let ctx = WrapContext {
+        tenant: tenant.as_ref(),
+        purpose: p.purpose,
+        key_id: p.id,
+    };
+    let material = w.unwrap(&ctx, wrapped)?;
+    let check =
+        p.r.check_value
+            .as_deref()
+            .ok_or_else(|| bad("no check value"))?;
+    if !check_matches(&material, check) {
+        return Err(Error::KeyCheck { key_id: p.id });
+    }
+    Ok(Opened::Key(material))
+}
+
+/// Per tenant and purpose, over the records sorted once:
+/// - (with `store`, in an authenticated table) generations are distinct and the active key's
+///   is the highest, so a retired key made active again is refused even with a record that once
+///   authenticated; and across loads in one process, an active key older than one seen before
+///   (a rolled-back table) is refused too;
+/// - every tenant with live keys has exactly one active key of each purpose (a half-created
+///   tenant fails at startup, not on its first write); unavailable tenants are skipped.
+fn check_groups<P: KekProvider>(
+    parsed: &[Parsed<'_>],
+    unavailable: &Unavailable<'_>,
+    store: Option<&KeyStore<P>>,
+) -> Result<(), Error> {
+    let mut sorted: Vec<&Parsed<'_>> = parsed.iter().collect();
+    let purpose_rank = |p: Purpose| match p {
+        Purpose::Data => 0u8,
+        Purpose::BlindIndex => 1,
+        Purpose::Wrapping => 2,
+    };
+    sorted.sort_unstable_by(|a, b| {
+        (
+            a.r.tenant.as_deref(),
+            purpose_rank(a.purpose),
+            a.r.generation,
+            a.id,
+        )
+            .cmp(&(
+                b.r.tenant.as_deref(),
+                purpose_rank(b.purpose),
+                b.r.generation,
+                b.id,
+            ))
+    });
+    let mut seen = store.map(|s| s.seen.lock().unwrap_or_else(PoisonError::into_inner));
+    // Per tenant: live keys exist, and the active count per purpose.
+    let mut i = 0;
+    while let Some(first) = sorted.get(i) {
+        let tenant = first.r.tenant.as_deref();
+        let mut j = i;
+        while sorted
+            .get(j)
+            .is_some_and(|p| p.r.tenant.as_deref() == tenant)
+        {
+            j += 1;
+        }
+        let group = sorted.get(i..j).unwrap_or_default();
+        i = j;
+        let live = group.iter().find(|p| p.state != KeyState::Destroyed);
+        for purpose in [Purpose::Data, Purpose::BlindIndex, Purpose::Wrapping] {
+            let keys: Vec<&&Parsed<'_>> = group.iter().filter(|p| p.purpose == purpose).collect();
+            let active: Vec<&&&Parsed<'_>> = keys
+                .iter()
+                .filter(|p| p.state == KeyState::Active)
+                .collect();
+            if let Some(seen) = seen.as_mut() {
+                if let Some(w) = keys
+                    .windows(2)
+                    .find(|w| matches!(w, [a, b] if a.r.generation == b.r.generation))
+                {
+                    let id = w.get(1).map_or(KeyId::from(0), |p| p.id);
+                    return Err(Error::KeyRecord {
+                        key_id: id,
+                        reason: "two keys of one tenant and purpose share a generation",
+                    });
+                }
+                let newest = keys.last().map_or(0, |p| p.r.generation);
+                if let Some(p) = active.iter().find(|p| p.r.generation != newest) {
                     return Err(Error::KeyRecord {
                         key_id: p.id,
                         reason: "an older key was made active again (a newer one exists)",
                     });
                 }
+                if let Some(last) = keys.last() {
+                    let slot = seen
+                        .entry((tenant.map(str::to_owned), purpose))
+                        .or_insert(newest);
+                    if newest < *slot {
+                        return Err(Error::KeyRecord {
+                            key_id: last.id,
+                            reason: "the key table was rolled back: this process loaded a newer key of its tenant before",
+                        });
+                    }
+                    *slot = newest;
+                }
             }
-            let slot = seen
-                .entry((tenant.map(str::to_owned), purpose))
-                .or_insert(newest);
-            if newest < *slot {
-                let id = keys.last().map_or(KeyId::from(0), |p| p.id);
-                return Err(Error::KeyRecord {
-                    key_id: id,
-                    reason: "the key table was rolled back: this process loaded a newer key of its tenant before",
-                });
+            let needed = match purpose {
+                Purpose::Wrapping => keys.iter().any(|p| p.state != KeyState::Destroyed),
+                _ => group
+                    .iter()
+                    .any(|p| p.purpose != Purpose::Wrapping && p.state != KeyState::Destroyed),
+            };
+            let Some(live) = live else {
+                continue;
+            };
+            if !needed || tenant.is_some_and(|t| unavailable.contains_key(t)) {
+                continue;
             }
-            *slot = newest;
-        }
-        Ok(())
-    }
-}
-
-/// Every tenant with live keys has exactly one active key of each purpose (a half-created
-/// tenant fails at startup, not on its first write); tenants that are unavailable are skipped.
-fn check_complete(
-    parsed: &[Parsed<'_>],
-    unavailable: &HashMap<&str, (&str, Vec<u32>)>,
-) -> Result<(), Error> {
-    let mut active: HashMap<(Option<&str>, Purpose), usize> = HashMap::new();
-    for p in parsed {
-        if p.state == KeyState::Active {
-            *active
-                .entry((p.r.tenant.as_deref(), p.purpose))
-                .or_default() += 1;
-        }
-    }
-    for p in parsed {
-        let tenant = p.r.tenant.as_deref();
-        if p.state == KeyState::Destroyed || tenant.is_some_and(|t| unavailable.contains_key(t)) {
-            continue;
-        }
-        let purposes: &[Purpose] = if p.purpose == Purpose::Wrapping {
-            &[Purpose::Wrapping]
-        } else {
-            &[Purpose::Data, Purpose::BlindIndex]
-        };
-        for purpose in purposes {
-            match active.get(&(tenant, *purpose)) {
-                Some(1) => {}
-                Some(_) => {
+            match active.len() {
+                1 => {}
+                0 => {
                     return Err(Error::KeyRecord {
-                        key_id: p.id,
-                        reason: "its tenant has two active keys of one purpose",
+                        key_id: live.id,
+                        reason: "its tenant lacks an active data key or blind-index key",
                     });
                 }
-                None => {
+                _ => {
                     return Err(Error::KeyRecord {
-                        key_id: p.id,
-                        reason: "its tenant lacks an active data key or blind-index key",
+                        key_id: live.id,
+                        reason: "its tenant has two active keys of one purpose",
                     });
                 }
             }

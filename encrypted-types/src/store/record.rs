@@ -128,22 +128,6 @@ impl Wrapper {
         seal_key(&self.cipher, &local_aad(ctx, self.id), key, ctx.key_id)
     }
 
-    #[cfg(feature = "test-vectors")]
-    pub(crate) fn wrap_with_nonce(
-        &self,
-        ctx: &WrapContext<'_>,
-        nonce: [u8; 12],
-        key: &KeyMaterial,
-    ) -> Result<Vec<u8>, Error> {
-        seal_key_with_nonce(
-            &self.cipher,
-            &local_aad(ctx, self.id),
-            nonce,
-            key,
-            ctx.key_id,
-        )
-    }
-
     /// Unwraps a key wrapped for `ctx` under this wrapping key.
     pub(crate) fn unwrap(
         &self,
