@@ -376,7 +376,6 @@ fn check_groups<P: KekProvider>(
             ))
     });
     let mut seen = store.map(|s| s.seen.lock().unwrap_or_else(PoisonError::into_inner));
-    // Per tenant: live keys exist, and the active count per purpose.
     let mut i = 0;
     while let Some(first) = sorted.get(i) {
         let tenant = first.r.tenant.as_deref();
@@ -389,57 +388,59 @@ fn check_groups<P: KekProvider>(
         }
         let group = sorted.get(i..j).unwrap_or_default();
         i = j;
-        let live = group.iter().find(|p| p.state != KeyState::Destroyed);
+        let skip = tenant.is_some_and(|t| unavailable.contains_key(t));
+        let live_key = group
+            .iter()
+            .find(|p| p.state != KeyState::Destroyed && p.purpose != Purpose::Wrapping);
+        let live_wrapping = group
+            .iter()
+            .find(|p| p.state != KeyState::Destroyed && p.purpose == Purpose::Wrapping);
+        let mut newest_of = [0i64; 3];
         for purpose in [Purpose::Data, Purpose::BlindIndex, Purpose::Wrapping] {
-            let keys: Vec<&&Parsed<'_>> = group.iter().filter(|p| p.purpose == purpose).collect();
-            let active: Vec<&&&Parsed<'_>> = keys
-                .iter()
-                .filter(|p| p.state == KeyState::Active)
-                .collect();
-            if let Some(seen) = seen.as_mut() {
-                if let Some(w) = keys
-                    .windows(2)
-                    .find(|w| matches!(w, [a, b] if a.r.generation == b.r.generation))
-                {
-                    let id = w.get(1).map_or(KeyId::from(0), |p| p.id);
+            let rank = usize::from(purpose_rank(purpose));
+            // Sorted by generation within the purpose.
+            let keys = group.iter().filter(|p| p.purpose == purpose);
+            let (mut count, mut active, mut previous, mut newest) = (0usize, 0usize, None, None);
+            for p in keys {
+                if seen.is_some() && previous == Some(p.r.generation) {
                     return Err(Error::KeyRecord {
-                        key_id: id,
+                        key_id: p.id,
                         reason: "two keys of one tenant and purpose share a generation",
                     });
                 }
-                let newest = keys.last().map_or(0, |p| p.r.generation);
-                if let Some(p) = active.iter().find(|p| p.r.generation != newest) {
+                previous = Some(p.r.generation);
+                newest = Some(*p);
+                count += 1;
+                if p.state == KeyState::Active {
+                    active += 1;
+                }
+            }
+            if seen.is_some() {
+                let newest_gen = newest.map_or(0, |p| p.r.generation);
+                if let Some(p) = group.iter().find(|p| {
+                    p.purpose == purpose
+                        && p.state == KeyState::Active
+                        && p.r.generation != newest_gen
+                }) {
                     return Err(Error::KeyRecord {
                         key_id: p.id,
                         reason: "an older key was made active again (a newer one exists)",
                     });
                 }
-                if let Some(last) = keys.last() {
-                    let slot = seen
-                        .entry((tenant.map(str::to_owned), purpose))
-                        .or_insert(newest);
-                    if newest < *slot {
-                        return Err(Error::KeyRecord {
-                            key_id: last.id,
-                            reason: "the key table was rolled back: this process loaded a newer key of its tenant before",
-                        });
-                    }
-                    *slot = newest;
+                if let Some(slot) = newest_of.get_mut(rank) {
+                    *slot = newest_gen;
                 }
             }
-            let needed = match purpose {
-                Purpose::Wrapping => keys.iter().any(|p| p.state != KeyState::Destroyed),
-                _ => group
-                    .iter()
-                    .any(|p| p.purpose != Purpose::Wrapping && p.state != KeyState::Destroyed),
+            let live = if purpose == Purpose::Wrapping {
+                live_wrapping
+            } else {
+                live_key
             };
-            let Some(live) = live else {
+            let (Some(live), false) = (live, skip) else {
                 continue;
             };
-            if !needed || tenant.is_some_and(|t| unavailable.contains_key(t)) {
-                continue;
-            }
-            match active.len() {
+            let _ = count;
+            match active {
                 1 => {}
                 0 => {
                     return Err(Error::KeyRecord {
@@ -452,6 +453,29 @@ fn check_groups<P: KekProvider>(
                         key_id: live.id,
                         reason: "its tenant has two active keys of one purpose",
                     });
+                }
+            }
+        }
+        if let Some(seen) = seen.as_mut() {
+            let (by_tenant, default) = &mut **seen;
+            let slot = match tenant {
+                None => Some(default),
+                Some(t) => by_tenant.get_mut(t),
+            };
+            let rolled_back =
+                |slot: &[i64; 3]| slot.iter().zip(&newest_of).any(|(was, now)| now < was);
+            match slot {
+                Some(slot) if rolled_back(slot) => {
+                    return Err(Error::KeyRecord {
+                        key_id: first.id,
+                        reason: "the key table was rolled back: this process loaded a newer key of its tenant before",
+                    });
+                }
+                Some(slot) => *slot = newest_of,
+                None => {
+                    if let Some(t) = tenant {
+                        by_tenant.insert(t.to_owned(), newest_of);
+                    }
                 }
             }
         }

@@ -123,6 +123,10 @@ pub struct KeyRecord {
     pub record_mac: Option<Vec<u8>>,
 }
 
+/// The newest generation of data, blind-index and wrapping keys per tenant, and for keys of no
+/// tenant.
+type Seen = (HashMap<String, [i64; 3]>, [i64; 3]);
+
 /// The keys made for a new tenant.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TenantKeys {
@@ -520,7 +524,10 @@ pub struct KeyStore<P> {
     wrappers: Mutex<HashMap<KeyId, Arc<Wrapper>>>,
     /// The highest generation seen per tenant and purpose at a load: a later load showing an
     /// older active key (a rolled-back table) is refused.
-    seen: Mutex<HashMap<(Option<String>, Purpose), i64>>,
+    /// Indexed by tenant (`None` for the keys of no tenant), then data, blind index, wrapping.
+    seen: Mutex<Seen>,
+    /// KEK calls made through this store, for the jobs' reports.
+    calls: std::sync::atomic::AtomicUsize,
 }
 
 impl<P: fmt::Debug> fmt::Debug for KeyStore<P> {
@@ -540,6 +547,7 @@ impl<P: KekProvider> KeyStore<P> {
             others: Vec::new(),
             wrappers: Mutex::default(),
             seen: Mutex::default(),
+            calls: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 

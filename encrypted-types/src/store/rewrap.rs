@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use super::record::{Wrapper, check_matches, check_value};
 use super::wrap::{NOT_AUTHENTIC, WRAPPED_BY, key_id_of, wrapped_by};
@@ -41,7 +42,7 @@ pub struct RewrapReport {
     pub conflicts: u64,
     /// The previous deployment wrapping keys, destroyed at the end.
     pub destroyed_wrapping_keys: Vec<KeyId>,
-    /// Calls to KEK providers.
+    /// Calls to KEK providers made through this store during the run.
     pub kek_calls: usize,
     /// True only when an SQL count finds no record left on an old KEK or wrapping key and the
     /// old wrapping keys are destroyed: the old KEK can then be disabled.
@@ -98,6 +99,7 @@ impl<P: KekProvider> KeyStore<P> {
         db: &mut D,
         options: RewrapOptions,
     ) -> Result<RewrapReport, Error> {
+        let calls_before = self.calls.load(Ordering::Relaxed);
         let target =
             crate::db::transaction(db, store_err, async |db| self.rewrap_target(db).await).await?;
         let mut report = RewrapReport {
@@ -129,6 +131,7 @@ impl<P: KekProvider> KeyStore<P> {
             }
         }
         if remaining(db, target.id).await? > 0 {
+            report.kek_calls = self.calls.load(Ordering::Relaxed) - calls_before;
             return Ok(report);
         }
         // Nothing depends on the old deployment wrapping keys any more: destroy them.
@@ -159,6 +162,7 @@ impl<P: KekProvider> KeyStore<P> {
         })
         .await?;
         report.destroyed_wrapping_keys = destroyed;
+        report.kek_calls = self.calls.load(Ordering::Relaxed) - calls_before;
         // The independent check: no record on an old KEK or wrapping key, no old wrapping key live.
         report.finished =
             remaining(db, target.id).await? == 0 && live_old_wrappers(db, target.id).await? == 0;
@@ -269,7 +273,7 @@ impl<P: KekProvider> KeyStore<P> {
                             key_id: id,
                             reason: "wrapped by a KEK this process has no provider for (add it with KeyStore::with_kek)",
                         })?;
-                        report.kek_calls += 1;
+                        self.calls.fetch_add(1, Ordering::Relaxed);
                         kek.unwrap(&ctx, wrapped)?
                     }
                 };
