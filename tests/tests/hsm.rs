@@ -181,3 +181,58 @@ fn a_missing_token_or_key_is_a_typed_error() {
     assert!(matches!(err, Error::Provider { .. }), "{err}");
     assert!(err.to_string().contains("no token labelled"), "{err}");
 }
+
+/// The KEK moves out of the HSM into KMS (`KeyStore::rewrap`): afterwards the token is not
+/// needed, and a load makes one KMS request.
+#[test]
+fn rewrap_moves_keys_from_an_hsm_key_to_kms() {
+    use encrypted_types::kek::aws::AwsKms;
+    use encrypted_types::store::RewrapOptions;
+    use encrypted_types_tests::kms::{Emulator, config, create_key};
+
+    let _serial = encrypted_types_tests::serial();
+    let token = Token::create();
+    let kms = Emulator::start();
+    let kms_key = create_key(&kms.url);
+    let aws = || {
+        AwsKms::new(config(
+            &kms.url,
+            &kms_key,
+            std::time::Duration::from_secs(10),
+        ))
+        .unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let conn = &mut SqliteConnection::establish(dir.path().join("k.db").to_str().unwrap()).unwrap();
+    KeyStore::<Pkcs11Kek>::run_migrations(conn).unwrap();
+    let hsm = KeyStore::new(Pkcs11Kek::open(module(), &token.0, PIN, KEY_LABEL, true).unwrap());
+    for t in ["h1", "h2", "h3"] {
+        hsm.create_tenant(conn, Some(&t.into())).unwrap();
+    }
+    let (keyring, _) = hsm.load(conn).unwrap();
+    let sealed = Encrypted::<String, PeopleEmail>::for_tenant("moved@example.org".into(), "h2")
+        .seal_with(&keyring)
+        .unwrap();
+    drop(hsm); // one session on the token at a time
+
+    let store = KeyStore::new(aws())
+        .with_kek(Pkcs11Kek::open(module(), &token.0, PIN, KEY_LABEL, false).unwrap());
+    let report = store.rewrap(conn, RewrapOptions::default()).unwrap();
+    assert!(report.finished, "{report:?}");
+    assert_eq!(
+        (report.rewrapped, report.destroyed_wrapping_keys.len()),
+        (6, 1)
+    );
+    drop(store);
+    drop(token); // the token is deleted
+    let before = kms.requests();
+    let (keyring, report) = KeyStore::new(aws()).load(conn).unwrap();
+    assert_eq!((report.data_keys, report.kek_calls), (3, 1));
+    assert_eq!(kms.requests() - before, 1);
+    assert_eq!(
+        Encrypted::<String, PeopleEmail>::open_with(&keyring, &sealed)
+            .unwrap()
+            .as_str(),
+        "moved@example.org"
+    );
+}

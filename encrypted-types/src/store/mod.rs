@@ -564,6 +564,7 @@ impl<P: KekProvider> KeyStore<P> {
     /// let new = LocalKek::create(dir.join("new.kek"))?;
     /// let old = LocalKek::create(dir.join("old.kek"))?;
     /// let store = KeyStore::new(new).with_kek(old);
+    /// # drop(store);
     /// # std::fs::remove_dir_all(&dir).unwrap();
     /// # Ok::<(), encrypted_types::Error>(())
     /// ```
