@@ -63,8 +63,6 @@ impl<P: KekProvider> KeyStore<P> {
         *calls += 1;
         self.calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.calls
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let material = kek.unwrap(&ctx, wrapped)?;
         let check = r
             .check_value
