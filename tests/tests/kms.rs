@@ -81,7 +81,7 @@ fn keys_from_kms_unwrap_in_a_fresh_process_and_tampering_is_refused() {
     let conn = &mut SqliteConnection::establish(db.to_str().unwrap()).unwrap();
     KeyStore::<AwsKms>::run_migrations(conn).unwrap();
     let store = KeyStore::new(provider);
-    let keys = store.create_tenant(conn, Some(&"clinic-k".into())).unwrap();
+    store.create_tenant(conn, Some(&"clinic-k".into())).unwrap();
     let (keyring, report) = store.load(conn).unwrap();
     assert_eq!((report.data_keys, report.blind_index_keys), (1, 1));
     let sealed = Encrypted::<String, PeopleEmail>::for_tenant("kms@example.org".into(), "clinic-k")
@@ -124,7 +124,6 @@ fn keys_from_kms_unwrap_in_a_fresh_process_and_tampering_is_refused() {
         .execute(conn)
         .unwrap();
     assert!(store.load(conn).is_ok());
-    let _ = keys;
 }
 
 fn aws(kms: &Emulator, key: &str) -> AwsKms {

@@ -56,13 +56,14 @@ enum Opened {
 /// The tenants whose own KEK failed, with that KEK's reference and their key ids.
 type Unavailable<'a> = HashMap<&'a str, (&'a str, Vec<u32>)>;
 
-/// `f` over `items` on every available core, results in order.
-fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+/// `f` over `items` on every available core, results in order; `None` if a thread failed, so
+/// no result is ever paired with another item than its own.
+fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Option<Vec<R>> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8);
     if threads < 2 || items.len() < 4096 {
-        return items.iter().map(&f).collect();
+        return Some(items.iter().map(&f).collect());
     }
     let chunk = items.len().div_ceil(threads);
     std::thread::scope(|s| {
@@ -72,8 +73,9 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Ve
             .collect();
         handles
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
+            .map(|h| h.join().ok())
+            .collect::<Option<Vec<Vec<R>>>>()
+            .map(|parts| parts.into_iter().flatten().collect())
     })
 }
 
@@ -152,7 +154,8 @@ impl<P: KekProvider> KeyStore<P> {
         // every core; the first failure in key-id order is reported, as a sequential pass would.
         let outcomes = parallel_map(&parsed, |p| {
             open_record(p, hierarchical, &macs, &tenant_wrappers, &unavailable)
-        });
+        })
+        .ok_or_else(|| Error::Store("a thread checking the key table failed".into()))?;
         let mut opened = Vec::with_capacity(parsed.len());
         for (p, outcome) in parsed.iter().zip(outcomes) {
             match outcome? {
@@ -400,7 +403,7 @@ fn check_groups<P: KekProvider>(
             let rank = usize::from(purpose_rank(purpose));
             // Sorted by generation within the purpose.
             let keys = group.iter().filter(|p| p.purpose == purpose);
-            let (mut count, mut active, mut previous, mut newest) = (0usize, 0usize, None, None);
+            let (mut active, mut previous, mut newest) = (0usize, None, None);
             for p in keys {
                 if seen.is_some() && previous == Some(p.r.generation) {
                     return Err(Error::KeyRecord {
@@ -410,7 +413,6 @@ fn check_groups<P: KekProvider>(
                 }
                 previous = Some(p.r.generation);
                 newest = Some(*p);
-                count += 1;
                 if p.state == KeyState::Active {
                     active += 1;
                 }
@@ -439,7 +441,6 @@ fn check_groups<P: KekProvider>(
             let (Some(live), false) = (live, skip) else {
                 continue;
             };
-            let _ = count;
             match active {
                 1 => {}
                 0 => {
