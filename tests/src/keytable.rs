@@ -49,3 +49,66 @@ pub fn unwrap(r: &KeyRecord, wrapping: Option<&KeyRecord>, kek: &dyn KekProvider
         .expect("local unwrap");
     key
 }
+
+/// What someone holding wrapping key `w` (record id `w_id`) can write: `key` wrapped under it
+/// for `ctx` (AES-256-GCM, random nonce, AAD as in [`unwrap`]).
+pub fn wrap_under(w_id: u32, w: &[u8; 32], ctx: &WrapContext<'_>, key: &[u8; 32]) -> Vec<u8> {
+    let mut nonce = [0u8; 12];
+    getrandom::fill(&mut nonce).unwrap();
+    let mut aad = b"encrypted-types/keytable/wrap/v1".to_vec();
+    aad.extend_from_slice(&w_id.to_be_bytes());
+    aad.extend_from_slice(&ctx.aad());
+    let mut body = *key;
+    let tag = Aes256Gcm::new(w.into())
+        .encrypt_inout_detached(&Nonce::from(nonce), &aad, (&mut body[..]).into())
+        .unwrap();
+    [&nonce[..], &body[..], &tag[..]].concat()
+}
+
+/// A key's check value: HMAC-SHA256(key, "encrypted-types/keytable/check/v1"), first 16 bytes.
+pub fn check_value(key: &[u8; 32]) -> Vec<u8> {
+    use hmac::{KeyInit as _, Mac};
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    mac.update(b"encrypted-types/keytable/check/v1");
+    mac.finalize().into_bytes()[..16].to_vec()
+}
+
+/// Authenticates `r` as wrapping key `w` (record id `w_id`) would: MAC key
+/// HKDF-SHA256(W, info "encrypted-types/keytable/mac/v1" ‖ BE32(id)), HMAC over the record's
+/// fields as docs/KEYTABLE.md lists them.
+pub fn authenticate(r: &mut KeyRecord, w_id: u32, w: &[u8; 32]) {
+    use hmac::{KeyInit as _, Mac};
+    fn lp(out: &mut Vec<u8>, b: &[u8]) {
+        out.extend_from_slice(&u32::try_from(b.len()).unwrap().to_be_bytes());
+        out.extend_from_slice(b);
+    }
+    fn opt(out: &mut Vec<u8>, b: Option<&[u8]>) {
+        match b {
+            None => out.push(0),
+            Some(b) => {
+                out.push(1);
+                lp(out, b);
+            }
+        }
+    }
+    r.mac_key_id = Some(i64::from(w_id));
+    let mut info = b"encrypted-types/keytable/mac/v1".to_vec();
+    info.extend_from_slice(&w_id.to_be_bytes());
+    let mut mac_key = [0u8; 32];
+    hkdf::Hkdf::<sha2::Sha256>::new(None, w)
+        .expand(&info, &mut mac_key)
+        .unwrap();
+    let mut m = b"encrypted-types/keytable/record/v1".to_vec();
+    m.extend_from_slice(&r.key_id.to_be_bytes());
+    opt(&mut m, r.tenant.as_deref().map(str::as_bytes));
+    lp(&mut m, r.purpose.as_bytes());
+    lp(&mut m, r.state.as_bytes());
+    m.extend_from_slice(&r.generation.to_be_bytes());
+    lp(&mut m, r.kek_ref.as_bytes());
+    opt(&mut m, r.wrapped_key.as_deref());
+    opt(&mut m, r.check_value.as_deref());
+    m.extend_from_slice(&r.mac_key_id.unwrap_or(-1).to_be_bytes());
+    let mut h = hmac::Hmac::<sha2::Sha256>::new_from_slice(&mac_key).unwrap();
+    h.update(&m);
+    r.record_mac = Some(h.finalize().into_bytes().to_vec());
+}

@@ -190,8 +190,8 @@ macro_rules! hierarchy_suite {
             let one = Faulty::new(&dir, "one");
             let two = Faulty::new(&dir, "two");
             let store = KeyStore::new(kek_at(&dir, "test.kek"))
-                .with_kek(one.clone())
-                .with_kek(two.clone());
+                .with_tenant_kek("1", one.clone())
+                .with_tenant_kek("2", two.clone());
             let conn = &mut $connect();
             store.create_tenant_with_kek(conn, &"1".into(), "fake:one").unwrap();
             store.create_tenant_with_kek(conn, &"2".into(), "fake:two").unwrap();
@@ -223,6 +223,12 @@ macro_rules! hierarchy_suite {
             assert_eq!(read(conn, &rows[1]).unwrap(), rows[1]);
             assert_eq!(read(conn, &rows[2]).unwrap(), rows[2]);
 
+            // A tenant's KEK answering with wrong bytes takes down that tenant, not the load.
+            one.set_mode(2);
+            let report = store.load_and_install(conn).unwrap();
+            assert_eq!(report.unavailable, vec![(TenantId::from("1"), "fake:one".to_owned())]);
+            assert_eq!(read(conn, &rows[1]).unwrap(), rows[1]);
+
             one.set_mode(0);
             let report = store.load_and_install(conn).unwrap();
             assert!(report.unavailable.is_empty());
@@ -233,6 +239,95 @@ macro_rules! hierarchy_suite {
             let shred = store.shred_tenant(conn, &"1".into(), &[]).unwrap();
             assert_eq!(shred.keys.len(), 3);
             assert_eq!(store.load_and_install(conn).unwrap().kek_calls, 2);
+        }
+
+        #[test]
+        fn a_tenants_own_kek_cannot_vouch_for_the_deployment_or_move_its_keys() {
+            use encrypted_types_tests::keytable;
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let one = Faulty::new(&dir, "one");
+            let deployment = || KeyStore::new(kek_at(&dir, "test.kek"));
+            let store = deployment().with_tenant_kek("1", one.clone());
+            let conn = &mut $connect();
+            store.create_tenant_with_kek(conn, &"1".into(), "fake:one").unwrap();
+            let victim = store.create_tenant(conn, Some(&"2".into())).unwrap();
+            let clean: Vec<KeyRecord> = k::table.select(KeyRecord::as_select()).load(conn).unwrap();
+
+            // Tenant 1 holds its KEK and writes to the database: it plants a deployment wrapping
+            // key under its own KEK and, under that, a data key of its choosing for tenant 2.
+            let planted = KeyId::from(0x7654_3211);
+            let w = *KeyMaterial::generate().unwrap().expose();
+            let w_ctx = WrapContext { tenant: None, purpose: Purpose::Wrapping, key_id: planted };
+            let mut w_row = KeyRecord {
+                key_id: i64::from(planted.get()),
+                tenant: None,
+                purpose: "wrapping".into(),
+                state: "retired".into(),
+                wrapped_key: Some(one.wrap(&w_ctx, &KeyMaterial::from_slice(&w).unwrap()).unwrap()),
+                kek_ref: one.kek_ref(),
+                created_at: 1,
+                state_changed_at: 1,
+                generation: 0,
+                check_value: Some(keytable::check_value(&w)),
+                mac_key_id: None,
+                record_mac: None,
+            };
+            keytable::authenticate(&mut w_row, planted.get(), &w);
+            put(conn, &w_row);
+            let chosen = [7u8; 32];
+            let tenant2 = TenantId::from("2");
+            let d_ctx = WrapContext { tenant: Some(&tenant2), purpose: Purpose::Data, key_id: victim.data };
+            let mut forged = record(conn, victim.data);
+            forged.wrapped_key = Some(keytable::wrap_under(planted.get(), &w, &d_ctx, &chosen));
+            forged.kek_ref = format!("key:{}", planted.get());
+            forged.check_value = Some(keytable::check_value(&chosen));
+            keytable::authenticate(&mut forged, planted.get(), &w);
+            put(conn, &forged);
+
+            // The forgery is well-formed: a store that let tenant 1's KEK act for the
+            // deployment loads it (MACs verify; the key unwrapped for tenant 2 matches the check
+            // value of the bytes tenant 1 chose), and would seal tenant 2's data under it ...
+            let (confused, _) = deployment().with_kek(one.clone()).load(conn).unwrap();
+            assert_eq!(confused.primary_key(Some(&tenant2)).unwrap().id(), victim.data);
+            // ... and the real store refuses it, naming the planted key.
+            let (id, why) = refused_naming(store.load(conn).err());
+            assert_eq!(id, planted, "{why}");
+            assert!(why.contains("no provider"), "{why}");
+
+            // A tenant whose own wrapping-key row is deleted is not rotated under the
+            // deployment's wrapping key: its keys stay where only its KEK opens them.
+            diesel::delete(k::table).execute(conn).unwrap();
+            for r in &clean {
+                diesel::insert_into(k::table).values(r).execute(conn).unwrap();
+            }
+            let own: KeyRecord = k::table
+                .filter(k::tenant.eq("1").and(k::purpose.eq("wrapping")))
+                .select(KeyRecord::as_select())
+                .first(conn)
+                .unwrap();
+            diesel::delete(k::table.find(own.key_id)).execute(conn).unwrap();
+            let before: i64 = k::table.filter(k::tenant.eq("1")).count().get_result(conn).unwrap();
+            let (_, why) = refused_naming(store.rotate_data_key(conn, Some(&"1".into())).err());
+            assert!(why.contains("own wrapping key"), "{why}");
+            let after: i64 = k::table.filter(k::tenant.eq("1")).count().get_result(conn).unwrap();
+            assert_eq!(before, after, "no key was created");
+
+            // Its row moved to the deployment (retired there) does not make `rewrap` move the
+            // tenant's keys under the deployment's wrapping key either.
+            let mut moved = own.clone();
+            moved.tenant = None;
+            moved.state = "retired".into();
+            put(conn, &moved);
+            let (id, why) = refused_naming(store.rewrap(conn, RewrapOptions::default()).err());
+            assert_eq!(i64::from(id.get()), own.key_id, "{why}");
+            let still_own: i64 = k::table
+                .filter(k::tenant.eq("1").and(k::purpose.ne("wrapping")))
+                .filter(k::kek_ref.eq(format!("key:{}", own.key_id)))
+                .count()
+                .get_result(conn)
+                .unwrap();
+            assert_eq!(still_own, 2, "tenant 1's keys stay under its own wrapping key");
         }
 
         #[test]
@@ -268,6 +363,7 @@ macro_rules! hierarchy_suite {
                         .unwrap();
                 }
             }
+            let backup: Vec<KeyRecord> = k::table.select(KeyRecord::as_select()).load(conn).unwrap();
             let legacy = KeyStore::new(old.clone());
             let report = legacy.load_and_install(conn).unwrap();
             assert_eq!((report.kek_calls, report.unauthenticated), (60, 60));
@@ -335,6 +431,19 @@ macro_rules! hierarchy_suite {
             // Run again, it finds nothing to do.
             let again = newer.rewrap(conn, RewrapOptions::default()).unwrap();
             assert!(again.finished && again.rewrapped == 0 && again.reauthenticated == 0, "{again:?}");
+
+            // The table put back as it was before the hierarchy (a downgrade to unauthenticated
+            // records, where an old key could be active again): a process that loaded it
+            // authenticated refuses it. A fresh process cannot tell it from a restored backup.
+            let watching = KeyStore::new(Faulty::new(&dir, "newer")).with_kek(old.clone());
+            watching.load(conn).unwrap();
+            diesel::delete(k::table).execute(conn).unwrap();
+            for r in &backup {
+                diesel::insert_into(k::table).values(r).execute(conn).unwrap();
+            }
+            let (_, why) = refused_naming(watching.load(conn).err());
+            assert!(why.contains("lost its deployment wrapping keys"), "{why}");
+            assert_eq!(KeyStore::new(old.clone()).load(conn).unwrap().1.unauthenticated, 60);
         }
     };
 }

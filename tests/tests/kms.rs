@@ -147,8 +147,8 @@ fn a_tenant_whose_own_kms_key_is_disabled_is_unavailable_until_it_is_enabled() {
     );
     let store = || {
         KeyStore::new(aws(&kms, &ours))
-            .with_kek(aws(&kms, &a_key))
-            .with_kek(aws(&kms, &b_key))
+            .with_tenant_kek("a", aws(&kms, &a_key))
+            .with_tenant_kek("b", aws(&kms, &b_key))
     };
     let dir = tempfile::tempdir().unwrap();
     let conn = &mut sqlite_file(&dir);

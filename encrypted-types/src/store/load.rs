@@ -1,12 +1,12 @@
 //! Loading the key table into a keyring: one KEK call per wrapping key, every record
 //! authenticated, every key checked (ADR 0003, `docs/KEYTABLE.md`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
 use super::record::{Wrapper, check_matches};
-use super::wrap::{NOT_AUTHENTIC, key_id_of, wrapped_by};
+use super::wrap::{NO_KEK, NOT_AUTHENTIC, has_hierarchy_traces, key_id_of, wrapped_by};
 use super::{KeyDb, KeyRecord, KeyState, LoadReport, all_keys, self_test, store_err};
 use crate::Error;
 use crate::kek::{KekProvider, Purpose, WrapContext};
@@ -35,12 +35,17 @@ fn parse(r: &KeyRecord) -> Result<Parsed<'_>, Error> {
     })
 }
 
-/// Whether a KEK's failure means "this KEK is unavailable" (disabled, unreachable) rather than
-/// "these bytes are wrong": only the first makes a tenant with its own KEK unavailable instead
-/// of failing the load.
-fn kek_unavailable(e: &Error) -> bool {
-    matches!(e, Error::Provider { .. } | Error::Timeout { .. })
-        || matches!(e, Error::KeyRecord { reason, .. } if reason.contains("no provider"))
+/// Whether a tenant's own KEK failed on its (authenticated) wrapping key: disabled,
+/// unreachable, not configured here, or answering with the wrong bytes. Each makes that tenant
+/// unavailable instead of failing the load: one tenant's KMS cannot stop the others.
+fn kek_failed(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::Provider { .. }
+            | Error::Timeout { .. }
+            | Error::KeyUnwrap { .. }
+            | Error::KeyCheck { .. }
+    ) || matches!(e, Error::KeyRecord { reason, .. } if *reason == NO_KEK)
 }
 
 /// What the parallel pass made of one record.
@@ -101,6 +106,19 @@ impl<P: KekProvider> KeyStore<P> {
         let hierarchical = parsed
             .iter()
             .any(|p| p.purpose == Purpose::Wrapping && p.r.tenant.is_none());
+        // A table this process saw authenticated does not lose its wrapping keys.
+        let was_authenticated = self
+            .authenticated
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if !hierarchical
+            && was_authenticated
+            && let Some(p) = parsed.first()
+        {
+            return Err(Error::KeyRecord {
+                key_id: p.id,
+                reason: "the key table lost its deployment wrapping keys: this process loaded it authenticated before",
+            });
+        }
         let mut macs: HashMap<KeyId, Arc<Wrapper>> = HashMap::new();
         for p in &parsed {
             if p.purpose == Purpose::Wrapping
@@ -133,7 +151,7 @@ impl<P: KekProvider> KeyStore<P> {
                 Ok(w) => {
                     tenant_wrappers.insert(p.id, (w, tenant));
                 }
-                Err(e) if kek_unavailable(&e) => {
+                Err(e) if kek_failed(&e) => {
                     self.forget_wrapping(p.id);
                     tracing::warn!(
                         target: "encrypted_types::audit",
@@ -152,8 +170,16 @@ impl<P: KekProvider> KeyStore<P> {
 
         // Every record's MAC, and every live key's unwrap and check value: pure computation, on
         // every core; the first failure in key-id order is reported, as a sequential pass would.
+        let owners: HashSet<&str> = tenant_wrappers.values().map(|(_, t)| *t).collect();
         let outcomes = parallel_map(&parsed, |p| {
-            open_record(p, hierarchical, &macs, &tenant_wrappers, &unavailable)
+            open_record(
+                p,
+                hierarchical,
+                &macs,
+                &tenant_wrappers,
+                &owners,
+                &unavailable,
+            )
         })
         .ok_or_else(|| Error::Store("a thread checking the key table failed".into()))?;
         let mut opened = Vec::with_capacity(parsed.len());
@@ -161,7 +187,9 @@ impl<P: KekProvider> KeyStore<P> {
             match outcome? {
                 Opened::Key(material) => opened.push((p, material)),
                 Opened::Legacy => {
-                    report.unauthenticated += 1;
+                    if !hierarchical {
+                        report.unauthenticated += 1;
+                    }
                     if p.purpose != Purpose::Wrapping && p.state != KeyState::Destroyed {
                         opened.push((p, self.open_legacy(p, &mut report.kek_calls)?));
                     }
@@ -225,6 +253,10 @@ impl<P: KekProvider> KeyStore<P> {
         gone.sort();
         report.unavailable = gone;
         let keyring = builder.build()?;
+        if hierarchical {
+            self.authenticated
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         tracing::info!(
             target: "encrypted_types::audit",
             event = "keyring_loaded",
@@ -245,7 +277,7 @@ impl<P: KekProvider> KeyStore<P> {
             reason,
         };
         let kek = self
-            .kek(&p.r.kek_ref)
+            .kek(None, &p.r.kek_ref)
             .ok_or_else(|| bad("wrapped by another KEK than this process's provider"))?;
         let wrapped =
             p.r.wrapped_key
@@ -289,13 +321,14 @@ fn open_record(
     hierarchical: bool,
     macs: &HashMap<KeyId, Arc<Wrapper>>,
     tenant_wrappers: &HashMap<KeyId, (Arc<Wrapper>, &str)>,
+    owners: &HashSet<&str>,
     unavailable: &Unavailable<'_>,
 ) -> Result<Opened, Error> {
     if !hierarchical {
-        if p.r.record_mac.is_some() || p.purpose == Purpose::Wrapping {
+        if has_hierarchy_traces(p.r) {
             return Err(Error::KeyRecord {
                 key_id: p.id,
-                reason: "authenticated, but the table has no deployment wrapping key",
+                reason: "written under a wrapping key, but the table has no deployment wrapping key",
             });
         }
         return Ok(Opened::Legacy);
@@ -320,13 +353,26 @@ fn open_record(
         p.r.wrapped_key
             .as_deref()
             .ok_or_else(|| bad("no wrapped key bytes"))?;
+    // A tenant with its own wrapping key has every key under it: one found under the
+    // deployment's (or its KEK directly) was moved there by someone other than this library.
+    let own = p.r.tenant.as_deref().is_some_and(|t| owners.contains(t));
     let Some(w_id) = wrapped_by(&p.r.kek_ref) else {
+        if own {
+            return Err(bad(
+                "its tenant has its own wrapping key, but this key is not under it",
+            ));
+        }
         // Authenticated, but wrapped by the KEK itself: a key adopted from before the hierarchy.
         return Ok(Opened::Legacy);
     };
     let w = match (macs.get(&w_id), tenant_wrappers.get(&w_id)) {
-        (Some(w), _) => w,
+        (Some(w), _) if !own => w,
         (None, Some((w, owner))) if Some(*owner) == p.r.tenant.as_deref() => w,
+        (Some(_), _) => {
+            return Err(bad(
+                "its tenant has its own wrapping key, but this key is not under it",
+            ));
+        }
         _ => return Err(bad("wrapped by a wrapping key the table does not hold")),
     };
     let tenant = p.r.tenant.as_deref().map(TenantId::from);

@@ -176,6 +176,10 @@ pub trait KeyTable: Exec {
     fn key_id_in(column: &str, ids: &[KeyId]) -> String;
     /// Quotes an identifier.
     fn quote(ident: &str) -> String;
+    /// The clause that makes a `SELECT` hold a shared row lock until the transaction ends
+    /// (empty on SQLite, whose writers are serialized anyway).
+    #[doc(hidden)]
+    const SHARE_LOCK: &'static str;
     /// Loads key records.
     #[doc(hidden)]
     fn load_records<D: Db<Backend = Self>>(
@@ -223,8 +227,10 @@ fn hex4(id: KeyId) -> String {
 }
 
 macro_rules! key_table {
-    ($db:ty, key_id_in = $key_id_in:expr, quote = $quote:literal) => {
+    ($db:ty, key_id_in = $key_id_in:expr, quote = $quote:literal, share_lock = $lock:literal) => {
         impl KeyTable for $db {
+            const SHARE_LOCK: &'static str = $lock;
+
             fn key_id_in(column: &str, ids: &[KeyId]) -> String {
                 let f: fn(&str, &str) -> String = $key_id_in;
                 let list: Vec<String> = ids.iter().map(|id| hex4(*id)).collect();
@@ -277,7 +283,8 @@ key_table!(
         let lits: Vec<String> = ids.split(',').map(|h| format!("X'{h}'")).collect();
         format!("substr({c}, 3, 4) IN ({})", lits.join(", "))
     },
-    quote = "\""
+    quote = "\"",
+    share_lock = ""
 );
 
 #[cfg(feature = "postgres")]
@@ -290,7 +297,8 @@ key_table!(
             .collect();
         format!("substring({c} from 3 for 4) IN ({})", lits.join(", "))
     },
-    quote = "\""
+    quote = "\"",
+    share_lock = " FOR SHARE"
 );
 
 #[cfg(feature = "mysql")]
@@ -300,7 +308,8 @@ key_table!(
         let lits: Vec<String> = ids.split(',').map(|h| format!("X'{h}'")).collect();
         format!("SUBSTRING({c}, 3, 4) IN ({})", lits.join(", "))
     },
-    quote = "`"
+    quote = "`",
+    share_lock = " LOCK IN SHARE MODE"
 );
 
 /// A connection the key store runs on, sync or async.
@@ -518,23 +527,35 @@ fn store_err(e: impl fmt::Display) -> Error {
 /// ```
 pub struct KeyStore<P> {
     provider: P,
-    /// KEKs that only unwrap: an old KEK during a rewrap, tenants' own KEKs.
+    /// Deployment KEKs that only unwrap: the old KEK while a rewrap runs.
     others: Vec<Box<dyn KekProvider>>,
-    /// Wrapping keys unwrapped so far, by id: a KEK call once per wrapping key and load.
-    wrappers: Mutex<HashMap<KeyId, Arc<Wrapper>>>,
+    /// Tenants' own KEKs, each usable for its tenant's wrapping key only: a tenant's KEK can
+    /// never vouch for the deployment's wrapping key or another tenant's.
+    tenant_keks: Vec<(TenantId, Box<dyn KekProvider>)>,
+    /// Wrapping keys unwrapped so far: a KEK call once per wrapping key and load. Keyed by
+    /// everything the unwrap depended on, so a record changed in the table is never answered
+    /// from the cache.
+    wrappers: Mutex<HashMap<WrapperKey, Arc<Wrapper>>>,
     /// The highest generation seen per tenant and purpose at a load: a later load showing an
     /// older active key (a rolled-back table) is refused.
     /// Indexed by tenant (`None` for the keys of no tenant), then data, blind index, wrapping.
     seen: Mutex<Seen>,
+    /// Set once this process has loaded an authenticated table: a later load of the same table
+    /// without its wrapping keys (a downgrade to unauthenticated records) is refused.
+    authenticated: std::sync::atomic::AtomicBool,
     /// KEK calls made through this store, for the jobs' reports.
     calls: std::sync::atomic::AtomicUsize,
 }
+
+/// What a cached wrapping key was unwrapped from: key id, tenant, KEK reference, wrapped bytes.
+type WrapperKey = (KeyId, Option<String>, String, Vec<u8>);
 
 impl<P: fmt::Debug> fmt::Debug for KeyStore<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KeyStore")
             .field("provider", &self.provider)
             .field("others", &self.others)
+            .field("tenant_keks", &self.tenant_keks)
             .finish_non_exhaustive()
     }
 }
@@ -545,16 +566,18 @@ impl<P: KekProvider> KeyStore<P> {
         Self {
             provider,
             others: Vec::new(),
+            tenant_keks: Vec::new(),
             wrappers: Mutex::default(),
             seen: Mutex::default(),
+            authenticated: std::sync::atomic::AtomicBool::new(false),
             calls: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
-    /// Also unwraps keys wrapped by `kek`, without wrapping anything new under it: the old KEK
-    /// while [`KeyStore::rewrap`] moves the table to `provider`, or a tenant's own KEK
-    /// ([`KeyStore::create_tenant_with_kek`]). Keys are matched to KEKs by
-    /// [`KekProvider::kek_ref`].
+    /// Also unwraps deployment keys wrapped by `kek`, without wrapping anything new under it:
+    /// the old KEK while [`KeyStore::rewrap`] moves the table to `provider`. Keys are matched
+    /// to KEKs by [`KekProvider::kek_ref`]. A tenant's own KEK goes in
+    /// [`KeyStore::with_tenant_kek`] instead.
     ///
     /// ```
     /// # use encrypted_types::kek::local::LocalKek;
@@ -574,15 +597,48 @@ impl<P: KekProvider> KeyStore<P> {
         self
     }
 
-    /// The KEK named `kek_ref`, if this store has it.
-    fn kek(&self, kek_ref: &str) -> Option<&dyn KekProvider> {
-        if self.provider.kek_ref() == kek_ref {
-            return Some(&self.provider);
+    /// Adds `tenant`'s own KEK (bring your own key, [`KeyStore::create_tenant_with_kek`]). It
+    /// unwraps that tenant's wrapping key and nothing else: a tenant holding its KEK cannot
+    /// forge the deployment's wrapping key or another tenant's.
+    ///
+    /// ```
+    /// # use encrypted_types::kek::local::LocalKek;
+    /// # use encrypted_types::store::KeyStore;
+    /// # let dir = std::env::temp_dir().join(format!("et-tenant-kek-doc-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// let ours = LocalKek::create(dir.join("ours.kek"))?;
+    /// let theirs = LocalKek::create(dir.join("clinic-b.kek"))?; // in production: their KMS key
+    /// let store = KeyStore::new(ours).with_tenant_kek("clinic-b", theirs);
+    /// # drop(store);
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), encrypted_types::Error>(())
+    /// ```
+    #[must_use]
+    pub fn with_tenant_kek(
+        mut self,
+        tenant: impl Into<TenantId>,
+        kek: impl KekProvider + 'static,
+    ) -> Self {
+        self.tenant_keks.push((tenant.into(), Box::new(kek)));
+        self
+    }
+
+    /// The KEK named `kek_ref` that may unwrap a record of `tenant`'s own wrapping key (`Some`)
+    /// or of the deployment (`None`), if this store has it.
+    fn kek(&self, tenant: Option<&str>, kek_ref: &str) -> Option<&dyn KekProvider> {
+        match tenant {
+            None if self.provider.kek_ref() == kek_ref => Some(&self.provider),
+            None => self
+                .others
+                .iter()
+                .find(|k| k.kek_ref() == kek_ref)
+                .map(|k| &**k as &dyn KekProvider),
+            Some(t) => self
+                .tenant_keks
+                .iter()
+                .find(|(owner, k)| owner.as_str() == t && k.kek_ref() == kek_ref)
+                .map(|(_, k)| &**k as &dyn KekProvider),
         }
-        self.others
-            .iter()
-            .find(|k| k.kek_ref() == kek_ref)
-            .map(|k| &**k as &dyn KekProvider)
     }
 
     /// The provider.
@@ -684,7 +740,7 @@ impl<P: KekProvider> KeyStore<P> {
     sync_and_async! {
         /// Creates a tenant whose keys are wrapped by its own KEK (bring your own key): a
         /// wrapping key for the tenant, wrapped by the KEK named `kek_ref` (added to this store
-        /// with [`KeyStore::with_kek`]), then the tenant's data key and blind-index root key,
+        /// for this tenant with [`KeyStore::with_tenant_kek`]), then the tenant's data key and blind-index root key,
         /// wrapped by it. Disabling that KEK makes exactly this tenant unavailable at the next
         /// load ([`Error::TenantUnavailable`]); re-enabling it restores the tenant at the load
         /// after that.
@@ -699,7 +755,8 @@ impl<P: KekProvider> KeyStore<P> {
         /// # KeyStore::<LocalKek>::run_migrations(conn)?;
         /// let theirs = LocalKek::create(dir.join("clinic-b.kek"))?; // in production: their KMS key
         /// let kek_ref = theirs.kek_ref();
-        /// let store = KeyStore::new(LocalKek::create(dir.join("ours.kek"))?).with_kek(theirs);
+        /// let store = KeyStore::new(LocalKek::create(dir.join("ours.kek"))?)
+        ///     .with_tenant_kek("clinic-b", theirs);
         /// store.create_tenant(conn, Some(&"clinic-a".into()))?;
         /// store.create_tenant_with_kek(conn, &"clinic-b".into(), &kek_ref)?;
         /// let report = store.load_and_install(conn)?;
@@ -721,9 +778,9 @@ impl<P: KekProvider> KeyStore<P> {
         tenant: &TenantId,
         kek_ref: &str,
     ) -> Result<TenantKeys, Error> {
-        let kek = self.kek(kek_ref).ok_or_else(|| {
+        let kek = self.kek(Some(tenant.as_str()), kek_ref).ok_or_else(|| {
             Error::Store(format!(
-                "no KEK {kek_ref} in this key store: add it with KeyStore::with_kek"
+                "no KEK {kek_ref} for tenant {tenant} in this key store: add it with KeyStore::with_tenant_kek"
             ))
         })?;
         crate::db::transaction(db, store_err, async |db| {

@@ -130,12 +130,13 @@ impl<P: KekProvider> KeyStore<P> {
                 break;
             }
         }
-        if remaining(db, target.id).await? > 0 {
-            report.kek_calls = self.calls.load(Ordering::Relaxed) - calls_before;
-            return Ok(report);
-        }
-        // Nothing depends on the old deployment wrapping keys any more: destroy them.
+        // Nothing depends on the old deployment wrapping keys any more: destroy them, counting
+        // again in the same transaction (the active wrapping key is read under a row lock by
+        // every writer, so no key can be wrapped under an old one after this count).
         let destroyed = crate::db::transaction(db, store_err, async |db| {
+            if remaining(db, target.id).await? > 0 {
+                return Ok(None);
+            }
             let mut destroyed = Vec::new();
             for old in tenant_keys(db, None, Some(Purpose::Wrapping), None)
                 .await
@@ -158,9 +159,13 @@ impl<P: KekProvider> KeyStore<P> {
                 self.forget_wrapping(id);
                 destroyed.push(id);
             }
-            Ok(destroyed)
+            Ok(Some(destroyed))
         })
         .await?;
+        let Some(destroyed) = destroyed else {
+            report.kek_calls = self.calls.load(Ordering::Relaxed) - calls_before;
+            return Ok(report);
+        };
         report.destroyed_wrapping_keys = destroyed;
         report.kek_calls = self.calls.load(Ordering::Relaxed) - calls_before;
         // The independent check: no record on an old KEK or wrapping key, no old wrapping key live.
@@ -235,6 +240,18 @@ impl<P: KekProvider> KeyStore<P> {
             // Keys under a tenant's own wrapping key stay there; the rest move under the target.
             let wrapper_row =
                 wrapped_by(&old.kek_ref).and_then(|w| wrapping.get(&i64::from(w.get())));
+            // The wrapping key's record decides whether the key stays under a tenant's own KEK:
+            // it must authenticate and belong to the key's own tenant, or a changed row could
+            // move a tenant's keys out from under its KEK.
+            if let Some(w) = wrapper_row {
+                self.authentic(w, &wrapping)?;
+                if w.tenant.is_some() && w.tenant != old.tenant {
+                    return Err(Error::KeyRecord {
+                        key_id: key_id_of(old)?,
+                        reason: "wrapped by another tenant's wrapping key",
+                    });
+                }
+            }
             let own_kek = wrapper_row.is_some_and(|w| w.tenant.is_some());
             let rewrap = old.purpose != Purpose::Wrapping.as_str()
                 && old.state != KeyState::Destroyed.as_str()
@@ -269,9 +286,9 @@ impl<P: KekProvider> KeyStore<P> {
                         });
                     }
                     None => {
-                        let kek = self.kek(&old.kek_ref).ok_or(Error::KeyRecord {
+                        let kek = self.kek(None, &old.kek_ref).ok_or(Error::KeyRecord {
                             key_id: id,
-                            reason: "wrapped by a KEK this process has no provider for (add it with KeyStore::with_kek)",
+                            reason: super::wrap::NO_KEK,
                         })?;
                         self.calls.fetch_add(1, Ordering::Relaxed);
                         kek.unwrap(&ctx, wrapped)?

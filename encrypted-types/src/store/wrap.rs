@@ -37,9 +37,55 @@ pub(crate) fn wrapped_by(kek_ref: &str) -> Option<KeyId> {
         .map(KeyId::from)
 }
 
+/// Why a wrapping key cannot be unwrapped when its KEK is not in the store.
+pub(crate) const NO_KEK: &str = "wrapped by a KEK this process has no provider for (add it with KeyStore::with_kek, or KeyStore::with_tenant_kek for a tenant's own)";
+
+/// Whether `r` carries anything only the key hierarchy writes: such a record in a table
+/// without a deployment wrapping key means the wrapping keys were removed (a downgrade), not
+/// that the table predates them.
+pub(crate) fn has_hierarchy_traces(r: &KeyRecord) -> bool {
+    r.purpose == Purpose::Wrapping.as_str()
+        || r.generation != 0
+        || r.check_value.is_some()
+        || r.mac_key_id.is_some()
+        || r.record_mac.is_some()
+        || r.kek_ref.starts_with(WRAPPED_BY)
+}
+
+fn cache_key(id: KeyId, r: &KeyRecord) -> super::WrapperKey {
+    (
+        id,
+        r.tenant.clone(),
+        r.kek_ref.clone(),
+        r.wrapped_key.clone().unwrap_or_default(),
+    )
+}
+
+/// The active wrapping key record of `tenant` (`None`: the deployment's), read under a shared
+/// row lock: a rewrap cannot retire it while a key is being wrapped under it.
+async fn active_wrapping<D: KeyDb>(
+    db: &mut D,
+    tenant: Option<&str>,
+) -> Result<Option<KeyRecord>, Error> {
+    let mut q = crate::db::Query::new();
+    let t = super::tenant_is::<D::Backend>(&mut q, tenant);
+    q.sql = format!(
+        "SELECT {} FROM {} WHERE purpose = 'wrapping' AND state = 'active' AND {t} ORDER BY key_id{}",
+        super::RECORD_COLS,
+        super::KEYS,
+        <D::Backend as super::KeyTable>::SHARE_LOCK,
+    );
+    Ok(<D::Backend as super::KeyTable>::load_records(db, &q)
+        .await
+        .map_err(store_err)?
+        .into_iter()
+        .next())
+}
+
 impl<P: KekProvider> KeyStore<P> {
     /// Unwraps wrapping key `r` through its KEK (one provider call), checks its check value and
-    /// caches it. `calls` counts provider calls.
+    /// caches it. Only a deployment KEK unwraps the deployment's wrapping key, and only a
+    /// tenant's own KEK that tenant's. `calls` counts provider calls.
     pub(super) fn unwrap_wrapping(
         &self,
         r: &KeyRecord,
@@ -47,9 +93,12 @@ impl<P: KekProvider> KeyStore<P> {
     ) -> Result<Arc<Wrapper>, Error> {
         let id = key_id_of(r)?;
         let bad = |reason| Error::KeyRecord { key_id: id, reason };
-        let kek = self.kek(&r.kek_ref).ok_or_else(|| {
-            bad("wrapped by a KEK this process has no provider for (add it with KeyStore::with_kek)")
-        })?;
+        if r.purpose != Purpose::Wrapping.as_str() || r.state == KeyState::Destroyed.as_str() {
+            return Err(bad("not a live wrapping key"));
+        }
+        let kek = self
+            .kek(r.tenant.as_deref(), &r.kek_ref)
+            .ok_or_else(|| bad(NO_KEK))?;
         let wrapped = r
             .wrapped_key
             .as_deref()
@@ -75,7 +124,7 @@ impl<P: KekProvider> KeyStore<P> {
         self.wrappers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, Arc::clone(&w));
+            .insert(cache_key(id, r), Arc::clone(&w));
         Ok(w)
     }
 
@@ -86,7 +135,7 @@ impl<P: KekProvider> KeyStore<P> {
             .wrappers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&id)
+            .get(&cache_key(id, r))
             .cloned();
         match cached {
             Some(w) => Ok(w),
@@ -98,7 +147,7 @@ impl<P: KekProvider> KeyStore<P> {
         self.wrappers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .remove(&id);
+            .retain(|k, _| k.0 != id);
     }
 
     /// The deployment wrapping key that authenticated `r`, with `r` checked against it.
@@ -139,11 +188,8 @@ impl<P: KekProvider> KeyStore<P> {
     /// store's provider, and every record already in it is authenticated (adopted) in the same
     /// transaction.
     pub(super) async fn mac_wrapper<D: KeyDb>(&self, db: &mut D) -> Result<Arc<Wrapper>, Error> {
-        let active = tenant_keys(db, None, Some(Purpose::Wrapping), Some(KeyState::Active))
-            .await
-            .map_err(store_err)?;
-        if let Some(r) = active.first() {
-            return self.verified_by(db, r).await;
+        if let Some(r) = active_wrapping(db, None).await? {
+            return self.verified_by(db, &r).await;
         }
         let w = self.create_wrapping(db, None, &self.provider, None).await?;
         self.adopt(db, &w).await?;
@@ -156,10 +202,10 @@ impl<P: KekProvider> KeyStore<P> {
     async fn adopt<D: KeyDb>(&self, db: &mut D, mac: &Wrapper) -> Result<(), Error> {
         let mut rows = super::all_keys(db).await.map_err(store_err)?;
         rows.retain(|r| r.key_id != i64::from(mac.id.get()));
-        if let Some(r) = rows.iter().find(|r| r.record_mac.is_some()) {
+        if let Some(r) = rows.iter().find(|r| has_hierarchy_traces(r)) {
             return Err(Error::KeyRecord {
                 key_id: key_id_of(r)?,
-                reason: "authenticated, but the table has no active deployment wrapping key",
+                reason: "written under a wrapping key, but the table has no active deployment wrapping key (removed, or switched by a rewrap just now: run again)",
             });
         }
         let rank = |r: &KeyRecord| (r.state == KeyState::Active.as_str(), r.created_at, r.key_id);
@@ -191,25 +237,43 @@ impl<P: KekProvider> KeyStore<P> {
         Ok(())
     }
 
-    /// The tenant's own active wrapping key (bring your own KEK), if it has one.
+    /// The tenant's own active wrapping key (bring your own KEK), if it has one. A tenant whose
+    /// own wrapping key is missing or not active is refused, never moved under the
+    /// deployment's: its keys must stay where only its KEK opens them.
     async fn tenant_wrapper<D: KeyDb>(
         &self,
         db: &mut D,
         tenant: &TenantId,
     ) -> Result<Option<Arc<Wrapper>>, Error> {
-        let rows = tenant_keys(
-            db,
-            Some(tenant.as_str()),
-            Some(Purpose::Wrapping),
-            Some(KeyState::Active),
-        )
-        .await
-        .map_err(store_err)?;
-        let Some(r) = rows.first() else {
-            return Ok(None);
+        if let Some(r) = active_wrapping(db, Some(tenant.as_str())).await? {
+            self.verified_by(db, &r).await?;
+            return self.wrapping(&r).map(Some);
+        }
+        let missing = |key_id| Error::KeyRecord {
+            key_id,
+            reason: "its tenant's own wrapping key is missing or not active",
         };
-        self.verified_by(db, r).await?;
-        self.wrapping(r).map(Some)
+        let records = tenant_keys(db, Some(tenant.as_str()), None, None)
+            .await
+            .map_err(store_err)?;
+        for r in records
+            .iter()
+            .filter(|r| r.state != KeyState::Destroyed.as_str())
+        {
+            if r.purpose == Purpose::Wrapping.as_str() {
+                return Err(missing(key_id_of(r)?));
+            }
+            if let Some(w) = wrapped_by(&r.kek_ref) {
+                let deployment = key_by_id(db, i64::from(w.get()))
+                    .await
+                    .map_err(store_err)?
+                    .is_some_and(|w| w.tenant.is_none() && w.purpose == Purpose::Wrapping.as_str());
+                if !deployment {
+                    return Err(missing(key_id_of(r)?));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// A key id no record uses. Random ids need no coordination between processes.
@@ -259,7 +323,7 @@ impl<P: KekProvider> KeyStore<P> {
         self.wrappers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, Arc::clone(&w));
+            .insert(cache_key(id, &record), Arc::clone(&w));
         tracing::info!(
             target: "encrypted_types::audit",
             event = "key_created",
