@@ -227,6 +227,7 @@ macro_rules! hierarchy_suite {
             one.set_mode(2);
             let report = store.load_and_install(conn).unwrap();
             assert_eq!(report.unavailable, vec![(TenantId::from("1"), "fake:one".to_owned())]);
+            assert_eq!(lib_error(&read(conn, &rows[0]).unwrap_err()), Some(&unavailable));
             assert_eq!(read(conn, &rows[1]).unwrap(), rows[1]);
 
             one.set_mode(0);
@@ -288,8 +289,24 @@ macro_rules! hierarchy_suite {
             // The forgery is well-formed: a store that let tenant 1's KEK act for the
             // deployment loads it (MACs verify; the key unwrapped for tenant 2 matches the check
             // value of the bytes tenant 1 chose), and would seal tenant 2's data under it ...
-            let (confused, _) = deployment().with_kek(one.clone()).load(conn).unwrap();
-            assert_eq!(confused.primary_key(Some(&tenant2)).unwrap().id(), victim.data);
+            // (shown with tenant 1's own records out of the way) ...
+            let tenant1: Vec<KeyRecord> = k::table
+                .filter(k::tenant.eq("1"))
+                .select(KeyRecord::as_select())
+                .load(conn)
+                .unwrap();
+            diesel::delete(k::table.filter(k::tenant.eq("1"))).execute(conn).unwrap();
+            let confused = || deployment().with_kek(one.clone());
+            let (keyring, _) = confused().load(conn).unwrap();
+            assert_eq!(keyring.primary_key(Some(&tenant2)).unwrap().id(), victim.data);
+            for r in &tenant1 {
+                diesel::insert_into(k::table).values(r).execute(conn).unwrap();
+            }
+            // ... so a tenant's KEK given as a deployment KEK is refused as a configuration ...
+            let own_w = tenant1.iter().find(|r| r.purpose == "wrapping").unwrap();
+            let (id, why) = refused_naming(confused().load(conn).err());
+            assert_eq!(i64::from(id.get()), own_w.key_id, "{why}");
+            assert!(why.contains("also configured as a deployment KEK"), "{why}");
             // ... and the real store refuses it, naming the planted key.
             let (id, why) = refused_naming(store.load(conn).err());
             assert_eq!(id, planted, "{why}");
@@ -313,12 +330,16 @@ macro_rules! hierarchy_suite {
             let after: i64 = k::table.filter(k::tenant.eq("1")).count().get_result(conn).unwrap();
             assert_eq!(before, after, "no key was created");
 
-            // Its row moved to the deployment (retired there) does not make `rewrap` move the
-            // tenant's keys under the deployment's wrapping key either.
+            // Its row moved to the deployment (retired there) does not make a rotation or
+            // `rewrap` move the tenant's keys under the deployment's wrapping key either.
             let mut moved = own.clone();
             moved.tenant = None;
             moved.state = "retired".into();
             put(conn, &moved);
+            let (id, why) = refused_naming(store.rotate_data_key(conn, Some(&"1".into())).err());
+            assert_eq!(i64::from(id.get()), own.key_id, "{why}");
+            let after: i64 = k::table.filter(k::tenant.eq("1")).count().get_result(conn).unwrap();
+            assert_eq!(before, after, "no key was created");
             let (id, why) = refused_naming(store.rewrap(conn, RewrapOptions::default()).err());
             assert_eq!(i64::from(id.get()), own.key_id, "{why}");
             let still_own: i64 = k::table
@@ -364,7 +385,12 @@ macro_rules! hierarchy_suite {
                 }
             }
             let backup: Vec<KeyRecord> = k::table.select(KeyRecord::as_select()).load(conn).unwrap();
-            let legacy = KeyStore::new(old.clone());
+            // Unauthenticated records are read only when the operator says an upgrade is on.
+            let (_, why) = refused_naming(KeyStore::new(old.clone()).load(conn).err());
+            assert!(why.contains("before the key hierarchy"), "{why}");
+            let (_, why) = refused_naming(KeyStore::new(old.clone()).create_tenant(conn, None).err());
+            assert!(why.contains("KeyStore::rewrap"), "{why}");
+            let legacy = KeyStore::new(old.clone()).allow_legacy_table();
             let report = legacy.load_and_install(conn).unwrap();
             assert_eq!((report.kek_calls, report.unauthenticated), (60, 60));
             let rows: Vec<Patient> = (0..tenants)
@@ -434,7 +460,7 @@ macro_rules! hierarchy_suite {
 
             // The table put back as it was before the hierarchy (a downgrade to unauthenticated
             // records, where an old key could be active again): a process that loaded it
-            // authenticated refuses it. A fresh process cannot tell it from a restored backup.
+            // authenticated refuses it.
             let watching = KeyStore::new(Faulty::new(&dir, "newer")).with_kek(old.clone());
             watching.load(conn).unwrap();
             diesel::delete(k::table).execute(conn).unwrap();
@@ -443,7 +469,11 @@ macro_rules! hierarchy_suite {
             }
             let (_, why) = refused_naming(watching.load(conn).err());
             assert!(why.contains("lost its deployment wrapping keys"), "{why}");
-            assert_eq!(KeyStore::new(old.clone()).load(conn).unwrap().1.unauthenticated, 60);
+            // A fresh process refuses it too, unless told an upgrade is on.
+            let (_, why) = refused_naming(KeyStore::new(old.clone()).load(conn).err());
+            assert!(why.contains("before the key hierarchy"), "{why}");
+            let upgrading = KeyStore::new(old.clone()).allow_legacy_table();
+            assert_eq!(upgrading.load(conn).unwrap().1.unauthenticated, 60);
         }
     };
 }

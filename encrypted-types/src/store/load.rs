@@ -6,7 +6,7 @@ use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
 use super::record::{Wrapper, check_matches};
-use super::wrap::{NO_KEK, NOT_AUTHENTIC, has_hierarchy_traces, key_id_of, wrapped_by};
+use super::wrap::{NOT_AUTHENTIC, has_hierarchy_traces, key_id_of, wrapped_by};
 use super::{KeyDb, KeyRecord, KeyState, LoadReport, all_keys, self_test, store_err};
 use crate::Error;
 use crate::kek::{KekProvider, Purpose, WrapContext};
@@ -33,19 +33,6 @@ fn parse(r: &KeyRecord) -> Result<Parsed<'_>, Error> {
         purpose: Purpose::parse(&r.purpose).ok_or_else(|| bad("unknown purpose"))?,
         state: KeyState::parse(&r.state).ok_or_else(|| bad("unknown state"))?,
     })
-}
-
-/// Whether a tenant's own KEK failed on its (authenticated) wrapping key: disabled,
-/// unreachable, not configured here, or answering with the wrong bytes. Each makes that tenant
-/// unavailable instead of failing the load: one tenant's KMS cannot stop the others.
-fn kek_failed(e: &Error) -> bool {
-    matches!(
-        e,
-        Error::Provider { .. }
-            | Error::Timeout { .. }
-            | Error::KeyUnwrap { .. }
-            | Error::KeyCheck { .. }
-    ) || matches!(e, Error::KeyRecord { reason, .. } if *reason == NO_KEK)
 }
 
 /// What the parallel pass made of one record.
@@ -110,14 +97,21 @@ impl<P: KekProvider> KeyStore<P> {
         let was_authenticated = self
             .authenticated
             .load(std::sync::atomic::Ordering::Relaxed);
-        if !hierarchical
-            && was_authenticated
-            && let Some(p) = parsed.first()
-        {
-            return Err(Error::KeyRecord {
-                key_id: p.id,
-                reason: "the key table lost its deployment wrapping keys: this process loaded it authenticated before",
-            });
+        if !hierarchical && let Some(p) = parsed.first() {
+            if was_authenticated {
+                return Err(Error::KeyRecord {
+                    key_id: p.id,
+                    reason: "the key table lost its deployment wrapping keys: this process loaded it authenticated before",
+                });
+            }
+            // Unauthenticated records are only read during an upgrade the operator asked for:
+            // otherwise a writer who strips a table back to that form would be believed.
+            if !self.legacy_allowed {
+                return Err(Error::KeyRecord {
+                    key_id: p.id,
+                    reason: "the key table is from before the key hierarchy (its records are not authenticated): run KeyStore::rewrap, and load it meanwhile with KeyStore::allow_legacy_table",
+                });
+            }
         }
         let mut macs: HashMap<KeyId, Arc<Wrapper>> = HashMap::new();
         for p in &parsed {
@@ -147,11 +141,21 @@ impl<P: KekProvider> KeyStore<P> {
             if !authentic(p.r, &macs) {
                 return Err(not_authentic(p.id));
             }
+            // A tenant's KEK among the deployment's could vouch for a planted deployment
+            // wrapping key: refuse the configuration, not just this tenant.
+            if self.kek(None, &p.r.kek_ref).is_some() {
+                return Err(Error::KeyRecord {
+                    key_id: p.id,
+                    reason: "its tenant's own KEK is also configured as a deployment KEK: give it with KeyStore::with_tenant_kek only",
+                });
+            }
             match self.unwrap_wrapping(p.r, &mut report.kek_calls) {
                 Ok(w) => {
                     tenant_wrappers.insert(p.id, (w, tenant));
                 }
-                Err(e) if kek_failed(&e) => {
+                // The record authenticated, so whatever went wrong is the tenant's KEK's doing
+                // (disabled, unreachable, not configured here, wrong bytes): that tenant only.
+                Err(e) => {
                     self.forget_wrapping(p.id);
                     tracing::warn!(
                         target: "encrypted_types::audit",
@@ -164,7 +168,6 @@ impl<P: KekProvider> KeyStore<P> {
                         .entry(tenant)
                         .or_insert((p.r.kek_ref.as_str(), Vec::new()));
                 }
-                Err(e) => return Err(e),
             }
         }
 

@@ -543,6 +543,8 @@ pub struct KeyStore<P> {
     /// Set once this process has loaded an authenticated table: a later load of the same table
     /// without its wrapping keys (a downgrade to unauthenticated records) is refused.
     authenticated: std::sync::atomic::AtomicBool,
+    /// Whether a table from before the key hierarchy (unauthenticated records) may be loaded.
+    legacy_allowed: bool,
     /// KEK calls made through this store, for the jobs' reports.
     calls: std::sync::atomic::AtomicUsize,
 }
@@ -570,6 +572,7 @@ impl<P: KekProvider> KeyStore<P> {
             wrappers: Mutex::default(),
             seen: Mutex::default(),
             authenticated: std::sync::atomic::AtomicBool::new(false),
+            legacy_allowed: false,
             calls: std::sync::atomic::AtomicUsize::new(0),
         }
     }
@@ -620,6 +623,28 @@ impl<P: KekProvider> KeyStore<P> {
         kek: impl KekProvider + 'static,
     ) -> Self {
         self.tenant_keks.push((tenant.into(), Box::new(kek)));
+        self
+    }
+
+    /// Loads a key table from before the key hierarchy, whose records are not authenticated
+    /// (every key wrapped by the KEK itself, one KEK call per key), for the upgrade window:
+    /// until [`KeyStore::rewrap`] has moved it under a wrapping key. Without it such a table is
+    /// refused, since a database writer could strip a table back to that form. A process that
+    /// has loaded the table authenticated refuses it stripped even with this set.
+    ///
+    /// ```
+    /// # use encrypted_types::kek::local::LocalKek;
+    /// # use encrypted_types::store::KeyStore;
+    /// # let dir = std::env::temp_dir().join(format!("et-legacy-doc-{}", std::process::id()));
+    /// # std::fs::create_dir_all(&dir).unwrap();
+    /// let upgrading = KeyStore::new(LocalKek::create(dir.join("kek"))?).allow_legacy_table();
+    /// # drop(upgrading);
+    /// # std::fs::remove_dir_all(&dir).unwrap();
+    /// # Ok::<(), encrypted_types::Error>(())
+    /// ```
+    #[must_use]
+    pub fn allow_legacy_table(mut self) -> Self {
+        self.legacy_allowed = true;
         self
     }
 
@@ -783,6 +808,11 @@ impl<P: KekProvider> KeyStore<P> {
                 "no KEK {kek_ref} for tenant {tenant} in this key store: add it with KeyStore::with_tenant_kek"
             ))
         })?;
+        if self.kek(None, kek_ref).is_some() {
+            return Err(Error::Store(format!(
+                "KEK {kek_ref} is one of the deployment's: a tenant's own KEK must be its own"
+            )));
+        }
         crate::db::transaction(db, store_err, async |db| {
             let existing = tenant_keys(db, Some(tenant.as_str()), None, None)
                 .await

@@ -185,7 +185,7 @@ impl<P: KekProvider> KeyStore<P> {
     /// The deployment wrapping key under this store's provider, created (and the previous one
     /// retired) if the active one is under another KEK.
     async fn rewrap_target<D: KeyDb>(&self, db: &mut D) -> Result<Arc<Wrapper>, Error> {
-        let current = self.mac_wrapper(db).await?;
+        let current = self.mac_wrapper_or(db, true).await?;
         let active = tenant_keys(db, None, Some(Purpose::Wrapping), Some(KeyState::Active))
             .await
             .map_err(store_err)?;

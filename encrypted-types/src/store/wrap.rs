@@ -184,12 +184,36 @@ impl<P: KekProvider> KeyStore<P> {
     }
 
     /// The deployment's active wrapping key, which wraps keys of tenants without their own KEK
-    /// and authenticates every record. A table without one gets one now, wrapped by this
-    /// store's provider, and every record already in it is authenticated (adopted) in the same
-    /// transaction.
+    /// and authenticates every record. An empty table gets one now, wrapped by this store's
+    /// provider. A table with records but no active wrapping key is refused: one from before
+    /// the hierarchy is moved under a wrapping key only by the explicit [`KeyStore::rewrap`]
+    /// (`adopt`), never as a side effect of a write, which would authenticate whatever state a
+    /// database writer left.
     pub(super) async fn mac_wrapper<D: KeyDb>(&self, db: &mut D) -> Result<Arc<Wrapper>, Error> {
+        self.mac_wrapper_or(db, false).await
+    }
+
+    /// [`KeyStore::mac_wrapper`], adopting a table from before the hierarchy when `adopt`.
+    pub(super) async fn mac_wrapper_or<D: KeyDb>(
+        &self,
+        db: &mut D,
+        adopt: bool,
+    ) -> Result<Arc<Wrapper>, Error> {
         if let Some(r) = active_wrapping(db, None).await? {
             return self.verified_by(db, &r).await;
+        }
+        let any = crate::db::Query::sql(format!(
+            "SELECT key_id FROM {} ORDER BY key_id LIMIT 1",
+            super::KEYS
+        ));
+        let first = <D::Backend as super::KeyTable>::load_ids(db, &any)
+            .await
+            .map_err(store_err)?;
+        if !adopt && let Some(id) = first.first() {
+            return Err(Error::KeyRecord {
+                key_id: KeyId::from(u32::try_from(*id).unwrap_or(0)),
+                reason: "the key table has records but no active deployment wrapping key: a table from before the key hierarchy is moved under one by KeyStore::rewrap",
+            });
         }
         let w = self.create_wrapping(db, None, &self.provider, None).await?;
         self.adopt(db, &w).await?;
@@ -205,7 +229,7 @@ impl<P: KekProvider> KeyStore<P> {
         if let Some(r) = rows.iter().find(|r| has_hierarchy_traces(r)) {
             return Err(Error::KeyRecord {
                 key_id: key_id_of(r)?,
-                reason: "written under a wrapping key, but the table has no active deployment wrapping key (removed, or switched by a rewrap just now: run again)",
+                reason: "written under a wrapping key, but the table has no active deployment wrapping key (removed, or switched by another rewrap just now: run again)",
             });
         }
         let rank = |r: &KeyRecord| (r.state == KeyState::Active.as_str(), r.created_at, r.key_id);
@@ -238,8 +262,9 @@ impl<P: KekProvider> KeyStore<P> {
     }
 
     /// The tenant's own active wrapping key (bring your own KEK), if it has one. A tenant whose
-    /// own wrapping key is missing or not active is refused, never moved under the
-    /// deployment's: its keys must stay where only its KEK opens them.
+    /// own wrapping key is missing, not active or moved away is refused, never moved under the
+    /// deployment's: its keys must stay where only its KEK opens them. Every record consulted
+    /// is authenticated first, so a changed state, tenant or purpose cannot steer the choice.
     async fn tenant_wrapper<D: KeyDb>(
         &self,
         db: &mut D,
@@ -251,24 +276,26 @@ impl<P: KekProvider> KeyStore<P> {
         }
         let missing = |key_id| Error::KeyRecord {
             key_id,
-            reason: "its tenant's own wrapping key is missing or not active",
+            reason: "its tenant's own wrapping key is missing, not active or moved",
         };
         let records = tenant_keys(db, Some(tenant.as_str()), None, None)
             .await
             .map_err(store_err)?;
-        for r in records
-            .iter()
-            .filter(|r| r.state != KeyState::Destroyed.as_str())
-        {
+        for r in &records {
+            self.verified_by(db, r).await?;
+            if r.state == KeyState::Destroyed.as_str() {
+                continue;
+            }
             if r.purpose == Purpose::Wrapping.as_str() {
                 return Err(missing(key_id_of(r)?));
             }
             if let Some(w) = wrapped_by(&r.kek_ref) {
-                let deployment = key_by_id(db, i64::from(w.get()))
+                let w = key_by_id(db, i64::from(w.get()))
                     .await
                     .map_err(store_err)?
-                    .is_some_and(|w| w.tenant.is_none() && w.purpose == Purpose::Wrapping.as_str());
-                if !deployment {
+                    .ok_or_else(|| missing(w))?;
+                self.verified_by(db, &w).await?;
+                if w.tenant.is_some() || w.purpose != Purpose::Wrapping.as_str() {
                     return Err(missing(key_id_of(r)?));
                 }
             }
