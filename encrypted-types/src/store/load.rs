@@ -407,26 +407,23 @@ fn check_groups<P: KekProvider>(
     unavailable: &Unavailable<'_>,
     store: Option<&KeyStore<P>>,
 ) -> Result<(), Error> {
-    let mut sorted: Vec<&Parsed<'_>> = parsed.iter().collect();
     let purpose_rank = |p: Purpose| match p {
         Purpose::Data => 0u8,
         Purpose::BlindIndex => 1,
         Purpose::Wrapping => 2,
     };
-    sorted.sort_unstable_by(|a, b| {
-        (
-            a.r.tenant.as_deref(),
-            purpose_rank(a.purpose),
-            a.r.generation,
-            a.id,
-        )
-            .cmp(&(
-                b.r.tenant.as_deref(),
-                purpose_rank(b.purpose),
-                b.r.generation,
-                b.id,
-            ))
-    });
+    // Grouped by a number per tenant, so the sort compares integers, not strings.
+    let mut numbers: HashMap<Option<&str>, usize> = HashMap::new();
+    let mut sorted: Vec<(usize, u8, i64, &Parsed<'_>)> = parsed
+        .iter()
+        .map(|p| {
+            let next = numbers.len();
+            let n = *numbers.entry(p.r.tenant.as_deref()).or_insert(next);
+            (n, purpose_rank(p.purpose), p.r.generation, p)
+        })
+        .collect();
+    sorted.sort_unstable_by_key(|&(n, rank, generation, p)| (n, rank, generation, p.id));
+    let sorted: Vec<&Parsed<'_>> = sorted.into_iter().map(|(.., p)| p).collect();
     let mut seen = store.map(|s| s.seen.lock().unwrap_or_else(PoisonError::into_inner));
     let mut i = 0;
     while let Some(first) = sorted.get(i) {

@@ -368,9 +368,14 @@ async fn insert_key<D: KeyDb>(db: &mut D, r: &KeyRecord) -> QueryResult<()> {
     db.exec(&q).await.map(|_| ())
 }
 
+/// Every record, by key id. Sorted here, not in SQL: key ids are random, so an `ORDER BY`
+/// walks the primary-key index and seeks the table once per row (measured at 100,000 tenants
+/// on SQLite: a third of the load), where a plain scan reads it in storage order.
 async fn all_keys<D: KeyDb>(db: &mut D) -> QueryResult<Vec<KeyRecord>> {
-    let q = Query::sql(format!("SELECT {RECORD_COLS} FROM {KEYS} ORDER BY key_id"));
-    D::Backend::load_records(db, &q).await
+    let q = Query::sql(format!("SELECT {RECORD_COLS} FROM {KEYS}"));
+    let mut rows = D::Backend::load_records(db, &q).await?;
+    rows.sort_unstable_by_key(|r| r.key_id);
+    Ok(rows)
 }
 
 /// The records of `tenant` (all of them, or those of `purpose` in `state`).
