@@ -5,7 +5,7 @@
 //!
 //! ```text
 //! keys_at_scale setup  DB N (--kms URL KEY | --local FILE)   N tenants, one sealed row each
-//! keys_at_scale ready  DB --kms URL KEY                       load, then read one random tenant's row
+//! keys_at_scale ready  DB --kms URL KEY [--served]            load (all, or the served tenant's), read one random tenant's row
 //! keys_at_scale rewrap DB --kms URL KEY --local FILE          move every key under the KMS key
 //! keys_at_scale verify DB --kms URL KEY                       open every row with the KMS key alone
 //! ```
@@ -131,8 +131,22 @@ fn main() {
         }
         "ready" => {
             let store = KeyStore::new(kms(&args).expect("--kms URL KEY"));
-            let report = store.load_and_install(conn).expect("load");
-            let t = random_tenant(report.data_keys);
+            // --served: load only the tenant this request is for (`ensure_loaded`), not the table.
+            let (t, report) = if args.iter().any(|a| a == "--served") {
+                let n: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+                    "(SELECT COUNT(*) FROM notes)",
+                ))
+                .get_result(conn)
+                .expect("count");
+                let t = random_tenant(usize::try_from(n).expect("count"));
+                let tenant = format!("tenant-{t}").as_str().into();
+                let (keyring, report) = store.load_tenants(conn, &[tenant]).expect("load");
+                keyring.install();
+                (t, report)
+            } else {
+                let report = store.load_and_install(conn).expect("load");
+                (random_tenant(report.data_keys), report)
+            };
             let note: Vec<Note> =
                 diesel::sql_query("SELECT tenant, body FROM notes WHERE tenant = ?")
                     .bind::<Text, _>(format!("tenant-{t}"))

@@ -201,6 +201,28 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The keyring was loaded for some tenants only ([`crate::store::KeyStore::load_tenants`])
+    /// and this tenant is not one of them: load it (outside the query, where a KMS call may
+    /// happen) with [`crate::store::KeyStore::ensure_loaded`].
+    #[error(
+        "tenant {tenant} is not loaded in this process's keyring; call KeyStore::ensure_loaded for it before its queries"
+    )]
+    TenantNotLoaded {
+        /// The tenant.
+        tenant: String,
+    },
+    /// A value names a key the keyring does not hold, and the keyring was loaded for some
+    /// tenants only: the value may be another tenant's. Load the tenants this process serves
+    /// with [`crate::store::KeyStore::ensure_loaded`].
+    #[error(
+        "key {0} is not in this process's keyring, which holds some tenants only; call KeyStore::ensure_loaded for the value's tenant"
+    )]
+    KeyNotLoaded(KeyId),
+    /// The operation needs every tenant's keys (a job), and the installed keyring holds some
+    /// tenants only: run it in a process that loaded the whole table
+    /// ([`crate::store::KeyStore::load_and_install`]).
+    #[error("this needs every tenant's keys, but the installed keyring holds some tenants only")]
+    PartialKeyring,
     /// A job name was resumed for another operation or target than the one it was started
     /// for (for example after another key rotation).
     #[error(

@@ -50,6 +50,9 @@ pub struct Keyring {
     unavailable_keys: HashMap<KeyId, TenantId>,
     /// Blind-index keys derived so far: HKDF runs once per index and tenant, not per value.
     derived: RwLock<HashMap<DerivedId, IndexMac>>,
+    /// `Some`: loaded for these tenants only (and the keys of no tenant); any other tenant's
+    /// value or write fails with [`Error::TenantNotLoaded`] or [`Error::KeyNotLoaded`].
+    scope: Option<Arc<std::collections::HashSet<TenantId>>>,
 }
 
 type DerivedId = (
@@ -75,6 +78,27 @@ impl Keyring {
         INSTALLED.store(Some(Arc::new(self)));
     }
 
+    /// Installs `more` merged into the installed keyring of some tenants (or alone, if none
+    /// is installed); a complete installed keyring is kept. Retried if another thread installs
+    /// in between, so no thread's tenants are lost.
+    #[cfg(feature = "keystore")]
+    pub(crate) fn install_merged(more: Keyring) -> Result<(), Error> {
+        let more = Arc::new(more);
+        let mut failed = None;
+        INSTALLED.rcu(|current| match current {
+            None => Some(Arc::clone(&more)),
+            Some(k) if k.is_complete() => Some(Arc::clone(k)),
+            Some(k) => match k.merged(&more) {
+                Ok(m) => Some(Arc::new(m)),
+                Err(e) => {
+                    failed = Some(e);
+                    Some(Arc::clone(k))
+                }
+            },
+        });
+        failed.map_or(Ok(()), Err)
+    }
+
     /// Removes the installed keyring; sealing and opening then fail with [`Error::NoKeyring`].
     pub fn uninstall() {
         INSTALLED.store(None);
@@ -83,6 +107,17 @@ impl Keyring {
     /// The installed keyring, if any.
     pub fn current() -> Option<Arc<Keyring>> {
         INSTALLED.load_full()
+    }
+
+    /// The installed keyring, which must hold every tenant's keys: what a job walks a whole
+    /// table with.
+    pub(crate) fn complete() -> Result<Arc<Keyring>, Error> {
+        let k = Self::current().ok_or(Error::NoKeyring)?;
+        if k.is_complete() {
+            Ok(k)
+        } else {
+            Err(Error::PartialKeyring)
+        }
     }
 
     /// Runs `f` with the installed keyring without touching its reference count (the hot path).
@@ -104,13 +139,35 @@ impl Keyring {
             Some(t) => self.primary_by_tenant.get(t).copied(),
         };
         index.and_then(|i| self.keys.get(i)).ok_or_else(|| {
-            match tenant.and_then(|t| self.unavailable_error(t)) {
+            match tenant.and_then(|t| self.unavailable_error(t).or_else(|| self.not_loaded(t))) {
                 Some(e) => e,
                 None => Error::NoPrimaryKey {
                     tenant: describe(tenant),
                 },
             }
         })
+    }
+
+    /// [`Error::TenantNotLoaded`] if this keyring holds some tenants only, and not `tenant`.
+    fn not_loaded(&self, tenant: &TenantId) -> Option<Error> {
+        self.scope
+            .as_ref()
+            .filter(|s| !s.contains(tenant))
+            .map(|_| Error::TenantNotLoaded {
+                tenant: describe(Some(tenant)),
+            })
+    }
+
+    /// Whether this keyring holds every tenant's keys (loaded with
+    /// [`KeyStore::load`](crate::store::KeyStore::load)) rather than some tenants' only
+    /// ([`KeyStore::load_tenants`](crate::store::KeyStore::load_tenants)).
+    pub fn is_complete(&self) -> bool {
+        self.scope.is_none()
+    }
+
+    /// Whether `tenant`'s keys are in this keyring (always, for a complete one).
+    pub fn has_tenant(&self, tenant: &TenantId) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.contains(tenant))
     }
 
     /// [`Error::TenantUnavailable`] if `tenant`'s own KEK failed at the last load.
@@ -140,14 +197,22 @@ impl Keyring {
                 .unavailable_keys
                 .get(&id)
                 .and_then(|t| self.unavailable_error(t))
-                .unwrap_or(Error::UnknownKeyId(id))),
+                .unwrap_or(if self.scope.is_some() {
+                    Error::KeyNotLoaded(id)
+                } else {
+                    Error::UnknownKeyId(id)
+                })),
         }
     }
 
     /// Whether the key table holds (or held, and destroyed) a data key with this id: what
     /// tells a sealed value from legacy plaintext ([`crate::format::classify`]).
+    ///
+    /// A keyring of some tenants only knows every id: a value under a key it does not hold may
+    /// be another tenant's, and must fail ([`Error::KeyNotLoaded`]), never pass as plaintext.
     pub fn knows(&self, id: KeyId) -> bool {
-        self.keys.binary_search_by_key(&id, DataKey::id).is_ok()
+        self.scope.is_some()
+            || self.keys.binary_search_by_key(&id, DataKey::id).is_ok()
             || self.destroyed.contains(&id)
             || self.unavailable_keys.contains_key(&id)
     }
@@ -260,7 +325,41 @@ impl Keyring {
             keys,
             destroyed: gone,
             derived: RwLock::new(derived),
+            scope: self.scope.clone(),
         }
+    }
+
+    /// This keyring with `more`'s tenants added: what [`KeyStore::ensure_loaded`] installs.
+    /// Both must be keyrings of some tenants (`more` loaded after `self`, so its keys of no
+    /// tenant are the newer ones).
+    ///
+    /// [`KeyStore::ensure_loaded`]: crate::store::KeyStore::ensure_loaded
+    #[cfg(feature = "keystore")]
+    pub(crate) fn merged(&self, more: &Keyring) -> Result<Keyring, Error> {
+        let (Some(mine), Some(theirs)) = (&self.scope, &more.scope) else {
+            return Err(Error::InvalidKeyring("only keyrings of some tenants merge"));
+        };
+        // From `self`: its tenants that `more` does not bring; from `more`: everything.
+        let keep =
+            |t: Option<&TenantId>| t.is_some_and(|t| mine.contains(t) && !theirs.contains(t));
+        let builder = Keyring::builder().carry(self, keep);
+        let mut builder = builder.carry(more, |_| true);
+        if let Some(k) = more.primary_default.and_then(|i| more.keys.get(i)) {
+            builder.primaries.push((None, k.id));
+        }
+        let mut destroyed = self.destroyed.clone();
+        destroyed.extend(
+            more.destroyed
+                .iter()
+                .filter(|id| !self.destroyed.contains(id)),
+        );
+        // A key destroyed since `self` was loaded is no longer present.
+        builder.keys_direct.retain(|k| !destroyed.contains(&k.id));
+        builder.destroyed = destroyed;
+        let mut scope: std::collections::HashSet<TenantId> = (**mine).clone();
+        scope.extend(theirs.iter().cloned());
+        builder.scope = Some(scope);
+        builder.build()
     }
 
     /// The keyed HMAC of one blind index for one tenant, derived on first use and cached.
@@ -289,7 +388,7 @@ impl Keyring {
             return Ok(mac.clone());
         }
         let root = self.index_root(tenant, params.root).ok_or_else(|| {
-            match tenant.and_then(|t| self.unavailable_error(t)) {
+            match tenant.and_then(|t| self.unavailable_error(t).or_else(|| self.not_loaded(t))) {
                 Some(e) => e,
                 None => Error::NoBlindIndexKey {
                     tenant: describe(tenant),
@@ -335,6 +434,11 @@ pub struct KeyringBuilder {
     blind_index: Vec<(Option<TenantId>, KeyMaterial)>,
     retired_blind_index: Vec<(Option<TenantId>, KeyMaterial)>,
     unavailable: Vec<(TenantId, String, Vec<KeyId>)>,
+    /// Keys and roots carried over from another keyring, schedules already expanded.
+    keys_direct: Vec<DataKey>,
+    roots_direct: Vec<(Option<TenantId>, BlindIndexRootKey)>,
+    retired_roots_direct: Vec<(Option<TenantId>, BlindIndexRootKey)>,
+    scope: Option<std::collections::HashSet<TenantId>>,
 }
 
 impl fmt::Debug for KeyringBuilder {
@@ -391,6 +495,49 @@ impl KeyringBuilder {
         self
     }
 
+    /// Adds `ring`'s keys, primaries, roots and unavailable tenants of the tenants `take`
+    /// accepts (`None`: the keys of no tenant), their AES schedules already expanded.
+    #[cfg(feature = "keystore")]
+    fn carry(mut self, ring: &Keyring, take: impl Fn(Option<&TenantId>) -> bool) -> Self {
+        for k in ring.keys.iter().filter(|k| take(k.tenant.as_ref())) {
+            self.keys_direct.push(k.duplicate());
+        }
+        for (t, i) in &ring.primary_by_tenant {
+            if take(Some(t))
+                && let Some(k) = ring.keys.get(*i)
+            {
+                self.primaries.push((Some(t.clone()), k.id));
+            }
+        }
+        for (t, k) in ring.blind_index.iter().filter(|(t, _)| take(t.as_ref())) {
+            self.roots_direct.push((t.clone(), k.duplicate()));
+        }
+        for (t, k) in ring
+            .retired_blind_index
+            .iter()
+            .filter(|(t, _)| take(t.as_ref()))
+        {
+            self.retired_roots_direct.push((t.clone(), k.duplicate()));
+        }
+        for (t, kek) in ring.unavailable.iter().filter(|(t, _)| take(Some(t))) {
+            let ids = ring
+                .unavailable_keys
+                .iter()
+                .filter(|(_, owner)| *owner == t)
+                .map(|(id, _)| *id)
+                .collect();
+            self.unavailable.push((t.clone(), kek.clone(), ids));
+        }
+        self
+    }
+
+    /// Makes the keyring one of these tenants only (and the keys of no tenant).
+    #[cfg(feature = "keystore")]
+    pub(crate) fn loaded_for(mut self, tenants: std::collections::HashSet<TenantId>) -> Self {
+        self.scope = Some(tenants);
+        self
+    }
+
     /// Checks and assembles the keyring, expanding every AES key schedule once.
     ///
     /// # Errors
@@ -402,6 +549,7 @@ impl KeyringBuilder {
             .keys
             .into_iter()
             .map(|(id, tenant, material)| DataKey::new(id, tenant, &material))
+            .chain(self.keys_direct)
             .collect();
         keys.sort_unstable_by_key(DataKey::id);
         if keys.windows(2).any(|w| matches!(w, [a, b] if a.id == b.id)) {
@@ -428,19 +576,29 @@ impl KeyringBuilder {
                 return Err(Error::InvalidKeyring("two primary keys for one tenant"));
             }
         }
-        let roots = |list: Vec<(Option<TenantId>, KeyMaterial)>, why: &'static str| {
+        let roots = |list: Vec<(Option<TenantId>, KeyMaterial)>,
+                     direct: Vec<(Option<TenantId>, BlindIndexRootKey)>,
+                     why: &'static str| {
             let mut map = HashMap::new();
-            for (tenant, material) in list {
-                if map.contains_key(&tenant) {
+            let all = list
+                .into_iter()
+                .map(|(t, m)| (t.clone(), BlindIndexRootKey::new(t, m)))
+                .chain(direct);
+            for (tenant, root) in all {
+                if map.insert(tenant, root).is_some() {
                     return Err(Error::InvalidKeyring(why));
                 }
-                map.insert(tenant.clone(), BlindIndexRootKey::new(tenant, material));
             }
             Ok(map)
         };
-        let blind_index = roots(self.blind_index, "two blind-index root keys for one tenant")?;
+        let blind_index = roots(
+            self.blind_index,
+            self.roots_direct,
+            "two blind-index root keys for one tenant",
+        )?;
         let retired_blind_index = roots(
             self.retired_blind_index,
+            self.retired_roots_direct,
             "two retired blind-index root keys for one tenant",
         )?;
         let mut unavailable = HashMap::new();
@@ -466,6 +624,7 @@ impl KeyringBuilder {
             blind_index,
             retired_blind_index,
             derived: RwLock::default(),
+            scope: self.scope.map(Arc::new),
         })
     }
 }

@@ -352,6 +352,79 @@ macro_rules! hierarchy_suite {
         }
 
         #[test]
+        fn a_process_loads_the_tenants_it_serves_and_adds_more_outside_queries() {
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let one = Faulty::new(&dir, "one");
+            let store = KeyStore::new(kek_at(&dir, "test.kek")).with_tenant_kek("1", one.clone());
+            let conn = &mut $connect();
+            let keys1 = store.create_tenant_with_kek(conn, &"1".into(), "fake:one").unwrap();
+            store.create_tenant(conn, Some(&"2".into())).unwrap();
+            let keys3 = store.create_tenant(conn, Some(&"3".into())).unwrap();
+            store.load_and_install(conn).unwrap();
+            let rows: Vec<Patient> = (1..=3)
+                .map(|t| Patient::sample(next_id(), t, &format!("s{t}@x.org"), "1"))
+                .collect();
+            for p in &rows {
+                diesel::insert_into(et_patients::table).values(p).execute(conn).unwrap();
+            }
+            let read = |conn: &mut _, p: &Patient| {
+                et_patients::table.find(p.id).select(Patient::as_select()).first::<Patient>(conn)
+            };
+
+            // A process serving tenant 2: its records only, no other tenant's KEK asked.
+            let asked = one.calls();
+            let (keyring, report) = store.load_tenants(conn, &["2".into()]).unwrap();
+            assert_eq!((report.data_keys, report.kek_calls, one.calls()), (1, 1, asked));
+            assert!(!keyring.is_complete());
+            keyring.install();
+            assert_eq!(read(conn, &rows[1]).unwrap(), rows[1]);
+            let not_loaded = Error::KeyNotLoaded(keys1.data);
+            assert_eq!(lib_error(&read(conn, &rows[0]).unwrap_err()), Some(&not_loaded));
+            let err = diesel::insert_into(et_patients::table)
+                .values(&Patient::sample(next_id(), 3, "new@x.org", "1"))
+                .execute(conn)
+                .unwrap_err();
+            assert_eq!(lib_error(&err), Some(&Error::TenantNotLoaded { tenant: "3".into() }));
+            let found = Patient::find_by_email(conn, &3, "s3@x.org").err();
+            assert_eq!(found.as_ref().and_then(lib_error), Some(&Error::TenantNotLoaded { tenant: "3".into() }));
+            // A job needs every tenant: refused before it writes anything.
+            let job = encrypted_types::jobs::rotate_data_keys(
+                conn,
+                &<Patient as encrypted_types::EncryptedModel>::MODEL,
+                "partial",
+                &encrypted_types::jobs::JobOptions::default(),
+                |_| {},
+            );
+            assert_eq!(job.err(), Some(Error::PartialKeyring));
+
+            // Tenants 1 and 3 added outside any query: one call to tenant 1's own KEK.
+            let added = store.ensure_loaded(conn, &["1".into(), "3".into(), "2".into()]).unwrap();
+            assert_eq!((added, one.calls()), (2, asked + 1));
+            for p in &rows {
+                assert_eq!(&read(conn, p).unwrap(), p);
+            }
+            assert_eq!(store.ensure_loaded(conn, &["3".into()]).unwrap(), 0);
+
+            // A bad record of a tenant stops exactly the processes that load that tenant.
+            let mut bad = record(conn, keys3.data);
+            bad.generation += 5;
+            put(conn, &bad);
+            store.load_tenants(conn, &["2".into()]).unwrap();
+            let (id, _) = refused_naming(store.load_tenants(conn, &["3".into()]).err());
+            assert_eq!(id, keys3.data);
+            let (id, _) = refused_naming(store.load(conn).err());
+            assert_eq!(id, keys3.data);
+
+            // Shredding tenant 2 makes exactly its values unreadable in a partial keyring too.
+            store.shred_tenant(conn, &"2".into(), &[]).unwrap();
+            let (keyring, _) = store.load_tenants(conn, &["1".into(), "2".into()]).unwrap();
+            keyring.install();
+            assert!(matches!(lib_error(&read(conn, &rows[1]).unwrap_err()), Some(Error::KeyDestroyed(_))));
+            assert_eq!(read(conn, &rows[0]).unwrap(), rows[0]);
+        }
+
+        #[test]
         fn rewrap_moves_a_legacy_table_under_a_new_kek_resumes_after_a_crash_and_rotates_again() {
             let _g = encrypted_types_tests::serial();
             let dir = tempfile::tempdir().unwrap();

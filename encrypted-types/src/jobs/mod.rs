@@ -1637,7 +1637,7 @@ where
     D: JobDb,
     F: FnMut(&Progress),
 {
-    let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
+    let keyring = Keyring::complete()?;
     let mut retired = keyring.retired_key_ids();
     retired.sort();
     if retired.is_empty() {
@@ -1692,7 +1692,7 @@ where
     D: JobDb,
     F: FnMut(&Progress),
 {
-    let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
+    let keyring = Keyring::complete()?;
     let mut passes = Vec::new();
     for c in model.columns {
         for params in c.indexes {
@@ -1744,7 +1744,7 @@ where
     D: JobDb,
     F: FnMut(&Progress),
 {
-    let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
+    let keyring = Keyring::complete()?;
     let info = find_column(model, column)?;
     let passes = vec![match info.legacy {
         Some(legacy) => Pass {
@@ -1824,7 +1824,7 @@ async fn purge_tenant_on<D>(
 where
     D: JobDb,
 {
-    let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
+    let keyring = Keyring::complete()?;
     if keyring.primary_key(Some(tenant)).is_ok() {
         return Err(Error::Store(format!(
             "tenant {tenant} still has a live key: shred it (and reload every keyring) before purging its rows"
@@ -1998,7 +1998,7 @@ async fn count_plaintext_on<D>(db: &mut D, model: &ModelInfo, column: &str) -> R
 where
     D: JobDb,
 {
-    let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
+    let keyring = Keyring::complete()?;
     let info = find_column(model, column)?;
     let t = inspect(db, model).await?;
     let legacy = match info.legacy {
@@ -2026,7 +2026,7 @@ async fn key_counts_on<D>(
 where
     D: JobDb,
 {
-    let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
+    let keyring = Keyring::complete()?;
     let mut out = Vec::new();
     for column in model.columns {
         let one = ModelInfo {
@@ -2096,7 +2096,7 @@ where
     D: JobDb,
 {
     use std::collections::{BTreeMap, HashSet};
-    let keyring = Keyring::current().ok_or(Error::NoKeyring)?;
+    let keyring = Keyring::complete()?;
     let t = inspect(db, model).await?;
     let mut out = Vec::new();
     for c in model.columns {

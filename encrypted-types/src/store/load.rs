@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use super::record::{Wrapper, check_matches};
 use super::wrap::{NOT_AUTHENTIC, has_hierarchy_traces, key_id_of, wrapped_by};
-use super::{KeyDb, KeyRecord, KeyState, LoadReport, all_keys, self_test, store_err};
+use super::{KeyDb, KeyRecord, KeyState, LoadReport, all_keys, scoped_keys, self_test, store_err};
 use crate::Error;
 use crate::kek::{KekProvider, Purpose, WrapContext};
 use crate::key::KeyId;
@@ -72,12 +72,19 @@ fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Op
 }
 
 impl<P: KekProvider> KeyStore<P> {
-    pub(super) async fn load_on<D: KeyDb>(
+    /// The load, of the whole table or (`scope`) of some tenants' records and those of no
+    /// tenant (which hold the deployment's wrapping keys).
+    pub(super) async fn load_scoped<D: KeyDb>(
         &self,
         db: &mut D,
+        scope: Option<&[TenantId]>,
     ) -> Result<(Keyring, LoadReport), Error> {
         let started = Instant::now();
-        let records = all_keys(db).await.map_err(store_err)?;
+        let records = match scope {
+            None => all_keys(db).await,
+            Some(tenants) => scoped_keys(db, tenants).await,
+        }
+        .map_err(store_err)?;
         let parsed = records.iter().map(parse).collect::<Result<Vec<_>, _>>()?;
         let mut report = LoadReport {
             data_keys: 0,
@@ -203,6 +210,9 @@ impl<P: KekProvider> KeyStore<P> {
         check_groups(&parsed, &unavailable, hierarchical.then_some(self))?;
 
         let mut builder = Keyring::builder();
+        if let Some(tenants) = scope {
+            builder = builder.loaded_for(tenants.iter().cloned().collect());
+        }
         for p in &parsed {
             if p.purpose == Purpose::Wrapping {
                 continue;

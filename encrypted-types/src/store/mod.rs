@@ -378,6 +378,30 @@ async fn all_keys<D: KeyDb>(db: &mut D) -> QueryResult<Vec<KeyRecord>> {
     Ok(rows)
 }
 
+/// The records of no tenant and of `tenants`, by key id: a few hundred tenants per query, so
+/// no backend's limit on bound parameters is reached.
+async fn scoped_keys<D: KeyDb>(db: &mut D, tenants: &[TenantId]) -> QueryResult<Vec<KeyRecord>> {
+    let q = Query::sql(format!(
+        "SELECT {RECORD_COLS} FROM {KEYS} WHERE tenant IS NULL"
+    ));
+    let mut rows = D::Backend::load_records(db, &q).await?;
+    for chunk in tenants.chunks(500) {
+        let mut q = Query::new();
+        let list: Vec<String> = chunk
+            .iter()
+            .map(|t| q.bind::<D::Backend>(Param::Text(t.as_str().to_owned())))
+            .collect();
+        q.sql = format!(
+            "SELECT {RECORD_COLS} FROM {KEYS} WHERE tenant IN ({})",
+            list.join(", ")
+        );
+        rows.extend(D::Backend::load_records(db, &q).await?);
+    }
+    rows.sort_unstable_by_key(|r| r.key_id);
+    rows.dedup_by_key(|r| r.key_id);
+    Ok(rows)
+}
+
 /// The records of `tenant` (all of them, or those of `purpose` in `state`).
 async fn tenant_keys<D: KeyDb>(
     db: &mut D,
@@ -971,6 +995,118 @@ impl<P: KekProvider> KeyStore<P> {
         let (keyring, report) = self.load_on(db).await?;
         keyring.install();
         Ok(report)
+    }
+
+    async fn load_on<D: KeyDb>(&self, db: &mut D) -> Result<(Keyring, LoadReport), Error> {
+        self.load_scoped(db, None).await
+    }
+
+    sync_and_async! {
+        /// [`KeyStore::load`] for `tenants` only (and the keys of no tenant): what a process that
+        /// serves some of 100,000 tenants loads at startup, in time that grows with the tenants
+        /// it serves, not with the table. The same checks run on every record it reads (MACs,
+        /// generations, check values, completeness), and a tenant's own KEK is asked only for
+        /// its tenant. Values, writes and lookups of any other tenant fail with
+        /// [`Error::TenantNotLoaded`] or [`Error::KeyNotLoaded`] until
+        /// [`KeyStore::ensure_loaded`] adds it; jobs refuse such a keyring
+        /// ([`Error::PartialKeyring`]).
+        ///
+        /// ```
+        /// # use diesel::prelude::*;
+        /// # use encrypted_types::kek::local::LocalKek;
+        /// # use encrypted_types::store::KeyStore;
+        /// # use encrypted_types::{Error, TenantId};
+        /// # let dir = std::env::temp_dir().join(format!("et-scoped-doc-{}", std::process::id()));
+        /// # std::fs::create_dir_all(&dir).unwrap();
+        /// # let conn = &mut SqliteConnection::establish(":memory:").unwrap();
+        /// # KeyStore::<LocalKek>::run_migrations(conn)?;
+        /// let store = KeyStore::new(LocalKek::create(dir.join("dev.kek"))?);
+        /// let (a, b) = (TenantId::from("clinic-a"), TenantId::from("clinic-b"));
+        /// store.create_tenant(conn, Some(&a))?;
+        /// store.create_tenant(conn, Some(&b))?;
+        ///
+        /// let (keyring, report) = store.load_tenants(conn, &[a.clone()])?;
+        /// assert_eq!(report.data_keys, 1);
+        /// assert!(keyring.primary_key(Some(&a)).is_ok());
+        /// assert!(matches!(keyring.primary_key(Some(&b)), Err(Error::TenantNotLoaded { .. })));
+        /// # std::fs::remove_dir_all(&dir).unwrap();
+        /// # Ok::<(), encrypted_types::Error>(())
+        /// ```
+        ///
+        /// # Errors
+        /// As [`KeyStore::load`].
+        pub fn load_tenants / load_tenants_async(&self, tenants: &[TenantId])
+            -> Result<(Keyring, LoadReport), Error> where Backend: KeyTable => self.load_tenants_on
+    }
+
+    async fn load_tenants_on<D: KeyDb>(
+        &self,
+        db: &mut D,
+        tenants: &[TenantId],
+    ) -> Result<(Keyring, LoadReport), Error> {
+        self.load_scoped(db, Some(tenants)).await
+    }
+
+    sync_and_async! {
+        /// Makes sure the installed keyring holds `tenants`' keys: loads the missing ones (as
+        /// [`KeyStore::load_tenants`], one query, KMS calls only for tenants with their own KEK)
+        /// and installs the keyring with them added. Call it outside the query, where the tenant
+        /// is known (a request's middleware, a worker picking up a tenant's job): `ToSql` and
+        /// `FromSql` never call a KEK. Nothing happens for tenants already loaded, or when the
+        /// installed keyring is complete ([`KeyStore::load_and_install`]); with no keyring
+        /// installed, it installs one of `tenants`. Returns how many tenants it loaded.
+        ///
+        /// A loaded tenant stays loaded (no eviction); a process that must see another
+        /// process's rotations or shredding polls [`KeyStore::generation`] and reloads its
+        /// tenants with [`KeyStore::load_tenants`].
+        ///
+        /// ```
+        /// # use diesel::prelude::*;
+        /// # use encrypted_types::kek::local::LocalKek;
+        /// # use encrypted_types::store::KeyStore;
+        /// # use encrypted_types::{Keyring, TenantId};
+        /// # let dir = std::env::temp_dir().join(format!("et-ensure-doc-{}", std::process::id()));
+        /// # std::fs::create_dir_all(&dir).unwrap();
+        /// # let conn = &mut SqliteConnection::establish(":memory:").unwrap();
+        /// # KeyStore::<LocalKek>::run_migrations(conn)?;
+        /// let store = KeyStore::new(LocalKek::create(dir.join("dev.kek"))?);
+        /// let (a, b) = (TenantId::from("clinic-a"), TenantId::from("clinic-b"));
+        /// store.create_tenant(conn, Some(&a))?;
+        /// store.create_tenant(conn, Some(&b))?;
+        /// store.load_tenants(conn, &[a.clone()])?.0.install();
+        ///
+        /// assert_eq!(store.ensure_loaded(conn, &[a.clone(), b.clone()])?, 1);
+        /// assert!(Keyring::current().unwrap().has_tenant(&b));
+        /// assert_eq!(store.ensure_loaded(conn, &[b])?, 0);
+        /// # std::fs::remove_dir_all(&dir).unwrap();
+        /// # Ok::<(), encrypted_types::Error>(())
+        /// ```
+        ///
+        /// # Errors
+        /// As [`KeyStore::load`]; the installed keyring is left unchanged on error.
+        pub fn ensure_loaded / ensure_loaded_async(&self, tenants: &[TenantId])
+            -> Result<usize, Error> where Backend: KeyTable => self.ensure_loaded_on
+    }
+
+    async fn ensure_loaded_on<D: KeyDb>(
+        &self,
+        db: &mut D,
+        tenants: &[TenantId],
+    ) -> Result<usize, Error> {
+        let current = Keyring::current();
+        let mut missing: Vec<TenantId> = tenants
+            .iter()
+            .filter(|t| current.as_ref().is_none_or(|k| !k.has_tenant(t)))
+            .cloned()
+            .collect();
+        missing.sort();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(0);
+        }
+        let (more, _) = self.load_scoped(db, Some(&missing)).await?;
+        Keyring::install_merged(more)?;
+        Ok(missing.len())
     }
 
     sync_and_async! {
