@@ -118,6 +118,16 @@ pub enum Error {
         /// The KEK reference (a KMS key id or HSM label, never key bytes).
         kek: String,
     },
+    /// One KEK is given both as a tenant's own ([`crate::store::KeyStore::with_tenant_kek`])
+    /// and as a deployment KEK (the provider or [`crate::store::KeyStore::with_kek`]): that
+    /// tenant could then vouch for the deployment's wrapping key. Refused before any load.
+    #[error("KEK {kek} is given both as tenant {tenant}'s own and as a deployment KEK")]
+    KekRoles {
+        /// The KEK reference.
+        kek: String,
+        /// The tenant it was given for.
+        tenant: String,
+    },
     /// An unwrapped key failed its canary seal-and-open self-test.
     #[error("key {key_id} failed its self-test")]
     SelfTest {

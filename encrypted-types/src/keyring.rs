@@ -53,6 +53,18 @@ pub struct Keyring {
     /// `Some`: loaded for these tenants only (and the keys of no tenant); any other tenant's
     /// value or write fails with [`Error::TenantNotLoaded`] or [`Error::KeyNotLoaded`].
     scope: Option<Arc<std::collections::HashSet<TenantId>>>,
+    /// When its load began (a process-wide sequence): a merge takes the keys of no tenant, and
+    /// of tenants both keyrings hold, from the later load.
+    loaded: u64,
+}
+
+/// The process-wide load sequence behind `Keyring::loaded`.
+static LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+/// The next load's sequence number: read when a load begins, before its first query.
+#[cfg(feature = "keystore")]
+pub(crate) fn next_load() -> u64 {
+    LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 type DerivedId = (
@@ -85,16 +97,20 @@ impl Keyring {
     pub(crate) fn install_merged(more: Keyring) -> Result<(), Error> {
         let more = Arc::new(more);
         let mut failed = None;
-        INSTALLED.rcu(|current| match current {
-            None => Some(Arc::clone(&more)),
-            Some(k) if k.is_complete() => Some(Arc::clone(k)),
-            Some(k) => match k.merged(&more) {
-                Ok(m) => Some(Arc::new(m)),
-                Err(e) => {
-                    failed = Some(e);
-                    Some(Arc::clone(k))
-                }
-            },
+        INSTALLED.rcu(|current| {
+            // Run again if another thread installed in between: only the last run counts.
+            failed = None;
+            match current {
+                None => Some(Arc::clone(&more)),
+                Some(k) if k.is_complete() => Some(Arc::clone(k)),
+                Some(k) => match k.merged(&more) {
+                    Ok(m) => Some(Arc::new(m)),
+                    Err(e) => {
+                        failed = Some(e);
+                        Some(Arc::clone(k))
+                    }
+                },
+            }
         });
         failed.map_or(Ok(()), Err)
     }
@@ -170,6 +186,11 @@ impl Keyring {
         self.scope.as_ref().is_none_or(|s| s.contains(tenant))
     }
 
+    /// Whether `tenant` is in this keyring and usable: loaded, and its own KEK answered.
+    pub fn serves(&self, tenant: &TenantId) -> bool {
+        self.has_tenant(tenant) && !self.unavailable.contains_key(tenant)
+    }
+
     /// [`Error::TenantUnavailable`] if `tenant`'s own KEK failed at the last load.
     fn unavailable_error(&self, tenant: &TenantId) -> Option<Error> {
         self.unavailable
@@ -207,12 +228,10 @@ impl Keyring {
 
     /// Whether the key table holds (or held, and destroyed) a data key with this id: what
     /// tells a sealed value from legacy plaintext ([`crate::format::classify`]).
-    ///
-    /// A keyring of some tenants only knows every id: a value under a key it does not hold may
-    /// be another tenant's, and must fail ([`Error::KeyNotLoaded`]), never pass as plaintext.
+    /// (A value under a key it does not hold, of another tenant of a keyring of some tenants
+    /// too, is classified unknown and fails; see [`crate::format::classify`].)
     pub fn knows(&self, id: KeyId) -> bool {
-        self.scope.is_some()
-            || self.keys.binary_search_by_key(&id, DataKey::id).is_ok()
+        self.keys.binary_search_by_key(&id, DataKey::id).is_ok()
             || self.destroyed.contains(&id)
             || self.unavailable_keys.contains_key(&id)
     }
@@ -326,39 +345,48 @@ impl Keyring {
             destroyed: gone,
             derived: RwLock::new(derived),
             scope: self.scope.clone(),
+            loaded: self.loaded,
         }
     }
 
     /// This keyring with `more`'s tenants added: what [`KeyStore::ensure_loaded`] installs.
-    /// Both must be keyrings of some tenants (`more` loaded after `self`, so its keys of no
-    /// tenant are the newer ones).
+    /// Both must be keyrings of some tenants. The keys of no tenant, and tenants both hold,
+    /// come from the one whose load began later, so a slow load never installs an older view.
     ///
     /// [`KeyStore::ensure_loaded`]: crate::store::KeyStore::ensure_loaded
     #[cfg(feature = "keystore")]
     pub(crate) fn merged(&self, more: &Keyring) -> Result<Keyring, Error> {
-        let (Some(mine), Some(theirs)) = (&self.scope, &more.scope) else {
+        let (older, newer) = if more.loaded >= self.loaded {
+            (self, more)
+        } else {
+            (more, self)
+        };
+        let (Some(old_scope), Some(new_scope)) = (&older.scope, &newer.scope) else {
             return Err(Error::InvalidKeyring("only keyrings of some tenants merge"));
         };
-        // From `self`: its tenants that `more` does not bring; from `more`: everything.
-        let keep =
-            |t: Option<&TenantId>| t.is_some_and(|t| mine.contains(t) && !theirs.contains(t));
-        let builder = Keyring::builder().carry(self, keep);
-        let mut builder = builder.carry(more, |_| true);
-        if let Some(k) = more.primary_default.and_then(|i| more.keys.get(i)) {
+        // From the older: its tenants the newer does not hold; from the newer: everything.
+        let keep = |t: Option<&TenantId>| {
+            t.is_some_and(|t| old_scope.contains(t) && !new_scope.contains(t))
+        };
+        let builder = Keyring::builder().carry(older, keep);
+        let mut builder = builder.carry(newer, |_| true);
+        if let Some(k) = newer.primary_default.and_then(|i| newer.keys.get(i)) {
             builder.primaries.push((None, k.id));
         }
-        let mut destroyed = self.destroyed.clone();
+        let mut destroyed = older.destroyed.clone();
         destroyed.extend(
-            more.destroyed
+            newer
+                .destroyed
                 .iter()
-                .filter(|id| !self.destroyed.contains(id)),
+                .filter(|id| !older.destroyed.contains(id)),
         );
         // A key destroyed since `self` was loaded is no longer present.
         builder.keys_direct.retain(|k| !destroyed.contains(&k.id));
         builder.destroyed = destroyed;
-        let mut scope: std::collections::HashSet<TenantId> = (**mine).clone();
-        scope.extend(theirs.iter().cloned());
+        let mut scope: std::collections::HashSet<TenantId> = (**old_scope).clone();
+        scope.extend(new_scope.iter().cloned());
         builder.scope = Some(scope);
+        builder.loaded = newer.loaded;
         builder.build()
     }
 
@@ -439,6 +467,7 @@ pub struct KeyringBuilder {
     roots_direct: Vec<(Option<TenantId>, BlindIndexRootKey)>,
     retired_roots_direct: Vec<(Option<TenantId>, BlindIndexRootKey)>,
     scope: Option<std::collections::HashSet<TenantId>>,
+    loaded: u64,
 }
 
 impl fmt::Debug for KeyringBuilder {
@@ -538,6 +567,13 @@ impl KeyringBuilder {
         self
     }
 
+    /// Records when the load behind this keyring began ([`next_load`]).
+    #[cfg(feature = "keystore")]
+    pub(crate) fn load_began(mut self, sequence: u64) -> Self {
+        self.loaded = sequence;
+        self
+    }
+
     /// Checks and assembles the keyring, expanding every AES key schedule once.
     ///
     /// # Errors
@@ -625,6 +661,64 @@ impl KeyringBuilder {
             retired_blind_index,
             derived: RwLock::default(),
             scope: self.scope.map(Arc::new),
+            loaded: self.loaded,
         })
+    }
+}
+
+#[cfg(all(test, feature = "keystore"))]
+mod tests {
+    // Tests: a failed expectation panics with the value that failed.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    /// A keyring of `tenants` loaded at `sequence`: key `default` of no tenant and, per tenant,
+    /// key `id`, each primary.
+    fn partial(sequence: u64, default: u32, tenants: &[(&str, u32)]) -> Keyring {
+        let mut b = Keyring::builder()
+            .data_key(default, None, KeyMaterial::generate().unwrap())
+            .primary(None, default);
+        for (t, id) in tenants {
+            b = b
+                .data_key(*id, Some((*t).into()), KeyMaterial::generate().unwrap())
+                .primary(Some((*t).into()), *id);
+        }
+        b.loaded_for(tenants.iter().map(|(t, _)| (*t).into()).collect())
+            .load_began(sequence)
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_merge_takes_shared_keys_from_the_later_load_in_either_order() {
+        // The older load saw default key 1 and tenant a on key 10; the newer one, after
+        // rotations, default key 2 and tenant a on key 11.
+        let older = partial(1, 1, &[("a", 10), ("b", 20)]);
+        let newer = partial(2, 2, &[("a", 11), ("c", 30)]);
+        for merged in [older.merged(&newer).unwrap(), newer.merged(&older).unwrap()] {
+            assert_eq!(merged.primary_key(None).unwrap().id(), KeyId::from(2));
+            assert_eq!(
+                merged.primary_key(Some(&"a".into())).unwrap().id(),
+                KeyId::from(11)
+            );
+            assert_eq!(
+                merged.primary_key(Some(&"b".into())).unwrap().id(),
+                KeyId::from(20)
+            );
+            assert_eq!(
+                merged.primary_key(Some(&"c".into())).unwrap().id(),
+                KeyId::from(30)
+            );
+            assert_eq!(
+                merged.key(KeyId::from(1)).err(),
+                Some(Error::KeyNotLoaded(1.into()))
+            );
+            assert!(matches!(
+                merged.primary_key(Some(&"d".into())),
+                Err(Error::TenantNotLoaded { .. })
+            ));
+            assert!(!merged.is_complete() && merged.has_tenant(&"b".into()));
+        }
     }
 }

@@ -127,6 +127,24 @@ macro_rules! async_flow {
                         ps.iter().filter(|p| p.clinic_id == 1).cloned().collect();
                     assert_eq!(load(conn).await, want);
 
+                    // A keyring of tenant 2 only; tenant 1 added outside the query.
+                    let (partial, _) = store.load_tenants_async(conn, &["2".into()]).await.unwrap();
+                    partial.install();
+                    let err = et_patients::table
+                        .filter(et_patients::clinic_id.eq(1))
+                        .select(Patient::as_select())
+                        .load::<Patient>(conn)
+                        .await
+                        .unwrap_err();
+                    assert!(format!("{err:?}").contains("KeyNotLoaded"), "{err:?}");
+                    let added = store
+                        .ensure_loaded_async(conn, &["1".into(), "2".into()])
+                        .await
+                        .unwrap();
+                    assert_eq!(added, 1);
+                    assert_eq!(load(conn).await, want);
+                    store.load_and_install_async(conn).await.unwrap();
+
                     // Shred tenant 2: its rows are counted, no longer open, and purged.
                     let shred = store
                         .shred_tenant_async(conn, &"2".into(), &[Patient::MODEL])

@@ -303,10 +303,10 @@ macro_rules! hierarchy_suite {
                 diesel::insert_into(k::table).values(r).execute(conn).unwrap();
             }
             // ... so a tenant's KEK given as a deployment KEK is refused as a configuration ...
-            let own_w = tenant1.iter().find(|r| r.purpose == "wrapping").unwrap();
-            let (id, why) = refused_naming(confused().load(conn).err());
-            assert_eq!(i64::from(id.get()), own_w.key_id, "{why}");
-            assert!(why.contains("also configured as a deployment KEK"), "{why}");
+            let roles = Error::KekRoles { kek: "fake:one".into(), tenant: "1".into() };
+            assert_eq!(confused().load(conn).err(), Some(roles.clone()));
+            let both = deployment().with_kek(one.clone()).with_tenant_kek("1", one.clone());
+            assert_eq!(both.load_tenants(conn, &["2".into()]).err(), Some(roles));
             // ... and the real store refuses it, naming the planted key.
             let (id, why) = refused_naming(store.load(conn).err());
             assert_eq!(id, planted, "{why}");
@@ -398,9 +398,17 @@ macro_rules! hierarchy_suite {
             );
             assert_eq!(job.err(), Some(Error::PartialKeyring));
 
+            // Tenant 1's KMS key is disabled when it is first needed: unavailable, and asked
+            // again by the next ensure_loaded, once it is back.
+            one.set_mode(1);
+            assert_eq!(store.ensure_loaded(conn, &["1".into()]).unwrap(), 1);
+            let unavailable = Error::TenantUnavailable { tenant: "1".into(), kek: "fake:one".into() };
+            assert_eq!(lib_error(&read(conn, &rows[0]).unwrap_err()), Some(&unavailable));
+            one.set_mode(0);
+
             // Tenants 1 and 3 added outside any query: one call to tenant 1's own KEK.
             let added = store.ensure_loaded(conn, &["1".into(), "3".into(), "2".into()]).unwrap();
-            assert_eq!((added, one.calls()), (2, asked + 1));
+            assert_eq!((added, one.calls()), (2, asked + 2));
             for p in &rows {
                 assert_eq!(&read(conn, p).unwrap(), p);
             }

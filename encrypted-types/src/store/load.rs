@@ -80,6 +80,8 @@ impl<P: KekProvider> KeyStore<P> {
         scope: Option<&[TenantId]>,
     ) -> Result<(Keyring, LoadReport), Error> {
         let started = Instant::now();
+        self.roles_checked()?;
+        let sequence = crate::keyring::next_load();
         let records = match scope {
             None => all_keys(db).await,
             Some(tenants) => scoped_keys(db, tenants).await,
@@ -148,12 +150,14 @@ impl<P: KekProvider> KeyStore<P> {
             if !authentic(p.r, &macs) {
                 return Err(not_authentic(p.id));
             }
-            // A tenant's KEK among the deployment's could vouch for a planted deployment
-            // wrapping key: refuse the configuration, not just this tenant.
-            if self.kek(None, &p.r.kek_ref).is_some() {
-                return Err(Error::KeyRecord {
-                    key_id: p.id,
-                    reason: "its tenant's own KEK is also configured as a deployment KEK: give it with KeyStore::with_tenant_kek only",
+            // A tenant's KEK given as a deployment KEK (`with_kek`) could vouch for a planted
+            // deployment wrapping key: refuse the configuration, not just this tenant.
+            if self.provider.kek_ref() == p.r.kek_ref
+                || self.others.iter().any(|k| k.kek_ref() == p.r.kek_ref)
+            {
+                return Err(Error::KekRoles {
+                    kek: p.r.kek_ref.clone(),
+                    tenant: tenant.to_owned(),
                 });
             }
             match self.unwrap_wrapping(p.r, &mut report.kek_calls) {
@@ -207,9 +211,9 @@ impl<P: KekProvider> KeyStore<P> {
                 Opened::Nothing => {}
             }
         }
-        check_groups(&parsed, &unavailable, hierarchical.then_some(self))?;
+        check_groups(&parsed, &unavailable, hierarchical.then_some(self), scope)?;
 
-        let mut builder = Keyring::builder();
+        let mut builder = Keyring::builder().load_began(sequence);
         if let Some(tenants) = scope {
             builder = builder.loaded_for(tenants.iter().cloned().collect());
         }
@@ -416,6 +420,7 @@ fn check_groups<P: KekProvider>(
     parsed: &[Parsed<'_>],
     unavailable: &Unavailable<'_>,
     store: Option<&KeyStore<P>>,
+    scope: Option<&[TenantId]>,
 ) -> Result<(), Error> {
     let purpose_rank = |p: Purpose| match p {
         Purpose::Data => 0u8,
@@ -535,6 +540,30 @@ fn check_groups<P: KekProvider>(
                     }
                 }
             }
+        }
+    }
+    // No key record is ever deleted (shredding destroys, keeping the row): a tenant this
+    // process loaded before whose records are gone was rolled back or deleted by hand.
+    if let Some(seen) = seen.as_ref() {
+        let by_tenant = &seen.0;
+        let present: HashSet<&str> = parsed
+            .iter()
+            .filter_map(|p| p.r.tenant.as_deref())
+            .collect();
+        let gone = match scope {
+            None => by_tenant
+                .keys()
+                .map(String::as_str)
+                .find(|t| !present.contains(t)),
+            Some(ts) => ts
+                .iter()
+                .map(TenantId::as_str)
+                .find(|t| by_tenant.contains_key(*t) && !present.contains(t)),
+        };
+        if let Some(t) = gone {
+            return Err(Error::Store(format!(
+                "the key records of tenant {t} are gone, though this process loaded them before: the key table was rolled back or altered"
+            )));
         }
     }
     Ok(())

@@ -381,21 +381,31 @@ async fn all_keys<D: KeyDb>(db: &mut D) -> QueryResult<Vec<KeyRecord>> {
 /// The records of no tenant and of `tenants`, by key id: a few hundred tenants per query, so
 /// no backend's limit on bound parameters is reached.
 async fn scoped_keys<D: KeyDb>(db: &mut D, tenants: &[TenantId]) -> QueryResult<Vec<KeyRecord>> {
-    let q = Query::sql(format!(
-        "SELECT {RECORD_COLS} FROM {KEYS} WHERE tenant IS NULL"
-    ));
-    let mut rows = D::Backend::load_records(db, &q).await?;
-    for chunk in tenants.chunks(500) {
+    // Up to 500 tenants: one statement, one consistent read. More: one per 500 (a change in
+    // between fails the load's checks, never passes them).
+    let mut rows = Vec::new();
+    let mut chunks = tenants.chunks(500);
+    let mut first = true;
+    while first || chunks.len() > 0 {
+        let chunk = chunks.next().unwrap_or_default();
         let mut q = Query::new();
         let list: Vec<String> = chunk
             .iter()
             .map(|t| q.bind::<D::Backend>(Param::Text(t.as_str().to_owned())))
             .collect();
+        let mut cond = Vec::new();
+        if first {
+            cond.push("tenant IS NULL".to_owned());
+        }
+        if !list.is_empty() {
+            cond.push(format!("tenant IN ({})", list.join(", ")));
+        }
         q.sql = format!(
-            "SELECT {RECORD_COLS} FROM {KEYS} WHERE tenant IN ({})",
-            list.join(", ")
+            "SELECT {RECORD_COLS} FROM {KEYS} WHERE {}",
+            cond.join(" OR ")
         );
         rows.extend(D::Backend::load_records(db, &q).await?);
+        first = false;
     }
     rows.sort_unstable_by_key(|r| r.key_id);
     rows.dedup_by_key(|r| r.key_id);
@@ -680,6 +690,10 @@ impl<P: KekProvider> KeyStore<P> {
     /// The KEK named `kek_ref` that may unwrap a record of `tenant`'s own wrapping key (`Some`)
     /// or of the deployment (`None`), if this store has it.
     fn kek(&self, tenant: Option<&str>, kek_ref: &str) -> Option<&dyn KekProvider> {
+        // A KEK in both roles is never a deployment KEK (and `roles_checked` refuses the store).
+        if tenant.is_none() && self.tenant_keks.iter().any(|(_, k)| k.kek_ref() == kek_ref) {
+            return None;
+        }
         match tenant {
             None if self.provider.kek_ref() == kek_ref => Some(&self.provider),
             None => self
@@ -692,6 +706,23 @@ impl<P: KekProvider> KeyStore<P> {
                 .iter()
                 .find(|(owner, k)| owner.as_str() == t && k.kek_ref() == kek_ref)
                 .map(|(_, k)| &**k as &dyn KekProvider),
+        }
+    }
+
+    /// Refuses a store that gives one KEK both to a tenant and to the deployment.
+    fn roles_checked(&self) -> Result<(), Error> {
+        let deployment =
+            |r: &str| self.provider.kek_ref() == r || self.others.iter().any(|k| k.kek_ref() == r);
+        match self
+            .tenant_keks
+            .iter()
+            .find(|(_, k)| deployment(&k.kek_ref()))
+        {
+            Some((t, k)) => Err(Error::KekRoles {
+                kek: k.kek_ref(),
+                tenant: t.to_string(),
+            }),
+            None => Ok(()),
         }
     }
 
@@ -1094,9 +1125,10 @@ impl<P: KekProvider> KeyStore<P> {
         tenants: &[TenantId],
     ) -> Result<usize, Error> {
         let current = Keyring::current();
+        // An unavailable tenant is asked again: its KMS may be back.
         let mut missing: Vec<TenantId> = tenants
             .iter()
-            .filter(|t| current.as_ref().is_none_or(|k| !k.has_tenant(t)))
+            .filter(|t| current.as_ref().is_none_or(|k| !k.serves(t)))
             .cloned()
             .collect();
         missing.sort();
