@@ -362,6 +362,7 @@ macro_rules! hierarchy_suite {
             store.create_tenant(conn, Some(&"2".into())).unwrap();
             let keys3 = store.create_tenant(conn, Some(&"3".into())).unwrap();
             store.load_and_install(conn).unwrap();
+            assert_eq!(store.ensure_loaded(conn, &["1".into()]).unwrap(), 0, "complete already");
             let rows: Vec<Patient> = (1..=3)
                 .map(|t| Patient::sample(next_id(), t, &format!("s{t}@x.org"), "1"))
                 .collect();

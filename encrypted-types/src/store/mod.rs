@@ -1083,9 +1083,10 @@ impl<P: KekProvider> KeyStore<P> {
         /// [`KeyStore::load_tenants`], one query, KMS calls only for tenants with their own KEK)
         /// and installs the keyring with them added. Call it outside the query, where the tenant
         /// is known (a request's middleware, a worker picking up a tenant's job): `ToSql` and
-        /// `FromSql` never call a KEK. Nothing happens for tenants already loaded, or when the
-        /// installed keyring is complete ([`KeyStore::load_and_install`]); with no keyring
-        /// installed, it installs one of `tenants`. Returns how many tenants it loaded.
+        /// `FromSql` never call a KEK. Nothing happens for tenants already loaded (a tenant whose
+        /// own KEK failed is asked again), or when the installed keyring is complete
+        /// ([`KeyStore::load_and_install`] refreshes that one); with no keyring installed, it
+        /// installs one of `tenants`. Returns how many tenants it loaded.
         ///
         /// A loaded tenant stays loaded (no eviction); a process that must see another
         /// process's rotations or shredding polls [`KeyStore::generation`] and reloads its
@@ -1125,6 +1126,10 @@ impl<P: KekProvider> KeyStore<P> {
         tenants: &[TenantId],
     ) -> Result<usize, Error> {
         let current = Keyring::current();
+        // A complete keyring is refreshed by a reload, not tenant by tenant.
+        if current.as_ref().is_some_and(|k| k.is_complete()) {
+            return Ok(0);
+        }
         // An unavailable tenant is asked again: its KMS may be back.
         let mut missing: Vec<TenantId> = tenants
             .iter()
