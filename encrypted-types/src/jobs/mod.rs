@@ -229,11 +229,21 @@ impl Pass<'_> {
     /// The condition of the rows a batch reads (besides its range).
     fn todo_cond<B: JobTable>(&self) -> String {
         match &self.op {
-            Op::Rotate { retired } => B::key_id_in(&B::quote(self.column.column), retired),
+            Op::Rotate { retired } => rotate_cond::<B>(&B::quote(self.column.column), retired),
             Op::Backfill { legacy } => format!("{} IS NOT NULL", B::quote(legacy.column)),
             _ => format!("{} IS NOT NULL", B::quote(self.column.column)),
         }
     }
+}
+
+/// SQL true for a value a rotation has to re-seal: sealed with a retired key, or in a suite
+/// older than the one this build writes. Both read from the header bytes alone.
+fn rotate_cond<B: JobTable>(col: &str, retired: &[KeyId]) -> String {
+    let mut conds = vec![B::suite_in(col, format::OLDER_SUITES)];
+    if !retired.is_empty() {
+        conds.push(B::key_id_in(col, retired));
+    }
+    format!("({})", conds.join(" OR "))
 }
 
 /// One column (or index) of one job.
@@ -1396,7 +1406,7 @@ impl Run<'_> {
                     let mut q = Query::new();
                     let mut conds =
                         range_conds::<D::Backend>(&mut q, t, from.as_ref(), to.as_ref(), None)?;
-                    conds.push(D::Backend::key_id_in(&col, retired));
+                    conds.push(rotate_cond::<D::Backend>(&col, retired));
                     q.sql = format!(
                         "SELECT COUNT(*) AS n FROM {} WHERE {}",
                         t.quoted,
@@ -1615,10 +1625,12 @@ where
 
 sync_and_async! {
     /// Re-seals every value of `model` sealed with a retired key of the installed keyring (after
-    /// `KeyStore::rotate_data_key` and a reload) under its tenant's primary key, column by column,
-    /// in checkpointed compare-and-swap batches (see the [module docs](self)).
+    /// `KeyStore::rotate_data_key` and a reload), or sealed in a suite older than the one this
+    /// build writes (suite 1, AES-256-GCM), under its tenant's primary key in the current suite,
+    /// column by column, in checkpointed compare-and-swap batches (see the [module docs](self)).
     ///
-    /// The job's target is the set of retired keys: after another rotation, start a new job name.
+    /// The job's target is the set of retired keys and the suite: after another rotation, start
+    /// a new job name.
     ///
     /// # Errors
     /// [`Error::NoKeyring`], [`Error::UnpageableKey`], [`Error::JobMismatch`], [`Error::Job`].
@@ -1640,14 +1652,7 @@ where
     let keyring = Keyring::complete()?;
     let mut retired = keyring.retired_key_ids();
     retired.sort();
-    if retired.is_empty() {
-        // Nothing can be on a retired key; still refuse a table the jobs could not page.
-        inspect(db, model).await?;
-        return Ok(JobReport {
-            finished: true,
-            ..JobReport::default()
-        });
-    }
+    // Even with no retired key, values of an older suite are upgraded.
     let ids: Vec<String> = retired.iter().map(|k| k.get().to_string()).collect();
     let passes = model
         .columns
@@ -1656,7 +1661,13 @@ where
             column: c,
             op: Op::Rotate { retired: &retired },
             writes: c.column,
-            target: format!("{}.{} off keys {}", model.table, c.column, ids.join(",")),
+            target: format!(
+                "{}.{} off keys {} to suite {}",
+                model.table,
+                c.column,
+                ids.join(","),
+                format::SUITE
+            ),
         })
         .collect();
     start(db, model, job, options, &keyring, passes)

@@ -174,6 +174,9 @@ pub trait KeyTable: Exec {
     /// SQL that is true when the key id in the header of sealed column `column` is one of
     /// `ids`: header bytes 3 to 6 (1-based), compared with big-endian literals.
     fn key_id_in(column: &str, ids: &[KeyId]) -> String;
+    /// SQL that is true when the first two header bytes (version and suite) of sealed column
+    /// `column` are one of `prefixes`: what a rotation finds to upgrade to the current suite.
+    fn suite_in(column: &str, prefixes: &[[u8; 2]]) -> String;
     /// Quotes an identifier.
     fn quote(ident: &str) -> String;
     /// The clause that makes a `SELECT` hold a shared row lock until the transaction ends
@@ -218,23 +221,26 @@ struct IdRow {
     key_id: i64,
 }
 
-fn hex4(id: KeyId) -> String {
-    id.get()
-        .to_be_bytes()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 macro_rules! key_table {
-    ($db:ty, key_id_in = $key_id_in:expr, quote = $quote:literal, share_lock = $lock:literal) => {
+    ($db:ty, header_in = $header_in:expr, quote = $quote:literal, share_lock = $lock:literal) => {
         impl KeyTable for $db {
             const SHARE_LOCK: &'static str = $lock;
 
             fn key_id_in(column: &str, ids: &[KeyId]) -> String {
-                let f: fn(&str, &str) -> String = $key_id_in;
-                let list: Vec<String> = ids.iter().map(|id| hex4(*id)).collect();
-                f(column, &list.join(","))
+                // `header_in(column, first byte (1-based), length, hex literals)`.
+                let f: fn(&str, usize, usize, &[String]) -> String = $header_in;
+                let list: Vec<String> = ids.iter().map(|id| hex(&id.get().to_be_bytes())).collect();
+                f(column, 3, 4, &list)
+            }
+
+            fn suite_in(column: &str, prefixes: &[[u8; 2]]) -> String {
+                let f: fn(&str, usize, usize, &[String]) -> String = $header_in;
+                let list: Vec<String> = prefixes.iter().map(|p| hex(p)).collect();
+                f(column, 1, 2, &list)
             }
 
             fn quote(ident: &str) -> String {
@@ -279,9 +285,9 @@ macro_rules! key_table {
 #[cfg(feature = "sqlite")]
 key_table!(
     diesel::sqlite::Sqlite,
-    key_id_in = |c, ids| {
-        let lits: Vec<String> = ids.split(',').map(|h| format!("X'{h}'")).collect();
-        format!("substr({c}, 3, 4) IN ({})", lits.join(", "))
+    header_in = |c, from, len, hexes| {
+        let lits: Vec<String> = hexes.iter().map(|h| format!("X'{h}'")).collect();
+        format!("substr({c}, {from}, {len}) IN ({})", lits.join(", "))
     },
     quote = "\"",
     share_lock = ""
@@ -290,12 +296,15 @@ key_table!(
 #[cfg(feature = "postgres")]
 key_table!(
     diesel::pg::Pg,
-    key_id_in = |c, ids| {
-        let lits: Vec<String> = ids
-            .split(',')
+    header_in = |c, from, len, hexes| {
+        let lits: Vec<String> = hexes
+            .iter()
             .map(|h| format!("decode('{h}', 'hex')"))
             .collect();
-        format!("substring({c} from 3 for 4) IN ({})", lits.join(", "))
+        format!(
+            "substring({c} from {from} for {len}) IN ({})",
+            lits.join(", ")
+        )
     },
     quote = "\"",
     share_lock = " FOR SHARE"
@@ -304,9 +313,9 @@ key_table!(
 #[cfg(feature = "mysql")]
 key_table!(
     diesel::mysql::Mysql,
-    key_id_in = |c, ids| {
-        let lits: Vec<String> = ids.split(',').map(|h| format!("X'{h}'")).collect();
-        format!("SUBSTRING({c}, 3, 4) IN ({})", lits.join(", "))
+    header_in = |c, from, len, hexes| {
+        let lits: Vec<String> = hexes.iter().map(|h| format!("X'{h}'")).collect();
+        format!("SUBSTRING({c}, {from}, {len}) IN ({})", lits.join(", "))
     },
     quote = "`",
     share_lock = " LOCK IN SHARE MODE"
