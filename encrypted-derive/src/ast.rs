@@ -24,6 +24,9 @@ pub(crate) struct Model<'a> {
     pub(crate) redacted_debug: bool,
     /// Whether the model wipes its encrypted fields' plaintext on drop.
     pub(crate) zeroize: bool,
+    /// `bind_row`: the fields every encrypted value is bound to, in order (empty if none).
+    pub(crate) bind_row: Vec<Ident>,
+    pub(crate) bind_row_span: Option<Span>,
 }
 
 /// The SQL name of an identifier: `r#type` is the column `type`.
@@ -37,6 +40,8 @@ pub(crate) struct Field<'a> {
     pub(crate) ty: &'a Type,
     pub(crate) encrypted: Option<Encrypted<'a>>,
     pub(crate) stray_index: Option<Span>,
+    /// `#[diesel(skip_insertion)]`: the insert leaves the column to the database.
+    pub(crate) skip_insertion: Option<Span>,
 }
 
 pub(crate) struct Encrypted<'a> {
@@ -158,6 +163,7 @@ impl<'a> Model<'a> {
                 ty: &f.ty,
                 encrypted,
                 stray_index: fa.stray_index,
+                skip_insertion: fa.skip_insertion,
             });
         }
         let default_derives = [
@@ -191,6 +197,8 @@ impl<'a> Model<'a> {
             // Plaintext must not reach logs by `{:?}`: on unless the model writes its own.
             redacted_debug: attrs.redacted_debug.unwrap_or(true),
             zeroize: attrs.zeroize,
+            bind_row_span: attrs.bind_row.as_ref().map(|(_, s)| *s),
+            bind_row: attrs.bind_row.map(|(f, _)| f).unwrap_or_default(),
         })
     }
 
@@ -211,6 +219,13 @@ impl<'a> Model<'a> {
         self.fields
             .iter()
             .filter_map(|f| f.encrypted.as_ref().map(|e| (f, e)))
+    }
+
+    /// The `bind_row` fields, in binding order (those that exist; `valid` reports the rest).
+    pub(crate) fn bind_fields(&self) -> impl Iterator<Item = &Field<'a>> {
+        self.bind_row
+            .iter()
+            .filter_map(|b| self.fields.iter().find(|f| f.ident == b))
     }
 
     pub(crate) fn tenant_field(&self) -> Option<&Field<'a>> {

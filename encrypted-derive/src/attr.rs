@@ -6,7 +6,8 @@ use syn::{Attribute, Ident, LitInt, LitStr, Path};
 
 /// Keywords, in one place so error messages and parsers agree.
 pub(crate) mod kw {
-    pub(crate) const STRUCT_KEYS: &str = "table, tenant, primary_key, derive, none, debug, zeroize";
+    pub(crate) const STRUCT_KEYS: &str =
+        "table, tenant, primary_key, bind_row, derive, none, debug, zeroize";
     pub(crate) const NONE_CHOICES: &str = "null, skip";
     pub(crate) const DEBUG_CHOICES: &str = "redacted, none";
     pub(crate) const FIELD_KEYS: &str = "blind_index, migrate_from";
@@ -59,6 +60,9 @@ pub(crate) struct StructAttrs {
     pub(crate) redacted_debug: Option<bool>,
     /// `#[encrypted(zeroize)]`: wipe the model's plaintext fields when it is dropped.
     pub(crate) zeroize: bool,
+    /// `#[encrypted(bind_row = f)]` or `bind_row(a, b)`: the fields every value is bound to,
+    /// with the span of the key.
+    pub(crate) bind_row: Option<(Vec<Ident>, Span)>,
 }
 
 /// One field's attributes.
@@ -71,6 +75,8 @@ pub(crate) struct FieldAttrs {
     pub(crate) stray_index: Option<Span>,
     /// `migrate_from = legacy_column`: the plaintext column this field is migrated from.
     pub(crate) migrate_from: Option<Ident>,
+    /// `#[diesel(skip_insertion)]`: the insert does not write this field.
+    pub(crate) skip_insertion: Option<Span>,
 }
 
 pub(crate) struct IndexAttr {
@@ -142,6 +148,15 @@ pub(crate) fn parse_struct(attrs: &[Attribute]) -> syn::Result<StructAttrs> {
                 } else if meta.path.is_ident("zeroize") {
                     duplicate(out.zeroize)?;
                     out.zeroize = true;
+                } else if meta.path.is_ident("bind_row") {
+                    duplicate(out.bind_row.is_some())?;
+                    let span = meta.path.span();
+                    let fields = if meta.input.peek(syn::Token![=]) {
+                        vec![meta.value()?.parse()?]
+                    } else {
+                        parse_idents(&meta)?
+                    };
+                    out.bind_row = Some((fields, span));
                 } else if meta.path.is_ident("debug") {
                     duplicate(out.redacted_debug.is_some())?;
                     let choice: Ident = meta.value()?.parse()?;
@@ -205,6 +220,22 @@ pub(crate) fn parse_field(attrs: &[Attribute]) -> syn::Result<FieldAttrs> {
     for attr in attrs {
         if attr.path().is_ident("blind_index") {
             out.stray_index = Some(attr.path().span());
+        }
+        if attr.path().is_ident("diesel") {
+            // Only `skip_insertion` matters here; the rest is diesel's.
+            let _ = attr.parse_nested_meta(|meta| {
+                if meta.path.is_ident("skip_insertion") {
+                    out.skip_insertion = Some(meta.path.span());
+                } else if meta.input.peek(syn::Token![=]) {
+                    let _: proc_macro2::TokenStream = meta.value()?.parse()?;
+                } else if meta.input.peek(syn::token::Paren) {
+                    let _content;
+                    syn::parenthesized!(_content in meta.input);
+                    let _: proc_macro2::TokenStream = _content.parse()?;
+                }
+                Ok(())
+            });
+            continue;
         }
         if !attr.path().is_ident("encrypted") {
             continue;

@@ -244,6 +244,18 @@ fn markers(model: &Model<'_>, et: &TokenStream) -> TokenStream {
     out
 }
 
+/// The row identity of `base` (a model or its stored row), for a `bind_row` model.
+fn row_of(model: &Model<'_>, base: &TokenStream, et: &TokenStream) -> Option<TokenStream> {
+    if model.bind_row.is_empty() {
+        return None;
+    }
+    let parts = model
+        .bind_row
+        .iter()
+        .map(|b| quote!(#et::RowIdentity::row_part(&#base.#b)));
+    Some(quote!(#et::RowBinding::of(&[#(#parts),*])))
+}
+
 fn metadata(model: &Model<'_>, et: &TokenStream) -> TokenStream {
     let ident = model.ident;
     let table_name = model.table_name();
@@ -282,6 +294,11 @@ fn metadata(model: &Model<'_>, et: &TokenStream) -> TokenStream {
             }
         }
     });
+    let bind_row = model.bind_fields().map(|f| {
+        let column = crate::ast::sql_name(f.ident);
+        let ty = f.ty;
+        quote!(#et::RowColumn { column: #column, kind: <#ty as #et::RowIdentity>::KIND })
+    });
     quote! {
         impl #et::EncryptedModel for #ident {
             const MODEL: #et::ModelInfo = #et::ModelInfo {
@@ -289,6 +306,7 @@ fn metadata(model: &Model<'_>, et: &TokenStream) -> TokenStream {
                 primary_key: &[#(#pk),*],
                 tenant_column: #tenant,
                 columns: &[#(#columns),*],
+                bind_row: &[#(#bind_row),*],
             };
         }
     }
@@ -348,9 +366,15 @@ fn read_side(
         let column = crate::ast::sql_name(name);
         let inner = e.inner;
         let ctx = ctx_ident(model, f);
-        // Opened under its header's key; the row's tenant must own it.
+        // Opened under its header's key (and, for `bind_row`, with the row's identity); the
+        // row's tenant must own it.
+        let open_call = if model.bind_row.is_empty() {
+            quote!(#et::Encrypted::<#inner, #ctx>::open_owned(bytes))
+        } else {
+            quote!(#et::Encrypted::<#inner, #ctx>::open_owned_bound(bytes, &__row))
+        };
         let open = quote! {
-            match #et::Encrypted::<#inner, #ctx>::open_owned(bytes).and_then(|v| {
+            match #open_call.and_then(|v| {
                 v.verify_tenant(__tenant.as_ref(), #column)?;
                 ::core::result::Result::Ok(v.into_inner())
             }) {
@@ -410,12 +434,14 @@ fn read_side(
             }
         }
     });
+    let read_row = row_of(model, &quote!(row), et).map(|r| quote!(let __row = #r;));
     let queryable = model.wants(DeriveKind::Queryable).then(|| {
         quote! {
             impl #et::FallibleModel for #ident {
                 type Raw = #read;
                 fn open(row: #read) -> ::core::result::Result<Self, ::std::boxed::Box<#et::Unreadable>> {
                     let __tenant: ::core::option::Option<#et::TenantId> = #tenant;
+                    #read_row
                     #(#opens)*
                     ::core::result::Result::Ok(Self { #(#build),* })
                 }
@@ -465,8 +491,9 @@ fn write_side(
             Some(e) => {
                 let ty = sealed_ty(model, f, e, et);
                 fields.push(quote!(#name: #ty));
+                let bound = bound_to(model);
                 init.push(field_init(name, name, e.optional, |v| {
-                    quote!(#et::Encrypted::with_tenant(::core::clone::Clone::clone(#v), ::core::clone::Clone::clone(&__tenant)))
+                    quote!(#et::Encrypted::with_tenant(::core::clone::Clone::clone(#v), ::core::clone::Clone::clone(&__tenant)) #bound)
                 }));
                 if let Some(index) = &e.index {
                     let column = &index.column;
@@ -489,6 +516,7 @@ fn write_side(
         }
     }
     let tenant = tenant_of(model, &quote!(m), et);
+    let write_row = row_of(model, &quote!(m), et).map(|r| quote!(let __row = #r;));
     let treat_none = model
         .treat_none_as_null
         .then(|| quote!(#[diesel(treat_none_as_null = true)]));
@@ -551,10 +579,20 @@ fn write_side(
         impl<'__a> ::core::convert::From<&'__a #ident> for #write {
             fn from(m: &'__a #ident) -> Self {
                 let __tenant: ::core::option::Option<#et::TenantId> = #tenant;
+                #write_row
                 Self { #(#init),* }
             }
         }
         #impls
+    }
+}
+
+/// `.bound_to(__row)` after a value's constructor, for a `bind_row` model.
+fn bound_to(model: &Model<'_>) -> TokenStream {
+    if model.bind_row.is_empty() {
+        TokenStream::new()
+    } else {
+        quote!(.bound_to(::core::clone::Clone::clone(&__row)))
     }
 }
 
@@ -935,6 +973,21 @@ fn setters(model: &Model<'_>, et: &TokenStream, diesel: &TokenStream) -> TokenSt
         }
         None => (quote!(), quote!(::core::option::Option::None)),
     };
+    // A `bind_row` model's values are bound to the row they are written to: the setter takes
+    // that row's identity after the tenant.
+    let bind_params = model.bind_fields().map(|f| {
+        let (n, ty) = (f.ident, f.ty);
+        quote!(#n: &#ty,)
+    });
+    let bind_params = quote!(#(#bind_params)*);
+    let bind_let = (!model.bind_row.is_empty()).then(|| {
+        let parts = model
+            .bind_row
+            .iter()
+            .map(|b| quote!(#et::RowIdentity::row_part(#b)));
+        quote!(let __row = #et::RowBinding::of(&[#(#parts),*]);)
+    });
+    let bound = bound_to(model);
     let mut methods = TokenStream::new();
     for (f, e) in model.encrypted_fields() {
         let name = f.ident;
@@ -949,21 +1002,21 @@ fn setters(model: &Model<'_>, et: &TokenStream, diesel: &TokenStream) -> TokenSt
                 quote!(let value: #inner = ::core::convert::Into::into(value);),
             )
         };
-        let wrap = |w: TokenStream| {
+        let wrap = |w: TokenStream, then: &TokenStream| {
             if e.optional {
-                quote!(value.as_ref().map(|v| #w(::core::clone::Clone::clone(v), ::core::clone::Clone::clone(&__tenant))))
+                quote!(value.as_ref().map(|v| #w(::core::clone::Clone::clone(v), ::core::clone::Clone::clone(&__tenant)) #then))
             } else {
-                quote!(#w(::core::clone::Clone::clone(&value), ::core::clone::Clone::clone(&__tenant)))
+                quote!(#w(::core::clone::Clone::clone(&value), ::core::clone::Clone::clone(&__tenant)) #then)
             }
         };
         let mut tys = vec![quote!(#diesel::dsl::Eq<#table::#name, #value_ty>)];
-        let sealed = wrap(quote!(#et::Encrypted::with_tenant));
+        let sealed = wrap(quote!(#et::Encrypted::with_tenant), &bound);
         let mut exprs = vec![quote!(#diesel::ExpressionMethods::eq(#table::#name, #sealed))];
         if let Some(index) = &e.index {
             let column = &index.column;
             let ty = index_ty(model, f, e, et);
             tys.push(quote!(#diesel::dsl::Eq<#table::#column, #ty>));
-            let bidx = wrap(quote!(#et::BlindIndex::for_tenant));
+            let bidx = wrap(quote!(#et::BlindIndex::for_tenant), &TokenStream::new());
             exprs.push(quote!(#diesel::ExpressionMethods::eq(#table::#column, #bidx)));
         }
         if let Some(legacy) = &e.migrate_from {
@@ -997,9 +1050,10 @@ fn setters(model: &Model<'_>, et: &TokenStream, diesel: &TokenStream) -> TokenSt
         methods.extend(quote! {
             #[doc = #doc]
             #[allow(dead_code)]
-            #vis fn #set(#tenant_param value: #param_ty) -> #ty {
+            #vis fn #set(#tenant_param #bind_params value: #param_ty) -> #ty {
                 #convert
                 let __tenant: ::core::option::Option<#et::TenantId> = #tenant_id;
+                #bind_let
                 #expr
             }
         });

@@ -66,6 +66,7 @@ pub(crate) fn check(model: &Model<'_>) -> syn::Result<()> {
             );
         }
     }
+    bind_row(model, &mut err);
     let mut seen_derive = Vec::new();
     for (d, span) in &model.derives {
         if seen_derive.contains(d) {
@@ -185,6 +186,67 @@ pub(crate) fn check(model: &Model<'_>) -> syn::Result<()> {
         Some(mut first) => {
             first.extend(iter);
             Err(first)
+        }
+    }
+}
+
+/// Why a row identity must be written by the insert, for every refusal below.
+const BIND_ROW_WHY: &str = "a value is bound to its row's identity when it is sealed, before the insert runs, so the identity must be known then";
+const BIND_ROW_HELP: &str = "help: bind to a key the application writes: a client-generated UUID primary key (`id: Uuid` set with `Uuid::new_v4()`), or a dedicated random row-id column (`row_id: Uuid`) written with the row";
+
+fn bind_row(model: &Model<'_>, err: &mut impl FnMut(Span, String)) {
+    let Some(span) = model.bind_row_span else {
+        return;
+    };
+    let n = model.bind_row.len();
+    if n == 0 || n > 4 {
+        err(
+            span,
+            format!(
+                "`bind_row` names {n} fields; it takes 1 to 4\nhelp: name the fields of the row's identity, usually its primary key: `bind_row = id` or `bind_row(clinic_id, patient_no)`"
+            ),
+        );
+    }
+    let mut seen: Vec<&syn::Ident> = Vec::new();
+    for b in &model.bind_row {
+        if seen.contains(&b) {
+            err(
+                b.span(),
+                format!("`{b}` is named twice in `bind_row`\nhelp: name each field once"),
+            );
+            continue;
+        }
+        seen.push(b);
+        let Some(f) = model.fields.iter().find(|f| f.ident == b) else {
+            err(
+                b.span(),
+                format!(
+                    "no field named `{b}` for `bind_row`\nhelp: `bind_row` names fields of this struct that identify the row, usually its primary key"
+                ),
+            );
+            continue;
+        };
+        if f.encrypted.is_some() {
+            err(
+                b.span(),
+                format!(
+                    "`bind_row` field `{b}` cannot be encrypted\nhelp: the row's identity is stored in clear, like the primary key; remove #[encrypted] from `{b}` or bind to another field"
+                ),
+            );
+        } else if crate::ast::unwrap_option(f.ty).1 {
+            err(
+                f.ty.span(),
+                format!(
+                    "`bind_row` field `{b}` is an Option: a key the database generates (SERIAL, AUTO_INCREMENT) is not known when the values are sealed\nwhy: {BIND_ROW_WHY}\n{BIND_ROW_HELP}"
+                ),
+            );
+        } else if let Some(skip) = f.skip_insertion {
+            err(
+                skip,
+                format!(
+                    "`bind_row` field `{b}` is skipped on insert (`skip_insertion`): the database would generate it after the values were sealed\nwhy: {BIND_ROW_WHY}\n{BIND_ROW_HELP}"
+                ),
+            );
         }
     }
 }

@@ -6,6 +6,7 @@ use std::ops::Deref;
 
 use crate::Error;
 use crate::audit;
+use crate::binding::RowBinding;
 use crate::codec::Plaintext;
 use crate::context::{ColumnContext, Unbound};
 use crate::format::{self, Context, Header};
@@ -48,6 +49,8 @@ pub struct Encrypted<T: Plaintext, C: ColumnContext = Unbound> {
     /// Read as legacy plaintext under [`crate::migration`] fallback: it had no key, so no
     /// tenant to check.
     legacy: bool,
+    /// The row identity it is sealed bound to (suite 3), if its model declares `bind_row`.
+    row: Option<RowBinding>,
     context: PhantomData<fn() -> C>,
 }
 
@@ -69,8 +72,34 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
             value: Some(value),
             tenant,
             legacy: false,
+            row: None,
             context: PhantomData,
         }
+    }
+
+    /// Binds the value to the row identified by `row` (suite 3): sealed this way, it opens
+    /// only with [`Encrypted::open_owned_bound`] and the same identity, so a copy into
+    /// another row fails with [`Error::AuthenticationFailed`]. `#[encrypted(bind_row = ..)]`
+    /// does this for every field of a model.
+    ///
+    /// ```
+    /// use encrypted_types::{Encrypted, Error, KeyMaterial, Keyring, RowBinding, RowPart};
+    /// encrypted_types::column_context!(Ssn = "patients"."ssn");
+    /// let keyring = Keyring::builder().data_key(1, None, KeyMaterial::generate()?).primary(None, 1).build()?;
+    /// let row_7 = RowBinding::new(&[RowPart::Int(7)])?;
+    /// let row_8 = RowBinding::new(&[RowPart::Int(8)])?;
+    /// let sealed = Encrypted::<String, Ssn>::new("123-45-6789".into()).bound_to(row_7.clone()).seal_with(&keyring)?;
+    /// let opened = Encrypted::<String, Ssn>::open_owned_bound_with(&keyring, sealed.clone(), &row_7)?;
+    /// assert_eq!(opened.as_str(), "123-45-6789");
+    /// // Copied into row 8, it does not open; read without a row, it is refused.
+    /// assert_eq!(Encrypted::<String, Ssn>::open_owned_bound_with(&keyring, sealed.clone(), &row_8).err(), Some(Error::AuthenticationFailed));
+    /// assert_eq!(Encrypted::<String, Ssn>::open_with(&keyring, &sealed).err(), Some(Error::RowBinding));
+    /// # Ok::<(), Error>(())
+    /// ```
+    #[must_use]
+    pub fn bound_to(mut self, row: RowBinding) -> Self {
+        self.row = Some(row);
+        self
     }
 
     /// The plaintext.
@@ -161,7 +190,10 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
     /// [`Error::NoPrimaryKey`], or an encoding error.
     pub fn seal_with(&self, keyring: &Keyring) -> Result<Vec<u8>, Error> {
         let key = keyring.primary_key(self.tenant.as_ref())?;
-        format::seal(key, &self.context(), self.get())
+        match &self.row {
+            Some(row) => format::seal_bound(key, &self.context(), row, self.get()),
+            None => format::seal(key, &self.context(), self.get()),
+        }
     }
 
     /// Opens a sealed value with the installed keyring.
@@ -201,7 +233,37 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
     /// # Errors
     /// See [`Encrypted::open_with`].
     pub fn open_owned_with(keyring: &Keyring, sealed: Vec<u8>) -> Result<Self, Error> {
-        let opened = Self::open_inner(keyring, sealed);
+        Self::open_audited(keyring, sealed, None)
+    }
+
+    /// Opens a value of a column whose values are bound to their row (`bind_row`), read from
+    /// the row identified by `row`, with the installed keyring.
+    ///
+    /// # Errors
+    /// As [`Encrypted::open_with`]; [`Error::AuthenticationFailed`] for a value bound to
+    /// another row, [`Error::RowBinding`] for a value bound to no row.
+    pub fn open_owned_bound(sealed: Vec<u8>, row: &RowBinding) -> Result<Self, Error> {
+        Keyring::with_current(|k| Self::open_owned_bound_with(k, sealed, row))
+    }
+
+    /// [`Encrypted::open_owned_bound`] with `keyring`.
+    ///
+    /// # Errors
+    /// See [`Encrypted::open_owned_bound`].
+    pub fn open_owned_bound_with(
+        keyring: &Keyring,
+        sealed: Vec<u8>,
+        row: &RowBinding,
+    ) -> Result<Self, Error> {
+        Self::open_audited(keyring, sealed, Some(row))
+    }
+
+    fn open_audited(
+        keyring: &Keyring,
+        sealed: Vec<u8>,
+        row: Option<&RowBinding>,
+    ) -> Result<Self, Error> {
+        let opened = Self::open_inner(keyring, sealed, row);
         match &opened {
             Ok(v) => audit::opened(v.tenant(), C::TABLE, C::COLUMN),
             Err(e) => audit::open_failed(C::TABLE, C::COLUMN, T::TYPE, e),
@@ -209,7 +271,11 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
         opened
     }
 
-    fn open_inner(keyring: &Keyring, sealed: Vec<u8>) -> Result<Self, Error> {
+    fn open_inner(
+        keyring: &Keyring,
+        sealed: Vec<u8>,
+        row: Option<&RowBinding>,
+    ) -> Result<Self, Error> {
         // The hot path: a header naming a key of the keyring opens under it, nothing else runs.
         let found = Header::parse(&sealed).and_then(|h| keyring.key(h.key_id));
         let key = match found {
@@ -227,7 +293,10 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
             Err(e) => return Err(e),
         };
         let ctx = Self::context_for(key.tenant());
-        let value = format::open(key, &ctx, sealed)?;
+        let value = match row {
+            Some(row) => format::open_bound(key, &ctx, row, sealed)?,
+            None => format::open(key, &ctx, sealed)?,
+        };
         Ok(Self::with_tenant(value, key.tenant().cloned()))
     }
 }
@@ -260,6 +329,7 @@ impl<T: Plaintext + Clone, C: ColumnContext> Clone for Encrypted<T, C> {
             value: self.value.clone(),
             tenant: self.tenant.clone(),
             legacy: self.legacy,
+            row: self.row.clone(),
             context: PhantomData,
         }
     }

@@ -44,6 +44,15 @@ pub enum Error {
     /// table, column, tenant or value type. Deliberately says nothing more.
     #[error("authentication failed")]
     AuthenticationFailed,
+    /// A value bound to its row (suite 3) was opened without the row's identity, or a value
+    /// not bound to any row was found in a column whose model binds values to their row
+    /// (`bind_row`): it could have been copied from another row. A rotation binds such values.
+    #[error("the value is not bound to this row (bind_row): open it with its row, or rotate")]
+    RowBinding,
+    /// A row identity could not be encoded: no column, more than four, or a part of 4 GiB or
+    /// more.
+    #[error("invalid row identity for bind_row")]
+    InvalidRowBinding,
     /// Decryption succeeded but the plaintext is not a canonical encoding of the expected type.
     #[error("plaintext is not a valid `{type_name}` encoding")]
     InvalidPlaintext {

@@ -19,6 +19,7 @@
 use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Nonce, Tag};
 
+use crate::binding::RowBinding;
 use crate::codec::{Plaintext, SecretBuf};
 use crate::key::{DataKey, KeyId};
 use crate::tenant::TenantId;
@@ -34,11 +35,26 @@ pub const SUITE_AES256GCM: u8 = 1;
 /// Suite 2: AES-256-GCM-SIV (RFC 8452) with a random 96-bit nonce and a 128-bit tag, the suite
 /// every value is sealed in (`docs/adr/0004-suite-2.md`).
 pub const SUITE_AES256GCMSIV: u8 = 2;
-/// The suite this build seals in.
+/// Suite 3: suite 2 with the row's identity ([`RowBinding`]) appended to the AAD, for the
+/// columns of a model declared with `bind_row`: a value copied into another row fails.
+pub const SUITE_AES256GCMSIV_ROW: u8 = 3;
+/// The suite this build seals in, for values not bound to a row.
 pub const SUITE: u8 = SUITE_AES256GCMSIV;
 /// The first two header bytes of values in a suite older than [`SUITE`], for SQL that finds
 /// what a rotation still has to upgrade.
 pub const OLDER_SUITES: &[[u8; 2]] = &[[VERSION, SUITE_AES256GCM]];
+/// [`OLDER_SUITES`] for a model that binds its values to their row: every unbound value.
+pub const OLDER_SUITES_BOUND: &[[u8; 2]] =
+    &[[VERSION, SUITE_AES256GCM], [VERSION, SUITE_AES256GCMSIV]];
+
+/// The suite a value is sealed in: 3 when bound to its row, else 2.
+pub const fn suite_for(row: Option<&RowBinding>) -> u8 {
+    if row.is_some() {
+        SUITE_AES256GCMSIV_ROW
+    } else {
+        SUITE
+    }
+}
 /// Byte range of the version and suite inside the header.
 pub const SUITE_RANGE: std::ops::Range<usize> = 0..2;
 /// Domain-separation prefix of the AAD.
@@ -153,12 +169,14 @@ impl Sink for Inline {
 
 /// Runs `f` on AAD = DOMAIN ‖ version ‖ suite ‖ key id ‖ context. The nonce, the rest of the
 /// header, is authenticated by the AEAD itself.
+/// Suite 3 appends the row binding, whose encoding carries its own lengths.
 fn with_aad<R>(
     header: &[u8; 6],
     ctx: &Context<'_>,
+    row: &[u8],
     f: impl FnOnce(&[u8]) -> Result<R, Error>,
 ) -> Result<R, Error> {
-    let total = DOMAIN.len() + header.len() + ctx.encoded_len();
+    let total = DOMAIN.len() + header.len() + ctx.encoded_len() + row.len();
     if total <= INLINE_AAD {
         let mut aad = Inline {
             buf: [0; INLINE_AAD],
@@ -167,12 +185,14 @@ fn with_aad<R>(
         aad.put(DOMAIN);
         aad.put(header);
         ctx.encode_into(&mut aad)?;
+        aad.put(row);
         f(aad.buf.get(..aad.len).unwrap_or_default())
     } else {
         let mut aad = Vec::with_capacity(total);
         aad.put(DOMAIN);
         aad.put(header);
         ctx.encode_into(&mut aad)?;
+        aad.put(row);
         f(&aad)
     }
 }
@@ -200,7 +220,8 @@ pub(crate) fn check_len(sealed: &[u8]) -> Result<(), Error> {
 pub struct Header {
     /// The data key the value was sealed with.
     pub key_id: KeyId,
-    /// The suite it was sealed in: [`SUITE_AES256GCM`] or [`SUITE_AES256GCMSIV`].
+    /// The suite it was sealed in: [`SUITE_AES256GCM`], [`SUITE_AES256GCMSIV`] or
+    /// [`SUITE_AES256GCMSIV_ROW`].
     pub suite: u8,
 }
 
@@ -258,7 +279,10 @@ impl Header {
 
 /// Whether `suite` is one this build opens.
 pub const fn is_suite(suite: u8) -> bool {
-    matches!(suite, SUITE_AES256GCM | SUITE_AES256GCMSIV)
+    matches!(
+        suite,
+        SUITE_AES256GCM | SUITE_AES256GCMSIV | SUITE_AES256GCMSIV_ROW
+    )
 }
 
 fn fixed_header(key_id: KeyId, suite: u8) -> [u8; 6] {
@@ -273,7 +297,27 @@ fn fixed_header(key_id: KeyId, suite: u8) -> [u8; 6] {
 /// # Errors
 /// [`Error::Unencodable`], [`Error::TooLarge`], [`Error::ContextTooLong`] or [`Error::Rng`].
 pub fn seal<T: Plaintext>(key: &DataKey, ctx: &Context<'_>, value: &T) -> Result<Vec<u8>, Error> {
-    seal_inner(key, ctx, value, SUITE, nonce::generate()?)
+    seal_inner(key, ctx, None, value, SUITE, nonce::generate()?)
+}
+
+/// Seals `value` bound to `row` (suite 3): it opens only with [`open_bound`] and the same row.
+///
+/// # Errors
+/// As [`seal`], and [`Error::InvalidRowBinding`].
+pub fn seal_bound<T: Plaintext>(
+    key: &DataKey,
+    ctx: &Context<'_>,
+    row: &RowBinding,
+    value: &T,
+) -> Result<Vec<u8>, Error> {
+    seal_inner(
+        key,
+        ctx,
+        Some(row),
+        value,
+        SUITE_AES256GCMSIV_ROW,
+        nonce::generate()?,
+    )
 }
 
 /// Seals in suite 1 with a caller-chosen nonce: the frozen suite-1 known-answer vectors. Only
@@ -285,7 +329,7 @@ pub fn seal_with_nonce<T: Plaintext>(
     value: &T,
     nonce: [u8; 12],
 ) -> Result<Vec<u8>, Error> {
-    seal_inner(key, ctx, value, SUITE_AES256GCM, nonce)
+    seal_inner(key, ctx, None, value, SUITE_AES256GCM, nonce)
 }
 
 /// Seals in `suite` with a caller-chosen nonce: known-answer vectors of every suite, and
@@ -301,19 +345,41 @@ pub fn seal_with_suite<T: Plaintext>(
     suite: u8,
     nonce: [u8; 12],
 ) -> Result<Vec<u8>, Error> {
-    if !is_suite(suite) {
+    if !matches!(suite, SUITE_AES256GCM | SUITE_AES256GCMSIV) {
         return Err(Error::UnsupportedSuite(suite));
     }
-    seal_inner(key, ctx, value, suite, nonce)
+    seal_inner(key, ctx, None, value, suite, nonce)
 }
 
+/// [`seal_bound`] with a caller-chosen nonce: the suite-3 known-answer vectors. Behind the
+/// `test-vectors` feature.
+///
+/// # Errors
+/// As [`seal_bound`].
+#[cfg(feature = "test-vectors")]
+pub fn seal_bound_with_nonce<T: Plaintext>(
+    key: &DataKey,
+    ctx: &Context<'_>,
+    row: &RowBinding,
+    value: &T,
+    nonce: [u8; 12],
+) -> Result<Vec<u8>, Error> {
+    seal_inner(key, ctx, Some(row), value, SUITE_AES256GCMSIV_ROW, nonce)
+}
+
+/// `row` is given exactly for suite 3.
 fn seal_inner<T: Plaintext>(
     key: &DataKey,
     ctx: &Context<'_>,
+    row: Option<&RowBinding>,
     value: &T,
     suite: u8,
     nonce: [u8; 12],
 ) -> Result<Vec<u8>, Error> {
+    let row = row
+        .map(RowBinding::checked)
+        .transpose()?
+        .unwrap_or_default();
     let fixed = fixed_header(key.id, suite);
     // Refuse an oversized value before encoding (and copying) it, when its size is known.
     if value.encoded_len_hint() > MAX_PLAINTEXT {
@@ -328,7 +394,9 @@ fn seal_inner<T: Plaintext>(
         return Err(Error::TooLarge(len));
     }
     let (_, body) = buf.as_mut_slice().split_at_mut(HEADER_LEN);
-    let tag = with_aad(&fixed, ctx, |aad| aead_seal(key, suite, &nonce, aad, body))?;
+    let tag = with_aad(&fixed, ctx, row, |aad| {
+        aead_seal(key, suite, &nonce, aad, body)
+    })?;
     buf.extend_from_slice(&tag);
     Ok(buf.into_vec())
 }
@@ -339,15 +407,58 @@ fn seal_inner<T: Plaintext>(
 /// # Errors
 /// [`Error::AuthenticationFailed`] for any tag or context mismatch, [`Error::InvalidPlaintext`]
 /// when the decrypted bytes are not a valid `T`.
-pub fn open<T: Plaintext>(
+///
+/// A value bound to a row (suite 3) fails with [`Error::RowBinding`]: use [`open_bound`].
+pub fn open<T: Plaintext>(key: &DataKey, ctx: &Context<'_>, sealed: Vec<u8>) -> Result<T, Error> {
+    open_inner(key, ctx, None, sealed)
+}
+
+/// Opens a value of a column whose values are bound to their row, with the identity of the
+/// row it was read from. A value bound to another row fails with
+/// [`Error::AuthenticationFailed`]; a value bound to no row (suites 1 and 2, sealed before the
+/// model declared `bind_row`, or copied from such a row) fails with [`Error::RowBinding`].
+///
+/// # Errors
+/// As [`open`], and [`Error::RowBinding`], [`Error::InvalidRowBinding`].
+pub fn open_bound<T: Plaintext>(
     key: &DataKey,
     ctx: &Context<'_>,
+    row: &RowBinding,
+    sealed: Vec<u8>,
+) -> Result<T, Error> {
+    open_inner(key, ctx, Some(row), sealed)
+}
+
+/// A value as the jobs find it: bound values open with `row`, unbound ones (which the job is
+/// about to bind, or which belong to a model without `bind_row`) without it.
+fn open_stored<T: Plaintext>(
+    key: &DataKey,
+    ctx: &Context<'_>,
+    row: Option<&RowBinding>,
+    sealed: Vec<u8>,
+) -> Result<T, Error> {
+    match sealed.get(1) {
+        Some(&SUITE_AES256GCMSIV_ROW) => open_inner(key, ctx, row, sealed),
+        _ => open_inner(key, ctx, None, sealed),
+    }
+}
+
+fn open_inner<T: Plaintext>(
+    key: &DataKey,
+    ctx: &Context<'_>,
+    row: Option<&RowBinding>,
     mut sealed: Vec<u8>,
 ) -> Result<T, Error> {
     let fixed = sealed
         .get(..6)
         .and_then(|b| <[u8; 6]>::try_from(b).ok())
         .ok_or(Error::AuthenticationFailed)?;
+    // Bound values open only with their row, and a bound column accepts no unbound value.
+    let row = match (fixed[1] == SUITE_AES256GCMSIV_ROW, row) {
+        (true, Some(r)) => r.checked()?,
+        (false, None) => &[],
+        _ => return Err(Error::RowBinding),
+    };
     let nonce = sealed
         .get(NONCE_RANGE)
         .and_then(|b| <[u8; 12]>::try_from(b).ok())
@@ -363,7 +474,7 @@ pub fn open<T: Plaintext>(
     let body = head
         .get_mut(HEADER_LEN..)
         .ok_or(Error::AuthenticationFailed)?;
-    if let Err(e) = with_aad(&fixed, ctx, |aad| {
+    if let Err(e) = with_aad(&fixed, ctx, row, |aad| {
         aead_open(key, fixed[1], &nonce, aad, body, &tag)
     }) {
         // Neither AEAD releases plaintext when the tag fails, but make sure of it.
@@ -387,7 +498,7 @@ fn aead_seal(
     let len = body.len();
     let too_large = |_| Error::TooLarge(len);
     match suite {
-        SUITE_AES256GCMSIV => key
+        SUITE_AES256GCMSIV | SUITE_AES256GCMSIV_ROW => key
             .siv
             .encrypt_inout_detached(&aes_gcm_siv::Nonce::from(*nonce), aad, body.into())
             .map(Into::into)
@@ -411,7 +522,7 @@ fn aead_open(
     tag: &[u8; TAG_LEN],
 ) -> Result<(), Error> {
     let opened = match suite {
-        SUITE_AES256GCMSIV => key.siv.decrypt_inout_detached(
+        SUITE_AES256GCMSIV | SUITE_AES256GCMSIV_ROW => key.siv.decrypt_inout_detached(
             &aes_gcm_siv::Nonce::from(*nonce),
             aad,
             body.into(),
@@ -506,9 +617,10 @@ impl Plaintext for Raw {
 }
 
 /// Re-seals a value of `table.column` (of type tag `value_type`) under the primary key of the
-/// tenant of the key that sealed it, in the current [`SUITE`]. Returns `None` when it is
-/// already under that primary key and in that suite. The plaintext is never decoded, and is
-/// wiped after use.
+/// tenant of the key that sealed it, in the current suite: bound to `row` when the model binds
+/// its values to their row (whatever value the row holds is bound to it), else [`SUITE`].
+/// Returns `None` when it is already under that primary key and in that suite. The plaintext
+/// is never decoded, and is wiped after use.
 ///
 /// # Errors
 /// As opening and sealing: the header errors, [`Error::AuthenticationFailed`],
@@ -518,11 +630,12 @@ pub fn reseal(
     table: &str,
     column: &str,
     value_type: &str,
+    row: Option<&RowBinding>,
     sealed: &[u8],
 ) -> Result<Option<Vec<u8>>, Error> {
     let header = Header::parse(sealed)?;
     let old = keyring.key(header.key_id)?;
-    if keyring.is_primary(old) && header.suite == SUITE {
+    if keyring.is_primary(old) && header.suite == suite_for(row) {
         return Ok(None);
     }
     let ctx = Context {
@@ -531,9 +644,12 @@ pub fn reseal(
         tenant: old.tenant(),
         value_type,
     };
-    let mut plain: Raw = open(old, &ctx, sealed.to_vec())?;
+    let mut plain: Raw = open_stored(old, &ctx, row, sealed.to_vec())?;
     let new = keyring.primary_key(old.tenant())?;
-    let resealed = seal(new, &ctx, &plain);
+    let resealed = match row {
+        Some(row) => seal_bound(new, &ctx, row, &plain),
+        None => seal(new, &ctx, &plain),
+    };
     plain.wipe();
     resealed.map(Some)
 }
@@ -545,7 +661,7 @@ pub fn reseal(
 pub enum Stored {
     /// A value of ours: opening it decides whether it is genuine. Never read as plaintext.
     Sealed,
-    /// Shaped like a whole sealed value of this format (version 1, suite 1 or 2, long enough) but
+    /// Shaped like a whole sealed value of this format (version 1, suite 1 to 3, long enough) but
     /// naming a key id this keyring does not hold: most likely sealed by a process that knows
     /// a newer key. Never read, sealed again or counted done as plaintext.
     Unknown,
@@ -556,7 +672,7 @@ pub enum Stored {
 /// Tells a sealed value from legacy plaintext without decrypting. A value is *sealed* when it
 /// has a version 1 header (at least 6 bytes, first byte 1) naming a key id that the keyring
 /// knows, live or destroyed; *unknown* when it has the whole shape of a version 1 value (first
-/// bytes `01 01` or `01 02`, at least the 34 bytes of header and tag) under a key id the keyring does not
+/// bytes `01 01`, `01 02` or `01 03`, at least the 34 bytes of header and tag) under a key id the keyring does not
 /// know; anything else is *legacy*. So a legacy `i16` 257 (`01 01`), a UUID that starts
 /// `01 01`, or a short or foreign string are legacy, while a sealed value that was tampered
 /// with, copied from another column, sealed under a shredded tenant's destroyed key, or sealed
@@ -592,7 +708,8 @@ pub fn classify(keyring: &crate::Keyring, stored: &[u8]) -> Stored {
 }
 
 /// Opens a value of `table.column` (type tag `value_type`) to its plaintext bytes, undecoded,
-/// with the tenant of the key that sealed it: what a job needs to recompute a blind index.
+/// with the tenant of the key that sealed it: what a job needs to recompute a blind index. A
+/// value bound to its row needs `row`.
 ///
 /// # Errors
 /// As opening: the header errors, [`Error::AuthenticationFailed`].
@@ -601,6 +718,7 @@ pub fn open_raw(
     table: &str,
     column: &str,
     value_type: &str,
+    row: Option<&RowBinding>,
     sealed: &[u8],
 ) -> Result<(zeroize::Zeroizing<Vec<u8>>, Option<TenantId>), Error> {
     let header = Header::parse(sealed)?;
@@ -611,7 +729,7 @@ pub fn open_raw(
         tenant: key.tenant(),
         value_type,
     };
-    let mut plain: Raw = open(key, &ctx, sealed.to_vec())?;
+    let mut plain: Raw = open_stored(key, &ctx, row, sealed.to_vec())?;
     Ok((
         zeroize::Zeroizing::new(std::mem::take(&mut plain.0)),
         key.tenant().cloned(),
@@ -619,7 +737,8 @@ pub fn open_raw(
 }
 
 /// Seals plaintext bytes (a legacy value's canonical encoding, type tag `value_type`) for
-/// `table.column` under the primary key of `tenant`: the plaintext-migration backfill.
+/// `table.column` under the primary key of `tenant`, bound to `row` if given: the
+/// plaintext-migration backfill.
 ///
 /// # Errors
 /// [`Error::NoPrimaryKey`], [`Error::TooLarge`].
@@ -629,20 +748,21 @@ pub fn seal_raw(
     column: &str,
     value_type: &str,
     tenant: Option<&TenantId>,
+    row: Option<&RowBinding>,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, Error> {
     let key = keyring.primary_key(tenant)?;
     let mut raw = Raw(plaintext.to_vec());
-    let sealed = seal(
-        key,
-        &Context {
-            table,
-            column,
-            tenant,
-            value_type,
-        },
-        &raw,
-    );
+    let ctx = Context {
+        table,
+        column,
+        tenant,
+        value_type,
+    };
+    let sealed = match row {
+        Some(row) => seal_bound(key, &ctx, row, &raw),
+        None => seal(key, &ctx, &raw),
+    };
     raw.wipe();
     sealed
 }

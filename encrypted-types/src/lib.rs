@@ -66,6 +66,7 @@
 #![doc(test(attr(deny(warnings))))]
 
 pub mod audit;
+mod binding;
 mod codec;
 mod context;
 #[cfg(feature = "keystore")]
@@ -92,6 +93,7 @@ mod sql;
 pub mod store;
 mod tenant;
 
+pub use binding::{MAX_ROW_PARTS, RowBinding, RowColumn, RowIdentity, RowKind, RowPart};
 #[cfg(feature = "json")]
 pub use codec::Json;
 pub use codec::{Plaintext, SecretBuf};
@@ -156,6 +158,7 @@ pub use row::{Fallible, FallibleModel, Unreadable};
 /// | `table = path` | the `diesel::table!` module (or `#[diesel(table_name = path)]`); required |
 /// | `tenant = field` | the field holding the row's tenant id: values are sealed and indexed with the tenant's keys, and a value from another tenant's row is refused on read (`Error::TenantMismatch`) |
 /// | `primary_key(a, b)` | primary-key fields (default `id`); never encrypted, skipped by `AsChangeset` |
+/// | `bind_row = field` / `bind_row(a, b)` | binds every encrypted value to the row's identity (1 to 4 fields, usually the primary key; suite 3): a value copied into another row fails with `Error::AuthenticationFailed`, an unbound value in the column with `Error::RowBinding`. The fields must be written by the insert (not `Option`, not `skip_insertion`): use a client-generated id. Setters take them after the tenant. `docs/KEYS.md`, "Binding values to their row" |
 /// | `derive(...)` | which of `Queryable`, `Selectable`, `Insertable`, `AsChangeset` to implement (default: all four) |
 /// | `debug = redacted` / `debug = none` | `Debug` for the model, printing every encrypted field as `<redacted>` (the default: a model holds plaintext, and `{:?}` is how it reaches logs), or none, for a model that writes its own. A `#[derive(Debug)]` beside `Encrypted` conflicts with it (E0119): remove it, or write `debug = none` |
 /// | `zeroize` | the model wipes every encrypted field's plaintext when it is dropped (`Drop`, through the generated `wipe_plaintext`). A type with `Drop` cannot have a field moved out of it (E0509): clone the field or `std::mem::take` it |
@@ -227,7 +230,8 @@ pub mod __private {
     pub use crate::index::{BlindIndex, IndexParams, IndexRoot, IndexSpec, Normalizer, Wanted};
     pub use crate::{
         ColumnContext, ColumnInfo, Encrypted, EncryptedModel, Error, FallibleModel, LegacyColumn,
-        ModelInfo, Plaintext, TenantId, Unreadable, model_validate,
+        ModelInfo, Plaintext, RowBinding, RowColumn, RowIdentity, RowKind, RowPart, TenantId,
+        Unreadable, model_validate,
     };
     pub use diesel;
     #[cfg(feature = "async")]

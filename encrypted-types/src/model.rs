@@ -16,6 +16,9 @@ pub struct ModelInfo {
     pub tenant_column: Option<&'static str>,
     /// Every encrypted column.
     pub columns: &'static [ColumnInfo],
+    /// The row-identity columns every value is bound to (`bind_row`), in binding order; empty
+    /// when values are not bound to their row.
+    pub bind_row: &'static [crate::RowColumn],
 }
 
 /// One encrypted column.

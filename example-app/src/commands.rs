@@ -178,6 +178,32 @@ pub(crate) fn demo(db: &mut Db, url: &str, kek: &Path) -> AppResult<()> {
     print_read(ann, false);
     out!("\nWhat `{{:?}}` of the model prints (a log line):\n  {ann:?}");
     out!("\nNo name, email or SSN above is stored in clear: try `grep -a 'Ann Smith' clinic.db`.");
+    swap_demo(db)
+}
+
+/// What a database writer who swaps values between rows gets: Bob's row with Ann's name
+/// copied in does not open, because every value is bound to its patient's id. The row is
+/// restored afterwards, so the demo can run again.
+fn swap_demo(db: &mut Db) -> AppResult<()> {
+    let (ann, bob) = (1_i64, 2_i64);
+    let name_of = |db: &mut Db, id: i64| -> AppResult<Vec<u8>> {
+        Ok(with_conn!(db, conn => patients::table.find(id).select(patients::name).first(conn))?)
+    };
+    let (ann_name, bob_name) = (name_of(db, ann)?, name_of(db, bob)?);
+    with_conn!(db, conn => diesel::update(patients::table.find(bob)).set(patients::name.eq(&ann_name)).execute(conn))?;
+    let read: QueryResult<Patient> =
+        with_conn!(db, conn => patients::table.find(bob).select(Patient::as_select()).first(conn));
+    with_conn!(db, conn => diesel::update(patients::table.find(bob)).set(patients::name.eq(&bob_name)).execute(conn))?;
+    out!("\nTamper test: patient {ann}'s sealed name copied into patient {bob}'s row, then read:");
+    match read {
+        Err(e) => match encrypted_types::Error::from_diesel(&e) {
+            Some(err @ encrypted_types::Error::AuthenticationFailed) => out!(
+                "  refused: {err} (the value is bound to patient {ann}'s row; restored afterwards)"
+            ),
+            _ => return Err(format!("the swapped row failed for another reason: {e}").into()),
+        },
+        Ok(_) => return Err("the swapped row opened: row binding is broken".into()),
+    }
     Ok(())
 }
 

@@ -18,9 +18,11 @@ diesel::table! {
 }
 
 /// A patient, as the application sees it. The derive stores five fields encrypted and keeps
-/// blind indexes of the email and the SSN; the clinic is the tenant.
+/// blind indexes of the email and the SSN; the clinic is the tenant. Every value is bound to
+/// the patient's id (`bind_row`, assigned by the application, not the database): a value
+/// copied into another patient's row does not open.
 #[derive(Encrypted, Clone, PartialEq)]
-#[encrypted(table = patients, tenant = clinic_id)]
+#[encrypted(table = patients, tenant = clinic_id, bind_row = id)]
 pub(crate) struct Patient {
     pub(crate) id: i64,
     pub(crate) clinic_id: i64,

@@ -48,8 +48,17 @@ fn the_demo_runs_twice_and_stores_no_plaintext() {
         .find(|l| l.contains("Patient {"))
         .unwrap_or_else(|| panic!("no Debug line:\n{first}"));
     assert!(!debug_line.contains("Ann"), "{debug_line}");
+    // The tamper test: a name copied into another patient's row is refused, and restored.
+    assert!(
+        first.contains("refused: authentication failed (the value is bound to patient 1's row"),
+        "{first}"
+    );
     let second = clinic(dir.path(), &["demo"]);
     assert!(second.contains("0 inserted, 4 already present"), "{second}");
+    assert!(
+        second.contains("refused: authentication failed"),
+        "{second}"
+    );
     assert!(second.contains("1 match"), "{second}");
 
     let db = std::fs::read(dir.path().join("clinic.db")).unwrap();

@@ -88,6 +88,17 @@ pub mod real_schema {
         }
     }
 
+    // Values bound to their row (`bind_row = id`): the id is the application's, not SERIAL.
+    diesel::table! {
+        et_bound (id) {
+            id -> BigInt,
+            clinic_id -> BigInt,
+            ssn -> Binary,
+            ssn_bidx -> Binary,
+            notes -> Nullable<Binary>,
+        }
+    }
+
     // A table in the middle of an expand/contract migration: `email_plain` and `note_plain`
     // are the legacy TEXT columns, `email`, `email_bidx` and `note` the columns added beside
     // them (nullable: rows not migrated yet have none).
@@ -156,10 +167,20 @@ pub mod real_schema {
                  name BLOB NOT NULL, email BLOB NOT NULL, email_bidx BLOB NOT NULL)",
             ),
         };
+        let bidx = if backend == "mysql" {
+            "VARBINARY(32)"
+        } else {
+            blob
+        };
         vec![
             "DROP TABLE IF EXISTS et_uuid_pg".into(),
             "DROP TABLE IF EXISTS et_uuid_bin".into(),
             "DROP TABLE IF EXISTS et_visits".into(),
+            "DROP TABLE IF EXISTS et_bound".into(),
+            format!(
+                "CREATE TABLE et_bound (id BIGINT PRIMARY KEY NOT NULL, clinic_id BIGINT NOT NULL, \
+                 ssn {blob} NOT NULL, ssn_bidx {bidx} NOT NULL, notes {blob})"
+            ),
             uuid_table.into(),
             format!(
                 "CREATE TABLE et_visits (clinic_id BIGINT NOT NULL, patient_no {text_key} NOT NULL, \

@@ -241,6 +241,19 @@ pub struct PatientSsnWide {
     pub phone: Option<String>,
 }
 
+/// A patient whose values are bound to its row: a value copied into another row of the same
+/// clinic and column fails to open.
+#[derive(Clone, PartialEq, Encrypted)]
+#[encrypted(table = crate::real_schema::et_bound, tenant = clinic_id, bind_row = id)]
+pub struct BoundPatient {
+    pub id: i64,
+    pub clinic_id: i64,
+    #[encrypted(blind_index(normalize = digits))]
+    pub ssn: String,
+    #[encrypted]
+    pub notes: Option<String>,
+}
+
 /// A contact in the middle of an expand/contract migration from legacy TEXT columns: reads
 /// take `email_plain`/`note_plain` while they hold a value, every write seals into
 /// `email`/`note` and clears them, and `jobs::encrypt_column` moves the rest.

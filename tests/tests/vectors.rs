@@ -13,7 +13,9 @@
 )]
 
 use encrypted_types::format::{self, Context};
-use encrypted_types::{Json, KeyMaterial, Keyring, Plaintext, SecretBuf, TenantId};
+use encrypted_types::{
+    Json, KeyMaterial, Keyring, Plaintext, RowBinding, RowPart, SecretBuf, TenantId,
+};
 use encrypted_types_tests::{Allergy, Same};
 use serde::Deserialize;
 
@@ -277,6 +279,43 @@ struct InvalidVector {
     value_type: String,
     tenant: Option<String>,
     error: String,
+    /// The row identity of a column whose values are bound to their row (suite 3 vectors).
+    row: Option<Vec<std::collections::BTreeMap<String, serde_json::Value>>>,
+}
+
+/// A row identity of the vector files: `[{"int": 7}, {"text": "a"}, {"bytes": "00ff"}]`.
+fn row_binding(parts: &[std::collections::BTreeMap<String, serde_json::Value>]) -> RowBinding {
+    let texts: Vec<(String, Option<i64>, Vec<u8>, String)> = parts
+        .iter()
+        .map(|p| {
+            let (kind, v) = p.iter().next().unwrap();
+            match kind.as_str() {
+                "int" => (kind.clone(), v.as_i64(), Vec::new(), String::new()),
+                "bytes" => (
+                    kind.clone(),
+                    None,
+                    hex::decode(v.as_str().unwrap()).unwrap(),
+                    String::new(),
+                ),
+                "text" => (
+                    kind.clone(),
+                    None,
+                    Vec::new(),
+                    v.as_str().unwrap().to_owned(),
+                ),
+                other => panic!("row part {other}"),
+            }
+        })
+        .collect();
+    let parts: Vec<RowPart<'_>> = texts
+        .iter()
+        .map(|(kind, i, b, t)| match kind.as_str() {
+            "int" => RowPart::Int(i.unwrap()),
+            "bytes" => RowPart::Bytes(b),
+            _ => RowPart::Text(t),
+        })
+        .collect();
+    RowBinding::new(&parts).unwrap()
 }
 
 /// FORMAT.md §5 as a reader of a row does it: header, key, tag, decoding, then the key's tenant
@@ -294,7 +333,10 @@ fn open_row<T: Plaintext>(
         tenant: key.tenant(),
         value_type: &v.value_type,
     };
-    let value = format::open::<T>(key, &ctx, sealed)?;
+    let value = match &v.row {
+        Some(row) => format::open_bound::<T>(key, &ctx, &row_binding(row), sealed)?,
+        None => format::open::<T>(key, &ctx, sealed)?,
+    };
     let row_tenant = v.tenant.as_deref().map(TenantId::from);
     if key.tenant() != row_tenant.as_ref() {
         return Err(encrypted_types::Error::TenantMismatch { column: "c" });
@@ -353,10 +395,10 @@ fn every_invalid_vector_fails_with_its_error() {
         }
         errors.insert(v.error.clone());
     }
-    // Every error of §5 but `TooLarge`, which is checked below.
+    // Every error of §5 but `TooLarge`, which is checked below (`RowBinding` since suite 3).
     assert_eq!(
         errors.len(),
-        8,
+        9,
         "every error of §5 has a vector: {errors:?}"
     );
     // One byte over the limit is refused from the length alone.
@@ -606,4 +648,79 @@ fn the_key_table_vectors_load_through_the_library() {
             .unwrap();
     }
     assert!(store().load(conn).is_ok());
+}
+
+#[derive(Deserialize)]
+struct RowVector {
+    name: String,
+    key: String,
+    key_id: u32,
+    nonce: String,
+    table: String,
+    column: String,
+    tenant: Option<String>,
+    value_type: String,
+    plaintext: String,
+    row: Vec<std::collections::BTreeMap<String, serde_json::Value>>,
+    row_binding: String,
+    sealed: String,
+}
+
+/// Frozen suite-3 vectors (`tests/vectors/v1_suite3.json`): the row identity encodes to the
+/// vector's bytes, the value is reproduced byte for byte and opens with its row only.
+#[test]
+fn every_suite_3_vector_is_reproduced_and_opened_with_its_row_only() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/v1_suite3.json");
+    let vectors: Vec<RowVector> =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert!(vectors.len() >= 6, "vectors went missing");
+    for v in &vectors {
+        let row = row_binding(&v.row);
+        assert_eq!(
+            hex::encode(row.as_bytes()),
+            v.row_binding,
+            "{}: row binding",
+            v.name
+        );
+        let tenant = v.tenant.as_deref().map(TenantId::from);
+        let keyring = Keyring::builder()
+            .data_key(
+                v.key_id,
+                tenant.clone(),
+                KeyMaterial::from_slice(&hex::decode(&v.key).unwrap()).unwrap(),
+            )
+            .build()
+            .unwrap();
+        let key = keyring.key(v.key_id.into()).unwrap();
+        let ctx = Context {
+            table: &v.table,
+            column: &v.column,
+            tenant: tenant.as_ref(),
+            value_type: &v.value_type,
+        };
+        let nonce: [u8; 12] = hex::decode(&v.nonce).unwrap().try_into().unwrap();
+        // Raw bytes: the plaintext encoding is checked by the suite-1 and suite-2 vectors.
+        let plain = hex::decode(&v.plaintext).unwrap();
+        let sealed = format::seal_bound_with_nonce(key, &ctx, &row, &plain, nonce).unwrap();
+        assert_eq!(hex::encode(&sealed), v.sealed, "{}: sealed bytes", v.name);
+        assert_eq!(
+            format::Header::parse(&sealed).unwrap().suite,
+            format::SUITE_AES256GCMSIV_ROW
+        );
+        let opened: Vec<u8> = format::open_bound(key, &ctx, &row, sealed.clone()).unwrap();
+        assert_eq!(opened, plain, "{}", v.name);
+        let other = RowBinding::new(&[RowPart::Int(i64::MAX), RowPart::Text(&v.name)]).unwrap();
+        assert_eq!(
+            format::open_bound::<Vec<u8>>(key, &ctx, &other, sealed.clone()).err(),
+            Some(encrypted_types::Error::AuthenticationFailed),
+            "{}: opened in another row",
+            v.name
+        );
+        assert_eq!(
+            format::open::<Vec<u8>>(key, &ctx, sealed).err(),
+            Some(encrypted_types::Error::RowBinding),
+            "{}: opened without its row",
+            v.name
+        );
+    }
 }

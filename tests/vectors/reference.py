@@ -27,8 +27,28 @@ DOMAIN = b"encrypted-types/v1"
 HERE = Path(__file__).resolve().parent
 VECTORS = HERE / "v1.json"
 SUITE2_VECTORS = HERE / "v1_suite2.json"
-# FORMAT.md section 4.2: the suites, by their header byte.
-SUITES = {1: AESGCM, 2: AESGCMSIV}
+SUITE3_VECTORS = HERE / "v1_suite3.json"
+# FORMAT.md section 4.1: the suites, by their header byte. Suite 3 is suite 2 with the row's
+# identity appended to the AAD (section 2.1).
+SUITES = {1: AESGCM, 2: AESGCMSIV, 3: AESGCMSIV}
+
+
+def row_binding(parts) -> bytes:
+    """Section 2.1: count, then per part tag (1 int, 2 text, 3 bytes), u32 length, bytes."""
+    assert 1 <= len(parts) <= 4
+    out = bytes([len(parts)])
+    for part in parts:
+        ((kind, value),) = part.items()
+        if kind == "int":
+            raw, tag = struct.pack(">q", value), 1
+        elif kind == "text":
+            raw, tag = value.encode("utf-8"), 2
+        elif kind == "bytes":
+            raw, tag = bytes.fromhex(value), 3
+        else:
+            raise ValueError(kind)
+        out += bytes([tag]) + struct.pack(">I", len(raw)) + raw
+    return out
 INDEX_VECTORS = HERE / "blind_index_v1.json"
 
 
@@ -43,9 +63,12 @@ def aad(header6: bytes, table: str, column: str, tenant, value_type: str) -> byt
     return DOMAIN + header6 + s(table) + s(column) + t + s(value_type)
 
 
-def seal(key: bytes, key_id: int, nonce: bytes, ctx: dict, plaintext: bytes, suite: int = 1) -> bytes:
+def seal(key: bytes, key_id: int, nonce: bytes, ctx: dict, plaintext: bytes, suite: int = 1,
+         row=None) -> bytes:
+    assert (suite == 3) == (row is not None)
     header6 = bytes([1, suite]) + struct.pack(">I", key_id)
-    ct_tag = SUITES[suite](key).encrypt(nonce, plaintext, aad(header6, **ctx))
+    extra = row_binding(row) if row is not None else b""
+    ct_tag = SUITES[suite](key).encrypt(nonce, plaintext, aad(header6, **ctx) + extra)
     return header6 + nonce + ct_tag
 
 
@@ -53,8 +76,9 @@ class Invalid(Exception):
     """An opening error of FORMAT.md section 5, named as the Rust `Error` variant."""
 
 
-def open_(keys: dict, ctx: dict, sealed: bytes, destroyed=frozenset()) -> bytes:
-    """Section 5 steps 1-5: the plaintext bytes. `keys` maps key id to (key, tenant)."""
+def open_(keys: dict, ctx: dict, sealed: bytes, destroyed=frozenset(), row=None) -> bytes:
+    """Section 5 steps 1-6: the plaintext bytes. `keys` maps key id to (key, tenant); `row` is
+    the row identity of a column whose values are bound to their row, else None."""
     if not sealed:
         raise Invalid("Truncated")
     if sealed[0] != 1:
@@ -71,17 +95,21 @@ def open_(keys: dict, ctx: dict, sealed: bytes, destroyed=frozenset()) -> bytes:
     if key_id not in keys:
         raise Invalid("UnknownKeyId")
     key, key_tenant = keys[key_id]
+    # Step 6: a bound value opens only with its row; a bound column takes no unbound value.
+    if (sealed[1] == 3) != (row is not None):
+        raise Invalid("RowBinding")
+    extra = row_binding(row) if row is not None else b""
     try:
         return SUITES[sealed[1]](key).decrypt(sealed[6:18], sealed[18:],
-                                              aad(sealed[:6], **dict(ctx, tenant=key_tenant)))
+                                              aad(sealed[:6], **dict(ctx, tenant=key_tenant)) + extra)
     except InvalidTag:
         raise Invalid("AuthenticationFailed") from None
 
 
-def open_row(keys: dict, destroyed, table, column, value_type, row_tenant, sealed: bytes):
+def open_row(keys: dict, destroyed, table, column, value_type, row_tenant, sealed: bytes, row=None):
     """Sections 5 and 5.1: open, decode, then check the key's tenant against the row's."""
     ctx = dict(table=table, column=column, value_type=value_type)
-    plaintext = open_(keys, ctx, sealed, destroyed)
+    plaintext = open_(keys, ctx, sealed, destroyed, row)
     value = decode(value_type, plaintext)
     (key_id,) = struct.unpack(">I", sealed[2:6])
     if keys[key_id][1] != row_tenant:
@@ -222,6 +250,22 @@ CASES = [
     ("uuid", KEY_A, 1, 0x10, "t", "c", None, "uuid", "67e55044-10b1-426f-9247-bb680e5fe0c8"),
     ("json", KEY_A, 1, 0x11, "patients", "allergies", "clinic-b", "json",
      {"severe": True, "substance": "penicillin", "notes": ["rash", 2]}),
+]
+
+
+# Suite 3: values bound to their row, by the kinds of row identity the derive supports.
+ROW_CASES = [
+    # name, key, key id, nonce byte, table, column, tenant, value type, value, row identity
+    ("row-int-id", KEY_A, 1, 0x31, "patients", "ssn", None, "string", "123-45-6789", [{"int": 7}]),
+    ("row-negative-int", KEY_A, 1, 0x32, "patients", "ssn", None, "string", "x", [{"int": -1}]),
+    ("row-uuid", KEY_A, 1, 0x33, "patients", "notes", None, "string", "penicillin",
+     [{"bytes": "67e5504410b1426f9247bb680e5fe0c8"}]),
+    ("row-text-key", KEY_B, 0xA1B2C3D4, 0x34, "visits", "code", "clinic-a", "string", "Z00.0",
+     [{"text": "V-2026-0001"}]),
+    ("row-composite", KEY_B, 0xA1B2C3D4, 0x35, "visits", "code", "clinic-a", "i64", 42,
+     [{"int": 1}, {"text": "p-9"}]),
+    ("row-four-parts", KEY_A, 1, 0x36, "t", "c", "42", "bytes", "00ff",
+     [{"int": 0}, {"text": ""}, {"bytes": ""}, {"text": "Zoë"}]),
 ]
 
 
@@ -451,6 +495,20 @@ def generate():
             out.append(v)
         path.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
         print(f"wrote {len(out)} vectors to {path}")
+    out = []
+    for name, key, key_id, nb, table, column, tenant, vt, value, row in ROW_CASES:
+        ctx = dict(table=table, column=column, tenant=tenant, value_type=vt)
+        nonce = bytes([nb] * 12)
+        pt = encode(vt, value)
+        out.append({
+            "name": name, "key": key.hex(), "key_id": key_id, "nonce": nonce.hex(),
+            "table": table, "column": column, "tenant": tenant, "value_type": vt,
+            "value": value, "plaintext": pt.hex(), "suite": 3, "row": row,
+            "row_binding": row_binding(row).hex(),
+            "sealed": seal(key, key_id, nonce, ctx, pt, 3, row).hex(),
+        })
+    SUITE3_VECTORS.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {len(out)} vectors to {SUITE3_VECTORS}")
 
 
 INVALID_VECTORS = HERE / "v1_invalid.json"
@@ -461,16 +519,16 @@ NEG_DESTROYED = {9}
 
 def invalid_cases():
     """(name, sealed bytes, table, column, value type, row tenant, error)."""
-    def sealed(key_id, vt, pt, nb=0x21, table="patients", column="email", tenant=False, suite=1):
+    def sealed(key_id, vt, pt, nb=0x21, table="patients", column="email", tenant=False, suite=1, row=None):
         key, key_tenant = NEG_KEYS[key_id]
         aad_tenant = key_tenant if tenant is False else tenant
         return seal(key, key_id, bytes([nb] * 12),
-                    dict(table=table, column=column, tenant=aad_tenant, value_type=vt), pt, suite)
+                    dict(table=table, column=column, tenant=aad_tenant, value_type=vt), pt, suite, row)
 
     good = sealed(1, "string", b"ann@example.org")
     flip = lambda b, i: b[:i] + bytes([b[i] ^ 0x01]) + b[i + 1:]
     row = lambda name, b, err, table="patients", column="email", vt="string", tenant=None: \
-        (name, b, table, column, vt, tenant, err)
+        (name, b, table, column, vt, tenant, err, None)
     cases = [
         row("empty", b"", "Truncated"),
         row("version-0", b"\x00" + good[1:], "UnsupportedVersion"),
@@ -482,7 +540,10 @@ def invalid_cases():
         # Suite 2 exists since format v1 gained it: a suite-1 value relabelled as suite 2 is
         # opened as AES-256-GCM-SIV and fails (it was "UnsupportedSuite" before suite 2).
         row("suite-2", good[:1] + b"\x02" + good[2:], "AuthenticationFailed"),
-        row("suite-3", good[:1] + b"\x03" + good[2:], "UnsupportedSuite"),
+        # Suite 3 (bound to the row) came next: read in a column that is not bound, it is
+        # refused before any decryption (it was "UnsupportedSuite" before suite 3).
+        row("suite-3", good[:1] + b"\x03" + good[2:], "RowBinding"),
+        row("suite-4", good[:1] + b"\x04" + good[2:], "UnsupportedSuite"),
         row("suite-255", good[:1] + b"\xff" + good[2:], "UnsupportedSuite"),
         row("unknown-key-id", good[:2] + struct.pack(">I", 7) + good[6:], "UnknownKeyId"),
         row("key-id-0", good[:2] + struct.pack(">I", 0) + good[6:], "UnknownKeyId"),
@@ -536,6 +597,25 @@ def invalid_cases():
         row("suite2-non-canonical-string", sealed(1, "string", b"\xc0\xaf", nb=0x24, column="c", suite=2),
             "InvalidPlaintext", column="c"),
     ]
+    # Suite 3 (bound to the row): (name, sealed, table, column, value type, row tenant, error, row).
+    row7, row8 = [{"int": 7}], [{"int": 8}]
+    good3 = sealed(1, "string", b"123-45-6789", nb=0x25, column="ssn", suite=3, row=row7)
+    plain2 = sealed(1, "string", b"123-45-6789", nb=0x26, column="ssn", suite=2)
+    comp = [{"int": 1}, {"text": "p-9"}]
+    good3c = sealed(1, "string", b"x", nb=0x27, column="ssn", suite=3, row=comp)
+    bound = lambda name, b, err, row: (name, b, "patients", "ssn", "string", None, err, row)
+    cases += [
+        bound("suite3-copied-to-another-row", good3, "AuthenticationFailed", row8),
+        bound("suite3-read-without-its-row", good3, "RowBinding", None),
+        bound("suite2-in-a-bound-column", plain2, "RowBinding", row7),
+        bound("suite3-relabelled-suite-2-bound-column", good3[:1] + b"\x02" + good3[2:], "RowBinding", row7),
+        bound("suite3-relabelled-suite-2", good3[:1] + b"\x02" + good3[2:], "AuthenticationFailed", None),
+        bound("suite2-relabelled-suite-3", plain2[:1] + b"\x03" + plain2[2:], "AuthenticationFailed", row7),
+        bound("suite3-tampered-tag", flip(good3, len(good3) - 1), "AuthenticationFailed", row7),
+        bound("suite3-row-parts-swapped", good3c, "AuthenticationFailed", [{"text": "p-9"}, {"int": 1}]),
+        bound("suite3-row-int-as-text", good3, "AuthenticationFailed", [{"text": "7"}]),
+        bound("suite3-row-extra-part", good3, "AuthenticationFailed", [{"int": 7}, {"int": 0}]),
+    ]
     # Non-canonical plaintexts, properly sealed: every one opens and fails to decode.
     non_canonical = [
         ("string", "c3"), ("string", "c0af"), ("string", "eda080"), ("string", "f4908080"), ("string", "ff"),
@@ -566,8 +646,13 @@ def invalid_cases():
 
 
 def generate_invalid():
-    out = [{"name": n, "sealed": b.hex(), "table": t, "column": c, "value_type": vt, "tenant": ten,
-            "error": err} for n, b, t, c, vt, ten, err in invalid_cases()]
+    out = []
+    for n, b, t, c, vt, ten, err, rw in invalid_cases():
+        v = {"name": n, "sealed": b.hex(), "table": t, "column": c, "value_type": vt, "tenant": ten,
+             "error": err}
+        if rw is not None:  # only the suite-3 vectors read their value in a bound column
+            v["row"] = rw
+        out.append(v)
     doc = {
         "keys": [{"key_id": i, "key": k.hex(), "tenant": t} for i, (k, t) in sorted(NEG_KEYS.items())],
         "destroyed": sorted(NEG_DESTROYED),
@@ -583,7 +668,7 @@ def check_invalid():
     for v in doc["vectors"]:
         try:
             open_row(keys, set(doc["destroyed"]), v["table"], v["column"], v["value_type"], v["tenant"],
-                     bytes.fromhex(v["sealed"]))
+                     bytes.fromhex(v["sealed"]), v.get("row"))
             raise AssertionError(v["name"] + ": opened")
         except Invalid as e:
             assert str(e) == v["error"], f'{v["name"]}: {e} instead of {v["error"]}'
@@ -729,7 +814,9 @@ def check():
     vectors = json.loads(VECTORS.read_text())
     suite2 = json.loads(SUITE2_VECTORS.read_text())
     assert all("suite" not in v for v in vectors) and all(v["suite"] == 2 for v in suite2)
-    vectors += suite2
+    suite3 = json.loads(SUITE3_VECTORS.read_text())
+    assert all(v["suite"] == 3 and v["row_binding"] == row_binding(v["row"]).hex() for v in suite3)
+    vectors += suite2 + suite3
     for v in vectors:
         ctx = dict(table=v["table"], column=v["column"], value_type=v["value_type"])
         keys = {v["key_id"]: (bytes.fromhex(v["key"]), v["tenant"])}
@@ -737,12 +824,12 @@ def check():
         assert encode(v["value_type"], v["value"]) == pt, v["name"] + ": plaintext encoding"
         sealed = bytes.fromhex(v["sealed"])
         assert seal(keys[v["key_id"]][0], v["key_id"], bytes.fromhex(v["nonce"]), dict(ctx, tenant=v["tenant"]), pt,
-                    v.get("suite", 1)) == sealed, v["name"] + ": seal"
+                    v.get("suite", 1), v.get("row")) == sealed, v["name"] + ": seal"
         assert sealed[1] == v.get("suite", 1), v["name"] + ": suite byte"
-        assert open_(keys, ctx, sealed) == pt, v["name"] + ": open"
+        assert open_(keys, ctx, sealed, row=v.get("row")) == pt, v["name"] + ": open"
         decode(v["value_type"], pt)
         try:
-            open_(keys, dict(ctx, column=ctx["column"] + "x"), sealed)
+            open_(keys, dict(ctx, column=ctx["column"] + "x"), sealed, row=v.get("row"))
             raise AssertionError(v["name"] + ": opened under the wrong column")
         except Invalid as e:
             assert str(e) == "AuthenticationFailed"

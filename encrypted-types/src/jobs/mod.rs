@@ -45,14 +45,15 @@ use crate::db::{Db, sync_and_async};
 
 pub use crate::db::{Param, Query};
 pub use key::{KeyColumn, KeyKind, KeyPart, RowKey};
-use sql::alias;
 pub use sql::{CatalogRow, JobTable, Row, UnitRow};
+use sql::{alias, bind_alias};
 
 /// A connection the jobs run on, sync or async.
 trait JobDb: Db<Backend: JobTable> {}
 impl<D: Db<Backend: JobTable>> JobDb for D {}
 
 use crate::Error;
+use crate::binding::{RowBinding, RowKind, RowPart};
 use crate::format;
 use crate::index::IndexParams;
 use crate::key::KeyId;
@@ -143,6 +144,9 @@ pub enum SkipReason {
     NoTenantKey,
     /// Sealed under another tenant's key than its row's (copied across tenants).
     TenantMismatch,
+    /// The row's identity (`bind_row`) could not be read or encoded, or a value bound to a
+    /// row did not open with it.
+    RowBinding,
     /// Any other error of opening or sealing the value.
     Other,
 }
@@ -156,6 +160,7 @@ impl SkipReason {
             Error::InvalidPlaintext { .. } => Self::InvalidLegacyValue,
             Error::NoPrimaryKey { .. } | Error::NoBlindIndexKey { .. } => Self::NoTenantKey,
             Error::TenantMismatch { .. } => Self::TenantMismatch,
+            Error::RowBinding | Error::InvalidRowBinding => Self::RowBinding,
             _ => Self::Other,
         }
     }
@@ -193,6 +198,9 @@ impl JobReport {
 enum Op<'a> {
     Rotate {
         retired: &'a [KeyId],
+        /// Header prefixes of the suites to upgrade ([`format::OLDER_SUITES`], or every unbound
+        /// suite for a `bind_row` model).
+        older: &'static [[u8; 2]],
     },
     Reindex {
         params: &'static IndexParams,
@@ -229,7 +237,9 @@ impl Pass<'_> {
     /// The condition of the rows a batch reads (besides its range).
     fn todo_cond<B: JobTable>(&self) -> String {
         match &self.op {
-            Op::Rotate { retired } => rotate_cond::<B>(&B::quote(self.column.column), retired),
+            Op::Rotate { retired, older } => {
+                rotate_cond::<B>(&B::quote(self.column.column), retired, older)
+            }
             Op::Backfill { legacy } => format!("{} IS NOT NULL", B::quote(legacy.column)),
             _ => format!("{} IS NOT NULL", B::quote(self.column.column)),
         }
@@ -238,8 +248,8 @@ impl Pass<'_> {
 
 /// SQL true for a value a rotation has to re-seal: sealed with a retired key, or in a suite
 /// older than the one this build writes. Both read from the header bytes alone.
-fn rotate_cond<B: JobTable>(col: &str, retired: &[KeyId]) -> String {
-    let mut conds = vec![B::suite_in(col, format::OLDER_SUITES)];
+fn rotate_cond<B: JobTable>(col: &str, retired: &[KeyId], older: &[[u8; 2]]) -> String {
+    let mut conds = vec![B::suite_in(col, older)];
     if !retired.is_empty() {
         conds.push(B::key_id_in(col, retired));
     }
@@ -266,6 +276,34 @@ struct Table {
     tenant: String,
     /// Whether rows belong to tenants.
     has_tenant: bool,
+    /// The `bind_row` columns, quoted, with the kind they are read as.
+    bind: Vec<(String, KeyKind)>,
+}
+
+impl Table {
+    /// The identity a row's values are bound to: `None` for a model without `bind_row`.
+    fn binding(&self, row: &Row) -> Result<Option<RowBinding>, SkipReason> {
+        if self.bind.is_empty() {
+            return Ok(None);
+        }
+        // A NULL identity column reads as fewer parts: never bind to a partial identity.
+        if row.bind.len() != self.bind.len() {
+            return Err(SkipReason::RowBinding);
+        }
+        let parts: Vec<RowPart<'_>> = row
+            .bind
+            .iter()
+            .map(|p| match p {
+                KeyPart::Int(i) => RowPart::Int(*i),
+                KeyPart::Text(t) => RowPart::Text(t),
+                KeyPart::Bytes(b) => RowPart::Bytes(b),
+                KeyPart::Uuid(u) => RowPart::Bytes(u),
+            })
+            .collect();
+        RowBinding::new(&parts)
+            .map(Some)
+            .map_err(|_| SkipReason::RowBinding)
+    }
 }
 
 /// Reads the table's primary key from the catalogue and refuses what cannot be paged.
@@ -361,6 +399,20 @@ where
         || "NULL".to_owned(),
         |t| D::Backend::as_text(&D::Backend::quote(t)),
     );
+    let bind = model
+        .bind_row
+        .iter()
+        .map(|c| {
+            let kind = match c.kind {
+                RowKind::Int => KeyKind::Int,
+                RowKind::Text => KeyKind::Text,
+                // A Rust `Uuid` is a native `uuid` column on PostgreSQL, 16 bytes elsewhere.
+                RowKind::Uuid if D::Backend::NAME == "postgres" => KeyKind::Uuid,
+                _ => KeyKind::Bytes,
+            };
+            (D::Backend::quote(c.column), kind)
+        })
+        .collect();
     Ok(Table {
         name: model.table,
         quoted,
@@ -368,6 +420,7 @@ where
         qkey,
         tenant,
         has_tenant: model.tenant_column.is_some(),
+        bind,
     })
 }
 
@@ -491,6 +544,9 @@ fn key_selects<B: JobTable>(t: &Table) -> String {
         .zip(&t.qkey)
         .enumerate()
         .map(|(n, (k, q))| format!("{} AS {}", B::key_select(k.kind, q), alias(n, k.kind)))
+        .chain(t.bind.iter().enumerate().map(|(n, (q, kind))| {
+            format!("{} AS {}", B::key_select(*kind, q), bind_alias(n, *kind))
+        }))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -568,6 +624,7 @@ fn prepare(
     value: &[u8],
     index: Option<&[u8]>,
     tenant: Option<&str>,
+    bind: Option<&RowBinding>,
 ) -> Result<Outcome, Error> {
     let c = pass.column;
     match &pass.op {
@@ -575,14 +632,14 @@ fn prepare(
             if foreign_tenant(keyring, t, value, tenant) {
                 return Ok(Outcome::Skip(SkipReason::TenantMismatch));
             }
-            match format::reseal(keyring, t.name, c.column, c.value_type, value) {
+            match format::reseal(keyring, t.name, c.column, c.value_type, bind, value) {
                 Ok(Some(new)) => Ok(Outcome::Write(vec![(c.column, Some(new))])),
                 Ok(None) => Ok(Outcome::Nothing),
                 Err(e @ Error::NoKeyring) => Err(e),
                 Err(e) => Ok(Outcome::Skip(SkipReason::of(&e))),
             }
         }
-        Op::Reindex { params } => match fresh_index(keyring, t, c, params, value, tenant) {
+        Op::Reindex { params } => match fresh_index(keyring, t, c, params, value, tenant, bind) {
             Ok(new) if index == Some(new.as_slice()) => Ok(Outcome::Nothing),
             Ok(new) => Ok(Outcome::Write(vec![(params.index_column, Some(new))])),
             Err(r) => Ok(Outcome::Skip(r)),
@@ -593,16 +650,16 @@ fn prepare(
                 if (c.validate)(value).is_err() {
                     return Ok(Outcome::Skip(SkipReason::InvalidLegacyValue));
                 }
-                let mut sets = seal_legacy(keyring, t, c, value, tenant);
+                let mut sets = seal_legacy(keyring, t, c, value, tenant, bind);
                 if let Outcome::Write(sets) = &mut sets {
                     sets.push((legacy.column, None));
                 }
                 return Ok(sets);
             }
-            match legacy_state(keyring, t, c, value) {
+            match legacy_state(keyring, t, c, value, bind) {
                 LegacyState::Done => Ok(Outcome::Nothing),
                 LegacyState::Bad(r) => Ok(Outcome::Skip(r)),
-                LegacyState::Todo => Ok(seal_legacy(keyring, t, c, value, tenant)),
+                LegacyState::Todo => Ok(seal_legacy(keyring, t, c, value, tenant, bind)),
             }
         }
     }
@@ -615,6 +672,7 @@ fn seal_legacy(
     c: &ColumnInfo,
     value: &[u8],
     tenant: Option<&str>,
+    bind: Option<&RowBinding>,
 ) -> Outcome {
     let tenant = tenant.map(crate::TenantId::from);
     let sealed = match format::seal_raw(
@@ -623,6 +681,7 @@ fn seal_legacy(
         c.column,
         c.value_type,
         tenant.as_ref(),
+        bind,
         value,
     ) {
         Ok(s) => s,
@@ -661,11 +720,12 @@ fn fresh_index(
     params: &IndexParams,
     value: &[u8],
     row_tenant: Option<&str>,
+    bind: Option<&RowBinding>,
 ) -> Result<Vec<u8>, SkipReason> {
     if foreign_tenant(keyring, t, value, row_tenant) {
         return Err(SkipReason::TenantMismatch);
     }
-    let (plain, tenant) = format::open_raw(keyring, t.name, c.column, c.value_type, value)
+    let (plain, tenant) = format::open_raw(keyring, t.name, c.column, c.value_type, bind, value)
         .map_err(|e| SkipReason::of(&e))?;
     params
         .compute_raw(keyring, tenant.as_ref(), c.value_type, &plain)
@@ -682,12 +742,18 @@ enum LegacyState {
     Bad(SkipReason),
 }
 
-fn legacy_state(keyring: &Keyring, t: &Table, c: &ColumnInfo, value: &[u8]) -> LegacyState {
+fn legacy_state(
+    keyring: &Keyring,
+    t: &Table,
+    c: &ColumnInfo,
+    value: &[u8],
+    bind: Option<&RowBinding>,
+) -> LegacyState {
     match format::classify(keyring, value) {
         // Opened, not assumed: a legacy value that happens to look sealed fails here and is
         // reported instead of passing for done.
         format::Stored::Sealed => {
-            match format::open_raw(keyring, t.name, c.column, c.value_type, value) {
+            match format::open_raw(keyring, t.name, c.column, c.value_type, bind, value) {
                 Ok(_) | Err(Error::KeyDestroyed(_)) => LegacyState::Done,
                 Err(e) => LegacyState::Bad(SkipReason::of(&e)),
             }
@@ -1203,6 +1269,13 @@ impl Run<'_> {
             let mut writes = Vec::new();
             let mut skips: BTreeMap<SkipReason, u64> = BTreeMap::new();
             for row in rows {
+                let bind = match t.binding(&row) {
+                    Ok(b) => b,
+                    Err(r) => {
+                        *skips.entry(r).or_default() += 1;
+                        continue;
+                    }
+                };
                 let old = Zeroizing::new(row.v.unwrap_or_default());
                 match prepare(
                     self.keyring,
@@ -1211,6 +1284,7 @@ impl Run<'_> {
                     &old,
                     row.i.as_deref(),
                     row.t.as_deref(),
+                    bind.as_ref(),
                 )? {
                     Outcome::Write(sets) => writes.push(Write {
                         key: row.key,
@@ -1371,6 +1445,9 @@ impl Run<'_> {
             let Some(row) = D::Backend::load_rows(db, &r).await?.into_iter().next() else {
                 return Ok(Cas::Superseded); // deleted meanwhile
             };
+            let Ok(bind) = t.binding(&row) else {
+                return Ok(Cas::Superseded);
+            };
             let Some(v) = row.v else {
                 return Ok(Cas::Superseded);
             };
@@ -1382,6 +1459,7 @@ impl Run<'_> {
                 &old,
                 row.i.as_deref(),
                 row.t.as_deref(),
+                bind.as_ref(),
             )? {
                 Outcome::Write(s) => sets = s,
                 Outcome::Nothing | Outcome::Skip(_) => return Ok(Cas::Superseded),
@@ -1402,11 +1480,11 @@ impl Run<'_> {
         for pass in &self.passes {
             let col = D::Backend::quote(pass.column.column);
             match &pass.op {
-                Op::Rotate { retired } => {
+                Op::Rotate { retired, older } => {
                     let mut q = Query::new();
                     let mut conds =
                         range_conds::<D::Backend>(&mut q, t, from.as_ref(), to.as_ref(), None)?;
-                    conds.push(rotate_cond::<D::Backend>(&col, retired));
+                    conds.push(rotate_cond::<D::Backend>(&col, retired, older));
                     q.sql = format!(
                         "SELECT COUNT(*) AS n FROM {} WHERE {}",
                         t.quoted,
@@ -1434,8 +1512,19 @@ impl Run<'_> {
                         from.as_ref(),
                         to.as_ref(),
                         |row, v| {
-                            fresh_index(self.keyring, t, pass.column, params, v, row.t.as_deref())
-                                .is_ok_and(|new| row.i.as_deref() != Some(new.as_slice()))
+                            let Ok(bind) = t.binding(row) else {
+                                return false;
+                            };
+                            fresh_index(
+                                self.keyring,
+                                t,
+                                pass.column,
+                                params,
+                                v,
+                                row.t.as_deref(),
+                                bind.as_ref(),
+                            )
+                            .is_ok_and(|new| row.i.as_deref() != Some(new.as_slice()))
                         },
                     )
                     .await?;
@@ -1659,14 +1748,25 @@ where
         .iter()
         .map(|c| Pass {
             column: c,
-            op: Op::Rotate { retired: &retired },
+            op: Op::Rotate {
+                retired: &retired,
+                older: if model.bind_row.is_empty() {
+                    format::OLDER_SUITES
+                } else {
+                    format::OLDER_SUITES_BOUND
+                },
+            },
             writes: c.column,
             target: format!(
                 "{}.{} off keys {} to suite {}",
                 model.table,
                 c.column,
                 ids.join(","),
-                format::SUITE
+                if model.bind_row.is_empty() {
+                    format::SUITE
+                } else {
+                    format::SUITE_AES256GCMSIV_ROW
+                }
             ),
         })
         .collect();
@@ -1964,8 +2064,14 @@ async fn scan_legacy<D>(
 where
     D: JobDb,
 {
-    scan(db, t, c.column, None, from, to, |_, v| {
-        !matches!(legacy_state(keyring, t, c, v), LegacyState::Done)
+    scan(db, t, c.column, None, from, to, |row, v| {
+        // A row whose identity cannot be read is not done: `binding` fails, `None` is passed
+        // and a bound value then fails to open.
+        let bind = t.binding(row).ok().flatten();
+        !matches!(
+            legacy_state(keyring, t, c, v, bind.as_ref()),
+            LegacyState::Done
+        )
     })
     .await
 }
@@ -2138,7 +2244,8 @@ where
                     if let Some(i) = &row.i {
                         tally.stored.insert(i.clone());
                     }
-                    match fresh_index(&keyring, &t, c, &full, v, row.t.as_deref()) {
+                    let bind = t.binding(row).ok().flatten();
+                    match fresh_index(&keyring, &t, c, &full, v, row.t.as_deref(), bind.as_ref()) {
                         Ok(h) => {
                             tally.values.insert(h);
                         }

@@ -30,24 +30,44 @@ pub(crate) const KEY_ALIASES: [[&str; 4]; MAX_KEY_PARTS] = [
 ];
 
 pub(crate) fn alias(n: usize, kind: KeyKind) -> &'static str {
-    let k = match kind {
-        KeyKind::Int => 0,
-        KeyKind::Text => 1,
-        KeyKind::Bytes => 2,
-        KeyKind::Uuid => 3,
-    };
     KEY_ALIASES
         .get(n)
-        .and_then(|a| a.get(k))
+        .and_then(|a| a.get(kind_index(kind)))
         .copied()
         .unwrap_or("k_overflow")
 }
 
-/// A row read by a job: its primary-key tuple, the stored value (`v`), a stored index (`i`)
-/// and the row's tenant as text (`t`).
+/// Column aliases of `bind_row` part `n`, one per kind, as for the key.
+pub(crate) const BIND_ALIASES: [[&str; 4]; crate::MAX_ROW_PARTS] = [
+    ["r0_i", "r0_t", "r0_b", "r0_u"],
+    ["r1_i", "r1_t", "r1_b", "r1_u"],
+    ["r2_i", "r2_t", "r2_b", "r2_u"],
+    ["r3_i", "r3_t", "r3_b", "r3_u"],
+];
+
+pub(crate) fn bind_alias(n: usize, kind: KeyKind) -> &'static str {
+    BIND_ALIASES
+        .get(n)
+        .and_then(|a| a.get(kind_index(kind)))
+        .copied()
+        .unwrap_or("r_overflow")
+}
+
+fn kind_index(kind: KeyKind) -> usize {
+    match kind {
+        KeyKind::Int => 0,
+        KeyKind::Text => 1,
+        KeyKind::Bytes => 2,
+        KeyKind::Uuid => 3,
+    }
+}
+
+/// A row read by a job: its primary-key tuple, its `bind_row` identity, the stored value
+/// (`v`), a stored index (`i`) and the row's tenant as text (`t`).
 #[doc(hidden)]
 pub struct Row {
     pub(crate) key: Vec<KeyPart>,
+    pub(crate) bind: Vec<KeyPart>,
     pub(crate) v: Option<Vec<u8>>,
     pub(crate) i: Option<Vec<u8>>,
     pub(crate) t: Option<String>,
@@ -85,6 +105,37 @@ pub(crate) fn uuid_text(u: &[u8; 16]) -> String {
     s
 }
 
+/// The parts a query named with `aliases`: each part by its kind; the first position with no
+/// alias (or a NULL) ends the tuple.
+fn parts<'a, DB>(
+    row: &impl NamedRow<'a, DB>,
+    aliases: &[[&str; 4]],
+) -> deserialize::Result<Vec<KeyPart>>
+where
+    DB: diesel::backend::Backend,
+    i64: FromSql<BigInt, DB>,
+    String: FromSql<Text, DB>,
+    Vec<u8>: FromSql<Binary, DB>,
+{
+    let mut out = Vec::new();
+    for [i, t, b, u] in aliases {
+        if let Ok(v) = NamedRow::get::<BigInt, i64>(row, i) {
+            out.push(KeyPart::Int(v));
+        } else if let Ok(v) = NamedRow::get::<Text, String>(row, t) {
+            out.push(KeyPart::Text(v));
+        } else if let Ok(v) = NamedRow::get::<Binary, Vec<u8>>(row, b) {
+            out.push(KeyPart::Bytes(v));
+        } else if let Ok(v) = NamedRow::get::<Text, String>(row, u) {
+            out.push(KeyPart::Uuid(
+                uuid_from_text(&v).ok_or("a uuid key column did not read as a UUID")?,
+            ));
+        } else {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 impl<DB> QueryableByName<DB> for Row
 where
     DB: diesel::backend::Backend,
@@ -93,25 +144,9 @@ where
     Vec<u8>: FromSql<Binary, DB>,
 {
     fn build<'a>(row: &impl NamedRow<'a, DB>) -> deserialize::Result<Self> {
-        let mut key = Vec::new();
-        for [i, t, b, u] in KEY_ALIASES {
-            // A query names each part by its kind; the first position with no alias ends the key.
-            if let Ok(v) = NamedRow::get::<BigInt, i64>(row, i) {
-                key.push(KeyPart::Int(v));
-            } else if let Ok(v) = NamedRow::get::<Text, String>(row, t) {
-                key.push(KeyPart::Text(v));
-            } else if let Ok(v) = NamedRow::get::<Binary, Vec<u8>>(row, b) {
-                key.push(KeyPart::Bytes(v));
-            } else if let Ok(v) = NamedRow::get::<Text, String>(row, u) {
-                key.push(KeyPart::Uuid(
-                    uuid_from_text(&v).ok_or("a uuid key column did not read as a UUID")?,
-                ));
-            } else {
-                break;
-            }
-        }
         Ok(Self {
-            key,
+            key: parts(row, &KEY_ALIASES)?,
+            bind: parts(row, &BIND_ALIASES)?,
             v: NamedRow::get::<Nullable<Binary>, Option<Vec<u8>>>(row, "v")?,
             i: NamedRow::get::<Nullable<Binary>, Option<Vec<u8>>>(row, "i")?,
             t: NamedRow::get::<Nullable<Text>, Option<String>>(row, "t")?,
