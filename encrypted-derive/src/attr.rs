@@ -193,7 +193,7 @@ pub(crate) fn parse_struct(attrs: &[Attribute]) -> syn::Result<StructAttrs> {
                     let lit: syn::LitBool = meta.value()?.parse()?;
                     out.treat_none_as_null = Some(lit.value);
                 } else if meta.input.peek(syn::Token![=]) {
-                    let _: proc_macro2::TokenStream = meta.value()?.parse()?;
+                    skip_value(meta.value()?)?;
                 } else if meta.input.peek(syn::token::Paren) {
                     let _content;
                     syn::parenthesized!(_content in meta.input);
@@ -204,6 +204,23 @@ pub(crate) fn parse_struct(attrs: &[Attribute]) -> syn::Result<StructAttrs> {
         }
     }
     Ok(out)
+}
+
+/// Skips a diesel key's value up to the next top-level comma: parsing it as one token stream
+/// would swallow the keys after it (`#[diesel(table_name = t, primary_key(a))]`).
+fn skip_value(input: syn::parse::ParseStream<'_>) -> syn::Result<()> {
+    input.step(|cursor| {
+        let mut rest = *cursor;
+        while let Some((tt, next)) = rest.token_tree() {
+            if let proc_macro2::TokenTree::Punct(p) = &tt
+                && p.as_char() == ','
+            {
+                return Ok(((), rest));
+            }
+            rest = next;
+        }
+        Ok(((), rest))
+    })
 }
 
 fn parse_idents(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<Vec<Ident>> {
@@ -222,19 +239,17 @@ pub(crate) fn parse_field(attrs: &[Attribute]) -> syn::Result<FieldAttrs> {
             out.stray_index = Some(attr.path().span());
         }
         if attr.path().is_ident("diesel") {
-            // Only `skip_insertion` matters here; the rest is diesel's.
-            let _ = attr.parse_nested_meta(|meta| {
-                if meta.path.is_ident("skip_insertion") {
-                    out.skip_insertion = Some(meta.path.span());
-                } else if meta.input.peek(syn::Token![=]) {
-                    let _: proc_macro2::TokenStream = meta.value()?.parse()?;
-                } else if meta.input.peek(syn::token::Paren) {
-                    let _content;
-                    syn::parenthesized!(_content in meta.input);
-                    let _: proc_macro2::TokenStream = _content.parse()?;
+            // Only `skip_insertion` matters here, wherever it sits among diesel's own keys:
+            // found by a scan of the tokens, so no key before it can hide it.
+            if let syn::Meta::List(list) = &attr.meta {
+                for tt in list.tokens.clone() {
+                    if let proc_macro2::TokenTree::Ident(i) = &tt
+                        && i == "skip_insertion"
+                    {
+                        out.skip_insertion = Some(i.span());
+                    }
                 }
-                Ok(())
-            });
+            }
             continue;
         }
         if !attr.path().is_ident("encrypted") {

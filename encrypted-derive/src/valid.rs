@@ -192,7 +192,7 @@ pub(crate) fn check(model: &Model<'_>) -> syn::Result<()> {
 
 /// Why a row identity must be written by the insert, for every refusal below.
 const BIND_ROW_WHY: &str = "a value is bound to its row's identity when it is sealed, before the insert runs, so the identity must be known then";
-const BIND_ROW_HELP: &str = "help: bind to a key the application writes: a client-generated UUID primary key (`id: Uuid` set with `Uuid::new_v4()`), or a dedicated random row-id column (`row_id: Uuid`) written with the row";
+const BIND_ROW_HELP: &str = "help: make the primary key one the application assigns before the insert, such as a client-generated UUID (`id: Uuid` set with `Uuid::new_v4()`), and bind to it";
 
 fn bind_row(model: &Model<'_>, err: &mut impl FnMut(Span, String)) {
     let Some(span) = model.bind_row_span else {
@@ -221,7 +221,7 @@ fn bind_row(model: &Model<'_>, err: &mut impl FnMut(Span, String)) {
             err(
                 b.span(),
                 format!(
-                    "no field named `{b}` for `bind_row`\nhelp: `bind_row` names fields of this struct that identify the row, usually its primary key"
+                    "no field named `{b}` for `bind_row`\nhelp: `bind_row` names the primary-key fields of this struct"
                 ),
             );
             continue;
@@ -245,6 +245,36 @@ fn bind_row(model: &Model<'_>, err: &mut impl FnMut(Span, String)) {
                 skip,
                 format!(
                     "`bind_row` field `{b}` is skipped on insert (`skip_insertion`): the database would generate it after the values were sealed\nwhy: {BIND_ROW_WHY}\n{BIND_ROW_HELP}"
+                ),
+            );
+        } else if !model.primary_key.contains(b) {
+            err(
+                b.span(),
+                format!(
+                    "`bind_row` field `{b}` is not part of the primary key\nwhy: a binding protects a row only if it is the identity the application finds the row by; a separate row-id column, stored in clear, would be copied along with the value\n{BIND_ROW_HELP}"
+                ),
+            );
+        }
+    }
+    for pk in &model.primary_key {
+        if !model.bind_row.contains(pk) {
+            let all: Vec<String> = model.primary_key.iter().map(ToString::to_string).collect();
+            err(
+                span,
+                format!(
+                    "`bind_row` leaves out primary-key field `{pk}`\nwhy: rows that share the other key fields would share an identity, and their values could be swapped\nhelp: name every primary-key field: `bind_row({})`",
+                    all.join(", ")
+                ),
+            );
+        }
+    }
+    for (f, e) in model.encrypted_fields() {
+        if let Some(legacy) = &e.migrate_from {
+            err(
+                legacy.span(),
+                format!(
+                    "`migrate_from` cannot be combined with `bind_row` (field `{}`)\nwhy: while the legacy column holds a value it is the row's value, and plaintext there is bound to nothing\nhelp: finish the migration first (`jobs::encrypt_column`, then drop the legacy column), then declare `bind_row` and run `jobs::rotate_data_keys` once with `JobOptions {{ bind_unbound: true, .. }}`",
+                    f.ident
                 ),
             );
         }

@@ -102,13 +102,6 @@ impl RowIdentity for Vec<u8> {
     }
 }
 
-impl RowIdentity for [u8; 16] {
-    const KIND: RowKind = RowKind::Uuid;
-    fn row_part(&self) -> RowPart<'_> {
-        RowPart::Bytes(self)
-    }
-}
-
 #[cfg(feature = "uuid")]
 impl RowIdentity for uuid::Uuid {
     const KIND: RowKind = RowKind::Uuid;

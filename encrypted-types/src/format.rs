@@ -155,14 +155,19 @@ const INLINE_AAD: usize = 128;
 struct Inline {
     buf: [u8; INLINE_AAD],
     len: usize,
+    /// Set if a write did not fit: `with_aad` then refuses rather than use a partial AAD.
+    overflow: bool,
 }
 
 impl Sink for Inline {
     fn put(&mut self, bytes: &[u8]) {
         // `with_aad` sized the buffer for the whole AAD; `get_mut` keeps a bug from panicking.
-        if let Some(dst) = self.buf.get_mut(self.len..self.len + bytes.len()) {
-            dst.copy_from_slice(bytes);
-            self.len += bytes.len();
+        match self.buf.get_mut(self.len..self.len + bytes.len()) {
+            Some(dst) => {
+                dst.copy_from_slice(bytes);
+                self.len += bytes.len();
+            }
+            None => self.overflow = true,
         }
     }
 }
@@ -181,12 +186,19 @@ fn with_aad<R>(
         let mut aad = Inline {
             buf: [0; INLINE_AAD],
             len: 0,
+            overflow: false,
         };
         aad.put(DOMAIN);
         aad.put(header);
         ctx.encode_into(&mut aad)?;
         aad.put(row);
-        f(aad.buf.get(..aad.len).unwrap_or_default())
+        match aad.buf.get(..aad.len) {
+            Some(bytes) if !aad.overflow && aad.len == total => f(bytes),
+            _ => Err(Error::ContextTooLong {
+                field: "authenticated data",
+                len: total,
+            }),
+        }
     } else {
         let mut aad = Vec::with_capacity(total);
         aad.put(DOMAIN);

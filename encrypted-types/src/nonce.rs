@@ -37,7 +37,8 @@ thread_local! {
 
 /// A fresh 96-bit nonce.
 pub(crate) fn generate() -> Result<[u8; 12], Error> {
-    POOL.with(|pool| {
+    // `try_with`: a seal during thread-local teardown gets an error, not a panic.
+    POOL.try_with(|pool| {
         let mut pool = pool.try_borrow_mut().map_err(|_| Error::Rng)?;
         let pool = &mut *pool;
         if pool.next >= BLOCK {
@@ -54,6 +55,7 @@ pub(crate) fn generate() -> Result<[u8; 12], Error> {
         pool.next += 12;
         Ok(nonce)
     })
+    .map_err(|_| Error::Rng)?
 }
 
 #[cfg(test)]

@@ -434,7 +434,7 @@ impl Progress {
     }
 }
 
-pub(crate) fn rotate(db: &mut Db, kek: &Path, batch: usize) -> AppResult<()> {
+pub(crate) fn rotate(db: &mut Db, kek: &Path, batch: usize, bind_unbound: bool) -> AppResult<()> {
     let (store, _) = key_store(db, kek)?;
     let tenants: Vec<Option<String>> = with_conn!(db, conn => encrypted_types_keys::table
         .filter(encrypted_types_keys::purpose.eq("data"))
@@ -454,6 +454,7 @@ pub(crate) fn rotate(db: &mut Db, kek: &Path, batch: usize) -> AppResult<()> {
     );
     let options = encrypted_types::jobs::JobOptions {
         batch,
+        bind_unbound,
         ..Default::default()
     };
     let mut progress = Progress::new("re-sealing");

@@ -94,6 +94,11 @@ enum Command {
         /// Rows per batch.
         #[arg(long, default_value_t = 500)]
         batch: usize,
+        /// Also bind to their row the values sealed before patients were bound to their id (a
+        /// database from an older version of this app). Once; routine rotations leave values
+        /// bound to no row alone and report them.
+        #[arg(long)]
+        bind_unbound: bool,
     },
     /// Recomputes every blind index of the patients with the model's current parameters
     /// (after a new index version or a change of normalizers), in checkpointed batches.
@@ -203,7 +208,10 @@ fn run(cli: Cli) -> AppResult<()> {
         Command::CreateClinic { clinic } => commands::create_clinic(&mut db, &cli.kek, clinic),
         Command::ShredClinic { clinic } => commands::shred_clinic(&mut db, &cli.kek, clinic),
         Command::KeyStats => commands::key_stats(&mut db, &cli.kek),
-        Command::Rotate { batch } => commands::rotate(&mut db, &cli.kek, batch.max(1)),
+        Command::Rotate {
+            batch,
+            bind_unbound,
+        } => commands::rotate(&mut db, &cli.kek, batch.max(1), bind_unbound),
         Command::RotateIndex { batch } => commands::rotate_index(&mut db, &cli.kek, batch.max(1)),
         Command::EncryptColumn { column, batch } => {
             commands::encrypt_column(&mut db, &cli.kek, &column, batch.max(1))

@@ -822,7 +822,16 @@ macro_rules! bind_job_suite {
             assert_eq!(suites(conn), [0, 0, 40, 80]);
             store.rotate_data_key(conn, Some(&"1".into())).unwrap();
             store.load_and_install(conn).unwrap();
-            let r = rotate_data_keys(conn, &BoundPatient::MODEL, "bind", &JobOptions { batch: 50, ..JobOptions::default() }, |_| {})
+            // A routine rotation binds nothing it finds unbound: it skips those values, says
+            // why, and does not finish.
+            let routine = rotate_data_keys(conn, &BoundPatient::MODEL, "routine", &JobOptions { batch: 50, ..JobOptions::default() }, |_| {})
+                .unwrap();
+            assert!(!routine.finished, "{routine:?}");
+            assert_eq!(routine.skipped.get(&encrypted_types::jobs::SkipReason::RowBinding), Some(&40), "{routine:?}");
+            assert_eq!(suites(conn), [0, 0, 40, 80]);
+            // Adoption: once, with `bind_unbound`.
+            let adopt = JobOptions { batch: 50, bind_unbound: true, ..JobOptions::default() };
+            let r = rotate_data_keys(conn, &BoundPatient::MODEL, "bind", &adopt, |_| {})
                 .unwrap();
             assert!(r.finished && r.remaining == 0 && r.skipped_total() == 0, "{r:?}");
             // Every value is bound now (an independent read of the suite bytes), and opens.

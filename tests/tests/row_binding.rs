@@ -96,6 +96,23 @@ macro_rules! sync_suite {
             let err = et_bound::table.find(511).select(BoundPatient::as_select()).first(conn).err().unwrap();
             assert_eq!(read_error(&err), Error::RowBinding);
         }
+
+        #[test]
+        fn planted_plaintext_is_not_read_from_a_bound_column_even_in_fallback() {
+            let conn = &mut $connect();
+            let a = patient(521, "777-77-7777");
+            diesel::insert_into(et_bound::table).values(&a).execute(conn).unwrap();
+            // The fallback of a plaintext migration is on for this column (in this process),
+            // and a writer plants plaintext in the bound cell.
+            encrypted_types::migration::allow_plaintext("et_bound", "notes");
+            diesel::update(et_bound::table.find(521))
+                .set(et_bound::notes.eq(Some(b"planted by the writer".to_vec())))
+                .execute(conn)
+                .unwrap();
+            let read = et_bound::table.find(521).select(BoundPatient::as_select()).first(conn);
+            encrypted_types::migration::stop_plaintext("et_bound", "notes");
+            assert!(read.is_err(), "planted plaintext was read as the row's value");
+        }
     };
 }
 

@@ -99,6 +99,12 @@ pub struct JobOptions {
     /// written (where a concurrent writer can change the rows). Not for production use.
     #[doc(hidden)]
     pub before_write: Option<fn()>,
+    /// For a `bind_row` model: bind the values that are bound to no row (written before the
+    /// model declared `bind_row`) to the row they sit in. Off by default, so a routine
+    /// rotation never binds a value a database writer planted: it skips unbound values
+    /// (`SkipReason::RowBinding`) and does not finish. Turn it on once, when adopting
+    /// `bind_row` (docs/KEYS.md, "Binding values to their row").
+    pub bind_unbound: bool,
 }
 
 impl Default for JobOptions {
@@ -110,6 +116,7 @@ impl Default for JobOptions {
             lease: Duration::from_secs(60),
             worker: None,
             before_write: None,
+            bind_unbound: false,
         }
     }
 }
@@ -278,9 +285,18 @@ struct Table {
     has_tenant: bool,
     /// The `bind_row` columns, quoted, with the kind they are read as.
     bind: Vec<(String, KeyKind)>,
+    /// [`JobOptions::bind_unbound`]: whether values bound to no row may be opened (to be
+    /// bound); otherwise every value of a `bind_row` model must be bound to its row.
+    bind_unbound: bool,
 }
 
 impl Table {
+    /// Refuses a value bound to no row in a `bind_row` table, unless the job binds them.
+    fn unbound(&self, value: &[u8]) -> Option<SkipReason> {
+        let bound = value.get(1) == Some(&format::SUITE_AES256GCMSIV_ROW);
+        (!self.bind.is_empty() && !self.bind_unbound && !bound).then_some(SkipReason::RowBinding)
+    }
+
     /// The identity a row's values are bound to: `None` for a model without `bind_row`.
     fn binding(&self, row: &Row) -> Result<Option<RowBinding>, SkipReason> {
         if self.bind.is_empty() {
@@ -421,6 +437,7 @@ where
         tenant,
         has_tenant: model.tenant_column.is_some(),
         bind,
+        bind_unbound: false,
     })
 }
 
@@ -632,6 +649,9 @@ fn prepare(
             if foreign_tenant(keyring, t, value, tenant) {
                 return Ok(Outcome::Skip(SkipReason::TenantMismatch));
             }
+            if let Some(r) = t.unbound(value) {
+                return Ok(Outcome::Skip(r));
+            }
             match format::reseal(keyring, t.name, c.column, c.value_type, bind, value) {
                 Ok(Some(new)) => Ok(Outcome::Write(vec![(c.column, Some(new))])),
                 Ok(None) => Ok(Outcome::Nothing),
@@ -725,6 +745,9 @@ fn fresh_index(
     if foreign_tenant(keyring, t, value, row_tenant) {
         return Err(SkipReason::TenantMismatch);
     }
+    if let Some(r) = t.unbound(value) {
+        return Err(r);
+    }
     let (plain, tenant) = format::open_raw(keyring, t.name, c.column, c.value_type, bind, value)
         .map_err(|e| SkipReason::of(&e))?;
     params
@@ -752,6 +775,9 @@ fn legacy_state(
     match format::classify(keyring, value) {
         // Opened, not assumed: a legacy value that happens to look sealed fails here and is
         // reported instead of passing for done.
+        format::Stored::Sealed if t.unbound(value).is_some() => {
+            LegacyState::Bad(SkipReason::RowBinding)
+        }
         format::Stored::Sealed => {
             match format::open_raw(keyring, t.name, c.column, c.value_type, bind, value) {
                 Ok(_) | Err(Error::KeyDestroyed(_)) => LegacyState::Done,
@@ -1705,7 +1731,10 @@ where
         worker: worker_name(options)?,
         options,
         keyring,
-        table: inspect(db, model).await?,
+        table: Table {
+            bind_unbound: options.bind_unbound,
+            ..inspect(db, model).await?
+        },
         passes,
         units: Vec::new(),
         report: JobReport::default(),
@@ -1750,10 +1779,12 @@ where
             column: c,
             op: Op::Rotate {
                 retired: &retired,
-                older: if model.bind_row.is_empty() {
-                    format::OLDER_SUITES
-                } else {
+                // Unbound values are looked for only when the job may bind them; otherwise a
+                // retired key finds them, and they are skipped and reported.
+                older: if !model.bind_row.is_empty() && options.bind_unbound {
                     format::OLDER_SUITES_BOUND
+                } else {
+                    format::OLDER_SUITES
                 },
             },
             writes: c.column,
