@@ -55,10 +55,14 @@ pub struct Keyring {
     scope: Option<Arc<std::collections::HashSet<TenantId>>>,
     /// When its load began (a process-wide sequence): a merge takes the keys of no tenant, and
     /// of tenants both keyrings hold, from the later load.
+    // Only the key store merges keyrings.
+    #[cfg_attr(not(feature = "keystore"), allow(dead_code))]
     loaded: u64,
 }
 
 /// The process-wide load sequence behind `Keyring::loaded`.
+// Only the key store loads keyrings.
+#[cfg_attr(not(feature = "keystore"), allow(dead_code))]
 static LOADS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// The next load's sequence number: read when a load begins, before its first query.
@@ -127,6 +131,8 @@ impl Keyring {
 
     /// The installed keyring, which must hold every tenant's keys: what a job walks a whole
     /// table with.
+    // Only the jobs (a `keystore` module) need the whole keyring.
+    #[cfg_attr(not(feature = "keystore"), allow(dead_code))]
     pub(crate) fn complete() -> Result<Arc<Keyring>, Error> {
         let k = Self::current().ok_or(Error::NoKeyring)?;
         if k.is_complete() {
