@@ -55,8 +55,6 @@ pub const fn suite_for(row: Option<&RowBinding>) -> u8 {
         SUITE
     }
 }
-/// Byte range of the version and suite inside the header.
-pub const SUITE_RANGE: std::ops::Range<usize> = 0..2;
 /// Domain-separation prefix of the AAD.
 pub const DOMAIN: &[u8] = b"encrypted-types/v1";
 /// Bytes before the ciphertext: version, suite, key id, nonce.
@@ -188,10 +186,7 @@ fn with_aad<R>(
             len: 0,
             overflow: false,
         };
-        aad.put(DOMAIN);
-        aad.put(header);
-        ctx.encode_into(&mut aad)?;
-        aad.put(row);
+        fill(&mut aad, header, ctx, row)?;
         match aad.buf.get(..aad.len) {
             Some(bytes) if !aad.overflow && aad.len == total => f(bytes),
             _ => Err(Error::ContextTooLong {
@@ -201,12 +196,23 @@ fn with_aad<R>(
         }
     } else {
         let mut aad = Vec::with_capacity(total);
-        aad.put(DOMAIN);
-        aad.put(header);
-        ctx.encode_into(&mut aad)?;
-        aad.put(row);
+        fill(&mut aad, header, ctx, row)?;
         f(&aad)
     }
+}
+
+/// Writes the AAD of [`with_aad`] into either buffer.
+fn fill<S: Sink>(
+    out: &mut S,
+    header: &[u8; 6],
+    ctx: &Context<'_>,
+    row: &[u8],
+) -> Result<(), Error> {
+    out.put(DOMAIN);
+    out.put(header);
+    ctx.encode_into(out)?;
+    out.put(row);
+    Ok(())
 }
 
 /// Refuses input longer than any sealed value can be, from its length alone.

@@ -254,6 +254,49 @@ pub struct BoundPatient {
     pub notes: Option<String>,
 }
 
+/// A visit bound to its composite key: an integer and a text part.
+#[derive(Clone, PartialEq, Encrypted)]
+#[encrypted(
+    table = crate::real_schema::et_visits,
+    tenant = clinic_id,
+    primary_key(clinic_id, patient_no),
+    bind_row(clinic_id, patient_no)
+)]
+pub struct BoundVisit {
+    pub clinic_id: i64,
+    pub patient_no: String,
+    #[encrypted]
+    pub note: String,
+    #[encrypted]
+    pub code: i16,
+    #[encrypted]
+    pub ref_id: Option<uuid::Uuid>,
+}
+
+/// A record bound to its PostgreSQL `uuid` key.
+#[derive(Clone, PartialEq, Encrypted)]
+#[encrypted(table = crate::real_schema::et_uuid_pg, tenant = clinic_id, bind_row = id)]
+pub struct BoundUuidRecord {
+    pub id: uuid::Uuid,
+    pub clinic_id: i64,
+    #[encrypted]
+    pub name: String,
+    #[encrypted(blind_index(normalize = email))]
+    pub email: String,
+}
+
+/// A record bound to its UUID key stored as 16 bytes (MySQL, SQLite).
+#[derive(Clone, PartialEq, Encrypted)]
+#[encrypted(table = crate::real_schema::et_uuid_bin, tenant = clinic_id, bind_row = id)]
+pub struct BoundBinRecord {
+    pub id: Vec<u8>,
+    pub clinic_id: i64,
+    #[encrypted]
+    pub name: String,
+    #[encrypted(blind_index(normalize = email))]
+    pub email: String,
+}
+
 /// A contact in the middle of an expand/contract migration from legacy TEXT columns: reads
 /// take `email_plain`/`note_plain` while they hold a value, every write seals into
 /// `email`/`note` and clears them, and `jobs::encrypt_column` moves the rest.

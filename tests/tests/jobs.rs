@@ -787,7 +787,7 @@ fn bound_patient(id: i64, ssn: &str) -> encrypted_types_tests::models::BoundPati
 /// `bind_row`) are bound to their row, rotated values stay bound to theirs, and a swap still
 /// fails afterwards.
 macro_rules! bind_job_suite {
-    ($connect:path) => {
+    ($connect:path, $uuid_model:ty, $uuid_table:ident, $uuid_id:expr) => {
         use super::*;
         use encrypted_types::Error;
         use encrypted_types_tests::models::BoundPatient;
@@ -844,15 +844,123 @@ macro_rules! bind_job_suite {
             let err = et_bound::table.find(701).select(BoundPatient::as_select()).first(conn).err().unwrap();
             assert_eq!(Error::from_diesel(&err), Some(&Error::AuthenticationFailed));
         }
+
+        /// The jobs build a row's identity from SQL, the derive from the Rust fields: on a
+        /// composite integer + text key and on a UUID key (native on PostgreSQL, 16 bytes
+        /// elsewhere) they must agree, or the job could not open what the derive sealed.
+        #[test]
+        fn jobs_and_derive_agree_on_composite_text_and_uuid_identities() {
+            use encrypted_types_tests::real_schema::{et_visits, $uuid_table};
+            type UuidModel = $uuid_model;
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let store = KeyStore::new(LocalKek::create(dir.path().join("k.kek")).unwrap());
+            let conn = &mut $connect();
+            store.create_tenant(conn, Some(&"1".into())).unwrap();
+            store.load_and_install(conn).unwrap();
+            let visits: Vec<encrypted_types_tests::models::BoundVisit> = (0..40)
+                .map(|i| encrypted_types_tests::models::BoundVisit {
+                    clinic_id: 1,
+                    patient_no: format!("p-{i:03}"),
+                    note: format!("visit note {i}"),
+                    code: i,
+                    ref_id: (i % 2 == 0).then(|| super::fake_uuid(1000 + i as u128)),
+                })
+                .collect();
+            for v in &visits {
+                diesel::insert_into(et_visits::table).values(v).execute(conn).unwrap();
+            }
+            let records: Vec<UuidModel> = (0..40)
+                .map(|i| UuidModel {
+                    id: $uuid_id(super::fake_uuid(i)),
+                    clinic_id: 1,
+                    name: format!("name {i}"),
+                    email: format!("u{i}@example.org"),
+                })
+                .collect();
+            for r in &records {
+                diesel::insert_into($uuid_table::table).values(r).execute(conn).unwrap();
+            }
+            store.rotate_data_key(conn, Some(&"1".into())).unwrap();
+            store.load_and_install(conn).unwrap();
+            // Every value is bound (suite 3) and under the retired key: the job opens each with
+            // the identity it reads from SQL, which must be the derive's.
+            let opts = JobOptions { batch: 15, ..JobOptions::default() };
+            let v = rotate_data_keys(conn, &encrypted_types_tests::models::BoundVisit::MODEL, "bv", &opts, |_| {}).unwrap();
+            assert!(v.finished && v.skipped_total() == 0, "{v:?}");
+            assert_eq!(v.written, 40 + 40 + 20);
+            let r = rotate_data_keys(conn, &UuidModel::MODEL, "bu", &opts, |_| {}).unwrap();
+            assert!(r.finished && r.skipped_total() == 0, "{r:?}");
+            assert_eq!(r.written, 80);
+            // And the derive opens what the job sealed.
+            let back: Vec<encrypted_types_tests::models::BoundVisit> = et_visits::table
+                .select(encrypted_types_tests::models::BoundVisit::as_select())
+                .order(et_visits::patient_no)
+                .load(conn)
+                .unwrap();
+            assert!(back == visits);
+            let mut want = records.clone();
+            want.sort_by(|a, b| a.id.cmp(&b.id));
+            let back: Vec<UuidModel> = $uuid_table::table
+                .select(UuidModel::as_select())
+                .order($uuid_table::id)
+                .load(conn)
+                .unwrap();
+            assert!(back == want);
+            // A visit's note copied into another visit of the same clinic fails.
+            let raw: Vec<u8> = et_visits::table
+                .filter(et_visits::patient_no.eq("p-000"))
+                .select(et_visits::note)
+                .first(conn)
+                .unwrap();
+            diesel::update(et_visits::table.filter(et_visits::patient_no.eq("p-001")))
+                .set(et_visits::note.eq(raw))
+                .execute(conn)
+                .unwrap();
+            let err = et_visits::table
+                .filter(et_visits::patient_no.eq("p-001"))
+                .select(encrypted_types_tests::models::BoundVisit::as_select())
+                .first(conn)
+                .err()
+                .unwrap();
+            assert_eq!(Error::from_diesel(&err), Some(&Error::AuthenticationFailed));
+        }
     };
 }
 
+/// Distinct UUIDs in no particular order (the `uuid` crate is built without `v4` here).
+fn fake_uuid(i: u128) -> uuid::Uuid {
+    uuid::Uuid::from_u128(
+        i.wrapping_mul(0x9E37_79B9_7F4A_7C15_F39C_C060_5CED_C835)
+            ^ 0x67e5_5044_10b1_426f_9247_bb68_0e5f_e0c8,
+    )
+}
+
+fn uuid_bytes(u: uuid::Uuid) -> Vec<u8> {
+    u.as_bytes().to_vec()
+}
+
 mod bind_sqlite {
-    bind_job_suite!(encrypted_types_tests::keystore::sqlite);
+    bind_job_suite!(
+        encrypted_types_tests::keystore::sqlite,
+        encrypted_types_tests::models::BoundBinRecord,
+        et_uuid_bin,
+        uuid_bytes
+    );
 }
 mod bind_postgres {
-    bind_job_suite!(encrypted_types_tests::keystore::pg);
+    bind_job_suite!(
+        encrypted_types_tests::keystore::pg,
+        encrypted_types_tests::models::BoundUuidRecord,
+        et_uuid_pg,
+        std::convert::identity
+    );
 }
 mod bind_mysql {
-    bind_job_suite!(encrypted_types_tests::keystore::mysql);
+    bind_job_suite!(
+        encrypted_types_tests::keystore::mysql,
+        encrypted_types_tests::models::BoundBinRecord,
+        et_uuid_bin,
+        uuid_bytes
+    );
 }
