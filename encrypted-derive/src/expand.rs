@@ -368,10 +368,11 @@ fn read_side(
         let ctx = ctx_ident(model, f);
         // Opened under its header's key (and, for `bind_row`, with the row's identity); the
         // row's tenant must own it.
+        // The keyring is read once per row (`__keys`), not once per field.
         let open_call = if model.bind_row.is_empty() {
-            quote!(#et::Encrypted::<#inner, #ctx>::open_owned(bytes))
+            quote!(__keys.get().and_then(|__k| #et::Encrypted::<#inner, #ctx>::open_owned_with(__k, bytes)))
         } else {
-            quote!(#et::Encrypted::<#inner, #ctx>::open_owned_bound(bytes, &__row))
+            quote!(__keys.get().and_then(|__k| #et::Encrypted::<#inner, #ctx>::open_owned_bound_with(__k, bytes, &__row)))
         };
         let open = quote! {
             match #open_call.and_then(|v| {
@@ -442,6 +443,7 @@ fn read_side(
                 fn open(row: #read) -> ::core::result::Result<Self, ::std::boxed::Box<#et::Unreadable>> {
                     let __tenant: ::core::option::Option<#et::TenantId> = #tenant;
                     #read_row
+                    let __keys = #et::RowKeys::load();
                     #(#opens)*
                     ::core::result::Result::Ok(Self { #(#build),* })
                 }

@@ -7,6 +7,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -22,18 +23,26 @@ pub trait AuditSink: Send + Sync {
 }
 
 static SINK: ArcSwapOption<Box<dyn AuditSink>> = ArcSwapOption::const_empty();
+/// Whether a sink is installed: one relaxed load on every open, instead of a guarded load of
+/// `SINK`, when none is.
+static HAS_SINK: AtomicBool = AtomicBool::new(false);
 
 /// Installs the process-wide sink (replacing any previous one).
 pub fn set_sink(sink: impl AuditSink + 'static) {
     SINK.store(Some(Arc::new(Box::new(sink))));
+    HAS_SINK.store(true, Ordering::Release);
 }
 
 /// Removes the sink.
 pub fn clear_sink() {
+    HAS_SINK.store(false, Ordering::Release);
     SINK.store(None);
 }
 
 pub(crate) fn opened(tenant: Option<&TenantId>, table: &'static str, column: &'static str) {
+    if !HAS_SINK.load(Ordering::Acquire) {
+        return;
+    }
     if let Some(sink) = SINK.load().as_ref() {
         sink.opened(tenant, table, column);
     }

@@ -158,6 +158,7 @@ struct Inline {
 }
 
 impl Sink for Inline {
+    #[inline]
     fn put(&mut self, bytes: &[u8]) {
         // `with_aad` sized the buffer for the whole AAD; `get_mut` keeps a bug from panicking.
         match self.buf.get_mut(self.len..self.len + bytes.len()) {
@@ -514,18 +515,16 @@ fn aead_seal(
     body: &mut [u8],
 ) -> Result<[u8; TAG_LEN], Error> {
     let len = body.len();
-    let too_large = |_| Error::TooLarge(len);
     match suite {
         SUITE_AES256GCMSIV | SUITE_AES256GCMSIV_ROW => key
             .siv
-            .encrypt_inout_detached(&aes_gcm_siv::Nonce::from(*nonce), aad, body.into())
-            .map(Into::into)
-            .map_err(too_large),
+            .seal(nonce, aad, body)
+            .map_err(|_| Error::TooLarge(len)),
         SUITE_AES256GCM => key
             .cipher
             .encrypt_inout_detached(&Nonce::from(*nonce), aad, body.into())
             .map(Into::into)
-            .map_err(too_large),
+            .map_err(|_| Error::TooLarge(len)),
         s => Err(Error::UnsupportedSuite(s)),
     }
 }
@@ -540,12 +539,12 @@ fn aead_open(
     tag: &[u8; TAG_LEN],
 ) -> Result<(), Error> {
     let opened = match suite {
-        SUITE_AES256GCMSIV | SUITE_AES256GCMSIV_ROW => key.siv.decrypt_inout_detached(
-            &aes_gcm_siv::Nonce::from(*nonce),
-            aad,
-            body.into(),
-            &aes_gcm_siv::Tag::from(*tag),
-        ),
+        SUITE_AES256GCMSIV | SUITE_AES256GCMSIV_ROW => {
+            return key
+                .siv
+                .open(nonce, aad, body, tag)
+                .map_err(|_| Error::AuthenticationFailed);
+        }
         SUITE_AES256GCM => key.cipher.decrypt_inout_detached(
             &Nonce::from(*nonce),
             aad,

@@ -6,12 +6,8 @@
 
 use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::KeyInit;
-use aes_gcm_siv::AesGcmSiv;
 
-/// Suite 2's AEAD. GCM-SIV only ever runs AES forwards (key derivation and CTR), so the
-/// encrypt-only key schedule is enough: the default `Aes256GcmSiv` would also expand a
-/// decryption schedule for every value's derived key, about a sixth of an open.
-pub(crate) type Siv = AesGcmSiv<aes::Aes256Enc>;
+use crate::siv::Siv;
 use std::fmt;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
@@ -116,7 +112,7 @@ impl fmt::Debug for KeyMaterial {
 /// suite 2 (AES-256-GCM-SIV, every new value) and suite 1 (AES-256-GCM, values sealed before).
 ///
 /// Built by [`crate::KeyringBuilder`]; the key schedules are wiped on drop (the `zeroize`
-/// features of aes-gcm and aes-gcm-siv). Not `Clone`:
+/// features of aes-gcm and aes). Not `Clone`:
 ///
 /// ```compile_fail
 /// fn copy(k: &encrypted_types::DataKey) -> encrypted_types::DataKey { k.clone() }
@@ -131,7 +127,7 @@ pub struct DataKey {
 impl DataKey {
     pub(crate) fn new(id: KeyId, tenant: Option<TenantId>, material: &KeyMaterial) -> Self {
         let cipher = Aes256Gcm::new(material.expose().into());
-        let siv = Siv::new(material.expose().into());
+        let siv = Siv::new(material.expose());
         Self {
             id,
             tenant,

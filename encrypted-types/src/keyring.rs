@@ -18,6 +18,31 @@ use crate::tenant::{TenantId, describe};
 
 static INSTALLED: ArcSwapOption<Keyring> = ArcSwapOption::const_empty();
 
+/// The installed keyring as read once for a whole row by the derive's generated code.
+#[doc(hidden)]
+pub struct RowKeys(arc_swap::Guard<Option<Arc<Keyring>>>);
+
+impl RowKeys {
+    /// Reads the installed keyring.
+    pub fn load() -> Self {
+        Keyring::for_row()
+    }
+
+    /// The keyring, or [`Error::NoKeyring`].
+    ///
+    /// # Errors
+    /// [`Error::NoKeyring`] when none is installed.
+    pub fn get(&self) -> Result<&Keyring, Error> {
+        self.0.as_deref().ok_or(Error::NoKeyring)
+    }
+}
+
+impl fmt::Debug for RowKeys {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RowKeys").finish_non_exhaustive()
+    }
+}
+
 /// The set of keys the process can use. Not `Clone`: share it through [`Keyring::current`].
 ///
 /// ```
@@ -127,6 +152,12 @@ impl Keyring {
     /// The installed keyring, if any.
     pub fn current() -> Option<Arc<Keyring>> {
         INSTALLED.load_full()
+    }
+
+    /// The installed keyring for the fields of one row: one read of the process-wide pointer
+    /// instead of one per field.
+    pub(crate) fn for_row() -> RowKeys {
+        RowKeys(INSTALLED.load())
     }
 
     /// The installed keyring, which must hold every tenant's keys: what a job walks a whole

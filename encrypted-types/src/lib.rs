@@ -88,6 +88,7 @@ mod nonce;
 mod row;
 #[cfg(feature = "keystore")]
 pub mod schema;
+mod siv;
 mod sql;
 #[cfg(feature = "keystore")]
 pub mod store;
@@ -228,6 +229,7 @@ macro_rules! __if_async {
 #[doc(hidden)]
 pub mod __private {
     pub use crate::index::{BlindIndex, IndexParams, IndexRoot, IndexSpec, Normalizer, Wanted};
+    pub use crate::keyring::RowKeys;
     pub use crate::{
         ColumnContext, ColumnInfo, Encrypted, EncryptedModel, Error, FallibleModel, LegacyColumn,
         ModelInfo, Plaintext, RowBinding, RowColumn, RowIdentity, RowKind, RowPart, TenantId,
