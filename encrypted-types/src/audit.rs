@@ -23,7 +23,7 @@ pub trait AuditSink: Send + Sync {
 }
 
 static SINK: ArcSwapOption<Box<dyn AuditSink>> = ArcSwapOption::const_empty();
-/// Whether a sink is installed: one relaxed load on every open, instead of a guarded load of
+/// Whether a sink is installed: one atomic load on every open, instead of a guarded load of
 /// `SINK`, when none is.
 static HAS_SINK: AtomicBool = AtomicBool::new(false);
 
