@@ -189,11 +189,17 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
     /// # Errors
     /// [`Error::NoPrimaryKey`], or an encoding error.
     pub fn seal_with(&self, keyring: &Keyring) -> Result<Vec<u8>, Error> {
-        let key = keyring.primary_key(self.tenant.as_ref())?;
-        match &self.row {
-            Some(row) => format::seal_bound(key, &self.context(), row, self.get()),
-            None => format::seal(key, &self.context(), self.get()),
+        let sealed = keyring
+            .primary_key(self.tenant.as_ref())
+            .and_then(|key| match &self.row {
+                Some(row) => format::seal_bound(key, &self.context(), row, self.get()),
+                None => format::seal(key, &self.context(), self.get()),
+            });
+        match &sealed {
+            Ok(_) => audit::metrics::sealed(C::TABLE, C::COLUMN),
+            Err(e) => audit::metrics::seal_failed(C::TABLE, C::COLUMN, e),
         }
+        sealed
     }
 
     /// Opens a sealed value with the installed keyring.

@@ -256,3 +256,56 @@ pub enum Error {
         wanted: String,
     },
 }
+
+impl Error {
+    /// A fixed, lower-case name for this kind of error (`"authentication_failed"`,
+    /// `"unknown_key_id"`), with no value in it: what metrics label failures with, and what
+    /// alerting can match on.
+    ///
+    /// ```
+    /// use encrypted_types::Error;
+    /// assert_eq!(Error::AuthenticationFailed.reason(), "authentication_failed");
+    /// assert_eq!(Error::TooLarge(1 << 30).reason(), "too_large");
+    /// ```
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Truncated { .. } => "truncated",
+            Self::UnsupportedVersion { .. } => "unsupported_version",
+            Self::UnsupportedSuite { .. } => "unsupported_suite",
+            Self::UnknownKeyId { .. } => "unknown_key_id",
+            Self::KeyDestroyed { .. } => "key_destroyed",
+            Self::AuthenticationFailed { .. } => "authentication_failed",
+            Self::RowBinding { .. } => "row_binding",
+            Self::InvalidRowBinding { .. } => "invalid_row_binding",
+            Self::InvalidPlaintext { .. } => "invalid_plaintext",
+            Self::Unencodable { .. } => "unencodable",
+            Self::NoKeyring { .. } => "no_keyring",
+            Self::NoPrimaryKey { .. } => "no_primary_key",
+            Self::ContextTooLong { .. } => "context_too_long",
+            Self::NoBlindIndexKey { .. } => "no_blind_index_key",
+            Self::TenantMismatch { .. } => "tenant_mismatch",
+            Self::InvalidIndex { .. } => "invalid_index",
+            Self::KeyUnwrap { .. } => "key_unwrap",
+            Self::KeyCheck { .. } => "key_check",
+            Self::TenantUnavailable { .. } => "tenant_unavailable",
+            Self::KekRoles { .. } => "kek_roles",
+            Self::SelfTest { .. } => "self_test",
+            Self::KeyRecord { .. } => "key_record",
+            Self::Provider { .. } => "provider",
+            Self::Timeout { .. } => "timeout",
+            Self::KekFile { .. } => "kek_file",
+            Self::Store { .. } => "store",
+            Self::InvalidKeyring { .. } => "invalid_keyring",
+            Self::TooLarge { .. } => "too_large",
+            Self::Rng { .. } => "rng",
+            Self::Job { .. } => "job",
+            Self::NoValue { .. } => "no_value",
+            Self::Contended { .. } => "contended",
+            Self::UnpageableKey { .. } => "unpageable_key",
+            Self::TenantNotLoaded { .. } => "tenant_not_loaded",
+            Self::KeyNotLoaded { .. } => "key_not_loaded",
+            Self::PartialKeyring { .. } => "partial_keyring",
+            Self::JobMismatch { .. } => "job_mismatch",
+        }
+    }
+}

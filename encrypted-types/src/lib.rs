@@ -59,6 +59,7 @@
 //! | `local-kek` | a KEK file for development |
 //! | `aws-kms` | AWS KMS as KEK provider (the AWS SDK; Rust 1.94.1) |
 //! | `pkcs11` | an HSM through PKCS#11 as KEK provider |
+//! | `metrics` | seal, open and failure counters through the [`metrics`](https://docs.rs/metrics) facade ([`audit`]) |
 //! | `test-vectors` | `format::seal_with_nonce`, `format::seal_with_suite` and `format::hazmat`, for known-answer tests only |
 //!
 //! Only `derive` is on by default; enable the backends and codecs you use.

@@ -2,8 +2,23 @@
 //!
 //! Key creation, unwrapping, keyring loads, shredding and every failed open are `tracing`
 //! events with target `encrypted_types::audit`. Successful opens are too many to log one by
-//! one: an [`AuditSink`] receives them, and [`CoalescingSink`] turns them into one event per
-//! (tenant, table, column) per interval.
+//! one: an [`AuditSink`] receives them. [`CoalescingSink`] turns them into one event per
+//! (tenant, table, column) per interval; [`AnomalySink`] raises an `anomaly` event when a
+//! tenant, a column or an actor ([`with_actor`]) opens more values in a window than its
+//! [`Limits`] allow. With the `metrics` feature, seals, opens and failures (by reason) are also
+//! counters of the `metrics` facade.
+//!
+//! ```
+//! use encrypted_types::audit::{set_sink, AnomalySink, CoalescingSink, Limits};
+//! set_sink(AnomalySink::new(Limits::per_minute().actor(1_000)).with_inner(CoalescingSink::default()));
+//! ```
+
+mod actor;
+mod anomaly;
+pub(crate) mod metrics;
+
+pub use actor::{WithActor, current_actor, with_actor, with_actor_async};
+pub use anomaly::{Anomaly, AnomalySink, Limits, Scope};
 
 use std::collections::HashMap;
 use std::fmt;
@@ -40,6 +55,7 @@ pub fn clear_sink() {
 }
 
 pub(crate) fn opened(tenant: Option<&TenantId>, table: &'static str, column: &'static str) {
+    metrics::opened(table, column);
     if !HAS_SINK.load(Ordering::Acquire) {
         return;
     }
@@ -54,6 +70,7 @@ pub(crate) fn open_failed(
     value_type: &'static str,
     error: &Error,
 ) {
+    metrics::open_failed(table, column, error);
     tracing::warn!(
         target: "encrypted_types::audit",
         event = "open_failed",
