@@ -26,6 +26,10 @@ if ! command -v softhsm2-util >/dev/null 2>&1; then
   echo "SoftHSM2 is missing (the PKCS#11 provider's tests use it): apt-get install softhsm2" >&2
   fail=1
 fi
+if ! command -v sqlite3 >/dev/null 2>&1; then
+  echo "The sqlite3 shell is missing (the example app's verify test tampers through it): apt-get install sqlite3" >&2
+  fail=1
+fi
 if ! python3 -c 'import moto.server, cryptography' 2>/dev/null; then
   echo "The KMS emulator or the format's reference check is missing: python3 -m pip install 'moto[server]' cryptography" >&2
   fail=1

@@ -396,6 +396,36 @@ pub(crate) fn key_stats(db: &mut Db, kek: &Path) -> AppResult<()> {
     Ok(())
 }
 
+pub(crate) fn verify(db: &mut Db, kek: &Path, sample: Option<u64>) -> AppResult<()> {
+    load_keys(db, kek)?;
+    let report =
+        with_conn!(db, conn => encrypted_types::jobs::verify(conn, &Patient::MODEL, sample))?;
+    for bad in &report.unopenable {
+        // Patients are keyed by an integer id; any other key prints in its encoded form.
+        let row = match bad.key.0.as_slice() {
+            [encrypted_types::jobs::KeyPart::Int(id)] => id.to_string(),
+            _ => bad.key.encode(),
+        };
+        out!(
+            "{} row {row}, column {}: does not open ({:?})",
+            report.table,
+            bad.column,
+            bad.reason
+        );
+    }
+    out!(
+        "{} values stored, {} opened and checked, {} do not open",
+        report.values,
+        report.checked,
+        report.unopenable.len()
+    );
+    if report.ok() {
+        Ok(())
+    } else {
+        Err(format!("{} values do not open", report.unopenable.len()).into())
+    }
+}
+
 /// A progress display: a bar at a terminal, a plain line every ten batches otherwise.
 pub(crate) struct Progress {
     bar: Option<indicatif::ProgressBar>,

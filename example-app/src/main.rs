@@ -88,6 +88,13 @@ enum Command {
     },
     /// Keys and the number of rows sealed under each.
     KeyStats,
+    /// Opens every stored patient value as the app would read it, and names each one that
+    /// does not open by row, column and reason (never its content). Exits non-zero if any.
+    Verify {
+        /// Open about this many values per column, spread over the table, instead of all.
+        #[arg(long)]
+        sample: Option<u64>,
+    },
     /// Rotates every clinic's data key and re-seals all patients under the new keys, in
     /// checkpointed batches (safe to interrupt and run again).
     Rotate {
@@ -208,6 +215,7 @@ fn run(cli: Cli) -> AppResult<()> {
         Command::CreateClinic { clinic } => commands::create_clinic(&mut db, &cli.kek, clinic),
         Command::ShredClinic { clinic } => commands::shred_clinic(&mut db, &cli.kek, clinic),
         Command::KeyStats => commands::key_stats(&mut db, &cli.kek),
+        Command::Verify { sample } => commands::verify(&mut db, &cli.kek, sample),
         Command::Rotate {
             batch,
             bind_unbound,

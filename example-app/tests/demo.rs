@@ -180,3 +180,59 @@ fn a_missing_kek_file_is_an_error_and_nothing_is_created() {
         assert!(!kek.exists(), "a new KEK was created by {args:?}");
     }
 }
+
+/// `clinic verify` after one byte of a stored value is flipped with the `sqlite3` shell, as a
+/// database writer would: it exits non-zero and names the row, the column and the reason.
+#[test]
+fn verify_names_a_byte_flipped_with_sqlite3() {
+    let dir = tempfile::tempdir().unwrap();
+    clinic(dir.path(), &["demo"]);
+    let clean = clinic(dir.path(), &["verify"]);
+    assert!(
+        clean.contains("opened and checked, 0 do not open"),
+        "{clean}"
+    );
+
+    let sqlite3 = |sql: &str| {
+        let out = Command::new("sqlite3")
+            .arg(dir.path().join("clinic.db"))
+            .arg(sql)
+            .output()
+            .expect("the sqlite3 shell (Debian package sqlite3)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    let hex = sqlite3("SELECT hex(email) FROM patients WHERE id = 2");
+    assert!(hex.len() > 68, "{hex}");
+    // Flip the lowest bit of the last byte (the tag's).
+    let (head, last) = hex.split_at(hex.len() - 2);
+    let flipped = format!("{head}{:02X}", u8::from_str_radix(last, 16).unwrap() ^ 1);
+    sqlite3(&format!(
+        "UPDATE patients SET email = X'{flipped}' WHERE id = 2"
+    ));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_clinic"))
+        .arg("verify")
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        !out.status.success(),
+        "verify passed a tampered value:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("patients row 2, column email: does not open (AuthenticationFailed)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains(", 1 do not open"), "{stdout}");
+    assert!(
+        !stdout.contains("@example"),
+        "no plaintext in the report:\n{stdout}"
+    );
+}

@@ -35,6 +35,7 @@
 
 mod key;
 mod sql;
+mod verify;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -47,6 +48,9 @@ pub use crate::db::{Param, Query};
 pub use key::{KeyColumn, KeyKind, KeyPart, RowKey};
 pub use sql::{CatalogRow, JobTable, Row, UnitRow};
 use sql::{alias, bind_alias};
+#[cfg(feature = "async")]
+pub use verify::verify_async;
+pub use verify::{Unopenable, VerifyReport, verify};
 
 /// A connection the jobs run on, sync or async.
 trait JobDb: Db<Backend: JobTable> {}

@@ -1,0 +1,273 @@
+//! `jobs::verify`: every stored value opened as the application would read it, and each one
+//! that does not reported by row key, column and reason, on every backend, sync and async.
+// A test reports failure by panicking: unwrap, expect and indexing are assertions here.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use encrypted_types::jobs::{RowKey, SkipReason, Unopenable, VerifyReport};
+use encrypted_types_tests::models::{BoundPatient, Patient};
+
+fn patients() -> Vec<Patient> {
+    (0..30)
+        .map(|i| {
+            let mut p = Patient::sample(
+                7_000 + i,
+                1 + i64::from(i % 2),
+                &format!("v{i}@example.org"),
+                &format!("{i:09}"),
+            );
+            p.phone = (i % 3 == 0).then(|| format!("555-{i:04}"));
+            p.notes = (i % 5 != 0).then(|| format!("notes {i}"));
+            p
+        })
+        .collect()
+}
+
+fn bad(column: &'static str, id: i64, reason: SkipReason) -> (&'static str, RowKey, SkipReason) {
+    (column, RowKey::from(id), reason)
+}
+
+fn found(report: &VerifyReport) -> Vec<(&'static str, RowKey, SkipReason)> {
+    report
+        .unopenable
+        .iter()
+        .map(
+            |Unopenable {
+                 column,
+                 key,
+                 reason,
+                 ..
+             }| (*column, key.clone(), *reason),
+        )
+        .collect()
+}
+
+macro_rules! verify_suite {
+    ($connect:path) => {
+        use super::*;
+        use diesel::prelude::*;
+        use encrypted_types::EncryptedModel;
+        use encrypted_types::jobs::verify;
+        use encrypted_types_tests::real_schema::et_bound;
+        use encrypted_types_tests::schema::et_patients;
+
+        /// Non-NULL stored values over the model's encrypted columns, counted in SQL.
+        fn stored_values(conn: &mut _Conn) -> u64 {
+            let t = et_patients::table;
+            let n: [i64; 6] = [
+                t.filter(et_patients::name.is_not_null())
+                    .count()
+                    .get_result(conn)
+                    .unwrap(),
+                t.filter(et_patients::email.is_not_null())
+                    .count()
+                    .get_result(conn)
+                    .unwrap(),
+                t.filter(et_patients::ssn.is_not_null())
+                    .count()
+                    .get_result(conn)
+                    .unwrap(),
+                t.filter(et_patients::dob.is_not_null())
+                    .count()
+                    .get_result(conn)
+                    .unwrap(),
+                t.filter(et_patients::notes.is_not_null())
+                    .count()
+                    .get_result(conn)
+                    .unwrap(),
+                t.filter(et_patients::phone.is_not_null())
+                    .count()
+                    .get_result(conn)
+                    .unwrap(),
+            ];
+            n.iter().sum::<i64>() as u64
+        }
+
+        #[test]
+        fn every_value_is_opened_and_each_unopenable_one_is_named() {
+            let _g = encrypted_types_tests::serial();
+            let conn = &mut $connect();
+            diesel::insert_into(et_patients::table)
+                .values(Patient::batch(&patients()))
+                .execute(conn)
+                .unwrap();
+
+            let clean = verify(conn, &Patient::MODEL, None).unwrap();
+            assert!(clean.ok(), "{clean:?}");
+            let values = stored_values(conn);
+            assert_eq!(values, 30 * 4 + 24 + 10, "fixture");
+            assert_eq!((clean.values, clean.checked), (values, values));
+
+            // A database writer flips one bit of 7003's SSN, copies tenant 2's name of 7001
+            // into tenant 1's row 7002, and cuts 7004's notes short.
+            let ssn: Vec<u8> = et_patients::table
+                .find(7003)
+                .select(et_patients::ssn)
+                .first(conn)
+                .unwrap();
+            let mut flipped = ssn.clone();
+            let last = flipped.len() - 1;
+            flipped[last] ^= 0x20;
+            diesel::update(et_patients::table.find(7003))
+                .set(et_patients::ssn.eq(&flipped))
+                .execute(conn)
+                .unwrap();
+            let other: Vec<u8> = et_patients::table
+                .find(7001)
+                .select(et_patients::name)
+                .first(conn)
+                .unwrap();
+            diesel::update(et_patients::table.find(7002))
+                .set(et_patients::name.eq(&other))
+                .execute(conn)
+                .unwrap();
+            let notes: Option<Vec<u8>> = et_patients::table
+                .find(7004)
+                .select(et_patients::notes)
+                .first(conn)
+                .unwrap();
+            diesel::update(et_patients::table.find(7004))
+                .set(et_patients::notes.eq(notes.unwrap()[..5].to_vec()))
+                .execute(conn)
+                .unwrap();
+
+            let report = verify(conn, &Patient::MODEL, None).unwrap();
+            assert!(!report.ok());
+            assert_eq!(report.values, values, "nothing was written");
+            assert_eq!(
+                found(&report),
+                [
+                    bad("name", 7002, SkipReason::TenantMismatch),
+                    bad("ssn", 7003, SkipReason::AuthenticationFailed),
+                    bad("notes", 7004, SkipReason::Other),
+                ]
+            );
+            // The application agrees: those three rows are the ones that do not read.
+            let unreadable: Vec<i32> = et_patients::table
+                .select(et_patients::id)
+                .order(et_patients::id)
+                .load::<i32>(conn)
+                .unwrap()
+                .into_iter()
+                .filter(|id| {
+                    et_patients::table
+                        .find(*id)
+                        .select(Patient::as_select())
+                        .first(conn)
+                        .is_err()
+                })
+                .collect();
+            assert_eq!(unreadable, [7002, 7003, 7004]);
+            // No plaintext in what an operator would print.
+            let shown = format!("{report:?}");
+            assert!(
+                !shown.contains("canary") && !shown.contains("example.org"),
+                "{shown}"
+            );
+
+            // A sample opens about as many values per column as asked, and still reads all.
+            let sampled = verify(conn, &Patient::MODEL, Some(5)).unwrap();
+            assert_eq!(sampled.values, values);
+            assert!((6..=36).contains(&sampled.checked), "{}", sampled.checked);
+        }
+
+        #[test]
+        fn a_value_copied_into_another_row_of_a_bound_model_is_named() {
+            let _g = encrypted_types_tests::serial();
+            let conn = &mut $connect();
+            let rows: Vec<BoundPatient> = (0..4)
+                .map(|i| BoundPatient {
+                    id: 9_100 + i,
+                    clinic_id: 1,
+                    ssn: format!("{i:09}"),
+                    notes: Some(format!("notes {i}")),
+                })
+                .collect();
+            diesel::insert_into(et_bound::table)
+                .values(BoundPatient::batch(&rows))
+                .execute(conn)
+                .unwrap();
+            assert!(verify(conn, &BoundPatient::MODEL, None).unwrap().ok());
+            let ssn: Vec<u8> = et_bound::table
+                .find(9_100)
+                .select(et_bound::ssn)
+                .first(conn)
+                .unwrap();
+            diesel::update(et_bound::table.find(9_102))
+                .set(et_bound::ssn.eq(&ssn))
+                .execute(conn)
+                .unwrap();
+            let report = verify(conn, &BoundPatient::MODEL, None).unwrap();
+            assert_eq!(
+                found(&report),
+                [bad("ssn", 9_102, SkipReason::AuthenticationFailed)]
+            );
+        }
+    };
+}
+
+mod sqlite {
+    type _Conn = SqliteConnection;
+    verify_suite!(encrypted_types_tests::sqlite);
+}
+mod postgres {
+    type _Conn = PgConnection;
+    verify_suite!(encrypted_types_tests::pg);
+}
+mod mysql {
+    type _Conn = MysqlConnection;
+    verify_suite!(encrypted_types_tests::mysql);
+}
+
+macro_rules! async_verify {
+    ($connect:path) => {
+        use super::*;
+        use diesel_async::RunQueryDsl;
+        use encrypted_types::EncryptedModel;
+        use encrypted_types_tests::schema::et_patients;
+
+        #[tokio::test]
+        async fn verify_async_names_a_tampered_value() {
+            let conn = &mut $connect().await;
+            // One row at a time: diesel-async's SQLite wrapper has no batch insert.
+            for p in &patients()[..4] {
+                diesel::insert_into(et_patients::table)
+                    .values(p)
+                    .execute(conn)
+                    .await
+                    .unwrap();
+            }
+            assert!(
+                encrypted_types::jobs::verify_async(conn, &Patient::MODEL, None)
+                    .await
+                    .unwrap()
+                    .ok()
+            );
+            diesel::sql_query("UPDATE et_patients SET email = name WHERE id = 7001")
+                .execute(conn)
+                .await
+                .unwrap();
+            let report = encrypted_types::jobs::verify_async(conn, &Patient::MODEL, None)
+                .await
+                .unwrap();
+            assert_eq!(
+                found(&report),
+                [bad("email", 7001, SkipReason::AuthenticationFailed)]
+            );
+        }
+    };
+}
+
+mod async_sqlite {
+    async_verify!(encrypted_types_tests::async_sqlite);
+}
+mod async_postgres {
+    async_verify!(encrypted_types_tests::async_pg);
+}
+mod async_mysql {
+    async_verify!(encrypted_types_tests::async_mysql);
+}
