@@ -401,10 +401,10 @@ pub(crate) fn verify(db: &mut Db, kek: &Path, sample: Option<u64>) -> AppResult<
     let report =
         with_conn!(db, conn => encrypted_types::jobs::verify(conn, &Patient::MODEL, sample))?;
     for bad in &report.unopenable {
-        // Patients are keyed by an integer id; any other key prints in its encoded form.
+        // Patients are keyed by an integer id; any other key prints redacted (its Debug).
         let row = match bad.key.0.as_slice() {
             [encrypted_types::jobs::KeyPart::Int(id)] => id.to_string(),
-            _ => bad.key.encode(),
+            _ => format!("{:?}", bad.key),
         };
         out!(
             "{} row {row}, column {}: does not open ({:?})",
@@ -417,12 +417,12 @@ pub(crate) fn verify(db: &mut Db, kek: &Path, sample: Option<u64>) -> AppResult<
         "{} values stored, {} opened and checked, {} do not open",
         report.values,
         report.checked,
-        report.unopenable.len()
+        report.unopenable_total()
     );
     if report.ok() {
         Ok(())
     } else {
-        Err(format!("{} values do not open", report.unopenable.len()).into())
+        Err(format!("{} values do not open", report.unopenable_total()).into())
     }
 }
 

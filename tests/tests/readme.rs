@@ -103,6 +103,10 @@ let report = encrypted_types::jobs::rotate_data_keys(conn, &Patient::MODEL, "rot
     println!("{}: {} values re-sealed", p.column, p.rows_done);
 })?;
 assert!(report.finished); // every value verified off the old key, counted in SQL
+// Read-only: every stored value opened as the application reads it (its tenant's key, its
+// row); each one that does not open is named by row key, column and reason.
+let check = encrypted_types::jobs::verify(conn, &Patient::MODEL, None)?;
+assert!(check.ok(), "{:?}", check.unopenable);
 store.destroy_key(conn, keys.data, &[Patient::MODEL])?; // refused while rows still use it
 let report = store.shred_tenant(conn, &tenant, &[Patient::MODEL])?;
 println!("{} rows can never be read again", report.rows_unreadable);

@@ -4,7 +4,13 @@
 //!
 //! The actor lives in a thread-local for the duration of a closure ([`with_actor`]) or of each
 //! poll of a future ([`with_actor_async`]), so it follows an async task across the threads
-//! of a runtime and never leaks into another task polled on the same thread.
+//! of a runtime and never leaks into another task polled on the same thread. It does not
+//! follow work handed elsewhere: a `tokio::spawn` or `spawn_blocking` inside needs its own
+//! `with_actor`, and `with_actor(a, || async { .. })` only names the actor while the future
+//! is *built*; use [`with_actor_async`] for a future.
+//!
+//! The actor is written to audit events as given: use an opaque id (`user-8812`), not an
+//! email or a name.
 
 use std::cell::RefCell;
 use std::future::Future;

@@ -72,7 +72,7 @@ impl Limits {
 /// What went over its limit.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
-pub enum Scope {
+pub enum AnomalyScope {
     /// One tenant's values (`None`: values of no tenant).
     Tenant(Option<TenantId>),
     /// One column, across tenants.
@@ -86,7 +86,7 @@ pub enum Scope {
     Actor(Arc<str>),
 }
 
-impl fmt::Display for Scope {
+impl fmt::Display for AnomalyScope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Tenant(t) => write!(f, "tenant {}", describe(t.as_ref())),
@@ -101,7 +101,7 @@ impl fmt::Display for Scope {
 #[non_exhaustive]
 pub struct Anomaly {
     /// What went over its limit.
-    pub scope: Scope,
+    pub scope: AnomalyScope,
     /// The decrypts counted in the window when the limit was passed.
     pub count: u64,
     /// The limit.
@@ -119,7 +119,10 @@ type Alert = Box<dyn Fn(&Anomaly) + Send + Sync>;
 ///
 /// Counts are kept per window and estimated over a sliding window from the current and the
 /// previous one (the previous count weighted by how much of it still overlaps), so a burst
-/// that straddles a window boundary is still seen. Each open takes one short lock.
+/// that straddles a window boundary is still seen; a scope raises one anomaly per burst, and
+/// again only after its count has fallen back within the limit. Each open with a limit to
+/// watch takes one process-wide lock, and reads without an actor are not counted against the
+/// actor limit (name the actor inside `spawn_blocking` closures too).
 ///
 /// ```
 /// use std::sync::{Arc, Mutex};
@@ -148,7 +151,7 @@ struct Windows {
     start: Instant,
     /// Index of the current window since `start`.
     current: u64,
-    counts: HashMap<Scope, Count>,
+    counts: HashMap<AnomalyScope, Count>,
 }
 
 #[derive(Default)]
@@ -157,8 +160,9 @@ struct Count {
     window: u64,
     now: u64,
     before: u64,
-    /// The last window an anomaly was raised in, plus one (0: never).
-    alerted: u64,
+    /// Over the limit since the last anomaly raised: quiet until the count falls back to it,
+    /// so one burst raises one anomaly, even across a window boundary.
+    over: bool,
 }
 
 impl fmt::Debug for AnomalySink {
@@ -205,59 +209,72 @@ impl AnomalySink {
         table: &'static str,
         column: &'static str,
     ) -> Vec<Anomaly> {
-        let mut watched = Vec::with_capacity(3);
+        let mut watched = Vec::new();
         if let Some(limit) = self.limits.tenant {
-            watched.push((Scope::Tenant(tenant.cloned()), limit));
+            watched.push((AnomalyScope::Tenant(tenant.cloned()), limit));
         }
         if let Some(limit) = self.limits.column {
-            watched.push((Scope::Column { table, column }, limit));
+            watched.push((AnomalyScope::Column { table, column }, limit));
         }
         if let (Some(limit), Some(actor)) = (self.limits.actor, actor::current_actor()) {
-            watched.push((Scope::Actor(actor), limit));
+            watched.push((AnomalyScope::Actor(actor), limit));
         }
         if watched.is_empty() {
             return Vec::new();
         }
-        let window = self.limits.window;
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         let elapsed = state.start.elapsed();
-        let index =
-            u64::try_from(elapsed.as_nanos() / window.as_nanos().max(1)).unwrap_or(u64::MAX);
-        // How much of the previous window still lies inside the sliding one, in 1/1000.
-        let into = elapsed.as_nanos() % window.as_nanos().max(1);
-        let overlap = 1000
-            - u64::try_from(into * 1000 / window.as_nanos().max(1))
-                .unwrap_or(1000)
-                .min(1000);
-        if index > state.current {
+        state.count_at(elapsed, self.limits.window, watched)
+    }
+}
+
+impl Windows {
+    /// Counts one open in each of `watched` at `elapsed` since the sink started, and returns
+    /// the scopes that have just gone over their limit.
+    fn count_at(
+        &mut self,
+        elapsed: Duration,
+        window: Duration,
+        watched: Vec<(AnomalyScope, u64)>,
+    ) -> Vec<Anomaly> {
+        let w = window.as_nanos().max(1);
+        let index = u64::try_from(elapsed.as_nanos() / w).unwrap_or(u64::MAX);
+        // The part of the previous window that still lies inside the sliding one: w - into.
+        let into = elapsed.as_nanos() % w;
+        if index > self.current {
             // Forget scopes with nothing in the last two windows, so memory follows activity.
-            state
-                .counts
+            self.counts
                 .retain(|_, c| c.window.saturating_add(1) >= index);
-            state.current = index;
+            self.current = index;
         }
         let mut raised = Vec::new();
         for (scope, limit) in watched {
-            let c = state.counts.entry(scope.clone()).or_default();
+            let c = match self.counts.get_mut(&scope) {
+                Some(c) => c,
+                None => self.counts.entry(scope.clone()).or_default(),
+            };
             if c.window != index {
-                c.before = if c.window + 1 == index { c.now } else { 0 };
+                c.before = if c.window.saturating_add(1) == index {
+                    c.now
+                } else {
+                    0
+                };
                 c.now = 0;
                 c.window = index;
             }
             c.now = c.now.saturating_add(1);
-            // Rounded up: a burst at a window boundary is not let through by the rounding.
-            let estimate = c
-                .now
-                .saturating_add(c.before.saturating_mul(overlap).div_ceil(1000));
-            if estimate > limit && c.alerted != index + 1 {
-                c.alerted = index + 1;
+            // now + before × (w − into) / w > limit, exactly: no rounding in either direction.
+            let weighted = u128::from(c.now) * w + u128::from(c.before) * (w - into);
+            let over = weighted > u128::from(limit) * w;
+            if over && !c.over {
                 raised.push(Anomaly {
                     scope,
-                    count: estimate,
+                    count: u64::try_from(weighted.div_ceil(w)).unwrap_or(u64::MAX),
                     limit,
                     window,
                 });
             }
+            c.over = over;
         }
         raised
     }
@@ -265,6 +282,10 @@ impl AnomalySink {
 
 impl AuditSink for AnomalySink {
     fn opened(&self, tenant: Option<&TenantId>, table: &'static str, column: &'static str) {
+        // The ordinary trail first, so an alert callback that fails cannot lose the open.
+        if let Some(inner) = &self.inner {
+            inner.opened(tenant, table, column);
+        }
         for anomaly in self.count(tenant, table, column) {
             tracing::warn!(
                 target: "encrypted_types::audit",
@@ -277,9 +298,6 @@ impl AuditSink for AnomalySink {
             if let Some(alert) = &self.alert {
                 alert(&anomaly);
             }
-        }
-        if let Some(inner) = &self.inner {
-            inner.opened(tenant, table, column);
         }
     }
 }
@@ -317,7 +335,7 @@ mod tests {
         });
         let seen = seen.lock().unwrap();
         assert_eq!(seen.len(), 1, "one anomaly per window, not one per read");
-        assert_eq!(seen[0].scope, Scope::Actor("nurse-17".into()));
+        assert_eq!(seen[0].scope, AnomalyScope::Actor("nurse-17".into()));
         assert_eq!((seen[0].count, seen[0].limit), (10_001, 10_000));
     }
 
@@ -340,15 +358,15 @@ mod tests {
         assert_eq!(
             scopes,
             [
-                Scope::Tenant(Some(a.clone())),
-                Scope::Column {
+                AnomalyScope::Tenant(Some(a.clone())),
+                AnomalyScope::Column {
                     table: "patients",
                     column: "notes"
                 }
             ]
         );
         // Without an actor, the actor limit never applies.
-        assert!(!scopes.iter().any(|s| matches!(s, Scope::Actor(_))));
+        assert!(!scopes.iter().any(|s| matches!(s, AnomalyScope::Actor(_))));
     }
 
     #[test]
@@ -368,24 +386,76 @@ mod tests {
         assert_eq!(n.load(Ordering::Relaxed), 7);
     }
 
+    fn windows() -> Windows {
+        Windows {
+            start: Instant::now(),
+            current: 0,
+            counts: HashMap::new(),
+        }
+    }
+
+    fn tenant(limit: u64) -> Vec<(AnomalyScope, u64)> {
+        vec![(AnomalyScope::Tenant(None), limit)]
+    }
+
+    const MIN: Duration = Duration::from_secs(60);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
     #[test]
-    fn a_new_window_forgets_and_can_fire_again() {
-        let (sink, seen) = recording(Limits::new(Duration::from_millis(40)).tenant(3));
-        for _ in 0..4 {
-            sink.opened(None, "t", "c");
+    fn a_burst_across_a_window_boundary_is_seen_and_raised_once() {
+        let mut w = windows();
+        // 80 reads just before the minute's end, 30 just after: 110 within two seconds.
+        let mut raised = 0;
+        for _ in 0..80 {
+            raised += w.count_at(ms(59_000), MIN, tenant(100)).len();
         }
-        assert_eq!(seen.lock().unwrap().len(), 1);
-        // Two windows later nothing of the burst is left in the sliding count.
-        std::thread::sleep(Duration::from_millis(100));
-        for _ in 0..3 {
-            sink.opened(None, "t", "c");
+        for _ in 0..30 {
+            raised += w.count_at(ms(61_000), MIN, tenant(100)).len();
         }
+        assert_eq!(raised, 1, "the sliding count passes 100 once");
+        // Still over the limit in the next reads: no second anomaly for the same burst.
+        assert!(w.count_at(ms(61_500), MIN, tenant(100)).is_empty());
+    }
+
+    #[test]
+    fn a_steady_rate_at_the_limit_is_quiet_and_a_new_burst_fires_again() {
+        let mut w = windows();
+        // One read every 600 ms for five minutes: a sliding minute that starts and ends on a
+        // read holds 101 of them, the limit here. Counted exactly, never over it.
+        for i in 0..500u64 {
+            assert!(
+                w.count_at(ms(i * 600), MIN, tenant(101)).is_empty(),
+                "read {i}"
+            );
+        }
+        // A burst on top of the steady rate raises one anomaly...
+        let burst: usize = (0..60)
+            .map(|_| w.count_at(ms(300_000), MIN, tenant(101)).len())
+            .sum();
+        assert_eq!(burst, 1);
+        // ...and, once the count has fallen back (two quiet minutes), a later burst raises
+        // another.
+        assert!(w.count_at(ms(420_000), MIN, tenant(101)).is_empty());
+        let again: usize = (0..101)
+            .map(|_| w.count_at(ms(421_000), MIN, tenant(101)).len())
+            .sum();
+        assert_eq!(again, 1);
+    }
+
+    #[test]
+    fn scopes_idle_for_two_windows_are_forgotten() {
+        let mut w = windows();
+        w.count_at(ms(1_000), MIN, tenant(100));
+        w.count_at(ms(1_000), MIN, vec![(AnomalyScope::Actor("a".into()), 5)]);
+        assert_eq!(w.counts.len(), 2);
+        w.count_at(ms(150_000), MIN, vec![(AnomalyScope::Actor("b".into()), 5)]);
         assert_eq!(
-            seen.lock().unwrap().len(),
+            w.counts.len(),
             1,
-            "3 reads in a fresh window are within the limit"
+            "only the scope read in this window is kept"
         );
-        sink.opened(None, "t", "c");
-        assert_eq!(seen.lock().unwrap().len(), 2);
     }
 }

@@ -18,7 +18,7 @@ mod anomaly;
 pub(crate) mod metrics;
 
 pub use actor::{WithActor, current_actor, with_actor, with_actor_async};
-pub use anomaly::{Anomaly, AnomalySink, Limits, Scope};
+pub use anomaly::{Anomaly, AnomalyScope, AnomalySink, Limits};
 
 use std::collections::HashMap;
 use std::fmt;

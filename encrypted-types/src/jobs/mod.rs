@@ -158,6 +158,12 @@ pub enum SkipReason {
     /// The row's identity (`bind_row`) could not be read or encoded, or a value bound to a
     /// row did not open with it.
     RowBinding,
+    /// A sealed value that authenticates but whose plaintext is not a valid encoding of the
+    /// column's type ([`verify`]).
+    InvalidPlaintext,
+    /// `NULL` in a column whose field is not optional, with no legacy value either: the
+    /// application cannot read the row ([`verify`]).
+    NoValue,
     /// Any other error of opening or sealing the value.
     Other,
 }

@@ -1,8 +1,11 @@
 //! The read-only check an operator or an auditor runs: does every stored value of a model open,
 //! under its row's tenant, bound to its row, as the application would read it?
 
+use std::collections::BTreeMap;
+
 use super::{
-    JobDb, JobTable, Query, RowKey, SkipReason, Table, foreign_tenant, inspect, job_err, scan,
+    JobDb, JobTable, Query, RowKey, SkipReason, Table, foreign_tenant, inspect, job_err,
+    range_conds, scan, select,
 };
 use crate::Error;
 use crate::db::sync_and_async;
@@ -34,28 +37,54 @@ pub struct VerifyReport {
     pub values: u64,
     /// Values opened and checked: all of them, or the sample.
     pub checked: u64,
-    /// The values among those checked that do not open, in column and key order.
+    /// The values (and required `NULL`s) that do not open, in column and key order: the first
+    /// [`VerifyReport::MAX_LISTED`].
     pub unopenable: Vec<Unopenable>,
+    /// Every one of them, counted by reason.
+    pub by_reason: BTreeMap<SkipReason, u64>,
 }
 
 impl VerifyReport {
-    /// Whether every checked value opened.
+    /// At most this many [`Unopenable`] entries are listed; [`VerifyReport::by_reason`]
+    /// counts them all.
+    pub const MAX_LISTED: usize = 10_000;
+
+    /// Whether every checked value opened and no required value is missing.
     pub fn ok(&self) -> bool {
-        self.unopenable.is_empty()
+        self.by_reason.is_empty()
+    }
+
+    /// Values that do not open, over every reason.
+    pub fn unopenable_total(&self) -> u64 {
+        self.by_reason.values().sum()
+    }
+
+    fn record(&mut self, column: &'static str, key: RowKey, reason: SkipReason) {
+        *self.by_reason.entry(reason).or_default() += 1;
+        if self.unopenable.len() < Self::MAX_LISTED {
+            self.unopenable.push(Unopenable {
+                column,
+                key,
+                reason,
+            });
+        }
     }
 }
 
 sync_and_async! {
-    /// Opens every stored value of every encrypted column of `model` (or, with `sample`, about
-    /// that many per column, spread evenly over the table) exactly as the application reads
+    /// Opens every stored value of every encrypted column of `model` (or, with `sample`, that
+    /// many per column, spread evenly over the table) exactly as the application reads
     /// it: under the key its header names, which must belong to the row's tenant, bound to its
     /// row for a `bind_row` model, and decoding as the field's type. Reports each value that
     /// fails by row key, column and reason; nothing is written, and no plaintext is kept.
     ///
-    /// Values under a destroyed key (a shredded tenant) are reported as
-    /// [`SkipReason::KeyDestroyed`]; legacy plaintext in a column being migrated, as whatever
-    /// keeps it from opening (run [`count_plaintext`](super::count_plaintext) for a
-    /// migration's progress).
+    /// A `NULL` where the field is not optional is reported too ([`SkipReason::NoValue`]).
+    /// Values under a destroyed key (a shredded tenant, until
+    /// [`purge_tenant`](super::purge_tenant) removes its rows) are reported as
+    /// [`SkipReason::KeyDestroyed`]. In a column being migrated, the sealed values are
+    /// checked, and legacy plaintext in the sealed column is reported as whatever keeps it
+    /// from opening ([`count_plaintext`](super::count_plaintext) follows the migration). Each
+    /// run leaves one `verify` event (target `encrypted_types::audit`) with the counts.
     ///
     /// # Errors
     /// [`Error::NoKeyring`], [`Error::PartialKeyring`], [`Error::UnpageableKey`],
@@ -78,33 +107,49 @@ where
         table: model.table,
         ..VerifyReport::default()
     };
+    let mut checked = 0u64;
     for c in model.columns {
-        // Every `stride`-th value is opened: 1 without a sample.
-        let stride = match sample {
-            None => 1,
-            Some(n) => count(db, &t, c.column).await?.div_ceil(n.max(1)).max(1),
+        // `Some(n)`: an accumulator picks exactly min(n, count) values, evenly spread.
+        let (every, total) = match sample {
+            None => (1, 1),
+            Some(n) => (n, count(db, &t, c.column).await?),
         };
+        let mut acc = 0u64;
         let mut seen = 0u64;
         let mut failed = Vec::new();
         scan(db, &t, c.column, None, None, None, |row, value| {
             seen += 1;
-            if !(seen - 1).is_multiple_of(stride) {
+            acc = acc.saturating_add(every);
+            if acc < total {
                 return false;
             }
-            report.checked += 1;
+            acc -= total;
+            checked += 1;
             if let Err(reason) = check(&keyring, &t, c, row, value) {
-                failed.push(Unopenable {
-                    column: c.column,
-                    key: RowKey(row.key.clone()),
-                    reason,
-                });
+                failed.push((RowKey(row.key.clone()), reason));
             }
             false
         })
         .await?;
         report.values += seen;
-        report.unopenable.extend(failed);
+        for (key, reason) in failed {
+            report.record(c.column, key, reason);
+        }
+        if !c.nullable {
+            for key in missing(db, &t, c).await? {
+                report.record(c.column, key, SkipReason::NoValue);
+            }
+        }
     }
+    report.checked = checked;
+    tracing::info!(
+        target: "encrypted_types::audit",
+        event = "verify",
+        table = model.table,
+        values = report.values,
+        checked = report.checked,
+        unopenable = report.unopenable_total(),
+    );
     Ok(report)
 }
 
@@ -121,6 +166,15 @@ fn check(
     if foreign_tenant(keyring, t, value, row.t.as_deref()) {
         return Err(SkipReason::TenantMismatch);
     }
+    // Without a tenant column the application accepts only keys of no tenant (its
+    // `verify_tenant(None)`), which `foreign_tenant` leaves to the tenant column.
+    if !t.has_tenant
+        && let Ok(h) = format::Header::parse(value)
+        && let Ok(key) = keyring.key(h.key_id)
+        && key.tenant().is_some()
+    {
+        return Err(SkipReason::TenantMismatch);
+    }
     if let Some(r) = t.unbound(value) {
         return Err(r);
     }
@@ -134,7 +188,42 @@ fn check(
         value,
     )
     .map_err(|e| SkipReason::of(&e))?;
-    (c.validate)(&plain).map_err(|e| SkipReason::of(&e))
+    (c.validate)(&plain).map_err(|e| match e {
+        Error::InvalidPlaintext { .. } => SkipReason::InvalidPlaintext,
+        e => SkipReason::of(&e),
+    })
+}
+
+/// Rows whose `c` is `NULL`, and whose legacy column (while `c` is migrated) is too: rows the
+/// application cannot read when the field is not optional.
+async fn missing<D>(db: &mut D, t: &Table, c: &ColumnInfo) -> Result<Vec<RowKey>, Error>
+where
+    D: JobDb,
+{
+    let mut out = Vec::new();
+    let mut after: Option<RowKey> = None;
+    loop {
+        let mut q = Query::new();
+        let mut conds = range_conds::<D::Backend>(&mut q, t, None, None, after.as_ref())?;
+        conds.push(format!("{} IS NULL", D::Backend::quote(c.column)));
+        if let Some(legacy) = c.legacy {
+            conds.push(format!("{} IS NULL", D::Backend::quote(legacy.column)));
+        }
+        select::<D::Backend>(
+            t,
+            &D::Backend::quote(c.column),
+            None,
+            &conds,
+            &mut q,
+            Some(2000),
+        );
+        let rows = D::Backend::load_rows(db, &q).await.map_err(job_err)?;
+        let Some(last) = rows.last().map(|r| RowKey(r.key.clone())) else {
+            return Ok(out);
+        };
+        out.extend(rows.into_iter().map(|r| RowKey(r.key)));
+        after = Some(last);
+    }
 }
 
 /// Non-`NULL` values of `column`, counted in SQL.
