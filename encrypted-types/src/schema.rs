@@ -169,3 +169,134 @@ fn leads(indexes: &[crate::jobs::CatalogRow], leading: &[&str]) -> bool {
                 .all(|(c, l)| c.ty.eq_ignore_ascii_case(l))
     })
 }
+
+/// The SQL dialect [`expand`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Dialect {
+    /// SQLite (3.35 or later for the `down` step's `DROP COLUMN`).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL and MariaDB.
+    Mysql,
+}
+
+impl Dialect {
+    fn quote(self, name: &str) -> String {
+        match self {
+            Self::Mysql => format!("`{}`", name.replace('`', "``")),
+            Self::Sqlite | Self::Postgres => format!("\"{}\"", name.replace('"', "\"\"")),
+        }
+    }
+
+    /// The type of a column that holds sealed values.
+    fn sealed_type(self) -> &'static str {
+        match self {
+            Self::Sqlite => "BLOB",
+            Self::Postgres => "BYTEA",
+            Self::Mysql => "LONGBLOB",
+        }
+    }
+
+    /// The type of a blind-index column of at most `bytes` bytes: MySQL indexes a
+    /// `VARBINARY`, not a `BLOB`.
+    fn index_type(self, bytes: u16) -> String {
+        match self {
+            Self::Mysql => format!("VARBINARY({bytes})"),
+            other => other.sealed_type().to_owned(),
+        }
+    }
+}
+
+/// Statements to run in order to apply a change (`up`) and to undo it (`down`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Migration {
+    /// Applies the change.
+    pub up: Vec<String>,
+    /// Undoes it, in reverse order.
+    pub down: Vec<String>,
+}
+
+/// The expand step of encrypting an existing table (KEYS.md, "A TEXT or VARCHAR column:
+/// expand, backfill, contract"): `ALTER TABLE` statements that add each model's encrypted
+/// columns and blind-index columns beside the columns already there, and an index leading with
+/// the tenant column for each blind index, so [`check`] then finds nothing missing.
+///
+/// Every added column is nullable and has no default, so no backend rewrites the table to add
+/// it (PostgreSQL's and MySQL's instant `ADD COLUMN`): rows have no sealed value until the
+/// application writes them or [`crate::jobs::encrypt_column`] fills them from the legacy
+/// column. A field that is neither `Option` nor `migrate_from` cannot read such a row; add it
+/// with `migrate_from`, or fill it before the model reads the table. `down` drops what `up`
+/// added.
+///
+/// ```
+/// use encrypted_types::schema::{expand, Dialect};
+/// use encrypted_types::EncryptedModel;
+/// diesel::table! { users (id) { id -> Integer, org -> BigInt, email_plain -> Nullable<Text>,
+///     email -> Nullable<Binary>, email_bidx -> Nullable<Binary> } }
+///
+/// #[derive(encrypted_types::Encrypted)]
+/// #[encrypted(table = users, tenant = org, derive(Insertable))]
+/// struct User {
+///     id: i32,
+///     org: i64,
+///     #[encrypted(blind_index(normalize = email, bits = 32), migrate_from = email_plain)]
+///     email: String,
+/// }
+///
+/// let m = expand(&[User::MODEL], Dialect::Mysql);
+/// assert_eq!(m.up, [
+///     "ALTER TABLE `users` ADD COLUMN `email` LONGBLOB NULL",
+///     "ALTER TABLE `users` ADD COLUMN `email_bidx` VARBINARY(4) NULL",
+///     "CREATE INDEX `users_email_bidx` ON `users` (`org`, `email_bidx`)",
+/// ]);
+/// assert_eq!(m.down[0], "DROP INDEX `users_email_bidx` ON `users`");
+/// ```
+pub fn expand(models: &[ModelInfo], dialect: Dialect) -> Migration {
+    let mut out = Migration::default();
+    for m in models {
+        let table = dialect.quote(m.table);
+        let add = |column: &str, ty: &str, out: &mut Migration| {
+            let c = dialect.quote(column);
+            out.up
+                .push(format!("ALTER TABLE {table} ADD COLUMN {c} {ty} NULL"));
+            out.down
+                .push(format!("ALTER TABLE {table} DROP COLUMN {c}"));
+        };
+        for c in m.columns {
+            add(c.column, dialect.sealed_type(), &mut out);
+            // Versions of one index share its column: sized for the longest.
+            let mut columns: Vec<(&str, u16)> = Vec::new();
+            for i in c.indexes {
+                let bytes = i.bits.div_ceil(8);
+                match columns.iter_mut().find(|(name, _)| *name == i.index_column) {
+                    Some((_, b)) => *b = (*b).max(bytes),
+                    None => columns.push((i.index_column, bytes)),
+                }
+            }
+            for (column, bytes) in columns {
+                add(column, &dialect.index_type(bytes), &mut out);
+                let name = format!("{}_{column}", m.table);
+                let leading: Vec<String> = m
+                    .tenant_column
+                    .into_iter()
+                    .chain([column])
+                    .map(|c| dialect.quote(c))
+                    .collect();
+                out.up.push(format!(
+                    "CREATE INDEX {} ON {table} ({})",
+                    dialect.quote(&name),
+                    leading.join(", ")
+                ));
+                out.down.push(match dialect {
+                    Dialect::Mysql => format!("DROP INDEX {} ON {table}", dialect.quote(&name)),
+                    _ => format!("DROP INDEX {}", dialect.quote(&name)),
+                });
+            }
+        }
+    }
+    out.down.reverse();
+    out
+}

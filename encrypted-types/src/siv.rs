@@ -321,20 +321,33 @@ mod tests {
             let aad: Vec<u8> = (0..aad_len).map(|i| (i * 7) as u8).collect();
             for len in 0..300usize {
                 let pt: Vec<u8> = (0..len).map(|i| (i * 13 + len) as u8).collect();
-                let mut a = pt.clone();
-                let tag = ours.seal(&nonce, &aad, &mut a).unwrap();
-                let mut b = pt.clone();
-                let their_tag = theirs
-                    .encrypt_inout_detached(&nonce.into(), &aad, b.as_mut_slice().into())
-                    .unwrap();
-                assert_eq!(
-                    (a.as_slice(), tag.as_slice()),
-                    (b.as_slice(), &their_tag[..])
-                );
+                let (sealed, tag) = same_as_the_crate(&ours, &theirs, &nonce, &aad, &pt);
+                let mut a = sealed;
                 ours.open(&nonce, &aad, &mut a, &tag).unwrap();
                 assert_eq!(a, pt);
             }
         }
+    }
+
+    /// Seals `pt` with both implementations, checks they agree, and returns ours.
+    fn same_as_the_crate(
+        ours: &Siv,
+        theirs: &aes_gcm_siv::AesGcmSiv<Aes256Enc>,
+        nonce: &[u8; 12],
+        aad: &[u8],
+        pt: &[u8],
+    ) -> (Vec<u8>, [u8; TAG_LEN]) {
+        let mut a = pt.to_vec();
+        let tag = ours.seal(nonce, aad, &mut a).unwrap();
+        let mut b = pt.to_vec();
+        let their_tag = theirs
+            .encrypt_inout_detached(&(*nonce).into(), aad, b.as_mut_slice().into())
+            .unwrap();
+        assert_eq!(
+            (a.as_slice(), tag.as_slice()),
+            (b.as_slice(), &their_tag[..])
+        );
+        (a, tag)
     }
 
     #[test]
@@ -402,16 +415,7 @@ mod tests {
             let aad = vec![0x11; aad_len];
             for len in [480usize, 495, 496, 497, 511, 512, 513, 600, 1000] {
                 let pt: Vec<u8> = (0..len).map(|i| (i * 31) as u8).collect();
-                let mut a = pt.clone();
-                let tag = ours.seal(&nonce, &aad, &mut a).unwrap();
-                let mut b = pt.clone();
-                let their_tag = theirs
-                    .encrypt_inout_detached(&nonce.into(), &aad, b.as_mut_slice().into())
-                    .unwrap();
-                assert_eq!(
-                    (a.as_slice(), tag.as_slice()),
-                    (b.as_slice(), &their_tag[..])
-                );
+                let (mut a, tag) = same_as_the_crate(&ours, &theirs, &nonce, &aad, &pt);
                 let mut bad = a.clone();
                 bad[len - 1] ^= 1;
                 let before = bad.clone();

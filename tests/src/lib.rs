@@ -129,20 +129,22 @@ pub mod real_schema {
         ]
     }
 
-    /// The expand step: the encrypted columns added beside the legacy ones. Nullable and
-    /// without a default, so no backend rewrites the table to add them.
+    /// The expand step: the encrypted columns added beside the legacy ones, as the library
+    /// writes them (`schema::expand`): nullable and without a default, so no backend rewrites
+    /// the table to add them.
     pub fn expand_contacts_ddl(backend: &str) -> Vec<String> {
-        let (blob, bidx) = match backend {
-            "postgres" => ("BYTEA", "BYTEA"),
-            "mysql" => ("LONGBLOB", "VARBINARY(32)"),
-            _ => ("BLOB", "BLOB"),
+        contacts_migration(backend).up
+    }
+
+    /// [`expand_contacts_ddl`] with its `down` step.
+    pub fn contacts_migration(backend: &str) -> encrypted_types::schema::Migration {
+        use encrypted_types::EncryptedModel;
+        let dialect = match backend {
+            "postgres" => encrypted_types::schema::Dialect::Postgres,
+            "mysql" => encrypted_types::schema::Dialect::Mysql,
+            _ => encrypted_types::schema::Dialect::Sqlite,
         };
-        vec![
-            format!("ALTER TABLE et_contacts ADD COLUMN email {blob}"),
-            format!("ALTER TABLE et_contacts ADD COLUMN email_bidx {bidx}"),
-            format!("ALTER TABLE et_contacts ADD COLUMN note {blob}"),
-            "CREATE INDEX et_contacts_email_bidx ON et_contacts (clinic_id, email_bidx)".into(),
-        ]
+        encrypted_types::schema::expand(&[crate::models::Contact::MODEL], dialect)
     }
 
     /// The DDL of these tables on `backend` (`sqlite`, `postgres`, `mysql`).

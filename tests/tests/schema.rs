@@ -88,6 +88,29 @@ macro_rules! schema_test {
                 conn.batch_execute(&stmt).unwrap();
             }
             assert_eq!(names(&check(conn, &[Contact::MODEL]).unwrap()), Vec::<String>::new());
+            // The generated `down` takes away exactly what `up` added, and `up` puts it back.
+            let migration = encrypted_types_tests::real_schema::contacts_migration($backend);
+            for stmt in &migration.down {
+                conn.batch_execute(stmt).unwrap();
+            }
+            let found = check(conn, &[Contact::MODEL]).unwrap();
+            let mut missing: Vec<(&str, &str)> = found
+                .iter()
+                .map(|m| match m {
+                    Mismatch::NoColumn { column, .. } => ("column", column.as_str()),
+                    Mismatch::NoIndex { column, .. } => ("index", column.as_str()),
+                    other => panic!("{other}"),
+                })
+                .collect();
+            missing.sort_unstable();
+            assert_eq!(
+                missing,
+                [("column", "email"), ("column", "email_bidx"), ("column", "note"), ("index", "email_bidx")]
+            );
+            for stmt in &migration.up {
+                conn.batch_execute(stmt).unwrap();
+            }
+            assert_eq!(names(&check(conn, &[Contact::MODEL]).unwrap()), Vec::<String>::new());
             conn.batch_execute("ALTER TABLE et_contacts DROP COLUMN note_plain").unwrap();
             assert!(matches!(
                 check(conn, &[Contact::MODEL]).unwrap().as_slice(),
