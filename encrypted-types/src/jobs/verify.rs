@@ -59,12 +59,13 @@ impl VerifyReport {
         self.by_reason.values().sum()
     }
 
-    fn record(&mut self, column: &'static str, key: RowKey, reason: SkipReason) {
+    /// Counts one, and lists it while the list is short (`key` is built only then).
+    fn record(&mut self, column: &'static str, key: impl FnOnce() -> RowKey, reason: SkipReason) {
         *self.by_reason.entry(reason).or_default() += 1;
         if self.unopenable.len() < Self::MAX_LISTED {
             self.unopenable.push(Unopenable {
                 column,
-                key,
+                key: key(),
                 reason,
             });
         }
@@ -116,7 +117,6 @@ where
         };
         let mut acc = 0u64;
         let mut seen = 0u64;
-        let mut failed = Vec::new();
         scan(db, &t, c.column, None, None, None, |row, value| {
             seen += 1;
             acc = acc.saturating_add(every);
@@ -126,19 +126,14 @@ where
             acc -= total;
             checked += 1;
             if let Err(reason) = check(&keyring, &t, c, row, value) {
-                failed.push((RowKey(row.key.clone()), reason));
+                report.record(c.column, || RowKey(row.key.clone()), reason);
             }
             false
         })
         .await?;
         report.values += seen;
-        for (key, reason) in failed {
-            report.record(c.column, key, reason);
-        }
         if !c.nullable {
-            for key in missing(db, &t, c).await? {
-                report.record(c.column, key, SkipReason::NoValue);
-            }
+            missing(db, &t, c, &mut report).await?;
         }
     }
     report.checked = checked;
@@ -194,13 +189,17 @@ fn check(
     })
 }
 
-/// Rows whose `c` is `NULL`, and whose legacy column (while `c` is migrated) is too: rows the
-/// application cannot read when the field is not optional.
-async fn missing<D>(db: &mut D, t: &Table, c: &ColumnInfo) -> Result<Vec<RowKey>, Error>
+/// Records the rows whose `c` is `NULL`, and whose legacy column (while `c` is migrated) is
+/// too: rows the application cannot read when the field is not optional.
+async fn missing<D>(
+    db: &mut D,
+    t: &Table,
+    c: &ColumnInfo,
+    report: &mut VerifyReport,
+) -> Result<(), Error>
 where
     D: JobDb,
 {
-    let mut out = Vec::new();
     let mut after: Option<RowKey> = None;
     loop {
         let mut q = Query::new();
@@ -219,9 +218,11 @@ where
         );
         let rows = D::Backend::load_rows(db, &q).await.map_err(job_err)?;
         let Some(last) = rows.last().map(|r| RowKey(r.key.clone())) else {
-            return Ok(out);
+            return Ok(());
         };
-        out.extend(rows.into_iter().map(|r| RowKey(r.key)));
+        for r in rows {
+            report.record(c.column, || RowKey(r.key), SkipReason::NoValue);
+        }
         after = Some(last);
     }
 }
