@@ -58,16 +58,11 @@ impl Siv {
         body: &mut [u8],
     ) -> Result<[u8; TAG_LEN], Rejected> {
         check_lengths(aad, body)?;
-        let mut keys = Derived::default();
-        self.derive(nonce, &mut keys);
-        // Built in place: `Aes256Enc` is 960 bytes (its union holds the software key
-        // schedule too), and every move of it is a copy.
-        let enc = Aes256Enc::new((&keys.enc).into());
-        let mut mac = Polyval::new((&keys.mac).into());
-        drop(keys);
-        let tag = tag(&enc, &mut mac, nonce, aad, body);
-        ctr(&enc, &tag, body);
-        Ok(tag)
+        Ok(self.keyed(nonce, |enc, mac| {
+            let tag = tag(enc, mac, nonce, aad, body);
+            ctr(enc, &tag, body);
+            tag
+        }))
     }
 
     /// Decrypts `body` in place if `tag` verifies; otherwise `body` is left encrypted.
@@ -79,21 +74,31 @@ impl Siv {
         tag: &[u8; TAG_LEN],
     ) -> Result<(), Rejected> {
         check_lengths(aad, body)?;
+        self.keyed(nonce, |enc, mac| {
+            ctr(enc, tag, body);
+            let expected = self::tag(enc, mac, nonce, aad, body);
+            if bool::from(expected.ct_eq(tag)) {
+                Ok(())
+            } else {
+                // CTR is its own inverse: put the ciphertext back, so no unauthenticated
+                // plaintext stays in the caller's buffer.
+                ctr(enc, tag, body);
+                Err(Rejected)
+            }
+        })
+    }
+
+    /// Runs `f` with the message-encryption cipher and the POLYVAL state of `nonce`, built in
+    /// place: `Aes256Enc` is 960 bytes (its union holds the software key schedule too), and
+    /// every move of it would be a copy.
+    #[inline(always)]
+    fn keyed<R>(&self, nonce: &[u8; 12], f: impl FnOnce(&Aes256Enc, &mut Polyval) -> R) -> R {
         let mut keys = Derived::default();
         self.derive(nonce, &mut keys);
         let enc = Aes256Enc::new((&keys.enc).into());
         let mut mac = Polyval::new((&keys.mac).into());
         drop(keys);
-        ctr(&enc, tag, body);
-        let expected = self::tag(&enc, &mut mac, nonce, aad, body);
-        if bool::from(expected.ct_eq(tag)) {
-            Ok(())
-        } else {
-            // CTR is its own inverse: put the ciphertext back, so no unauthenticated
-            // plaintext stays in the caller's buffer.
-            ctr(&enc, tag, body);
-            Err(Rejected)
-        }
+        f(&enc, &mut mac)
     }
 
     /// RFC 8452 §4: the message-authentication key is the first halves of AES(counter ‖ nonce)

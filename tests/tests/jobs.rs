@@ -924,6 +924,33 @@ macro_rules! bind_job_suite {
                 .err()
                 .unwrap();
             assert_eq!(Error::from_diesel(&err), Some(&Error::AuthenticationFailed));
+            // `verify` names that copy by its composite (integer, text) key, and a name copied
+            // between two UUID-keyed records by the UUID, on every backend's key type.
+            use encrypted_types::jobs::{KeyPart, SkipReason, verify};
+            let report = verify(conn, &encrypted_types_tests::models::BoundVisit::MODEL, None).unwrap();
+            let named: Vec<_> = report.unopenable.iter().map(|u| (u.column, u.key.0.clone(), u.reason)).collect();
+            assert_eq!(
+                named,
+                [("note", vec![KeyPart::Int(1), KeyPart::Text("p-001".into())], SkipReason::AuthenticationFailed)]
+            );
+            assert!(verify(conn, &UuidModel::MODEL, None).unwrap().ok());
+            let name0: Vec<u8> = $uuid_table::table
+                .find($uuid_id(super::fake_uuid(0)))
+                .select($uuid_table::name)
+                .first(conn)
+                .unwrap();
+            diesel::update($uuid_table::table.find($uuid_id(super::fake_uuid(1))))
+                .set($uuid_table::name.eq(name0))
+                .execute(conn)
+                .unwrap();
+            let report = verify(conn, &UuidModel::MODEL, None).unwrap();
+            let [bad] = report.unopenable.as_slice() else { panic!("{report:?}") };
+            let key: &[u8] = match bad.key.0.as_slice() {
+                [KeyPart::Uuid(u)] => u,
+                [KeyPart::Bytes(b)] => b,
+                other => panic!("{other:?}"),
+            };
+            assert_eq!((bad.column, key, bad.reason), ("name", &super::fake_uuid(1).as_bytes()[..], SkipReason::AuthenticationFailed));
         }
     };
 }

@@ -2050,7 +2050,6 @@ fn find_column(model: &ModelInfo, column: &str) -> Result<&'static ColumnInfo, E
 
 /// Counts the rows of `column` with `from <= key < to` (non-NULL values) for which `hit` holds,
 /// in keyset pages: the closing checks, independent of the work they check.
-#[allow(clippy::too_many_arguments)] // one scan for every closing check
 async fn scan<D>(
     db: &mut D,
     t: &Table,
@@ -2064,30 +2063,52 @@ where
     D: JobDb,
 {
     let mut n = 0u64;
+    let not_null = [format!("{} IS NOT NULL", D::Backend::quote(column))];
+    walk(db, t, column, index, &not_null, from, to, |mut row| {
+        // Possibly legacy plaintext: wiped once looked at.
+        let v = Zeroizing::new(row.v.take().unwrap_or_default());
+        if hit(&row, &v) {
+            n += 1;
+        }
+    })
+    .await?;
+    Ok(n)
+}
+
+/// Hands `each` every row of `t` with `from <= key < to` that meets `conds`, reading `column`
+/// (and `index`), 2,000 rows a page in key order.
+#[allow(clippy::too_many_arguments)] // the one keyset walk behind every read-only check
+async fn walk<D>(
+    db: &mut D,
+    t: &Table,
+    column: &str,
+    index: Option<&str>,
+    conds: &[String],
+    from: Option<&RowKey>,
+    to: Option<&RowKey>,
+    mut each: impl FnMut(Row),
+) -> Result<(), Error>
+where
+    D: JobDb,
+{
     let mut after: Option<RowKey> = None;
     loop {
         let mut q = Query::new();
-        let mut conds = range_conds::<D::Backend>(&mut q, t, from, to, after.as_ref())?;
-        conds.push(format!("{} IS NOT NULL", D::Backend::quote(column)));
+        let mut all = range_conds::<D::Backend>(&mut q, t, from, to, after.as_ref())?;
+        all.extend_from_slice(conds);
         select::<D::Backend>(
             t,
             &D::Backend::quote(column),
             index,
-            &conds,
+            &all,
             &mut q,
             Some(2000),
         );
         let rows = D::Backend::load_rows(db, &q).await.map_err(job_err)?;
         let Some(last) = rows.last().map(|r| RowKey(r.key.clone())) else {
-            return Ok(n);
+            return Ok(());
         };
-        for mut row in rows {
-            // Possibly legacy plaintext: wiped once looked at.
-            let v = Zeroizing::new(row.v.take().unwrap_or_default());
-            if hit(&row, &v) {
-                n += 1;
-            }
-        }
+        rows.into_iter().for_each(&mut each);
         after = Some(last);
     }
 }

@@ -4,8 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::{
-    JobDb, JobTable, Query, RowKey, SkipReason, Table, foreign_tenant, inspect, job_err,
-    range_conds, scan, select,
+    JobDb, JobTable, Query, RowKey, SkipReason, Table, foreign_tenant, inspect, job_err, scan, walk,
 };
 use crate::Error;
 use crate::db::sync_and_async;
@@ -200,31 +199,15 @@ async fn missing<D>(
 where
     D: JobDb,
 {
-    let mut after: Option<RowKey> = None;
-    loop {
-        let mut q = Query::new();
-        let mut conds = range_conds::<D::Backend>(&mut q, t, None, None, after.as_ref())?;
-        conds.push(format!("{} IS NULL", D::Backend::quote(c.column)));
-        if let Some(legacy) = c.legacy {
-            conds.push(format!("{} IS NULL", D::Backend::quote(legacy.column)));
-        }
-        select::<D::Backend>(
-            t,
-            &D::Backend::quote(c.column),
-            None,
-            &conds,
-            &mut q,
-            Some(2000),
-        );
-        let rows = D::Backend::load_rows(db, &q).await.map_err(job_err)?;
-        let Some(last) = rows.last().map(|r| RowKey(r.key.clone())) else {
-            return Ok(());
-        };
-        for r in rows {
-            report.record(c.column, || RowKey(r.key), SkipReason::NoValue);
-        }
-        after = Some(last);
-    }
+    let null = |column: &str| format!("{} IS NULL", D::Backend::quote(column));
+    let conds: Vec<String> = std::iter::once(c.column)
+        .chain(c.legacy.map(|l| l.column))
+        .map(null)
+        .collect();
+    walk(db, t, c.column, None, &conds, None, None, |row| {
+        report.record(c.column, || RowKey(row.key), SkipReason::NoValue);
+    })
+    .await
 }
 
 /// Non-`NULL` values of `column`, counted in SQL.
