@@ -1530,7 +1530,8 @@ impl Run<'_> {
                     total += u64::try_from(n).unwrap_or(0);
                 }
                 Op::Backfill { legacy } => {
-                    total += count_legacy(db, t, *legacy, from.as_ref(), to.as_ref()).await?;
+                    total +=
+                        count_not_null(db, t, legacy.column, from.as_ref(), to.as_ref()).await?;
                 }
                 Op::Encrypt => {
                     total +=
@@ -2138,11 +2139,12 @@ where
     .await
 }
 
-/// Rows of `t` with `from <= key < to` whose legacy column still holds a value, counted in SQL.
-async fn count_legacy<D>(
+/// Rows of `t` with `from <= key < to` whose `column` holds a value (a legacy column still
+/// to migrate, or a column [`verify`] samples), counted in SQL.
+async fn count_not_null<D>(
     db: &mut D,
     t: &Table,
-    legacy: LegacyColumn,
+    column: &str,
     from: Option<&RowKey>,
     to: Option<&RowKey>,
 ) -> Result<u64, Error>
@@ -2151,7 +2153,7 @@ where
 {
     let mut q = Query::new();
     let mut conds = range_conds::<D::Backend>(&mut q, t, from, to, None)?;
-    conds.push(format!("{} IS NOT NULL", D::Backend::quote(legacy.column)));
+    conds.push(format!("{} IS NOT NULL", D::Backend::quote(column)));
     q.sql = format!(
         "SELECT COUNT(*) AS n FROM {} WHERE {}",
         t.quoted,
@@ -2181,7 +2183,7 @@ where
     let info = find_column(model, column)?;
     let t = inspect(db, model).await?;
     let legacy = match info.legacy {
-        Some(l) => count_legacy(db, &t, l, None, None).await?,
+        Some(l) => count_not_null(db, &t, l.column, None, None).await?,
         None => 0,
     };
     Ok(legacy + scan_legacy(db, &keyring, &t, info, None, None).await?)

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use super::{
-    JobDb, JobTable, Query, RowKey, SkipReason, Table, foreign_tenant, inspect, job_err, scan, walk,
+    JobDb, JobTable, RowKey, SkipReason, Table, count_not_null, foreign_tenant, inspect, scan, walk,
 };
 use crate::Error;
 use crate::db::sync_and_async;
@@ -112,7 +112,7 @@ where
         // `Some(n)`: an accumulator picks exactly min(n, count) values, evenly spread.
         let (every, total) = match sample {
             None => (1, 1),
-            Some(n) => (n, count(db, &t, c.column).await?),
+            Some(n) => (n, count_not_null(db, &t, c.column, None, None).await?),
         };
         let mut acc = 0u64;
         let mut seen = 0u64;
@@ -208,19 +208,4 @@ where
         report.record(c.column, || RowKey(row.key), SkipReason::NoValue);
     })
     .await
-}
-
-/// Non-`NULL` values of `column`, counted in SQL.
-async fn count<D>(db: &mut D, t: &Table, column: &str) -> Result<u64, Error>
-where
-    D: JobDb,
-{
-    let mut q = Query::new();
-    q.sql = format!(
-        "SELECT COUNT(*) AS n FROM {} WHERE {} IS NOT NULL",
-        t.quoted,
-        D::Backend::quote(column)
-    );
-    let n = D::Backend::count_q(db, &q).await.map_err(job_err)?;
-    Ok(u64::try_from(n).unwrap_or(0))
 }
