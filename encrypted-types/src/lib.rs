@@ -68,6 +68,8 @@
 
 pub mod audit;
 mod binding;
+#[cfg(feature = "cli")]
+pub mod cli;
 mod codec;
 mod context;
 #[cfg(feature = "keystore")]

@@ -4,8 +4,8 @@ use std::path::Path;
 
 use diesel::prelude::*;
 use encrypted_types::kek::local::LocalKek;
-use encrypted_types::store::{KeyStore, count_rows_with_keys, encrypted_types_keys};
-use encrypted_types::{EncryptedModel, KeyId, TenantId};
+use encrypted_types::store::{KeyStore, encrypted_types_keys};
+use encrypted_types::{EncryptedModel, TenantId};
 
 use crate::AppResult;
 use crate::db::{Db, with_conn};
@@ -339,222 +339,15 @@ pub(crate) fn list(db: &mut Db, kek: &Path) -> AppResult<()> {
     Ok(())
 }
 
-pub(crate) fn create_clinic(db: &mut Db, kek: &Path, clinic: i64) -> AppResult<()> {
+/// The library's operator toolkit (`keys`, `jobs`, `inventory`, `verify`, `check`, `schema`),
+/// mounted for the patients model over the development KEK.
+pub(crate) fn toolkit(
+    db: &mut Db,
+    kek: &Path,
+    command: &encrypted_types::cli::Command,
+) -> AppResult<encrypted_types::cli::Outcome> {
     let (store, _) = key_store(db, kek)?;
-    if ensure_clinic(db, &store, clinic)? {
-        out!("clinic {clinic}: created its data key and blind-index key");
-    } else {
-        out!("clinic {clinic} already has keys");
-    }
-    Ok(())
-}
-
-pub(crate) fn shred_clinic(db: &mut Db, kek: &Path, clinic: i64) -> AppResult<()> {
-    let (store, _) = key_store(db, kek)?;
-    let report = with_conn!(db, conn => store.shred_tenant(conn, &TenantId::from(clinic), &[Patient::MODEL]))?;
-    let ids: Vec<u32> = report.keys.iter().map(|k| k.get()).collect();
-    out!(
-        "clinic {clinic}: destroyed keys {ids:?}; {} patient row(s) can never be read again",
-        report.rows_unreadable
-    );
-    Ok(())
-}
-
-pub(crate) fn key_stats(db: &mut Db, kek: &Path) -> AppResult<()> {
-    load_keys(db, kek)?;
-    type Row = (i64, Option<String>, String, String);
-    let rows: Vec<Row> = with_conn!(db, conn => encrypted_types_keys::table
-        .select((
-            encrypted_types_keys::key_id,
-            encrypted_types_keys::tenant,
-            encrypted_types_keys::purpose,
-            encrypted_types_keys::state,
-        ))
-        .order((encrypted_types_keys::tenant, encrypted_types_keys::key_id))
-        .load(conn))?;
-    out!(
-        "{:>12}  {:<8} {:<12} {:<10} {:>8}",
-        "key id",
-        "clinic",
-        "purpose",
-        "state",
-        "rows"
-    );
-    for (id, tenant, purpose, state) in rows {
-        let rows = if purpose == "data" {
-            let key = KeyId::from(u32::try_from(id)?);
-            let n = with_conn!(db, conn => count_rows_with_keys(conn, &[Patient::MODEL], &[key]))?;
-            n.to_string()
-        } else {
-            "-".into()
-        };
-        out!(
-            "{id:>12}  {:<8} {purpose:<12} {state:<10} {rows:>8}",
-            tenant.unwrap_or_else(|| "-".into())
-        );
-    }
-    Ok(())
-}
-
-pub(crate) fn verify(db: &mut Db, kek: &Path, sample: Option<u64>) -> AppResult<()> {
-    load_keys(db, kek)?;
-    let report =
-        with_conn!(db, conn => encrypted_types::jobs::verify(conn, &Patient::MODEL, sample))?;
-    for bad in &report.unopenable {
-        // Patients are keyed by an integer id; any other key prints redacted (its Debug).
-        let row = match bad.key.0.as_slice() {
-            [encrypted_types::jobs::KeyPart::Int(id)] => id.to_string(),
-            _ => format!("{:?}", bad.key),
-        };
-        out!(
-            "{} row {row}, column {}: does not open ({:?})",
-            report.table,
-            bad.column,
-            bad.reason
-        );
-    }
-    out!(
-        "{} values stored, {} opened and checked, {} do not open",
-        report.values,
-        report.checked,
-        report.unopenable_total()
-    );
-    if report.ok() {
-        Ok(())
-    } else {
-        Err(format!("{} values do not open", report.unopenable_total()).into())
-    }
-}
-
-/// A progress display: a bar at a terminal, a plain line every ten batches otherwise.
-pub(crate) struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    batches: u64,
-}
-
-impl Progress {
-    pub(crate) fn new(what: &str) -> Self {
-        use std::io::IsTerminal;
-        let bar = std::io::stdout().is_terminal().then(|| {
-            let bar = indicatif::ProgressBar::new_spinner();
-            bar.set_message(what.to_owned());
-            bar
-        });
-        Self { bar, batches: 0 }
-    }
-
-    pub(crate) fn batch(&mut self, p: &encrypted_types::jobs::Progress) {
-        self.batches += 1;
-        match &self.bar {
-            Some(bar) => {
-                bar.set_message(format!("{}: {} values written", p.column, p.rows_done));
-                bar.tick();
-            }
-            None if self.batches.is_multiple_of(10) => {
-                out!("  {}: {} values written", p.column, p.rows_done);
-            }
-            None => {}
-        }
-    }
-
-    pub(crate) fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
-    }
-}
-
-pub(crate) fn rotate(db: &mut Db, kek: &Path, batch: usize, bind_unbound: bool) -> AppResult<()> {
-    let (store, _) = key_store(db, kek)?;
-    let tenants: Vec<Option<String>> = with_conn!(db, conn => encrypted_types_keys::table
-        .filter(encrypted_types_keys::purpose.eq("data"))
-        .filter(encrypted_types_keys::state.eq("active"))
-        .select(encrypted_types_keys::tenant)
-        .load(conn))?;
-    for tenant in tenants.iter().flatten() {
-        let id = with_conn!(db, conn => store.rotate_data_key(conn, Some(&TenantId::from(tenant.as_str()))))?;
-        out!("clinic {tenant}: new data key {id}; the previous one is retired (still opens)");
-    }
-    with_conn!(db, conn => store.load_and_install(conn))?;
-    let job = format!(
-        "clinic-rotate-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_secs()
-    );
-    let options = encrypted_types::jobs::JobOptions {
-        batch,
-        bind_unbound,
-        ..Default::default()
-    };
-    let mut progress = Progress::new("re-sealing");
-    let report = with_conn!(db, conn => encrypted_types::jobs::rotate_data_keys(conn, &Patient::MODEL, &job, &options, |p| progress.batch(p)))?;
-    progress.finish();
-    out!(
-        "re-sealed {} values in {} batches ({} changed by the application meanwhile, left as written; {} skipped {:?}); finished: {}",
-        report.written,
-        report.batches,
-        report.conflicts,
-        report.skipped_total(),
-        report.skipped,
-        report.finished
-    );
-    key_stats(db, kek)
-}
-
-fn job_name(what: &str) -> AppResult<String> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    Ok(format!("clinic-{what}-{now}"))
-}
-
-pub(crate) fn rotate_index(db: &mut Db, kek: &Path, batch: usize) -> AppResult<()> {
-    load_keys(db, kek)?;
-    let options = encrypted_types::jobs::JobOptions {
-        batch,
-        ..Default::default()
-    };
-    let job = job_name("reindex")?;
-    let mut progress = Progress::new("recomputing blind indexes");
-    let report = with_conn!(db, conn => encrypted_types::jobs::reindex(conn, &Patient::MODEL, &job, &options, |p| progress.batch(p)))?;
-    progress.finish();
-    out!(
-        "rewrote {} blind indexes in {} batches ({} rows changed by the application meanwhile; {} skipped {:?}); finished: {}",
-        report.written,
-        report.batches,
-        report.conflicts,
-        report.skipped_total(),
-        report.skipped,
-        report.finished
-    );
-    Ok(())
-}
-
-pub(crate) fn encrypt_column(db: &mut Db, kek: &Path, column: &str, batch: usize) -> AppResult<()> {
-    load_keys(db, kek)?;
-    let Some(info) = Patient::MODEL.columns.iter().find(|c| c.column == column) else {
-        return Err(format!("{column:?} is not an encrypted column of patients").into());
-    };
-    let before = with_conn!(db, conn => encrypted_types::jobs::count_plaintext(conn, &Patient::MODEL, info.column))?;
-    let options = encrypted_types::jobs::JobOptions {
-        batch,
-        ..Default::default()
-    };
-    let job = job_name("encrypt")?;
-    let mut progress = Progress::new("sealing plaintext");
-    let report = with_conn!(db, conn => encrypted_types::jobs::encrypt_column(conn, &Patient::MODEL, info.column, &job, &options, |p| progress.batch(p)))?;
-    progress.finish();
-    let after = with_conn!(db, conn => encrypted_types::jobs::count_plaintext(conn, &Patient::MODEL, info.column))?;
-    out!(
-        "patients.{column}: {before} plaintext values before, {} sealed (with their blind indexes), {after} left",
-        report.written
-    );
-    if after > 0 {
-        return Err(format!("{after} plaintext values are left in patients.{column}").into());
-    }
-    out!(
-        "Plaintext that was overwritten survives in WAL, replicas and backups until they age out."
-    );
-    Ok(())
+    Ok(
+        with_conn!(db, conn => encrypted_types::cli::execute(conn, &store, &[Patient::MODEL], command))?,
+    )
 }

@@ -76,54 +76,11 @@ enum Command {
     },
     /// Lists every patient, decrypted.
     List,
-    /// Creates the keys of a new clinic.
-    CreateClinic {
-        #[arg(long)]
-        clinic: i64,
-    },
-    /// Crypto-shreds a clinic: destroys its keys; its patients can never be read again.
-    ShredClinic {
-        #[arg(long)]
-        clinic: i64,
-    },
-    /// Keys and the number of rows sealed under each.
-    KeyStats,
-    /// Opens every stored patient value as the app would read it, and names each one that
-    /// does not open by row, column and reason (never its content). Exits non-zero if any.
-    Verify {
-        /// Open about this many values per column, spread over the table, instead of all.
-        #[arg(long)]
-        sample: Option<u64>,
-    },
-    /// Rotates every clinic's data key and re-seals all patients under the new keys, in
-    /// checkpointed batches (safe to interrupt and run again).
-    Rotate {
-        /// Rows per batch.
-        #[arg(long, default_value_t = 500)]
-        batch: usize,
-        /// Also bind to their row the values sealed before patients were bound to their id (a
-        /// database from an older version of this app). Once; routine rotations leave values
-        /// bound to no row alone and report them.
-        #[arg(long)]
-        bind_unbound: bool,
-    },
-    /// Recomputes every blind index of the patients with the model's current parameters
-    /// (after a new index version or a change of normalizers), in checkpointed batches.
-    RotateIndex {
-        /// Rows per batch.
-        #[arg(long, default_value_t = 500)]
-        batch: usize,
-    },
-    /// Seals the values of a patients column that still hold plaintext (a legacy column),
-    /// with their blind indexes, then verifies that none is left.
-    EncryptColumn {
-        /// The column: name, email, ssn, date_of_birth or notes.
-        #[arg(long)]
-        column: String,
-        /// Rows per batch.
-        #[arg(long, default_value_t = 500)]
-        batch: usize,
-    },
+    /// The operator's toolkit of encrypted-types, for the patients model: `keys`, `jobs`,
+    /// `inventory`, `verify`, `check`, `schema` (a clinic is a tenant: `keys create-tenant
+    /// --tenant 3`).
+    #[command(flatten)]
+    Toolkit(encrypted_types::cli::Command),
     /// Rotation throughput beside a plain UPDATE of the same rows, in one run.
     BenchRotate {
         /// Rows in the table.
@@ -153,7 +110,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             // The whole cause chain: Diesel's "Error deserializing field 'name'" says where,
             // the library's error under it says what.
@@ -173,7 +130,7 @@ fn main() -> ExitCode {
 /// plaintext or key bytes.
 type AppResult<T> = Result<T, Box<dyn std::error::Error>>;
 
-fn run(cli: Cli) -> AppResult<()> {
+fn run(cli: Cli) -> AppResult<ExitCode> {
     let default_db = if matches!(
         cli.command,
         Command::Bench { .. } | Command::BenchRotate { .. }
@@ -187,7 +144,12 @@ fn run(cli: Cli) -> AppResult<()> {
         .clone()
         .unwrap_or_else(|| default_db.to_owned());
     let mut db = db::Db::open(&url)?;
+    if let Command::Toolkit(command) = &cli.command {
+        let outcome = commands::toolkit(&mut db, &cli.kek, command)?;
+        return Ok(ExitCode::from(outcome.code()));
+    }
     match cli.command {
+        Command::Toolkit(_) => Ok(()),
         Command::Demo => commands::demo(&mut db, &url, &cli.kek),
         Command::Add {
             clinic,
@@ -212,18 +174,6 @@ fn run(cli: Cli) -> AppResult<()> {
         Command::Find { clinic, email } => commands::find(&mut db, &cli.kek, clinic, &email),
         Command::Show { id } => commands::show(&mut db, &cli.kek, id),
         Command::List => commands::list(&mut db, &cli.kek),
-        Command::CreateClinic { clinic } => commands::create_clinic(&mut db, &cli.kek, clinic),
-        Command::ShredClinic { clinic } => commands::shred_clinic(&mut db, &cli.kek, clinic),
-        Command::KeyStats => commands::key_stats(&mut db, &cli.kek),
-        Command::Verify { sample } => commands::verify(&mut db, &cli.kek, sample),
-        Command::Rotate {
-            batch,
-            bind_unbound,
-        } => commands::rotate(&mut db, &cli.kek, batch.max(1), bind_unbound),
-        Command::RotateIndex { batch } => commands::rotate_index(&mut db, &cli.kek, batch.max(1)),
-        Command::EncryptColumn { column, batch } => {
-            commands::encrypt_column(&mut db, &cli.kek, &column, batch.max(1))
-        }
         Command::BenchRotate { rows, batch } => {
             bench::rotate(&mut db, &url, &cli.kek, rows, batch.max(1))
         }
@@ -233,5 +183,6 @@ fn run(cli: Cli) -> AppResult<()> {
             lookups,
             reps,
         } => bench::run(&mut db, &url, &cli.kek, rows, batch.max(1), lookups, reps),
-    }
+    }?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -33,8 +33,10 @@
 //! - **Sync or async.** With the `async` feature each job has an `_async` twin taking a
 //!   diesel-async connection (`rotate_data_keys_async`, ...): the same implementation, awaited.
 
+mod inventory;
 mod key;
 mod sql;
+mod status;
 mod verify;
 
 use std::collections::BTreeMap;
@@ -45,9 +47,15 @@ use zeroize::Zeroizing;
 use crate::db::{Db, sync_and_async};
 
 pub use crate::db::{Param, Query};
+#[cfg(feature = "async")]
+pub use inventory::inventory_async;
+pub use inventory::{Content, InventoryEntry, inventory};
 pub use key::{KeyColumn, KeyKind, KeyPart, RowKey};
-pub use sql::{CatalogRow, JobTable, Row, UnitRow};
+pub use sql::{CatalogRow, JobTable, Row, StatusRow, TallyRow, UnitRow};
 use sql::{alias, bind_alias};
+#[cfg(feature = "async")]
+pub use status::status_async;
+pub use status::{JobStatus, status};
 #[cfg(feature = "async")]
 pub use verify::verify_async;
 pub use verify::{Unopenable, VerifyReport, verify};

@@ -198,6 +198,38 @@ pub struct CatalogRow {
     pub(crate) ty: String,
 }
 
+/// A group of stored values: tenant, leading header bytes, count ([`super::inventory`]).
+#[doc(hidden)]
+#[derive(diesel::QueryableByName, Debug)]
+pub struct TallyRow {
+    #[diesel(sql_type = Nullable<Text>)]
+    pub(crate) t: Option<String>,
+    #[diesel(sql_type = Nullable<Binary>)]
+    pub(crate) h: Option<Vec<u8>>,
+    #[diesel(sql_type = BigInt)]
+    pub(crate) n: i64,
+}
+
+/// One unit of the job table as [`super::status`] reads it (no key values).
+#[doc(hidden)]
+#[derive(diesel::QueryableByName, Debug)]
+pub struct StatusRow {
+    #[diesel(sql_type = Text)]
+    pub(crate) job: String,
+    #[diesel(sql_type = Text)]
+    pub(crate) operation: String,
+    #[diesel(sql_type = Text)]
+    pub(crate) state: String,
+    #[diesel(sql_type = BigInt)]
+    pub(crate) rows_done: i64,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    pub(crate) lease_until: Option<i64>,
+    #[diesel(sql_type = BigInt)]
+    pub(crate) updated_at: i64,
+    #[diesel(sql_type = BigInt)]
+    pub(crate) db_now: i64,
+}
+
 /// The SQL the jobs need, per backend.
 pub trait JobTable: KeyTable {
     /// `sqlite`, `postgres` or `mysql`: how the catalogue spells types.
@@ -222,6 +254,9 @@ pub trait JobTable: KeyTable {
     /// case-insensitive, pad-space defaults) takes two different values for equal.
     #[doc(hidden)]
     fn text_bytes(expr: &str) -> String;
+    /// The first `len` bytes of the binary `expr`.
+    #[doc(hidden)]
+    fn head(expr: &str, len: usize) -> String;
     /// The database's clock in unix seconds: leases do not depend on the workers' clocks.
     #[doc(hidden)]
     fn now() -> &'static str;
@@ -257,12 +292,25 @@ pub trait JobTable: KeyTable {
         db: &mut D,
         q: &Query,
     ) -> impl Future<Output = diesel::QueryResult<Vec<CatalogRow>>> + Send;
+    /// Loads grouped counts.
+    #[doc(hidden)]
+    fn load_tallies<D: Db<Backend = Self>>(
+        db: &mut D,
+        q: &Query,
+    ) -> impl Future<Output = diesel::QueryResult<Vec<TallyRow>>> + Send;
+    /// Loads the job table's units for a status report.
+    #[doc(hidden)]
+    fn load_status<D: Db<Backend = Self>>(
+        db: &mut D,
+        q: &Query,
+    ) -> impl Future<Output = diesel::QueryResult<Vec<StatusRow>>> + Send;
 }
 
 macro_rules! job_table {
     ($db:ty, name = $name:literal, skip_locked = $skip:literal,
      before_transaction = $before:expr,
-     key_select = $ks:expr, key_param = $kp:expr, text = $text:literal, text_bytes = $tb:expr, now = $now:literal,
+     key_select = $ks:expr, key_param = $kp:expr, text = $text:literal, text_bytes = $tb:expr,
+     head = $head:expr, now = $now:literal,
      catalogue = $cat:literal, columns = $cols:literal, indexes = $idx:literal,
      is_binary = $bin:expr) => {
         impl JobTable for $db {
@@ -287,6 +335,11 @@ macro_rules! job_table {
 
             fn as_text(expr: &str) -> String {
                 format!("CAST({expr} AS {})", $text)
+            }
+
+            fn head(expr: &str, len: usize) -> String {
+                let f: fn(&str, usize) -> String = $head;
+                f(expr, len)
             }
 
             fn now() -> &'static str {
@@ -325,6 +378,20 @@ macro_rules! job_table {
             ) -> impl Future<Output = diesel::QueryResult<Vec<CatalogRow>>> + Send {
                 db.load::<CatalogRow>(q)
             }
+
+            fn load_tallies<D: Db<Backend = Self>>(
+                db: &mut D,
+                q: &Query,
+            ) -> impl Future<Output = diesel::QueryResult<Vec<TallyRow>>> + Send {
+                db.load::<TallyRow>(q)
+            }
+
+            fn load_status<D: Db<Backend = Self>>(
+                db: &mut D,
+                q: &Query,
+            ) -> impl Future<Output = diesel::QueryResult<Vec<StatusRow>>> + Send {
+                db.load::<StatusRow>(q)
+            }
         }
     };
 }
@@ -339,6 +406,8 @@ job_table!(
     key_param = |_, ph| ph,
     text = "TEXT",
     text_bytes = |e| format!("CAST({e} AS BLOB)"),
+    // A text value (legacy plaintext in a TEXT column) is cut as bytes, not characters.
+    head = |e, n| format!("substr(CAST({e} AS BLOB), 1, {n})"),
     now = "CAST(strftime('%s', 'now') AS INTEGER)",
     catalogue = "SELECT name, type AS ty FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk",
     columns = "SELECT name, type AS ty FROM pragma_table_info(?)",
@@ -365,6 +434,7 @@ job_table!(
     },
     text = "TEXT",
     text_bytes = |e| format!("convert_to({e}, 'UTF8')"),
+    head = |e, n| format!("substring({e} from 1 for {n})"),
     now = "CAST(EXTRACT(EPOCH FROM now()) AS BIGINT)",
     catalogue = "SELECT CAST(a.attname AS TEXT) AS name, format_type(a.atttypid, a.atttypmod) AS ty \
                  FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
@@ -393,6 +463,7 @@ job_table!(
     key_param = |_, ph| ph,
     text = "CHAR",
     text_bytes = |e| format!("CAST(CONVERT({e} USING utf8mb4) AS BINARY)"),
+    head = |e, n| format!("SUBSTRING(CAST({e} AS BINARY), 1, {n})"),
     now = "UNIX_TIMESTAMP()",
     catalogue = "SELECT CAST(k.COLUMN_NAME AS CHAR) AS name, CAST(c.COLUMN_TYPE AS CHAR) AS ty \
                  FROM information_schema.KEY_COLUMN_USAGE k JOIN information_schema.COLUMNS c \

@@ -24,11 +24,15 @@ use crate::keyring::Keyring;
 use crate::model::ModelInfo;
 use crate::tenant::TenantId;
 
+mod list;
 mod load;
 pub(crate) mod record;
 mod rewrap;
 mod wrap;
 
+#[cfg(feature = "async")]
+pub use list::list_keys_async;
+pub use list::{KeyInfo, KeyPolicy, PolicyBreach, list_keys};
 use record::Wrapper;
 pub use rewrap::{RewrapOptions, RewrapReport};
 
@@ -83,7 +87,7 @@ impl KeyState {
         }
     }
 
-    fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "active" => Some(Self::Active),
             "retired" => Some(Self::Retired),

@@ -1,0 +1,336 @@
+//! `keys ...`: the key table's life cycle.
+
+use std::collections::HashMap;
+
+use diesel::connection::LoadConnection;
+use serde_json::json;
+
+use super::{CliError, Outcome, confirm, out};
+use crate::jobs::{Content, JobTable};
+use crate::kek::{KekProvider, Purpose};
+use crate::key::KeyId;
+use crate::model::ModelInfo;
+use crate::store::{KeyInfo, KeyState, KeyStore, RewrapOptions, list_keys};
+use crate::tenant::TenantId;
+
+/// `keys ...`
+#[derive(Debug, Clone, clap::Subcommand)]
+#[non_exhaustive]
+pub enum KeysCommand {
+    /// Creates the key table (if needed) and the keys of values without a tenant.
+    Init {
+        /// Only the key table: every value belongs to a tenant (`keys create-tenant`).
+        #[arg(long)]
+        tenants_only: bool,
+        /// Output as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Creates a tenant's data key and blind-index root key.
+    CreateTenant {
+        /// The tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Output as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every key: id, tenant, purpose, state, age, KEK reference and the stored values that
+    /// name it (counted in SQL). Never key bytes.
+    List {
+        /// Output as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// New active data keys; the previous ones are retired (they still open). Then run
+    /// `jobs rotate` to re-seal the values.
+    Rotate {
+        /// The tenants to rotate (repeatable); every tenant with an active data key if none.
+        #[arg(long)]
+        tenant: Vec<String>,
+        /// Replace the blind-index root keys instead (then run `jobs reindex`).
+        #[arg(long)]
+        blind_index: bool,
+        /// Output as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-wraps every key under this store's KEK (a KEK rotation); no data value is touched.
+    Rewrap {
+        /// Records per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Output as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Destroys a retired key that no stored value names.
+    Destroy {
+        /// The key id (`keys list`).
+        #[arg(long)]
+        key_id: u32,
+        /// Do not ask (required without a terminal).
+        #[arg(long)]
+        yes: bool,
+        /// Output as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Crypto-shreds a tenant: destroys all its keys; its values can never be read again.
+    ShredTenant {
+        /// The tenant id.
+        #[arg(long)]
+        tenant: String,
+        /// Do not ask (required without a terminal).
+        #[arg(long)]
+        yes: bool,
+        /// Output as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub(super) fn execute<C, P>(
+    conn: &mut C,
+    store: &KeyStore<P>,
+    models: &[ModelInfo],
+    cmd: &KeysCommand,
+) -> Result<Outcome, CliError>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+    P: KekProvider,
+{
+    match cmd {
+        KeysCommand::Init { tenants_only, json } => {
+            let keys = list_keys(conn)?;
+            let has_own = keys
+                .iter()
+                .any(|k| k.tenant.is_none() && k.purpose == Purpose::Data);
+            let created = if *tenants_only || has_own {
+                None
+            } else {
+                Some(store.create_tenant(conn, None)?)
+            };
+            if *json {
+                out::json(&json!({
+                    "created": created.map(|k| json!({"data": k.data.get(), "blind_index": k.blind_index.get()})),
+                }))?;
+            } else if let Some(k) = created {
+                out::line(&format!(
+                    "key table ready; created the keys of values without a tenant: data key {}, blind-index key {}",
+                    k.data, k.blind_index
+                ))?;
+            } else {
+                out::line("key table ready; no key created")?;
+            }
+            Ok(Outcome::Done)
+        }
+        KeysCommand::CreateTenant { tenant, json } => {
+            let exists = list_keys(conn)?
+                .iter()
+                .any(|k| k.tenant.as_deref() == Some(tenant) && k.state != KeyState::Destroyed);
+            if exists {
+                return Err(CliError::Usage(format!(
+                    "tenant {tenant} already has keys: `keys rotate --tenant {tenant}` replaces its data key"
+                )));
+            }
+            let k = store.create_tenant(conn, Some(&TenantId::from(tenant.as_str())))?;
+            if *json {
+                out::json(
+                    &json!({"tenant": tenant, "data": k.data.get(), "blind_index": k.blind_index.get()}),
+                )?;
+            } else {
+                out::line(&format!(
+                    "tenant {tenant}: data key {}, blind-index key {}",
+                    k.data, k.blind_index
+                ))?;
+            }
+            Ok(Outcome::Done)
+        }
+        KeysCommand::List { json } => {
+            let keys = list_keys(conn)?;
+            let values = values_per_key(conn, models)?;
+            print_list(&keys, &values, *json)?;
+            Ok(Outcome::Done)
+        }
+        KeysCommand::Rotate {
+            tenant,
+            blind_index,
+            json,
+        } => {
+            let purpose = if *blind_index {
+                Purpose::BlindIndex
+            } else {
+                Purpose::Data
+            };
+            let tenants: Vec<Option<String>> = if tenant.is_empty() {
+                list_keys(conn)?
+                    .into_iter()
+                    .filter(|k| k.purpose == purpose && k.state == KeyState::Active)
+                    .map(|k| k.tenant)
+                    .collect()
+            } else {
+                tenant.iter().cloned().map(Some).collect()
+            };
+            let mut done = Vec::new();
+            for t in &tenants {
+                let id = t.as_deref().map(TenantId::from);
+                let new = if *blind_index {
+                    store.replace_blind_index_root(conn, id.as_ref())?.0
+                } else {
+                    store.rotate_data_key(conn, id.as_ref())?
+                };
+                done.push((t.clone(), new));
+                if !*json {
+                    out::line(&format!(
+                        "{}: new {} key {new}; the previous one is retired",
+                        t.as_deref().unwrap_or("(no tenant)"),
+                        purpose.as_str()
+                    ))?;
+                }
+            }
+            if *json {
+                out::json(&json!({
+                    "purpose": purpose.as_str(),
+                    "rotated": done.iter().map(|(t, k)| json!({"tenant": t, "key_id": k.get()})).collect::<Vec<_>>(),
+                }))?;
+            } else {
+                let next = if *blind_index {
+                    "jobs reindex"
+                } else {
+                    "jobs rotate"
+                };
+                out::line(&format!(
+                    "{} key(s) rotated; run `{next}` to move the stored values",
+                    done.len()
+                ))?;
+            }
+            Ok(Outcome::Done)
+        }
+        KeysCommand::Rewrap { batch, json } => {
+            let r = store.rewrap(
+                conn,
+                RewrapOptions {
+                    batch: (*batch).max(1),
+                },
+            )?;
+            if *json {
+                out::json(&json!({
+                    "wrapping_key": r.wrapping_key.get(),
+                    "rewrapped": r.rewrapped,
+                    "reauthenticated": r.reauthenticated,
+                    "conflicts": r.conflicts,
+                    "destroyed_wrapping_keys": r.destroyed_wrapping_keys.iter().map(|k| k.get()).collect::<Vec<_>>(),
+                    "finished": r.finished,
+                }))?;
+            } else {
+                out::line(&format!(
+                    "re-wrapped {} keys under wrapping key {} ({} re-authenticated, {} conflicts); finished: {}",
+                    r.rewrapped, r.wrapping_key, r.reauthenticated, r.conflicts, r.finished
+                ))?;
+            }
+            Ok(if r.finished {
+                Outcome::Done
+            } else {
+                Outcome::Incomplete
+            })
+        }
+        KeysCommand::Destroy { key_id, yes, json } => {
+            let id = KeyId::from(*key_id);
+            confirm(&format!("destroy key {id}"), &id.to_string(), *yes)?;
+            store.destroy_key(conn, id, models)?;
+            if *json {
+                out::json(&json!({"destroyed": id.get()}))?;
+            } else {
+                out::line(&format!("key {id} destroyed"))?;
+            }
+            Ok(Outcome::Done)
+        }
+        KeysCommand::ShredTenant { tenant, yes, json } => {
+            confirm(&format!("crypto-shred tenant {tenant}"), tenant, *yes)?;
+            let r = store.shred_tenant(conn, &TenantId::from(tenant.as_str()), models)?;
+            if *json {
+                out::json(&json!({
+                    "tenant": tenant,
+                    "destroyed": r.keys.iter().map(|k| k.get()).collect::<Vec<_>>(),
+                    "rows_unreadable": r.rows_unreadable,
+                }))?;
+            } else {
+                out::line(&format!(
+                    "tenant {tenant}: destroyed {} key(s); {} row(s) can never be read again",
+                    r.keys.len(),
+                    r.rows_unreadable
+                ))?;
+            }
+            Ok(Outcome::Done)
+        }
+    }
+}
+
+/// Stored values per data key id, over every model ([`crate::jobs::inventory`]).
+pub(super) fn values_per_key<C>(
+    conn: &mut C,
+    models: &[ModelInfo],
+) -> Result<HashMap<KeyId, u64>, CliError>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    let mut per_key = HashMap::new();
+    for e in crate::jobs::inventory(conn, models)? {
+        if let Content::Sealed { key_id, .. } = e.content {
+            *per_key.entry(key_id).or_default() += e.values;
+        }
+    }
+    Ok(per_key)
+}
+
+fn print_list(keys: &[KeyInfo], values: &HashMap<KeyId, u64>, json: bool) -> Result<(), CliError> {
+    let now = out::now();
+    let age = |k: &KeyInfo| u64::try_from(now.saturating_sub(k.created_at)).unwrap_or(0);
+    // Only data keys are named by stored values; the others show no count.
+    let count = |k: &KeyInfo| {
+        (k.purpose == Purpose::Data).then(|| values.get(&k.key_id).copied().unwrap_or(0))
+    };
+    if json {
+        let rows: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                json!({
+                    "key_id": k.key_id.get(),
+                    "tenant": k.tenant,
+                    "purpose": k.purpose.as_str(),
+                    "state": k.state.as_str(),
+                    "age_secs": age(k),
+                    "created_at": k.created_at,
+                    "kek_ref": k.kek_ref,
+                    "values": count(k),
+                })
+            })
+            .collect();
+        out::json(&json!({ "keys": rows }))?;
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = keys
+        .iter()
+        .map(|k| {
+            vec![
+                k.key_id.to_string(),
+                k.tenant.clone().unwrap_or_else(|| "-".into()),
+                k.purpose.as_str().to_owned(),
+                k.state.as_str().to_owned(),
+                out::age(age(k)),
+                k.kek_ref.clone(),
+                count(k).map_or_else(|| "-".into(), |n| n.to_string()),
+            ]
+        })
+        .collect();
+    out::table(
+        &[
+            ">key id", "tenant", "purpose", "state", ">age", "kek", ">values",
+        ],
+        &rows,
+    )?;
+    Ok(())
+}

@@ -1,0 +1,250 @@
+//! The operator's toolkit, embeddable in an application's own binary (feature `cli`): keys,
+//! jobs, inventory, verify, the key-age check and the schema, for the application's models and
+//! KEK provider.
+//!
+//! A binary of a few lines mounts all of it ([`run`]: `--database-url` or `DATABASE_URL` picks
+//! the backend; `sqlite://FILE` with the `sqlite` feature, `postgres://` with
+//! `postgres-connection`, `mysql://` with `mysql-connection`):
+//!
+//! ```no_run
+//! use encrypted_types::kek::local::LocalKek;
+//! use encrypted_types::store::KeyStore;
+//! # diesel::table! { users (id) { id -> Integer, email -> Binary } }
+//! # #[derive(encrypted_types::Encrypted)]
+//! # #[encrypted(table = users)]
+//! # struct User { id: i32, #[encrypted] email: String }
+//! use encrypted_types::EncryptedModel;
+//!
+//! fn main() -> std::process::ExitCode {
+//!     let provider = match LocalKek::open_or_create("app.kek") {
+//!         Ok(p) => p,
+//!         Err(e) => return encrypted_types::cli::fail(&e),
+//!     };
+//!     encrypted_types::cli::run(&[User::MODEL], KeyStore::new(provider))
+//! }
+//! ```
+//!
+//! An application with commands of its own flattens [`Command`] into its `clap` enum
+//! (`#[command(flatten)] Toolkit(encrypted_types::cli::Command)`) and calls [`execute`] with
+//! its connection, as the example app `clinic` does.
+//!
+//! | command | does |
+//! |---|---|
+//! | `keys init` | creates the key table and the keys of values without a tenant |
+//! | `keys create-tenant --tenant T` | a tenant's data and blind-index keys |
+//! | `keys list` | every key: id, tenant, purpose, state, age, KEK reference, values sealed with it; never key bytes |
+//! | `keys rotate [--tenant T]...` | new active data keys (all tenants by default); the old ones are retired |
+//! | `keys rewrap` | re-wraps every key under this store's KEK (a KEK rotation) |
+//! | `keys destroy --key-id N` | destroys a retired key no value names (asks, or `--yes`) |
+//! | `keys shred-tenant --tenant T` | crypto-shreds a tenant (asks, or `--yes`) |
+//! | `jobs rotate \| reindex \| encrypt-column` | resumable jobs: a bar at a terminal, one JSON line per batch otherwise |
+//! | `jobs status` | units done, leased and pending per job |
+//! | `inventory` | values per table, column, tenant, key and suite, counted in SQL |
+//! | `verify [--sample N]` | opens every value; names the ones that do not open |
+//! | `check --max-key-age 90d` | old active keys, retired keys still in use, keys that do not load |
+//! | `schema --backend B --alter` | the `ALTER TABLE` expand step for the models |
+//!
+//! Every command takes `--json`. Exit codes ([`Outcome::code`]): 0 done, 1 failed (nothing
+//! could be decided: a database, KEK or usage error), 2 invalid arguments, 3 a job that did
+//! not finish (interrupted, other workers still hold units, values it had to skip),
+//! 4 findings (`verify`, `check`).
+
+use std::io::{IsTerminal, Write as _};
+use std::process::ExitCode;
+
+use diesel::connection::LoadConnection;
+
+use crate::jobs::JobTable;
+use crate::kek::KekProvider;
+use crate::model::ModelInfo;
+use crate::store::{KeyStore, Migrations};
+
+mod conn;
+mod jobs;
+mod keys;
+mod out;
+mod report;
+
+pub use conn::AnyConnection;
+pub use jobs::{JobArgs, JobsCommand};
+pub use keys::KeysCommand;
+pub use report::{Backend, CheckArgs, SchemaArgs, VerifyArgs};
+
+/// The toolkit's commands, for an application's own `clap` parser.
+#[derive(Debug, Clone, clap::Subcommand)]
+#[non_exhaustive]
+pub enum Command {
+    /// Create, list, rotate, re-wrap, destroy and shred keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Run and watch the re-sealing jobs.
+    #[command(subcommand)]
+    Jobs(JobsCommand),
+    /// Values per table, column, tenant, key and suite, counted in SQL.
+    Inventory {
+        /// One JSON document instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Opens every stored value (or a sample) and names each one that does not open by table,
+    /// row key, column and reason (never its content). Exits 4 if any.
+    Verify(VerifyArgs),
+    /// For cron and alerting: exits 4 listing active data keys older than the policy, retired
+    /// keys still sealing values past a grace period, and keys that do not load (an
+    /// unreachable KEK provider, a tampered key table).
+    Check(CheckArgs),
+    /// The migration SQL of the models' ciphertext columns, index columns and tenant-leading
+    /// indexes.
+    Schema(SchemaArgs),
+}
+
+/// How a command ended, beside errors ([`Outcome::code`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// Done: exit 0.
+    Done,
+    /// A job that did not finish: exit 3. Run it again.
+    Incomplete,
+    /// `verify` or `check` found something: exit 4.
+    Findings,
+}
+
+impl Outcome {
+    /// The process exit code.
+    ///
+    /// ```
+    /// use encrypted_types::cli::Outcome;
+    /// assert_eq!(Outcome::Findings.code(), 4);
+    /// ```
+    pub const fn code(self) -> u8 {
+        match self {
+            Self::Done => 0,
+            Self::Incomplete => 3,
+            Self::Findings => 4,
+        }
+    }
+}
+
+/// Why a command could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CliError {
+    /// The library refused or failed.
+    #[error(transparent)]
+    Library(#[from] crate::Error),
+    /// A destructive command was not confirmed.
+    #[error("not confirmed: {0}")]
+    NotConfirmed(String),
+    /// Arguments that parse but do not fit the models or the database.
+    #[error("{0}")]
+    Usage(String),
+    /// Writing the output failed.
+    #[error("output: {0}")]
+    Io(#[from] std::io::Error),
+    /// The database could not be reached.
+    #[error("database: {0}")]
+    Connect(String),
+}
+
+/// The command line of [`run`].
+#[derive(Debug, clap::Parser)]
+#[command(version, about = "Keys, jobs and audits of encrypted-types models")]
+struct Cli {
+    /// Database URL: `sqlite://FILE`, `postgres://...` or `mysql://...`.
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Parses the process's arguments and runs one command against `--database-url` with
+/// `models` and `store`; returns the exit code ([`Outcome::code`], 1 on errors, which are printed
+/// to stderr with their causes, 2 on invalid arguments).
+pub fn run<P: KekProvider>(models: &[ModelInfo], store: KeyStore<P>) -> ExitCode {
+    use clap::Parser as _;
+    let cli = Cli::parse();
+    let result = (|| {
+        if let Command::Schema(args) = &cli.command {
+            // The SQL depends on the backend, not on a live database.
+            return report::schema(models, args, None);
+        }
+        let url = cli
+            .database_url
+            .as_deref()
+            .ok_or_else(|| CliError::Usage("--database-url or DATABASE_URL is required".into()))?;
+        conn::with_any!(AnyConnection::establish(url)?, conn => {
+            KeyStore::<P>::run_migrations(&mut conn)?;
+            execute(&mut conn, &store, models, &cli.command)
+        })
+    })();
+    match result {
+        Ok(outcome) => ExitCode::from(outcome.code()),
+        Err(e) => fail(&e),
+    }
+}
+
+/// Prints `error` and its causes to stderr as one line and returns exit code 1.
+pub fn fail(error: &dyn std::error::Error) -> ExitCode {
+    let mut msg = format!("error: {error}");
+    let mut cause = error.source();
+    while let Some(c) = cause {
+        msg.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    let _ = writeln!(std::io::stderr(), "{msg}");
+    ExitCode::FAILURE
+}
+
+/// Runs one command on `conn` (whose key table exists: [`KeyStore::run_migrations`]) with the
+/// application's `models` and key store, printing to stdout.
+///
+/// # Errors
+/// [`CliError`]: the library's errors, an unconfirmed destructive command, arguments that do
+/// not fit the models.
+pub fn execute<C, P>(
+    conn: &mut C,
+    store: &KeyStore<P>,
+    models: &[ModelInfo],
+    command: &Command,
+) -> Result<Outcome, CliError>
+where
+    C: LoadConnection + diesel_migrations::MigrationHarness<C::Backend>,
+    C::Backend: JobTable + Migrations,
+    P: KekProvider,
+{
+    match command {
+        Command::Keys(cmd) => keys::execute(conn, store, models, cmd),
+        Command::Jobs(cmd) => jobs::execute(conn, store, models, cmd),
+        Command::Inventory { json } => report::inventory(conn, models, *json),
+        Command::Verify(args) => report::verify(conn, store, models, args),
+        Command::Check(args) => report::check(conn, store, models, args),
+        Command::Schema(args) => report::schema(models, args, Some(<C::Backend as JobTable>::NAME)),
+    }
+}
+
+/// Asks for `expected` at a terminal before a destructive step; without a terminal only
+/// `yes` (`--yes`) goes on.
+fn confirm(what: &str, expected: &str, yes: bool) -> Result<(), CliError> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(CliError::NotConfirmed(format!(
+            "{what}: pass --yes to run it without a terminal"
+        )));
+    }
+    let mut err = std::io::stderr();
+    write!(
+        err,
+        "{what}. This cannot be undone. Type {expected} to go on: "
+    )?;
+    err.flush()?;
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    if line.trim() == expected {
+        Ok(())
+    } else {
+        Err(CliError::NotConfirmed(what.to_owned()))
+    }
+}

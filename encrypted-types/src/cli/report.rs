@@ -1,0 +1,318 @@
+//! The read-only commands: `inventory`, `verify`, `check` and `schema`.
+
+use std::collections::HashMap;
+
+use diesel::connection::LoadConnection;
+use serde_json::json;
+
+use super::{CliError, Outcome, out};
+use crate::jobs::{self, Content, JobTable, KeyPart, RowKey};
+use crate::kek::KekProvider;
+use crate::model::ModelInfo;
+use crate::schema::Dialect;
+use crate::store::{KeyPolicy, KeyState, KeyStore, PolicyBreach, list_keys};
+
+/// `verify`
+#[derive(Debug, Clone, clap::Args)]
+#[non_exhaustive]
+pub struct VerifyArgs {
+    /// Open about this many values per column, spread over the table, instead of all.
+    #[arg(long)]
+    pub sample: Option<u64>,
+    /// Output as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `check`
+#[derive(Debug, Clone, clap::Args)]
+#[non_exhaustive]
+pub struct CheckArgs {
+    /// The oldest an active data key may be: `90d`, `365d`, `12h`.
+    #[arg(long, value_parser = out::parse_duration)]
+    pub max_key_age: std::time::Duration,
+    /// How long a retired data key may still seal stored values.
+    #[arg(long, value_parser = out::parse_duration, default_value = "7d")]
+    pub retired_grace: std::time::Duration,
+    /// Output as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// A backend's SQL dialect, as `schema --backend` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[non_exhaustive]
+pub enum Backend {
+    /// SQLite.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL and MariaDB.
+    Mysql,
+}
+
+/// `schema`
+#[derive(Debug, Clone, clap::Args)]
+#[non_exhaustive]
+pub struct SchemaArgs {
+    /// The dialect; default: the connected database's.
+    #[arg(long, value_enum)]
+    pub backend: Option<Backend>,
+    /// `ALTER TABLE` statements that add the encrypted and index columns to existing tables
+    /// (the expand step of encrypting a plaintext column).
+    #[arg(long)]
+    pub alter: bool,
+    /// Print the `down` migration instead of `up`.
+    #[arg(long)]
+    pub down: bool,
+    /// Output as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) fn inventory<C>(
+    conn: &mut C,
+    models: &[ModelInfo],
+    json: bool,
+) -> Result<Outcome, CliError>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    let entries = jobs::inventory(conn, models)?;
+    let states: HashMap<_, _> = list_keys(conn)?
+        .into_iter()
+        .map(|k| (k.key_id, k.state))
+        .collect();
+    let describe = |c: Content| match c {
+        Content::Sealed { suite, key_id } => (
+            Some(key_id.get()),
+            Some(suite),
+            states
+                .get(&key_id)
+                .map_or("not in key table", |s| s.as_str()),
+        ),
+        Content::LegacyPlaintext => (None, None, "legacy plaintext"),
+        _ => (None, None, "unrecognized"),
+    };
+    if json {
+        let rows: Vec<_> = entries
+            .iter()
+            .map(|e| {
+                let (key, suite, what) = describe(e.content);
+                json!({
+                    "table": e.table, "column": e.column, "tenant": e.tenant,
+                    "key_id": key, "suite": suite, "content": what, "values": e.values,
+                })
+            })
+            .collect();
+        out::json(&json!({ "inventory": rows }))?;
+        return Ok(Outcome::Done);
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let (key, suite, what) = describe(e.content);
+            vec![
+                e.table.to_owned(),
+                e.column.to_owned(),
+                e.tenant.clone().unwrap_or_else(|| "-".into()),
+                key.map_or_else(|| "-".into(), |k| k.to_string()),
+                suite.map_or_else(|| "-".into(), |s| s.to_string()),
+                what.to_owned(),
+                e.values.to_string(),
+            ]
+        })
+        .collect();
+    out::table(
+        &[
+            "table",
+            "column",
+            "tenant",
+            ">key id",
+            ">suite",
+            "key state",
+            ">values",
+        ],
+        &rows,
+    )?;
+    Ok(Outcome::Done)
+}
+
+/// A row key as people read it: integers as they are; text, bytes and UUIDs hidden (they may
+/// be an email or a patient number), as their `Debug` does.
+fn row_key(key: &RowKey) -> String {
+    let parts: Vec<String> = key
+        .0
+        .iter()
+        .map(|p| match p {
+            KeyPart::Int(i) => i.to_string(),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    parts.join(",")
+}
+
+pub(super) fn verify<C, P>(
+    conn: &mut C,
+    store: &KeyStore<P>,
+    models: &[ModelInfo],
+    args: &VerifyArgs,
+) -> Result<Outcome, CliError>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+    P: KekProvider,
+{
+    store.load_and_install(conn)?;
+    let mut ok = true;
+    let mut reports = Vec::new();
+    for m in models {
+        let r = jobs::verify(conn, m, args.sample)?;
+        ok &= r.ok();
+        if args.json {
+            let bad: Vec<_> = r
+                .unopenable
+                .iter()
+                .map(|u| json!({"row": row_key(&u.key), "column": u.column, "reason": format!("{:?}", u.reason)}))
+                .collect();
+            reports.push(json!({
+                "table": r.table, "values": r.values, "checked": r.checked,
+                "unopenable": r.unopenable_total(), "listed": bad,
+            }));
+        } else {
+            for u in &r.unopenable {
+                out::line(&format!(
+                    "{} row {}, column {}: does not open ({:?})",
+                    r.table,
+                    row_key(&u.key),
+                    u.column,
+                    u.reason
+                ))?;
+            }
+            out::line(&format!(
+                "{}: {} values stored, {} opened and checked, {} do not open",
+                r.table,
+                r.values,
+                r.checked,
+                r.unopenable_total()
+            ))?;
+        }
+    }
+    if args.json {
+        out::json(&json!({ "verify": reports, "ok": ok }))?;
+    }
+    Ok(if ok { Outcome::Done } else { Outcome::Findings })
+}
+
+pub(super) fn check<C, P>(
+    conn: &mut C,
+    store: &KeyStore<P>,
+    models: &[ModelInfo],
+    args: &CheckArgs,
+) -> Result<Outcome, CliError>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+    P: KekProvider,
+{
+    let mut problems: Vec<serde_json::Value> = Vec::new();
+    let mut lines = Vec::new();
+    // Unwrapping every key is the reachability test of every KEK (and the key table's MACs).
+    match store.load(conn) {
+        Ok((_, report)) => {
+            for (tenant, kek) in &report.unavailable {
+                lines.push(format!(
+                    "tenant {tenant}: its KEK {kek} does not unwrap its keys"
+                ));
+                problems.push(json!({"problem": "tenant_kek_unavailable", "tenant": tenant.to_string(), "kek_ref": kek}));
+            }
+        }
+        Err(e) => {
+            lines.push(format!("the keys do not load: {e}"));
+            problems.push(json!({"problem": "keys_do_not_load", "error": e.to_string()}));
+        }
+    }
+    let keys = list_keys(conn)?;
+    let values = super::keys::values_per_key(conn, models)?;
+    let policy = KeyPolicy {
+        max_age: args.max_key_age,
+        retired_grace: args.retired_grace,
+    };
+    for breach in policy.check(&keys, &values, out::now()) {
+        match breach {
+            PolicyBreach::TooOld {
+                key_id,
+                tenant,
+                age,
+            } => {
+                lines.push(format!(
+                    "data key {key_id} (tenant {}) is {} old, over the {} policy: `keys rotate` then `jobs rotate`",
+                    tenant.as_deref().unwrap_or("-"),
+                    out::age(age.as_secs()),
+                    out::age(args.max_key_age.as_secs())
+                ));
+                problems.push(json!({"problem": "key_too_old", "key_id": key_id.get(), "tenant": tenant, "age_secs": age.as_secs()}));
+            }
+            PolicyBreach::RetiredInUse {
+                key_id,
+                tenant,
+                retired_for,
+                values,
+            } => {
+                lines.push(format!(
+                    "data key {key_id} (tenant {}) was retired {} ago and still seals {values} values: run `jobs rotate`",
+                    tenant.as_deref().unwrap_or("-"),
+                    out::age(retired_for.as_secs())
+                ));
+                problems.push(json!({"problem": "retired_key_in_use", "key_id": key_id.get(), "tenant": tenant, "retired_secs": retired_for.as_secs(), "values": values}));
+            }
+        }
+    }
+    let active = keys.iter().filter(|k| k.state == KeyState::Active).count();
+    if args.json {
+        out::json(
+            &json!({ "ok": problems.is_empty(), "active_keys": active, "problems": problems }),
+        )?;
+    } else if lines.is_empty() {
+        out::line(&format!(
+            "ok: {active} active keys, all within the policy, all load"
+        ))?;
+    } else {
+        for l in &lines {
+            out::line(l)?;
+        }
+    }
+    Ok(if problems.is_empty() {
+        Outcome::Done
+    } else {
+        Outcome::Findings
+    })
+}
+
+pub(super) fn schema(
+    models: &[ModelInfo],
+    args: &SchemaArgs,
+    connected: Option<&str>,
+) -> Result<Outcome, CliError> {
+    let dialect = match (args.backend, connected) {
+        (Some(Backend::Sqlite), _) | (None, Some("sqlite")) => Dialect::Sqlite,
+        (Some(Backend::Postgres), _) | (None, Some("postgres")) => Dialect::Postgres,
+        (Some(Backend::Mysql), _) | (None, Some("mysql")) => Dialect::Mysql,
+        _ => return Err(CliError::Usage("--backend is required".into())),
+    };
+    if !args.alter {
+        return Err(CliError::Usage(
+            "only `schema --alter` is available: the expand step for tables that exist".into(),
+        ));
+    }
+    let m = crate::schema::expand(models, dialect);
+    if args.json {
+        out::json(&json!({ "up": m.up, "down": m.down }))?;
+    } else {
+        for s in if args.down { &m.down } else { &m.up } {
+            out::line(&format!("{s};"))?;
+        }
+    }
+    Ok(Outcome::Done)
+}

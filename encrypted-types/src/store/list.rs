@@ -1,0 +1,223 @@
+//! The key table as an operator reads it: every key's metadata (never its bytes), and the
+//! key-age policy that cron checks.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::{KEYS, KeyDb, KeyState, KeyTable, RECORD_COLS, store_err};
+use crate::Error;
+use crate::db::{Query, sync_and_async};
+use crate::kek::Purpose;
+use crate::key::KeyId;
+
+/// One key of the key table, without its wrapped bytes ([`list_keys`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct KeyInfo {
+    /// The key id sealed headers name.
+    pub key_id: KeyId,
+    /// The tenant; `None` for keys of no tenant and the deployment's wrapping keys.
+    pub tenant: Option<String>,
+    /// What it is for.
+    pub purpose: Purpose,
+    /// Its life-cycle state.
+    pub state: KeyState,
+    /// The KEK (or wrapping key) reference it is stored under.
+    pub kek_ref: String,
+    /// Unix seconds. Not covered by the record's MAC (`docs/KEYTABLE.md`): a database writer
+    /// can make a key look younger than it is.
+    pub created_at: i64,
+    /// Unix seconds of the last state change (when it was retired or destroyed).
+    pub state_changed_at: i64,
+    /// Its generation within the tenant and purpose.
+    pub generation: i64,
+}
+
+sync_and_async! {
+    /// Every key of the key table, by tenant, purpose and id: metadata only. Reads the table as
+    /// it is, without unwrapping or authenticating anything: a tampered record shows here as it
+    /// is stored and fails at [`super::KeyStore::load`].
+    ///
+    /// # Errors
+    /// [`Error::Store`] if the table cannot be read; [`Error::KeyRecord`] for a row whose id,
+    /// purpose or state is not one the library writes.
+    pub fn list_keys / list_keys_async() -> Result<Vec<KeyInfo>, Error> where Backend: KeyTable => list_keys_on
+}
+
+async fn list_keys_on<D: KeyDb>(db: &mut D) -> Result<Vec<KeyInfo>, Error> {
+    let q = Query::sql(format!(
+        "SELECT {RECORD_COLS} FROM {KEYS} ORDER BY tenant, purpose, key_id"
+    ));
+    let records = D::Backend::load_records(db, &q).await.map_err(store_err)?;
+    records
+        .into_iter()
+        .map(|r| {
+            let key_id = u32::try_from(r.key_id)
+                .map(KeyId::from)
+                .map_err(|_| Error::Store("a key id outside 0..2^32 in the key table".into()))?;
+            let bad = |reason| Error::KeyRecord { key_id, reason };
+            Ok(KeyInfo {
+                key_id,
+                purpose: Purpose::parse(&r.purpose).ok_or_else(|| bad("unknown purpose"))?,
+                state: KeyState::parse(&r.state).ok_or_else(|| bad("unknown state"))?,
+                tenant: r.tenant,
+                kek_ref: r.kek_ref,
+                created_at: r.created_at,
+                state_changed_at: r.state_changed_at,
+                generation: r.generation,
+            })
+        })
+        .collect()
+}
+
+/// A key-age policy ([`KeyPolicy::check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyPolicy {
+    /// The oldest an active data key may be (a rotation cadence: 90 to 365 days).
+    pub max_age: Duration,
+    /// How long a retired data key may still seal stored values: the time a rotation job has
+    /// to re-seal them.
+    pub retired_grace: Duration,
+}
+
+/// A breach of a [`KeyPolicy`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PolicyBreach {
+    /// An active data key older than [`KeyPolicy::max_age`]: rotate it.
+    TooOld {
+        /// The key.
+        key_id: KeyId,
+        /// Its tenant.
+        tenant: Option<String>,
+        /// Its age.
+        age: Duration,
+    },
+    /// A data key retired longer than [`KeyPolicy::retired_grace`] that stored values still
+    /// name: run the rotation job.
+    RetiredInUse {
+        /// The key.
+        key_id: KeyId,
+        /// Its tenant.
+        tenant: Option<String>,
+        /// How long ago it was retired.
+        retired_for: Duration,
+        /// Values sealed with it.
+        values: u64,
+    },
+}
+
+impl KeyPolicy {
+    /// The breaches of the policy at `now` (unix seconds), given the keys ([`list_keys`]) and how
+    /// many stored values name each key (from [`crate::jobs::inventory`]). Blind-index root
+    /// keys are not checked: replacing one needs a full reindex, and nothing stored names
+    /// them.
+    ///
+    /// ```
+    /// use std::collections::HashMap;
+    /// use std::time::Duration;
+    /// use encrypted_types::store::KeyPolicy;
+    ///
+    /// let policy = KeyPolicy {
+    ///     max_age: Duration::from_secs(90 * 86_400),
+    ///     retired_grace: Duration::from_secs(7 * 86_400),
+    /// };
+    /// // No keys, nothing to breach.
+    /// assert!(policy.check(&[], &HashMap::new(), 1_800_000_000).is_empty());
+    /// ```
+    pub fn check(
+        &self,
+        keys: &[KeyInfo],
+        values: &HashMap<KeyId, u64>,
+        now: i64,
+    ) -> Vec<PolicyBreach> {
+        let since = |t: i64| Duration::from_secs(u64::try_from(now.saturating_sub(t)).unwrap_or(0));
+        let mut out = Vec::new();
+        for k in keys.iter().filter(|k| k.purpose == Purpose::Data) {
+            match k.state {
+                KeyState::Active if since(k.created_at) > self.max_age => {
+                    out.push(PolicyBreach::TooOld {
+                        key_id: k.key_id,
+                        tenant: k.tenant.clone(),
+                        age: since(k.created_at),
+                    });
+                }
+                KeyState::Retired if since(k.state_changed_at) > self.retired_grace => {
+                    let n = values.get(&k.key_id).copied().unwrap_or(0);
+                    if n > 0 {
+                        out.push(PolicyBreach::RetiredInUse {
+                            key_id: k.key_id,
+                            tenant: k.tenant.clone(),
+                            retired_for: since(k.state_changed_at),
+                            values: n,
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400;
+
+    fn key(id: u32, purpose: Purpose, state: KeyState, created: i64, changed: i64) -> KeyInfo {
+        KeyInfo {
+            key_id: KeyId::from(id),
+            tenant: Some("7".into()),
+            purpose,
+            state,
+            kek_ref: "local".into(),
+            created_at: created,
+            state_changed_at: changed,
+            generation: 1,
+        }
+    }
+
+    #[test]
+    fn old_active_data_keys_and_long_retired_keys_in_use_breach() {
+        let now = 1_000 * DAY;
+        let policy = KeyPolicy {
+            max_age: Duration::from_secs(90 * 86_400),
+            retired_grace: Duration::from_secs(7 * 86_400),
+        };
+        let keys = [
+            key(
+                1,
+                Purpose::Data,
+                KeyState::Active,
+                now - 91 * DAY,
+                now - 91 * DAY,
+            ),
+            key(
+                2,
+                Purpose::Data,
+                KeyState::Active,
+                now - 89 * DAY,
+                now - 89 * DAY,
+            ),
+            // An old blind-index root is not a breach.
+            key(3, Purpose::BlindIndex, KeyState::Active, now - 400 * DAY, 0),
+            // Retired long ago and still sealing 5 values; retired long ago with none; retired
+            // yesterday with values.
+            key(4, Purpose::Data, KeyState::Retired, 0, now - 8 * DAY),
+            key(5, Purpose::Data, KeyState::Retired, 0, now - 8 * DAY),
+            key(6, Purpose::Data, KeyState::Retired, 0, now - DAY),
+        ];
+        let values = HashMap::from([(KeyId::from(4), 5), (KeyId::from(6), 9)]);
+        let found = policy.check(&keys, &values, now);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            matches!(found[0], PolicyBreach::TooOld { key_id, .. } if key_id == KeyId::from(1))
+        );
+        assert!(matches!(
+            found[1],
+            PolicyBreach::RetiredInUse { key_id, values: 5, .. } if key_id == KeyId::from(4)
+        ));
+    }
+}
