@@ -1,0 +1,293 @@
+//! The operator's toolkit on every backend: the key list, the inventory counted in SQL from the
+//! header bytes (checked against the stored bytes read back and parsed here), the job table's
+//! status, and `cli::execute` end to end (rotate, re-seal, verify, a tampered value), sync and
+//! async.
+// A test reports failure by panicking: unwrap, expect and indexing are assertions here.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::BTreeMap;
+
+use encrypted_types::jobs::{Content, InventoryEntry};
+use encrypted_types::kek::local::LocalKek;
+use encrypted_types::store::KeyStore;
+use encrypted_types_tests::models::Patient;
+
+fn store(dir: &tempfile::TempDir) -> KeyStore<LocalKek> {
+    KeyStore::new(LocalKek::create(dir.path().join("t.kek")).unwrap())
+}
+
+/// Parses a stored header here, independently of the library: (suite, key id) or `None`.
+fn header(bytes: &[u8]) -> Option<(u8, u32)> {
+    match bytes {
+        [1, suite @ (1..=3), a, b, c, d, ..] => {
+            Some((*suite, u32::from_be_bytes([*a, *b, *c, *d])))
+        }
+        _ => None,
+    }
+}
+
+/// The inventory as (column, tenant, content) → values, for comparing.
+fn tally(entries: &[InventoryEntry]) -> BTreeMap<(&'static str, Option<String>, Content), u64> {
+    entries
+        .iter()
+        .map(|e| ((e.column, e.tenant.clone(), e.content), e.values))
+        .collect()
+}
+
+fn cli(args: &[&str]) -> encrypted_types::cli::Command {
+    use clap::Parser as _;
+    #[derive(clap::Parser)]
+    struct Top {
+        #[command(subcommand)]
+        command: encrypted_types::cli::Command,
+    }
+    let mut all = vec!["toolkit"];
+    all.extend_from_slice(args);
+    Top::parse_from(all).command
+}
+
+macro_rules! toolkit_suite {
+    ($connect:path) => {
+        use super::*;
+        use diesel::prelude::*;
+        use encrypted_types::cli::{Outcome, execute};
+        use encrypted_types::store::{KeyState, list_keys};
+        use encrypted_types::{EncryptedModel, TenantId};
+        use encrypted_types_tests::schema::et_patients;
+
+        /// What the table holds, read back and parsed here: (column, tenant, content) → values.
+        fn stored(conn: &mut _Conn) -> BTreeMap<(&'static str, Option<String>, Content), u64> {
+            let rows: Vec<(i64, Vec<u8>, Option<Vec<u8>>)> = et_patients::table
+                .select((et_patients::clinic_id, et_patients::name, et_patients::notes))
+                .load(conn)
+                .unwrap();
+            let mut out = BTreeMap::new();
+            for (tenant, name, notes) in rows {
+                for (column, v) in [("name", Some(name)), ("notes", notes)] {
+                    let Some(v) = v else { continue };
+                    let content = match header(&v) {
+                        Some((suite, key)) => Content::Sealed {
+                            suite,
+                            key_id: encrypted_types::KeyId::from(key),
+                        },
+                        None => Content::Unrecognized,
+                    };
+                    *out.entry((column, Some(tenant.to_string()), content))
+                        .or_default() += 1;
+                }
+            }
+            out
+        }
+
+        #[test]
+        fn keys_inventory_status_and_execute_agree_with_the_table() {
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let store = store(&dir);
+            let conn = &mut $connect();
+            let models = [Patient::MODEL];
+            for t in [1_i64, 2] {
+                store.create_tenant(conn, Some(&TenantId::from(t))).unwrap();
+            }
+            store.load_and_install(conn).unwrap();
+            let mut rows = Patient::several(6, "toolkit");
+            rows[0].notes = None;
+            diesel::insert_into(et_patients::table)
+                .values(Patient::batch(&rows))
+                .execute(conn)
+                .unwrap();
+            // Plaintext written around the model into one row's notes.
+            diesel::update(et_patients::table.find(rows[1].id))
+                .set(et_patients::notes.eq(b"written around the model".to_vec()))
+                .execute(conn)
+                .unwrap();
+
+            let keys = list_keys(conn).unwrap();
+            // Two tenants' data and blind-index keys, and the deployment's wrapping key.
+            assert_eq!(keys.len(), 5, "{keys:?}");
+            let inv = encrypted_types::jobs::inventory(conn, &models).unwrap();
+            let only = |inv: &[InventoryEntry]| -> BTreeMap<_, _> {
+                tally(inv)
+                    .into_iter()
+                    .filter(|((c, ..), _)| ["name", "notes"].contains(c))
+                    .collect()
+            };
+            assert_eq!(only(&inv), stored(conn));
+            assert!(
+                inv.iter().any(|e| e.content == Content::Unrecognized
+                    && e.column == "notes"
+                    && e.values == 1),
+                "{inv:?}"
+            );
+            // Every column is counted: 6 rows x 4 required columns, notes of 5, phone of none.
+            let total: u64 = inv.iter().map(|e| e.values).sum();
+            assert_eq!(total, 6 * 4 + 5);
+
+            // Through the command line: rotate tenant 1, re-seal, then nothing names the
+            // retired key; verify finds the planted plaintext.
+            let old: Vec<_> = keys
+                .iter()
+                .filter(|k| k.tenant.as_deref() == Some("1") && k.purpose.as_str() == "data")
+                .map(|k| k.key_id)
+                .collect();
+            let run = |conn: &mut _Conn, args: &[&str]| {
+                execute(conn, &store, &models, &cli(args)).unwrap()
+            };
+            assert_eq!(run(conn, &["keys", "rotate", "--tenant", "1"]), Outcome::Done);
+            // Tenant 1's three rows: 4 required values each and two notes. The planted
+            // plaintext names no key: not the rotation's business.
+            assert_eq!(
+                run(conn, &["jobs", "rotate", "--job", "toolkit-rotate", "--batch", "2"]),
+                Outcome::Done
+            );
+            let after = list_keys(conn).unwrap();
+            let retired: Vec<_> = after
+                .iter()
+                .filter(|k| k.state == KeyState::Retired)
+                .map(|k| k.key_id)
+                .collect();
+            assert_eq!(retired, old);
+            let inv = encrypted_types::jobs::inventory(conn, &models).unwrap();
+            assert_eq!(only(&inv), stored(conn));
+            assert!(
+                inv.iter().all(|e| !matches!(e.content,
+                    Content::Sealed { key_id, .. } if key_id == old[0])),
+                "{inv:?}"
+            );
+            let status = encrypted_types::jobs::status(conn).unwrap();
+            let job = status.iter().find(|j| j.job == "toolkit-rotate").unwrap();
+            assert_eq!((job.operation.as_str(), job.units), ("rotate", 6));
+            assert_eq!(job.rows_done, 14);
+            assert!(job.complete());
+            assert_eq!(run(conn, &["verify"]), Outcome::Findings);
+            // Once the planted value is gone, verify passes; the same job again has nothing to
+            // do and writes nothing.
+            diesel::update(et_patients::table.find(rows[1].id))
+                .set(et_patients::notes.eq(None::<Vec<u8>>))
+                .execute(conn)
+                .unwrap();
+            assert_eq!(
+                run(conn, &["jobs", "rotate", "--job", "toolkit-rotate"]),
+                Outcome::Done
+            );
+            let again = encrypted_types::jobs::status(conn).unwrap();
+            let again = again.iter().find(|j| j.job == "toolkit-rotate").unwrap();
+            assert_eq!(again.rows_done, 14);
+            assert_eq!(run(conn, &["verify", "--json"]), Outcome::Done);
+            assert_eq!(
+                run(conn, &["check", "--max-key-age", "90d"]),
+                Outcome::Done
+            );
+            // A destroy refused by the library (values still name... nothing now, but the key
+            // is the tenant's active one) is an error, not an outcome.
+            let active = after
+                .iter()
+                .find(|k| {
+                    k.state == KeyState::Active
+                        && k.tenant.as_deref() == Some("1")
+                        && k.purpose.as_str() == "data"
+                })
+                .unwrap()
+                .key_id
+                .to_string();
+            assert!(
+                execute(
+                    conn,
+                    &store,
+                    &models,
+                    &cli(&["keys", "destroy", "--key-id", &active, "--yes"])
+                )
+                .is_err()
+            );
+        }
+    };
+}
+
+mod sqlite {
+    type _Conn = diesel::SqliteConnection;
+    toolkit_suite!(encrypted_types_tests::keystore::sqlite);
+}
+mod postgres {
+    type _Conn = diesel::PgConnection;
+    toolkit_suite!(encrypted_types_tests::keystore::pg);
+}
+mod mysql {
+    type _Conn = diesel::MysqlConnection;
+    toolkit_suite!(encrypted_types_tests::keystore::mysql);
+}
+
+macro_rules! async_toolkit {
+    ($connect:path) => {
+        use super::*;
+        use diesel_async::RunQueryDsl;
+        use encrypted_types::{EncryptedModel, TenantId};
+        use encrypted_types_tests::schema::et_patients;
+
+        #[test]
+        fn inventory_status_and_keys_async() {
+            // Serialized with the sync suite, whose transaction holds the key table's rows;
+            // the guard is held outside the future.
+            let _g = encrypted_types_tests::serial();
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(body());
+        }
+
+        async fn body() {
+            let dir = tempfile::tempdir().unwrap();
+            let store = store(&dir);
+            let conn = &mut $connect().await;
+            for t in [1_i64, 2] {
+                store
+                    .create_tenant_async(conn, Some(&TenantId::from(t)))
+                    .await
+                    .unwrap();
+            }
+            store.load_and_install_async(conn).await.unwrap();
+            for p in Patient::several(2, "toolkit-async") {
+                diesel::insert_into(et_patients::table)
+                    .values(&p)
+                    .execute(conn)
+                    .await
+                    .unwrap();
+            }
+            let keys = encrypted_types::store::list_keys_async(conn).await.unwrap();
+            let data = keys
+                .iter()
+                .find(|k| k.purpose.as_str() == "data" && k.tenant.as_deref() == Some("1"))
+                .unwrap()
+                .key_id;
+            let inv = encrypted_types::jobs::inventory_async(conn, &[Patient::MODEL])
+                .await
+                .unwrap();
+            // One row per clinic, five values each (name, email, SSN, date of birth, notes):
+            // clinic 1's under its data key, tagged with its tenant.
+            let on_key: Vec<(Option<String>, u64)> = inv
+                .iter()
+                .filter(|e| matches!(e.content, Content::Sealed { key_id, .. } if key_id == data))
+                .map(|e| (e.tenant.clone(), e.values))
+                .collect();
+            assert_eq!(on_key, vec![(Some("1".to_owned()), 1); 5], "{inv:?}");
+            assert_eq!(inv.iter().map(|e| e.values).sum::<u64>(), 10, "{inv:?}");
+            // The job table reads on this connection type too.
+            assert!(encrypted_types::jobs::status_async(conn).await.is_ok());
+        }
+    };
+}
+
+mod async_sqlite {
+    async_toolkit!(encrypted_types_tests::keystore::async_sqlite);
+}
+mod async_postgres {
+    async_toolkit!(encrypted_types_tests::keystore::async_pg);
+}
+mod async_mysql {
+    async_toolkit!(encrypted_types_tests::keystore::async_mysql);
+}
