@@ -209,15 +209,15 @@ macro_rules! toolkit_suite {
 }
 
 mod sqlite {
-    type _Conn = diesel::SqliteConnection;
+    type _Conn = SqliteConnection;
     toolkit_suite!(encrypted_types_tests::keystore::sqlite);
 }
 mod postgres {
-    type _Conn = diesel::PgConnection;
+    type _Conn = PgConnection;
     toolkit_suite!(encrypted_types_tests::keystore::pg);
 }
 mod mysql {
-    type _Conn = diesel::MysqlConnection;
+    type _Conn = MysqlConnection;
     toolkit_suite!(encrypted_types_tests::keystore::mysql);
 }
 
