@@ -59,6 +59,8 @@
 //! | `local-kek` | a KEK file for development |
 //! | `aws-kms` | AWS KMS as KEK provider (the AWS SDK; Rust 1.94.1) |
 //! | `pkcs11` | an HSM through PKCS#11 as KEK provider |
+//! | `cli` | the operator's toolkit ([`cli`]): `keys`, `jobs`, `inventory`, `verify`, `check`, `schema` commands to mount in an application's binary (clap, indicatif) |
+//! | `postgres-connection`, `mysql-connection` | [`cli::run`] connects to `postgres://` and `mysql://` URLs (libpq, libmysqlclient) |
 //! | `metrics` | seal, open and failure counters through the [`metrics`](https://docs.rs/metrics) facade ([`audit`]) |
 //! | `test-vectors` | `format::seal_with_nonce`, `format::seal_with_suite` and `format::hazmat`, for known-answer tests only |
 //!
