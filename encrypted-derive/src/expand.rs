@@ -299,6 +299,22 @@ fn metadata(model: &Model<'_>, et: &TokenStream) -> TokenStream {
         let ty = f.ty;
         quote!(#et::RowColumn { column: #column, kind: <#ty as #et::RowIdentity>::KIND })
     });
+    let table = &model.table;
+    let plain = model.fields.iter().filter(|f| f.encrypted.is_none()).map(|f| {
+        let column = crate::ast::sql_name(f.ident);
+        let col = f.ident;
+        // Method resolution picks `SqlKnown` for the SQL types it names and `SqlUnknown`
+        // otherwise: an unusual column type never stops the model from compiling.
+        quote! {
+            #et::PlainColumn {
+                column: #column,
+                sql_type: || {
+                    use #et::{SqlKnown as _, SqlUnknown as _};
+                    (&#et::SqlProbe::<<#table::#col as #et::diesel::Expression>::SqlType>::new()).sql()
+                },
+            }
+        }
+    });
     quote! {
         impl #et::EncryptedModel for #ident {
             const MODEL: #et::ModelInfo = #et::ModelInfo {
@@ -307,6 +323,7 @@ fn metadata(model: &Model<'_>, et: &TokenStream) -> TokenStream {
                 tenant_column: #tenant,
                 columns: &[#(#columns),*],
                 bind_row: &[#(#bind_row),*],
+                plain: &[#(#plain),*],
             };
         }
     }

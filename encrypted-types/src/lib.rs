@@ -108,7 +108,10 @@ pub use encrypted::Encrypted;
 pub use error::Error;
 pub use key::{BlindIndexRootKey, DataKey, KeyId, KeyMaterial};
 pub use keyring::{Keyring, KeyringBuilder};
-pub use model::{ColumnInfo, EncryptedModel, LegacyColumn, ModelInfo, validate as model_validate};
+pub use model::{
+    ColumnInfo, EncryptedModel, LegacyColumn, ModelInfo, PlainColumn, SqlKind,
+    validate as model_validate,
+};
 pub use row::{Fallible, FallibleModel, Unreadable};
 
 /// Derives field-level encryption for a Diesel model struct.
@@ -235,10 +238,11 @@ macro_rules! __if_async {
 pub mod __private {
     pub use crate::index::{BlindIndex, IndexParams, IndexRoot, IndexSpec, Normalizer, Wanted};
     pub use crate::keyring::RowKeys;
+    pub use crate::model::probe::{SqlKnown, SqlProbe, SqlUnknown};
     pub use crate::{
         ColumnContext, ColumnInfo, Encrypted, EncryptedModel, Error, FallibleModel, LegacyColumn,
-        ModelInfo, Plaintext, RowBinding, RowColumn, RowIdentity, RowKind, RowPart, TenantId,
-        Unreadable, model_validate,
+        ModelInfo, PlainColumn, Plaintext, RowBinding, RowColumn, RowIdentity, RowKind, RowPart,
+        TenantId, Unreadable, model_validate,
     };
     pub use diesel;
     #[cfg(feature = "async")]

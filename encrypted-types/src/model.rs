@@ -19,6 +19,122 @@ pub struct ModelInfo {
     /// The row-identity columns every value is bound to (`bind_row`), in binding order; empty
     /// when values are not bound to their row.
     pub bind_row: &'static [crate::RowColumn],
+    /// Every column that is not encrypted (keys, tenant, plain fields), in field order, with the
+    /// SQL type `table!` declares for it: what `schema::create` writes a new table from.
+    pub plain: &'static [PlainColumn],
+}
+
+/// A column of a model that is stored as it is.
+#[derive(Debug, Clone, Copy)]
+pub struct PlainColumn {
+    /// SQL column name.
+    pub column: &'static str,
+    /// Its SQL type as `table!` declares it, and whether it is nullable; `None` for a type
+    /// [`SqlKind`] does not name (write that table's migration by hand).
+    pub sql_type: fn() -> Option<(SqlKind, bool)>,
+}
+
+/// The SQL types of plain columns that `schema::create` can write, one per Diesel SQL type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SqlKind {
+    /// `Bool`.
+    Bool,
+    /// `SmallInt`.
+    SmallInt,
+    /// `Integer`.
+    Integer,
+    /// `BigInt`.
+    BigInt,
+    /// `Float`.
+    Float,
+    /// `Double`.
+    Double,
+    /// `Numeric`.
+    Numeric,
+    /// `Text` (and `VarChar`).
+    Text,
+    /// `Binary`.
+    Binary,
+    /// `Date`.
+    Date,
+    /// `Time`.
+    Time,
+    /// `Timestamp`.
+    Timestamp,
+    /// `Timestamptz` (PostgreSQL).
+    Timestamptz,
+    /// `Uuid` (PostgreSQL).
+    Uuid,
+    /// `Jsonb` (PostgreSQL).
+    Jsonb,
+}
+
+/// How generated code finds a column's [`SqlKind`]: an `impl` for each Diesel SQL type it
+/// names, and a fallback for every other type, chosen by method resolution (autoref), so an
+/// unknown type is `None` at run time instead of a compile error. Not public API.
+#[doc(hidden)]
+pub(crate) mod probe {
+    use super::SqlKind;
+    use diesel::sql_types as st;
+
+    /// Carries the SQL type.
+    #[derive(Debug)]
+    pub struct SqlProbe<T>(core::marker::PhantomData<T>);
+
+    impl<T> SqlProbe<T> {
+        /// A probe.
+        #[allow(clippy::new_without_default)] // only generated code makes one
+        pub const fn new() -> Self {
+            Self(core::marker::PhantomData)
+        }
+    }
+
+    /// A Diesel SQL type with a [`SqlKind`].
+    pub trait SqlNamed {
+        /// Its kind and nullability.
+        const SQL: (SqlKind, bool);
+    }
+
+    macro_rules! named {
+        ($($(#[$m:meta])* $t:ty => $k:ident),* $(,)?) => {
+            $($(#[$m])* impl SqlNamed for $t { const SQL: (SqlKind, bool) = (SqlKind::$k, false); })*
+        };
+    }
+    named!(
+        st::Bool => Bool, st::SmallInt => SmallInt, st::Integer => Integer, st::BigInt => BigInt,
+        st::Float => Float, st::Double => Double, st::Numeric => Numeric, st::Text => Text,
+        st::Binary => Binary, st::Date => Date, st::Time => Time, st::Timestamp => Timestamp,
+        #[cfg(feature = "postgres")] st::Timestamptz => Timestamptz,
+        #[cfg(feature = "postgres")] st::Uuid => Uuid,
+        #[cfg(feature = "postgres")] st::Jsonb => Jsonb,
+    );
+
+    impl<T: SqlNamed + st::SqlType + st::SingleValue> SqlNamed for st::Nullable<T> {
+        const SQL: (SqlKind, bool) = (T::SQL.0, true);
+    }
+
+    /// Chosen for a named type.
+    pub trait SqlKnown {
+        /// The kind.
+        fn sql(&self) -> Option<(SqlKind, bool)>;
+    }
+
+    impl<T: SqlNamed> SqlKnown for SqlProbe<T> {
+        fn sql(&self) -> Option<(SqlKind, bool)> {
+            Some(T::SQL)
+        }
+    }
+
+    /// Chosen for every other type.
+    pub trait SqlUnknown {
+        /// None.
+        fn sql(&self) -> Option<(SqlKind, bool)> {
+            None
+        }
+    }
+
+    impl<T> SqlUnknown for &SqlProbe<T> {}
 }
 
 /// One encrypted column.

@@ -16,7 +16,7 @@
 
 use crate::Error;
 use crate::jobs::{JobTable, Param, Query};
-use crate::model::ModelInfo;
+use crate::model::{ColumnInfo, ModelInfo, SqlKind};
 
 /// One way the database differs from a model.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -267,36 +267,208 @@ pub fn expand(models: &[ModelInfo], dialect: Dialect) -> Migration {
         };
         for c in m.columns {
             add(c.column, dialect.sealed_type(), &mut out);
-            // Versions of one index share its column: sized for the longest.
-            let mut columns: Vec<(&str, u16)> = Vec::new();
-            for i in c.indexes {
-                let bytes = i.bits.div_ceil(8);
-                match columns.iter_mut().find(|(name, _)| *name == i.index_column) {
-                    Some((_, b)) => *b = (*b).max(bytes),
-                    None => columns.push((i.index_column, bytes)),
-                }
-            }
-            for (column, bytes) in columns {
+            for (column, bytes) in index_columns(c) {
                 add(column, &dialect.index_type(bytes), &mut out);
-                let name = format!("{}_{column}", m.table);
-                let leading: Vec<String> = m
-                    .tenant_column
-                    .into_iter()
-                    .chain([column])
-                    .map(|c| dialect.quote(c))
-                    .collect();
-                out.up.push(format!(
-                    "CREATE INDEX {} ON {table} ({})",
-                    dialect.quote(&name),
-                    leading.join(", ")
-                ));
+                out.up.push(create_index(m, column, dialect));
+                let name = dialect.quote(&format!("{}_{column}", m.table));
                 out.down.push(match dialect {
-                    Dialect::Mysql => format!("DROP INDEX {} ON {table}", dialect.quote(&name)),
-                    _ => format!("DROP INDEX {}", dialect.quote(&name)),
+                    Dialect::Mysql => format!("DROP INDEX {name} ON {table}"),
+                    _ => format!("DROP INDEX {name}"),
                 });
             }
         }
     }
     out.down.reverse();
     out
+}
+
+/// The blind-index columns of `c` with their size in bytes: versions of one index share its
+/// column, sized for the longest.
+fn index_columns(c: &ColumnInfo) -> Vec<(&'static str, u16)> {
+    let mut columns: Vec<(&'static str, u16)> = Vec::new();
+    for i in c.indexes {
+        let bytes = i.bits.div_ceil(8);
+        match columns.iter_mut().find(|(name, _)| *name == i.index_column) {
+            Some((_, b)) => *b = (*b).max(bytes),
+            None => columns.push((i.index_column, bytes)),
+        }
+    }
+    columns
+}
+
+/// The index a blind-index lookup uses: the tenant column, then the index column.
+fn create_index(m: &ModelInfo, column: &str, dialect: Dialect) -> String {
+    let leading: Vec<String> = m
+        .tenant_column
+        .into_iter()
+        .chain([column])
+        .map(|c| dialect.quote(c))
+        .collect();
+    format!(
+        "CREATE INDEX {} ON {} ({})",
+        dialect.quote(&format!("{}_{column}", m.table)),
+        dialect.quote(m.table),
+        leading.join(", ")
+    )
+}
+
+/// Why [`create`] cannot write a table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CreateError {
+    /// A plain column whose SQL type in `table!` is not one [`SqlKind`] names, or one this
+    /// backend does not have (`Uuid`, `Jsonb` and `Timestamptz` are PostgreSQL's).
+    #[error(
+        "{table}.{column}: `schema::create` cannot write its SQL type for this backend; write this table's migration by hand (`schema::expand` adds the encrypted columns to it)"
+    )]
+    UnknownType {
+        /// The table.
+        table: String,
+        /// The column.
+        column: String,
+    },
+}
+
+impl Dialect {
+    /// A plain column's type; `key` for a column in the primary key or an index, which MySQL
+    /// cannot index as `TEXT` or `BLOB`.
+    fn plain_type(self, kind: SqlKind, key: bool) -> Option<&'static str> {
+        use Dialect::{Mysql, Postgres, Sqlite};
+        Some(match (kind, self) {
+            (SqlKind::Bool, _) => "BOOLEAN",
+            (SqlKind::SmallInt, _) => "SMALLINT",
+            (SqlKind::Integer, Mysql) => "INT",
+            (SqlKind::Integer, _) => "INTEGER",
+            (SqlKind::BigInt, _) => "BIGINT",
+            (SqlKind::Float, Mysql) => "FLOAT",
+            (SqlKind::Float, _) => "REAL",
+            (SqlKind::Double, Postgres) => "DOUBLE PRECISION",
+            (SqlKind::Double, _) => "DOUBLE",
+            (SqlKind::Numeric, _) => "NUMERIC",
+            (SqlKind::Text, Mysql) if key => "VARCHAR(255)",
+            (SqlKind::Text, _) => "TEXT",
+            (SqlKind::Binary, Mysql) if key => "VARBINARY(255)",
+            (SqlKind::Binary, _) => self.sealed_type(),
+            (SqlKind::Date, _) => "DATE",
+            (SqlKind::Time, _) => "TIME",
+            (SqlKind::Timestamp, Mysql) => "DATETIME(6)",
+            (SqlKind::Timestamp, _) => "TIMESTAMP",
+            (SqlKind::Timestamptz, Postgres) => "TIMESTAMPTZ",
+            (SqlKind::Uuid, Postgres) => "UUID",
+            (SqlKind::Jsonb, Postgres) => "JSONB",
+            (SqlKind::Timestamptz | SqlKind::Uuid | SqlKind::Jsonb, Sqlite | Mysql) => {
+                return None;
+            }
+        })
+    }
+}
+
+/// The migration of new tables for `models`: `CREATE TABLE` with every column the models
+/// read and write (plain columns with the types `table!` declares, ciphertext columns, blind
+/// index columns, legacy columns of a `migrate_from`) and the primary key, then the
+/// tenant-leading index of each blind index, so [`check`] finds nothing missing. `down` drops
+/// the tables. Models of one table (a full model and its changeset) make one table with the
+/// union of their columns.
+///
+/// # Errors
+/// [`CreateError::UnknownType`] for a plain column whose type it cannot write.
+///
+/// ```
+/// use encrypted_types::schema::{create, Dialect};
+/// use encrypted_types::EncryptedModel;
+/// diesel::table! { users (id) { id -> BigInt, org -> Text, email -> Binary, email_bidx -> Binary } }
+///
+/// #[derive(encrypted_types::Encrypted)]
+/// #[encrypted(table = users, tenant = org)]
+/// struct User {
+///     id: i64,
+///     org: String,
+///     #[encrypted(blind_index(normalize = email, bits = 32))]
+///     email: String,
+/// }
+///
+/// let m = create(&[User::MODEL], Dialect::Mysql).unwrap();
+/// assert_eq!(m.up, [
+///     "CREATE TABLE `users` (\n    `id` BIGINT NOT NULL,\n    `org` VARCHAR(255) NOT NULL,\n    \
+///      `email` LONGBLOB NOT NULL,\n    `email_bidx` VARBINARY(4) NOT NULL,\n    PRIMARY KEY (`id`)\n)",
+///     "CREATE INDEX `users_email_bidx` ON `users` (`org`, `email_bidx`)",
+/// ]);
+/// assert_eq!(m.down, ["DROP TABLE `users`"]);
+/// ```
+pub fn create(models: &[ModelInfo], dialect: Dialect) -> Result<Migration, CreateError> {
+    // Per table, in order of first appearance: its columns (name, SQL) and indexes.
+    type Table<'m> = (&'m ModelInfo, Vec<(&'static str, String)>, Vec<String>);
+    let mut tables: Vec<Table<'_>> = Vec::new();
+    for m in models {
+        let at = match tables.iter().position(|(t, ..)| t.table == m.table) {
+            Some(i) => i,
+            None => {
+                tables.push((m, Vec::new(), Vec::new()));
+                tables.len() - 1
+            }
+        };
+        let Some((_, columns, indexes)) = tables.get_mut(at) else {
+            continue;
+        };
+        let mut add = |name: &'static str, ty: &str, nullable: bool| {
+            if !columns.iter().any(|(n, _)| *n == name) {
+                let null = if nullable { "NULL" } else { "NOT NULL" };
+                columns.push((name, format!("{} {ty} {null}", dialect.quote(name))));
+            }
+        };
+        for p in m.plain {
+            let key = m.primary_key.contains(&p.column) || m.tenant_column == Some(p.column);
+            let unknown = || CreateError::UnknownType {
+                table: m.table.to_owned(),
+                column: p.column.to_owned(),
+            };
+            let (kind, nullable) = (p.sql_type)().ok_or_else(unknown)?;
+            add(
+                p.column,
+                dialect.plain_type(kind, key).ok_or_else(unknown)?,
+                nullable,
+            );
+        }
+        for c in m.columns {
+            add(
+                c.column,
+                dialect.sealed_type(),
+                c.nullable || c.legacy.is_some(),
+            );
+            for (column, bytes) in index_columns(c) {
+                add(
+                    column,
+                    &dialect.index_type(bytes),
+                    c.nullable || c.legacy.is_some(),
+                );
+                let index = create_index(m, column, dialect);
+                if !indexes.contains(&index) {
+                    indexes.push(index);
+                }
+            }
+            if let Some(l) = c.legacy {
+                let ty = if l.text {
+                    "TEXT"
+                } else {
+                    dialect.sealed_type()
+                };
+                add(l.column, ty, true);
+            }
+        }
+    }
+    let mut out = Migration::default();
+    for (m, columns, indexes) in tables {
+        let table = dialect.quote(m.table);
+        let mut lines: Vec<String> = columns.into_iter().map(|(_, sql)| sql).collect();
+        let pk: Vec<String> = m.primary_key.iter().map(|c| dialect.quote(c)).collect();
+        lines.push(format!("PRIMARY KEY ({})", pk.join(", ")));
+        out.up.push(format!(
+            "CREATE TABLE {table} (\n    {}\n)",
+            lines.join(",\n    ")
+        ));
+        out.up.extend(indexes);
+        out.down.push(format!("DROP TABLE {table}"));
+    }
+    out.down.reverse();
+    Ok(out)
 }

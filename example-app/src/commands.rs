@@ -119,7 +119,11 @@ fn hex_short(bytes: &[u8]) -> String {
 }
 
 pub(crate) fn demo(db: &mut Db, url: &str, kek: &Path) -> AppResult<()> {
-    out!("== clinic demo on {} ({url})", db.backend());
+    out!(
+        "== clinic demo on {} ({})",
+        db.backend(),
+        encrypted_types::cli::redact_url(url)
+    );
     let (store, created) = key_store(db, kek)?;
     out!(
         "development KEK: {} ({})",
@@ -345,9 +349,15 @@ pub(crate) fn toolkit(
     db: &mut Db,
     kek: &Path,
     command: &encrypted_types::cli::Command,
-) -> AppResult<encrypted_types::cli::Outcome> {
+) -> AppResult<std::process::ExitCode> {
     let (store, _) = key_store(db, kek)?;
-    Ok(
-        with_conn!(db, conn => encrypted_types::cli::execute(conn, &store, &[Patient::MODEL], command))?,
-    )
+    let result = with_conn!(db, conn => encrypted_types::cli::execute(conn, &store, &[Patient::MODEL], command));
+    Ok(match result {
+        Ok(outcome) => std::process::ExitCode::from(outcome.code()),
+        Err(e) => {
+            // The toolkit's exit codes: 2 for arguments that do not fit, 1 otherwise.
+            encrypted_types::cli::fail(&e);
+            std::process::ExitCode::from(e.exit_code())
+        }
+    })
 }

@@ -33,20 +33,14 @@ pub(crate) use with_conn;
 impl Db {
     /// Connects and applies pending migrations (the key table and `patients`).
     pub(crate) fn open(url: &str) -> crate::AppResult<Self> {
-        let mut db = if let Some(path) = url.strip_prefix("sqlite://") {
-            let mut conn = SqliteConnection::establish(path)?;
-            // A concurrent reader (another `clinic` command) waits instead of failing.
-            diesel::sql_query("PRAGMA busy_timeout = 5000").execute(&mut conn)?;
-            Db::Sqlite(conn)
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Db::Pg(PgConnection::establish(url)?)
-        } else if url.starts_with("mysql://") {
-            Db::Mysql(MysqlConnection::establish(url)?)
-        } else {
-            return Err(format!(
-                "unsupported database URL {url:?}: use sqlite://FILE, postgres://... or mysql://..."
-            )
-            .into());
+        // The toolkit's connection: it waits on SQLite locks, and its errors never repeat a
+        // password from the URL.
+        use encrypted_types::cli::AnyConnection;
+        let mut db = match AnyConnection::establish(url)? {
+            AnyConnection::Sqlite(c) => Db::Sqlite(c),
+            AnyConnection::Pg(c) => Db::Pg(c),
+            AnyConnection::Mysql(c) => Db::Mysql(c),
+            _ => return Err("a backend this app was not built for".into()),
         };
         with_conn!(&mut db, c => KeyStore::<LocalKek>::run_migrations(c))?;
         match &mut db {

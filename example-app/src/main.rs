@@ -145,8 +145,7 @@ fn run(cli: Cli) -> AppResult<ExitCode> {
         .unwrap_or_else(|| default_db.to_owned());
     let mut db = db::Db::open(&url)?;
     if let Command::Toolkit(command) = &cli.command {
-        let outcome = commands::toolkit(&mut db, &cli.kek, command)?;
-        return Ok(ExitCode::from(outcome.code()));
+        return commands::toolkit(&mut db, &cli.kek, command);
     }
     match cli.command {
         Command::Toolkit(_) => Ok(()),

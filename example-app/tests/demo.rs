@@ -219,7 +219,8 @@ fn the_toolkit_rotates_inventories_and_verifies_then_names_a_flipped_byte() {
     assert!(init.contains("key table ready"), "{init}");
     clinic(d, &["keys", "create-tenant", "--tenant", "7"]);
     let (code, _, stderr) = run(d, &["keys", "create-tenant", "--tenant", "7"]);
-    assert_eq!(code, 1, "a second create-tenant must refuse: {stderr}");
+    assert_eq!(code, 2, "a second create-tenant must refuse: {stderr}");
+    assert!(stderr.contains("already has keys"), "{stderr}");
     for (name, email) in [("Ann Lee", "ann@clinic.test"), ("Bo Kim", "bo@clinic.test")] {
         clinic(
             d,

@@ -55,7 +55,7 @@ macro_rules! toolkit_suite {
     ($connect:path) => {
         use super::*;
         use diesel::prelude::*;
-        use encrypted_types::cli::{Outcome, execute};
+        use encrypted_types::cli::{CliError, Outcome, execute};
         use encrypted_types::store::{KeyState, list_keys};
         use encrypted_types::{EncryptedModel, TenantId};
         use encrypted_types_tests::schema::et_patients;
@@ -140,11 +140,12 @@ macro_rules! toolkit_suite {
             };
             assert_eq!(run(conn, &["keys", "rotate", "--tenant", "1"]), Outcome::Done);
             // Tenant 1's three rows: 4 required values each and two notes. The planted
-            // plaintext names no key: not the rotation's business.
-            assert_eq!(
-                run(conn, &["jobs", "rotate", "--job", "toolkit-rotate", "--batch", "2"]),
-                Outcome::Done
-            );
+            // plaintext names no key: not the rotation's business. One batch, then the rest.
+            let job = ["jobs", "rotate", "--job", "toolkit-rotate", "--batch", "2"];
+            let mut once = job.to_vec();
+            once.extend(["--max-batches", "1"]);
+            assert_eq!(run(conn, &once), Outcome::Incomplete, "stopped after one batch");
+            assert_eq!(run(conn, &job), Outcome::Done);
             let after = list_keys(conn).unwrap();
             let retired: Vec<_> = after
                 .iter()
@@ -183,8 +184,8 @@ macro_rules! toolkit_suite {
                 run(conn, &["check", "--max-key-age", "90d"]),
                 Outcome::Done
             );
-            // A destroy refused by the library (values still name... nothing now, but the key
-            // is the tenant's active one) is an error, not an outcome.
+            // Destroying needs --yes without a terminal (the test's stdin is not one), and the
+            // library refuses the tenant's active key whatever the flag.
             let active = after
                 .iter()
                 .find(|k| {
@@ -193,16 +194,46 @@ macro_rules! toolkit_suite {
                         && k.purpose.as_str() == "data"
                 })
                 .unwrap()
-                .key_id
-                .to_string();
-            assert!(
-                execute(
-                    conn,
-                    &store,
-                    &models,
-                    &cli(&["keys", "destroy", "--key-id", &active, "--yes"])
-                )
-                .is_err()
+                .key_id;
+            let id = active.to_string();
+            let destroy = |conn: &mut _Conn, yes: bool| {
+                let mut args = vec!["keys", "destroy", "--key-id", id.as_str()];
+                if yes {
+                    args.push("--yes");
+                }
+                execute(conn, &store, &models, &cli(&args))
+            };
+            assert!(matches!(destroy(conn, false), Err(CliError::NotConfirmed(_))));
+            assert!(matches!(
+                destroy(conn, true),
+                Err(CliError::Library(encrypted_types::Error::KeyRecord { key_id, .. })) if key_id == active
+            ));
+            let still = list_keys(conn).unwrap();
+            assert!(still.iter().any(|k| k.key_id == active && k.state == KeyState::Active));
+
+            // Default job names follow the target: a second rotation (new retired keys) is a new
+            // job, not a mismatch with the first; run again, it is found finished.
+            assert_eq!(run(conn, &["keys", "rotate", "--tenant", "2"]), Outcome::Done);
+            assert_eq!(run(conn, &["jobs", "rotate"]), Outcome::Done);
+            assert_eq!(run(conn, &["keys", "rotate", "--tenant", "1"]), Outcome::Done);
+            assert_eq!(run(conn, &["jobs", "rotate"]), Outcome::Done);
+            assert_eq!(run(conn, &["jobs", "rotate"]), Outcome::Done);
+            let names: Vec<String> = encrypted_types::jobs::status(conn)
+                .unwrap()
+                .into_iter()
+                .map(|j| j.job)
+                .filter(|j| j.starts_with("rotate-et_patients-"))
+                .collect();
+            assert_eq!(names.len(), 2, "{names:?}");
+            assert_eq!(
+                encrypted_types::jobs::inventory(conn, &models)
+                    .unwrap()
+                    .iter()
+                    .filter(|e| matches!(e.content, Content::Sealed { key_id, .. }
+                        if still.iter().any(|k| k.key_id == key_id && k.state == KeyState::Active)))
+                    .count(),
+                0,
+                "every value moved off the keys active before the last two rotations"
             );
         }
     };
@@ -276,8 +307,24 @@ macro_rules! async_toolkit {
                 .collect();
             assert_eq!(on_key, vec![(Some("1".to_owned()), 1); 5], "{inv:?}");
             assert_eq!(inv.iter().map(|e| e.values).sum::<u64>(), 10, "{inv:?}");
-            // The job table reads on this connection type too.
-            assert!(encrypted_types::jobs::status_async(conn).await.is_ok());
+            // A reindex, then the job table's record of it: one unit per blind index, all done.
+            let report = encrypted_types::jobs::reindex_async(
+                conn,
+                &Patient::MODEL,
+                "toolkit-async-reindex",
+                &encrypted_types::jobs::JobOptions::default(),
+                |_| {},
+            )
+            .await
+            .unwrap();
+            assert!(report.finished);
+            let status = encrypted_types::jobs::status_async(conn).await.unwrap();
+            let job = status
+                .iter()
+                .find(|j| j.job == "toolkit-async-reindex")
+                .unwrap();
+            assert_eq!((job.units, job.done, job.leased), (3, 3, 0), "{job:?}");
+            assert_eq!(job.operation, "reindex");
         }
     };
 }

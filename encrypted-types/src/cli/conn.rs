@@ -40,8 +40,12 @@ impl AnyConnection {
     /// [`CliError::Connect`] for a scheme not compiled in or a failed connection (the message
     /// names the scheme, never the URL).
     pub fn establish(url: &str) -> Result<Self, CliError> {
-        let scheme = url.split("://").next().unwrap_or_default();
-        let failed = |e: diesel::ConnectionError| CliError::Connect(format!("{scheme}: {e}"));
+        // Without `://` (a libpq key=value string, a typo) nothing of it is repeated: it may
+        // hold a password.
+        let scheme = url.split_once("://").map_or("", |(s, _)| s);
+        let failed = |e: diesel::ConnectionError| {
+            CliError::Connect(format!("{scheme}: {}", redact_in(&e.to_string(), url)))
+        };
         match scheme {
             #[cfg(feature = "sqlite")]
             "sqlite" => {
@@ -64,8 +68,18 @@ impl AnyConnection {
             "mysql" => Ok(Self::Mysql(
                 diesel::MysqlConnection::establish(url).map_err(failed)?,
             )),
+            _ if Self::SCHEMES.is_empty() => Err(CliError::Connect(
+                "this build connects to no database: enable the sqlite, postgres-connection or \
+                 mysql-connection feature"
+                    .into(),
+            )),
             _ => Err(CliError::Connect(format!(
-                "unsupported database URL scheme {scheme:?}: this build connects to {}",
+                "unsupported database URL{}: this build connects to {}",
+                if scheme.is_empty() {
+                    String::new()
+                } else {
+                    format!(" scheme {scheme:?}")
+                },
                 Self::SCHEMES.join(", ")
             ))),
         }
@@ -79,6 +93,50 @@ impl AnyConnection {
         #[cfg(feature = "mysql-connection")]
         "mysql://",
     ];
+}
+
+/// `url` with its password replaced by `***`, for logs and output:
+/// `postgres://app:s3cret@db/clinic` becomes `postgres://app:***@db/clinic`. A string without
+/// `://` (a libpq `key=value` list) is replaced whole.
+///
+/// ```
+/// use encrypted_types::cli::redact_url;
+/// assert_eq!(redact_url("mysql://root:pw@127.0.0.1/test"), "mysql://root:***@127.0.0.1/test");
+/// assert_eq!(redact_url("sqlite://clinic.db"), "sqlite://clinic.db");
+/// assert_eq!(redact_url("host=db password=pw"), "<connection string>");
+/// ```
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<connection string>".into();
+    };
+    // The authority ends at the first `/`, `?` or `#`; its user info at the last `@` in it.
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((user_info, host)) => match user_info.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+/// `message` with every copy of `url`, and of its password, replaced: a driver's error may
+/// quote either.
+fn redact_in(message: &str, url: &str) -> String {
+    let mut out = message.replace(url, &redact_url(url));
+    if let Some((_, rest)) = url.split_once("://") {
+        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+        let password = rest
+            .get(..end)
+            .and_then(|a| a.rsplit_once('@'))
+            .and_then(|(user_info, _)| user_info.split_once(':'))
+            .map(|(_, p)| p);
+        if let Some(p) = password.filter(|p| !p.is_empty()) {
+            out = out.replace(p, "***");
+        }
+    }
+    out
 }
 
 /// Runs `$body` with `$conn` bound to the concrete connection (Diesel's queries are typed by

@@ -6,10 +6,10 @@ use diesel::connection::LoadConnection;
 use serde_json::json;
 
 use super::{CliError, Outcome, out};
-use crate::jobs::{self, JobOptions, JobReport, JobTable, Progress, Scope};
-use crate::kek::{KekProvider, Purpose};
+use crate::jobs::{self, JobOptions, JobReport, JobTable, Operation, Progress, Scope};
+use crate::kek::KekProvider;
 use crate::model::ModelInfo;
-use crate::store::{KeyState, KeyStore, list_keys};
+use crate::store::KeyStore;
 
 /// `jobs ...`
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -43,8 +43,8 @@ pub enum JobsCommand {
 #[non_exhaustive]
 pub struct JobArgs {
     /// The job's name: run again with the same name to resume. Default: the operation, the
-    /// table and a digest of the active keys, so a rerun after an interruption resumes and a
-    /// run after the next key rotation starts afresh.
+    /// table and a digest of the job's target ([`crate::jobs::default_job_name`]), so a rerun
+    /// after an interruption resumes and a run after the next key rotation starts afresh.
     #[arg(long)]
     pub job: Option<String>,
     /// Rows per batch (one transaction each).
@@ -61,7 +61,7 @@ pub struct JobArgs {
     /// `bind_row` (once, when adopting it).
     #[arg(long)]
     pub bind_unbound: bool,
-    /// The final report as JSON (the batch lines are JSON without a terminal anyway).
+    /// Each job's report as a JSON line (the batch lines are JSON without a terminal anyway).
     #[arg(long)]
     pub json: bool,
 }
@@ -89,31 +89,6 @@ where
         Some(name) => vec![find_column(models, name)?],
     };
     store.load_and_install(conn)?;
-    // The default name follows the active keys the job moves to: a rerun after an interruption
-    // resumes it, a run after the next key rotation is a new job.
-    let purpose = if op == "reindex" {
-        Purpose::BlindIndex
-    } else {
-        Purpose::Data
-    };
-    let mut active: Vec<u32> = list_keys(conn)?
-        .iter()
-        .filter(|k| k.state == KeyState::Active && k.purpose == purpose)
-        .map(|k| k.key_id.get())
-        .collect();
-    active.sort_unstable();
-    let keys_tag = {
-        use sha2::Digest as _;
-        let mut h = sha2::Sha256::new();
-        for id in &active {
-            h.update(id.to_be_bytes());
-        }
-        h.finalize()
-            .iter()
-            .take(4)
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    };
     let options = JobOptions {
         batch: args.batch.max(1),
         scope: args.parts.map_or(Scope::All, |n| Scope::Parts(n.max(1))),
@@ -121,14 +96,14 @@ where
         bind_unbound: args.bind_unbound,
         ..JobOptions::default()
     };
-    let mut finished = true;
-    let mut reports = Vec::new();
+    let mut done = true;
     for (model, col) in work {
         let name = match (&args.job, col) {
             (Some(j), _) if models.len() == 1 || col.is_some() => j.clone(),
             (Some(j), _) => format!("{j}-{}", model.table),
-            (None, Some(c)) => format!("encrypt-{}-{c}", model.table),
-            (None, None) => format!("{op}-{}-{keys_tag}", model.table),
+            (None, Some(c)) => jobs::default_job_name(&model, Operation::Encrypt { column: c })?,
+            (None, None) if op == "reindex" => jobs::default_job_name(&model, Operation::Reindex)?,
+            (None, None) => jobs::default_job_name(&model, Operation::Rotate)?,
         };
         let mut progress = Bar::new(&name, model.table);
         let report = match (op, col) {
@@ -143,16 +118,18 @@ where
         };
         progress.finish();
         let report = report?;
-        finished &= report.finished;
-        if !args.json {
+        // Values it had to leave (a destroyed key, a value that does not open) are work left
+        // too: `verify` names them.
+        done &= report.finished && report.skipped_total() == 0;
+        // One report per job as it ends, so the ones done are reported even if a later one
+        // fails.
+        if args.json {
+            out::json(&report_json(&name, model.table, &report))?;
+        } else {
             out::line(&summary(&name, &report))?;
         }
-        reports.push(report_json(&name, model.table, &report));
     }
-    if args.json {
-        out::json(&json!({ "jobs": reports, "finished": finished }))?;
-    }
-    Ok(if finished {
+    Ok(if done {
         Outcome::Done
     } else {
         Outcome::Incomplete
@@ -218,6 +195,7 @@ fn report_json(name: &str, table: &str, r: &JobReport) -> serde_json::Value {
         .map(|(k, v)| (format!("{k:?}"), json!(v)))
         .collect();
     json!({
+        "event": "report",
         "job": name,
         "table": table,
         "written": r.written,

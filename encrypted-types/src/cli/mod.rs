@@ -42,12 +42,12 @@
 //! | `inventory` | values per table, column, tenant, key and suite, counted in SQL |
 //! | `verify [--sample N]` | opens every value; names the ones that do not open |
 //! | `check --max-key-age 90d` | old active keys, retired keys still in use, keys that do not load |
-//! | `schema --backend B --alter` | the `ALTER TABLE` expand step for the models |
+//! | `schema [--backend B] [--alter] [--down]` | `CREATE TABLE` migrations for the models, or the `ALTER TABLE` expand step for tables that exist |
 //!
-//! Every command takes `--json`. Exit codes ([`Outcome::code`]): 0 done, 1 failed (nothing
-//! could be decided: a database, KEK or usage error), 2 invalid arguments, 3 a job that did
-//! not finish (interrupted, other workers still hold units, values it had to skip),
-//! 4 findings (`verify`, `check`).
+//! Every command takes `--json`. Exit codes ([`Outcome::code`], [`CliError::exit_code`]):
+//! 0 done, 1 failed (a database or KEK error, a refused or unconfirmed step), 2 invalid
+//! arguments, 3 a job that is not finished (`--max-batches` reached, values it had to skip:
+//! `verify` names them), 4 findings (`verify`, `check`).
 
 use std::io::{IsTerminal, Write as _};
 use std::process::ExitCode;
@@ -66,9 +66,10 @@ mod out;
 mod report;
 
 pub use conn::AnyConnection;
+pub use conn::redact_url;
 pub use jobs::{JobArgs, JobsCommand};
 pub use keys::KeysCommand;
-pub use report::{Backend, CheckArgs, SchemaArgs, VerifyArgs};
+pub use report::{CheckArgs, SchemaArgs, SchemaBackend, VerifyArgs};
 
 /// The toolkit's commands, for an application's own `clap` parser.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -93,8 +94,8 @@ pub enum Command {
     /// keys still sealing values past a grace period, and keys that do not load (an
     /// unreachable KEK provider, a tampered key table).
     Check(CheckArgs),
-    /// The migration SQL of the models' ciphertext columns, index columns and tenant-leading
-    /// indexes.
+    /// The migration SQL of the models' tables (`CREATE TABLE` with every column and the
+    /// tenant-leading indexes), or with `--alter` the columns to add to tables that exist.
     Schema(SchemaArgs),
 }
 
@@ -104,10 +105,27 @@ pub enum Command {
 pub enum Outcome {
     /// Done: exit 0.
     Done,
-    /// A job that did not finish: exit 3. Run it again.
+    /// A job that is not finished: stopped by `--max-batches` (run it again), or values it had
+    /// to leave (`verify` names them): exit 3.
     Incomplete,
     /// `verify` or `check` found something: exit 4.
     Findings,
+}
+
+impl CliError {
+    /// The process exit code: 2 for arguments that do not fit the models or the database
+    /// (as `clap` exits for arguments that do not parse), 1 for everything else.
+    ///
+    /// ```
+    /// use encrypted_types::cli::CliError;
+    /// assert_eq!(CliError::Usage("no such column".into()).exit_code(), 2);
+    /// ```
+    pub const fn exit_code(&self) -> u8 {
+        match self {
+            Self::Usage(_) => 2,
+            _ => 1,
+        }
+    }
 }
 
 impl Outcome {
@@ -139,6 +157,9 @@ pub enum CliError {
     /// Arguments that parse but do not fit the models or the database.
     #[error("{0}")]
     Usage(String),
+    /// `schema` cannot write a table.
+    #[error(transparent)]
+    Schema(#[from] crate::schema::CreateError),
     /// Writing the output failed.
     #[error("output: {0}")]
     Io(#[from] std::io::Error),
@@ -159,28 +180,36 @@ struct Cli {
 }
 
 /// Parses the process's arguments and runs one command against `--database-url` with
-/// `models` and `store`; returns the exit code ([`Outcome::code`], 1 on errors, which are printed
-/// to stderr with their causes, 2 on invalid arguments).
+/// `models` and `store`; returns the exit code ([`Outcome::code`]; on errors, which are printed
+/// to stderr with their causes, [`CliError::exit_code`]). Only `keys init` creates the key
+/// table: the other commands run with the rights they need (`inventory`, `verify`, `check`,
+/// `jobs status` and `keys list` only read).
 pub fn run<P: KekProvider>(models: &[ModelInfo], store: KeyStore<P>) -> ExitCode {
     use clap::Parser as _;
     let cli = Cli::parse();
     let result = (|| {
         if let Command::Schema(args) = &cli.command {
-            // The SQL depends on the backend, not on a live database.
-            return report::schema(models, args, None);
+            // The SQL depends on the backend, not on a live database: no connection.
+            let scheme = cli
+                .database_url
+                .as_deref()
+                .and_then(|u| u.split_once("://"));
+            return report::schema(models, args, scheme.map(|(s, _)| s));
         }
         let url = cli
             .database_url
             .as_deref()
             .ok_or_else(|| CliError::Usage("--database-url or DATABASE_URL is required".into()))?;
         conn::with_any!(AnyConnection::establish(url)?, conn => {
-            KeyStore::<P>::run_migrations(&mut conn)?;
             execute(&mut conn, &store, models, &cli.command)
         })
     })();
     match result {
         Ok(outcome) => ExitCode::from(outcome.code()),
-        Err(e) => fail(&e),
+        Err(e) => {
+            fail(&e);
+            ExitCode::from(e.exit_code())
+        }
     }
 }
 
@@ -196,8 +225,9 @@ pub fn fail(error: &dyn std::error::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
-/// Runs one command on `conn` (whose key table exists: [`KeyStore::run_migrations`]) with the
-/// application's `models` and key store, printing to stdout.
+/// Runs one command on `conn` with the application's `models` and key store, printing to
+/// stdout. `keys init` creates the key table ([`KeyStore::run_migrations`]); the other
+/// commands expect it.
 ///
 /// # Errors
 /// [`CliError`]: the library's errors, an unconfirmed destructive command, arguments that do
@@ -214,6 +244,10 @@ where
     P: KekProvider,
 {
     match command {
+        Command::Keys(cmd @ KeysCommand::Init { .. }) => {
+            KeyStore::<P>::run_migrations(conn)?;
+            keys::execute(conn, store, models, cmd)
+        }
         Command::Keys(cmd) => keys::execute(conn, store, models, cmd),
         Command::Jobs(cmd) => jobs::execute(conn, store, models, cmd),
         Command::Inventory { json } => report::inventory(conn, models, *json),

@@ -42,7 +42,7 @@ pub struct CheckArgs {
 /// A backend's SQL dialect, as `schema --backend` names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 #[non_exhaustive]
-pub enum Backend {
+pub enum SchemaBackend {
     /// SQLite.
     Sqlite,
     /// PostgreSQL.
@@ -51,15 +51,16 @@ pub enum Backend {
     Mysql,
 }
 
-/// `schema`
+/// `schema`: the migration SQL of new tables for the models, or (`--alter`) the columns to add
+/// to tables that exist.
 #[derive(Debug, Clone, clap::Args)]
 #[non_exhaustive]
 pub struct SchemaArgs {
-    /// The dialect; default: the connected database's.
+    /// The dialect; default: the backend of `--database-url` (no connection is made).
     #[arg(long, value_enum)]
-    pub backend: Option<Backend>,
+    pub backend: Option<SchemaBackend>,
     /// `ALTER TABLE` statements that add the encrypted and index columns to existing tables
-    /// (the expand step of encrypting a plaintext column).
+    /// (the expand step of encrypting a plaintext column), instead of `CREATE TABLE`.
     #[arg(long)]
     pub alter: bool,
     /// Print the `down` migration instead of `up`.
@@ -296,17 +297,23 @@ pub(super) fn schema(
     connected: Option<&str>,
 ) -> Result<Outcome, CliError> {
     let dialect = match (args.backend, connected) {
-        (Some(Backend::Sqlite), _) | (None, Some("sqlite")) => Dialect::Sqlite,
-        (Some(Backend::Postgres), _) | (None, Some("postgres")) => Dialect::Postgres,
-        (Some(Backend::Mysql), _) | (None, Some("mysql")) => Dialect::Mysql,
-        _ => return Err(CliError::Usage("--backend is required".into())),
+        (Some(SchemaBackend::Sqlite), _) | (None, Some("sqlite")) => Dialect::Sqlite,
+        (Some(SchemaBackend::Postgres), _) | (None, Some("postgres" | "postgresql")) => {
+            Dialect::Postgres
+        }
+        (Some(SchemaBackend::Mysql), _) | (None, Some("mysql")) => Dialect::Mysql,
+        _ => {
+            return Err(CliError::Usage(
+                "--backend sqlite|postgres|mysql is required (or a --database-url to take it from)"
+                    .into(),
+            ));
+        }
     };
-    if !args.alter {
-        return Err(CliError::Usage(
-            "only `schema --alter` is available: the expand step for tables that exist".into(),
-        ));
-    }
-    let m = crate::schema::expand(models, dialect);
+    let m = if args.alter {
+        crate::schema::expand(models, dialect)
+    } else {
+        crate::schema::create(models, dialect)?
+    };
     if args.json {
         out::json(&json!({ "up": m.up, "down": m.down }))?;
     } else {

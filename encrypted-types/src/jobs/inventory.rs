@@ -65,9 +65,11 @@ where
     let mut out = Vec::new();
     for m in models {
         let table = D::Backend::quote(m.table);
+        // The tenant's UTF-8 bytes: grouping on its text would merge tenants that MySQL's
+        // default collation takes for equal ("Acme" and "acme").
         let tenant = m.tenant_column.map_or_else(
             || "NULL".to_owned(),
-            |t| D::Backend::as_text(&D::Backend::quote(t)),
+            |t| D::Backend::text_bytes(&D::Backend::as_text(&D::Backend::quote(t))),
         );
         for c in m.columns {
             let col = D::Backend::quote(c.column);
@@ -80,7 +82,7 @@ where
                 out.push(InventoryEntry {
                     table: m.table,
                     column: c.column,
-                    tenant: row.t,
+                    tenant: tenant_text(row.t),
                     content: content_of(row.h.as_deref().unwrap_or_default()),
                     values: u64::try_from(row.n).unwrap_or(0),
                 });
@@ -95,7 +97,7 @@ where
                     out.push(InventoryEntry {
                         table: m.table,
                         column: c.column,
-                        tenant: row.t,
+                        tenant: tenant_text(row.t),
                         content: Content::LegacyPlaintext,
                         values: u64::try_from(row.n).unwrap_or(0),
                     });
@@ -116,6 +118,11 @@ where
         same
     });
     Ok(out)
+}
+
+/// A tenant as the database spelled it (not valid UTF-8 only if the database's text is not).
+fn tenant_text(bytes: Option<Vec<u8>>) -> Option<String> {
+    bytes.map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
 /// Reads the version, suite and key id of a stored value's first bytes.

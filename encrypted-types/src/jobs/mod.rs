@@ -35,6 +35,7 @@
 
 mod inventory;
 mod key;
+mod name;
 mod sql;
 mod status;
 mod verify;
@@ -51,6 +52,7 @@ pub use crate::db::{Param, Query};
 pub use inventory::inventory_async;
 pub use inventory::{Content, InventoryEntry, inventory};
 pub use key::{KeyColumn, KeyKind, KeyPart, RowKey};
+pub use name::{Operation, default_job_name};
 pub use sql::{CatalogRow, JobTable, Row, StatusRow, TallyRow, UnitRow};
 use sql::{alias, bind_alias};
 #[cfg(feature = "async")]
@@ -1790,7 +1792,6 @@ where
     let mut retired = keyring.retired_key_ids();
     retired.sort();
     // Even with no retired key, values of an older suite are upgraded.
-    let ids: Vec<String> = retired.iter().map(|k| k.get().to_string()).collect();
     let passes = model
         .columns
         .iter()
@@ -1807,17 +1808,7 @@ where
                 },
             },
             writes: c.column,
-            target: format!(
-                "{}.{} off keys {} to suite {}",
-                model.table,
-                c.column,
-                ids.join(","),
-                if model.bind_row.is_empty() {
-                    format::SUITE
-                } else {
-                    format::SUITE_AES256GCMSIV_ROW
-                }
-            ),
+            target: name::rotate_target(model, c, &retired),
         })
         .collect();
     start(db, model, job, options, &keyring, passes)
@@ -1857,20 +1848,11 @@ where
     let mut passes = Vec::new();
     for c in model.columns {
         for params in c.indexes {
-            let norm: Vec<&str> = params.normalize.iter().map(|n| n.name()).collect();
             passes.push(Pass {
                 column: c,
                 op: Op::Reindex { params },
                 writes: params.index_column,
-                target: format!(
-                    "{}.{} from {} version {} bits {} normalize [{}]",
-                    model.table,
-                    params.index_column,
-                    c.column,
-                    params.version,
-                    params.bits,
-                    norm.join(",")
-                ),
+                target: name::reindex_target(model, c, params),
             });
         }
     }
@@ -1912,16 +1894,13 @@ where
             column: info,
             op: Op::Backfill { legacy },
             writes: info.column,
-            target: format!(
-                "{}.{} sealed from {}",
-                model.table, info.column, legacy.column
-            ),
+            target: name::encrypt_target(model, info),
         },
         None => Pass {
             column: info,
             op: Op::Encrypt,
             writes: info.column,
-            target: format!("{}.{} sealed", model.table, info.column),
+            target: name::encrypt_target(model, info),
         },
     }];
     start(db, model, job, options, &keyring, passes)

@@ -202,8 +202,8 @@ pub struct CatalogRow {
 #[doc(hidden)]
 #[derive(diesel::QueryableByName, Debug)]
 pub struct TallyRow {
-    #[diesel(sql_type = Nullable<Text>)]
-    pub(crate) t: Option<String>,
+    #[diesel(sql_type = Nullable<Binary>)]
+    pub(crate) t: Option<Vec<u8>>,
     #[diesel(sql_type = Nullable<Binary>)]
     pub(crate) h: Option<Vec<u8>>,
     #[diesel(sql_type = BigInt)]
