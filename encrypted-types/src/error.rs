@@ -5,7 +5,7 @@
 //! single opaque [`Error::AuthenticationFailed`], so an attacker learns nothing from which check
 //! failed.
 
-use crate::key::KeyId;
+use crate::format::key::KeyId;
 
 /// Everything that can go wrong while sealing or opening a value.
 ///

@@ -12,7 +12,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::Error;
-use crate::key::{KeyId, KeyMaterial};
+use crate::format::key::{KeyId, KeyMaterial};
 use crate::tenant::TenantId;
 
 #[cfg(feature = "aws-kms")]

@@ -12,8 +12,8 @@ use std::sync::{Arc, PoisonError, RwLock};
 use arc_swap::ArcSwapOption;
 
 use crate::Error;
+use crate::format::key::{BlindIndexRootKey, DataKey, KeyId, KeyMaterial};
 use crate::index::{IndexMac, IndexParams, derive_mac};
-use crate::key::{BlindIndexRootKey, DataKey, KeyId, KeyMaterial};
 use crate::tenant::{TenantId, describe};
 
 static INSTALLED: ArcSwapOption<Keyring> = ArcSwapOption::const_empty();
@@ -428,7 +428,7 @@ impl Keyring {
     }
 
     /// The keyed HMAC of one blind index for one tenant, derived on first use and cached.
-    pub(crate) fn index_mac(
+    fn derived_index_mac(
         &self,
         params: &IndexParams,
         tenant: Option<&TenantId>,
@@ -757,5 +757,46 @@ mod tests {
             ));
             assert!(!merged.is_complete() && merged.has_tenant(&"b".into()));
         }
+    }
+}
+
+impl crate::format::KeySet for Keyring {
+    fn key(&self, id: KeyId) -> Result<&DataKey, Error> {
+        Keyring::key(self, id)
+    }
+
+    fn primary_key(&self, tenant: Option<&TenantId>) -> Result<&DataKey, Error> {
+        Keyring::primary_key(self, tenant)
+    }
+
+    fn is_primary(&self, key: &DataKey) -> bool {
+        Keyring::is_primary(self, key)
+    }
+
+    fn knows(&self, id: KeyId) -> bool {
+        Keyring::knows(self, id)
+    }
+}
+
+impl crate::index::IndexKeys for Keyring {
+    fn index_mac(
+        &self,
+        params: &IndexParams,
+        tenant: Option<&TenantId>,
+        value_type: &'static str,
+    ) -> Result<IndexMac, Error> {
+        self.derived_index_mac(params, tenant, value_type)
+    }
+}
+
+// Here rather than in `index`, which names keys only through `IndexKeys`: the installed
+// keyring is this module's.
+impl<T: crate::Plaintext, S: crate::index::IndexSpec> crate::index::BlindIndex<T, S> {
+    /// Computes the index bytes under the installed keyring.
+    ///
+    /// # Errors
+    /// See [`IndexParams::compute`]; [`Error::NoKeyring`] without a keyring.
+    pub fn compute(&self) -> Result<Vec<u8>, Error> {
+        Keyring::with_current(|k| S::PARAMS.compute(k, self.tenant.as_ref(), &self.value))
     }
 }

@@ -62,7 +62,7 @@
 //! | `cli` | the operator's toolkit ([`cli`]): `keys`, `jobs`, `inventory`, `verify`, `check`, `schema` commands to mount in an application's binary (clap, indicatif) |
 //! | `postgres-connection`, `mysql-connection` | [`cli::run`] connects to `postgres://` and `mysql://` URLs (libpq, libmysqlclient) |
 //! | `metrics` | seal, open and failure counters through the [`metrics`](https://docs.rs/metrics) facade ([`audit`]) |
-//! | `test-vectors` | `format::seal_with_nonce`, `format::seal_with_suite` and `format::hazmat`, for known-answer tests only |
+//! | `test-vectors` | `format::seal_with_nonce`, `format::seal_with_suite`, `format::hazmat` and `index::hazmat`, for known-answer tests only |
 //!
 //! Only `derive` is on by default; enable the backends and codecs you use.
 #![forbid(unsafe_code)]
@@ -73,11 +73,10 @@ mod binding;
 #[cfg(feature = "cli")]
 pub mod cli;
 mod codec;
-mod context;
+mod column;
 #[cfg(feature = "keystore")]
 #[doc(hidden)]
 pub mod db;
-mod encrypted;
 mod error;
 pub mod format;
 pub mod index;
@@ -85,16 +84,11 @@ pub mod index;
 pub mod jobs;
 #[cfg(feature = "keystore")]
 pub mod kek;
-mod key;
 mod keyring;
 pub mod migration;
 mod model;
-mod nonce;
-mod row;
 #[cfg(feature = "keystore")]
 pub mod schema;
-mod siv;
-mod sql;
 #[cfg(feature = "keystore")]
 pub mod store;
 mod tenant;
@@ -103,16 +97,16 @@ pub use binding::{MAX_ROW_PARTS, RowBinding, RowColumn, RowIdentity, RowKind, Ro
 #[cfg(feature = "json")]
 pub use codec::Json;
 pub use codec::{Plaintext, SecretBuf};
-pub use context::{ColumnContext, Unbound};
-pub use encrypted::Encrypted;
+pub use column::context::{ColumnContext, Unbound};
+pub use column::encrypted::Encrypted;
+pub use column::row::{Fallible, FallibleModel, Unreadable};
 pub use error::Error;
-pub use key::{BlindIndexRootKey, DataKey, KeyId, KeyMaterial};
+pub use format::key::{BlindIndexRootKey, DataKey, KeyId, KeyMaterial};
 pub use keyring::{Keyring, KeyringBuilder};
 pub use model::{
     ColumnInfo, EncryptedModel, LegacyColumn, ModelInfo, PlainColumn, SqlKind,
     validate as model_validate,
 };
-pub use row::{Fallible, FallibleModel, Unreadable};
 
 /// Derives field-level encryption for a Diesel model struct.
 ///

@@ -6,9 +6,9 @@ use diesel::connection::LoadConnection;
 use serde_json::json;
 
 use super::{CliError, Outcome, confirm, out};
+use crate::format::key::KeyId;
 use crate::jobs::{Content, JobTable};
 use crate::kek::{KekProvider, Purpose};
-use crate::key::KeyId;
 use crate::model::ModelInfo;
 use crate::store::{KeyInfo, KeyState, KeyStore, RewrapOptions, list_keys};
 use crate::tenant::TenantId;

@@ -4,7 +4,7 @@ use super::{JobDb, JobTable, job_err};
 use crate::Error;
 use crate::db::{Query, sync_and_async};
 use crate::format;
-use crate::key::KeyId;
+use crate::format::key::KeyId;
 use crate::model::ModelInfo;
 use crate::store::KeyTable;
 

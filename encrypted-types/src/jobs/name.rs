@@ -4,8 +4,8 @@
 use super::find_column;
 use crate::Error;
 use crate::format;
+use crate::format::key::KeyId;
 use crate::index::IndexParams;
-use crate::key::KeyId;
 use crate::keyring::Keyring;
 use crate::model::{ColumnInfo, ModelInfo};
 

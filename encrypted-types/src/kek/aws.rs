@@ -23,7 +23,7 @@ use zeroize::Zeroizing;
 
 use super::{KekProvider, WrapContext};
 use crate::Error;
-use crate::key::{KeyId, KeyMaterial};
+use crate::format::key::{KeyId, KeyMaterial};
 
 /// How to reach KMS.
 #[derive(Clone)]

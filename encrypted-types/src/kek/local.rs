@@ -16,7 +16,7 @@ use zeroize::Zeroizing;
 
 use super::{KekProvider, WrapContext};
 use crate::Error;
-use crate::key::KeyMaterial;
+use crate::format::key::KeyMaterial;
 
 /// The local file KEK.
 ///

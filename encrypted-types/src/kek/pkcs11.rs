@@ -20,7 +20,7 @@ use zeroize::Zeroizing;
 
 use super::{KekProvider, WrapContext};
 use crate::Error;
-use crate::key::{KeyId, KeyMaterial};
+use crate::format::key::{KeyId, KeyMaterial};
 
 /// An AES-256 KEK on a PKCS#11 token.
 pub struct Pkcs11Kek {
@@ -162,7 +162,7 @@ impl KekProvider for Pkcs11Kek {
     }
 
     fn wrap(&self, ctx: &WrapContext<'_>, key: &KeyMaterial) -> Result<Vec<u8>, Error> {
-        let mut iv = crate::nonce::generate()?;
+        let mut iv = crate::format::nonce::generate()?;
         let aad = ctx.aad();
         let sealed = self.with_session(|s| {
             let params = GcmParams::new(&mut iv, &aad, 128.into())

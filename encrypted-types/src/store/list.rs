@@ -7,8 +7,8 @@ use std::time::Duration;
 use super::{KEYS, KeyDb, KeyState, KeyTable, RECORD_COLS, store_err};
 use crate::Error;
 use crate::db::{Query, sync_and_async};
+use crate::format::key::KeyId;
 use crate::kek::Purpose;
-use crate::key::KeyId;
 
 /// One key of the key table, without its wrapped bytes ([`list_keys`]).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,8 +10,8 @@ use super::wrap::{NOT_AUTHENTIC, WRAPPED_BY, key_id_of, wrapped_by};
 use super::{KEYS, KeyDb, KeyRecord, KeyState, KeyTable, store_err, tenant_keys, update_record};
 use crate::Error;
 use crate::db::{Param, Query, sync_and_async};
+use crate::format::key::KeyId;
 use crate::kek::{KekProvider, Purpose, WrapContext};
-use crate::key::KeyId;
 use crate::store::KeyStore;
 use crate::tenant::TenantId;
 

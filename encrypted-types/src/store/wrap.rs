@@ -9,8 +9,8 @@ use super::{
     tenant_keys, update_record,
 };
 use crate::Error;
+use crate::format::key::{KeyId, KeyMaterial};
 use crate::kek::{KekProvider, Purpose, WrapContext};
-use crate::key::{KeyId, KeyMaterial};
 use crate::store::KeyStore;
 use crate::tenant::TenantId;
 

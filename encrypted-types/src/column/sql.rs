@@ -11,8 +11,8 @@ use diesel::deserialize::{self, FromSql};
 use diesel::sql_types::Binary;
 
 use crate::codec::Plaintext;
-use crate::context::ColumnContext;
-use crate::encrypted::Encrypted;
+use crate::column::context::ColumnContext;
+use crate::column::encrypted::Encrypted;
 
 impl<T: Plaintext, C: ColumnContext, DB: Backend> FromSql<Binary, DB> for Encrypted<T, C>
 where

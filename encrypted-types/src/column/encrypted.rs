@@ -8,7 +8,7 @@ use crate::Error;
 use crate::audit;
 use crate::binding::RowBinding;
 use crate::codec::Plaintext;
-use crate::context::{ColumnContext, Unbound};
+use crate::column::context::{ColumnContext, Unbound};
 use crate::format::{self, Context, Header};
 use crate::keyring::Keyring;
 use crate::tenant::TenantId;

@@ -7,7 +7,7 @@
 use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::KeyInit;
 
-use crate::siv::Siv;
+use crate::format::siv::Siv;
 use std::fmt;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 

@@ -18,11 +18,11 @@ use zeroize::Zeroizing;
 use crate::Error;
 use crate::codec::{Plaintext, SecretBuf};
 use crate::format::Context;
-use crate::keyring::Keyring;
 use crate::tenant::TenantId;
 
 /// HMAC-SHA256 keyed with a derived blind-index key.
-pub(crate) type IndexMac = hmac::Hmac<Sha256>;
+/// The keyed HMAC of one index (HMAC-SHA256).
+pub type IndexMac = hmac::Hmac<Sha256>;
 
 mod unicode;
 
@@ -283,7 +283,7 @@ impl IndexParams {
     /// [`Error::InvalidIndex`] for normalizers on a non-string value.
     pub fn compute<T: Plaintext>(
         &self,
-        keyring: &Keyring,
+        keyring: &(impl IndexKeys + ?Sized),
         tenant: Option<&TenantId>,
         value: &T,
     ) -> Result<Vec<u8>, Error> {
@@ -305,7 +305,7 @@ impl IndexParams {
     /// are not UTF-8.
     pub fn compute_raw(
         &self,
-        keyring: &Keyring,
+        keyring: &(impl IndexKeys + ?Sized),
         tenant: Option<&TenantId>,
         value_type: &'static str,
         plaintext: &[u8],
@@ -376,16 +376,29 @@ fn truncate(mac: IndexMac, bits: u16) -> Vec<u8> {
     out
 }
 
-/// HMAC-SHA256 under a caller's key, truncated like an index (for external test vectors).
+/// The blind-index MAC on its own, for checking it against external test vectors (Project
+/// Wycheproof's HMAC-SHA256) through the code path that finishes every index. Behind the
+/// `test-vectors` feature.
 #[cfg(feature = "test-vectors")]
-pub(crate) fn mac_truncated(key: &[u8], msg: &[u8], bits: u16) -> Result<Vec<u8>, Error> {
-    if !(1..=256).contains(&bits) {
-        return Err(Error::InvalidIndex("bits must be between 1 and 256"));
+pub mod hazmat {
+    use hmac::{KeyInit, Mac};
+
+    use super::{Error, IndexMac, truncate};
+
+    /// HMAC-SHA256 of `msg` under `key`, truncated to `bits` with the spare bits cleared,
+    /// exactly as [`super::IndexParams::compute`] finishes an index.
+    ///
+    /// # Errors
+    /// [`Error::InvalidIndex`] for `bits` outside 1..=256.
+    pub fn index_mac(key: &[u8], msg: &[u8], bits: u16) -> Result<Vec<u8>, Error> {
+        if !(1..=256).contains(&bits) {
+            return Err(Error::InvalidIndex("bits must be between 1 and 256"));
+        }
+        let mut mac = <IndexMac as KeyInit>::new_from_slice(key)
+            .map_err(|_| Error::InvalidIndex("HMAC key length"))?;
+        mac.update(msg);
+        Ok(truncate(mac, bits))
     }
-    let mut mac = <IndexMac as KeyInit>::new_from_slice(key)
-        .map_err(|_| Error::InvalidIndex("HMAC key length"))?;
-    mac.update(msg);
-    Ok(truncate(mac, bits))
 }
 
 /// Derives the keyed HMAC for one index from a root key.
@@ -395,6 +408,34 @@ pub(crate) fn derive_mac(root: &[u8; 32], info: &[u8]) -> Result<IndexMac, Error
         .expand(info, &mut *okm)
         .map_err(|_| Error::InvalidIndex("HKDF output length"))?;
     <IndexMac as KeyInit>::new_from_slice(&*okm).map_err(|_| Error::InvalidIndex("HMAC key length"))
+}
+
+/// Where an index's keyed MAC comes from: implemented by [`crate::Keyring`], which derives one
+/// per index and tenant from the tenant's blind-index root key and caches it. The index
+/// module names keys through this trait so that it depends on no key store.
+pub trait IndexKeys {
+    /// The keyed HMAC of the index `params` for `tenant` and a value of type `value_type`.
+    ///
+    /// # Errors
+    /// [`Error::NoBlindIndexKey`] without a root key for the tenant.
+    fn index_mac(
+        &self,
+        params: &IndexParams,
+        tenant: Option<&TenantId>,
+        value_type: &'static str,
+    ) -> Result<IndexMac, Error>;
+}
+
+// `Keyring::current()` hands out an `Arc<Keyring>`: it works where a keyring does.
+impl<K: IndexKeys + ?Sized> IndexKeys for std::sync::Arc<K> {
+    fn index_mac(
+        &self,
+        params: &IndexParams,
+        tenant: Option<&TenantId>,
+        value_type: &'static str,
+    ) -> Result<IndexMac, Error> {
+        (**self).index_mac(params, tenant, value_type)
+    }
 }
 
 /// Names one blind index at the type level. `#[derive(Encrypted)]` generates one per index.
@@ -428,8 +469,8 @@ pub trait IndexSpec: 'static {
 #[derive(diesel::expression::AsExpression)]
 #[diesel(sql_type = diesel::sql_types::Binary)]
 pub struct BlindIndex<T: Plaintext, S: IndexSpec> {
-    value: T,
-    tenant: Option<TenantId>,
+    pub(crate) value: T,
+    pub(crate) tenant: Option<TenantId>,
     spec: PhantomData<fn() -> S>,
 }
 
@@ -450,14 +491,6 @@ impl<T: Plaintext, S: IndexSpec> BlindIndex<T, S> {
             tenant,
             spec: PhantomData,
         }
-    }
-
-    /// Computes the index bytes under the installed keyring.
-    ///
-    /// # Errors
-    /// See [`IndexParams::compute`]; [`Error::NoKeyring`] without a keyring.
-    pub fn compute(&self) -> Result<Vec<u8>, Error> {
-        Keyring::with_current(|k| S::PARAMS.compute(k, self.tenant.as_ref(), &self.value))
     }
 }
 

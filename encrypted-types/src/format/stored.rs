@@ -1,0 +1,224 @@
+//! The keyed operations on stored bytes, for the jobs and the migration fallback: telling a
+//! sealed value from legacy plaintext, and moving one between keys without decoding it.
+
+#[allow(clippy::wildcard_imports)] // the format's own types and constants
+use super::*;
+
+/// The data keys the keyed operations below ([`reseal`], [`classify`], [`open_raw`],
+/// [`seal_raw`]) look up: implemented by [`crate::Keyring`]. The format names keys through this
+/// trait so that it depends on no key store.
+pub trait KeySet {
+    /// The key with this id: [`Error::UnknownKeyId`] or [`Error::KeyDestroyed`] otherwise.
+    ///
+    /// # Errors
+    /// As said.
+    fn key(&self, id: KeyId) -> Result<&DataKey, Error>;
+    /// The key that seals new values of `tenant`.
+    ///
+    /// # Errors
+    /// [`Error::NoPrimaryKey`].
+    fn primary_key(&self, tenant: Option<&TenantId>) -> Result<&DataKey, Error>;
+    /// Whether `key` is its tenant's primary key.
+    fn is_primary(&self, key: &DataKey) -> bool;
+    /// Whether a key with this id is known (live or destroyed).
+    fn knows(&self, id: KeyId) -> bool;
+}
+
+// `Keyring::current()` hands out an `Arc<Keyring>`: it works where a keyring does.
+impl<K: KeySet + ?Sized> KeySet for std::sync::Arc<K> {
+    fn key(&self, id: KeyId) -> Result<&DataKey, Error> {
+        (**self).key(id)
+    }
+
+    fn primary_key(&self, tenant: Option<&TenantId>) -> Result<&DataKey, Error> {
+        (**self).primary_key(tenant)
+    }
+
+    fn is_primary(&self, key: &DataKey) -> bool {
+        (**self).is_primary(key)
+    }
+
+    fn knows(&self, id: KeyId) -> bool {
+        (**self).knows(id)
+    }
+}
+
+/// Plaintext bytes moved between keys without decoding them.
+struct Raw(Vec<u8>);
+
+impl Plaintext for Raw {
+    // Never part of a context: `reseal` passes the column's own type tag.
+    const TYPE: &'static str = "raw";
+
+    fn encode(&self, out: &mut SecretBuf) -> Result<(), Error> {
+        out.extend_from_slice(&self.0);
+        Ok(())
+    }
+
+    fn encoded_len_hint(&self) -> usize {
+        self.0.len()
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Self, Error> {
+        Ok(Self(bytes.to_vec()))
+    }
+
+    fn decode_owned(bytes: Vec<u8>) -> Result<Self, Error> {
+        Ok(Self(bytes))
+    }
+
+    fn wipe(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+/// Re-seals a value of `table.column` (of type tag `value_type`) under the primary key of the
+/// tenant of the key that sealed it, in the current suite: bound to `row` when the model binds
+/// its values to their row (whatever value the row holds is bound to it), else [`SUITE`].
+/// Returns `None` when it is already under that primary key and in that suite. The plaintext
+/// is never decoded, and is wiped after use.
+///
+/// # Errors
+/// As opening and sealing: the header errors, [`Error::AuthenticationFailed`],
+/// [`Error::NoPrimaryKey`].
+pub fn reseal(
+    keyring: &(impl KeySet + ?Sized),
+    table: &str,
+    column: &str,
+    value_type: &str,
+    row: Option<&RowBinding>,
+    sealed: &[u8],
+) -> Result<Option<Vec<u8>>, Error> {
+    let header = Header::parse(sealed)?;
+    let old = keyring.key(header.key_id)?;
+    if keyring.is_primary(old) && header.suite == suite_for(row) {
+        return Ok(None);
+    }
+    let ctx = Context {
+        table,
+        column,
+        tenant: old.tenant(),
+        value_type,
+    };
+    let mut plain: Raw = open_stored(old, &ctx, row, sealed.to_vec())?;
+    let new = keyring.primary_key(old.tenant())?;
+    let resealed = match row {
+        Some(row) => seal_bound(new, &ctx, row, &plain),
+        None => seal(new, &ctx, &plain),
+    };
+    plain.wipe();
+    resealed.map(Some)
+}
+
+/// What a stored value is, by the one test the fallback read, the backfill job and
+/// `jobs::count_plaintext` share.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Stored {
+    /// A value of ours: opening it decides whether it is genuine. Never read as plaintext.
+    Sealed,
+    /// Shaped like a whole sealed value of this format (version 1, suite 1 to 3, long enough) but
+    /// naming a key id this keyring does not hold: most likely sealed by a process that knows
+    /// a newer key. Never read, sealed again or counted done as plaintext.
+    Unknown,
+    /// Legacy plaintext, readable while its column is in fallback.
+    Legacy,
+}
+
+/// Tells a sealed value from legacy plaintext without decrypting. A value is *sealed* when it
+/// has a version 1 header (at least 6 bytes, first byte 1) naming a key id that the keyring
+/// knows, live or destroyed; *unknown* when it has the whole shape of a version 1 value (first
+/// bytes `01 01`, `01 02` or `01 03`, at least the 34 bytes of header and tag) under a key id the keyring does not
+/// know; anything else is *legacy*. So a legacy `i16` 257 (`01 01`), a UUID that starts
+/// `01 01`, or a short or foreign string are legacy, while a sealed value that was tampered
+/// with, copied from another column, sealed under a shredded tenant's destroyed key, or sealed
+/// with a key created after this keyring was loaded is never mistaken for plaintext.
+///
+/// ```
+/// use encrypted_types::{format::{self, Stored}, Keyring, KeyMaterial};
+/// let kr = Keyring::builder()
+///     .data_key(7, None, KeyMaterial::generate().unwrap())
+///     .primary(None, 7)
+///     .build()
+///     .unwrap();
+/// assert_eq!(format::classify(&kr, &257_i16.to_be_bytes()), Stored::Legacy);
+/// assert_eq!(format::classify(&kr, &[1, 1, 0, 0, 0, 8, 0]), Stored::Legacy);
+/// assert_eq!(format::classify(&kr, &[1, 1, 0, 0, 0, 7, 0]), Stored::Sealed);
+/// let mut newer = vec![1, 1, 0, 0, 0, 8];
+/// newer.resize(40, 0);
+/// assert_eq!(format::classify(&kr, &newer), Stored::Unknown);
+/// ```
+pub fn classify(keyring: &(impl KeySet + ?Sized), stored: &[u8]) -> Stored {
+    match stored.get(..6) {
+        Some([VERSION, suite, a, b, c, d]) => {
+            if keyring.knows(KeyId::from(u32::from_be_bytes([*a, *b, *c, *d]))) {
+                Stored::Sealed
+            } else if is_suite(*suite) && stored.len() >= OVERHEAD {
+                Stored::Unknown
+            } else {
+                Stored::Legacy
+            }
+        }
+        _ => Stored::Legacy,
+    }
+}
+
+/// Opens a value of `table.column` (type tag `value_type`) to its plaintext bytes, undecoded,
+/// with the tenant of the key that sealed it: what a job needs to recompute a blind index. A
+/// value bound to its row needs `row`.
+///
+/// # Errors
+/// As opening: the header errors, [`Error::AuthenticationFailed`].
+pub fn open_raw(
+    keyring: &(impl KeySet + ?Sized),
+    table: &str,
+    column: &str,
+    value_type: &str,
+    row: Option<&RowBinding>,
+    sealed: &[u8],
+) -> Result<(zeroize::Zeroizing<Vec<u8>>, Option<TenantId>), Error> {
+    let header = Header::parse(sealed)?;
+    let key = keyring.key(header.key_id)?;
+    let ctx = Context {
+        table,
+        column,
+        tenant: key.tenant(),
+        value_type,
+    };
+    let mut plain: Raw = open_stored(key, &ctx, row, sealed.to_vec())?;
+    Ok((
+        zeroize::Zeroizing::new(std::mem::take(&mut plain.0)),
+        key.tenant().cloned(),
+    ))
+}
+
+/// Seals plaintext bytes (a legacy value's canonical encoding, type tag `value_type`) for
+/// `table.column` under the primary key of `tenant`, bound to `row` if given: the
+/// plaintext-migration backfill.
+///
+/// # Errors
+/// [`Error::NoPrimaryKey`], [`Error::TooLarge`].
+pub fn seal_raw(
+    keyring: &(impl KeySet + ?Sized),
+    table: &str,
+    column: &str,
+    value_type: &str,
+    tenant: Option<&TenantId>,
+    row: Option<&RowBinding>,
+    plaintext: &[u8],
+) -> Result<Vec<u8>, Error> {
+    let key = keyring.primary_key(tenant)?;
+    let mut raw = Raw(plaintext.to_vec());
+    let ctx = Context {
+        table,
+        column,
+        tenant,
+        value_type,
+    };
+    let sealed = match row {
+        Some(row) => seal_bound(key, &ctx, row, &raw),
+        None => seal(key, &ctx, &raw),
+    };
+    raw.wipe();
+    sealed
+}

@@ -1,0 +1,76 @@
+//! What one pass of a job does: rotate, reindex, encrypt or backfill one column.
+
+#[allow(clippy::wildcard_imports)] // the job engine's parts share its imports and types
+use super::*;
+
+/// What one pass writes.
+pub(super) enum Op<'a> {
+    Rotate {
+        retired: &'a [KeyId],
+        /// Header prefixes of the suites to upgrade ([`format::OLDER_SUITES`], or every unbound
+        /// suite for a `bind_row` model).
+        older: &'static [[u8; 2]],
+    },
+    Reindex {
+        params: &'static IndexParams,
+    },
+    Encrypt,
+    /// Seal the legacy column's values into the encrypted column, clearing the legacy one.
+    Backfill {
+        legacy: LegacyColumn,
+    },
+}
+
+impl Op<'_> {
+    pub(super) fn name(&self) -> &'static str {
+        match self {
+            Self::Rotate { .. } => "rotate",
+            Self::Reindex { .. } => "reindex",
+            Self::Encrypt => "encrypt",
+            Self::Backfill { .. } => "backfill",
+        }
+    }
+}
+
+impl Pass<'_> {
+    /// The SQL expression of the value a batch reads and the compare-and-swap compares: the
+    /// column's bytes, or the legacy column's (text as its UTF-8 bytes).
+    pub(super) fn read_expr<B: JobTable>(&self) -> String {
+        match &self.op {
+            Op::Backfill { legacy } if legacy.text => B::text_bytes(&B::quote(legacy.column)),
+            Op::Backfill { legacy } => B::quote(legacy.column),
+            _ => B::quote(self.column.column),
+        }
+    }
+
+    /// The condition of the rows a batch reads (besides its range).
+    pub(super) fn todo_cond<B: JobTable>(&self) -> String {
+        match &self.op {
+            Op::Rotate { retired, older } => {
+                rotate_cond::<B>(&B::quote(self.column.column), retired, older)
+            }
+            Op::Backfill { legacy } => format!("{} IS NOT NULL", B::quote(legacy.column)),
+            _ => format!("{} IS NOT NULL", B::quote(self.column.column)),
+        }
+    }
+}
+
+/// SQL true for a value a rotation has to re-seal: sealed with a retired key, or in a suite
+/// older than the one this build writes. Both read from the header bytes alone.
+pub(super) fn rotate_cond<B: JobTable>(col: &str, retired: &[KeyId], older: &[[u8; 2]]) -> String {
+    let mut conds = vec![B::suite_in(col, older)];
+    if !retired.is_empty() {
+        conds.push(B::key_id_in(col, retired));
+    }
+    format!("({})", conds.join(" OR "))
+}
+
+/// One column (or index) of one job.
+pub(super) struct Pass<'a> {
+    pub(super) column: &'static ColumnInfo,
+    pub(super) op: Op<'a>,
+    /// The column written: the value's, or the index's.
+    pub(super) writes: &'static str,
+    /// The identity recorded in the job table.
+    pub(super) target: String,
+}
