@@ -208,7 +208,8 @@ fn report_json(name: &str, table: &str, r: &JobReport) -> serde_json::Value {
     })
 }
 
-/// A bar at a terminal; without one, one JSON line per committed batch.
+/// A live progress line at a terminal (job, column, values written: no total is known);
+/// without one, one JSON line per committed batch.
 struct Bar<'a> {
     job: &'a str,
     table: &'static str,

@@ -37,7 +37,7 @@
 //! | `keys rewrap` | re-wraps every key under this store's KEK (a KEK rotation) |
 //! | `keys destroy --key-id N` | destroys a retired key no value names (asks, or `--yes`) |
 //! | `keys shred-tenant --tenant T` | crypto-shreds a tenant (asks, or `--yes`) |
-//! | `jobs rotate \| reindex \| encrypt-column` | resumable jobs: a bar at a terminal, one JSON line per batch otherwise |
+//! | `jobs rotate \| reindex \| encrypt-column` | resumable jobs: live progress at a terminal, one JSON line per batch otherwise |
 //! | `jobs status` | units done, leased and pending per job |
 //! | `inventory` | values per table, column, tenant, key and suite, counted in SQL |
 //! | `verify [--sample N]` | opens every value; names the ones that do not open |
