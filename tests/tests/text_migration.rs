@@ -277,6 +277,11 @@ macro_rules! text_migration_test {
             );
             assert_eq!(count_plaintext(conn, &Contact::MODEL, "email").unwrap(), 0);
             assert_eq!(count_plaintext(conn, &Contact::MODEL, "note").unwrap(), 0);
+            // The inventory agrees with the SQL counts: no legacy value, every email sealed.
+            let inv = encrypted_types::jobs::inventory(conn, &[Contact::MODEL]).unwrap();
+            assert!(inv.iter().all(|e| matches!(e.content, encrypted_types::jobs::Content::Sealed { .. })), "{inv:?}");
+            let sealed: u64 = inv.iter().filter(|e| e.column == "email").map(|e| e.values).sum();
+            assert_eq!(sealed as i64, count!(conn, "SELECT COUNT(*) AS n FROM et_contacts WHERE email IS NOT NULL"));
             let back = load_all!(conn);
             assert_eq!(back.len(), expected.len());
             for c in &back {
@@ -417,6 +422,24 @@ fn a_legacy_value_that_is_not_text_is_reported_and_left() {
     );
     assert_eq!(r.remaining, 1);
     assert_eq!(count_plaintext(conn, &Contact::MODEL, "email").unwrap(), 1);
+    // The inventory of a legacy TEXT column: one plaintext email left, one sealed (row 1's),
+    // and the note column with nothing at all.
+    let inv = encrypted_types::jobs::inventory(conn, &[Contact::MODEL]).unwrap();
+    let legacy: Vec<(&str, u64)> = inv
+        .iter()
+        .filter(|e| e.content == encrypted_types::jobs::Content::LegacyPlaintext)
+        .map(|e| (e.column, e.values))
+        .collect();
+    assert_eq!(legacy, [("email", 1)], "{inv:?}");
+    let sealed: u64 = inv
+        .iter()
+        .filter(|e| {
+            e.column == "email"
+                && matches!(e.content, encrypted_types::jobs::Content::Sealed { .. })
+        })
+        .map(|e| e.values)
+        .sum();
+    assert_eq!(sealed, 1, "{inv:?}");
     let left: Option<Vec<u8>> =
         diesel::sql_query("SELECT CAST(email_plain AS BLOB) AS b FROM et_contacts WHERE id = 2")
             .get_result::<B>(conn)

@@ -104,37 +104,40 @@ impl AnyConnection {
 /// assert_eq!(redact_url("mysql://root:pw@127.0.0.1/test"), "mysql://root:***@127.0.0.1/test");
 /// assert_eq!(redact_url("sqlite://clinic.db"), "sqlite://clinic.db");
 /// assert_eq!(redact_url("host=db password=pw"), "<connection string>");
+/// assert_eq!(redact_url("postgres://a:p@w@db/x?sslmode=require"), "postgres://a:***@db/x?sslmode=require");
 /// ```
 pub fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<connection string>".into();
     };
-    // The authority ends at the first `/`, `?` or `#`; its user info at the last `@` in it.
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
-    match authority.rsplit_once('@') {
-        Some((user_info, host)) => match user_info.split_once(':') {
-            Some((user, _)) => format!("{scheme}://{user}:***@{host}{tail}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
+    match user_info(rest) {
+        Some((user, Some(_), host_and_tail)) => format!("{scheme}://{user}:***@{host_and_tail}"),
+        _ => url.to_owned(),
     }
+}
+
+/// `user`, `password` and what follows the `@` of a URL's part after `://`, if it has user
+/// info. The authority ends at the first `/`, `?` or `#`; its user info at the last `@` in it.
+fn user_info(rest: &str) -> Option<(&str, Option<&str>, &str)> {
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let at = rest.get(..end)?.rfind('@')?;
+    let (info, host) = (rest.get(..at)?, rest.get(at + 1..)?);
+    Some(match info.split_once(':') {
+        Some((user, password)) => (user, Some(password), host),
+        None => (info, None, host),
+    })
 }
 
 /// `message` with every copy of `url`, and of its password, replaced: a driver's error may
 /// quote either.
 fn redact_in(message: &str, url: &str) -> String {
     let mut out = message.replace(url, &redact_url(url));
-    if let Some((_, rest)) = url.split_once("://") {
-        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let password = rest
-            .get(..end)
-            .and_then(|a| a.rsplit_once('@'))
-            .and_then(|(user_info, _)| user_info.split_once(':'))
-            .map(|(_, p)| p);
-        if let Some(p) = password.filter(|p| !p.is_empty()) {
-            out = out.replace(p, "***");
-        }
+    let password = url
+        .split_once("://")
+        .and_then(|(_, rest)| user_info(rest))
+        .and_then(|(_, p, _)| p);
+    if let Some(p) = password.filter(|p| !p.is_empty()) {
+        out = out.replace(p, "***");
     }
     out
 }

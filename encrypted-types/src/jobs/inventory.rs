@@ -58,7 +58,10 @@ sync_and_async! {
         -> Result<Vec<InventoryEntry>, Error> where Backend: JobTable => inventory_on
 }
 
-async fn inventory_on<D>(db: &mut D, models: &[ModelInfo]) -> Result<Vec<InventoryEntry>, Error>
+pub(super) async fn inventory_on<D>(
+    db: &mut D,
+    models: &[ModelInfo],
+) -> Result<Vec<InventoryEntry>, Error>
 where
     D: JobDb,
 {

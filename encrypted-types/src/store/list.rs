@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{KEYS, KeyDb, KeyState, KeyTable, RECORD_COLS, store_err};
+use super::{KeyDb, KeyState, KeyTable, store_err};
 use crate::Error;
-use crate::db::{Query, sync_and_async};
+use crate::db::sync_and_async;
 use crate::format::key::KeyId;
 use crate::kek::Purpose;
 
@@ -45,10 +45,10 @@ sync_and_async! {
 }
 
 async fn list_keys_on<D: KeyDb>(db: &mut D) -> Result<Vec<KeyInfo>, Error> {
-    let q = Query::sql(format!(
-        "SELECT {RECORD_COLS} FROM {KEYS} ORDER BY tenant, purpose, key_id"
-    ));
-    let records = D::Backend::load_records(db, &q).await.map_err(store_err)?;
+    let mut records = super::all_keys(db).await.map_err(store_err)?;
+    // By tenant (keys of no tenant first), purpose and id, the same on every backend.
+    records
+        .sort_by(|a, b| (&a.tenant, &a.purpose, a.key_id).cmp(&(&b.tenant, &b.purpose, b.key_id)));
     records
         .into_iter()
         .map(|r| {
