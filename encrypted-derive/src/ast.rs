@@ -27,6 +27,18 @@ pub(crate) struct Model<'a> {
     /// `bind_row`: the fields every encrypted value is bound to, in order (empty if none).
     pub(crate) bind_row: Vec<Ident>,
     pub(crate) bind_row_span: Option<Span>,
+    /// `compound_index(...)`: indexes over several fields.
+    pub(crate) compounds: Vec<Compound>,
+}
+
+/// One compound index.
+pub(crate) struct Compound {
+    /// Its name (`name_dob`): the methods' and the key's; `None` is reported by `valid`.
+    pub(crate) name: Option<Ident>,
+    /// Each field with its normalizers, in order.
+    pub(crate) fields: Vec<(Ident, Vec<(Normalizer, Span)>)>,
+    /// Column, bits, version, previous (no normalizers of its own).
+    pub(crate) index: Index,
 }
 
 /// The SQL name of an identifier: `r#type` is the column `type`.
@@ -82,6 +94,24 @@ pub(crate) struct Index {
 }
 
 impl Index {
+    /// From its attribute; the column defaults to `<base>_bidx`.
+    fn from_attr(i: attr::IndexAttr, base: &Ident) -> Self {
+        Index {
+            span: i.span,
+            explicit_column: i.column.is_some(),
+            column: i
+                .column
+                .unwrap_or_else(|| quote::format_ident!("{}_bidx", base)),
+            bits: i.bits,
+            version: i.version,
+            previous: i.previous,
+            previous_bits: i.previous_bits,
+            previous_normalize: i.previous_normalize,
+            previous_root_retired: i.previous_root_retired,
+            normalize: i.normalize,
+        }
+    }
+
     pub(crate) fn bits_value(&self) -> u16 {
         self.bits
             .as_ref()
@@ -142,20 +172,7 @@ impl<'a> Model<'a> {
                     optional,
                     kind: classify(inner),
                     migrate_from: fa.migrate_from,
-                    index: fa.index.map(|i| Index {
-                        span: i.span,
-                        explicit_column: i.column.is_some(),
-                        column: i
-                            .column
-                            .unwrap_or_else(|| quote::format_ident!("{}_bidx", ident)),
-                        bits: i.bits,
-                        version: i.version,
-                        previous: i.previous,
-                        previous_bits: i.previous_bits,
-                        previous_normalize: i.previous_normalize,
-                        previous_root_retired: i.previous_root_retired,
-                        normalize: i.normalize,
-                    }),
+                    index: fa.index.map(|i| Index::from_attr(i, ident)),
                 }
             });
             fields.push(Field {
@@ -199,6 +216,21 @@ impl<'a> Model<'a> {
             zeroize: attrs.zeroize,
             bind_row_span: attrs.bind_row.as_ref().map(|(_, s)| *s),
             bind_row: attrs.bind_row.map(|(f, _)| f).unwrap_or_default(),
+            compounds: attrs
+                .compounds
+                .into_iter()
+                .map(|c| {
+                    let base = c
+                        .name
+                        .clone()
+                        .unwrap_or_else(|| Ident::new("compound", c.index.span));
+                    Compound {
+                        index: Index::from_attr(c.index, &base),
+                        name: c.name,
+                        fields: c.fields,
+                    }
+                })
+                .collect(),
         })
     }
 
@@ -226,6 +258,18 @@ impl<'a> Model<'a> {
         self.bind_row
             .iter()
             .filter_map(|b| self.fields.iter().find(|f| f.ident == b))
+    }
+
+    /// Whether `field` is a field of a compound index.
+    pub(crate) fn in_compound(&self, field: &Ident) -> bool {
+        self.compounds
+            .iter()
+            .any(|c| c.fields.iter().any(|(f, _)| f == field))
+    }
+
+    /// The field named `name`, if it is encrypted.
+    pub(crate) fn encrypted_field(&self, name: &Ident) -> Option<(&Field<'a>, &Encrypted<'a>)> {
+        self.encrypted_fields().find(|(f, _)| f.ident == name)
     }
 
     pub(crate) fn tenant_field(&self) -> Option<&Field<'a>> {

@@ -7,12 +7,14 @@ use syn::{Attribute, Ident, LitInt, LitStr, Path};
 /// Keywords, in one place so error messages and parsers agree.
 pub(crate) mod kw {
     pub(crate) const STRUCT_KEYS: &str =
-        "table, tenant, primary_key, bind_row, derive, none, debug, zeroize";
+        "table, tenant, primary_key, bind_row, derive, none, debug, zeroize, compound_index";
     pub(crate) const NONE_CHOICES: &str = "null, skip";
     pub(crate) const DEBUG_CHOICES: &str = "redacted, none";
     pub(crate) const FIELD_KEYS: &str = "blind_index, migrate_from";
     pub(crate) const INDEX_KEYS: &str = "normalize, bits, column, version, previous";
-    pub(crate) const NORMALIZERS: &str = "trim, lowercase, email, digits, casefold";
+    pub(crate) const NORMALIZERS: &str =
+        "trim, lowercase, email, digits, casefold, last4, prefix(n)";
+    pub(crate) const COMPOUND_KEYS: &str = "name, fields, bits, column, version, previous";
     pub(crate) const DERIVES: &str = "Queryable, Selectable, Insertable, AsChangeset";
 }
 
@@ -31,16 +33,22 @@ pub(crate) enum Normalizer {
     Email,
     Digits,
     Casefold,
+    Last4,
+    /// `prefix(n)`; `n` is checked by `valid` (0 is refused).
+    Prefix(u16),
 }
 
 impl Normalizer {
-    pub(crate) fn variant(self) -> &'static str {
+    /// The library's `Normalizer` variant, as an expression after `Normalizer::`.
+    pub(crate) fn variant(self) -> proc_macro2::TokenStream {
         match self {
-            Self::Trim => "Trim",
-            Self::Lowercase => "Lowercase",
-            Self::Email => "Email",
-            Self::Digits => "Digits",
-            Self::Casefold => "Casefold",
+            Self::Trim => quote::quote!(Trim),
+            Self::Lowercase => quote::quote!(Lowercase),
+            Self::Email => quote::quote!(Email),
+            Self::Digits => quote::quote!(Digits),
+            Self::Casefold => quote::quote!(Casefold),
+            Self::Last4 => quote::quote!(Last4),
+            Self::Prefix(n) => quote::quote!(Prefix(#n)),
         }
     }
 }
@@ -63,6 +71,18 @@ pub(crate) struct StructAttrs {
     /// `#[encrypted(bind_row = f)]` or `bind_row(a, b)`: the fields every value is bound to,
     /// with the span of the key.
     pub(crate) bind_row: Option<(Vec<Ident>, Span)>,
+    /// `#[encrypted(compound_index(...))]`, each.
+    pub(crate) compounds: Vec<CompoundAttr>,
+}
+
+/// `compound_index(name = n, fields(a(casefold), b), bits = .., column = .., version = ..,
+/// previous = ..)`.
+pub(crate) struct CompoundAttr {
+    pub(crate) name: Option<Ident>,
+    /// Each field with its normalizers, in order.
+    pub(crate) fields: Vec<(Ident, Vec<(Normalizer, Span)>)>,
+    /// The keys it shares with `blind_index` (no `normalize`: that is per field).
+    pub(crate) index: IndexAttr,
 }
 
 /// One field's attributes.
@@ -92,6 +112,88 @@ pub(crate) struct IndexAttr {
     pub(crate) previous_normalize: Option<Vec<(Normalizer, Span)>>,
     /// `previous(root = retired)`: the previous version derives from the retired root key.
     pub(crate) previous_root_retired: bool,
+}
+
+impl IndexAttr {
+    fn new(span: Span) -> Self {
+        Self {
+            span,
+            normalize: Vec::new(),
+            bits: None,
+            column: None,
+            version: None,
+            previous: None,
+            previous_bits: None,
+            previous_normalize: None,
+            previous_root_retired: false,
+        }
+    }
+}
+
+fn parse_compound(meta: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<CompoundAttr> {
+    let mut out = CompoundAttr {
+        name: None,
+        fields: Vec::new(),
+        index: IndexAttr::new(meta.path.span()),
+    };
+    meta.parse_nested_meta(|m| {
+        if m.path.is_ident("name") {
+            once(&m, out.name.is_some())?;
+            out.name = Some(m.value()?.parse()?);
+        } else if m.path.is_ident("fields") {
+            once(&m, !out.fields.is_empty())?;
+            m.parse_nested_meta(|f| {
+                let field = f.path.require_ident()?.clone();
+                let mut steps = Vec::new();
+                if f.input.peek(syn::token::Paren) {
+                    f.parse_nested_meta(|n| {
+                        steps.push(step(&n)?);
+                        Ok(())
+                    })?;
+                }
+                out.fields.push((field, steps));
+                Ok(())
+            })?;
+        } else if m.path.is_ident("normalize") {
+            return Err(m.error("a compound index has normalizers per field\nhelp: write them after each field: `fields(last_name(casefold), ssn(last4))`"));
+        } else if ["bits", "column", "version", "previous"]
+            .iter()
+            .any(|k| m.path.is_ident(k))
+        {
+            parse_index_key(&m, &mut out.index)?;
+            if out.index.previous_normalize.is_some() {
+                return Err(m.error("a compound index's previous version has the same fields and normalizers\nhelp: `previous(version = .., bits = .., root = retired)`; for other fields or normalizers declare a new compound index"));
+            }
+        } else {
+            return Err(unknown(
+                m.path.span(),
+                "key in compound_index(...)",
+                kw::COMPOUND_KEYS,
+            ));
+        }
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// One normalizer in a list: a name, or `prefix(n)`.
+fn step(n: &syn::meta::ParseNestedMeta<'_>) -> syn::Result<(Normalizer, Span)> {
+    let ident = n.path.require_ident()?;
+    if ident == "prefix" {
+        if !n.input.peek(syn::token::Paren) {
+            return Err(n.error(
+                "`prefix` takes its length\nhelp: write `prefix(3)` for the first three characters",
+            ));
+        }
+        let content;
+        syn::parenthesized!(content in n.input);
+        let lit: LitInt = content.parse()?;
+        let len = lit.base10_parse::<u16>().ok().filter(|n| *n >= 1).ok_or_else(|| {
+            syn::Error::new(lit.span(), "`prefix(n)` keeps 1 to 65535 characters\nhelp: write `prefix(3)` for the first three characters")
+        })?;
+        return Ok((Normalizer::Prefix(len), ident.span()));
+    }
+    normalizer(ident)
 }
 
 fn unknown(span: Span, what: &str, valid: &str) -> syn::Error {
@@ -157,6 +259,8 @@ pub(crate) fn parse_struct(attrs: &[Attribute]) -> syn::Result<StructAttrs> {
                         parse_idents(&meta)?
                     };
                     out.bind_row = Some((fields, span));
+                } else if meta.path.is_ident("compound_index") {
+                    out.compounds.push(parse_compound(&meta)?);
                 } else if meta.path.is_ident("debug") {
                     duplicate(out.redacted_debug.is_some())?;
                     let choice: Ident = meta.value()?.parse()?;
@@ -266,17 +370,7 @@ pub(crate) fn parse_field(attrs: &[Attribute]) -> syn::Result<FieldAttrs> {
                         "a field has one blind index\nhelp: remove the second `blind_index`",
                     ));
                 }
-                let mut index = IndexAttr {
-                    span: meta.path.span(),
-                    normalize: Vec::new(),
-                    bits: None,
-                    column: None,
-                    version: None,
-                    previous: None,
-                    previous_bits: None,
-                    previous_normalize: None,
-                    previous_root_retired: false,
-                };
+                let mut index = IndexAttr::new(meta.path.span());
                 if meta.input.peek(syn::token::Paren) {
                     meta.parse_nested_meta(|m| parse_index_key(&m, &mut index))?;
                 }
@@ -306,7 +400,7 @@ fn parse_normalize(
 ) -> syn::Result<()> {
     if m.input.peek(syn::token::Paren) {
         m.parse_nested_meta(|n| {
-            out.push(normalizer(n.path.require_ident()?)?);
+            out.push(step(&n)?);
             Ok(())
         })
     } else {
@@ -407,6 +501,7 @@ fn normalizer_named(name: &str, span: Span) -> syn::Result<(Normalizer, Span)> {
         "email" => Normalizer::Email,
         "digits" => Normalizer::Digits,
         "casefold" => Normalizer::Casefold,
+        "last4" => Normalizer::Last4,
         _ => return Err(unknown(span, "normalizer", kw::NORMALIZERS)),
     };
     Ok((n, span))

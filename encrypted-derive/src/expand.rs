@@ -6,7 +6,7 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote};
 use syn::Ident;
 
-use crate::ast::{Encrypted, Field, Model, ValueKind};
+use crate::ast::{Compound, Encrypted, Field, Model, ValueKind};
 use crate::attr::DeriveKind;
 
 struct Names {
@@ -192,9 +192,7 @@ fn markers(model: &Model<'_>, et: &TokenStream) -> TokenStream {
         if let Some(index) = &e.index {
             let index_column = crate::ast::sql_name(&index.column);
             let steps = |n: &[(crate::attr::Normalizer, proc_macro2::Span)]| -> Vec<_> {
-                n.iter()
-                    .map(|(n, _)| format_ident!("{}", n.variant()))
-                    .collect()
+                n.iter().map(|(n, _)| n.variant()).collect()
             };
             // The previous version may have had its own length and normalizers.
             let versions = [
@@ -241,7 +239,102 @@ fn markers(model: &Model<'_>, et: &TokenStream) -> TokenStream {
             }
         }
     }
+    for c in &model.compounds {
+        out.extend(compound_markers(model, c, et));
+    }
     out
+}
+
+fn compound_ident(model: &Model<'_>, name: &Ident) -> Ident {
+    format_ident!("__{}Compound_{}", model.ident, name)
+}
+
+fn prev_compound_ident(model: &Model<'_>, name: &Ident) -> Ident {
+    format_ident!("__{}PreviousCompound_{}", model.ident, name)
+}
+
+/// The `CompoundSpec` of a compound index, and of its previous version during a rotation.
+fn compound_markers(model: &Model<'_>, c: &Compound, et: &TokenStream) -> TokenStream {
+    let Some(name) = &c.name else {
+        return TokenStream::new();
+    };
+    let table_name = model.table_name();
+    let name_text = crate::ast::sql_name(name);
+    let index_column = crate::ast::sql_name(&c.index.column);
+    let fields = c.fields.iter().filter_map(|(field, steps)| {
+        let (_, e) = model.encrypted_field(field)?;
+        let column = crate::ast::sql_name(field);
+        let inner = e.inner;
+        let steps = steps.iter().map(|(n, _)| n.variant());
+        Some(quote! {
+            #et::CompoundField {
+                column: #column,
+                value_type: <#inner as #et::Plaintext>::TYPE,
+                normalize: &[#(#et::Normalizer::#steps),*],
+            }
+        })
+    });
+    let fields = quote!(&[#(#fields),*]);
+    let versions = [
+        Some((
+            compound_ident(model, name),
+            c.index.version_value(),
+            c.index.bits_value(),
+            format_ident!("Current"),
+        )),
+        c.index.previous_value().map(|v| {
+            (
+                prev_compound_ident(model, name),
+                v,
+                c.index.previous_bits_value(),
+                format_ident!(
+                    "{}",
+                    if c.index.previous_root_retired {
+                        "Retired"
+                    } else {
+                        "Current"
+                    }
+                ),
+            )
+        }),
+    ];
+    let mut out = TokenStream::new();
+    for (spec, version, bits, root) in versions.into_iter().flatten() {
+        out.extend(quote! {
+            #[doc(hidden)]
+            pub struct #spec;
+            impl #et::CompoundSpec for #spec {
+                const PARAMS: #et::CompoundParams = #et::CompoundParams {
+                    table: #table_name,
+                    name: #name_text,
+                    index_column: #index_column,
+                    version: #version,
+                    bits: #bits,
+                    fields: #fields,
+                    root: #et::IndexRoot::#root,
+                };
+            }
+        });
+    }
+    out
+}
+
+/// `CompoundIndex::<spec>::new(tenant).part(..)...` over `values` (expressions of each field's
+/// value, a reference), or `None` when an optional field is `None` (`optional` per field).
+fn compound_value(
+    spec: &Ident,
+    tenant: &TokenStream,
+    parts: &[(TokenStream, bool)],
+    et: &TokenStream,
+) -> TokenStream {
+    let calls = parts.iter().map(|(v, text)| {
+        if *text {
+            quote!(.part_str(#v))
+        } else {
+            quote!(.part(#v))
+        }
+    });
+    quote!(#et::CompoundIndex::<#spec>::new(#tenant) #(#calls)*)
 }
 
 /// The row identity of `base` (a model or its stored row), for a `bind_row` model.
@@ -315,6 +408,10 @@ fn metadata(model: &Model<'_>, et: &TokenStream) -> TokenStream {
             }
         }
     });
+    let compound = model.compounds.iter().filter_map(|c| {
+        let spec = compound_ident(model, c.name.as_ref()?);
+        Some(quote!(<#spec as #et::CompoundSpec>::PARAMS))
+    });
     quote! {
         impl #et::EncryptedModel for #ident {
             const MODEL: #et::ModelInfo = #et::ModelInfo {
@@ -324,6 +421,7 @@ fn metadata(model: &Model<'_>, et: &TokenStream) -> TokenStream {
                 columns: &[#(#columns),*],
                 bind_row: &[#(#bind_row),*],
                 plain: &[#(#plain),*],
+                compound: &[#(#compound),*],
             };
         }
     }
@@ -532,6 +630,38 @@ fn write_side(
                     init.push(quote!(#legacy: ::core::option::Option::None));
                 }
             }
+        }
+    }
+    // Compound indexes: from every field of the model, NULL when one of them is `None`.
+    for c in &model.compounds {
+        let Some(name) = &c.name else { continue };
+        let spec = compound_ident(model, name);
+        let column = &c.index.column;
+        let mut optional = false;
+        let mut parts = Vec::new();
+        for (field, _) in &c.fields {
+            let Some((_, e)) = model.encrypted_field(field) else {
+                continue;
+            };
+            if e.optional {
+                optional = true;
+                parts.push((quote!(m.#field.as_ref()?), false));
+            } else {
+                parts.push((quote!(&m.#field), false));
+            }
+        }
+        let value = compound_value(
+            &spec,
+            &quote!(::core::clone::Clone::clone(&__tenant)),
+            &parts,
+            et,
+        );
+        if optional {
+            fields.push(quote!(#column: ::core::option::Option<#et::CompoundIndex<#spec>>));
+            init.push(quote!(#column: (|| ::core::option::Option::Some(#value))()));
+        } else {
+            fields.push(quote!(#column: #et::CompoundIndex<#spec>));
+            init.push(quote!(#column: #value));
         }
     }
     let tenant = tenant_of(model, &quote!(m), et);
@@ -963,6 +1093,11 @@ fn queries(
             });
         }
     }
+    for c in &model.compounds {
+        let (sync, asynchronous) = compound_queries(model, c, et, diesel, &columns_ty);
+        methods.extend(sync);
+        async_methods.extend(asynchronous);
+    }
     if methods.is_empty() {
         return methods;
     }
@@ -974,6 +1109,207 @@ fn queries(
             impl #ident { #async_methods }
         }
     }
+}
+
+/// A compound index's `<name>_eq`, `<name>_matches`, `find_by_<name>` and (async)
+/// `find_by_<name>_async`. The values are one argument: a tuple of references in field order
+/// (`(&str, &NaiveDate)`), or the reference alone for an index of one field.
+fn compound_queries(
+    model: &Model<'_>,
+    c: &Compound,
+    et: &TokenStream,
+    diesel: &TokenStream,
+    columns: &TokenStream,
+) -> (TokenStream, TokenStream) {
+    let Some(name) = &c.name else {
+        return (TokenStream::new(), TokenStream::new());
+    };
+    let vis = model.vis;
+    let table = &model.table;
+    let spec = compound_ident(model, name);
+    let column = &c.index.column;
+    let eq = format_ident!("{}_eq", name);
+    let matches = format_ident!("{}_matches", name);
+    let find = format_ident!("find_by_{}", name);
+    let find_async = format_ident!("find_by_{}_async", name);
+    // Each field: its type as taken, the expression of its value in `values`, whether text.
+    let fields: Vec<_> = c
+        .fields
+        .iter()
+        .filter_map(|(f, _)| model.encrypted_field(f))
+        .collect();
+    let one = fields.len() == 1;
+    let mut tys = Vec::new();
+    let mut parts = Vec::new();
+    let mut checks = Vec::new();
+    for (i, (f, e)) in fields.iter().enumerate() {
+        let text = e.kind == Some(ValueKind::String);
+        let inner = e.inner;
+        tys.push(if text { quote!(&str) } else { quote!(&#inner) });
+        let access = if one {
+            quote!(values)
+        } else {
+            let i = syn::Index::from(i);
+            quote!(values.#i)
+        };
+        parts.push((access.clone(), text));
+        let field = f.ident;
+        let stored = if e.optional {
+            quote!(match &self.#field { ::core::option::Option::Some(v) => v, ::core::option::Option::None => return false })
+        } else {
+            quote!(&self.#field)
+        };
+        checks.push(if text {
+            quote!(if !__p.same_str(#i, #stored, #access) { return false; })
+        } else {
+            quote!(if !__p.same(#i, #stored, #access).unwrap_or(false) { return false; })
+        });
+    }
+    let values_ty = if one {
+        quote!(#(#tys)*)
+    } else {
+        quote!((#(#tys,)*))
+    };
+    let now = compound_value(
+        &spec,
+        &quote!(::core::clone::Clone::clone(&__tenant_id)),
+        &parts,
+        et,
+    );
+    let now_ty = quote!(#et::CompoundIndex<#spec>);
+    let (index_ty, index_expr) = match c.index.previous_value() {
+        None => (
+            quote!(#diesel::dsl::Eq<#table::#column, #now_ty>),
+            quote!(#diesel::ExpressionMethods::eq(#table::#column, #now)),
+        ),
+        Some(_) => {
+            let prev = prev_compound_ident(model, name);
+            let before = compound_value(
+                &prev,
+                &quote!(::core::clone::Clone::clone(&__tenant_id)),
+                &parts,
+                et,
+            );
+            (
+                quote!(#diesel::dsl::Or<#diesel::dsl::Eq<#table::#column, #now_ty>, #diesel::dsl::Eq<#table::#column, #et::CompoundIndex<#prev>>>),
+                quote!(#diesel::BoolExpressionMethods::or(
+                    #diesel::ExpressionMethods::eq(#table::#column, #now),
+                    #diesel::ExpressionMethods::eq(#table::#column, #before),
+                )),
+            )
+        }
+    };
+    let (tenant_param, tenant_arg, tenant_id, eq_ty, eq_expr) = match model.tenant_field() {
+        Some(t) => {
+            let (tname, tty) = (t.ident, t.ty);
+            (
+                quote!(tenant: &#tty,),
+                quote!(tenant,),
+                quote!(::core::option::Option::Some(#et::TenantId::from(::core::clone::Clone::clone(tenant)))),
+                quote!(#diesel::dsl::And<#diesel::dsl::Eq<#table::#tname, #tty>, #index_ty>),
+                quote!(#diesel::BoolExpressionMethods::and(
+                    #diesel::ExpressionMethods::eq(#table::#tname, ::core::clone::Clone::clone(tenant)),
+                    #index_expr,
+                )),
+            )
+        }
+        None => (
+            quote!(),
+            quote!(),
+            quote!(::core::option::Option::None),
+            index_ty,
+            index_expr,
+        ),
+    };
+    let names: Vec<String> = c.fields.iter().map(|(f, _)| f.to_string()).collect();
+    let list = names.join(", ");
+    let doc_eq = format!(
+        "A filter on compound index `{name}` ({list}): rows whose fields all match `values` after \
+         their normalizers. Usable in `.filter(...)` with other filters.{trunc}",
+        trunc = if c.index.bits_value() < 256 {
+            format!(
+                " This index is truncated, so unrelated rows also match: keep the rows for which \
+                 `{name}_matches` holds, or use `find_by_{name}`, which does."
+            )
+        } else {
+            String::new()
+        }
+    );
+    let doc_find = format!(
+        "Loads the rows whose {list} match `values` (after their normalizers): a lookup on compound \
+         index `{name}`, then a check of every field of every candidate by decrypted equality, so \
+         a truncated index never returns a wrong row. On diesel-async: `find_by_{name}_async`."
+    );
+    let doc_async =
+        format!("`find_by_{name}` on a diesel-async connection: the same lookup and re-check.");
+    let mut sync = quote! {
+        #[doc = #doc_eq]
+        #[allow(dead_code)]
+        #vis fn #eq(#tenant_param values: #values_ty) -> #eq_ty {
+            let __tenant_id: ::core::option::Option<#et::TenantId> = #tenant_id;
+            #eq_expr
+        }
+
+        /// Whether every field of this row equals its value in `values` as the compound index
+        /// sees them (after normalization), checked on the decrypted values.
+        #[allow(dead_code)]
+        #vis fn #matches(&self, values: #values_ty) -> bool {
+            let __p = <#spec as #et::CompoundSpec>::PARAMS;
+            #(#checks)*
+            true
+        }
+    };
+    let mut asynchronous = TokenStream::new();
+    if model.wants(DeriveKind::Queryable) {
+        let query = quote! {
+            let query = #diesel::QueryDsl::filter(
+                #diesel::QueryDsl::select(#table::table, #columns),
+                Self::#eq(#tenant_arg values),
+            );
+        };
+        let keep = quote! {
+            ::core::result::Result::Ok(rows.into_iter().filter(|r| r.#matches(values)).collect())
+        };
+        sync.extend(quote! {
+            #[doc = #doc_find]
+            #[allow(dead_code)]
+            #vis fn #find<__C>(
+                conn: &mut __C,
+                #tenant_param
+                values: #values_ty,
+            ) -> #diesel::QueryResult<::std::vec::Vec<Self>>
+            where
+                __C: #diesel::Connection,
+                #diesel::dsl::Filter<#diesel::dsl::Select<#table::table, #columns>, #eq_ty>:
+                    for<'__q> #diesel::query_dsl::LoadQuery<'__q, __C, Self>,
+            {
+                #query
+                let rows: ::std::vec::Vec<Self> = #diesel::RunQueryDsl::load(query, conn)?;
+                #keep
+            }
+        });
+        asynchronous = quote! {
+            #[doc = #doc_async]
+            #[allow(dead_code)]
+            #vis async fn #find_async<__C>(
+                conn: &mut __C,
+                #tenant_param
+                values: #values_ty,
+            ) -> #diesel::QueryResult<::std::vec::Vec<Self>>
+            where
+                __C: #et::diesel_async::AsyncConnection,
+                Self: ::core::marker::Send,
+                #diesel::dsl::Filter<#diesel::dsl::Select<#table::table, #columns>, #eq_ty>:
+                    for<'__q> #et::diesel_async::methods::LoadQuery<'__q, __C, Self>,
+            {
+                #query
+                let rows: ::std::vec::Vec<Self> =
+                    #et::diesel_async::RunQueryDsl::load(query, conn).await?;
+                #keep
+            }
+        };
+    }
+    (sync, asynchronous)
 }
 
 /// `Model::set_<field>(tenant, value)`: a changeset of one encrypted field that writes its
@@ -1009,6 +1345,11 @@ fn setters(model: &Model<'_>, et: &TokenStream, diesel: &TokenStream) -> TokenSt
     let bound = bound_to(model);
     let mut methods = TokenStream::new();
     for (f, e) in model.encrypted_fields() {
+        // A field of a compound index has no setter of its own: the index needs every field,
+        // so it is written by the whole model's changeset.
+        if model.in_compound(f.ident) {
+            continue;
+        }
         let name = f.ident;
         let inner = e.inner;
         let set = format_ident!("set_{}", crate::ast::sql_name(name));
@@ -1115,6 +1456,17 @@ fn column_checks(model: &Model<'_>, et: &TokenStream, diesel: &TokenStream) -> T
             };
             checks.push(check);
         }
+    }
+    for c in &model.compounds {
+        let col = &c.index.column;
+        let span = c.name.as_ref().map_or(col.span(), Ident::span);
+        standins.push(quote! {
+            struct #col;
+            impl #diesel::Expression for #col {
+                type SqlType = #diesel::sql_types::Binary;
+            }
+        });
+        checks.push(quote::quote_spanned!(span=> #et::binary_column::<#table::table, #col>();));
     }
     quote! {
         #[allow(dead_code, non_camel_case_types, unused_imports)]

@@ -5,7 +5,11 @@ use crate::derive;
 #[test]
 fn expansion_of_a_representative_model() {
     let input: syn::DeriveInput = syn::parse_quote! {
-        #[encrypted(table = patients, tenant = clinic_id)]
+        #[encrypted(
+            table = patients,
+            tenant = clinic_id,
+            compound_index(name = ssn4_notes, fields(ssn(last4), notes(casefold, prefix(3))), bits = 16)
+        )]
         pub struct Patient {
             pub id: i32,
             pub clinic_id: i64,

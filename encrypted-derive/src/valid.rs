@@ -133,22 +133,7 @@ pub(crate) fn check(model: &Model<'_>) -> syn::Result<()> {
             );
             continue;
         }
-        for bits in index.bits.iter().chain(&index.previous_bits) {
-            match bits.base10_parse::<u32>() {
-                Ok(1..=256) => {}
-                _ => err(bits.span(), "`bits` must be between 1 and 256\nhelp: 256 (the default) keeps the whole HMAC; use `encrypted_types::index::plan(rows, distinct)` to size a truncated index".into()),
-            }
-        }
-        if let Some(v) = &index.version
-            && !matches!(v.base10_parse::<u32>(), Ok(1..))
-        {
-            err(v.span(), "`version` must be a positive integer\nhelp: versions start at 1 and grow with each blind-index key rotation".into());
-        }
-        if let Some(p) = &index.previous
-            && !matches!(p.base10_parse::<u32>(), Ok(n) if n >= 1 && n < index.version_value())
-        {
-            err(p.span(), "`previous` must be a version below `version`\nhelp: during a blind-index key rotation write `blind_index(version = N, previous = N - 1)`; remove `previous` once the reindex job has finished".into());
-        }
+        numbers(index, &mut err);
         if matches!(e.kind, Some(ValueKind::Other | ValueKind::Bytes))
             && let Some((_, span)) = index
                 .normalize
@@ -180,6 +165,10 @@ pub(crate) fn check(model: &Model<'_>) -> syn::Result<()> {
         }
     }
 
+    for c in &model.compounds {
+        compound(model, c, &mut columns, &mut err);
+    }
+
     let mut iter = errors.into_iter();
     match iter.next() {
         None => Ok(()),
@@ -187,6 +176,131 @@ pub(crate) fn check(model: &Model<'_>) -> syn::Result<()> {
             first.extend(iter);
             Err(first)
         }
+    }
+}
+
+/// The numbers of an index: bits, version, previous.
+fn numbers(index: &crate::ast::Index, err: &mut impl FnMut(Span, String)) {
+    for bits in index.bits.iter().chain(&index.previous_bits) {
+        match bits.base10_parse::<u32>() {
+            Ok(1..=256) => {}
+            _ => err(bits.span(), "`bits` must be between 1 and 256\nhelp: 256 (the default) keeps the whole HMAC; use `encrypted_types::index::plan(rows, distinct)` to size a truncated index".into()),
+        }
+    }
+    if let Some(v) = &index.version
+        && !matches!(v.base10_parse::<u32>(), Ok(1..))
+    {
+        err(v.span(), "`version` must be a positive integer\nhelp: versions start at 1 and grow with each blind-index key rotation".into());
+    }
+    if let Some(p) = &index.previous
+        && !matches!(p.base10_parse::<u32>(), Ok(n) if n >= 1 && n < index.version_value())
+    {
+        err(p.span(), "`previous` must be a version below `version`\nhelp: during a blind-index key rotation write `version = N, previous = N - 1`; remove `previous` once the reindex job has finished".into());
+    }
+}
+
+/// A compound index: named, over 1 to 8 distinct encrypted fields that every write writes.
+fn compound(
+    model: &Model<'_>,
+    c: &crate::ast::Compound,
+    columns: &mut HashMap<String, Span>,
+    err: &mut impl FnMut(Span, String),
+) {
+    let span = c.index.span;
+    numbers(&c.index, err);
+    let Some(name) = &c.name else {
+        err(span, "a compound index needs a name\nhelp: `compound_index(name = name_dob, fields(last_name(casefold), date_of_birth))`; the name gives `Model::find_by_name_dob` and the column `name_dob_bidx`".into());
+        return;
+    };
+    let n = c.fields.len();
+    if n == 0 || n > 8 {
+        err(
+            span,
+            format!(
+                "`compound_index` `{name}` has {n} fields; it takes 1 to 8\nhelp: `fields(last_name(casefold), date_of_birth)`"
+            ),
+        );
+    }
+    // Its methods (`find_by_<name>`, `<name>_eq`) must not clash with a field's.
+    let text = crate::ast::sql_name(name);
+    let clashes = model.fields.iter().any(|f| {
+        let f = crate::ast::sql_name(f.ident);
+        f == text || format!("{f}_in") == text
+    }) || model
+        .compounds
+        .iter()
+        .filter(|o| o.name.as_ref().is_some_and(|o| *o == *name))
+        .count()
+        > 1;
+    if clashes {
+        err(
+            name.span(),
+            format!(
+                "the compound index name `{name}` is already a field's or another index's\nhelp: name it after what it finds, e.g. `name_dob`, distinct from every field name"
+            ),
+        );
+    }
+    let mut seen: Vec<&syn::Ident> = Vec::new();
+    for (field, steps) in &c.fields {
+        if seen.contains(&field) {
+            err(
+                field.span(),
+                format!("`{field}` is named twice in `{name}`\nhelp: name each field once"),
+            );
+            continue;
+        }
+        seen.push(field);
+        let Some((f, e)) = model.encrypted_field(field) else {
+            err(
+                field.span(),
+                format!(
+                    "`{field}` is not an encrypted field of this struct\nhelp: a compound index covers fields marked #[encrypted]; a clear column is searched with plain SQL"
+                ),
+            );
+            continue;
+        };
+        match e.kind {
+            Some(ValueKind::Json) => err(field.span(), "a JSON field cannot be part of a compound index: equal JSON values can be written as different bytes\nhelp: index a String or scalar field that holds the value to look up".into()),
+            Some(ValueKind::String) => {}
+            _ => {
+                if let Some((_, s)) = steps.first() {
+                    err(*s, format!("normalizers apply to String fields only\nhelp: write `{field}` without normalizers"));
+                }
+            }
+        }
+        if let Some(legacy) = &e.migrate_from {
+            err(
+                legacy.span(),
+                format!(
+                    "`{field}` is still migrated from `{legacy}` and cannot be part of compound index `{name}`\nwhy: while the legacy column holds a value, the backfill of one column cannot compute an index over several\nhelp: finish the migration first (`jobs::encrypt_column`), then add the compound index and run `jobs::reindex`"
+                ),
+            );
+        }
+        if e.optional && !model.treat_none_as_null {
+            err(
+                f.ty.span(),
+                format!(
+                    "`{field}` may be skipped by this `none = skip` changeset, which would leave compound index `{name}` computed from the other fields only\nhelp: make `{field}` non-optional here, or update through a model that writes every field of `{name}`"
+                ),
+            );
+        }
+    }
+    let column = c.index.column.to_string();
+    if columns
+        .insert(column.clone(), c.index.column.span())
+        .is_some()
+    {
+        let s = if c.index.explicit_column {
+            c.index.column.span()
+        } else {
+            name.span()
+        };
+        err(
+            s,
+            format!(
+                "duplicate column `{column}`: compound index `{name}` would be stored in a column that a field or another index already uses\nhelp: name another column with `compound_index(.., column = ...)`"
+            ),
+        );
     }
 }
 

@@ -22,6 +22,9 @@ pub struct ModelInfo {
     /// Every column that is not encrypted (keys, tenant, plain fields), in field order, with the
     /// SQL type `table!` declares for it: what `schema::create` writes a new table from.
     pub plain: &'static [PlainColumn],
+    /// Compound blind indexes over several of `columns` (`compound_index(...)`): what
+    /// [`crate::jobs::reindex`] recomputes besides each column's own indexes.
+    pub compound: &'static [crate::index::CompoundParams],
 }
 
 /// A column of a model that is stored as it is.

@@ -127,22 +127,24 @@ where
             }),
             Some(_) => {}
         };
+        let indexed = |column: &'static str, out: &mut Vec<Mismatch>| {
+            binary(column, out);
+            let leading: Vec<&str> = m.tenant_column.into_iter().chain([column]).collect();
+            if !leads(&indexes, &leading) {
+                out.push(Mismatch::NoIndex {
+                    table: table.clone(),
+                    column: column.to_owned(),
+                    leading: leading.join(", "),
+                });
+            }
+        };
+        for (column, ..) in compound_columns(m) {
+            indexed(column, &mut out);
+        }
         for c in m.columns {
             binary(c.column, &mut out);
             for i in c.indexes {
-                binary(i.index_column, &mut out);
-                let leading: Vec<&str> = m
-                    .tenant_column
-                    .into_iter()
-                    .chain([i.index_column])
-                    .collect();
-                if !leads(&indexes, &leading) {
-                    out.push(Mismatch::NoIndex {
-                        table: table.clone(),
-                        column: i.index_column.to_owned(),
-                        leading: leading.join(", "),
-                    });
-                }
+                indexed(i.index_column, &mut out);
             }
             if let Some(l) = c.legacy
                 && !columns
@@ -265,17 +267,23 @@ pub fn expand(models: &[ModelInfo], dialect: Dialect) -> Migration {
             out.down
                 .push(format!("ALTER TABLE {table} DROP COLUMN {c}"));
         };
+        let index = |column: &str, bytes: u16, out: &mut Migration| {
+            add(column, &dialect.index_type(bytes), out);
+            out.up.push(create_index(m, column, dialect));
+            let name = dialect.quote(&format!("{}_{column}", m.table));
+            out.down.push(match dialect {
+                Dialect::Mysql => format!("DROP INDEX {name} ON {table}"),
+                _ => format!("DROP INDEX {name}"),
+            });
+        };
         for c in m.columns {
             add(c.column, dialect.sealed_type(), &mut out);
             for (column, bytes) in index_columns(c) {
-                add(column, &dialect.index_type(bytes), &mut out);
-                out.up.push(create_index(m, column, dialect));
-                let name = dialect.quote(&format!("{}_{column}", m.table));
-                out.down.push(match dialect {
-                    Dialect::Mysql => format!("DROP INDEX {name} ON {table}"),
-                    _ => format!("DROP INDEX {name}"),
-                });
+                index(column, bytes, &mut out);
             }
+        }
+        for (column, bytes, _) in compound_columns(m) {
+            index(column, bytes, &mut out);
         }
     }
     out.down.reverse();
@@ -294,6 +302,28 @@ fn index_columns(c: &ColumnInfo) -> Vec<(&'static str, u16)> {
         }
     }
     columns
+}
+
+/// The compound-index columns of `m`: name, size in bytes, and whether nullable (when one of
+/// its fields is).
+fn compound_columns(m: &ModelInfo) -> Vec<(&'static str, u16, bool)> {
+    let mut out: Vec<(&'static str, u16, bool)> = Vec::new();
+    for i in m.compound {
+        let nullable = i.fields.iter().any(|f| {
+            m.columns
+                .iter()
+                .any(|c| c.column == f.column && (c.nullable || c.legacy.is_some()))
+        });
+        let bytes = i.bits.div_ceil(8);
+        match out.iter_mut().find(|(name, ..)| *name == i.index_column) {
+            Some((_, b, n)) => {
+                *b = (*b).max(bytes);
+                *n |= nullable;
+            }
+            None => out.push((i.index_column, bytes, nullable)),
+        }
+    }
+    out
 }
 
 /// The index a blind-index lookup uses: the tenant column, then the index column.
@@ -453,6 +483,13 @@ pub fn create(models: &[ModelInfo], dialect: Dialect) -> Result<Migration, Creat
                     dialect.sealed_type()
                 };
                 add(l.column, ty, true);
+            }
+        }
+        for (column, bytes, nullable) in compound_columns(m) {
+            add(column, &dialect.index_type(bytes), nullable);
+            let index = create_index(m, column, dialect);
+            if !indexes.contains(&index) {
+                indexes.push(index);
             }
         }
     }

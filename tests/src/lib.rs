@@ -41,6 +41,20 @@ pub mod schema {
         }
     }
     diesel::table! {
+        et_frontdesk (id) {
+            id -> BigInt,
+            clinic_id -> BigInt,
+            last_name -> Binary,
+            date_of_birth -> Binary,
+            ssn -> Binary,
+            ssn_bidx -> Binary,
+            phone -> Nullable<Binary>,
+            name_dob_bidx -> Binary,
+            ssn4_dob_bidx -> Binary,
+            name_phone_bidx -> Nullable<Binary>,
+        }
+    }
+    diesel::table! {
         et_patients (id) {
             id -> Integer,
             clinic_id -> BigInt,
@@ -323,7 +337,26 @@ pub fn ddl(blob: &str) -> Vec<String> {
             "CREATE TABLE et_people (id INTEGER PRIMARY KEY, email {blob} NOT NULL, name {blob} NOT NULL)"
         ),
         format!("CREATE TABLE et_people_copy (id INTEGER PRIMARY KEY, email {blob} NOT NULL)"),
+        "DROP TABLE IF EXISTS et_frontdesk".into(),
     ]
+    .into_iter()
+    .chain(frontdesk_ddl(blob))
+    .collect()
+}
+
+/// The front desk's table as `schema::create` writes it for the backend whose binary type is
+/// `blob`: its compound-index columns, and an index on (clinic_id, index) for each.
+pub fn frontdesk_ddl(blob: &str) -> Vec<String> {
+    use encrypted_types::EncryptedModel;
+    use encrypted_types::schema::{Dialect, create};
+    let dialect = match blob {
+        "BYTEA" => Dialect::Postgres,
+        "LONGBLOB" => Dialect::Mysql,
+        _ => Dialect::Sqlite,
+    };
+    create(&[models::FrontDesk::MODEL], dialect)
+        .expect("the front desk's table has known types")
+        .up
 }
 
 pub fn pg_url() -> String {

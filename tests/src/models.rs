@@ -310,3 +310,27 @@ pub struct Contact {
     #[encrypted(migrate_from = note_plain)]
     pub note: Option<String>,
 }
+
+/// The front desk: patients found by surname and date of birth, or by the last four digits of
+/// the SSN and the date of birth (compound indexes, truncated so that unrelated rows share
+/// index values), besides the SSN's own index; and a prefix index over a nullable field.
+#[derive(Clone, PartialEq, Encrypted)]
+#[encrypted(
+    table = schema::et_frontdesk,
+    tenant = clinic_id,
+    compound_index(name = name_dob, fields(last_name(trim, casefold), date_of_birth), bits = 16),
+    compound_index(name = ssn4_dob, fields(ssn(last4), date_of_birth), bits = 24),
+    compound_index(name = name_phone, fields(last_name(casefold, prefix(3)), phone(digits)))
+)]
+pub struct FrontDesk {
+    pub id: i64,
+    pub clinic_id: i64,
+    #[encrypted]
+    pub last_name: String,
+    #[encrypted]
+    pub date_of_birth: chrono::NaiveDate,
+    #[encrypted(blind_index(normalize = digits))]
+    pub ssn: String,
+    #[encrypted]
+    pub phone: Option<String>,
+}

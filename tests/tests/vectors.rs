@@ -221,18 +221,7 @@ fn every_blind_index_vector_is_reproduced() {
             )
             .build()
             .unwrap();
-        let steps: Vec<Normalizer> = v
-            .normalize
-            .iter()
-            .map(|n| match n.as_str() {
-                "trim" => Normalizer::Trim,
-                "lowercase" => Normalizer::Lowercase,
-                "email" => Normalizer::Email,
-                "digits" => Normalizer::Digits,
-                "casefold" => Normalizer::Casefold,
-                other => panic!("{other}"),
-            })
-            .collect();
+        let steps: Vec<Normalizer> = v.normalize.iter().map(|n| n.parse().unwrap()).collect();
         let params = IndexParams {
             table: leak(&v.table),
             column: leak(&v.column),
@@ -254,6 +243,160 @@ fn every_blind_index_vector_is_reproduced() {
         .unwrap();
         assert_eq!(hex::encode(got), v.index, "{}", v.name);
     }
+}
+
+#[derive(Deserialize)]
+struct CompoundVector {
+    name: String,
+    root_key: String,
+    table: String,
+    index_name: String,
+    tenant: Option<String>,
+    version: u32,
+    bits: u16,
+    fields: Vec<CompoundVectorField>,
+    index: String,
+}
+
+#[derive(Deserialize)]
+struct CompoundVectorField {
+    column: String,
+    value_type: String,
+    normalize: Vec<String>,
+    value: serde_json::Value,
+}
+
+/// The plaintext encoding of a vector field's value.
+fn field_plaintext(f: &CompoundVectorField) -> Vec<u8> {
+    let mut buf = SecretBuf::default();
+    match f.value_type.as_str() {
+        "string" => f.value.as_str().unwrap().to_owned().encode(&mut buf),
+        "i64" => f.value.as_i64().unwrap().encode(&mut buf),
+        "date" => (chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()
+            + chrono::TimeDelta::days(f.value.as_i64().unwrap()))
+        .encode(&mut buf),
+        other => panic!("{other}"),
+    }
+    .unwrap();
+    buf.as_slice().to_vec()
+}
+
+/// Frozen compound-index vectors (`tests/vectors/compound_index_v1.json`, from the Python
+/// reference, docs/FORMAT.md §7.2): the jobs' path (`compute_raw`, from plaintext encodings)
+/// computes the same bytes, and so does the typed path the derive writes with.
+#[test]
+fn every_compound_index_vector_is_reproduced() {
+    use encrypted_types::index::{CompoundField, CompoundParams, IndexRoot, Normalizer};
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/vectors/compound_index_v1.json"
+    );
+    let vectors: Vec<CompoundVector> =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert!(vectors.len() >= 16, "vectors went missing");
+    let leak = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
+    for v in &vectors {
+        let tenant = v.tenant.as_deref().map(TenantId::from);
+        let keyring = Keyring::builder()
+            .blind_index_root(
+                tenant.clone(),
+                KeyMaterial::from_slice(&hex::decode(&v.root_key).unwrap()).unwrap(),
+            )
+            .build()
+            .unwrap();
+        let fields: Vec<CompoundField> = v
+            .fields
+            .iter()
+            .map(|f| {
+                let steps: Vec<Normalizer> =
+                    f.normalize.iter().map(|n| n.parse().unwrap()).collect();
+                CompoundField {
+                    column: leak(&f.column),
+                    value_type: leak(&f.value_type),
+                    normalize: Box::leak(steps.into_boxed_slice()),
+                }
+            })
+            .collect();
+        let params = CompoundParams {
+            table: leak(&v.table),
+            name: leak(&v.index_name),
+            index_column: "unused",
+            version: v.version,
+            bits: v.bits,
+            fields: Box::leak(fields.into_boxed_slice()),
+            root: IndexRoot::Current,
+        };
+        let plain: Vec<Vec<u8>> = v.fields.iter().map(field_plaintext).collect();
+        let refs: Vec<Option<&[u8]>> = plain.iter().map(|p| Some(p.as_slice())).collect();
+        let got = params
+            .compute_raw(&keyring, tenant.as_ref(), &refs)
+            .unwrap()
+            .unwrap();
+        assert_eq!(hex::encode(got), v.index, "{}", v.name);
+        // A NULL field: no index.
+        let mut one_null = refs.clone();
+        one_null[0] = None;
+        assert_eq!(
+            params
+                .compute_raw(&keyring, tenant.as_ref(), &one_null)
+                .unwrap(),
+            None
+        );
+    }
+    // The typed path of the derive's writes and lookups, on the first vector.
+    struct NameDob;
+    impl encrypted_types::index::CompoundSpec for NameDob {
+        const PARAMS: CompoundParams = CompoundParams {
+            table: "patients",
+            name: "name_dob",
+            index_column: "name_dob_bidx",
+            version: 1,
+            bits: 256,
+            fields: &[
+                CompoundField {
+                    column: "last_name",
+                    value_type: "string",
+                    normalize: &[Normalizer::Casefold],
+                },
+                CompoundField {
+                    column: "date_of_birth",
+                    value_type: "date",
+                    normalize: &[],
+                },
+            ],
+            root: IndexRoot::Current,
+        };
+    }
+    let v = &vectors[0];
+    assert_eq!(v.name, "name-dob");
+    let keyring = Keyring::builder()
+        .blind_index_root(
+            None,
+            KeyMaterial::from_slice(&hex::decode(&v.root_key).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let born = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap() + chrono::TimeDelta::days(5551);
+    for name in ["Müller", "MÜLLER", "müller"] {
+        let typed = encrypted_types::index::CompoundIndex::<NameDob>::new(None)
+            .part_str(name)
+            .part(&born)
+            .compute_with(&keyring)
+            .unwrap();
+        assert_eq!(hex::encode(typed), v.index);
+    }
+    // Too few values, too many, or a JSON field are typed errors, never an index.
+    let short = encrypted_types::index::CompoundIndex::<NameDob>::new(None).part_str("Müller");
+    assert!(short.compute_with(&keyring).is_err());
+    let long = encrypted_types::index::CompoundIndex::<NameDob>::new(None)
+        .part_str("Müller")
+        .part(&born)
+        .part(&born);
+    assert!(long.compute_with(&keyring).is_err());
+    let json = encrypted_types::index::CompoundIndex::<NameDob>::new(None)
+        .part_str("Müller")
+        .part(&serde_json::json!({"a": 1}));
+    assert!(json.compute_with(&keyring).is_err());
 }
 
 #[derive(Deserialize)]

@@ -3,7 +3,8 @@
 
     reference.py check      open every vector in v1.json (suite 1) and v1_suite2.json (suite 2)
                             and re-seal it with its nonce,
-                            recompute every blind index in blind_index_v1.json, and check that
+                            recompute every blind index in blind_index_v1.json and every
+                            compound index in compound_index_v1.json, and check that
                             every vector of v1_invalid.json fails with its error, and recover
                             the keys of keytable_v1.json from its KEK (CI runs this)
     reference.py normalizers FILE   compare a corpus of the Rust normalizers' outputs (the
@@ -16,6 +17,7 @@
 Needs the `cryptography` package.
 """
 import json
+import re
 import struct
 import sys
 from pathlib import Path
@@ -371,9 +373,24 @@ def normalize(steps, text: str) -> str:
             text = runs(text, lambda r: "".join(c for c in nfkc(r) if c in ASCII_DIGITS), False)
         elif step == "casefold":  # NFKC, then full default case folding (C + F), once
             text = runs(text, lambda r: nfkc(r).casefold(), True)
+        elif step == "last4":  # `digits`, then its last four code points (all, if fewer)
+            text = normalize(["digits"], text)[-4:]
+        elif step.startswith("prefix("):  # the first n code points (scalar values), all if fewer
+            text = text[:prefix_length(step)]
         else:
             raise ValueError(step)
     return text
+
+
+PREFIX = re.compile(r"prefix\(([1-9][0-9]{0,4})\)")
+
+
+def prefix_length(step: str) -> int:
+    """`prefix(n)`, 1 <= n <= 65535, n in shortest decimal (no leading zeros, no sign)."""
+    m = PREFIX.fullmatch(step)
+    if m is None or int(m.group(1)) > 0xFFFF:
+        raise ValueError(step)
+    return int(m.group(1))
 
 
 def generate_unicode():
@@ -410,7 +427,12 @@ def blind_index(root: bytes, table, column, tenant, value_type, version, bits, s
     info += struct.pack(">H", bits) + bytes([len(steps)]) + b"".join(bytes([len(n)]) + n.encode() for n in steps)
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(root)
     data = normalize(steps, value).encode() if value_type == "string" else encode(value_type, value)
-    full = hmac.new(key, data, hashlib.sha256).digest()
+    return truncate(hmac.new(key, data, hashlib.sha256).digest(), bits)
+
+
+def truncate(full: bytes, bits: int) -> bytes:
+    """Section 7: the first ceil(bits/8) bytes, the unused low-order bits of the last cleared."""
+    assert 1 <= bits <= 256, bits
     n = (bits + 7) // 8
     out = bytearray(full[:n])
     out[-1] &= (0xFF << (n * 8 - bits)) & 0xFF
@@ -452,6 +474,22 @@ INDEX_CASES = [
     ("casefold-unassigned-in-14", "people", "surname", None, "string", 1, 256, ["casefold"],
      "\u03a3\U00010d50\u03a3"),
     ("digits-unassigned-in-14", "patients", "phone", None, "string", 1, 256, ["digits"], "1\U00010d401"),
+    # `last4` and `prefix(n)` (section 7.1).
+    ("ssn-last4", "patients", "ssn", None, "string", 1, 256, ["last4"], "123-45-6789"),
+    ("ssn-last4-16-bits", "patients", "ssn", "7", "string", 1, 16, ["last4"], "123-45-6789"),
+    # The same text as `ssn-last4` ("6789") under another key: the normalizer list differs.
+    ("ssn-digits-last4", "patients", "ssn", None, "string", 1, 256, ["digits", "last4"], "123-45-6789"),
+    ("last4-fewer-than-four", "patients", "ssn", None, "string", 1, 256, ["last4"], "12"),
+    ("last4-no-digits", "patients", "ssn", None, "string", 1, 256, ["last4"], "n/a"),
+    ("last4-full-width", "patients", "ssn", None, "string", 1, 256, ["last4"], "１２３４５"),
+    ("last4-unassigned-in-14", "patients", "ssn", None, "string", 1, 256, ["last4"], "12\U00010d4034"),
+    ("casefold-prefix-3", "people", "surname", None, "string", 1, 256, ["casefold", "prefix(3)"], "STRAẞE"),
+    ("prefix-3-then-casefold", "people", "surname", None, "string", 1, 256, ["prefix(3)", "casefold"], "ﬁnnish"),
+    ("prefix-1-astral", "people", "code", None, "string", 1, 256, ["prefix(1)"], "😀abc"),
+    ("prefix-1-combining-mark", "people", "code", None, "string", 1, 256, ["prefix(1)"], "e\u0301x"),
+    ("prefix-3-shorter-text", "people", "code", None, "string", 1, 256, ["prefix(3)"], "ab"),
+    ("prefix-3-empty", "people", "code", None, "string", 1, 256, ["prefix(3)"], ""),
+    ("prefix-65535", "people", "code", "7", "string", 1, 24, ["trim", "prefix(65535)"], " abc "),
 ]
 
 
@@ -474,6 +512,137 @@ def check_index():
         got = blind_index(bytes.fromhex(v["root_key"]), v["table"], v["column"], v["tenant"], v["value_type"],
                           v["version"], v["bits"], v["normalize"], v["value"])
         assert got.hex() == v["index"], v["name"] + ": blind index"
+    return len(vectors)
+
+
+# --- Compound blind indexes (FORMAT.md section 7.2) ---------------------------------------
+
+COMPOUND_VECTORS = HERE / "compound_index_v1.json"
+
+
+def compound_index(root: bytes, table, index_name, tenant, version, bits, fields):
+    """Section 7.2. `fields` is a list of {column, value_type, normalize, value}, in the order
+    declared; None when any value is None (NULL)."""
+    if not 1 <= len(fields) <= 0xFF:
+        raise ValueError("a compound index has 1 to 255 fields")
+    t = b"\x00" if tenant is None else b"\x01" + s(tenant)
+    info = (b"encrypted-types/compound-index/v1" + s(table) + s(index_name) + t + struct.pack(">I", version)
+            + struct.pack(">H", bits) + bytes([len(fields)]))
+    data = b""
+    for f in fields:
+        vt, steps = f["value_type"], f["normalize"]
+        if vt == "json":
+            raise ValueError("a json field cannot be part of a compound index")
+        if steps and vt != "string":
+            raise ValueError("normalizers apply to string fields only")
+        assert len(steps) <= 0xFF
+        info += s(f["column"]) + s(vt) + bytes([len(steps)])
+        for name in steps:
+            normalize([name], "")  # an unknown name is refused before anything is derived
+            info += bytes([len(name)]) + name.encode("ascii")
+        if f["value"] is not None:
+            raw = normalize(steps, f["value"]).encode() if vt == "string" else encode(vt, f["value"])
+            data += struct.pack(">I", len(raw)) + raw
+    if any(f["value"] is None for f in fields):
+        return None
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(root)
+    return truncate(hmac.new(key, data, hashlib.sha256).digest(), bits)
+
+
+def field(column, value_type, normalize_, value):
+    return {"column": column, "value_type": value_type, "normalize": normalize_, "value": value}
+
+
+DOB = 5551  # 1985-03-14, days since 1970-01-01 (the `date` value of v1.json)
+NAME = field("last_name", "string", ["casefold"], "Müller")
+BIRTH = field("date_of_birth", "date", [], DOB)
+SSN4 = field("ssn", "string", ["last4"], "123-45-6789")
+COMPOUND_CASES = [
+    # name, table, index name, tenant, version, bits, fields (in the order declared)
+    ("name-dob", "patients", "name_dob", None, 1, 256, [NAME, BIRTH]),
+    ("name-dob-tenant", "patients", "name_dob", "7", 1, 256, [NAME, BIRTH]),
+    ("name-dob-16-bits", "patients", "name_dob", None, 1, 16, [NAME, BIRTH]),
+    ("name-dob-tenant-16-bits", "patients", "name_dob", "7", 1, 16, [NAME, BIRTH]),
+    # The same normalized tuple as `name-dob`: case folding makes "MÜLLER" equal "Müller".
+    ("name-dob-folded-equal", "patients", "name_dob", None, 1, 256,
+     [field("last_name", "string", ["casefold"], "MÜLLER"), BIRTH]),
+    # The fields of `name-dob` in the other order: another key, another index.
+    ("dob-name-reordered", "patients", "name_dob", None, 1, 256, [BIRTH, NAME]),
+    ("name-dob-v2", "patients", "name_dob", None, 2, 256, [NAME, BIRTH]),
+    ("ssn-last4-dob-24-bits", "patients", "ssn4_dob", None, 1, 24, [SSN4, BIRTH]),
+    ("ssn-last4-dob-24-bits-tenant", "patients", "ssn4_dob", "7", 1, 24, [SSN4, BIRTH]),
+    # A partial index: one field, last four digits only.
+    ("ssn-last4-partial-16-bits", "patients", "ssn_last4", None, 1, 16, [SSN4]),
+    ("ssn-last4-partial", "patients", "ssn_last4", None, 1, 256, [SSN4]),
+    # The length prefix keeps ("ab", "c") and ("a", "bc") apart.
+    ("length-prefix-ab-c", "t", "pair", None, 1, 256,
+     [field("first", "string", [], "ab"), field("second", "string", [], "c")]),
+    ("length-prefix-a-bc", "t", "pair", None, 1, 256,
+     [field("first", "string", [], "a"), field("second", "string", [], "bc")]),
+    ("empty-strings", "t", "pair", None, 1, 256,
+     [field("first", "string", [], ""), field("second", "string", [], "")]),
+    ("casefold-prefix-3-dob", "patients", "name3_dob", None, 1, 256,
+     [field("last_name", "string", ["casefold", "prefix(3)"], "STRAẞE"), BIRTH]),
+    ("i64-and-string", "accounts", "number_branch", "clinic-a", 1, 64,
+     [field("number", "i64", [], -1234567890123), field("branch", "string", ["trim", "lowercase"], " North ")]),
+]
+
+
+def generate_compound():
+    out = []
+    for name, table, index_name, tenant, version, bits, fields in COMPOUND_CASES:
+        idx = compound_index(ROOT, table, index_name, tenant, version, bits, fields)
+        out.append({
+            "name": name, "root_key": ROOT.hex(), "table": table, "index_name": index_name, "tenant": tenant,
+            "version": version, "bits": bits, "fields": fields, "index": idx.hex(),
+        })
+    COMPOUND_VECTORS.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {len(out)} vectors to {COMPOUND_VECTORS}")
+
+
+def check_compound():
+    vectors = json.loads(COMPOUND_VECTORS.read_text())
+    by_name = {}
+    for v in vectors:
+        got = compound_index(bytes.fromhex(v["root_key"]), v["table"], v["index_name"], v["tenant"],
+                             v["version"], v["bits"], v["fields"])
+        assert got.hex() == v["index"], v["name"] + ": compound index"
+        by_name[v["name"]] = v["index"]
+    # Properties the vectors are there to show.
+    assert by_name["name-dob"] == by_name["name-dob-folded-equal"]
+    assert by_name["name-dob"] != by_name["dob-name-reordered"]
+    assert by_name["length-prefix-ab-c"] != by_name["length-prefix-a-bc"]
+    assert by_name["name-dob"] != by_name["name-dob-v2"]
+    assert not by_name["name-dob"].startswith(by_name["name-dob-16-bits"])
+    # A compound index over one field is not the single-field index of the column (section 7.2).
+    single = blind_index(ROOT, "patients", "ssn", None, "string", 1, 256, ["last4"], "123-45-6789")
+    assert single.hex() != by_name["ssn-last4-partial"]
+    # A NULL field gives a NULL index; a json field, a normalizer on a non-string field and
+    # an unknown normalizer are refused; `prefix(n)` takes 1 <= n <= 65535 in shortest decimal.
+    assert compound_index(ROOT, "patients", "name_dob", None, 1, 256, [NAME, dict(BIRTH, value=None)]) is None
+    refused = [
+        [field("allergies", "json", [], {"a": 1})],
+        [NAME, field("allergies", "json", [], None)],
+        [field("date_of_birth", "date", ["digits"], DOB)],
+        [field("last_name", "string", ["prefix(0)"], "x")],
+        [field("last_name", "string", ["upper"], "x")],
+        [],
+    ]
+    for fields in refused:
+        try:
+            compound_index(ROOT, "patients", "x", None, 1, 256, fields)
+            raise AssertionError(f"accepted {fields}")
+        except ValueError:
+            pass
+    for step in ("prefix(0)", "prefix(00)", "prefix(03)", "prefix(65536)", "prefix(-1)", "prefix(+3)",
+                 "prefix()", "prefix(3", "prefix( 3)", "prefix(３)", "Prefix(3)", "last4 "):
+        try:
+            normalize([step], "abc")
+            raise AssertionError(f"accepted {step!r}")
+        except ValueError:
+            pass
+    assert normalize(["prefix(65535)"], "abc") == "abc" and normalize(["prefix(2)"], "😀é") == "😀é"
+    assert normalize(["last4"], "") == "" and normalize(["last4"], "a1b2c3d4e5") == "2345"
     return len(vectors)
 
 
@@ -833,7 +1002,7 @@ def check():
             raise AssertionError(v["name"] + ": opened under the wrong column")
         except Invalid as e:
             assert str(e) == "AuthenticationFailed"
-    n = len(vectors) + check_index() + check_invalid() + check_keytable()
+    n = len(vectors) + check_index() + check_compound() + check_invalid() + check_keytable()
     print(f"{n} passed, 0 failed")
 
 
@@ -858,5 +1027,6 @@ if __name__ == "__main__":
     if cmd == "normalizers":
         check_normalizers(sys.argv[2])
     else:
-        {"generate": lambda: (generate(), generate_index(), generate_invalid()), "check": check,
+        {"generate": lambda: (generate(), generate_index(), generate_compound(), generate_invalid()),
+         "check": check,
          "generate-unicode": generate_unicode, "generate-keytable": generate_keytable}[cmd]()

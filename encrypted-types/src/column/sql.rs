@@ -65,6 +65,9 @@ computed_binary_to_sql!(impl<T: Plaintext, C: ColumnContext> for Encrypted<T, C>
 computed_binary_to_sql!(
     impl<T: Plaintext, S: crate::index::IndexSpec> for crate::index::BlindIndex<T, S> => |v| v.compute()
 );
+computed_binary_to_sql!(
+    impl<S: crate::index::CompoundSpec> for crate::index::CompoundIndex<S> => |v| v.compute()
+);
 
 impl crate::Error {
     /// Finds the library error inside a Diesel error, if that is what failed.

@@ -24,7 +24,10 @@ use crate::tenant::TenantId;
 /// The keyed HMAC of one index (HMAC-SHA256).
 pub type IndexMac = hmac::Hmac<Sha256>;
 
+mod compound;
 mod unicode;
+
+pub use compound::{CompoundField, CompoundIndex, CompoundParams, CompoundSpec, MAX_FIELDS};
 
 /// A normalization step applied to a string before it is indexed, so that values a person
 /// considers equal ("Ann@Example.org " and "ann@example.org") index equally.
@@ -50,10 +53,17 @@ pub enum Normalizer {
     Digits,
     /// NFKC, then full default case folding, once ("Straße" and "STRASSE" match).
     Casefold,
+    /// `Digits`, then the last four of them (all, if fewer): a partial index of an SSN or a
+    /// card number, which leaks only those four digits' equality.
+    Last4,
+    /// The first `n` code points (all, if fewer), `n >= 1`: a prefix index ("first three
+    /// letters of the surname").
+    Prefix(u16),
 }
 
 impl Normalizer {
-    /// The step's name as written in `#[encrypted(blind_index(normalize = ...))]`.
+    /// The step's name as written in `#[encrypted(blind_index(normalize = ...))]` (`prefix`
+    /// without its length; [`Normalizer::label`] has it).
     pub const fn name(self) -> &'static str {
         match self {
             Self::Trim => "trim",
@@ -61,6 +71,23 @@ impl Normalizer {
             Self::Email => "email",
             Self::Digits => "digits",
             Self::Casefold => "casefold",
+            Self::Last4 => "last4",
+            Self::Prefix(_) => "prefix",
+        }
+    }
+
+    /// The step as the key derivation names it (`docs/FORMAT.md` §7): its name, and for
+    /// `prefix` its length, `prefix(3)`.
+    ///
+    /// ```
+    /// use encrypted_types::index::Normalizer;
+    /// assert_eq!(Normalizer::Prefix(3).label(), "prefix(3)");
+    /// assert_eq!(Normalizer::Last4.label(), "last4");
+    /// ```
+    pub fn label(self) -> std::borrow::Cow<'static, str> {
+        match self {
+            Self::Prefix(n) => format!("prefix({n})").into(),
+            other => other.name().into(),
         }
     }
 
@@ -86,7 +113,55 @@ impl Normalizer {
                 let folded = Zeroizing::new(caseless::default_case_fold_str(&nfkc));
                 push_wiped(out, &folded);
             }),
+            Self::Last4 => {
+                let digits = Self::Digits.apply(s);
+                let skip = digits.len().saturating_sub(4); // ASCII digits: a byte each
+                Zeroizing::new(digits.get(skip..).unwrap_or_default().to_owned())
+            }
+            Self::Prefix(n) => {
+                let end = s
+                    .char_indices()
+                    .nth(usize::from(n))
+                    .map_or(s.len(), |(i, _)| i);
+                Zeroizing::new(s.get(..end).unwrap_or_default().to_owned())
+            }
         }
+    }
+}
+
+impl std::str::FromStr for Normalizer {
+    type Err = Error;
+
+    /// A step from its [`Normalizer::label`]: `casefold`, `prefix(3)`.
+    ///
+    /// ```
+    /// use encrypted_types::index::Normalizer;
+    /// assert_eq!("prefix(3)".parse::<Normalizer>()?, Normalizer::Prefix(3));
+    /// assert!("prefix(0)".parse::<Normalizer>().is_err());
+    /// assert!("prefix(03)".parse::<Normalizer>().is_err());
+    /// # Ok::<(), encrypted_types::Error>(())
+    /// ```
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let unknown = Error::InvalidIndex("unknown normalizer");
+        Ok(match s {
+            "trim" => Self::Trim,
+            "lowercase" => Self::Lowercase,
+            "email" => Self::Email,
+            "digits" => Self::Digits,
+            "casefold" => Self::Casefold,
+            "last4" => Self::Last4,
+            _ => {
+                let n = s
+                    .strip_prefix("prefix(")
+                    .and_then(|r| r.strip_suffix(')'))
+                    .ok_or(unknown.clone())?;
+                // Shortest decimal only: the label is part of the key.
+                if n.starts_with('0') || !n.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(unknown);
+                }
+                Self::Prefix(n.parse().map_err(|_| unknown)?)
+            }
+        })
     }
 }
 
@@ -170,6 +245,57 @@ pub fn normalize(steps: &[Normalizer], s: &str) -> Zeroizing<String> {
     out
 }
 
+/// The bytes an index hashes for `value` (`docs/FORMAT.md` §7): the string after `steps`, or
+/// the canonical encoding of any other value.
+pub(crate) fn input_of<T: Plaintext>(
+    steps: &[Normalizer],
+    value: &T,
+) -> Result<Zeroizing<Vec<u8>>, Error> {
+    if T::TYPE == "json" {
+        // Equal JSON values need not be equal bytes (docs/FORMAT.md §3.1).
+        return Err(Error::InvalidIndex("a JSON value has no blind index"));
+    }
+    match (value.as_str(), steps) {
+        (Some(s), steps) => Ok(Zeroizing::new(normalize(steps, s).as_bytes().to_vec())),
+        (None, []) => {
+            let mut buf = SecretBuf::default();
+            value.encode(&mut buf)?;
+            Ok(Zeroizing::new(buf.as_slice().to_vec()))
+        }
+        (None, _) => Err(Error::InvalidIndex("normalizers apply to strings only")),
+    }
+}
+
+/// [`input_of`] from a value's plaintext encoding (type tag `value_type`), for jobs that never
+/// decode.
+pub(crate) fn input_raw(
+    steps: &[Normalizer],
+    value_type: &'static str,
+    plaintext: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, Error> {
+    if value_type == "json" {
+        return Err(Error::InvalidIndex("a JSON value has no blind index"));
+    }
+    if steps.is_empty() {
+        return Ok(Zeroizing::new(plaintext.to_vec()));
+    }
+    let text = std::str::from_utf8(plaintext).map_err(|_| Error::InvalidPlaintext {
+        type_name: value_type,
+    })?;
+    Ok(Zeroizing::new(normalize(steps, text).as_bytes().to_vec()))
+}
+
+/// Appends `u8(count) ‖ (u8(len) ‖ label)*` of `steps` to a key derivation's `info`.
+fn push_steps(info: &mut Vec<u8>, steps: &[Normalizer]) -> Result<(), Error> {
+    info.push(u8::try_from(steps.len()).map_err(|_| Error::InvalidIndex("too many normalizers"))?);
+    for step in steps {
+        let label = step.label();
+        info.push(u8::try_from(label.len()).map_err(|_| Error::InvalidIndex("normalizer name"))?);
+        info.extend_from_slice(label.as_bytes());
+    }
+    Ok(())
+}
+
 /// Everything that identifies one blind index. Generated by `#[derive(Encrypted)]`.
 #[derive(Debug, Clone, Copy)]
 pub struct IndexParams {
@@ -228,19 +354,7 @@ impl IndexParams {
     /// The bytes that are hashed: the normalized string, or the canonical encoding of any
     /// other value.
     fn input<T: Plaintext>(&self, value: &T) -> Result<Zeroizing<Vec<u8>>, Error> {
-        if T::TYPE == "json" {
-            // Equal JSON values need not be equal bytes (docs/FORMAT.md §3.1).
-            return Err(Error::InvalidIndex("a JSON value has no blind index"));
-        }
-        match (value.as_str(), self.normalize) {
-            (Some(s), steps) => Ok(Zeroizing::new(normalize(steps, s).as_bytes().to_vec())),
-            (None, []) => {
-                let mut buf = SecretBuf::default();
-                value.encode(&mut buf)?;
-                Ok(Zeroizing::new(buf.as_slice().to_vec()))
-            }
-            (None, _) => Err(Error::InvalidIndex("normalizers apply to strings only")),
-        }
+        input_of(self.normalize, value)
     }
 
     /// The HKDF `info` that derives this index's key: a domain string, then the context
@@ -262,17 +376,7 @@ impl IndexParams {
         // Length and normalizers are part of the key: a 16-bit index is not a prefix of a
         // full-length one, and differently normalized indexes of one column never agree.
         info.extend_from_slice(&self.bits.to_be_bytes());
-        info.push(
-            u8::try_from(self.normalize.len())
-                .map_err(|_| Error::InvalidIndex("too many normalizers"))?,
-        );
-        for step in self.normalize {
-            let name = step.name().as_bytes();
-            info.push(
-                u8::try_from(name.len()).map_err(|_| Error::InvalidIndex("normalizer name"))?,
-            );
-            info.extend_from_slice(name);
-        }
+        push_steps(&mut info, self.normalize)?;
         Ok(info)
     }
 
@@ -313,18 +417,9 @@ impl IndexParams {
         if !(1..=256).contains(&self.bits) {
             return Err(Error::InvalidIndex("bits must be between 1 and 256"));
         }
-        if value_type == "json" {
-            return Err(Error::InvalidIndex("a JSON value has no blind index"));
-        }
+        let input = input_raw(self.normalize, value_type, plaintext)?;
         let mut mac = keyring.index_mac(self, tenant, value_type)?;
-        if self.normalize.is_empty() {
-            mac.update(plaintext);
-        } else {
-            let text = std::str::from_utf8(plaintext).map_err(|_| Error::InvalidPlaintext {
-                type_name: value_type,
-            })?;
-            mac.update(normalize(self.normalize, text).as_bytes());
-        }
+        mac.update(&input);
         Ok(truncate(mac, self.bits))
     }
 }
@@ -424,6 +519,16 @@ pub trait IndexKeys {
         tenant: Option<&TenantId>,
         value_type: &'static str,
     ) -> Result<IndexMac, Error>;
+
+    /// The keyed HMAC of the compound index `params` for `tenant`.
+    ///
+    /// # Errors
+    /// [`Error::NoBlindIndexKey`] without a root key for the tenant.
+    fn compound_mac(
+        &self,
+        params: &CompoundParams,
+        tenant: Option<&TenantId>,
+    ) -> Result<IndexMac, Error>;
 }
 
 // `Keyring::current()` hands out an `Arc<Keyring>`: it works where a keyring does.
@@ -435,6 +540,14 @@ impl<K: IndexKeys + ?Sized> IndexKeys for std::sync::Arc<K> {
         value_type: &'static str,
     ) -> Result<IndexMac, Error> {
         (**self).index_mac(params, tenant, value_type)
+    }
+
+    fn compound_mac(
+        &self,
+        params: &CompoundParams,
+        tenant: Option<&TenantId>,
+    ) -> Result<IndexMac, Error> {
+        (**self).compound_mac(params, tenant)
     }
 }
 

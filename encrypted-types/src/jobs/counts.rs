@@ -126,9 +126,33 @@ where
     D: JobDb,
 {
     use std::collections::{BTreeMap, HashSet};
+    #[derive(Default)]
+    struct Tally {
+        rows: u64,
+        stored: HashSet<Vec<u8>>,
+        values: HashSet<Vec<u8>>,
+        unreadable: u64,
+    }
     let keyring = Keyring::complete()?;
     let t = inspect(db, model).await?;
     let mut out = Vec::new();
+    let mut report =
+        |index_column: &'static str, bits: u16, by_tenant: BTreeMap<Option<String>, Tally>| {
+            for (tenant, tally) in by_tenant {
+                let distinct = tally.values.len() as u64;
+                let plan = crate::index::plan(tally.rows, distinct);
+                out.push(IndexLeakage {
+                    index_column,
+                    tenant,
+                    rows: tally.rows,
+                    distinct_index_values: tally.stored.len() as u64,
+                    distinct_values: distinct,
+                    unreadable: tally.unreadable,
+                    verdict: plan.check(bits),
+                    plan,
+                });
+            }
+        };
     for c in model.columns {
         for params in c.indexes {
             // Distinct values are counted by a full-length index (a keyed hash) of each.
@@ -136,13 +160,6 @@ where
                 bits: 256,
                 ..*params
             };
-            #[derive(Default)]
-            struct Tally {
-                rows: u64,
-                stored: HashSet<Vec<u8>>,
-                values: HashSet<Vec<u8>>,
-                unreadable: u64,
-            }
             let mut by_tenant: BTreeMap<Option<String>, Tally> = BTreeMap::new();
             scan(
                 db,
@@ -168,21 +185,56 @@ where
                 },
             )
             .await?;
-            for (tenant, tally) in by_tenant {
-                let distinct = tally.values.len() as u64;
-                let plan = crate::index::plan(tally.rows, distinct);
-                out.push(IndexLeakage {
-                    index_column: params.index_column,
-                    tenant,
-                    rows: tally.rows,
-                    distinct_index_values: tally.stored.len() as u64,
-                    distinct_values: distinct,
-                    unreadable: tally.unreadable,
-                    verdict: plan.check(params.bits),
-                    plan,
-                });
-            }
+            report(params.index_column, params.bits, by_tenant);
         }
+    }
+    // Compound indexes: distinct tuples, counted the same way; rows with a NULL field have no
+    // index and are not counted.
+    for pass in compound_passes(model, |_| true)? {
+        let Op::Compound { params } = pass.op else {
+            continue;
+        };
+        let full = CompoundParams {
+            bits: 256,
+            ..*params
+        };
+        let mut by_tenant: BTreeMap<Option<String>, Tally> = BTreeMap::new();
+        walk(
+            db,
+            &t,
+            pass.column.column,
+            &pass.more(),
+            Some(params.index_column),
+            &[],
+            None,
+            None,
+            |row| {
+                if row.more.iter().any(Option::is_none) {
+                    return;
+                }
+                let tally = by_tenant.entry(row.t.clone()).or_default();
+                tally.rows += 1;
+                if let Some(i) = &row.i {
+                    tally.stored.insert(i.clone());
+                }
+                let bind = t.binding(&row).ok().flatten();
+                match fresh_compound(
+                    &keyring,
+                    &t,
+                    &full,
+                    &row.more,
+                    row.t.as_deref(),
+                    bind.as_ref(),
+                ) {
+                    Ok(Some(h)) => {
+                        tally.values.insert(h);
+                    }
+                    _ => tally.unreadable += 1,
+                }
+            },
+        )
+        .await?;
+        report(params.index_column, params.bits, by_tenant);
     }
     Ok(out)
 }

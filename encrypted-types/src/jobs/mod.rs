@@ -83,7 +83,7 @@ use crate::Error;
 use crate::binding::{RowBinding, RowKind, RowPart};
 use crate::format;
 use crate::format::key::KeyId;
-use crate::index::IndexParams;
+use crate::index::{CompoundParams, IndexParams};
 use crate::keyring::Keyring;
 use crate::model::{ColumnInfo, LegacyColumn, ModelInfo};
 use crate::store::KeyTable;
@@ -182,10 +182,39 @@ where
             });
         }
     }
+    passes.extend(compound_passes(model, |_| true)?);
     start(db, model, job, options, &keyring, passes)
         .await?
         .run(db, on_batch)
         .await
+}
+
+/// The passes that recompute `model`'s compound indexes for which `wanted` holds. Refused
+/// before any write when an index names a column the model does not encrypt.
+fn compound_passes(
+    model: &ModelInfo,
+    wanted: impl Fn(&CompoundParams) -> bool,
+) -> Result<Vec<Pass<'static>>, Error> {
+    let mut passes = Vec::new();
+    for params in model.compound.iter().filter(|p| wanted(p)) {
+        if params.fields.is_empty() || params.fields.len() > crate::index::MAX_FIELDS {
+            return Err(Error::InvalidIndex("a compound index has 1 to 8 fields"));
+        }
+        let mut first = None;
+        for f in params.fields {
+            let c = find_column(model, f.column)?;
+            first.get_or_insert(c);
+        }
+        if let Some(column) = first {
+            passes.push(Pass {
+                column,
+                op: Op::Compound { params },
+                writes: params.index_column,
+                target: name::compound_target(model, params),
+            });
+        }
+    }
+    Ok(passes)
 }
 
 sync_and_async! {
@@ -215,6 +244,9 @@ where
 {
     let keyring = Keyring::complete()?;
     let info = find_column(model, column)?;
+    // The compound indexes over this column need it sealed first: they are recomputed once
+    // it is, by a second job under a derived name, and the report covers both.
+    let compound = compound_passes(model, |p| p.fields.iter().any(|f| f.column == column))?;
     let passes = vec![match info.legacy {
         Some(legacy) => Pass {
             column: info,
@@ -229,10 +261,32 @@ where
             target: name::encrypt_target(model, info),
         },
     }];
-    start(db, model, job, options, &keyring, passes)
+    let mut report = start(db, model, job, options, &keyring, passes)
         .await?
         .run(db, on_batch)
-        .await
+        .await?;
+    if compound.is_empty() || !report.finished {
+        return Ok(report);
+    }
+    let left = JobOptions {
+        max_batches: options
+            .max_batches
+            .map(|m| m.saturating_sub(report.batches)),
+        ..options.clone()
+    };
+    let indexes = start(
+        db,
+        model,
+        &format!("{job}+indexes"),
+        &left,
+        &keyring,
+        compound,
+    )
+    .await?
+    .run(db, on_batch)
+    .await?;
+    report.absorb(indexes);
+    Ok(report)
 }
 
 sync_and_async! {
@@ -310,6 +364,7 @@ where
         select::<D::Backend>(
             &t,
             "NULL",
+            &[],
             None,
             &[format!("{} = {ph}", t.tenant)],
             &mut q,

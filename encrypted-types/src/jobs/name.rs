@@ -5,7 +5,7 @@ use super::find_column;
 use crate::Error;
 use crate::format;
 use crate::format::key::KeyId;
-use crate::index::IndexParams;
+use crate::index::{CompoundParams, IndexParams};
 use crate::keyring::Keyring;
 use crate::model::{ColumnInfo, ModelInfo};
 
@@ -27,7 +27,7 @@ pub(super) fn rotate_target(model: &ModelInfo, c: &ColumnInfo, retired: &[KeyId]
 
 /// What a reindex writes: the index's version, length and normalizers.
 pub(super) fn reindex_target(model: &ModelInfo, c: &ColumnInfo, params: &IndexParams) -> String {
-    let norm: Vec<&str> = params.normalize.iter().map(|n| n.name()).collect();
+    let norm: Vec<_> = params.normalize.iter().map(|n| n.label()).collect();
     format!(
         "{}.{} from {} version {} bits {} normalize [{}]",
         model.table,
@@ -36,6 +36,27 @@ pub(super) fn reindex_target(model: &ModelInfo, c: &ColumnInfo, params: &IndexPa
         params.version,
         params.bits,
         norm.join(",")
+    )
+}
+
+/// What a compound reindex writes: the index's version, length and fields.
+pub(super) fn compound_target(model: &ModelInfo, params: &CompoundParams) -> String {
+    let fields: Vec<String> = params
+        .fields
+        .iter()
+        .map(|f| {
+            let norm: Vec<_> = f.normalize.iter().map(|n| n.label()).collect();
+            format!("{}({})", f.column, norm.join(","))
+        })
+        .collect();
+    format!(
+        "{}.{} compound {} version {} bits {} fields [{}]",
+        model.table,
+        params.index_column,
+        params.name,
+        params.version,
+        params.bits,
+        fields.join(",")
     )
 }
 
@@ -89,6 +110,7 @@ pub fn default_job_name(model: &ModelInfo, op: Operation<'_>) -> Result<String, 
                 .columns
                 .iter()
                 .flat_map(|c| c.indexes.iter().map(move |p| reindex_target(model, c, p)))
+                .chain(model.compound.iter().map(|p| compound_target(model, p)))
                 .collect();
             ("reindex", t)
         }

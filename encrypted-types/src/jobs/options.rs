@@ -147,4 +147,17 @@ impl JobReport {
     pub fn skipped_total(&self) -> u64 {
         self.skipped.values().sum()
     }
+
+    /// Adds a later phase's report: finished when both are.
+    pub(super) fn absorb(&mut self, later: JobReport) {
+        self.written += later.written;
+        self.conflicts += later.conflicts;
+        self.batches += later.batches;
+        for (r, n) in later.skipped {
+            *self.skipped.entry(r).or_default() += n;
+        }
+        self.remaining += later.remaining;
+        self.already_finished &= later.already_finished;
+        self.finished &= later.finished;
+    }
 }

@@ -14,6 +14,10 @@ pub(super) enum Op<'a> {
     Reindex {
         params: &'static IndexParams,
     },
+    /// Recompute a compound index from its fields (the pass's column is the first of them).
+    Compound {
+        params: &'static CompoundParams,
+    },
     Encrypt,
     /// Seal the legacy column's values into the encrypted column, clearing the legacy one.
     Backfill {
@@ -25,7 +29,7 @@ impl Op<'_> {
     pub(super) fn name(&self) -> &'static str {
         match self {
             Self::Rotate { .. } => "rotate",
-            Self::Reindex { .. } => "reindex",
+            Self::Reindex { .. } | Self::Compound { .. } => "reindex",
             Self::Encrypt => "encrypt",
             Self::Backfill { .. } => "backfill",
         }
@@ -50,7 +54,26 @@ impl Pass<'_> {
                 rotate_cond::<B>(&B::quote(self.column.column), retired, older)
             }
             Op::Backfill { legacy } => format!("{} IS NOT NULL", B::quote(legacy.column)),
+            // Every row: one with a NULL field must have a NULL index.
+            Op::Compound { .. } => "1 = 1".to_owned(),
             _ => format!("{} IS NOT NULL", B::quote(self.column.column)),
+        }
+    }
+
+    /// The columns read besides the value: a compound index's fields.
+    pub(super) fn more(&self) -> Vec<&'static str> {
+        match &self.op {
+            Op::Compound { params } => params.fields.iter().map(|f| f.column).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The index column a pass compares with what it computes.
+    pub(super) fn index(&self) -> Option<&'static str> {
+        match &self.op {
+            Op::Reindex { params } => Some(params.index_column),
+            Op::Compound { params } => Some(params.index_column),
+            _ => None,
         }
     }
 }

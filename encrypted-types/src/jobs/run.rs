@@ -18,10 +18,8 @@ impl Run<'_> {
             .get(unit.pass)
             .ok_or_else(|| Error::Job("pass".into()))?;
         let t = &self.table;
-        let index = match &pass.op {
-            Op::Reindex { params } => Some(params.index_column),
-            _ => None,
-        };
+        let index = pass.index();
+        let more = pass.more();
         let mut deadlocks = 0u32;
         loop {
             if self
@@ -44,6 +42,7 @@ impl Run<'_> {
             select::<D::Backend>(
                 t,
                 &pass.read_expr::<D::Backend>(),
+                &more,
                 index,
                 &conds,
                 &mut q,
@@ -71,6 +70,7 @@ impl Run<'_> {
                     t,
                     pass,
                     &old,
+                    &row.more,
                     row.i.as_deref(),
                     row.t.as_deref(),
                     bind.as_ref(),
@@ -78,6 +78,7 @@ impl Run<'_> {
                     Outcome::Write(sets) => writes.push(Write {
                         key: row.key,
                         old,
+                        more: row.more,
                         sets,
                     }),
                     Outcome::Nothing => {}
@@ -179,6 +180,8 @@ impl Run<'_> {
         let t = &self.table;
         let mut sets = w.sets.clone();
         let mut old: Zeroizing<Vec<u8>> = w.old.clone();
+        let mut more = w.more.clone();
+        let fields = pass.more();
         for attempt in 0..4 {
             let mut q = Query::new();
             let assigns: Vec<String> = sets
@@ -192,12 +195,29 @@ impl Run<'_> {
                 })
                 .collect();
             let k = key_eq::<D::Backend>(&mut q, t, &w.key)?;
-            let o = q.bind::<D::Backend>(Param::Bytes(old.to_vec()));
+            // A compound index is compared on every field it was computed from; any other
+            // pass on the one value it read.
+            let same = if fields.is_empty() {
+                let o = q.bind::<D::Backend>(Param::Bytes(old.to_vec()));
+                format!("{} = {o}", pass.read_expr::<D::Backend>())
+            } else {
+                let conds: Vec<String> = fields
+                    .iter()
+                    .zip(&more)
+                    .map(|(c, v)| match v {
+                        Some(v) => {
+                            let o = q.bind::<D::Backend>(Param::Bytes(v.clone()));
+                            format!("{} = {o}", D::Backend::quote(c))
+                        }
+                        None => format!("{} IS NULL", D::Backend::quote(c)),
+                    })
+                    .collect();
+                conds.join(" AND ")
+            };
             q.sql = format!(
-                "UPDATE {} SET {} WHERE {k} AND {} = {o}",
+                "UPDATE {} SET {} WHERE {k} AND {same}",
                 t.quoted,
                 assigns.join(", "),
-                pass.read_expr::<D::Backend>()
             );
             let changed = db.exec(&q).await?;
             // The bound copy of the old value may be legacy plaintext.
@@ -213,15 +233,12 @@ impl Run<'_> {
                 break;
             }
             let mut r = Query::new();
-            let index = match &pass.op {
-                Op::Reindex { params } => Some(params.index_column),
-                _ => None,
-            };
             let k = key_eq::<D::Backend>(&mut r, t, &w.key)?;
             select::<D::Backend>(
                 t,
                 &pass.read_expr::<D::Backend>(),
-                index,
+                &fields,
+                pass.index(),
                 &[k],
                 &mut r,
                 Some(1),
@@ -237,15 +254,20 @@ impl Run<'_> {
             let Ok(bind) = t.binding(&row) else {
                 return Ok(Cas::Superseded);
             };
-            let Some(v) = row.v else {
-                return Ok(Cas::Superseded);
+            // A compound index's first field may be NULL; any other pass reads a value.
+            let v = match row.v {
+                Some(v) => v,
+                None if !fields.is_empty() => Vec::new(),
+                None => return Ok(Cas::Superseded),
             };
             old = Zeroizing::new(v);
+            more = row.more;
             match prepare(
                 self.keyring,
                 t,
                 pass,
                 &old,
+                &more,
                 row.i.as_deref(),
                 row.t.as_deref(),
                 bind.as_ref(),
@@ -290,6 +312,38 @@ impl Run<'_> {
                     total +=
                         scan_legacy(db, self.keyring, t, pass.column, from.as_ref(), to.as_ref())
                             .await?;
+                }
+                // Every compound index recomputed from its decrypted fields (NULL when one is).
+                Op::Compound { params } => {
+                    let fields = pass.more();
+                    walk(
+                        db,
+                        t,
+                        pass.column.column,
+                        &fields,
+                        Some(params.index_column),
+                        &[],
+                        from.as_ref(),
+                        to.as_ref(),
+                        |row| {
+                            let Ok(bind) = t.binding(&row) else {
+                                return;
+                            };
+                            if fresh_compound(
+                                self.keyring,
+                                t,
+                                params,
+                                &row.more,
+                                row.t.as_deref(),
+                                bind.as_ref(),
+                            )
+                            .is_ok_and(|new| row.i != new)
+                            {
+                                total += 1;
+                            }
+                        },
+                    )
+                    .await?;
                 }
                 // Every index recomputed from its decrypted value and compared with the stored
                 // one; rows that cannot be opened were reported as skipped.

@@ -32,7 +32,7 @@ where
 {
     let mut n = 0u64;
     let not_null = [format!("{} IS NOT NULL", D::Backend::quote(column))];
-    walk(db, t, column, index, &not_null, from, to, |mut row| {
+    walk(db, t, column, &[], index, &not_null, from, to, |mut row| {
         // Possibly legacy plaintext: wiped once looked at.
         let v = Zeroizing::new(row.v.take().unwrap_or_default());
         if hit(&row, &v) {
@@ -44,12 +44,13 @@ where
 }
 
 /// Hands `each` every row of `t` with `from <= key < to` that meets `conds`, reading `column`
-/// (and `index`), 2,000 rows a page in key order.
+/// (and `more`, `index`), 2,000 rows a page in key order.
 #[allow(clippy::too_many_arguments)] // the one keyset walk behind every read-only check
 pub(super) async fn walk<D>(
     db: &mut D,
     t: &Table,
     column: &str,
+    more: &[&str],
     index: Option<&str>,
     conds: &[String],
     from: Option<&RowKey>,
@@ -67,6 +68,7 @@ where
         select::<D::Backend>(
             t,
             &D::Backend::quote(column),
+            more,
             index,
             &all,
             &mut q,

@@ -38,6 +38,10 @@ pub(crate) fn alias(n: usize, kind: KeyKind) -> &'static str {
 }
 
 /// Column aliases of `bind_row` part `n`, one per kind, as for the key.
+/// The aliases of a compound index's fields in a job's query, one per field.
+pub(crate) const MORE_ALIASES: [&str; crate::index::MAX_FIELDS] =
+    ["w0", "w1", "w2", "w3", "w4", "w5", "w6", "w7"];
+
 pub(crate) const BIND_ALIASES: [[&str; 4]; crate::MAX_ROW_PARTS] = [
     ["r0_i", "r0_t", "r0_b", "r0_u"],
     ["r1_i", "r1_t", "r1_b", "r1_u"],
@@ -69,6 +73,8 @@ pub struct Row {
     pub(crate) key: Vec<KeyPart>,
     pub(crate) bind: Vec<KeyPart>,
     pub(crate) v: Option<Vec<u8>>,
+    /// The fields of a compound index, when the query read them (`w0`, `w1`, ...).
+    pub(crate) more: Vec<Option<Vec<u8>>>,
     pub(crate) i: Option<Vec<u8>>,
     pub(crate) t: Option<String>,
 }
@@ -148,6 +154,11 @@ where
             key: parts(row, &KEY_ALIASES)?,
             bind: parts(row, &BIND_ALIASES)?,
             v: NamedRow::get::<Nullable<Binary>, Option<Vec<u8>>>(row, "v")?,
+            // Present up to the query's number of fields: a missing alias ends the list.
+            more: MORE_ALIASES
+                .iter()
+                .map_while(|a| NamedRow::get::<Nullable<Binary>, Option<Vec<u8>>>(row, a).ok())
+                .collect(),
             i: NamedRow::get::<Nullable<Binary>, Option<Vec<u8>>>(row, "i")?,
             t: NamedRow::get::<Nullable<Text>, Option<String>>(row, "t")?,
         })

@@ -307,17 +307,24 @@ pub(super) fn key_selects<B: JobTable>(t: &Table) -> String {
 }
 
 /// `SELECT <key>, <v> AS v, i, t FROM table WHERE <conds> ORDER BY <key> [LIMIT n]`.
+#[allow(clippy::too_many_arguments)] // the one SELECT every job and check reads rows with
 pub(super) fn select<B: JobTable>(
     t: &Table,
     v: &str,
+    more: &[&str],
     index: Option<&str>,
     conds: &[String],
     q: &mut Query,
     limit: Option<usize>,
 ) {
     let i = index.map_or_else(|| "NULL".to_owned(), B::quote);
+    let more: String = more
+        .iter()
+        .zip(sql::MORE_ALIASES)
+        .map(|(c, a)| format!(", {} AS {a}", B::quote(c)))
+        .collect();
     let mut sql = format!(
-        "SELECT {}, {v} AS v, {i} AS i, {} AS t FROM {}",
+        "SELECT {}, {v} AS v{more}, {i} AS i, {} AS t FROM {}",
         key_selects::<B>(t),
         t.tenant,
         t.quoted

@@ -204,7 +204,7 @@ where
         .chain(c.legacy.map(|l| l.column))
         .map(null)
         .collect();
-    walk(db, t, c.column, None, &conds, None, None, |row| {
+    walk(db, t, c.column, &[], None, &conds, None, None, |row| {
         report.record(c.column, || RowKey(row.key), SkipReason::NoValue);
     })
     .await

@@ -8,6 +8,8 @@ use super::*;
 pub(super) struct Write {
     pub(super) key: Vec<KeyPart>,
     pub(super) old: Zeroizing<Vec<u8>>,
+    /// A compound index's fields as read (the compare-and-swap compares them all).
+    pub(super) more: Vec<Option<Vec<u8>>>,
     pub(super) sets: Sets,
 }
 
@@ -20,12 +22,15 @@ pub(super) enum Outcome {
     Skip(SkipReason),
 }
 
-/// What `pass` would write for a row holding `value` (tenant text `tenant`, index `index`).
+/// What `pass` would write for a row holding `value` (and `more`, a compound index's fields;
+/// tenant text `tenant`, index `index`).
+#[allow(clippy::too_many_arguments)] // one row as read, field by field
 pub(super) fn prepare(
     keyring: &Keyring,
     t: &Table,
     pass: &Pass<'_>,
     value: &[u8],
+    more: &[Option<Vec<u8>>],
     index: Option<&[u8]>,
     tenant: Option<&str>,
     bind: Option<&RowBinding>,
@@ -49,6 +54,11 @@ pub(super) fn prepare(
         Op::Reindex { params } => match fresh_index(keyring, t, c, params, value, tenant, bind) {
             Ok(new) if index == Some(new.as_slice()) => Ok(Outcome::Nothing),
             Ok(new) => Ok(Outcome::Write(vec![(params.index_column, Some(new))])),
+            Err(r) => Ok(Outcome::Skip(r)),
+        },
+        Op::Compound { params } => match fresh_compound(keyring, t, params, more, tenant, bind) {
+            Ok(new) if index == new.as_deref() => Ok(Outcome::Nothing),
+            Ok(new) => Ok(Outcome::Write(vec![(params.index_column, new)])),
             Err(r) => Ok(Outcome::Skip(r)),
         },
         Op::Encrypt | Op::Backfill { .. } => {
@@ -144,6 +154,45 @@ pub(super) fn fresh_index(
         .map_err(|e| SkipReason::of(&e))?;
     params
         .compute_raw(keyring, tenant.as_ref(), c.value_type, &plain)
+        .map_err(|e| SkipReason::of(&e))
+}
+
+/// The compound index `params` gives a row whose fields hold `fields` (`None`: NULL, and then
+/// so is the index), or why it cannot be computed. Each field is opened as the application
+/// reads it: under its row's tenant, bound to its row where the model binds.
+pub(super) fn fresh_compound(
+    keyring: &Keyring,
+    t: &Table,
+    params: &CompoundParams,
+    fields: &[Option<Vec<u8>>],
+    row_tenant: Option<&str>,
+    bind: Option<&RowBinding>,
+) -> Result<Option<Vec<u8>>, SkipReason> {
+    if fields.len() != params.fields.len() {
+        return Err(SkipReason::of(&Error::InvalidIndex(
+            "a compound index read with the wrong number of fields",
+        )));
+    }
+    if fields.iter().any(Option::is_none) {
+        return Ok(None);
+    }
+    let mut plains = Vec::with_capacity(fields.len());
+    let mut tenant = None;
+    for (f, value) in params.fields.iter().zip(fields.iter().flatten()) {
+        if foreign_tenant(keyring, t, value, row_tenant) {
+            return Err(SkipReason::TenantMismatch);
+        }
+        if let Some(r) = t.unbound(value) {
+            return Err(r);
+        }
+        let (plain, owner) = format::open_raw(keyring, t.name, f.column, f.value_type, bind, value)
+            .map_err(|e| SkipReason::of(&e))?;
+        plains.push(plain);
+        tenant = owner;
+    }
+    let refs: Vec<Option<&[u8]>> = plains.iter().map(|p| Some(&p[..])).collect();
+    params
+        .compute_raw(keyring, tenant.as_ref(), &refs)
         .map_err(|e| SkipReason::of(&e))
 }
 

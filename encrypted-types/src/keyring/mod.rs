@@ -100,16 +100,29 @@ pub(crate) fn next_load() -> u64 {
     LOADS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
-type DerivedId = (
-    Option<TenantId>,
-    crate::index::IndexRoot,
-    &'static str,
-    &'static str,
-    &'static str,
-    u32,
-    u16,
-    &'static [crate::index::Normalizer],
-);
+/// A derived blind-index key's identity: tenant, root, and everything its `info` binds.
+type DerivedId = (Option<TenantId>, crate::index::IndexRoot, Derived);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Derived {
+    /// Table, column, value type, version, bits, normalizers.
+    Single(
+        &'static str,
+        &'static str,
+        &'static str,
+        u32,
+        u16,
+        &'static [crate::index::Normalizer],
+    ),
+    /// Table, index name, version, bits, fields.
+    Compound(
+        &'static str,
+        &'static str,
+        u32,
+        u16,
+        &'static [crate::index::CompoundField],
+    ),
+}
 
 impl Keyring {
     /// Starts an empty keyring.
@@ -438,9 +451,7 @@ impl Keyring {
         tenant: Option<&TenantId>,
         value_type: &'static str,
     ) -> Result<IndexMac, Error> {
-        let id = (
-            tenant.cloned(),
-            params.root,
+        let id = Derived::Single(
             params.table,
             params.column,
             value_type,
@@ -448,6 +459,34 @@ impl Keyring {
             params.bits,
             params.normalize,
         );
+        self.derived_mac((tenant.cloned(), params.root, id), || {
+            params.key_info(tenant, value_type)
+        })
+    }
+
+    /// The keyed HMAC of one compound index for one tenant, derived on first use and cached.
+    fn derived_compound_mac(
+        &self,
+        params: &crate::index::CompoundParams,
+        tenant: Option<&TenantId>,
+    ) -> Result<IndexMac, Error> {
+        let id = Derived::Compound(
+            params.table,
+            params.name,
+            params.version,
+            params.bits,
+            params.fields,
+        );
+        self.derived_mac((tenant.cloned(), params.root, id), || {
+            params.key_info(tenant)
+        })
+    }
+
+    fn derived_mac(
+        &self,
+        id: DerivedId,
+        info: impl FnOnce() -> Result<Vec<u8>, Error>,
+    ) -> Result<IndexMac, Error> {
         if let Some(mac) = self
             .derived
             .read()
@@ -456,7 +495,8 @@ impl Keyring {
         {
             return Ok(mac.clone());
         }
-        let root = self.index_root(tenant, params.root).ok_or_else(|| {
+        let tenant = id.0.as_ref();
+        let root = self.index_root(tenant, id.1).ok_or_else(|| {
             match tenant.and_then(|t| self.unavailable_error(t).or_else(|| self.not_loaded(t))) {
                 Some(e) => e,
                 None => Error::NoBlindIndexKey {
@@ -464,10 +504,7 @@ impl Keyring {
                 },
             }
         })?;
-        let mac = derive_mac(
-            root.material.expose(),
-            &params.key_info(tenant, value_type)?,
-        )?;
+        let mac = derive_mac(root.material.expose(), &info()?)?;
         self.derived
             .write()
             .unwrap_or_else(PoisonError::into_inner)
@@ -575,6 +612,14 @@ impl crate::index::IndexKeys for Keyring {
     ) -> Result<IndexMac, Error> {
         self.derived_index_mac(params, tenant, value_type)
     }
+
+    fn compound_mac(
+        &self,
+        params: &crate::index::CompoundParams,
+        tenant: Option<&TenantId>,
+    ) -> Result<IndexMac, Error> {
+        self.derived_compound_mac(params, tenant)
+    }
 }
 
 // Here rather than in `index`, which names keys only through `IndexKeys`: the installed
@@ -586,5 +631,16 @@ impl<T: crate::Plaintext, S: crate::index::IndexSpec> crate::index::BlindIndex<T
     /// See [`IndexParams::compute`]; [`Error::NoKeyring`] without a keyring.
     pub fn compute(&self) -> Result<Vec<u8>, Error> {
         Keyring::with_current(|k| S::PARAMS.compute(k, self.tenant.as_ref(), &self.value))
+    }
+}
+
+impl<S: crate::index::CompoundSpec> crate::index::CompoundIndex<S> {
+    /// Computes the index bytes under the installed keyring.
+    ///
+    /// # Errors
+    /// See [`crate::index::CompoundIndex::compute_with`]; [`Error::NoKeyring`] without a
+    /// keyring.
+    pub fn compute(&self) -> Result<Vec<u8>, Error> {
+        Keyring::with_current(|k| self.compute_with(k))
     }
 }
