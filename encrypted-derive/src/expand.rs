@@ -113,7 +113,7 @@ pub(crate) fn expand(model: &Model<'_>) -> TokenStream {
     };
 
     quote! {
-        #[allow(non_camel_case_types, non_snake_case, unused_qualifications, unreachable_pub, dead_code, clippy::all)]
+        #[allow(non_camel_case_types, non_snake_case, unused_qualifications, unused_variables, unreachable_pub, dead_code, clippy::all)]
         const _: () = {
             #markers
             #meta
@@ -1345,14 +1345,21 @@ fn setters(model: &Model<'_>, et: &TokenStream, diesel: &TokenStream) -> TokenSt
     let bound = bound_to(model);
     let mut methods = TokenStream::new();
     for (f, e) in model.encrypted_fields() {
-        // A field of a compound index has no setter of its own: the index needs every field,
-        // so it is written by the whole model's changeset.
-        if model.in_compound(f.ident) {
-            continue;
-        }
         let name = f.ident;
         let inner = e.inner;
         let set = format_ident!("set_{}", crate::ast::sql_name(name));
+        // A field of a compound index has no setter of its own: the index needs every field,
+        // so it is written by the whole model's changeset. The stand-in's bound says so.
+        if model.in_compound(f.ident) {
+            methods.extend(quote! {
+                #[doc(hidden)]
+                #[allow(dead_code)]
+                #vis fn #set<__V: #et::CompoundFieldHasNoSetter>(#tenant_param #bind_params value: __V) {
+                    match #et::CompoundFieldHasNoSetter::refuse(value) {}
+                }
+            });
+            continue;
+        }
         let value_ty = sealed_ty(model, f, e, et);
         let (param_ty, convert) = if e.optional {
             (quote!(::core::option::Option<#inner>), quote!())

@@ -267,6 +267,18 @@ pub mod __private {
     pub trait ColumnOf<Table> {}
     impl<C: diesel::Column> ColumnOf<C::Table> for C {}
 
+    /// Implemented by no type: the bound of the `set_<field>` a field of a compound index
+    /// does not get, so that a call says why instead of "no function found".
+    #[diagnostic::on_unimplemented(
+        message = "a field of a compound index has no `set_<field>` of its own",
+        label = "this value would be written without the other fields of the index",
+        note = "help: a compound index is computed from all of its fields: update them through the whole model's changeset, `diesel::update(..).set(&model)`, which writes every field and every index together"
+    )]
+    pub trait CompoundFieldHasNoSetter {
+        /// Never called.
+        fn refuse(self) -> core::convert::Infallible;
+    }
+
     /// A column declared `Binary` or `Nullable<Binary>`.
     pub trait BinaryColumn {}
     impl<C> BinaryColumn for C

@@ -334,3 +334,49 @@ pub struct FrontDesk {
     #[encrypted]
     pub phone: Option<String>,
 }
+
+/// [`FrontDesk`] while tenants' blind-index root keys are replaced: every index moves to
+/// version 2 under the new root; lookups also match version 1 under the retired root.
+#[derive(Clone, PartialEq, Encrypted)]
+#[encrypted(
+    table = schema::et_frontdesk,
+    tenant = clinic_id,
+    compound_index(name = name_dob, fields(last_name(trim, casefold), date_of_birth), bits = 16, version = 2, previous(version = 1, root = retired)),
+    compound_index(name = ssn4_dob, fields(ssn(last4), date_of_birth), bits = 24, version = 2, previous(version = 1, root = retired)),
+    compound_index(name = name_phone, fields(last_name(casefold, prefix(3)), phone(digits)), version = 2, previous(version = 1, root = retired))
+)]
+pub struct FrontDeskRootReplacing {
+    pub id: i64,
+    pub clinic_id: i64,
+    #[encrypted]
+    pub last_name: String,
+    #[encrypted]
+    pub date_of_birth: chrono::NaiveDate,
+    #[encrypted(blind_index(normalize = digits, version = 2, previous(version = 1, root = retired)))]
+    pub ssn: String,
+    #[encrypted]
+    pub phone: Option<String>,
+}
+
+/// [`FrontDesk`] after the root replacement: version 2 only, under the new root.
+#[derive(Clone, PartialEq, Encrypted)]
+#[encrypted(
+    table = schema::et_frontdesk,
+    tenant = clinic_id,
+    derive(Queryable, Selectable),
+    compound_index(name = name_dob, fields(last_name(trim, casefold), date_of_birth), bits = 16, version = 2),
+    compound_index(name = ssn4_dob, fields(ssn(last4), date_of_birth), bits = 24, version = 2),
+    compound_index(name = name_phone, fields(last_name(casefold, prefix(3)), phone(digits)), version = 2)
+)]
+pub struct FrontDeskRootReplaced {
+    pub id: i64,
+    pub clinic_id: i64,
+    #[encrypted]
+    pub last_name: String,
+    #[encrypted]
+    pub date_of_birth: chrono::NaiveDate,
+    #[encrypted(blind_index(normalize = digits, version = 2))]
+    pub ssn: String,
+    #[encrypted]
+    pub phone: Option<String>,
+}
