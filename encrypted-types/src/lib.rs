@@ -166,10 +166,11 @@ pub use model::{
 /// | `debug = redacted` / `debug = none` | `Debug` for the model, printing every encrypted field as `<redacted>` (the default: a model holds plaintext, and `{:?}` is how it reaches logs), or none, for a model that writes its own. A `#[derive(Debug)]` beside `Encrypted` conflicts with it (E0119): remove it, or write `debug = none` |
 /// | `zeroize` | the model wipes every encrypted field's plaintext when it is dropped (`Drop`, through the generated `wipe_plaintext`). A type with `Drop` cannot have a field moved out of it (E0509): clone the field or `std::mem::take` it |
 /// | `none = null` / `none = skip` | what an update writes for a `None` field: NULL, value and index gone (the default), or nothing, the column kept (a patch struct); `#[diesel(treat_none_as_null = ..)]` is read too |
+/// | `compound_index(name = n, fields(a(..), b, ..), bits = .., column = .., version = .., previous = ..)` | one blind index over 1 to 8 encrypted fields, each with its own normalizers, in column `<n>_bidx`: `Model::<n>_eq`, `<n>_matches`, `find_by_<n>` and `find_by_<n>_async` take the values as one tuple of references in field order (below). Repeatable. Over one field it is a *partial* index beside the field's own (`fields(ssn(last4))`). `docs/FORMAT.md` §7.2 |
 ///
 /// On a field, `#[encrypted]` or `#[encrypted(blind_index(...))]` with these optional keys:
 /// `normalize = email` or `normalize(trim, lowercase)` (strings only: `trim`, `lowercase`,
-/// `email`, `digits`, `casefold`), `bits = N` (1..=256, default 256; size it with
+/// `email`, `digits`, `casefold`, `last4`, `prefix(n)`), `bits = N` (1..=256, default 256; size it with
 /// [`index::plan`]), `column = name` (default `<field>_bidx`), `version = N` (default 1), and
 /// during a blind-index key rotation `previous = N - 1`: lookups then match both versions while
 /// `jobs::reindex` moves the rows to the new one (`docs/KEYS.md`). A rotation that also changes
@@ -180,6 +181,55 @@ pub use model::{
 /// there is one, is what reads return; every write seals the value and sets the legacy column
 /// to NULL; `jobs::encrypt_column` moves the rest (`docs/KEYS.md`, "Encrypting a column that
 /// held plaintext").
+///
+/// A compound index finds a patient by last name and date of birth, or by the last four SSN
+/// digits and date of birth, with the decrypted re-check of every field:
+///
+/// ```
+/// # use encrypted_types::{Encrypted, KeyMaterial, Keyring};
+/// # use diesel::prelude::*;
+/// # diesel::table! { people (id) { id -> Integer, clinic -> BigInt, last_name -> Binary,
+/// #   born -> Binary, ssn -> Binary, name_born_bidx -> Binary, ssn4_born_bidx -> Binary } }
+/// #[derive(Encrypted, PartialEq)]
+/// #[encrypted(
+///     table = people,
+///     tenant = clinic,
+///     compound_index(name = name_born, fields(last_name(trim, casefold), born), bits = 16),
+///     compound_index(name = ssn4_born, fields(ssn(last4), born), bits = 16),
+/// )]
+/// struct Person {
+///     id: i32,
+///     clinic: i64,
+///     #[encrypted]
+///     last_name: String,
+///     #[encrypted]
+///     born: chrono::NaiveDate,
+///     #[encrypted]
+///     ssn: String,
+/// }
+/// # Keyring::builder().data_key(1, Some("7".into()), KeyMaterial::generate()?)
+/// #   .primary(Some("7".into()), 1).blind_index_root(Some("7".into()), KeyMaterial::generate()?)
+/// #   .build()?.install();
+/// # let conn = &mut SqliteConnection::establish(":memory:")?;
+/// # diesel::sql_query("CREATE TABLE people (id INTEGER PRIMARY KEY, clinic BIGINT NOT NULL, \
+/// #   last_name BLOB NOT NULL, born BLOB NOT NULL, ssn BLOB NOT NULL, \
+/// #   name_born_bidx BLOB NOT NULL, ssn4_born_bidx BLOB NOT NULL)").execute(conn)?;
+/// let born = chrono::NaiveDate::from_ymd_opt(1985, 3, 14).unwrap();
+/// let p = Person { id: 1, clinic: 7, last_name: "Müller".into(), born, ssn: "123-45-6789".into() };
+/// diesel::insert_into(people::table).values(&p).execute(conn)?;
+/// assert_eq!(Person::find_by_name_born(conn, &7, (" MÜLLER", &born))?, vec![p]);
+/// assert_eq!(Person::find_by_ssn4_born(conn, &7, ("6789", &born))?.len(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// Every write of the whole model (insert, `AsChangeset`, `batch`) writes every compound index
+/// from all of its fields; a row with a `None` field gets a NULL index. A field of a compound
+/// index has no `set_<field>` (calling it is a compile error that says why): a changeset of one
+/// field cannot compute an index over several, so update through the whole model. For the
+/// same reason a `none = skip` patch may not skip a field of a compound index, and a field
+/// still migrated from a legacy column (`migrate_from`) cannot be in one. `jobs::reindex`
+/// recomputes compound indexes too, reading every field of each row; `jobs::encrypt_column`
+/// of a field recomputes the compound indexes over it once the field is sealed.
 ///
 /// Every model that writes a field must declare the same `blind_index` on it (columns, bits,
 /// normalizers, version): a model that writes the value without its index, or with another
@@ -205,8 +255,12 @@ pub use model::{
 ///   do the same for many values in one `IN (...)` query (both versions during a rotation).
 ///   With this crate's `async` feature, `find_by_email_async` and `find_by_email_in_async`
 ///   do it on diesel-async connections.
-/// - [`EncryptedModel`]: the model's table, key, tenant column and encrypted columns, for the
-///   rotation and migration jobs.
+/// - Per compound index `n`: `Model::n_eq([tenant,] (a, b))`, `model.n_matches((a, b))`,
+///   `Model::find_by_n(conn, [tenant,] (a, b))` and (`async`) `find_by_n_async`, where `(a, b)`
+///   are references in field order (`&str` for a `String` field) or, for an index of one field,
+///   the reference alone.
+/// - [`EncryptedModel`]: the model's table, key, tenant column, encrypted columns and compound
+///   indexes, for the rotation and migration jobs.
 #[cfg(feature = "derive")]
 pub use encrypted_derive::Encrypted;
 

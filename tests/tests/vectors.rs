@@ -622,15 +622,18 @@ fn normalizers_agree_with_the_reference() {
     ];
     let strings = proptest::collection::vec(interesting, 0..12)
         .prop_map(|cs| cs.into_iter().collect::<String>());
-    let steps: [&[Normalizer]; 6] = [
+    let steps: [&[Normalizer]; 9] = [
         &[Normalizer::Trim],
         &[Normalizer::Lowercase],
         &[Normalizer::Email],
         &[Normalizer::Digits],
         &[Normalizer::Casefold],
         &[Normalizer::Trim, Normalizer::Casefold],
+        &[Normalizer::Last4],
+        &[Normalizer::Casefold, Normalizer::Prefix(3)],
+        &[Normalizer::Prefix(2), Normalizer::Lowercase],
     ];
-    let name = |s: &[Normalizer]| s.iter().map(|n| n.name()).collect::<Vec<_>>();
+    let name = |s: &[Normalizer]| s.iter().map(|n| n.label()).collect::<Vec<_>>();
     let mut runner = TestRunner::default();
     let mut corpus = Vec::new();
     for _ in 0..20_000 {
