@@ -174,6 +174,14 @@ pub(crate) fn demo(db: &mut Db, url: &str, kek: &Path) -> AppResult<()> {
     let Some(ann) = found.first() else {
         return Err("the demo patient was not found".into());
     };
+    let found =
+        with_conn!(db, conn => Patient::find_by_ssn4_dob(conn, &1, ("6789", &ann.date_of_birth)))?;
+    out!(
+        "find --clinic 1 --ssn4 <her last four SSN digits> --dob {}: {} match through the \
+         compound index of the SSN's last four digits and the date of birth",
+        ann.date_of_birth,
+        found.len()
+    );
     print_stored(db, ann.id)?;
     // The application reads plaintext field by field; the model's own `Debug` (what a log
     // line would print) redacts every encrypted field, and so does this output for the SSN
@@ -221,6 +229,7 @@ fn print_stored(db: &mut Db, id: i64) -> AppResult<()> {
         Vec<u8>,
         Vec<u8>,
         Option<Vec<u8>>,
+        Option<Vec<u8>>,
     );
     let raw: Raw = with_conn!(db, conn => patients::table
         .find(id)
@@ -232,6 +241,7 @@ fn print_stored(db: &mut Db, id: i64) -> AppResult<()> {
             patients::ssn_bidx,
             patients::date_of_birth,
             patients::notes,
+            patients::ssn4_dob_bidx,
         ))
         .first(conn))?;
     out!(
@@ -246,6 +256,12 @@ fn print_stored(db: &mut Db, id: i64) -> AppResult<()> {
     out!(
         "  notes          {}",
         raw.6
+            .as_deref()
+            .map_or_else(|| "NULL".to_owned(), hex_short)
+    );
+    out!(
+        "  ssn4_dob_bidx  {}",
+        raw.7
             .as_deref()
             .map_or_else(|| "NULL".to_owned(), hex_short)
     );
@@ -268,13 +284,27 @@ pub(crate) fn add(db: &mut Db, kek: &Path, mut patient: Patient) -> AppResult<()
     Ok(())
 }
 
-pub(crate) fn find(db: &mut Db, kek: &Path, clinic: i64, email: &str) -> AppResult<()> {
+/// What `find` looks a patient up by.
+pub(crate) enum By {
+    Email(String),
+    /// The last four SSN digits (or a whole SSN) and the date of birth.
+    Ssn4Dob(String, chrono::NaiveDate),
+}
+
+pub(crate) fn find(db: &mut Db, kek: &Path, clinic: i64, by: &By) -> AppResult<()> {
     load_keys(db, kek)?;
-    let found = with_conn!(db, conn => Patient::find_by_email(conn, &clinic, email))?;
-    out!(
-        "{} patient(s) of clinic {clinic} with email {email:?}",
-        found.len()
-    );
+    let (found, what) = match by {
+        By::Email(email) => (
+            with_conn!(db, conn => Patient::find_by_email(conn, &clinic, email.as_str()))?,
+            format!("email {email:?}"),
+        ),
+        // The digits are not echoed: they are part of an SSN.
+        By::Ssn4Dob(ssn4, dob) => (
+            with_conn!(db, conn => Patient::find_by_ssn4_dob(conn, &clinic, (ssn4.as_str(), dob)))?,
+            format!("those last four SSN digits and date of birth {dob}"),
+        ),
+    };
+    out!("{} patient(s) of clinic {clinic} with {what}", found.len());
     for p in found {
         print_read(&p, false);
     }

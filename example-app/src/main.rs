@@ -62,12 +62,19 @@ enum Command {
         #[arg(long)]
         notes: Option<String>,
     },
-    /// Finds patients of a clinic by email (case and surrounding spaces do not matter).
+    /// Finds patients of a clinic by email (case and surrounding spaces do not matter), or by
+    /// the last four digits of the SSN and the date of birth.
     Find {
         #[arg(long)]
         clinic: i64,
-        #[arg(long)]
-        email: String,
+        #[arg(long, required_unless_present = "ssn4", conflicts_with_all = ["ssn4", "dob"])]
+        email: Option<String>,
+        /// The last four digits of the SSN (or the whole SSN: only its last four count).
+        #[arg(long, requires = "dob")]
+        ssn4: Option<String>,
+        /// Date of birth, YYYY-MM-DD, with `--ssn4`.
+        #[arg(long, requires = "ssn4")]
+        dob: Option<chrono::NaiveDate>,
     },
     /// Shows one patient, decrypted, beside the bytes the database holds.
     Show {
@@ -170,7 +177,19 @@ fn run(cli: Cli) -> AppResult<ExitCode> {
                 notes,
             },
         ),
-        Command::Find { clinic, email } => commands::find(&mut db, &cli.kek, clinic, &email),
+        Command::Find {
+            clinic,
+            email,
+            ssn4,
+            dob,
+        } => {
+            let by = match (email, ssn4, dob) {
+                (Some(email), ..) => commands::By::Email(email),
+                (None, Some(ssn4), Some(dob)) => commands::By::Ssn4Dob(ssn4, dob),
+                _ => return Err("give --email, or --ssn4 and --dob".into()),
+            };
+            commands::find(&mut db, &cli.kek, clinic, &by)
+        }
         Command::Show { id } => commands::show(&mut db, &cli.kek, id),
         Command::List => commands::list(&mut db, &cli.kek),
         Command::BenchRotate { rows, batch } => {

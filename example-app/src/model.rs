@@ -14,15 +14,22 @@ diesel::table! {
         ssn_bidx -> Binary,
         date_of_birth -> Binary,
         notes -> Nullable<Binary>,
+        ssn4_dob_bidx -> Nullable<Binary>,
     }
 }
 
 /// A patient, as the application sees it. The derive stores five fields encrypted and keeps
 /// blind indexes of the email and the SSN; the clinic is the tenant. Every value is bound to
 /// the patient's id (`bind_row`, assigned by the application, not the database): a value
-/// copied into another patient's row does not open.
+/// copied into another patient's row does not open. The front desk finds a patient by the
+/// last four SSN digits and the date of birth (`ssn4_dob`, a compound index over both).
 #[derive(Encrypted, Clone, PartialEq)]
-#[encrypted(table = patients, tenant = clinic_id, bind_row = id)]
+#[encrypted(
+    table = patients,
+    tenant = clinic_id,
+    bind_row = id,
+    compound_index(name = ssn4_dob, fields(ssn(last4), date_of_birth))
+)]
 pub(crate) struct Patient {
     pub(crate) id: i64,
     pub(crate) clinic_id: i64,

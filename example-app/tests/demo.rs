@@ -53,10 +53,22 @@ fn the_demo_runs_twice_and_stores_no_plaintext() {
         first.contains("1 match through the email's blind index"),
         "{first}"
     );
+    assert!(
+        first.contains("1 match through the compound index of the SSN's last four digits"),
+        "{first}"
+    );
     // What the demo prints reads as the application reads, field by field; the model's
     // `Debug` (what a log line would hold) and the output carry no SSN and no note text.
     assert!(
         first.contains("Ann Smith") && first.contains("<redacted>"),
+        "{first}"
+    );
+    // (Not "6789" alone over the whole output: four hex digits of a ciphertext may be that.)
+    assert!(
+        first
+            .lines()
+            .filter(|l| l.contains("--ssn4"))
+            .all(|l| !l.contains("6789")),
         "{first}"
     );
     for secret in ["123-45-6789", "123456789", "Penicillin", "Asthma"] {
@@ -118,6 +130,37 @@ fn the_demo_runs_twice_and_stores_no_plaintext() {
         found.contains("1 patient(s)") && found.contains("Chen Wei"),
         "{found}"
     );
+    // By the last four SSN digits (given whole, or alone) and the date of birth: the compound
+    // index. The digits are not echoed.
+    let found = clinic(
+        dir.path(),
+        &[
+            "find",
+            "--clinic",
+            "1",
+            "--ssn4",
+            "6789",
+            "--dob",
+            "1980-02-29",
+        ],
+    );
+    assert!(
+        found.contains("1 patient(s)") && found.contains("Ann Smith") && !found.contains("6789"),
+        "{found}"
+    );
+    let none = clinic(
+        dir.path(),
+        &[
+            "find",
+            "--clinic",
+            "1",
+            "--ssn4",
+            "6789",
+            "--dob",
+            "1980-03-01",
+        ],
+    );
+    assert!(none.contains("0 patient(s)"), "{none}");
     let added = clinic(
         dir.path(),
         &[

@@ -1,0 +1,2 @@
+DROP INDEX patients_ssn4_dob;
+ALTER TABLE patients DROP COLUMN ssn4_dob_bidx;
