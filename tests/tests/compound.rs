@@ -289,6 +289,28 @@ macro_rules! sync_suite {
             )
             .unwrap();
             assert!(again.finished && again.written == 0, "{again:?}");
+
+            // The leakage report sizes compound indexes by distinct tuples: clinic 1 has four
+            // rows with four distinct (surname, birth date) tuples, and the forced collision
+            // leaves three distinct 16-bit index values; one row has a phone.
+            let leakage = encrypted_types::jobs::index_leakage(conn, &FrontDesk::MODEL).unwrap();
+            let of = |column: &str| {
+                leakage
+                    .iter()
+                    .find(|l| l.index_column == column && l.tenant.as_deref() == Some("1"))
+                    .unwrap_or_else(|| panic!("no leakage entry for {column}"))
+            };
+            let name_dob = of("name_dob_bidx");
+            assert_eq!(
+                (
+                    name_dob.rows,
+                    name_dob.distinct_values,
+                    name_dob.distinct_index_values
+                ),
+                (4, 4, 3)
+            );
+            assert_eq!(of("name_phone_bidx").rows, 1);
+            assert_eq!(of("ssn4_dob_bidx").distinct_values, 4);
         }
     };
 }

@@ -109,8 +109,9 @@ pub struct IndexLeakage {
 sync_and_async! {
     /// Leakage of every blind index of `model` on the live data, per tenant: rows, distinct index
     /// values, distinct values, and [`crate::index::plan`]'s verdict on the configured bits (an
-    /// index that `LeaksMore` says which `bits` would keep within the bound). Decrypts every value
-    /// once; nothing is written.
+    /// index that `LeaksMore` says which `bits` would keep within the bound). A compound index
+    /// counts distinct tuples of its fields (rows with a NULL field have no index and are not
+    /// counted). Decrypts every value once; nothing is written.
     ///
     /// # Errors
     /// [`Error::NoKeyring`], [`Error::UnpageableKey`], [`Error::Job`].
