@@ -221,22 +221,37 @@ fn compound(
             ),
         );
     }
-    // Its methods (`find_by_<name>`, `<name>_eq`) must not clash with a field's.
-    let text = crate::ast::sql_name(name);
-    let clashes = model.fields.iter().any(|f| {
-        let f = crate::ast::sql_name(f.ident);
-        f == text || format!("{f}_in") == text
-    }) || model
-        .compounds
-        .iter()
-        .filter(|o| o.name.as_ref().is_some_and(|o| *o == *name))
-        .count()
-        > 1;
-    if clashes {
+    // Its methods must not clash with those of a field's index or of another compound index
+    // (the async ones exist only with the `async` feature, so a clash would surface late).
+    let ours = compound_methods(&crate::ast::sql_name(name));
+    let mut others: Vec<String> = model
+        .encrypted_fields()
+        .filter(|(_, e)| e.index.is_some())
+        .flat_map(|(f, _)| {
+            let f = crate::ast::sql_name(f.ident);
+            [
+                format!("{f}_eq"),
+                format!("{f}_matches"),
+                format!("find_by_{f}"),
+                format!("{f}_in"),
+                format!("find_by_{f}_in"),
+                format!("find_by_{f}_async"),
+                format!("find_by_{f}_in_async"),
+            ]
+        })
+        .collect();
+    for o in &model.compounds {
+        if !std::ptr::eq(o, c)
+            && let Some(n) = &o.name
+        {
+            others.extend(compound_methods(&crate::ast::sql_name(n)));
+        }
+    }
+    if let Some(clash) = ours.iter().find(|m| others.contains(m)) {
         err(
             name.span(),
             format!(
-                "the compound index name `{name}` is already a field's or another index's\nhelp: name it after what it finds, e.g. `name_dob`, distinct from every field name"
+                "compound index `{name}` would generate `{clash}`, which a field's index or another compound index generates too\nhelp: name it after what it finds, e.g. `name_dob`, so its methods are its own"
             ),
         );
     }
@@ -302,6 +317,16 @@ fn compound(
             ),
         );
     }
+}
+
+/// The methods a compound index `name` generates.
+fn compound_methods(name: &str) -> [String; 4] {
+    [
+        format!("{name}_eq"),
+        format!("{name}_matches"),
+        format!("find_by_{name}"),
+        format!("find_by_{name}_async"),
+    ]
 }
 
 /// Why a row identity must be written by the insert, for every refusal below.

@@ -7,7 +7,8 @@
 //! a fresh nonce, encoding, the AAD and the allocation of the output. `suite-1` is the
 //! library's AES-256-GCM path (opened for old values, sealed only by the `test-vectors`
 //! feature's `seal_with_suite`), `encrypted-types` the suite-2 (AES-256-GCM-SIV) path every
-//! value takes.
+//! value takes. With the `aws-lc` feature, that path runs on AWS-LC, and AWS-LC's own raw
+//! AES-256-GCM and AES-256-GCM-SIV (`raw-awslc-*`, same fixed nonce, no AAD) are measured too.
 #![allow(missing_docs)] // criterion_main! generates undocumented items.
 #![allow(clippy::expect_used)] // a benchmark whose setup fails must stop loudly, not measure nothing.
 
@@ -74,6 +75,13 @@ fn bench(c: &mut Criterion) {
                     .expect("encrypt")
             });
         });
+        #[cfg(feature = "aws-lc")]
+        for (name, alg) in awslc::ALGS {
+            let key = awslc::key(alg, &key);
+            seal.bench_with_input(BenchmarkId::new(name, size), &text, |b, t| {
+                b.iter(|| awslc::seal(&key, black_box(t.as_bytes())));
+            });
+        }
         seal.bench_with_input(BenchmarkId::new("suite-1", size), &text, |b, t| {
             b.iter(|| {
                 let mut n = [0u8; 12];
@@ -110,6 +118,14 @@ fn bench(c: &mut Criterion) {
                 });
             },
         );
+        #[cfg(feature = "aws-lc")]
+        for (name, alg) in awslc::ALGS {
+            let key = awslc::key(alg, &key);
+            let ct = awslc::seal(&key, text.as_bytes());
+            open.bench_with_input(BenchmarkId::new(name, size), &ct, |b, ct| {
+                b.iter(|| awslc::open(&key, black_box(ct)));
+            });
+        }
         let suite1 = format::seal_with_suite(data_key, &ctx, &text, 1, [3; 12]).expect("seal");
         open.bench_with_input(BenchmarkId::new("suite-1", size), &suite1, |b, s| {
             b.iter(|| Encrypted::<String, BenchCol>::open(black_box(s)).expect("open"));
@@ -126,6 +142,48 @@ fn bench(c: &mut Criterion) {
         );
     }
     open.finish();
+}
+
+/// AWS-LC's raw AEADs: seal into a fresh buffer (as `Aead::encrypt` does), open a copy.
+#[cfg(feature = "aws-lc")]
+mod awslc {
+    use aws_lc_rs::aead::{
+        AES_256_GCM, AES_256_GCM_SIV, Aad, Algorithm, LessSafeKey, Nonce, UnboundKey,
+    };
+
+    pub(crate) const ALGS: [(&str, &Algorithm); 2] = [
+        ("raw-awslc-gcm", &AES_256_GCM),
+        ("raw-awslc-gcm-siv", &AES_256_GCM_SIV),
+    ];
+
+    pub(crate) fn key(alg: &'static Algorithm, key: &[u8; 32]) -> LessSafeKey {
+        LessSafeKey::new(UnboundKey::new(alg, key).expect("a 32-byte key"))
+    }
+
+    pub(crate) fn seal(key: &LessSafeKey, plain: &[u8]) -> Vec<u8> {
+        let mut out = plain.to_vec();
+        key.seal_in_place_append_tag(
+            Nonce::assume_unique_for_key([9; 12]),
+            Aad::empty(),
+            &mut out,
+        )
+        .expect("seal");
+        out
+    }
+
+    pub(crate) fn open(key: &LessSafeKey, sealed: &[u8]) -> Vec<u8> {
+        let mut buf = sealed.to_vec();
+        let len = key
+            .open_in_place(
+                Nonce::assume_unique_for_key([9; 12]),
+                Aad::empty(),
+                &mut buf,
+            )
+            .expect("open")
+            .len();
+        buf.truncate(len);
+        buf
+    }
 }
 
 criterion_group!(benches, bench);

@@ -231,6 +231,9 @@ pub use model::{
 /// recomputes compound indexes too, reading every field of each row; `jobs::encrypt_column`
 /// of a field recomputes the compound indexes over it once the field is sealed.
 ///
+/// The same holds for compound indexes: every model that writes a field of one must declare it
+/// (a patch model writing `ssn` without `ssn4_dob` leaves that index stale).
+///
 /// Every model that writes a field must declare the same `blind_index` on it (columns, bits,
 /// normalizers, version): a model that writes the value without its index, or with another
 /// configuration, leaves the stored index stale. Declare one model per table for writes, or keep

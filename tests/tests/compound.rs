@@ -315,6 +315,87 @@ macro_rules! sync_suite {
     };
 }
 
+/// `encrypt_column` of a field of compound indexes that held plaintext in place: once the field
+/// is sealed, its second phase recomputes every compound index over it, and the report says
+/// `finished` only when both are done.
+macro_rules! encrypt_suite {
+    ($keystore:path) => {
+        #[test]
+        fn encrypting_a_field_in_place_recomputes_its_compound_indexes() {
+            use diesel::prelude::*;
+            use encrypted_types_tests::schema::et_frontdesk;
+            let _g = encrypted_types_tests::serial();
+            let conn = &mut $keystore();
+            let (rows, born) = seed(7_400);
+            for r in &rows {
+                diesel::insert_into(et_frontdesk::table)
+                    .values(r)
+                    .execute(conn)
+                    .unwrap();
+            }
+            // An older build stored the surname in clear, and no compound index.
+            for r in &rows {
+                diesel::update(et_frontdesk::table.find(r.id))
+                    .set((
+                        et_frontdesk::last_name.eq(r.last_name.as_bytes().to_vec()),
+                        et_frontdesk::name_dob_bidx.eq(vec![0u8, 0]),
+                        et_frontdesk::name_phone_bidx.eq(None::<Vec<u8>>),
+                    ))
+                    .execute(conn)
+                    .unwrap();
+            }
+            let report = encrypted_types::jobs::encrypt_column(
+                conn,
+                &FrontDesk::MODEL,
+                "last_name",
+                "encrypt-surnames",
+                &encrypted_types::jobs::JobOptions::default(),
+                |_| {},
+            )
+            .unwrap();
+            assert!(report.finished, "{report:?}");
+            // Five surnames sealed, then two compound indexes over the surname: five
+            // `name_dob`, and the collider's `name_phone` (the only row with a phone).
+            assert_eq!(report.written, 5 + 5 + 1, "{report:?}");
+            let stored: Vec<(Vec<u8>, Vec<u8>)> = et_frontdesk::table
+                .filter(et_frontdesk::id.between(7_401, 7_405))
+                .order(et_frontdesk::id)
+                .select((et_frontdesk::last_name, et_frontdesk::name_dob_bidx))
+                .load(conn)
+                .unwrap();
+            for ((sealed, idx), r) in stored.iter().zip(&rows) {
+                assert!(!encrypted_types_tests::contains(
+                    sealed,
+                    r.last_name.as_bytes()
+                ));
+                assert_eq!(
+                    *idx,
+                    expected(
+                        "name_dob",
+                        r.clinic_id,
+                        &r.last_name.to_lowercase(),
+                        r.date_of_birth
+                    )
+                );
+            }
+            let found = FrontDesk::find_by_name_dob(conn, &1, ("Müller", &born)).unwrap();
+            assert_eq!(ids(&found), [7_401]);
+            // A job name whose index phase would be too long is refused before any write.
+            let long = "j".repeat(140);
+            let err = encrypted_types::jobs::encrypt_column(
+                conn,
+                &FrontDesk::MODEL,
+                "last_name",
+                &long,
+                &encrypted_types::jobs::JobOptions::default(),
+                |_| {},
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("over 150 bytes"), "{err}");
+        }
+    };
+}
+
 macro_rules! async_suite {
     ($connect:path) => {
         use super::*;
@@ -373,12 +454,14 @@ mod sqlite {
         encrypted_types_tests::sqlite,
         encrypted_types_tests::keystore::sqlite
     );
+    encrypt_suite!(encrypted_types_tests::keystore::sqlite);
 }
 mod postgres {
     sync_suite!(
         encrypted_types_tests::pg,
         encrypted_types_tests::keystore::pg
     );
+    encrypt_suite!(encrypted_types_tests::keystore::pg);
 
     /// PostgreSQL finds a patient through the (clinic_id, name_dob_bidx) index among 10,000.
     #[test]
@@ -447,6 +530,7 @@ mod mysql {
         encrypted_types_tests::mysql,
         encrypted_types_tests::keystore::mysql
     );
+    encrypt_suite!(encrypted_types_tests::keystore::mysql);
 }
 mod async_sqlite {
     async_suite!(encrypted_types_tests::async_sqlite);

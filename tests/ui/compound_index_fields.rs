@@ -13,8 +13,8 @@ diesel::table! {
     }
 }
 
-// Every field of a compound index must be an encrypted field the index can hash, and its
-// name must not take a field's lookups.
+// Every field of a compound index must be an encrypted field the index can hash, named once,
+// and not still migrated from a legacy column; every compound index needs a name.
 #[derive(Encrypted)]
 #[encrypted(
     table = patients,

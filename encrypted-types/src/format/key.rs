@@ -7,6 +7,9 @@
 use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::KeyInit;
 
+#[cfg(feature = "aws-lc")]
+use crate::format::awslc::Siv;
+#[cfg(not(feature = "aws-lc"))]
 use crate::format::siv::Siv;
 use std::fmt;
 use zeroize::{Zeroize, ZeroizeOnDrop};

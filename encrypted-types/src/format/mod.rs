@@ -27,6 +27,8 @@ use zeroize::Zeroize;
 
 use crate::Error;
 
+#[cfg(feature = "aws-lc")]
+pub(crate) mod awslc;
 #[cfg(feature = "test-vectors")]
 pub mod hazmat;
 pub(crate) mod key;

@@ -251,6 +251,10 @@ impl<S: CompoundSpec> CompoundIndex<S> {
     pub fn part<T: Plaintext>(mut self, value: &T) -> Self {
         if let Ok(inputs) = &mut self.inputs {
             let input = match S::PARAMS.fields.get(inputs.len()) {
+                // A value of another type would hash to an index no stored row has.
+                Some(f) if f.value_type != T::TYPE => Err(Error::InvalidIndex(
+                    "a value of another type than the compound index's field",
+                )),
                 Some(f) => input_of(f.normalize, value),
                 None => Err(Error::InvalidIndex(
                     "more values than the compound index has fields",
@@ -269,6 +273,11 @@ impl<S: CompoundSpec> CompoundIndex<S> {
     pub fn part_str(mut self, value: &str) -> Self {
         if let Ok(inputs) = &mut self.inputs {
             match S::PARAMS.fields.get(inputs.len()) {
+                Some(f) if f.value_type != "string" => {
+                    self.inputs = Err(Error::InvalidIndex(
+                        "a string for a compound index field that is not one",
+                    ));
+                }
                 Some(f) => inputs.push(Zeroizing::new(
                     super::normalize(f.normalize, value).as_bytes().to_vec(),
                 )),

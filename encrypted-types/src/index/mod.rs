@@ -279,6 +279,10 @@ pub(crate) fn input_raw(
     if steps.is_empty() {
         return Ok(Zeroizing::new(plaintext.to_vec()));
     }
+    // As `input_of`: a value that is not a string is never normalized, whatever its bytes.
+    if value_type != "string" {
+        return Err(Error::InvalidIndex("normalizers apply to strings only"));
+    }
     let text = std::str::from_utf8(plaintext).map_err(|_| Error::InvalidPlaintext {
         type_name: value_type,
     })?;
@@ -289,6 +293,9 @@ pub(crate) fn input_raw(
 fn push_steps(info: &mut Vec<u8>, steps: &[Normalizer]) -> Result<(), Error> {
     info.push(u8::try_from(steps.len()).map_err(|_| Error::InvalidIndex("too many normalizers"))?);
     for step in steps {
+        if *step == Normalizer::Prefix(0) {
+            return Err(Error::InvalidIndex("prefix(0) is not a normalizer"));
+        }
         let label = step.label();
         info.push(u8::try_from(label.len()).map_err(|_| Error::InvalidIndex("normalizer name"))?);
         info.extend_from_slice(label.as_bytes());

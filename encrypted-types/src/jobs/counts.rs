@@ -209,7 +209,9 @@ where
             &[],
             None,
             None,
-            |row| {
+            |mut row| {
+                // The first field again, possibly legacy plaintext: wiped.
+                drop(Zeroizing::new(row.v.take()));
                 if row.more.iter().any(Option::is_none) {
                     return;
                 }

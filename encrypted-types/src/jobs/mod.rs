@@ -245,8 +245,16 @@ where
     let keyring = Keyring::complete()?;
     let info = find_column(model, column)?;
     // The compound indexes over this column need it sealed first: they are recomputed once
-    // it is, by a second job under a derived name, and the report covers both.
+    // it is, by a second job (`<job>+indexes:<column>`), and the report covers both.
     let compound = compound_passes(model, |p| p.fields.iter().any(|f| f.column == column))?;
+    // Named after the job and the column, so one job name used for several columns gets an
+    // index phase per column; refused before any write if that name is too long.
+    let index_job = format!("{job}+indexes:{column}");
+    if !compound.is_empty() && index_job.len() > 150 {
+        return Err(Error::Job(format!(
+            "the index phase of this job would be named `{index_job}`, over 150 bytes: choose a shorter job name"
+        )));
+    }
     let passes = vec![match info.legacy {
         Some(legacy) => Pass {
             column: info,
@@ -274,17 +282,10 @@ where
             .map(|m| m.saturating_sub(report.batches)),
         ..options.clone()
     };
-    let indexes = start(
-        db,
-        model,
-        &format!("{job}+indexes"),
-        &left,
-        &keyring,
-        compound,
-    )
-    .await?
-    .run(db, on_batch)
-    .await?;
+    let indexes = start(db, model, &index_job, &left, &keyring, compound)
+        .await?
+        .run(db, on_batch)
+        .await?;
     report.absorb(indexes);
     Ok(report)
 }

@@ -206,7 +206,7 @@ impl Run<'_> {
                     .zip(&more)
                     .map(|(c, v)| match v {
                         Some(v) => {
-                            let o = q.bind::<D::Backend>(Param::Bytes(v.clone()));
+                            let o = q.bind::<D::Backend>(Param::Bytes(v.to_vec()));
                             format!("{} = {o}", D::Backend::quote(c))
                         }
                         None => format!("{} IS NULL", D::Backend::quote(c)),
@@ -325,7 +325,9 @@ impl Run<'_> {
                         &[],
                         from.as_ref(),
                         to.as_ref(),
-                        |row| {
+                        |mut row| {
+                            // The first field again, possibly legacy plaintext: wiped.
+                            drop(Zeroizing::new(row.v.take()));
                             let Ok(bind) = t.binding(&row) else {
                                 return;
                             };

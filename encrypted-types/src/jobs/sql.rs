@@ -37,11 +37,11 @@ pub(crate) fn alias(n: usize, kind: KeyKind) -> &'static str {
         .unwrap_or("k_overflow")
 }
 
-/// Column aliases of `bind_row` part `n`, one per kind, as for the key.
 /// The aliases of a compound index's fields in a job's query, one per field.
 pub(crate) const MORE_ALIASES: [&str; crate::index::MAX_FIELDS] =
     ["w0", "w1", "w2", "w3", "w4", "w5", "w6", "w7"];
 
+/// Column aliases of `bind_row` part `n`, one per kind, as for the key.
 pub(crate) const BIND_ALIASES: [[&str; 4]; crate::MAX_ROW_PARTS] = [
     ["r0_i", "r0_t", "r0_b", "r0_u"],
     ["r1_i", "r1_t", "r1_b", "r1_u"],
@@ -73,8 +73,9 @@ pub struct Row {
     pub(crate) key: Vec<KeyPart>,
     pub(crate) bind: Vec<KeyPart>,
     pub(crate) v: Option<Vec<u8>>,
-    /// The fields of a compound index, when the query read them (`w0`, `w1`, ...).
-    pub(crate) more: Vec<Option<Vec<u8>>>,
+    /// The fields of a compound index, when the query read them (`w0`, `w1`, ...): wiped on
+    /// drop, as a field may still hold legacy plaintext.
+    pub(crate) more: Vec<Option<zeroize::Zeroizing<Vec<u8>>>>,
     pub(crate) i: Option<Vec<u8>>,
     pub(crate) t: Option<String>,
 }
@@ -158,6 +159,7 @@ where
             more: MORE_ALIASES
                 .iter()
                 .map_while(|a| NamedRow::get::<Nullable<Binary>, Option<Vec<u8>>>(row, a).ok())
+                .map(|v| v.map(zeroize::Zeroizing::new))
                 .collect(),
             i: NamedRow::get::<Nullable<Binary>, Option<Vec<u8>>>(row, "i")?,
             t: NamedRow::get::<Nullable<Text>, Option<String>>(row, "t")?,

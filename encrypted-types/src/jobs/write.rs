@@ -9,7 +9,7 @@ pub(super) struct Write {
     pub(super) key: Vec<KeyPart>,
     pub(super) old: Zeroizing<Vec<u8>>,
     /// A compound index's fields as read (the compare-and-swap compares them all).
-    pub(super) more: Vec<Option<Vec<u8>>>,
+    pub(super) more: Vec<Option<Zeroizing<Vec<u8>>>>,
     pub(super) sets: Sets,
 }
 
@@ -30,7 +30,7 @@ pub(super) fn prepare(
     t: &Table,
     pass: &Pass<'_>,
     value: &[u8],
-    more: &[Option<Vec<u8>>],
+    more: &[Option<Zeroizing<Vec<u8>>>],
     index: Option<&[u8]>,
     tenant: Option<&str>,
     bind: Option<&RowBinding>,
@@ -164,7 +164,7 @@ pub(super) fn fresh_compound(
     keyring: &Keyring,
     t: &Table,
     params: &CompoundParams,
-    fields: &[Option<Vec<u8>>],
+    fields: &[Option<Zeroizing<Vec<u8>>>],
     row_tenant: Option<&str>,
     bind: Option<&RowBinding>,
 ) -> Result<Option<Vec<u8>>, SkipReason> {
