@@ -98,6 +98,18 @@ fn seed(base: i64) -> (Vec<FrontDesk>, NaiveDate) {
     (rows, born)
 }
 
+/// Inserts `rows` one by one (SQLite's batch insert cannot leave a nullable column out).
+macro_rules! insert_all {
+    ($conn:expr, $rows:expr) => {
+        for r in $rows {
+            diesel::insert_into(encrypted_types_tests::schema::et_frontdesk::table)
+                .values(r)
+                .execute($conn)
+                .unwrap();
+        }
+    };
+}
+
 macro_rules! sync_suite {
     ($connect:path, $keystore:path) => {
         use super::*;
@@ -107,13 +119,12 @@ macro_rules! sync_suite {
         #[test]
         fn found_by_surname_and_birth_date_and_by_last_four_and_birth_date() {
             let conn = &mut $connect();
+            // The table `schema::create` wrote has every compound column, binary, with an index
+            // led by the tenant column.
+            let found = encrypted_types::schema::check(conn, &[FrontDesk::MODEL]).unwrap();
+            assert!(found.is_empty(), "{found:?}");
             let (rows, born) = seed(7_000);
-            for r in &rows {
-                diesel::insert_into(et_frontdesk::table)
-                    .values(r)
-                    .execute(conn)
-                    .unwrap();
-            }
+            insert_all!(&mut *conn, &rows);
             // Another case, spaces around it: the index normalizes as declared.
             let found = FrontDesk::find_by_name_dob(conn, &1, ("  MÜLLER ", &born)).unwrap();
             assert_eq!(
@@ -220,12 +231,7 @@ macro_rules! sync_suite {
             let _g = encrypted_types_tests::serial();
             let conn = &mut $keystore();
             let (rows, born) = seed(7_200);
-            for r in &rows {
-                diesel::insert_into(et_frontdesk::table)
-                    .values(r)
-                    .execute(conn)
-                    .unwrap();
-            }
+            insert_all!(&mut *conn, &rows);
             let before: Vec<(i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>)> = et_frontdesk::table
                 .select((
                     et_frontdesk::id,
@@ -327,12 +333,7 @@ macro_rules! encrypt_suite {
             let _g = encrypted_types_tests::serial();
             let conn = &mut $keystore();
             let (rows, born) = seed(7_400);
-            for r in &rows {
-                diesel::insert_into(et_frontdesk::table)
-                    .values(r)
-                    .execute(conn)
-                    .unwrap();
-            }
+            insert_all!(&mut *conn, &rows);
             // An older build stored the surname in clear, and no compound index.
             for r in &rows {
                 diesel::update(et_frontdesk::table.find(r.id))

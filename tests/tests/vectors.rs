@@ -202,6 +202,17 @@ struct IndexVector {
     index: String,
 }
 
+/// A keyring holding only the blind-index root key `root_hex` of `tenant`.
+fn root_keyring(root_hex: &str, tenant: Option<TenantId>) -> Keyring {
+    Keyring::builder()
+        .blind_index_root(
+            tenant,
+            KeyMaterial::from_slice(&hex::decode(root_hex).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap()
+}
+
 /// Frozen blind-index vectors (`tests/vectors/blind_index_v1.json`, from the Python reference):
 /// the library computes the same bytes.
 #[test]
@@ -214,13 +225,7 @@ fn every_blind_index_vector_is_reproduced() {
     let leak = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
     for v in &vectors {
         let tenant = v.tenant.as_deref().map(TenantId::from);
-        let keyring = Keyring::builder()
-            .blind_index_root(
-                tenant.clone(),
-                KeyMaterial::from_slice(&hex::decode(&v.root_key).unwrap()).unwrap(),
-            )
-            .build()
-            .unwrap();
+        let keyring = root_keyring(&v.root_key, tenant.clone());
         let steps: Vec<Normalizer> = v.normalize.iter().map(|n| n.parse().unwrap()).collect();
         let params = IndexParams {
             table: leak(&v.table),
@@ -297,13 +302,7 @@ fn every_compound_index_vector_is_reproduced() {
     let leak = |s: &str| -> &'static str { Box::leak(s.to_owned().into_boxed_str()) };
     for v in &vectors {
         let tenant = v.tenant.as_deref().map(TenantId::from);
-        let keyring = Keyring::builder()
-            .blind_index_root(
-                tenant.clone(),
-                KeyMaterial::from_slice(&hex::decode(&v.root_key).unwrap()).unwrap(),
-            )
-            .build()
-            .unwrap();
+        let keyring = root_keyring(&v.root_key, tenant.clone());
         let fields: Vec<CompoundField> = v
             .fields
             .iter()
@@ -369,13 +368,7 @@ fn every_compound_index_vector_is_reproduced() {
     }
     let v = &vectors[0];
     assert_eq!(v.name, "name-dob");
-    let keyring = Keyring::builder()
-        .blind_index_root(
-            None,
-            KeyMaterial::from_slice(&hex::decode(&v.root_key).unwrap()).unwrap(),
-        )
-        .build()
-        .unwrap();
+    let keyring = root_keyring(&v.root_key, None);
     let born = chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap() + chrono::TimeDelta::days(5551);
     for name in ["Müller", "MÜLLER", "müller"] {
         let typed = encrypted_types::index::CompoundIndex::<NameDob>::new(None)
