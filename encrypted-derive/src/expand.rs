@@ -319,8 +319,8 @@ fn compound_markers(model: &Model<'_>, c: &Compound, et: &TokenStream) -> TokenS
     out
 }
 
-/// `CompoundIndex::<spec>::new(tenant).part(..)...` over `values` (expressions of each field's
-/// value, a reference), or `None` when an optional field is `None` (`optional` per field).
+/// `CompoundIndex::<spec>::new(tenant).part(..)...`: one call per field, in order, on an
+/// expression of a reference to its value (`part_str` where the flag says it is a `&str`).
 fn compound_value(
     spec: &Ident,
     tenant: &TokenStream,
