@@ -110,6 +110,23 @@ macro_rules! insert_all {
     };
 }
 
+/// Every row's compound indexes, by id, as stored.
+macro_rules! indexes {
+    ($conn:expr) => {{
+        let rows: Vec<(i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>)> = et_frontdesk::table
+            .select((
+                et_frontdesk::id,
+                et_frontdesk::name_dob_bidx,
+                et_frontdesk::ssn4_dob_bidx,
+                et_frontdesk::name_phone_bidx,
+            ))
+            .order(et_frontdesk::id)
+            .load($conn)
+            .unwrap();
+        rows
+    }};
+}
+
 macro_rules! sync_suite {
     ($connect:path, $keystore:path) => {
         use super::*;
@@ -232,16 +249,7 @@ macro_rules! sync_suite {
             let conn = &mut $keystore();
             let (rows, born) = seed(7_200);
             insert_all!(&mut *conn, &rows);
-            let before: Vec<(i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>)> = et_frontdesk::table
-                .select((
-                    et_frontdesk::id,
-                    et_frontdesk::name_dob_bidx,
-                    et_frontdesk::ssn4_dob_bidx,
-                    et_frontdesk::name_phone_bidx,
-                ))
-                .order(et_frontdesk::id)
-                .load(conn)
-                .unwrap();
+            let before = indexes!(conn);
             // A writer (or an old build) leaves every compound index wrong, one of them set
             // where it must be NULL.
             diesel::update(et_frontdesk::table.filter(et_frontdesk::id.between(7_201, 7_205)))
@@ -272,16 +280,7 @@ macro_rules! sync_suite {
             assert_eq!(report.skipped_total(), 0, "{report:?}");
             // Three compound indexes on five rows; the SSN's own index was right already.
             assert_eq!(report.written, 15, "{report:?}");
-            let after: Vec<(i64, Vec<u8>, Vec<u8>, Option<Vec<u8>>)> = et_frontdesk::table
-                .select((
-                    et_frontdesk::id,
-                    et_frontdesk::name_dob_bidx,
-                    et_frontdesk::ssn4_dob_bidx,
-                    et_frontdesk::name_phone_bidx,
-                ))
-                .order(et_frontdesk::id)
-                .load(conn)
-                .unwrap();
+            let after = indexes!(conn);
             assert_eq!(after, before, "the job wrote what the application writes");
             let found = FrontDesk::find_by_name_dob(conn, &1, ("Müller", &born)).unwrap();
             assert_eq!(ids(&found), [7_201]);
