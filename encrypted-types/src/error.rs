@@ -242,6 +242,20 @@ pub enum Error {
     /// ([`crate::store::KeyStore::load_and_install`]).
     #[error("this needs every tenant's keys, but the installed keyring holds some tenants only")]
     PartialKeyring,
+    /// [`crate::jobs::purge_tenant`] was asked to delete the rows of a tenant that the key
+    /// table does not show, in records that authenticate, as shredded: every key of the tenant
+    /// destroyed. A tenant whose own KEK is down or not configured in this process, or that is
+    /// simply not loaded here, still has live keys and is refused; so is a tenant with no
+    /// records at all (a typo, or another deployment's key table).
+    #[error(
+        "tenant {tenant} is not shredded ({reason}): purge_tenant deletes only the rows of a tenant whose every key the key table shows destroyed; shred it first (KeyStore::shred_tenant, or `keys shred`)"
+    )]
+    NotShredded {
+        /// The tenant.
+        tenant: String,
+        /// What the key table shows instead.
+        reason: &'static str,
+    },
     /// A job name was resumed for another operation or target than the one it was started
     /// for (for example after another key rotation).
     #[error(
@@ -306,6 +320,7 @@ impl Error {
             Self::KeyNotLoaded { .. } => "key_not_loaded",
             Self::PartialKeyring { .. } => "partial_keyring",
             Self::JobMismatch { .. } => "job_mismatch",
+            Self::NotShredded { .. } => "not_shredded",
         }
     }
 }

@@ -160,9 +160,10 @@ macro_rules! async_flow {
                         .await
                         .unwrap_err();
                     assert!(format!("{err:?}").contains("KeyDestroyed"), "{err:?}");
-                    let purged = jobs::purge_tenant_async(conn, &Patient::MODEL, &"2".into(), 6)
-                        .await
-                        .unwrap();
+                    let purged =
+                        jobs::purge_tenant_async(conn, &store, &Patient::MODEL, &"2".into(), 6)
+                            .await
+                            .unwrap();
                     assert_eq!(purged, 20);
                     let left: i64 = et_patients::table
                         .filter(et_patients::id.ge(900))

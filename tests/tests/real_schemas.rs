@@ -1037,9 +1037,12 @@ macro_rules! in_transaction_suite {
             assert!(!r.finished);
 
             // The purge: refused for a live tenant, then the erased rows leave the table.
-            assert!(purge_tenant(conn, &Patient::MODEL, &TenantId::from("1"), 4).is_err());
+            assert!(matches!(
+                purge_tenant(conn, &store, &Patient::MODEL, &TenantId::from("1"), 4),
+                Err(Error::NotShredded { .. })
+            ));
             assert_eq!(
-                purge_tenant(conn, &Patient::MODEL, &TenantId::from("2"), 4).unwrap(),
+                purge_tenant(conn, &store, &Patient::MODEL, &TenantId::from("2"), 4).unwrap(),
                 erased.len() as u64
             );
             let left: i64 = et_patients::table
@@ -1065,6 +1068,103 @@ macro_rules! in_transaction_suite {
             )
             .unwrap();
             assert!(r.finished, "{r:?}");
+        }
+
+        /// The purge acts on authenticated evidence from the key table, never on what a keyring
+        /// lacks: a live tenant whose own KEK is not configured in this process (its keyring
+        /// shows no key for it, `TenantUnavailable`), one not loaded (`TenantNotLoaded`), one
+        /// with no records and one whose records a database writer set to destroyed are all
+        /// refused, and each keeps every row (an SQL count).
+        #[test]
+        fn the_purge_refuses_every_tenant_the_key_table_does_not_show_shredded() {
+            use encrypted_types::jobs::purge_tenant;
+            use encrypted_types::kek::KekProvider;
+            use encrypted_types::{Keyring, TenantId};
+            use encrypted_types_tests::models::Patient;
+            use encrypted_types_tests::schema::et_patients;
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let theirs = LocalKek::create(dir.path().join("clinic-5.kek")).unwrap();
+            let their_ref = theirs.kek_ref();
+            let full = KeyStore::new(LocalKek::create(dir.path().join("k.kek")).unwrap())
+                .with_tenant_kek("5", theirs);
+            let conn = &mut $connect();
+            for t in ["1", "2", "3"] {
+                full.create_tenant(conn, Some(&t.into())).unwrap();
+            }
+            full.create_tenant_with_kek(conn, &"5".into(), &their_ref)
+                .unwrap();
+            full.load_and_install(conn).unwrap();
+            let ps: Vec<Patient> = (0..16)
+                .map(|i| {
+                    let clinic = [1, 2, 3, 5][i as usize % 4];
+                    Patient::sample(700 + i, clinic, &format!("p{i}@example.org"), "123")
+                })
+                .collect();
+            diesel::insert_into(et_patients::table)
+                .values(Patient::batch(&ps))
+                .execute(conn)
+                .unwrap();
+            let rows = |conn: &mut $ct, clinic: i64| -> i64 {
+                et_patients::table
+                    .filter(et_patients::id.ge(700))
+                    .filter(et_patients::clinic_id.eq(clinic))
+                    .count()
+                    .get_result(conn)
+                    .unwrap()
+            };
+
+            // Tenant 5's KEK is not configured here: its keyring has no key for it.
+            let store = KeyStore::new(LocalKek::open(dir.path().join("k.kek")).unwrap());
+            let report = store.load_and_install(conn).unwrap();
+            assert_eq!(report.unavailable.len(), 1, "{report:?}");
+            assert!(Keyring::current().unwrap().primary_key(Some(&"5".into())).is_err());
+            let e = purge_tenant(conn, &store, &Patient::MODEL, &TenantId::from("5"), 3)
+                .unwrap_err();
+            assert!(matches!(e, Error::NotShredded { .. }), "{e:?}");
+            assert_eq!(rows(conn, 5), 4);
+
+            // Tenant 2 is live but not loaded in this process.
+            store
+                .load_tenants(conn, &["1".into()])
+                .unwrap()
+                .0
+                .install();
+            assert!(Keyring::current().unwrap().primary_key(Some(&"2".into())).is_err());
+            let e = purge_tenant(conn, &store, &Patient::MODEL, &TenantId::from("2"), 3)
+                .unwrap_err();
+            assert!(matches!(e, Error::NotShredded { .. }), "{e:?}");
+            assert_eq!(rows(conn, 2), 4);
+
+            // A tenant the key table does not know.
+            let e = purge_tenant(conn, &store, &Patient::MODEL, &TenantId::from("4"), 3)
+                .unwrap_err();
+            assert!(matches!(e, Error::NotShredded { .. }), "{e:?}");
+
+            // A writer marks tenant 3's keys destroyed by SQL: the records no longer verify.
+            conn.batch_execute(
+                "UPDATE encrypted_types_keys SET state = 'destroyed', wrapped_key = NULL WHERE tenant = '3'",
+            )
+            .unwrap();
+            let e = purge_tenant(conn, &store, &Patient::MODEL, &TenantId::from("3"), 3)
+                .unwrap_err();
+            assert!(matches!(e, Error::KeyRecord { .. }), "{e:?}");
+            assert_eq!(rows(conn, 3), 4);
+
+            // Shredded for real (with its own KEK present to shred it): the purge removes
+            // exactly its rows, and a tenant re-created afterwards is live again.
+            full.shred_tenant(conn, &"5".into(), &[Patient::MODEL])
+                .unwrap();
+            assert_eq!(
+                purge_tenant(conn, &store, &Patient::MODEL, &TenantId::from("5"), 3).unwrap(),
+                4
+            );
+            assert_eq!(rows(conn, 5), 0);
+            assert_eq!(rows(conn, 1), 4);
+            full.create_tenant(conn, Some(&"5".into())).unwrap();
+            let e = purge_tenant(conn, &store, &Patient::MODEL, &TenantId::from("5"), 3)
+                .unwrap_err();
+            assert!(matches!(e, Error::NotShredded { .. }), "{e:?}");
         }
     };
 }

@@ -290,67 +290,118 @@ where
     Ok(report)
 }
 
-sync_and_async! {
-    /// After [`crate::store::KeyStore::shred_tenant`]: deletes the rows of `model` that belong to
-    /// `tenant`, `batch` rows per transaction, and returns how many it deleted. What shredding
-    /// made unreadable then leaves the table too, so a listing no longer meets it (read with
-    /// [`crate::Fallible`] meanwhile), and no ciphertext of the tenant stays in live rows. Copies in
-    /// backups, the WAL or binlog and replicas age out as `docs/KEYS.md` says.
-    ///
-    /// Refused while the installed keyring still holds a live key for `tenant`: this deletes
-    /// readable data only by mistake. Run it after every process has reloaded its keyring.
-    ///
-    /// ```
-    /// use diesel::prelude::*;
-    /// use encrypted_types::{Encrypted, EncryptedModel, Error, KeyMaterial, Keyring, TenantId};
-    /// use encrypted_types::jobs::purge_tenant;
-    ///
-    /// diesel::table! { notes (id) { id -> Integer, clinic -> BigInt, body -> Binary } }
-    /// #[derive(Encrypted)]
-    /// #[encrypted(table = notes, tenant = clinic)]
-    /// struct Note { id: i32, clinic: i64, #[encrypted] body: String }
-    ///
-    /// let db = &mut SqliteConnection::establish(":memory:").unwrap();
-    /// diesel::sql_query("CREATE TABLE notes (id INTEGER PRIMARY KEY, clinic BIGINT NOT NULL, body BLOB NOT NULL)")
-    ///     .execute(db).unwrap();
-    /// // Tenant 7 is live, tenant 8 was shredded (its key destroyed).
-    /// Keyring::builder()
-    ///     .data_key(1, Some("7".into()), KeyMaterial::generate()?)
-    ///     .primary(Some("7".into()), 1)
-    ///     .destroyed_key(2)
-    ///     .build()?
-    ///     .install();
-    /// diesel::insert_into(notes::table).values(&Note { id: 1, clinic: 7, body: "kept".into() }).execute(db).unwrap();
-    /// diesel::sql_query("INSERT INTO notes VALUES (2, 8, x'01010000000200')").execute(db).unwrap();
-    ///
-    /// assert!(purge_tenant(db, &Note::MODEL, &TenantId::from("7"), 100).is_err());
-    /// assert_eq!(purge_tenant(db, &Note::MODEL, &TenantId::from("8"), 100)?, 1);
-    /// assert_eq!(notes::table.count().get_result::<i64>(db).unwrap(), 1);
-    /// # Ok::<(), Error>(())
-    /// ```
-    ///
-    /// # Errors
-    /// [`Error::NoKeyring`]; [`Error::Store`] for a live tenant or a model without a tenant
-    /// column; [`Error::UnpageableKey`], [`Error::Job`].
-    pub fn purge_tenant / purge_tenant_async(model: &ModelInfo, tenant: &crate::TenantId, batch: usize)
-        -> Result<u64, Error> where Backend: JobTable => purge_tenant_on
+/// After [`crate::store::KeyStore::shred_tenant`]: deletes the rows of `model` that belong to
+/// `tenant`, `batch` rows per transaction, and returns how many it deleted. What shredding
+/// made unreadable then leaves the table too, so a listing no longer meets it (read with
+/// [`crate::Fallible`] meanwhile), and no ciphertext of the tenant stays in live rows. Copies in
+/// backups, the WAL or binlog and replicas age out as `docs/KEYS.md` says.
+///
+/// It deletes only on positive, authenticated evidence, read afresh from the key table through
+/// `store` before the first batch and again inside each batch's transaction: the tenant has
+/// records, every one authenticates under a deployment wrapping key, and every one is
+/// destroyed. A tenant whose own KEK is down or not configured here, one not loaded in this
+/// process, one re-created after its shred, and a name the key table does not know are all
+/// refused with [`Error::NotShredded`], and nothing is deleted. The check needs the deployment
+/// KEK only, never the tenant's.
+///
+/// ```
+/// use diesel::prelude::*;
+/// use encrypted_types::{Encrypted, EncryptedModel, Error, TenantId};
+/// use encrypted_types::jobs::purge_tenant;
+/// use encrypted_types::kek::local::LocalKek;
+/// use encrypted_types::store::KeyStore;
+///
+/// diesel::table! { notes (id) { id -> Integer, clinic -> BigInt, body -> Binary } }
+/// #[derive(Encrypted)]
+/// #[encrypted(table = notes, tenant = clinic)]
+/// struct Note { id: i32, clinic: i64, #[encrypted] body: String }
+///
+/// # let dir = tempfile::tempdir().unwrap();
+/// let db = &mut SqliteConnection::establish(":memory:").unwrap();
+/// KeyStore::<LocalKek>::run_migrations(db)?;
+/// diesel::sql_query("CREATE TABLE notes (id INTEGER PRIMARY KEY, clinic BIGINT NOT NULL, body BLOB NOT NULL)")
+///     .execute(db).unwrap();
+/// let store = KeyStore::new(LocalKek::create(dir.path().join("dev.kek"))?);
+/// store.create_tenant(db, Some(&"7".into()))?;
+/// store.create_tenant(db, Some(&"8".into()))?;
+/// store.load_and_install(db)?;
+/// for (id, clinic) in [(1, 7), (2, 8)] {
+///     diesel::insert_into(notes::table).values(&Note { id, clinic, body: "note".into() }).execute(db).unwrap();
+/// }
+/// store.shred_tenant(db, &"8".into(), &[Note::MODEL])?;
+///
+/// // Tenant 7 is live, tenant 9 has no keys at all: both refused.
+/// assert!(matches!(purge_tenant(db, &store, &Note::MODEL, &TenantId::from("7"), 100), Err(Error::NotShredded { .. })));
+/// assert!(matches!(purge_tenant(db, &store, &Note::MODEL, &TenantId::from("9"), 100), Err(Error::NotShredded { .. })));
+/// assert_eq!(purge_tenant(db, &store, &Note::MODEL, &TenantId::from("8"), 100)?, 1);
+/// assert_eq!(notes::table.count().get_result::<i64>(db).unwrap(), 1);
+/// # Ok::<(), Error>(())
+/// ```
+///
+/// # Errors
+/// [`Error::NotShredded`]; [`Error::KeyRecord`] when a record of the tenant does not
+/// authenticate; [`Error::Store`] for a model without a tenant column or a key-table failure;
+/// provider errors of the deployment KEK; [`Error::UnpageableKey`], [`Error::Job`].
+pub fn purge_tenant<C, P>(
+    conn: &mut C,
+    store: &crate::store::KeyStore<P>,
+    model: &ModelInfo,
+    tenant: &crate::TenantId,
+    batch: usize,
+) -> Result<u64, Error>
+where
+    C: diesel::connection::LoadConnection,
+    C::Backend: JobTable,
+    P: crate::kek::KekProvider,
+{
+    crate::db::block_on(purge_tenant_on(
+        &mut crate::db::Blocking(conn),
+        store,
+        model,
+        tenant,
+        batch,
+    ))
 }
 
-async fn purge_tenant_on<D>(
+/// As [`purge_tenant`], on a diesel-async connection.
+///
+/// # Errors
+/// As [`purge_tenant`].
+#[cfg(feature = "async")]
+pub async fn purge_tenant_async<C, P>(
+    conn: &mut C,
+    store: &crate::store::KeyStore<P>,
+    model: &ModelInfo,
+    tenant: &crate::TenantId,
+    batch: usize,
+) -> Result<u64, Error>
+where
+    C: diesel_async::AsyncConnection,
+    C::Backend: JobTable,
+    P: crate::kek::KekProvider,
+{
+    purge_tenant_on(
+        &mut crate::db::NonBlocking(conn),
+        store,
+        model,
+        tenant,
+        batch,
+    )
+    .await
+}
+
+async fn purge_tenant_on<D, P>(
     db: &mut D,
+    store: &crate::store::KeyStore<P>,
     model: &ModelInfo,
     tenant: &crate::TenantId,
     batch: usize,
 ) -> Result<u64, Error>
 where
     D: JobDb,
+    P: crate::kek::KekProvider,
 {
-    let keyring = Keyring::complete()?;
-    if keyring.primary_key(Some(tenant)).is_ok() {
-        return Err(Error::Store(format!(
-            "tenant {tenant} still has a live key: shred it (and reload every keyring) before purging its rows"
-        )));
-    }
+    store.verify_shredded_on(db, tenant).await?;
     let t = inspect(db, model).await?;
     if !t.has_tenant {
         return Err(Error::Store(format!(
@@ -388,9 +439,17 @@ where
             preds.join(" OR "),
             t.tenant
         );
-        let n = transaction(db, async |db| Ok(db.exec(&d).await?))
-            .await
-            .map_err(tx_err)?;
+        // The evidence is read again in the transaction that deletes: a tenant re-created (or a
+        // record rolled back) since the last batch stops the purge before its rows go.
+        let n = transaction(db, async |db| {
+            store
+                .verify_shredded_on(db, tenant)
+                .await
+                .map_err(TxError::Lib)?;
+            Ok(db.exec(&d).await?)
+        })
+        .await
+        .map_err(tx_err)?;
         deleted += u64::try_from(n).unwrap_or(0);
         // A batch whose every row changed tenant in between deletes nothing; the next one
         // reads afresh. Rows that keep doing so stop the purge with an error, never a count

@@ -344,4 +344,33 @@ impl<P: KekProvider> KeyStore<P> {
             rows_unreadable,
         })
     }
+    /// Positive evidence that `tenant` is shredded, read afresh from the key table (never from
+    /// an installed keyring, which may be partial, stale, or missing a tenant whose KEK is
+    /// down): the tenant has at least one record, every record authenticates under a
+    /// deployment wrapping key, and every one is destroyed. What deletes a tenant's rows acts
+    /// only on this. Needs the deployment KEK, never the tenant's own.
+    pub(crate) async fn verify_shredded_on<D: Db<Backend: KeyTable>>(
+        &self,
+        db: &mut D,
+        tenant: &TenantId,
+    ) -> Result<(), Error> {
+        let not = |reason| Error::NotShredded {
+            tenant: tenant.to_string(),
+            reason,
+        };
+        let records = tenant_keys(db, Some(tenant.as_str()), None, None)
+            .await
+            .map_err(store_err)?;
+        if records.is_empty() {
+            return Err(not("the key table has no keys for it"));
+        }
+        for r in &records {
+            // A destroyed state that does not authenticate is a database writer's edit.
+            self.verified_by(db, r).await?;
+            if KeyState::parse(&r.state) != Some(KeyState::Destroyed) || r.wrapped_key.is_some() {
+                return Err(not("it still has live keys"));
+            }
+        }
+        Ok(())
+    }
 }

@@ -151,7 +151,7 @@ impl<P: KekProvider> KeyStore<P> {
     }
 
     /// The deployment wrapping key that authenticated `r`, with `r` checked against it.
-    async fn verified_by<D: KeyDb>(
+    pub(super) async fn verified_by<D: KeyDb>(
         &self,
         db: &mut D,
         r: &KeyRecord,
