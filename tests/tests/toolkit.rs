@@ -84,6 +84,49 @@ macro_rules! toolkit_suite {
             out
         }
 
+        /// Two wraps under one KEK with one nonce (what a forked process could write before
+        /// key wraps took their nonce from the OS): `reused_wrap_nonces` (which `check` runs) names both
+        /// keys; a healthy table reports nothing and passes `check`.
+        #[test]
+        fn check_reports_key_wraps_that_share_a_nonce() {
+            use encrypted_types::store::{encrypted_types_keys as k, reused_wrap_nonces};
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let store = store(&dir);
+            let conn = &mut $connect();
+            let models = [Patient::MODEL];
+            for t in [1_i64, 2] {
+                store.create_tenant(conn, Some(&TenantId::from(t))).unwrap();
+            }
+            assert!(reused_wrap_nonces(conn).unwrap().is_empty());
+            store.load_and_install(conn).unwrap();
+            assert_eq!(
+                execute(conn, &store, &models, &cli(&["check", "--max-key-age", "90d"])).unwrap(),
+                Outcome::Done
+            );
+            // The data keys of tenants 1 and 2 are both wrapped under the deployment's wrapping
+            // key: give the second wrap the first one's nonce.
+            let data: Vec<(i64, String, Vec<u8>)> = k::table
+                .filter(k::purpose.eq("data"))
+                .order(k::key_id)
+                .select((k::key_id, k::kek_ref, k::wrapped_key.assume_not_null()))
+                .load(conn)
+                .unwrap();
+            assert_eq!(data.len(), 2);
+            assert_eq!(data[0].1, data[1].1, "one wrapping key");
+            let mut forged = data[0].2[..12].to_vec();
+            forged.extend_from_slice(&data[1].2[12..]);
+            diesel::update(k::table.find(data[1].0))
+                .set(k::wrapped_key.eq(forged))
+                .execute(conn)
+                .unwrap();
+            let reused = reused_wrap_nonces(conn).unwrap();
+            assert_eq!(reused.len(), 1, "{reused:?}");
+            assert_eq!(reused[0].kek_ref, data[0].1);
+            let ids: Vec<i64> = reused[0].key_ids.iter().map(|k| i64::from(k.get())).collect();
+            assert_eq!(ids, vec![data[0].0, data[1].0]);
+        }
+
         #[test]
         fn keys_inventory_status_and_execute_agree_with_the_table() {
             let _g = encrypted_types_tests::serial();

@@ -10,7 +10,7 @@ use crate::jobs::{self, Content, JobTable, KeyPart, RowKey};
 use crate::kek::KekProvider;
 use crate::model::ModelInfo;
 use crate::schema::Dialect;
-use crate::store::{KeyPolicy, KeyState, KeyStore, PolicyBreach, list_keys};
+use crate::store::{KeyPolicy, KeyState, KeyStore, PolicyBreach, list_keys, reused_wrap_nonces};
 
 /// `verify`
 #[derive(Debug, Clone, clap::Args)]
@@ -235,6 +235,16 @@ where
         }
     }
     let keys = list_keys(conn)?;
+    for reused in reused_wrap_nonces(conn)? {
+        let ids: Vec<u32> = reused.key_ids.iter().map(|k| k.get()).collect();
+        lines.push(format!(
+            "keys {ids:?} were wrapped under {} with one nonce (a fork or a restored snapshot, before 0.2): `keys rewrap` to a new KEK, then rotate these keys and re-seal (docs/KEYS.md)",
+            reused.kek_ref
+        ));
+        problems.push(
+            json!({"problem": "wrap_nonce_reused", "kek_ref": reused.kek_ref, "key_ids": ids}),
+        );
+    }
     let values = super::keys::values_per_key(conn, models)?;
     let policy = KeyPolicy {
         max_age: args.max_key_age,

@@ -162,7 +162,7 @@ impl KekProvider for Pkcs11Kek {
     }
 
     fn wrap(&self, ctx: &WrapContext<'_>, key: &KeyMaterial) -> Result<Vec<u8>, Error> {
-        let mut iv = crate::format::nonce::generate()?;
+        let mut iv = crate::format::nonce::from_os()?;
         let aad = ctx.aad();
         let sealed = self.with_session(|s| {
             let params = GcmParams::new(&mut iv, &aad, 128.into())

@@ -70,6 +70,78 @@ async fn list_keys_on<D: KeyDb>(db: &mut D) -> Result<Vec<KeyInfo>, Error> {
         .collect()
 }
 
+/// Key wraps under one KEK that share a nonce ([`reused_wrap_nonces`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReusedWrapNonce {
+    /// The KEK (or `key:<id>` wrapping key) both wraps are under.
+    pub kek_ref: String,
+    /// The keys whose wraps share the nonce.
+    pub key_ids: Vec<KeyId>,
+}
+
+/// The references whose wraps are AES-GCM with the nonce in their first 12 bytes: the local
+/// KEK, PKCS#11 and the table's own wrapping keys. An AWS KMS ciphertext is KMS's own format.
+const GCM_WRAPS: [&str; 3] = ["local:", "pkcs11:", super::wrap::WRAPPED_BY];
+
+sync_and_async! {
+    /// Key wraps (AES-GCM) under one KEK that share a nonce: what a process that forked, or a
+    /// VM snapshot restored twice, could write with releases before 0.2, whose wraps drew
+    /// their nonce from the per-thread pool. Two such wraps give away the XOR of the two keys
+    /// and GCM's authentication key for that KEK. Remedy (`docs/KEYS.md`): `rewrap` to a new
+    /// KEK, then rotate the affected keys and re-seal. An empty list is the healthy answer.
+    /// Reads the stored wraps only; unwraps nothing.
+    ///
+    /// ```
+    /// # use diesel::prelude::*;
+    /// # use encrypted_types::kek::local::LocalKek;
+    /// # use encrypted_types::store::{KeyStore, reused_wrap_nonces};
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// # let conn = &mut SqliteConnection::establish(":memory:").unwrap();
+    /// # KeyStore::<LocalKek>::run_migrations(conn)?;
+    /// let store = KeyStore::new(LocalKek::create(dir.path().join("dev.kek"))?);
+    /// store.create_tenant(conn, Some(&"clinic-a".into()))?;
+    /// assert!(reused_wrap_nonces(conn)?.is_empty());
+    /// # Ok::<(), encrypted_types::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Store`] if the table cannot be read.
+    pub fn reused_wrap_nonces / reused_wrap_nonces_async() -> Result<Vec<ReusedWrapNonce>, Error> where Backend: KeyTable => reused_wrap_nonces_on
+}
+
+async fn reused_wrap_nonces_on<D: KeyDb>(db: &mut D) -> Result<Vec<ReusedWrapNonce>, Error> {
+    let records = super::all_keys(db).await.map_err(store_err)?;
+    let mut by_nonce: HashMap<(&str, &[u8]), Vec<KeyId>> = HashMap::new();
+    for r in &records {
+        let (Some(wrapped), Ok(id)) = (r.wrapped_key.as_deref(), u32::try_from(r.key_id)) else {
+            continue;
+        };
+        if !GCM_WRAPS.iter().any(|p| r.kek_ref.starts_with(p)) {
+            continue;
+        }
+        if let Some(nonce) = wrapped.get(..12) {
+            by_nonce
+                .entry((r.kek_ref.as_str(), nonce))
+                .or_default()
+                .push(KeyId::from(id));
+        }
+    }
+    let mut out: Vec<ReusedWrapNonce> = by_nonce
+        .into_iter()
+        .filter(|(_, ids)| ids.len() > 1)
+        .map(|((kek_ref, _), mut key_ids)| {
+            key_ids.sort_unstable();
+            ReusedWrapNonce {
+                kek_ref: kek_ref.to_owned(),
+                key_ids,
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.kek_ref, &a.key_ids).cmp(&(&b.kek_ref, &b.key_ids)));
+    Ok(out)
+}
+
 /// A key-age policy ([`KeyPolicy::check`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KeyPolicy {

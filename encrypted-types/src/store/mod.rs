@@ -36,9 +36,9 @@ mod wrap;
 use sql::*;
 pub use sql::{Generation, KeyTable};
 
+pub use list::{KeyInfo, KeyPolicy, PolicyBreach, ReusedWrapNonce, list_keys, reused_wrap_nonces};
 #[cfg(feature = "async")]
-pub use list::list_keys_async;
-pub use list::{KeyInfo, KeyPolicy, PolicyBreach, list_keys};
+pub use list::{list_keys_async, reused_wrap_nonces_async};
 use record::Wrapper;
 pub use rewrap::{RewrapOptions, RewrapReport};
 

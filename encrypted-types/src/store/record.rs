@@ -54,7 +54,7 @@ pub(crate) fn seal_key(
     key: &KeyMaterial,
     key_id: KeyId,
 ) -> Result<Vec<u8>, Error> {
-    seal_key_with_nonce(cipher, aad, crate::format::nonce::generate()?, key, key_id)
+    seal_key_with_nonce(cipher, aad, crate::format::nonce::from_os()?, key, key_id)
 }
 
 /// Opens what [`seal_key`] made; any other length, tag or AAD is [`Error::KeyUnwrap`].
