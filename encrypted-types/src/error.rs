@@ -256,6 +256,33 @@ pub enum Error {
         /// What the key table shows instead.
         reason: &'static str,
     },
+    /// This process's keyring is older than its maximum sealing age
+    /// ([`crate::store::KeyStore::with_seal_max_age`]) and was neither reloaded nor confirmed
+    /// current by a poll since: it refuses to seal, since another process may have retired (and
+    /// may soon destroy) the key it would seal with. Opening still works.
+    #[error(
+        "this process's keyring was loaded or last confirmed current {age_secs}s ago, over its maximum sealing age of {max_secs}s: poll the key table (KeyStore::refresh) or reload it before sealing"
+    )]
+    StaleKeyring {
+        /// Seconds since the keyring's load or last confirmation.
+        age_secs: u64,
+        /// The maximum sealing age, in seconds.
+        max_secs: u64,
+    },
+    /// [`crate::store::KeyStore::destroy_key`] refused a key retired less than the store's
+    /// destroy grace period ago: a process still on a keyring from before the retirement may
+    /// seal with it until it reloads.
+    #[error(
+        "key {key_id} was retired {retired_secs}s ago, less than the destroy grace period of {grace_secs}s: a process that has not reloaded since may still seal with it; wait, or shorten the grace period with KeyStore::with_seal_max_age"
+    )]
+    DestroyTooSoon {
+        /// The key.
+        key_id: KeyId,
+        /// Seconds since it was retired.
+        retired_secs: u64,
+        /// The grace period, in seconds.
+        grace_secs: u64,
+    },
     /// A job name was resumed for another operation or target than the one it was started
     /// for (for example after another key rotation).
     #[error(
@@ -321,6 +348,8 @@ impl Error {
             Self::PartialKeyring { .. } => "partial_keyring",
             Self::JobMismatch { .. } => "job_mismatch",
             Self::NotShredded { .. } => "not_shredded",
+            Self::StaleKeyring { .. } => "stale_keyring",
+            Self::DestroyTooSoon { .. } => "destroy_too_soon",
         }
     }
 }

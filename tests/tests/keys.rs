@@ -293,6 +293,99 @@ macro_rules! store_suite {
             );
         }
 
+        /// A process that stopped polling refuses to seal once its keyring is past the sealing
+        /// age (it could be sealing under a key another process retired), opens still, and
+        /// seals again after a poll that finds the table unchanged; a poll after a rotation
+        /// reloads. A key retired within the destroy grace period is not destroyed, even with
+        /// no row on it; after the period (set back in the table here) it is.
+        #[test]
+        fn a_keyring_past_its_sealing_age_refuses_to_seal_and_a_fresh_retirement_is_not_destroyed() {
+            use encrypted_types::EncryptedModel;
+            use std::time::Duration;
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let store = KeyStore::new(kek(&dir)).with_seal_max_age(Duration::from_secs(1));
+            let conn = &mut $connect();
+            let first = store.create_tenant(conn, Some(&"1".into())).unwrap();
+            store.load_and_install(conn).unwrap();
+            assert!(!store.refresh(conn).unwrap(), "unchanged: nothing reloaded");
+            let old = Patient::sample(next_id(), 1, "lag@x.org", "1");
+            diesel::insert_into(et_patients::table)
+                .values(&old)
+                .execute(conn)
+                .unwrap();
+
+            std::thread::sleep(Duration::from_millis(1_200));
+            let late = Patient::sample(next_id(), 1, "late@x.org", "1");
+            let e = diesel::insert_into(et_patients::table)
+                .values(&late)
+                .execute(conn)
+                .unwrap_err();
+            assert!(
+                matches!(lib_error(&e), Some(Error::StaleKeyring { max_secs: 1, .. })),
+                "{e}"
+            );
+            // Reading is never refused.
+            assert_eq!(
+                et_patients::table
+                    .find(old.id)
+                    .select(Patient::as_select())
+                    .first::<Patient>(conn)
+                    .unwrap(),
+                old
+            );
+            // A poll that finds the table unchanged lets it seal again.
+            assert!(!store.refresh(conn).unwrap());
+            diesel::insert_into(et_patients::table)
+                .values(&late)
+                .execute(conn)
+                .unwrap();
+
+            // Another process rotates; this one's poll reloads.
+            let other = KeyStore::new(LocalKek::open(dir.path().join("test.kek")).unwrap());
+            let new_key = other.rotate_data_key(conn, Some(&"1".into())).unwrap();
+            assert!(store.refresh(conn).unwrap(), "changed: reloaded");
+            let key_of = |conn: &mut _, id| -> Vec<u8> {
+                et_patients::table
+                    .find(id)
+                    .select(et_patients::name)
+                    .first::<Vec<u8>>(conn)
+                    .unwrap()[2..6]
+                    .to_vec()
+            };
+            let newest = Patient::sample(next_id(), 1, "newest@x.org", "1");
+            diesel::insert_into(et_patients::table)
+                .values(&newest)
+                .execute(conn)
+                .unwrap();
+            assert_eq!(key_of(conn, newest.id), new_key.get().to_be_bytes());
+
+            // The old key, with its rows moved off it, is retired only just now: refused by the
+            // default grace period (a day) and by this store's (1 s + 5 min).
+            diesel::delete(et_patients::table.filter(et_patients::id.eq_any([old.id, late.id])))
+                .execute(conn)
+                .unwrap();
+            for s in [&other, &store] {
+                let e = s.destroy_key(conn, first.data, &[Patient::MODEL]).unwrap_err();
+                assert!(matches!(e, Error::DestroyTooSoon { key_id, .. } if key_id == first.data), "{e}");
+            }
+            let state = |conn: &mut _| -> String {
+                encrypted_types_keys::table
+                    .find(i64::from(first.data.get()))
+                    .select(encrypted_types_keys::state)
+                    .first(conn)
+                    .unwrap()
+            };
+            assert_eq!(state(conn), "retired");
+            // Retired six minutes ago (set back here): this store destroys it.
+            diesel::update(encrypted_types_keys::table.find(i64::from(first.data.get())))
+                .set(encrypted_types_keys::state_changed_at.eq(encrypted_types_keys::state_changed_at - 360))
+                .execute(conn)
+                .unwrap();
+            store.destroy_key(conn, first.data, &[Patient::MODEL]).unwrap();
+            assert_eq!(state(conn), "destroyed");
+        }
+
         #[test]
         fn a_flipped_bit_or_a_moved_wrapped_key_fails_the_load_naming_the_key() {
             let _g = encrypted_types_tests::serial();

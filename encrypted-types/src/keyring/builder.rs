@@ -21,6 +21,7 @@ pub struct KeyringBuilder {
     pub(super) retired_roots_direct: Vec<(Option<TenantId>, BlindIndexRootKey)>,
     pub(super) scope: Option<std::collections::HashSet<TenantId>>,
     pub(super) loaded: u64,
+    pub(super) seal_limit: Option<Arc<SealLimit>>,
 }
 
 impl fmt::Debug for KeyringBuilder {
@@ -124,6 +125,13 @@ impl KeyringBuilder {
         self
     }
 
+    /// Gives the keyring a maximum age for sealing ([`crate::store::KeyStore::with_seal_max_age`]).
+    #[cfg(feature = "keystore")]
+    pub(crate) fn seal_limit(mut self, limit: Option<Arc<SealLimit>>) -> Self {
+        self.seal_limit = limit;
+        self
+    }
+
     /// Records when the load behind this keyring began ([`next_load`]).
     #[cfg(feature = "keystore")]
     pub(crate) fn load_began(mut self, sequence: u64) -> Self {
@@ -219,6 +227,7 @@ impl KeyringBuilder {
             derived: RwLock::default(),
             scope: self.scope.map(Arc::new),
             loaded: self.loaded,
+            seal_limit: self.seal_limit,
         })
     }
 }

@@ -87,6 +87,56 @@ pub struct Keyring {
     // Only the key store merges keyrings.
     #[cfg_attr(not(feature = "keystore"), allow(dead_code))]
     loaded: u64,
+    /// `Some`: sealing is refused once the keyring is older than its limit without a reload or
+    /// a confirmation that the key table has not changed.
+    seal_limit: Option<Arc<SealLimit>>,
+}
+
+/// How long a keyring may seal after its load began or was last confirmed current
+/// ([`crate::store::KeyStore::with_seal_max_age`]): a process that stopped polling the key
+/// table cannot keep sealing under a key another process has retired and may destroy.
+#[derive(Debug)]
+pub(crate) struct SealLimit {
+    max_age: std::time::Duration,
+    /// When the load began (before its first query).
+    base: std::time::Instant,
+    /// Milliseconds after `base` of the last confirmation that the table had not changed.
+    confirmed_ms: std::sync::atomic::AtomicU64,
+}
+
+impl SealLimit {
+    #[cfg(feature = "keystore")]
+    pub(crate) fn new(max_age: std::time::Duration, base: std::time::Instant) -> Self {
+        Self {
+            max_age,
+            base,
+            confirmed_ms: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn ms_since_base(&self, at: std::time::Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn check(&self) -> Result<(), Error> {
+        let now = self.ms_since_base(std::time::Instant::now());
+        let age = now.saturating_sub(self.confirmed_ms.load(std::sync::atomic::Ordering::Relaxed));
+        let max = u64::try_from(self.max_age.as_millis()).unwrap_or(u64::MAX);
+        if age > max {
+            return Err(Error::StaleKeyring {
+                age_secs: age / 1000,
+                max_secs: self.max_age.as_secs(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Records that the key table was seen unchanged by a poll that began at `at`.
+    #[cfg(feature = "keystore")]
+    fn confirm(&self, at: std::time::Instant) {
+        self.confirmed_ms
+            .fetch_max(self.ms_since_base(at), std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// The process-wide load sequence behind `Keyring::loaded`.
@@ -204,6 +254,9 @@ impl Keyring {
     /// # Errors
     /// [`Error::NoPrimaryKey`] if the tenant has none.
     pub fn primary_key(&self, tenant: Option<&TenantId>) -> Result<&DataKey, Error> {
+        if let Some(limit) = &self.seal_limit {
+            limit.check()?;
+        }
         let index = match tenant {
             None => self.primary_default,
             Some(t) => self.primary_by_tenant.get(t).copied(),
@@ -400,7 +453,23 @@ impl Keyring {
             derived: RwLock::new(derived),
             scope: self.scope.clone(),
             loaded: self.loaded,
+            seal_limit: self.seal_limit.clone(),
         }
+    }
+
+    /// Records that a poll which began at `at` found the key table unchanged since this
+    /// keyring's load: its sealing age starts again from `at`.
+    #[cfg(feature = "keystore")]
+    pub(crate) fn confirm_current(&self, at: std::time::Instant) {
+        if let Some(limit) = &self.seal_limit {
+            limit.confirm(at);
+        }
+    }
+
+    /// The tenants this keyring was loaded for, if it holds some tenants only.
+    #[cfg(feature = "keystore")]
+    pub(crate) fn served(&self) -> Option<Vec<TenantId>> {
+        self.scope.as_ref().map(|s| s.iter().cloned().collect())
     }
 
     /// This keyring with `more`'s tenants added: what [`KeyStore::ensure_loaded`] installs.
@@ -441,6 +510,9 @@ impl Keyring {
         scope.extend(new_scope.iter().cloned());
         builder.scope = Some(scope);
         builder.loaded = newer.loaded;
+        // The newer load's limit: the older part's keys were current at that load too, or the
+        // generation it read would have changed.
+        builder.seal_limit = newer.seal_limit.clone();
         builder.build()
     }
 

@@ -255,10 +255,21 @@ impl<P: KekProvider> KeyStore<P> {
                 .filter(|r| {
                     r.state == KeyState::Retired.as_str() && r.purpose != Purpose::Wrapping.as_str()
                 });
-            match old {
-                Some(old) => self.set_state(db, &old, KeyState::Destroyed, &mac).await,
-                None => Ok(false),
+            let Some(old) = old else {
+                return Ok(false);
+            };
+            // Writers seal from the keyring in memory and never read the retired record, so no
+            // lock closes the race with a process that has not reloaded: time does.
+            let retired_secs =
+                u64::try_from(now().saturating_sub(old.state_changed_at)).unwrap_or(0);
+            if retired_secs < self.destroy_grace.as_secs() {
+                return Err(Error::DestroyTooSoon {
+                    key_id,
+                    retired_secs,
+                    grace_secs: self.destroy_grace.as_secs(),
+                });
             }
+            self.set_state(db, &old, KeyState::Destroyed, &mac).await
         })
         .await?;
         if !destroyed {

@@ -82,6 +82,8 @@ impl<P: KekProvider> KeyStore<P> {
         let started = Instant::now();
         self.roles_checked()?;
         let sequence = crate::keyring::next_load();
+        // Read first: a change after it shows in the next poll, never hides behind this load.
+        let generation = super::sql::generation(db).await?;
         let records = match scope {
             None => all_keys(db).await,
             Some(tenants) => scoped_keys(db, tenants).await,
@@ -213,7 +215,10 @@ impl<P: KekProvider> KeyStore<P> {
         }
         check_groups(&parsed, &unavailable, hierarchical.then_some(self), scope)?;
 
-        let mut builder = Keyring::builder().load_began(sequence);
+        let mut builder = Keyring::builder().load_began(sequence).seal_limit(
+            self.seal_max_age
+                .map(|age| Arc::new(crate::keyring::SealLimit::new(age, started))),
+        );
         if let Some(tenants) = scope {
             builder = builder.loaded_for(tenants.iter().cloned().collect());
         }
@@ -274,6 +279,10 @@ impl<P: KekProvider> KeyStore<P> {
             self.authenticated
                 .store(true, std::sync::atomic::Ordering::Relaxed);
         }
+        *self
+            .loaded_generation
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(generation);
         tracing::info!(
             target: "encrypted_types::audit",
             event = "keyring_loaded",

@@ -219,7 +219,22 @@ pub struct KeyStore<P> {
     legacy_allowed: bool,
     /// KEK calls made through this store, for the jobs' reports.
     calls: std::sync::atomic::AtomicUsize,
+    /// [`KeyStore::with_seal_max_age`].
+    seal_max_age: Option<std::time::Duration>,
+    /// [`KeyStore::with_destroy_grace`]: how long after its retirement a key may be destroyed.
+    destroy_grace: std::time::Duration,
+    /// The key table's generation as read at the start of this store's last load.
+    loaded_generation: Mutex<Option<Generation>>,
 }
+
+/// How long after its retirement a key may be destroyed, by default: a process that polls the
+/// key table ([`KeyStore::refresh`]) has long reloaded by then. With
+/// [`KeyStore::with_seal_max_age`] the grace period is that age plus [`DESTROY_MARGIN`].
+pub const DEFAULT_DESTROY_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// What [`KeyStore::with_seal_max_age`] adds to the sealing age for the destroy grace period:
+/// clock skew between hosts and a seal that began just before the limit.
+pub const DESTROY_MARGIN: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What a cached wrapping key was unwrapped from: key id, tenant, KEK reference, wrapped bytes.
 type WrapperKey = (KeyId, Option<String>, String, Vec<u8>);
@@ -246,7 +261,57 @@ impl<P: KekProvider> KeyStore<P> {
             authenticated: std::sync::atomic::AtomicBool::new(false),
             legacy_allowed: false,
             calls: std::sync::atomic::AtomicUsize::new(0),
+            seal_max_age: None,
+            destroy_grace: DEFAULT_DESTROY_GRACE,
+            loaded_generation: Mutex::new(None),
         }
+    }
+
+    /// Keyrings this store loads refuse to seal ([`Error::StaleKeyring`]) once `max_age` has
+    /// passed since their load began, unless [`KeyStore::refresh`] found the key table unchanged
+    /// meanwhile (or reloaded it). Opening is never refused. Destroying a key through this
+    /// store then waits `max_age` plus [`DESTROY_MARGIN`] after its retirement (instead of
+    /// [`DEFAULT_DESTROY_GRACE`]): by then no process still seals with it.
+    ///
+    /// Give every writing process the same setting, and poll well within it (every few
+    /// seconds to minutes). Without it, keyrings seal for as long as they are installed, and a
+    /// process that never reloads can seal under a key destroyed after the grace period.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use encrypted_types::kek::local::LocalKek;
+    /// # use encrypted_types::store::KeyStore;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = KeyStore::new(LocalKek::create(dir.path().join("dev.kek"))?)
+    ///     .with_seal_max_age(Duration::from_secs(15 * 60));
+    /// # drop(store);
+    /// # Ok::<(), encrypted_types::Error>(())
+    /// ```
+    #[must_use]
+    pub fn with_seal_max_age(mut self, max_age: std::time::Duration) -> Self {
+        self.seal_max_age = Some(max_age);
+        self.destroy_grace = max_age.saturating_add(DESTROY_MARGIN);
+        self
+    }
+
+    /// Sets how long after its retirement [`KeyStore::destroy_key`] may destroy a key
+    /// ([`Error::DestroyTooSoon`] before). `Duration::ZERO` turns the wait off: for tests, and
+    /// for deployments that know every process has reloaded (after a restart of all of them).
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use encrypted_types::kek::local::LocalKek;
+    /// # use encrypted_types::store::KeyStore;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = KeyStore::new(LocalKek::create(dir.path().join("dev.kek"))?)
+    ///     .with_destroy_grace(Duration::from_secs(3600));
+    /// # drop(store);
+    /// # Ok::<(), encrypted_types::Error>(())
+    /// ```
+    #[must_use]
+    pub fn with_destroy_grace(mut self, grace: std::time::Duration) -> Self {
+        self.destroy_grace = grace;
+        self
     }
 
     /// Also unwraps deployment keys wrapped by `kek`, without wrapping anything new under it:
@@ -418,6 +483,58 @@ impl<P: KekProvider> KeyStore<P> {
 
     async fn generation_on<D: KeyDb>(&self, db: &mut D) -> Result<Generation, Error> {
         generation(db).await
+    }
+
+    sync_and_async! {
+        /// The poll a process runs every few seconds to minutes: reads the key table's
+        /// [`Generation`]; unchanged since this store's last load, the installed keyring is
+        /// confirmed current (its sealing age, [`KeyStore::with_seal_max_age`], starts again)
+        /// and `false` is returned; changed (or nothing installed), the keyring is reloaded and
+        /// installed (the same tenants, for a keyring of some tenants) and `true` is returned.
+        ///
+        /// ```
+        /// # use std::time::Duration;
+        /// # use diesel::prelude::*;
+        /// # use encrypted_types::kek::local::LocalKek;
+        /// # use encrypted_types::store::KeyStore;
+        /// # let dir = tempfile::tempdir().unwrap();
+        /// # let conn = &mut SqliteConnection::establish(":memory:").unwrap();
+        /// # KeyStore::<LocalKek>::run_migrations(conn)?;
+        /// let store = KeyStore::new(LocalKek::create(dir.path().join("dev.kek"))?)
+        ///     .with_seal_max_age(Duration::from_secs(600));
+        /// store.create_tenant(conn, Some(&"clinic-a".into()))?;
+        /// store.load_and_install(conn)?;
+        /// assert!(!store.refresh(conn)?, "nothing changed");
+        /// store.rotate_data_key(conn, Some(&"clinic-a".into()))?;
+        /// assert!(store.refresh(conn)?, "reloaded");
+        /// # Ok::<(), encrypted_types::Error>(())
+        /// ```
+        ///
+        /// # Errors
+        /// As [`KeyStore::load`]; the installed keyring is left unchanged on error.
+        pub fn refresh / refresh_async(&self)
+            -> Result<bool, Error> where Backend: KeyTable => self.refresh_on
+    }
+
+    async fn refresh_on<D: KeyDb>(&self, db: &mut D) -> Result<bool, Error> {
+        let began = std::time::Instant::now();
+        let now = generation(db).await?;
+        let last = *self
+            .loaded_generation
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let current = Keyring::current();
+        if let Some(k) = &current
+            && last.as_ref() == Some(&now)
+        {
+            k.confirm_current(began);
+            return Ok(false);
+        }
+        match current.as_ref().and_then(|k| k.served()) {
+            Some(tenants) => self.load_scoped(db, Some(&tenants)).await?.0.install(),
+            None => self.load_on(db).await?.0.install(),
+        }
+        Ok(true)
     }
 
     sync_and_async! {
