@@ -283,6 +283,17 @@ pub enum Error {
         /// The grace period, in seconds.
         grace_secs: u64,
     },
+    /// One KEK would serve two tenants as their own: each tenant's own KEK must be its own,
+    /// or disabling it (or the tenant holding it) reaches another tenant.
+    #[error("KEK {kek} is tenant {first}'s own KEK and would also be tenant {second}'s")]
+    SharedTenantKek {
+        /// The KEK reference.
+        kek: String,
+        /// The tenant whose KEK it is.
+        first: String,
+        /// The other tenant.
+        second: String,
+    },
     /// A job name was resumed for another operation or target than the one it was started
     /// for (for example after another key rotation).
     #[error(
@@ -350,6 +361,7 @@ impl Error {
             Self::NotShredded { .. } => "not_shredded",
             Self::StaleKeyring { .. } => "stale_keyring",
             Self::DestroyTooSoon { .. } => "destroy_too_soon",
+            Self::SharedTenantKek { .. } => "shared_tenant_kek",
         }
     }
 }

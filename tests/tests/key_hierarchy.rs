@@ -242,6 +242,51 @@ macro_rules! hierarchy_suite {
             assert_eq!(store.load_and_install(conn).unwrap().kek_calls, 2);
         }
 
+        /// A rewrap whose target KEK is a tenant's own KEK would let that tenant's KEK holder
+        /// unwrap every tenant: refused from the key table even when the store was not told of
+        /// the tenant's KEK, before anything is written. One KEK for two tenants is refused
+        /// at creation.
+        #[test]
+        fn rewrap_to_a_tenants_kek_and_one_kek_for_two_tenants_are_refused() {
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let one = Faulty::new(&dir, "one");
+            let store = KeyStore::new(kek_at(&dir, "test.kek"))
+                .with_tenant_kek("1", one.clone())
+                .with_tenant_kek("2", one.clone());
+            let conn = &mut $connect();
+            store.create_tenant_with_kek(conn, &"1".into(), "fake:one").unwrap();
+            let e = store
+                .create_tenant_with_kek(conn, &"2".into(), "fake:one")
+                .unwrap_err();
+            assert!(
+                matches!(&e, Error::SharedTenantKek { kek, first, second } if kek == "fake:one" && first == "1" && second == "2"),
+                "{e:?}"
+            );
+            assert_eq!(
+                k::table.filter(k::tenant.eq("2")).count().get_result::<i64>(conn).unwrap(),
+                0,
+                "nothing written for tenant 2"
+            );
+            store.create_tenant(conn, Some(&"3".into())).unwrap();
+            let before: Vec<KeyRecord> = k::table.order(k::key_id).select(KeyRecord::as_select()).load(conn).unwrap();
+
+            // The operator points the rewrap at tenant 1's KEK (a plausible typo of a KMS alias).
+            let handover = KeyStore::new(one.clone()).with_kek(kek_at(&dir, "test.kek"));
+            let e = handover.rewrap(conn, RewrapOptions::default()).unwrap_err();
+            assert!(
+                matches!(&e, Error::KekRoles { kek, tenant } if kek == "fake:one" && tenant == "1"),
+                "{e:?}"
+            );
+            let after: Vec<KeyRecord> = k::table.order(k::key_id).select(KeyRecord::as_select()).load(conn).unwrap();
+            assert_eq!(
+                format!("{before:?}"),
+                format!("{after:?}"),
+                "the refused rewrap wrote nothing"
+            );
+            assert_eq!(store.load(conn).unwrap().0.key_ids().len(), 2);
+        }
+
         #[test]
         fn a_tenants_own_kek_cannot_vouch_for_the_deployment_or_move_its_keys() {
             use encrypted_types_tests::keytable;

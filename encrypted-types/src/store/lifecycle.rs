@@ -71,6 +71,7 @@ impl<P: KekProvider> KeyStore<P> {
         ///
         /// # Errors
         /// [`Error::Store`] if the tenant already has keys or this store has no KEK `kek_ref`;
+        /// [`Error::SharedTenantKek`] if `kek_ref` is already another tenant's own KEK;
         /// provider errors.
         pub fn create_tenant_with_kek / create_tenant_with_kek_async(&self, tenant: &TenantId, kek_ref: &str)
             -> Result<TenantKeys, Error> where Backend: KeyTable => self.create_tenant_with_kek_on
@@ -102,6 +103,7 @@ impl<P: KekProvider> KeyStore<P> {
             {
                 return Err(Error::Store(format!("tenant {tenant} already has keys")));
             }
+            self.tenant_keks_apart(db, Some((tenant, kek_ref))).await?;
             let mac = self.mac_wrapper(db).await?;
             self.create_wrapping(db, Some(tenant), kek, Some(&mac))
                 .await?;

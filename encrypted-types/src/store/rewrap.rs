@@ -50,6 +50,51 @@ pub struct RewrapReport {
 }
 
 impl<P: KekProvider> KeyStore<P> {
+    /// Refuses what would hand a tenant's KEK another role, from the key table itself (a store
+    /// may not be configured with every tenant's KEK): the deployment KEK of a rewrap that is
+    /// some tenant's own KEK (its holder could then unwrap every tenant), and, when `adding`
+    /// names a tenant and a KEK, a KEK that is already another tenant's own; the table itself
+    /// holding one KEK for two tenants is refused too.
+    pub(super) async fn tenant_keks_apart<D: KeyDb>(
+        &self,
+        db: &mut D,
+        adding: Option<(&TenantId, &str)>,
+    ) -> Result<(), Error> {
+        let q = Query::sql(format!(
+            "SELECT {} FROM {KEYS} WHERE purpose = 'wrapping' AND tenant IS NOT NULL AND state <> 'destroyed' ORDER BY key_id",
+            super::RECORD_COLS
+        ));
+        let records = <D::Backend as KeyTable>::load_records(db, &q)
+            .await
+            .map_err(store_err)?;
+        let target = self.provider.kek_ref();
+        let mut owners: HashMap<&str, &str> = HashMap::new();
+        let adding = adding.map(|(t, k)| (t.as_str(), k));
+        for (tenant, kek) in records
+            .iter()
+            .filter_map(|r| r.tenant.as_deref().map(|t| (t, r.kek_ref.as_str())))
+            .chain(adding)
+        {
+            if adding.is_none() && kek == target {
+                return Err(Error::KekRoles {
+                    kek: kek.to_owned(),
+                    tenant: tenant.to_owned(),
+                });
+            }
+            match owners.insert(kek, tenant) {
+                Some(first) if first != tenant => {
+                    return Err(Error::SharedTenantKek {
+                        kek: kek.to_owned(),
+                        first: first.to_owned(),
+                        second: tenant.to_owned(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     sync_and_async! {
         /// Rotates the KEK: creates a deployment wrapping key under this store's provider (if the
         /// active one is under another KEK), then re-wraps every data and blind-index key under it
@@ -88,8 +133,10 @@ impl<P: KekProvider> KeyStore<P> {
         /// ```
         ///
         /// # Errors
-        /// [`Error::KeyRecord`] for a record that does not authenticate, [`Error::KeyUnwrap`],
-        /// [`Error::KeyCheck`], provider errors, [`Error::Store`].
+        /// [`Error::KekRoles`] when this store's provider is some tenant's own KEK (its holder
+        /// would then unwrap every tenant), [`Error::SharedTenantKek`] when the table holds one
+        /// KEK for two tenants; [`Error::KeyRecord`] for a record that does not authenticate,
+        /// [`Error::KeyUnwrap`], [`Error::KeyCheck`], provider errors, [`Error::Store`].
         pub fn rewrap / rewrap_async(&self, options: RewrapOptions)
             -> Result<RewrapReport, Error> where Backend: KeyTable => self.rewrap_on
     }
@@ -100,6 +147,7 @@ impl<P: KekProvider> KeyStore<P> {
         options: RewrapOptions,
     ) -> Result<RewrapReport, Error> {
         let calls_before = self.calls.load(Ordering::Relaxed);
+        self.tenant_keks_apart(db, None).await?;
         let target =
             crate::db::transaction(db, store_err, async |db| self.rewrap_target(db).await).await?;
         let mut report = RewrapReport {
