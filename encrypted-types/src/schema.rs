@@ -98,20 +98,10 @@ where
     let mut out = Vec::new();
     for m in models {
         let table = m.table.to_owned();
-        let query = |sql: &str| Query {
-            sql: sql.to_owned(),
-            params: vec![Param::Text(m.table.to_owned())],
-        };
-        let columns = D::Backend::load_catalogue(db, &query(D::Backend::COLUMNS))
-            .await
-            .map_err(|e| Error::Store(format!("the catalogue of {}: {e}", m.table)))?;
-        if columns.is_empty() {
+        let Some((columns, indexes)) = catalogue(db, m).await? else {
             out.push(Mismatch::NoTable { table });
             continue;
-        }
-        let indexes = D::Backend::load_catalogue(db, &query(D::Backend::INDEXES))
-            .await
-            .map_err(|e| Error::Store(format!("the indexes of {}: {e}", m.table)))?;
+        };
         let binary = |column: &str, out: &mut Vec<Mismatch>| match columns
             .iter()
             .find(|c| c.name.eq_ignore_ascii_case(column))
@@ -231,7 +221,9 @@ pub struct Migration {
 /// application writes them or [`crate::jobs::encrypt_column`] fills them from the legacy
 /// column. A field that is neither `Option` nor `migrate_from` cannot read such a row; add it
 /// with `migrate_from`, or fill it before the model reads the table. `down` drops what `up`
-/// added.
+/// added. This is every column the models have, whatever the database holds: against a live
+/// database use [`alter`], which adds only what is missing (and whose `down` can therefore
+/// never drop a column that held data before).
 ///
 /// ```
 /// use encrypted_types::schema::{expand, Dialect};
@@ -259,35 +251,180 @@ pub struct Migration {
 pub fn expand(models: &[ModelInfo], dialect: Dialect) -> Migration {
     let mut out = Migration::default();
     for m in models {
-        let table = dialect.quote(m.table);
-        let add = |column: &str, ty: &str, out: &mut Migration| {
-            let c = dialect.quote(column);
-            out.up
-                .push(format!("ALTER TABLE {table} ADD COLUMN {c} {ty} NULL"));
-            out.down
-                .push(format!("ALTER TABLE {table} DROP COLUMN {c}"));
-        };
-        let index = |column: &str, bytes: u16, out: &mut Migration| {
-            add(column, &dialect.index_type(bytes), out);
-            out.up.push(create_index(m, column, dialect));
-            let name = dialect.quote(&format!("{}_{column}", m.table));
-            out.down.push(match dialect {
-                Dialect::Mysql => format!("DROP INDEX {name} ON {table}"),
-                _ => format!("DROP INDEX {name}"),
-            });
-        };
-        for c in m.columns {
-            add(c.column, dialect.sealed_type(), &mut out);
-            for (column, bytes) in index_columns(c) {
-                index(column, bytes, &mut out);
-            }
-        }
-        for (column, bytes, _) in compound_columns(m) {
-            index(column, bytes, &mut out);
-        }
+        plan(m, dialect, &|_| false, &mut out);
     }
     out.down.reverse();
     out
+}
+
+/// What a model's table may already have: a column, or an index leading with the tenant and a
+/// blind-index column.
+enum Have<'a> {
+    Column(&'a str),
+    Index(&'a str),
+}
+
+/// Appends to `out` the statements that add `m`'s encrypted and blind-index columns and its
+/// blind-index indexes, leaving out what `have` says exists; `down` gets the inverse of each
+/// statement added (in order: the caller reverses it).
+fn plan(m: &ModelInfo, dialect: Dialect, have: &dyn Fn(Have<'_>) -> bool, out: &mut Migration) {
+    let table = dialect.quote(m.table);
+    let add = |column: &str, ty: &str, out: &mut Migration| {
+        if have(Have::Column(column)) {
+            return;
+        }
+        let c = dialect.quote(column);
+        out.up
+            .push(format!("ALTER TABLE {table} ADD COLUMN {c} {ty} NULL"));
+        out.down
+            .push(format!("ALTER TABLE {table} DROP COLUMN {c}"));
+    };
+    let index = |column: &str, bytes: u16, out: &mut Migration| {
+        add(column, &dialect.index_type(bytes), out);
+        if have(Have::Index(column)) {
+            return;
+        }
+        out.up.push(create_index(m, column, dialect));
+        let name = dialect.quote(&format!("{}_{column}", m.table));
+        out.down.push(match dialect {
+            Dialect::Mysql => format!("DROP INDEX {name} ON {table}"),
+            _ => format!("DROP INDEX {name}"),
+        });
+    };
+    for c in m.columns {
+        add(c.column, dialect.sealed_type(), out);
+        for (column, bytes) in index_columns(c) {
+            index(column, bytes, out);
+        }
+    }
+    for (column, bytes, _) in compound_columns(m) {
+        index(column, bytes, out);
+    }
+}
+
+/// What [`alter`] found: the statements that add only what the database lacks, and what it
+/// cannot fix by adding.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Alter {
+    /// `up` adds each missing column and index; `down` drops exactly those, nothing else.
+    pub migration: Migration,
+    /// Tables that do not exist ([`Mismatch::NoTable`]: create them with [`create`]) and
+    /// columns that exist with a type that does not keep bytes ([`Mismatch::NotBinary`]):
+    /// never altered, reported so that nothing is skipped silently.
+    pub problems: Vec<Mismatch>,
+}
+
+crate::db::sync_and_async! {
+    /// [`expand`] against the live database: `ALTER TABLE` statements for the encrypted and
+    /// blind-index columns and indexes the models need and the database lacks, in the
+    /// connection's dialect. Its `down` drops exactly what its `up` adds, so used as a down
+    /// migration it never drops a column that held data before (the toolkit's
+    /// `schema --alter`).
+    ///
+    /// ```
+    /// use diesel::prelude::*;
+    /// use encrypted_types::{Encrypted, EncryptedModel};
+    /// use encrypted_types::schema::alter;
+    ///
+    /// diesel::table! { users (id) { id -> Integer, email -> Binary, email_bidx -> Nullable<Binary> } }
+    /// #[derive(Encrypted)]
+    /// #[encrypted(table = users)]
+    /// struct User { id: i32, #[encrypted(blind_index(bits = 32))] email: String }
+    ///
+    /// let conn = &mut SqliteConnection::establish(":memory:").unwrap();
+    /// diesel::sql_query("CREATE TABLE users (id INTEGER PRIMARY KEY, email BLOB NOT NULL)")
+    ///     .execute(conn).unwrap();
+    /// let a = alter(conn, &[User::MODEL])?;
+    /// assert_eq!(a.migration.up, [
+    ///     r#"ALTER TABLE "users" ADD COLUMN "email_bidx" BLOB NULL"#,
+    ///     r#"CREATE INDEX "users_email_bidx" ON "users" ("email_bidx")"#,
+    /// ]);
+    /// assert_eq!(a.migration.down, [
+    ///     r#"DROP INDEX "users_email_bidx""#,
+    ///     r#"ALTER TABLE "users" DROP COLUMN "email_bidx""#,
+    /// ]);
+    /// assert!(a.problems.is_empty());
+    /// # Ok::<(), encrypted_types::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the catalogue cannot be read.
+    pub fn alter / alter_async(models: &[ModelInfo])
+        -> Result<Alter, Error> where Backend: JobTable => alter_on
+}
+
+async fn alter_on<D>(db: &mut D, models: &[ModelInfo]) -> Result<Alter, Error>
+where
+    D: crate::db::Db<Backend: JobTable>,
+{
+    let dialect = match D::Backend::NAME {
+        "sqlite" => Dialect::Sqlite,
+        "postgres" => Dialect::Postgres,
+        _ => Dialect::Mysql,
+    };
+    let mut out = Alter::default();
+    for m in models {
+        let Some((columns, indexes)) = catalogue(db, m).await? else {
+            out.problems.push(Mismatch::NoTable {
+                table: m.table.to_owned(),
+            });
+            continue;
+        };
+        let column = |name: &str| columns.iter().find(|c| c.name.eq_ignore_ascii_case(name));
+        let mut wanted: Vec<&str> = Vec::new();
+        for c in m.columns {
+            wanted.push(c.column);
+            wanted.extend(index_columns(c).into_iter().map(|(n, _)| n));
+        }
+        wanted.extend(compound_columns(m).into_iter().map(|(n, ..)| n));
+        for name in wanted {
+            if let Some(c) = column(name)
+                && !D::Backend::is_binary(&c.ty)
+            {
+                out.problems.push(Mismatch::NotBinary {
+                    table: m.table.to_owned(),
+                    column: name.to_owned(),
+                    found: c.ty.clone(),
+                });
+            }
+        }
+        let have = |h: Have<'_>| match h {
+            Have::Column(name) => column(name).is_some(),
+            Have::Index(name) => {
+                let leading: Vec<&str> = m.tenant_column.into_iter().chain([name]).collect();
+                leads(&indexes, &leading)
+            }
+        };
+        plan(m, dialect, &have, &mut out.migration);
+    }
+    out.migration.down.reverse();
+    Ok(out)
+}
+
+/// The columns (name, type) and indexes (index name, column, in order) of `m`'s table, or
+/// `None` when it does not exist.
+async fn catalogue<D>(
+    db: &mut D,
+    m: &ModelInfo,
+) -> Result<Option<(Vec<crate::jobs::CatalogRow>, Vec<crate::jobs::CatalogRow>)>, Error>
+where
+    D: crate::db::Db<Backend: JobTable>,
+{
+    let query = |sql: &str| Query {
+        sql: sql.to_owned(),
+        params: vec![Param::Text(m.table.to_owned())],
+    };
+    let columns = D::Backend::load_catalogue(db, &query(D::Backend::COLUMNS))
+        .await
+        .map_err(|e| Error::Store(format!("the catalogue of {}: {e}", m.table)))?;
+    if columns.is_empty() {
+        return Ok(None);
+    }
+    let indexes = D::Backend::load_catalogue(db, &query(D::Backend::INDEXES))
+        .await
+        .map_err(|e| Error::Store(format!("the indexes of {}: {e}", m.table)))?;
+    Ok(Some((columns, indexes)))
 }
 
 /// The blind-index columns of `c` with their size in bytes: versions of one index share its

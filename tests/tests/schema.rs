@@ -13,7 +13,7 @@
 
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use encrypted_types::schema::{Mismatch, check};
+use encrypted_types::schema::{Mismatch, alter, check};
 use encrypted_types::{Encrypted, EncryptedModel};
 use encrypted_types_tests::models::{Contact, Patient, Visit};
 use encrypted_types_tests::{connect, database};
@@ -88,8 +88,58 @@ macro_rules! schema_test {
                 conn.batch_execute(&stmt).unwrap();
             }
             assert_eq!(names(&check(conn, &[Contact::MODEL]).unwrap()), Vec::<String>::new());
-            // The generated `down` takes away exactly what `up` added, and `up` puts it back.
             let migration = encrypted_types_tests::real_schema::contacts_migration($backend);
+
+            // `alter` against the live table: nothing missing, nothing to add or drop.
+            let a = alter(conn, &[Contact::MODEL]).unwrap();
+            assert!(a.migration.up.is_empty() && a.migration.down.is_empty() && a.problems.is_empty(), "{a:?}");
+            // One index column is missing (as when a blind index is added to the model): `up`
+            // adds exactly it and its index, `down` drops exactly those, every other column
+            // (and its data) stays.
+            for stmt in migration.down.iter().filter(|s| s.contains("email_bidx")) {
+                conn.batch_execute(stmt).unwrap();
+            }
+            let a = alter(conn, &[Contact::MODEL]).unwrap();
+            assert!(a.problems.is_empty(), "{:?}", a.problems);
+            assert_eq!(a.migration.up.len(), 2, "{:?}", a.migration.up);
+            assert!(a.migration.up[0].contains("ADD COLUMN") && a.migration.up[0].contains("email_bidx"), "{:?}", a.migration.up);
+            assert!(a.migration.up[1].starts_with("CREATE INDEX") && a.migration.up[1].contains("email_bidx"), "{:?}", a.migration.up);
+            assert_eq!(a.migration.down.len(), 2, "{:?}", a.migration.down);
+            assert!(a.migration.down[0].starts_with("DROP INDEX"), "{:?}", a.migration.down);
+            assert!(a.migration.down[1].contains("DROP COLUMN") && a.migration.down[1].contains("email_bidx"), "{:?}", a.migration.down);
+            assert!(a.migration.up.iter().chain(&a.migration.down).all(|s| !s.contains("\"email\"") && !s.contains("`email`") && !s.contains("note")));
+            for stmt in &a.migration.up {
+                conn.batch_execute(stmt).unwrap();
+            }
+            assert_eq!(names(&check(conn, &[Contact::MODEL]).unwrap()), Vec::<String>::new());
+            for stmt in &a.migration.down {
+                conn.batch_execute(stmt).unwrap();
+            }
+            let mut left: Vec<String> = check(conn, &[Contact::MODEL]).unwrap().iter().map(|m| match m {
+                Mismatch::NoColumn { column, .. } => format!("column {column}"),
+                Mismatch::NoIndex { column, .. } => format!("index {column}"),
+                other => panic!("{other}"),
+            }).collect();
+            left.sort();
+            assert_eq!(left, ["column email_bidx", "index email_bidx"]);
+            for stmt in &a.migration.up {
+                conn.batch_execute(stmt).unwrap();
+            }
+            // A column with the wrong type is reported, never altered; a missing table too.
+            let a = alter(conn, &[SchemaUser::MODEL, Patient::MODEL]).unwrap();
+            let found = check(conn, &[SchemaUser::MODEL]).unwrap();
+            for m in &found {
+                if let Mismatch::NotBinary { column, .. } = m {
+                    assert!(a.problems.contains(m), "{a:?}");
+                    assert!(a.migration.up.iter().all(|s| !s.contains(&format!("ADD COLUMN \"{column}\"")) && !s.contains(&format!("ADD COLUMN `{column}`"))), "{a:?}");
+                }
+            }
+            assert!(matches!(
+                alter(conn, &[Visit::MODEL, Contact::MODEL]).unwrap().problems.as_slice(),
+                []
+            ));
+
+            // The generated `down` takes away exactly what `up` added, and `up` puts it back.
             for stmt in &migration.down {
                 conn.batch_execute(stmt).unwrap();
             }

@@ -42,7 +42,7 @@
 //! | `inventory` | values per table, column, tenant, key and suite, counted in SQL |
 //! | `verify [--sample N]` | opens every value; names the ones that do not open |
 //! | `check --max-key-age 90d` | old active keys, retired keys still in use, keys that do not load |
-//! | `schema [--backend B] [--alter] [--down]` | `CREATE TABLE` migrations for the models, or the `ALTER TABLE` expand step for tables that exist |
+//! | `schema [--backend B] [--alter] [--down]` | `CREATE TABLE` migrations for the models, or (`--alter`, connected) the `ALTER TABLE` statements for what the live tables lack; its `--down` drops only that |
 //!
 //! Every command takes `--json`. Exit codes ([`Outcome::code`], [`CliError::exit_code`]):
 //! 0 done, 1 failed (a database or KEK error, a refused or unconfirmed step), 2 invalid
@@ -95,7 +95,7 @@ pub enum Command {
     /// unreachable KEK provider, a tampered key table).
     Check(CheckArgs),
     /// The migration SQL of the models' tables (`CREATE TABLE` with every column and the
-    /// tenant-leading indexes), or with `--alter` the columns to add to tables that exist.
+    /// tenant-leading indexes), or with `--alter` the columns and indexes the live tables lack.
     Schema(SchemaArgs),
 }
 
@@ -188,8 +188,10 @@ pub fn run<P: KekProvider>(models: &[ModelInfo], store: KeyStore<P>) -> ExitCode
     use clap::Parser as _;
     let cli = Cli::parse();
     let result = (|| {
-        if let Command::Schema(args) = &cli.command {
-            // The SQL depends on the backend, not on a live database: no connection.
+        if let Command::Schema(args) = &cli.command
+            && !args.alter
+        {
+            // `CREATE TABLE` depends on the backend, not on a live database: no connection.
             let scheme = cli
                 .database_url
                 .as_deref()
@@ -253,6 +255,7 @@ where
         Command::Inventory { json } => report::inventory(conn, models, *json),
         Command::Verify(args) => report::verify(conn, store, models, args),
         Command::Check(args) => report::check(conn, store, models, args),
+        Command::Schema(args) if args.alter => report::schema_alter(conn, models, args),
         Command::Schema(args) => report::schema(models, args, Some(<C::Backend as JobTable>::NAME)),
     }
 }

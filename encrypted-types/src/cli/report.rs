@@ -59,11 +59,14 @@ pub struct SchemaArgs {
     /// The dialect; default: the backend of `--database-url` (no connection is made).
     #[arg(long, value_enum)]
     pub backend: Option<SchemaBackend>,
-    /// `ALTER TABLE` statements that add the encrypted and index columns to existing tables
-    /// (the expand step of encrypting a plaintext column), instead of `CREATE TABLE`.
+    /// `ALTER TABLE` statements that add the encrypted and index columns and indexes that the
+    /// live database lacks (the expand step of encrypting a plaintext column, or a new index),
+    /// instead of `CREATE TABLE`. Connects to `--database-url`; a column that exists with a
+    /// type that does not keep bytes, or a missing table, is reported on stderr and exits 4.
     #[arg(long)]
     pub alter: bool,
-    /// Print the `down` migration instead of `up`.
+    /// Print the `down` migration instead of `up` (with `--alter`: it drops exactly what `up`
+    /// adds).
     #[arg(long)]
     pub down: bool,
     /// Output as JSON.
@@ -319,11 +322,35 @@ pub(super) fn schema(
             ));
         }
     };
-    let m = if args.alter {
-        crate::schema::expand(models, dialect)
+    let m = crate::schema::create(models, dialect)?;
+    print_migration(&m, args)?;
+    Ok(Outcome::Done)
+}
+
+/// `schema --alter`: what the connected database lacks, and what it has wrong.
+pub(super) fn schema_alter<C>(
+    conn: &mut C,
+    models: &[ModelInfo],
+    args: &SchemaArgs,
+) -> Result<Outcome, CliError>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    let a = crate::schema::alter(conn, models)?;
+    print_migration(&a.migration, args)?;
+    for p in &a.problems {
+        let _ =
+            std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("not altered: {p}\n"));
+    }
+    Ok(if a.problems.is_empty() {
+        Outcome::Done
     } else {
-        crate::schema::create(models, dialect)?
-    };
+        Outcome::Findings
+    })
+}
+
+fn print_migration(m: &crate::schema::Migration, args: &SchemaArgs) -> Result<(), CliError> {
     if args.json {
         out::json(&json!({ "up": m.up, "down": m.down }))?;
     } else {
@@ -331,5 +358,5 @@ pub(super) fn schema(
             out::line(&format!("{s};"))?;
         }
     }
-    Ok(Outcome::Done)
+    Ok(())
 }
