@@ -123,7 +123,7 @@ fn main() {
                 (Some(k), _) => setup(conn, &KeyStore::new(k), n),
                 (None, Some(f)) => setup(
                     conn,
-                    &KeyStore::new(LocalKek::open_or_create(f).expect("kek")),
+                    &KeyStore::new(LocalKek::open_or_create_dev(f).expect("kek")),
                     n,
                 ),
                 _ => panic!("--kms URL KEY or --local FILE"),

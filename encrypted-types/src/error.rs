@@ -171,10 +171,13 @@ pub enum Error {
         /// The key.
         key_id: KeyId,
     },
-    /// The local KEK file is unusable.
-    #[error("local KEK file: {reason}")]
+    /// The local KEK file is unusable: missing (opening never creates one), readable by
+    /// others, of the wrong length, or all zeros.
+    #[error("local KEK file {kek}: {reason}")]
     KekFile {
-        /// Why.
+        /// The file's path, as given.
+        kek: String,
+        /// Why, and what to do.
         reason: &'static str,
     },
     /// The key table could not be read or written.

@@ -186,7 +186,7 @@ pub(crate) fn run(
     lookups: usize,
     reps: usize,
 ) -> AppResult<()> {
-    let store = KeyStore::new(LocalKek::open_or_create(kek)?);
+    let store = KeyStore::new(LocalKek::open_or_create_dev(kek)?);
     for clinic in [1i64, 2] {
         let tenant = encrypted_types::TenantId::from(clinic);
         let has: i64 = with_conn!(db, conn => encrypted_types::store::encrypted_types_keys::table
@@ -362,7 +362,7 @@ pub(crate) fn rotate(
 ) -> AppResult<()> {
     // One repetition fills both tables; the rotation then runs on them.
     run(db, url, kek, rows, batch, 0, 1)?;
-    let store = KeyStore::new(LocalKek::open_or_create(kek)?);
+    let store = KeyStore::new(LocalKek::open_or_create_dev(kek)?);
     for clinic in [1i64, 2] {
         with_conn!(db, conn => store.rotate_data_key(conn, Some(&encrypted_types::TenantId::from(clinic))))?;
     }

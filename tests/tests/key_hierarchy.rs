@@ -17,7 +17,7 @@ use encrypted_types::kek::{KekProvider, WrapContext};
 use encrypted_types::{Error, KeyMaterial};
 
 fn kek_at(dir: &tempfile::TempDir, name: &str) -> LocalKek {
-    LocalKek::open_or_create(dir.path().join(name)).unwrap()
+    LocalKek::open_or_create_dev(dir.path().join(name)).unwrap()
 }
 
 /// Fault injection: a KEK that counts its unwraps and can be disabled (as `DisableKey` does to a

@@ -27,9 +27,13 @@ fn the_local_kek_file_is_checked() {
     assert_eq!(
         LocalKek::open(&path).err(),
         Some(Error::KekFile {
-            reason: "cannot read the KEK file"
+            kek: path.display().to_string(),
+            reason: "no such file; opening never creates a KEK (keys wrapped by a lost KEK cannot \
+                     be unwrapped by a new one): restore the file, or create it once with `keys \
+                     init` (LocalKek::create)"
         })
     );
+    assert!(!path.exists(), "opening never creates a KEK");
     LocalKek::create(&path).unwrap();
     assert!(LocalKek::open(&path).is_ok());
     assert_eq!(
@@ -45,6 +49,7 @@ fn the_local_kek_file_is_checked() {
     assert_eq!(
         LocalKek::open(&path).err(),
         Some(Error::KekFile {
+            kek: path.display().to_string(),
             reason: "the KEK file is accessible to group or others; chmod 600 it"
         })
     );
@@ -57,6 +62,7 @@ fn the_local_kek_file_is_checked() {
     assert_eq!(
         LocalKek::open(&short).err(),
         Some(Error::KekFile {
+            kek: short.display().to_string(),
             reason: "the KEK file must hold exactly 32 bytes"
         })
     );
@@ -65,6 +71,7 @@ fn the_local_kek_file_is_checked() {
     assert_eq!(
         LocalKek::open(&zeros).err(),
         Some(Error::KekFile {
+            kek: zeros.display().to_string(),
             reason: "the KEK file is all zeros"
         })
     );

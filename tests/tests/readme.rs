@@ -88,7 +88,7 @@ use encrypted_types::store::KeyStore;
 use encrypted_types::{EncryptedModel, TenantId};
 
 KeyStore::<LocalKek>::run_migrations(conn)?;         // or copy migrations/<backend>/ into yours
-let store = KeyStore::new(LocalKek::open_or_create("dev.kek")?);
+let store = KeyStore::new(LocalKek::open_or_create_dev("dev.kek")?);
 let tenant = TenantId::from(7i64);                   // Patient's tenant: clinic_id = 7
 let keys = store.create_tenant(conn, Some(&tenant))?; // its data key and blind-index key
 store.load_and_install(conn)?;                       // at startup: unwrap, self-test, install
@@ -129,7 +129,7 @@ use encrypted_types::kek::local::LocalKek;
 use encrypted_types::store::KeyStore;
 use encrypted_types::{EncryptedModel, TenantId};
 
-let store = KeyStore::new(LocalKek::open_or_create("dev.kek")?);
+let store = KeyStore::new(LocalKek::open_or_create_dev("dev.kek")?);
 store.create_tenant_async(conn, Some(&TenantId::from(7i64))).await?;
 let seen = store.generation_async(conn).await?; // one cheap query over the key table
 store.load_and_install_async(conn).await?;

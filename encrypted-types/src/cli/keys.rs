@@ -150,7 +150,27 @@ where
         }
         KeysCommand::List { json } => {
             let keys = list_keys(conn)?;
-            let values = values_per_key(conn, models)?;
+            // The keys are listed before the application's migrations have run, too: a model
+            // whose table does not exist yet holds no values, and says so.
+            let missing: Vec<String> = crate::schema::check(conn, models)?
+                .into_iter()
+                .filter_map(|m| match m {
+                    crate::schema::Mismatch::NoTable { table } => Some(table),
+                    _ => None,
+                })
+                .collect();
+            for table in &missing {
+                out::note(&format!(
+                    "table {table} does not exist (the application's migrations have not run \
+                     here): none of its values are counted"
+                ))?;
+            }
+            let present: Vec<ModelInfo> = models
+                .iter()
+                .filter(|m| !missing.iter().any(|t| t == m.table))
+                .copied()
+                .collect();
+            let values = values_per_key(conn, &present)?;
             print_list(&keys, &values, *json)?;
             Ok(Outcome::Done)
         }

@@ -16,11 +16,11 @@
 //! use encrypted_types::EncryptedModel;
 //!
 //! fn main() -> std::process::ExitCode {
-//!     let provider = match LocalKek::open_or_create("app.kek") {
-//!         Ok(p) => p,
-//!         Err(e) => return encrypted_types::cli::fail(&e),
-//!     };
-//!     encrypted_types::cli::run(&[User::MODEL], KeyStore::new(provider))
+//!     // Called after the arguments parse (`--help` opens nothing); only `keys init` may
+//!     // create the KEK file, every other command opens it or fails naming it.
+//!     encrypted_types::cli::run(&[User::MODEL], |start| {
+//!         Ok(KeyStore::new(start.local_kek("app.kek")?))
+//!     })
 //! }
 //! ```
 //!
@@ -179,12 +179,79 @@ struct Cli {
     command: Command,
 }
 
+/// What the command line asked for, given to [`run`]'s key-store factory once the arguments
+/// have parsed (so `--help` and a mistyped command open no KEK).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Startup {
+    init: bool,
+}
+
+impl Startup {
+    /// A startup for `keys init` (`init = true`) or any other command: for tests of a factory.
+    ///
+    /// ```
+    /// assert!(encrypted_types::cli::Startup::new(true).creates_keys());
+    /// ```
+    pub const fn new(init: bool) -> Self {
+        Self { init }
+    }
+
+    /// True for `keys init`, the one command that may create a KEK; every other command must
+    /// only open one (a KEK created in place of a lost one unwraps nothing, and hides the loss).
+    ///
+    /// ```
+    /// assert!(!encrypted_types::cli::Startup::new(false).creates_keys());
+    /// ```
+    pub const fn creates_keys(self) -> bool {
+        self.init
+    }
+
+    /// The local KEK file at `path`: opened, or under `keys init` created when missing. Any
+    /// other command with a missing file fails with [`crate::Error::KekFile`] naming it, and
+    /// creates nothing.
+    ///
+    /// ```
+    /// use encrypted_types::cli::Startup;
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("app.kek");
+    /// assert!(Startup::new(false).local_kek(&path).is_err());
+    /// assert!(!path.exists());
+    /// Startup::new(true).local_kek(&path)?; // keys init
+    /// Startup::new(false).local_kek(&path)?;
+    /// # Ok::<(), encrypted_types::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// As [`crate::kek::local::LocalKek::open`] and [`crate::kek::local::LocalKek::create`].
+    #[cfg(feature = "local-kek")]
+    pub fn local_kek(
+        self,
+        path: impl AsRef<std::path::Path>,
+    ) -> Result<crate::kek::local::LocalKek, crate::Error> {
+        use crate::kek::local::LocalKek;
+        if self.init && !path.as_ref().exists() {
+            LocalKek::create(path)
+        } else {
+            LocalKek::open(path)
+        }
+    }
+}
+
 /// Parses the process's arguments and runs one command against `--database-url` with
-/// `models` and `store`; returns the exit code ([`Outcome::code`]; on errors, which are printed
-/// to stderr with their causes, [`CliError::exit_code`]). Only `keys init` creates the key
-/// table: the other commands run with the rights they need (`inventory`, `verify`, `check`,
-/// `jobs status` and `keys list` only read).
-pub fn run<P: KekProvider>(models: &[ModelInfo], store: KeyStore<P>) -> ExitCode {
+/// `models` and the key store `open` returns; returns the exit code ([`Outcome::code`]; on
+/// errors, which are printed to stderr with their causes, [`CliError::exit_code`]).
+///
+/// `open` is called after the arguments parse, only for a command that needs keys (not for
+/// `--help`, nor for `schema`), with a [`Startup`] that says whether the command is `keys
+/// init`: the only command that may create a KEK ([`Startup::local_kek`] does this for a local
+/// file). Only `keys init` creates the key table: the other commands run with the rights they
+/// need (`inventory`, `verify`, `check`, `jobs status` and `keys list` only read).
+pub fn run<P, F>(models: &[ModelInfo], open: F) -> ExitCode
+where
+    P: KekProvider,
+    F: FnOnce(Startup) -> Result<KeyStore<P>, crate::Error>,
+{
     use clap::Parser as _;
     let cli = Cli::parse();
     let result = (|| {
@@ -202,7 +269,12 @@ pub fn run<P: KekProvider>(models: &[ModelInfo], store: KeyStore<P>) -> ExitCode
             .database_url
             .as_deref()
             .ok_or_else(|| CliError::Usage("--database-url or DATABASE_URL is required".into()))?;
+        let init = matches!(cli.command, Command::Keys(KeysCommand::Init { .. }));
         conn::with_any!(AnyConnection::establish(url)?, conn => {
+            if let Command::Schema(args) = &cli.command {
+                return report::schema_alter(&mut conn, models, args);
+            }
+            let store = open(Startup { init })?;
             execute(&mut conn, &store, models, &cli.command)
         })
     })();

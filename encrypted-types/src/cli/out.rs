@@ -11,6 +11,11 @@ pub(super) fn line(text: &str) -> std::io::Result<()> {
     }
 }
 
+/// A note for the operator on stderr, apart from the command's output.
+pub(super) fn note(text: &str) -> std::io::Result<()> {
+    writeln!(std::io::stderr(), "note: {text}")
+}
+
 /// Writes `value` as one line of JSON.
 pub(super) fn json(value: &serde_json::Value) -> std::io::Result<()> {
     line(&value.to_string())

@@ -49,44 +49,65 @@ impl fmt::Debug for LocalKek {
     }
 }
 
-fn file_error(reason: &'static str) -> Error {
-    Error::KekFile { reason }
+fn file_error(path: &Path, reason: &'static str) -> Error {
+    Error::KekFile {
+        kek: path.display().to_string(),
+        reason,
+    }
 }
 
 impl LocalKek {
-    /// Opens an existing KEK file.
+    /// Opens an existing KEK file. It never creates one: a KEK made in place of a lost one
+    /// could not unwrap a single stored key, so a missing file is an error naming the path
+    /// (create the file once with [`LocalKek::create`], as the toolkit's `keys init` does).
+    ///
+    /// ```
+    /// use encrypted_types::kek::local::LocalKek;
+    /// use encrypted_types::Error;
+    ///
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("app.kek");
+    /// assert!(matches!(LocalKek::open(&path), Err(Error::KekFile { .. })));
+    /// assert!(!path.exists(), "opening never creates a KEK");
+    /// ```
     ///
     /// # Errors
     /// [`Error::KekFile`] if the file is missing, readable by others, not 32 bytes, or all zeros.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, Error> {
         use std::io::Read;
         let path = path.as_ref();
+        let unreadable = |_| file_error(path, "cannot read the KEK file");
         // Permissions and bytes from one open handle, so the file checked is the file read.
-        let mut file =
-            std::fs::File::open(path).map_err(|_| file_error("cannot read the KEK file"))?;
-        let meta = file
-            .metadata()
-            .map_err(|_| file_error("cannot read the KEK file"))?;
+        let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => file_error(
+                path,
+                "no such file; opening never creates a KEK (keys wrapped by a lost KEK cannot be \
+                 unwrapped by a new one): restore the file, or create it once with `keys init` \
+                 (LocalKek::create)",
+            ),
+            _ => file_error(path, "cannot read the KEK file"),
+        })?;
+        let meta = file.metadata().map_err(unreadable)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             if meta.permissions().mode() & 0o077 != 0 {
                 return Err(file_error(
+                    path,
                     "the KEK file is accessible to group or others; chmod 600 it",
                 ));
             }
         }
         if meta.len() != 32 {
-            return Err(file_error("the KEK file must hold exactly 32 bytes"));
+            return Err(file_error(path, "the KEK file must hold exactly 32 bytes"));
         }
         let mut bytes = Zeroizing::new(Vec::with_capacity(32));
-        file.read_to_end(&mut bytes)
-            .map_err(|_| file_error("cannot read the KEK file"))?;
+        file.read_to_end(&mut bytes).map_err(unreadable)?;
         if bytes.len() != 32 {
-            return Err(file_error("the KEK file must hold exactly 32 bytes"));
+            return Err(file_error(path, "the KEK file must hold exactly 32 bytes"));
         }
         if bytes.iter().all(|b| *b == 0) {
-            return Err(file_error("the KEK file is all zeros"));
+            return Err(file_error(path, "the KEK file is all zeros"));
         }
         let material = KeyMaterial::from_slice(&bytes)?;
         Ok(Self {
@@ -112,24 +133,50 @@ impl LocalKek {
         }
         let mut file = options
             .open(path)
-            .map_err(|_| file_error("cannot create the KEK file (does it exist?)"))?;
+            .map_err(|_| file_error(path, "cannot create the KEK file (does it exist?)"))?;
         file.write_all(key.expose())
-            .map_err(|_| file_error("cannot write the KEK file"))?;
+            .map_err(|_| file_error(path, "cannot write the KEK file"))?;
         file.sync_all()
-            .map_err(|_| file_error("cannot write the KEK file"))?;
+            .map_err(|_| file_error(path, "cannot write the KEK file"))?;
         Self::open(path)
     }
 
-    /// Opens the KEK file, creating it first if it does not exist (development setups).
+    /// For demos and development only: opens the KEK file, creating it first when it does not
+    /// exist. A production startup calls [`LocalKek::open`] (or uses a KMS or HSM): there, a
+    /// missing file means a lost KEK, and a new one would silently take its place.
+    ///
+    /// ```
+    /// use encrypted_types::kek::local::LocalKek;
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let first = LocalKek::open_or_create_dev(dir.path().join("dev.kek"))?;
+    /// let again = LocalKek::open_or_create_dev(dir.path().join("dev.kek"))?; // the same file
+    /// # use encrypted_types::kek::KekProvider;
+    /// assert_eq!(first.kek_ref(), again.kek_ref());
+    /// # Ok::<(), encrypted_types::Error>(())
+    /// ```
     ///
     /// # Errors
     /// As [`LocalKek::open`] and [`LocalKek::create`].
-    pub fn open_or_create(path: impl AsRef<Path>) -> Result<Self, Error> {
+    pub fn open_or_create_dev(path: impl AsRef<Path>) -> Result<Self, Error> {
         if path.as_ref().exists() {
             Self::open(path)
         } else {
             Self::create(path)
         }
+    }
+
+    /// Renamed [`LocalKek::open_or_create_dev`], whose name says what it is for.
+    ///
+    /// # Errors
+    /// As [`LocalKek::open_or_create_dev`].
+    #[deprecated(
+        since = "0.2.0",
+        note = "a startup that creates a missing KEK replaces a lost one silently: use \
+                `LocalKek::open` in production, `LocalKek::create` to make the file once, \
+                or `LocalKek::open_or_create_dev` for demos"
+    )]
+    pub fn open_or_create(path: impl AsRef<Path>) -> Result<Self, Error> {
+        Self::open_or_create_dev(path)
     }
 }
 
