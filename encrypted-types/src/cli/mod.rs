@@ -7,7 +7,6 @@
 //! `postgres-connection`, `mysql://` with `mysql-connection`):
 //!
 //! ```no_run
-//! use encrypted_types::kek::local::LocalKek;
 //! use encrypted_types::store::KeyStore;
 //! # diesel::table! { users (id) { id -> Integer, email -> Binary } }
 //! # #[derive(encrypted_types::Encrypted)]
