@@ -358,7 +358,7 @@ fn the_toolkit_rotates_inventories_and_verifies_then_names_a_flipped_byte() {
     let (code, stdout, _) = run(d, &["verify"]);
     assert_eq!(code, 4, "verify passed a tampered value:\n{stdout}");
     assert!(
-        stdout.contains("patients row 2, column email: does not open (AuthenticationFailed)"),
+        stdout.contains("patients row 2, column email: does not authenticate (tampered or copied) (AuthenticationFailed)"),
         "{stdout}"
     );
     assert!(stdout.contains(", 1 do not open"), "{stdout}");

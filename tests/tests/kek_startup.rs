@@ -56,7 +56,11 @@ fn no_command_but_keys_init_creates_a_kek_file() {
     let out = toolkit(dir.path(), &["keys", "list", "--json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let listed = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(listed.matches("\"key_id\"").count(), 3, "wrapping, data, blind-index: {listed}");
+    assert_eq!(
+        listed.matches("\"key_id\"").count(),
+        3,
+        "wrapping, data, blind-index: {listed}"
+    );
     // The application's table does not exist here: the list says so instead of failing.
     assert!(
         stderr(&out).contains("note: table et_patients does not exist"),
@@ -66,7 +70,11 @@ fn no_command_but_keys_init_creates_a_kek_file() {
 
     // The KEK is lost: every command, `verify` included, fails naming it; none replaces it.
     std::fs::rename(&kek, dir.path().join("moved.kek")).unwrap();
-    for args in [&["keys", "list"][..], &["verify"], &["check", "--max-key-age", "90d"]] {
+    for args in [
+        &["keys", "list"][..],
+        &["verify"],
+        &["check", "--max-key-age", "90d"],
+    ] {
         let out = toolkit(dir.path(), args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         assert!(

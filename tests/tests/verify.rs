@@ -135,6 +135,12 @@ macro_rules! verify_suite {
                 .execute(conn)
                 .unwrap();
 
+            // And a raw SQL write puts plaintext in 7005's sealed name column.
+            diesel::update(et_patients::table.find(7005))
+                .set(et_patients::name.eq(b"Alice Planted".to_vec()))
+                .execute(conn)
+                .unwrap();
+
             let report = verify(conn, &Patient::MODEL, None).unwrap();
             assert!(!report.ok());
             assert_eq!(report.values, values, "nothing was written");
@@ -142,11 +148,12 @@ macro_rules! verify_suite {
                 found(&report),
                 [
                     bad("name", 7002, SkipReason::TenantMismatch),
+                    bad("name", 7005, SkipReason::Plaintext),
                     bad("ssn", 7003, SkipReason::AuthenticationFailed),
                     bad("notes", 7004, SkipReason::Other),
                 ]
             );
-            // The application agrees: those three rows are the ones that do not read.
+            // The application agrees: those four rows are the ones that do not read.
             let unreadable: Vec<i32> = et_patients::table
                 .select(et_patients::id)
                 .order(et_patients::id)
@@ -161,7 +168,7 @@ macro_rules! verify_suite {
                         .is_err()
                 })
                 .collect();
-            assert_eq!(unreadable, [7002, 7003, 7004]);
+            assert_eq!(unreadable, [7002, 7003, 7004, 7005]);
 
             // A sample opens exactly as many values per column as asked, and still reads all.
             let sampled = verify(conn, &Patient::MODEL, Some(5)).unwrap();
@@ -321,5 +328,27 @@ fn a_required_value_missing_from_both_columns_is_named() {
         reads,
         [true, true, false],
         "the application reads rows 1 and 2 only"
+    );
+
+    // Plaintext planted in row 2's legacy column: the application now reads it instead of the
+    // sealed value, and verify names the row.
+    conn.batch_execute("UPDATE et_contacts SET email_plain = 'planted@example.org' WHERE id = 2")
+        .unwrap();
+    let read = et_contacts::table
+        .find(2)
+        .select(Contact::as_select())
+        .first(conn)
+        .unwrap();
+    assert_eq!(
+        read.email, "planted@example.org",
+        "the legacy value wins the read"
+    );
+    let report = encrypted_types::jobs::verify(conn, &Contact::MODEL, None).unwrap();
+    assert_eq!(
+        found(&report),
+        [
+            bad("email", 3, SkipReason::NoValue),
+            bad("email", 2, SkipReason::LegacyShadows),
+        ]
     );
 }

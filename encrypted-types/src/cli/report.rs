@@ -187,10 +187,11 @@ where
         } else {
             for u in &r.unopenable {
                 out::line(&format!(
-                    "{} row {}, column {}: does not open ({:?})",
+                    "{} row {}, column {}: {} ({:?})",
                     r.table,
                     row_key(&u.key),
                     u.column,
+                    u.reason.describe(),
                     u.reason
                 ))?;
             }

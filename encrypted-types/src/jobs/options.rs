@@ -102,11 +102,46 @@ pub enum SkipReason {
     /// `NULL` in a column whose field is not optional, with no legacy value either: the
     /// application cannot read the row ([`verify`]).
     NoValue,
+    /// Bytes in the sealed column that are no sealed value of this library (by the test the
+    /// backfill uses, [`crate::format::classify`]): plaintext written around the model (raw
+    /// SQL, an old application version writing by the column's name), or foreign bytes.
+    Plaintext,
+    /// The legacy column (`migrate_from`) holds a value beside a sealed one, so the
+    /// application reads the legacy value ([`verify`]). An old application version that still
+    /// writes the legacy column leaves this; plaintext planted there by anyone who can write the
+    /// table does too, and reads as genuine until [`super::encrypt_column`] seals it.
+    LegacyShadows,
     /// Any other error of opening or sealing the value.
     Other,
 }
 
 impl SkipReason {
+    /// What it means for the value, in a few words, for reports (never the value itself).
+    ///
+    /// ```
+    /// use encrypted_types::jobs::SkipReason;
+    /// assert_eq!(SkipReason::Plaintext.describe(), "not a sealed value: plaintext or foreign bytes");
+    /// ```
+    pub const fn describe(self) -> &'static str {
+        match self {
+            Self::KeyDestroyed => "sealed under a destroyed key",
+            Self::UnknownKey => "sealed under a key the key table does not hold",
+            Self::AuthenticationFailed => "does not authenticate (tampered or copied)",
+            Self::InvalidLegacyValue => "legacy value not valid for the column's type",
+            Self::NoTenantKey => "the row's tenant has no data key",
+            Self::TenantMismatch => "sealed under another tenant's key",
+            Self::RowBinding => "not bound to this row",
+            Self::InvalidPlaintext => "opens, but is not valid for the column's type",
+            Self::NoValue => "NULL in a required column",
+            Self::Plaintext => "not a sealed value: plaintext or foreign bytes",
+            Self::LegacyShadows => {
+                "the legacy column holds a value beside the sealed one, and is what the \
+                 application reads"
+            }
+            Self::Other => "does not open",
+        }
+    }
+
     pub(super) fn of(e: &Error) -> Self {
         match e {
             Error::KeyDestroyed(_) => Self::KeyDestroyed,

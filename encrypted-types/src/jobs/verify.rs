@@ -36,7 +36,8 @@ pub struct VerifyReport {
     pub values: u64,
     /// Values opened and checked: all of them, or the sample.
     pub checked: u64,
-    /// The values (and required `NULL`s) that do not open, in column and key order: the first
+    /// The findings, column by column: the values that do not open, then the required
+    /// `NULL`s, then the shadowing legacy values, each in key order; the first
     /// [`VerifyReport::MAX_LISTED`].
     pub unopenable: Vec<Unopenable>,
     /// Every one of them, counted by reason.
@@ -81,10 +82,13 @@ sync_and_async! {
     /// A `NULL` where the field is not optional is reported too ([`SkipReason::NoValue`]).
     /// Values under a destroyed key (a shredded tenant, until
     /// [`purge_tenant`](super::purge_tenant) removes its rows) are reported as
-    /// [`SkipReason::KeyDestroyed`]. In a column being migrated, the sealed values are
-    /// checked, and legacy plaintext in the sealed column is reported as whatever keeps it
-    /// from opening ([`count_plaintext`](super::count_plaintext) follows the migration). Each
-    /// run leaves one `verify` event (target `encrypted_types::audit`) with the counts.
+    /// [`SkipReason::KeyDestroyed`]. Bytes in a sealed column that are no sealed value are
+    /// [`SkipReason::Plaintext`] (plaintext written around the model; in a column migrated in
+    /// place, the legacy values the backfill has not sealed yet:
+    /// [`count_plaintext`](super::count_plaintext) follows that migration). While a column is
+    /// migrated from a legacy column, a row whose legacy column holds a value beside a sealed
+    /// one is [`SkipReason::LegacyShadows`]: the application reads the legacy value. Each run
+    /// leaves one `verify` event (target `encrypted_types::audit`) with the counts.
     ///
     /// # Errors
     /// [`Error::NoKeyring`], [`Error::PartialKeyring`], [`Error::UnpageableKey`],
@@ -134,6 +138,16 @@ where
         if !c.nullable {
             missing(db, &t, c, &mut report).await?;
         }
+        if let Some(legacy) = c.legacy {
+            // Every such row, not a sample: each one is a value the application reads
+            // without opening it.
+            let conds = [c.column, legacy.column]
+                .map(|col| format!("{} IS NOT NULL", D::Backend::quote(col)));
+            walk(db, &t, c.column, &[], None, &conds, None, None, |row| {
+                report.record(c.column, || RowKey(row.key), SkipReason::LegacyShadows);
+            })
+            .await?;
+        }
     }
     report.checked = checked;
     tracing::info!(
@@ -157,6 +171,12 @@ fn check(
     row: &super::Row,
     value: &[u8],
 ) -> Result<(), SkipReason> {
+    // A value cut inside its header is reported as whatever fails below, not as plaintext.
+    if format::classify(keyring, value) == format::Stored::Legacy
+        && !matches!(format::Header::parse(value), Err(Error::Truncated { .. }))
+    {
+        return Err(SkipReason::Plaintext);
+    }
     if foreign_tenant(keyring, t, value, row.t.as_deref()) {
         return Err(SkipReason::TenantMismatch);
     }
