@@ -183,6 +183,20 @@ pub enum Error {
     /// The key table could not be read or written.
     #[error("key table: {0}")]
     Store(String),
+    /// One of the library's migrations of its own tables is not applied: an application that
+    /// copied the first migrations and not a later one (or applied them by hand).
+    #[error(
+        "table {table} lacks the library's migration {migration}: copy \
+         migrations/<backend>/{migration} into the application's migrations and run it, or call \
+         KeyStore::run_migrations (CHANGELOG.md, \"Upgrading from 0.1\", says what to do when \
+         migrations were applied by hand)"
+    )]
+    MissingMigration {
+        /// The library's table.
+        table: &'static str,
+        /// The migration's directory name in `migrations/<backend>/`.
+        migration: &'static str,
+    },
     /// The keyring configuration is inconsistent (duplicate key id, primary key not present...).
     #[error("invalid keyring: {0}")]
     InvalidKeyring(&'static str),
@@ -350,6 +364,7 @@ impl Error {
             Self::Timeout { .. } => "timeout",
             Self::KekFile { .. } => "kek_file",
             Self::Store { .. } => "store",
+            Self::MissingMigration { .. } => "missing_migration",
             Self::InvalidKeyring { .. } => "invalid_keyring",
             Self::TooLarge { .. } => "too_large",
             Self::Rng { .. } => "rng",

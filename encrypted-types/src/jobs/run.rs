@@ -385,7 +385,17 @@ impl Run<'_> {
         db: &mut D,
         on_batch: &mut F,
     ) -> Result<JobReport, Error> {
-        self.report.already_finished = self.plan(db).await?;
+        self.report.already_finished = match self.plan(db).await {
+            Ok(done) => done,
+            Err(e) => {
+                return Err(crate::store::migrated::explain(
+                    db,
+                    crate::store::migrated::JOB_TABLE,
+                    e,
+                )
+                .await);
+            }
+        };
         let mut stopped = false;
         // A model with nothing for this job to do (a reindex of a model without indexes).
         while !self.units.is_empty() {

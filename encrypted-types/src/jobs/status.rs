@@ -53,7 +53,16 @@ where
         D::Backend::now()
     ));
     let mut jobs: BTreeMap<String, JobStatus> = BTreeMap::new();
-    for u in D::Backend::load_status(db, &q).await.map_err(job_err)? {
+    let units = match D::Backend::load_status(db, &q).await {
+        Ok(units) => units,
+        Err(e) => {
+            let e = job_err(e);
+            return Err(
+                crate::store::migrated::explain(db, crate::store::migrated::JOB_TABLE, e).await,
+            );
+        }
+    };
+    for u in units {
         let j = jobs.entry(u.job.clone()).or_insert_with(|| JobStatus {
             job: u.job.clone(),
             operation: String::new(),

@@ -45,7 +45,14 @@ sync_and_async! {
 }
 
 async fn list_keys_on<D: KeyDb>(db: &mut D) -> Result<Vec<KeyInfo>, Error> {
-    let mut records = super::all_keys(db).await.map_err(store_err)?;
+    let mut records = match super::all_keys(db).await {
+        Ok(r) => r,
+        Err(e) => {
+            return Err(
+                super::migrated::explain(db, super::migrated::KEY_TABLE, store_err(e)).await,
+            );
+        }
+    };
     // By tenant (keys of no tenant first), purpose and id, the same on every backend.
     records
         .sort_by(|a, b| (&a.tenant, &a.purpose, a.key_id).cmp(&(&b.tenant, &b.purpose, b.key_id)));

@@ -87,8 +87,15 @@ impl<P: KekProvider> KeyStore<P> {
         let records = match scope {
             None => all_keys(db).await,
             Some(tenants) => scoped_keys(db, tenants).await,
-        }
-        .map_err(store_err)?;
+        };
+        let records = match records {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(
+                    super::migrated::explain(db, super::migrated::KEY_TABLE, store_err(e)).await,
+                );
+            }
+        };
         let parsed = records.iter().map(parse).collect::<Result<Vec<_>, _>>()?;
         let mut report = LoadReport {
             data_keys: 0,

@@ -27,6 +27,7 @@ use crate::tenant::TenantId;
 mod lifecycle;
 mod list;
 mod load;
+pub(crate) mod migrated;
 pub(crate) mod record;
 mod rewrap;
 mod sql;

@@ -376,10 +376,15 @@ pub(super) async fn generation<D: KeyDb>(db: &mut D) -> Result<Generation, Error
          COUNT(CASE WHEN state = 'retired' THEN 1 END) AS retired_count, \
          COUNT(CASE WHEN state = 'destroyed' THEN 1 END) AS destroyed_count FROM {KEYS}"
     ));
-    D::Backend::load_generation(db, &q)
-        .await
-        .map_err(store_err)?
-        .into_iter()
+    let rows = match D::Backend::load_generation(db, &q).await {
+        Ok(rows) => rows,
+        Err(e) => {
+            return Err(
+                migrated::explain(db, migrated::KEY_TABLE, store_err(e)).await,
+            );
+        }
+    };
+    rows.into_iter()
         .next()
         .ok_or_else(|| Error::Store("the key table returned no generation".into()))
 }
