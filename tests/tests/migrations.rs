@@ -80,7 +80,10 @@ macro_rules! missing_migration_test {
 
             assert_eq!(
                 load_err(conn),
-                missing("2026-11-22-000000_encrypted_types_keys", "encrypted_types_keys")
+                missing(
+                    "2026-11-22-000000_encrypted_types_keys",
+                    "encrypted_types_keys"
+                )
             );
             apply(conn, "2026-11-22-000000_encrypted_types_keys");
             let e = load_err(conn);
@@ -91,14 +94,15 @@ macro_rules! missing_migration_test {
                     "encrypted_types_keys"
                 )
             );
-            assert!(
-                e.unwrap().to_string().contains(
-                    "copy migrations/<backend>/2026-12-02-000001_encrypted_types_key_hierarchy"
-                )
-            );
+            assert!(e.unwrap().to_string().contains(
+                "copy migrations/<backend>/2026-12-02-000001_encrypted_types_key_hierarchy"
+            ));
             assert_eq!(
                 status_err(conn),
-                missing("2026-11-22-000002_encrypted_types_jobs", "encrypted_types_jobs")
+                missing(
+                    "2026-11-22-000002_encrypted_types_jobs",
+                    "encrypted_types_jobs"
+                )
             );
             apply(conn, "2026-11-22-000002_encrypted_types_jobs");
             assert_eq!(
@@ -117,47 +121,34 @@ macro_rules! missing_migration_test {
     };
 }
 
-missing_migration_test!(
-    a_missing_migration_is_named_on_sqlite,
-    "sqlite",
-    {
-        use diesel::Connection;
-        diesel::SqliteConnection::establish(":memory:").unwrap()
-    }
-);
+missing_migration_test!(a_missing_migration_is_named_on_sqlite, "sqlite", {
+    use diesel::Connection;
+    diesel::SqliteConnection::establish(":memory:").unwrap()
+});
 
-missing_migration_test!(
-    a_missing_migration_is_named_on_postgres,
-    "postgres",
-    {
-        use diesel::Connection;
-        use diesel::connection::SimpleConnection;
-        let mut conn =
-            diesel::PgConnection::establish(&encrypted_types_tests::pg_url()).unwrap();
-        conn.batch_execute(
-            "DROP SCHEMA IF EXISTS et_missing_migration CASCADE; \
+missing_migration_test!(a_missing_migration_is_named_on_postgres, "postgres", {
+    use diesel::Connection;
+    use diesel::connection::SimpleConnection;
+    let mut conn = diesel::PgConnection::establish(&encrypted_types_tests::pg_url()).unwrap();
+    conn.batch_execute(
+        "DROP SCHEMA IF EXISTS et_missing_migration CASCADE; \
              CREATE SCHEMA et_missing_migration; SET search_path TO et_missing_migration",
+    )
+    .unwrap();
+    conn
+});
+
+missing_migration_test!(a_missing_migration_is_named_on_mysql, "mysql", {
+    use diesel::Connection;
+    use diesel::connection::SimpleConnection;
+    let url = encrypted_types_tests::mysql_url();
+    let mut admin = diesel::MysqlConnection::establish(&url).unwrap();
+    admin
+        .batch_execute(
+            "DROP DATABASE IF EXISTS et_missing_migration; \
+                 CREATE DATABASE et_missing_migration",
         )
         .unwrap();
-        conn
-    }
-);
-
-missing_migration_test!(
-    a_missing_migration_is_named_on_mysql,
-    "mysql",
-    {
-        use diesel::Connection;
-        use diesel::connection::SimpleConnection;
-        let url = encrypted_types_tests::mysql_url();
-        let mut admin = diesel::MysqlConnection::establish(&url).unwrap();
-        admin
-            .batch_execute(
-                "DROP DATABASE IF EXISTS et_missing_migration; \
-                 CREATE DATABASE et_missing_migration",
-            )
-            .unwrap();
-        let (server, _) = url.rsplit_once('/').unwrap();
-        diesel::MysqlConnection::establish(&format!("{server}/et_missing_migration")).unwrap()
-    }
-);
+    let (server, _) = url.rsplit_once('/').unwrap();
+    diesel::MysqlConnection::establish(&format!("{server}/et_missing_migration")).unwrap()
+});

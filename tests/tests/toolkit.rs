@@ -84,6 +84,69 @@ macro_rules! toolkit_suite {
             out
         }
 
+        /// Replacing blind-index roots (after a compromise) names its scope and asks first; a
+        /// rerun over every tenant after an interrupted one reports the tenant already
+        /// mid-replacement and finishes the others, instead of stopping at it.
+        #[test]
+        fn blind_index_replacement_is_scoped_confirmed_and_resumable() {
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let store = store(&dir);
+            let conn = &mut $connect();
+            let models = [Patient::MODEL];
+            for t in [1_i64, 2, 3] {
+                store.create_tenant(conn, Some(&TenantId::from(t))).unwrap();
+            }
+            let roots = |conn: &mut _Conn| -> Vec<(String, KeyState, u32)> {
+                let mut r: Vec<_> = list_keys(conn)
+                    .unwrap()
+                    .into_iter()
+                    .filter(|k| k.purpose.as_str() == "blind_index")
+                    .map(|k| (k.tenant.unwrap(), k.state, k.key_id.get()))
+                    .collect();
+                r.sort_by_key(|k| (k.0.clone(), k.2));
+                r
+            };
+            let before = roots(conn);
+            let run = |conn: &mut _Conn, args: &[&str]| execute(conn, &store, &models, &cli(args));
+
+            assert!(matches!(
+                run(conn, &["keys", "rotate", "--blind-index"]),
+                Err(CliError::Usage(_))
+            ));
+            assert!(matches!(
+                run(conn, &["keys", "rotate", "--blind-index", "--all-tenants"]),
+                Err(CliError::NotConfirmed(_))
+            ));
+            assert_eq!(roots(conn), before, "nothing replaced without a scope and a yes");
+
+            // An interrupted run: tenant 1 was replaced, its reindex not done.
+            assert_eq!(
+                run(conn, &["keys", "rotate", "--blind-index", "--tenant", "1", "--yes"]).unwrap(),
+                Outcome::Done
+            );
+            let first = roots(conn);
+            let rerun = run(
+                conn,
+                &["keys", "rotate", "--blind-index", "--all-tenants", "--yes", "--json"],
+            );
+            assert_eq!(rerun.unwrap(), Outcome::Done);
+            let after = roots(conn);
+            let of = |r: &[(String, KeyState, u32)], t: &str, s: KeyState| -> Vec<u32> {
+                r.iter().filter(|k| k.0 == t && k.1 == s).map(|k| k.2).collect()
+            };
+            assert_eq!(
+                of(&after, "1", KeyState::Active),
+                of(&first, "1", KeyState::Active),
+                "tenant 1, mid-replacement, is left as it is"
+            );
+            for t in ["2", "3"] {
+                assert_eq!(of(&after, t, KeyState::Retired), of(&before, t, KeyState::Active));
+                assert_eq!(of(&after, t, KeyState::Active).len(), 1);
+                assert_ne!(of(&after, t, KeyState::Active), of(&before, t, KeyState::Active));
+            }
+        }
+
         /// Two wraps under one KEK with one nonce (what a forked process could write before
         /// key wraps took their nonce from the OS): `reused_wrap_nonces` (which `check` runs) names both
         /// keys; a healthy table reports nothing and passes `check`.

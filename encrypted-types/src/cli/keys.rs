@@ -48,9 +48,20 @@ pub enum KeysCommand {
         /// The tenants to rotate (repeatable); every tenant with an active data key if none.
         #[arg(long)]
         tenant: Vec<String>,
-        /// Replace the blind-index root keys instead (then run `jobs reindex`).
+        /// Every tenant: the default for data keys; required (or `--tenant`) with
+        /// `--blind-index`.
+        #[arg(long, conflicts_with = "tenant")]
+        all_tenants: bool,
+        /// Replace the blind-index root keys instead (then run `jobs reindex`): after a
+        /// compromise only, since every index must be recomputed. Needs `--tenant` or
+        /// `--all-tenants`, and asks first. A tenant whose earlier replacement is not finished
+        /// (its retired root not destroyed) is reported and left as it is, so a rerun
+        /// completes the tenants an interrupted run left.
         #[arg(long)]
         blind_index: bool,
+        /// Do not ask (required without a terminal) before replacing blind-index roots.
+        #[arg(long)]
+        yes: bool,
         /// Output as JSON.
         #[arg(long)]
         json: bool,
@@ -176,7 +187,9 @@ where
         }
         KeysCommand::Rotate {
             tenant,
+            all_tenants,
             blind_index,
+            yes,
             json,
         } => {
             let purpose = if *blind_index {
@@ -184,15 +197,56 @@ where
             } else {
                 Purpose::Data
             };
-            let tenants: Vec<Option<String>> = if tenant.is_empty() {
-                list_keys(conn)?
-                    .into_iter()
+            if *blind_index && tenant.is_empty() && !*all_tenants {
+                return Err(CliError::Usage(
+                    "keys rotate --blind-index replaces roots after a compromise and every index \
+                     must then be recomputed: name the tenants (--tenant T) or pass --all-tenants"
+                        .into(),
+                ));
+            }
+            let keys = list_keys(conn)?;
+            let mut tenants: Vec<Option<String>> = if tenant.is_empty() {
+                keys.iter()
                     .filter(|k| k.purpose == purpose && k.state == KeyState::Active)
-                    .map(|k| k.tenant)
+                    .map(|k| k.tenant.clone())
                     .collect()
             } else {
                 tenant.iter().cloned().map(Some).collect()
             };
+            // A replacement is under way while the tenant's retired root is not destroyed:
+            // reported and left, so that a rerun after an interruption finishes the others.
+            let mut under_way = Vec::new();
+            if *blind_index {
+                tenants.retain(|t| {
+                    let busy = keys.iter().any(|k| {
+                        k.purpose == Purpose::BlindIndex
+                            && k.state == KeyState::Retired
+                            && k.tenant == *t
+                    });
+                    if busy {
+                        under_way.push(t.clone());
+                    }
+                    !busy
+                });
+                for t in &under_way {
+                    let name = t.as_deref().unwrap_or("(no tenant)");
+                    out::note(&format!(
+                        "{name}: an earlier blind-index replacement is not finished (run `jobs \
+                         reindex`, then destroy the retired root): left as it is"
+                    ))?;
+                }
+                if !tenants.is_empty() {
+                    confirm(
+                        &format!(
+                            "replace the blind-index root keys of {} tenant(s); every index of \
+                             theirs must then be recomputed with `jobs reindex`",
+                            tenants.len()
+                        ),
+                        "replace",
+                        *yes,
+                    )?;
+                }
+            }
             let mut done = Vec::new();
             for t in &tenants {
                 let id = t.as_deref().map(TenantId::from);
@@ -214,6 +268,7 @@ where
                 out::json(&json!({
                     "purpose": purpose.as_str(),
                     "rotated": done.iter().map(|(t, k)| json!({"tenant": t, "key_id": k.get()})).collect::<Vec<_>>(),
+                    "under_way": under_way,
                 }))?;
             } else {
                 let next = if *blind_index {

@@ -33,6 +33,7 @@
 //! | `keys create-tenant --tenant T` | a tenant's data and blind-index keys |
 //! | `keys list` | every key: id, tenant, purpose, state, age, KEK reference, values sealed with it; never key bytes |
 //! | `keys rotate [--tenant T]...` | new active data keys (all tenants by default); the old ones are retired |
+//! | `keys rotate --blind-index --tenant T \| --all-tenants` | replaces blind-index roots after a compromise (asks, or `--yes`); tenants mid-replacement are reported and left |
 //! | `keys rewrap` | re-wraps every key under this store's KEK (a KEK rotation) |
 //! | `keys destroy --key-id N` | destroys a retired key no value names (asks, or `--yes`) |
 //! | `keys shred-tenant --tenant T` | crypto-shreds a tenant (asks, or `--yes`) |

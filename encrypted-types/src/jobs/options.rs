@@ -49,6 +49,10 @@ pub struct JobOptions {
     pub bind_unbound: bool,
 }
 
+/// The name of [`JobOptions`] in 0.1, when only the rotation took options.
+#[deprecated(since = "0.2.0", note = "renamed `JobOptions`: every job takes it")]
+pub type RotateOptions = JobOptions;
+
 impl Default for JobOptions {
     fn default() -> Self {
         Self {

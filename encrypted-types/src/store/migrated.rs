@@ -48,7 +48,11 @@ pub(crate) const JOB_TABLE: &[Needed] = &[
 /// and one of `needed` is not applied, [`Error::MissingMigration`] naming the first such.
 /// Inside a transaction the failed query already aborted (PostgreSQL), even the trivial query
 /// fails and `error` is returned unchanged: a guess would send the reader the wrong way.
-pub(crate) async fn explain<D: Db<Backend: KeyTable>>(db: &mut D, needed: &[Needed], error: Error) -> Error {
+pub(crate) async fn explain<D: Db<Backend: KeyTable>>(
+    db: &mut D,
+    needed: &[Needed],
+    error: Error,
+) -> Error {
     let answers = async |db: &mut D, sql: &str| {
         D::Backend::count_q(db, &Query::sql(sql.to_owned()))
             .await

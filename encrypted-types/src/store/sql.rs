@@ -379,9 +379,7 @@ pub(super) async fn generation<D: KeyDb>(db: &mut D) -> Result<Generation, Error
     let rows = match D::Backend::load_generation(db, &q).await {
         Ok(rows) => rows,
         Err(e) => {
-            return Err(
-                migrated::explain(db, migrated::KEY_TABLE, store_err(e)).await,
-            );
+            return Err(migrated::explain(db, migrated::KEY_TABLE, store_err(e)).await);
         }
     };
     rows.into_iter()
