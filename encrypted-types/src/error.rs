@@ -47,7 +47,11 @@ pub enum Error {
     /// A value bound to its row (suite 3) was opened without the row's identity, or a value
     /// not bound to any row was found in a column whose model binds values to their row
     /// (`bind_row`): it could have been copied from another row. A rotation binds such values.
-    #[error("the value is not bound to this row (bind_row): open it with its row, or rotate")]
+    #[error(
+        "the value is not bound to this row (bind_row): sealed before the model declared \
+         bind_row (bind such values once: `jobs rotate --bind-unbound`, docs/KEYS.md), or \
+         copied from another row"
+    )]
     RowBinding,
     /// A row identity could not be encoded: no column, more than four, or a part of 4 GiB or
     /// more.

@@ -33,8 +33,8 @@ pub struct Unreadable {
     pub table: &'static str,
     /// The column whose value did not open.
     pub column: &'static str,
-    /// Why.
-    #[source]
+    /// Why. Part of the message, so not also its `source()`: a report that prints the chain
+    /// would say it twice.
     pub error: Error,
 }
 

@@ -73,13 +73,26 @@ impl crate::Error {
     /// Finds the library error inside a Diesel error, if that is what failed.
     ///
     /// Diesel boxes errors from `ToSql`/`FromSql`, and wraps read errors once more with the
-    /// field name; this looks through both.
+    /// field name; this looks through both, and into an [`crate::Unreadable`] row.
     ///
     /// ```
     /// use encrypted_types::Error;
     /// let diesel_err = diesel::result::Error::DeserializationError(Box::new(Error::AuthenticationFailed));
     /// assert_eq!(Error::from_diesel(&diesel_err), Some(&Error::AuthenticationFailed));
     /// assert_eq!(Error::from_diesel(&diesel::result::Error::NotFound), None);
+    ///
+    /// // One row of a `Fallible` read: the reason is in the message once, and found here.
+    /// let row = encrypted_types::Unreadable::new("7".into(), "patients", "ssn", Error::AuthenticationFailed);
+    /// let message = fail_chain(&*row);
+    /// assert_eq!(message, "patients row 7: column ssn: authentication failed");
+    /// let diesel_err = diesel::result::Error::DeserializationError(row);
+    /// assert_eq!(Error::from_diesel(&diesel_err), Some(&Error::AuthenticationFailed));
+    /// # fn fail_chain(e: &dyn std::error::Error) -> String {
+    /// #     let mut s = e.to_string();
+    /// #     let mut c = e.source();
+    /// #     while let Some(x) = c { s.push_str(&format!(": {x}")); c = x.source(); }
+    /// #     s
+    /// # }
     /// ```
     pub fn from_diesel(err: &diesel::result::Error) -> Option<&Self> {
         let (diesel::result::Error::DeserializationError(inner)
@@ -91,6 +104,14 @@ impl crate::Error {
         loop {
             if let Some(found) = current.downcast_ref::<Self>() {
                 return Some(found);
+            }
+            // One row of a `Fallible` read: its message holds the error, so it is a field, not
+            // the `source()`.
+            if let Some(row) = current.downcast_ref::<crate::Unreadable>() {
+                return Some(&row.error);
+            }
+            if let Some(row) = current.downcast_ref::<Box<crate::Unreadable>>() {
+                return Some(&row.error);
             }
             current = current.source()?;
         }

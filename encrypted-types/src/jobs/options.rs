@@ -134,7 +134,10 @@ impl SkipReason {
             Self::InvalidLegacyValue => "legacy value not valid for the column's type",
             Self::NoTenantKey => "the row's tenant has no data key",
             Self::TenantMismatch => "sealed under another tenant's key",
-            Self::RowBinding => "not bound to this row",
+            Self::RowBinding => {
+                "not bound to this row (sealed before the model declared bind_row: \
+                 `jobs rotate --bind-unbound` binds such values once; or copied from another row)"
+            }
             Self::InvalidPlaintext => "opens, but is not valid for the column's type",
             Self::NoValue => "NULL in a required column",
             Self::Plaintext => "not a sealed value: plaintext or foreign bytes",
