@@ -62,13 +62,21 @@ pub struct RowColumn {
     pub kind: RowKind,
 }
 
-/// A Rust type that can be part of a row identity.
+/// A Rust type that can be part of a row identity: `i16`, `i32`, `i64`, `String`, `Vec<u8>`,
+/// and `uuid::Uuid` with the crate feature `uuid` (a UUID binds as its 16 bytes).
 ///
 /// ```
 /// use encrypted_types::{RowIdentity, RowKind, RowPart};
 /// assert_eq!(42_i32.row_part(), RowPart::Int(42));
 /// assert_eq!(<String as RowIdentity>::KIND, RowKind::Text);
 /// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot identify a row for `bind_row`",
+    label = "not a row identity",
+    note = "row identities are i16, i32, i64, String, Vec<u8>, and uuid::Uuid with the crate \
+            feature `uuid` (`encrypted-types = { version = \"0.2\", features = [\"uuid\"] }`)",
+    note = "a newtype key implements `RowIdentity` by returning its inner value's `row_part`"
+)]
 pub trait RowIdentity {
     /// How the jobs read this column back.
     const KIND: RowKind;
