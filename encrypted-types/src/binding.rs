@@ -74,7 +74,7 @@ pub struct RowColumn {
     message = "`{Self}` cannot identify a row for `bind_row`",
     label = "not a row identity",
     note = "row identities are i16, i32, i64, String, Vec<u8>, and uuid::Uuid with the crate \
-            feature `uuid` (`encrypted-types = { version = \"0.2\", features = [\"uuid\"] }`)",
+            feature `uuid` (`encrypted-types = {{ version = \"0.2\", features = [\"uuid\"] }}`)",
     note = "a newtype key implements `RowIdentity` by returning its inner value's `row_part`"
 )]
 pub trait RowIdentity {

@@ -190,6 +190,42 @@ macro_rules! toolkit_suite {
             assert_eq!(ids, vec![data[0].0, data[1].0]);
         }
 
+        /// `schema --check` passes on the tables the tests create, and `index-leakage` exits 4
+        /// exactly when the library's own report finds an index to re-size.
+        #[test]
+        fn schema_check_and_index_leakage_commands_report_what_the_library_finds() {
+            use encrypted_types::index::IndexVerdict;
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let store = store(&dir);
+            let conn = &mut $connect();
+            let models = [Patient::MODEL];
+            assert_eq!(
+                execute(conn, &store, &models, &cli(&["schema", "--check"])).unwrap(),
+                Outcome::Done
+            );
+            assert!(encrypted_types::schema::check(conn, &models).unwrap().is_empty());
+
+            for t in [1_i64, 2] {
+                store.create_tenant(conn, Some(&TenantId::from(t))).unwrap();
+            }
+            store.load_and_install(conn).unwrap();
+            let patients: Vec<Patient> = (0..40)
+                .map(|i| Patient::sample(9_100 + i, 1 + i64::from(i % 2), &format!("p{i}@example.org"), &format!("{:09}", i * 7)))
+                .collect();
+            diesel::insert_into(et_patients::table)
+                .values(Patient::batch(&patients))
+                .execute(conn)
+                .unwrap();
+            let report = encrypted_types::jobs::index_leakage(conn, &Patient::MODEL).unwrap();
+            let resize = report.iter().filter(|l| l.verdict != IndexVerdict::Ok).count();
+            assert!(resize > 0, "a full-length email index over 20 rows per tenant leaks more: {report:?}");
+            assert_eq!(
+                execute(conn, &store, &models, &cli(&["index-leakage", "--json"])).unwrap(),
+                Outcome::Findings
+            );
+        }
+
         #[test]
         fn keys_inventory_status_and_execute_agree_with_the_table() {
             let _g = encrypted_types_tests::serial();
@@ -443,4 +479,31 @@ mod async_postgres {
 }
 mod async_mysql {
     async_toolkit!(encrypted_types_tests::keystore::async_mysql);
+}
+
+/// `schema --check` names drift: a dropped tenant-leading index, then a missing table. (SQLite:
+/// the DDL would end the MySQL test's transaction.)
+#[test]
+fn schema_check_names_a_dropped_index_and_a_missing_table() {
+    use diesel::connection::SimpleConnection;
+    use encrypted_types::EncryptedModel;
+    use encrypted_types::cli::{Outcome, execute};
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(&dir);
+    let conn = &mut encrypted_types_tests::keystore::sqlite();
+    let models = [Patient::MODEL];
+    let check =
+        |conn: &mut _| execute(conn, &store, &models, &cli(&["schema", "--check"])).unwrap();
+    assert_eq!(check(conn), Outcome::Done);
+    conn.batch_execute("DROP INDEX et_patients_email").unwrap();
+    assert_eq!(check(conn), Outcome::Findings);
+    let found = encrypted_types::schema::check(conn, &models).unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].to_string().contains("email_bidx"), "{}", found[0]);
+    conn.batch_execute("DROP TABLE et_patients").unwrap();
+    assert_eq!(check(conn), Outcome::Findings);
+    assert_eq!(
+        encrypted_types::schema::check(conn, &models).unwrap()[0].to_string(),
+        "table et_patients does not exist"
+    );
 }

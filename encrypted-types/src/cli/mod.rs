@@ -42,6 +42,8 @@
 //! | `inventory` | values per table, column, tenant, key and suite, counted in SQL |
 //! | `verify [--sample N]` | opens every value; names the ones that do not open |
 //! | `check --max-key-age 90d` | old active keys, retired keys still in use, keys that do not load |
+//! | `schema --check` | drift between the live tables and the models: missing tables, columns, indexes, columns that do not keep bytes (exit 4 if any) |
+//! | `index-leakage` | per blind index and tenant, on the live rows: whether its bits stay within the leakage bound, and the bits to use (exit 4 if not) |
 //! | `schema [--backend B] [--alter] [--down]` | `CREATE TABLE` migrations for the models, or (`--alter`, connected) the `ALTER TABLE` statements for what the live tables lack; its `--down` drops only that |
 //!
 //! Every command takes `--json`. Exit codes ([`Outcome::code`], [`CliError::exit_code`]):
@@ -69,7 +71,7 @@ pub use conn::AnyConnection;
 pub use conn::redact_url;
 pub use jobs::{JobArgs, JobsCommand};
 pub use keys::KeysCommand;
-pub use report::{CheckArgs, SchemaArgs, SchemaBackend, VerifyArgs};
+pub use report::{CheckArgs, LeakageArgs, SchemaArgs, SchemaBackend, VerifyArgs};
 
 /// The toolkit's commands, for an application's own `clap` parser.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -95,8 +97,13 @@ pub enum Command {
     /// unreachable KEK provider, a tampered key table).
     Check(CheckArgs),
     /// The migration SQL of the models' tables (`CREATE TABLE` with every column and the
-    /// tenant-leading indexes), or with `--alter` the columns and indexes the live tables lack.
+    /// tenant-leading indexes), with `--alter` the columns and indexes the live tables lack, or
+    /// with `--check` the drift between the live tables and the models (exits 4 if any).
     Schema(SchemaArgs),
+    /// For each blind index and tenant, on the live rows: rows, distinct values and whether the
+    /// configured bits stay within the leakage bound, with the bits to use if not. Decrypts
+    /// every indexed value once; writes nothing. Exits 4 if an index needs re-sizing.
+    IndexLeakage(LeakageArgs),
 }
 
 /// How a command ended, beside errors ([`Outcome::code`]).
@@ -257,6 +264,7 @@ where
     let result = (|| {
         if let Command::Schema(args) = &cli.command
             && !args.alter
+            && !args.check
         {
             // `CREATE TABLE` depends on the backend, not on a live database: no connection.
             let scheme = cli
@@ -272,7 +280,11 @@ where
         let init = matches!(cli.command, Command::Keys(KeysCommand::Init { .. }));
         conn::with_any!(AnyConnection::establish(url)?, conn => {
             if let Command::Schema(args) = &cli.command {
-                return report::schema_alter(&mut conn, models, args);
+                return if args.check {
+                    report::schema_check(&mut conn, models, args)
+                } else {
+                    report::schema_alter(&mut conn, models, args)
+                };
             }
             let store = open(Startup { init })?;
             execute(&mut conn, &store, models, &cli.command)
@@ -327,7 +339,9 @@ where
         Command::Inventory { json } => report::inventory(conn, models, *json),
         Command::Verify(args) => report::verify(conn, store, models, args),
         Command::Check(args) => report::check(conn, store, models, args),
+        Command::Schema(args) if args.check => report::schema_check(conn, models, args),
         Command::Schema(args) if args.alter => report::schema_alter(conn, models, args),
+        Command::IndexLeakage(args) => report::index_leakage(conn, store, models, args),
         Command::Schema(args) => report::schema(models, args, Some(<C::Backend as JobTable>::NAME)),
     }
 }

@@ -69,6 +69,11 @@ pub struct SchemaArgs {
     /// adds).
     #[arg(long)]
     pub down: bool,
+    /// Compare the live tables with the models instead (drift: missing tables, columns and
+    /// tenant-leading indexes, columns that do not keep bytes): prints each finding, exits 4 if
+    /// any. Connects to `--database-url`; prints no SQL.
+    #[arg(long, conflicts_with_all = ["alter", "down", "backend"])]
+    pub check: bool,
     /// Output as JSON.
     #[arg(long)]
     pub json: bool,
@@ -345,6 +350,112 @@ where
             std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("not altered: {p}\n"));
     }
     Ok(if a.problems.is_empty() {
+        Outcome::Done
+    } else {
+        Outcome::Findings
+    })
+}
+
+pub(super) fn schema_check<C>(
+    conn: &mut C,
+    models: &[ModelInfo],
+    args: &SchemaArgs,
+) -> Result<Outcome, CliError>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+{
+    let found = crate::schema::check(conn, models)?;
+    if args.json {
+        let found: Vec<String> = found.iter().map(ToString::to_string).collect();
+        out::json(&json!({ "mismatches": found, "ok": found.is_empty() }))?;
+    } else if found.is_empty() {
+        out::line(&format!(
+            "{} table(s): every encrypted and index column and index is in place",
+            models.len()
+        ))?;
+    } else {
+        for m in &found {
+            out::line(&m.to_string())?;
+        }
+    }
+    Ok(if found.is_empty() {
+        Outcome::Done
+    } else {
+        Outcome::Findings
+    })
+}
+
+/// What [`super::Command::IndexLeakage`] reads.
+#[derive(Debug, Clone, clap::Args)]
+#[non_exhaustive]
+pub struct LeakageArgs {
+    /// Output as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) fn index_leakage<C, P>(
+    conn: &mut C,
+    store: &KeyStore<P>,
+    models: &[ModelInfo],
+    args: &LeakageArgs,
+) -> Result<Outcome, CliError>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+    P: KekProvider,
+{
+    use crate::index::IndexVerdict;
+    store.load_and_install(conn)?;
+    let mut findings = 0usize;
+    let mut rows = Vec::new();
+    let mut listed = Vec::new();
+    for m in models {
+        for l in jobs::index_leakage(conn, m)? {
+            let advice = match l.verdict {
+                IndexVerdict::Ok => "ok".to_owned(),
+                IndexVerdict::LeaksMore { bits, max_bits } => format!(
+                    "leaks more: {bits} bits tell values apart; use bits = {} (at most {max_bits}) \
+                     through a new index version, `version`/`previous` (docs/KEYS.md)",
+                    l.plan.recommended_bits
+                ),
+                IndexVerdict::TooManyCandidates { bits, min_bits } => format!(
+                    "too many candidates: {bits} bits; use at least {min_bits} through a new \
+                     index version"
+                ),
+            };
+            if l.verdict != IndexVerdict::Ok {
+                findings += 1;
+            }
+            let tenant = l.tenant.clone().unwrap_or_else(|| "-".into());
+            listed.push(json!({
+                "table": m.table, "index": l.index_column, "tenant": l.tenant,
+                "rows": l.rows, "distinct_values": l.distinct_values,
+                "distinct_index_values": l.distinct_index_values, "unreadable": l.unreadable,
+                "recommended_bits": l.plan.recommended_bits,
+                "verdict": format!("{:?}", l.verdict),
+            }));
+            rows.push(vec![
+                m.table.to_owned(),
+                l.index_column.to_owned(),
+                tenant,
+                l.rows.to_string(),
+                l.distinct_values.to_string(),
+                l.unreadable.to_string(),
+                advice,
+            ]);
+        }
+    }
+    if args.json {
+        out::json(&json!({ "indexes": listed, "ok": findings == 0 }))?;
+    } else {
+        out::table(
+            &["table", "index", "tenant", "rows", "distinct", "unreadable", "verdict"],
+            &rows,
+        )?;
+    }
+    Ok(if findings == 0 {
         Outcome::Done
     } else {
         Outcome::Findings
