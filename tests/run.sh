@@ -50,6 +50,12 @@ RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps -p encrypted-types -p en
 echo "== the crates as published: cargo package builds the packaged sources (embedded migrations included)"
 cargo package --locked --allow-dirty -p encrypted-derive -p encrypted-types \
   --features encrypted-types/migrations,encrypted-types/sqlite,encrypted-types/postgres,encrypted-types/mysql
+echo "== the example app's default build links no database client library (SQLite is bundled)"
+cargo build --locked -p example-app
+if ldd target/debug/clinic | grep -E 'libpq|libmysqlclient|libmariadb'; then
+  echo "the default build of clinic links a database client library" >&2
+  exit 1
+fi
 echo "== reference implementation of the format (Python) against the frozen vectors"
 python3 tests/vectors/reference.py check
 echo "== cargo test (all backends, sync and async; doctests)"

@@ -45,10 +45,20 @@ impl Lcg {
     }
 }
 
+fn is_mysql(db: &Db) -> bool {
+    match db {
+        #[cfg(feature = "mysql")]
+        Db::Mysql(_) => true,
+        _ => false,
+    }
+}
+
 fn ddl(db: &Db) -> Vec<&'static str> {
     let (blob, bidx, text) = match db {
         Db::Sqlite(_) => ("BLOB", "BLOB", "TEXT"),
+        #[cfg(feature = "postgres")]
         Db::Pg(_) => ("BYTEA", "BYTEA", "TEXT"),
+        #[cfg(feature = "mysql")]
         Db::Mysql(_) => ("VARBINARY(1024)", "VARBINARY(32)", "VARCHAR(1024)"),
     };
     let enc = format!(
@@ -58,12 +68,12 @@ fn ddl(db: &Db) -> Vec<&'static str> {
     let plain = format!(
         "CREATE TABLE bench_plain (id BIGINT PRIMARY KEY, clinic_id BIGINT NOT NULL, name {text} NOT NULL, \
          email {} NOT NULL, ssn {} NOT NULL, notes {text} NOT NULL)",
-        if matches!(db, Db::Mysql(_)) {
+        if is_mysql(db) {
             "VARCHAR(255)"
         } else {
             text
         },
-        if matches!(db, Db::Mysql(_)) {
+        if is_mysql(db) {
             "VARCHAR(64)"
         } else {
             text
@@ -93,6 +103,7 @@ fn table_bytes(db: &mut Db, table: &str) -> AppResult<i64> {
              WHERE name IN (SELECT name FROM sqlite_master WHERE tbl_name = '{table}')"
         ))
         .get_result(c)?,
+        #[cfg(feature = "postgres")]
         Db::Pg(c) => {
             diesel::sql_query(format!("VACUUM ANALYZE {table}")).execute(c)?;
             diesel::sql_query(format!(
@@ -100,6 +111,7 @@ fn table_bytes(db: &mut Db, table: &str) -> AppResult<i64> {
             ))
             .get_result(c)?
         }
+        #[cfg(feature = "mysql")]
         Db::Mysql(c) => {
             diesel::sql_query(format!("ANALYZE TABLE {table}")).execute(c)?;
             diesel::sql_query(format!(

@@ -3,8 +3,8 @@
 //! blind indexes, with one set of keys per clinic.
 //!
 //! `cargo run -p example-app -- demo` runs the whole tour on SQLite with no server and no
-//! configuration; `--database-url postgres://...` or `mysql://...` (or `DATABASE_URL`) uses a
-//! server instead.
+//! configuration; built with `--features postgres,mysql`, `--database-url postgres://...` or
+//! `mysql://...` (or `DATABASE_URL`) uses a server instead.
 #![forbid(unsafe_code)]
 
 /// `println!` that stops quietly when stdout is closed (`clinic demo | head`) instead of
