@@ -68,16 +68,8 @@ fn ddl(db: &Db) -> Vec<&'static str> {
     let plain = format!(
         "CREATE TABLE bench_plain (id BIGINT PRIMARY KEY, clinic_id BIGINT NOT NULL, name {text} NOT NULL, \
          email {} NOT NULL, ssn {} NOT NULL, notes {text} NOT NULL)",
-        if is_mysql(db) {
-            "VARCHAR(255)"
-        } else {
-            text
-        },
-        if is_mysql(db) {
-            "VARCHAR(64)"
-        } else {
-            text
-        },
+        if is_mysql(db) { "VARCHAR(255)" } else { text },
+        if is_mysql(db) { "VARCHAR(64)" } else { text },
     );
     vec![
         "DROP TABLE IF EXISTS bench_encrypted",

@@ -19,6 +19,11 @@ fn kek(dir: &tempfile::TempDir) -> LocalKek {
     LocalKek::create(dir.path().join("test.kek")).unwrap()
 }
 
+/// The KEK [`kek`] created, opened again (a second store over the same table).
+fn kek_at(dir: &tempfile::TempDir) -> LocalKek {
+    LocalKek::open(dir.path().join("test.kek")).unwrap()
+}
+
 #[test]
 fn the_local_kek_file_is_checked() {
     use std::os::unix::fs::PermissionsExt;
@@ -384,13 +389,64 @@ macro_rules! store_suite {
                     .unwrap()
             };
             assert_eq!(state(conn), "retired");
-            // Retired six minutes ago (set back here): this store destroys it.
-            diesel::update(encrypted_types_keys::table.find(i64::from(first.data.get())))
-                .set(encrypted_types_keys::state_changed_at.eq(encrypted_types_keys::state_changed_at - 360))
-                .execute(conn)
-                .unwrap();
-            store.destroy_key(conn, first.data, &[Patient::MODEL]).unwrap();
+            // A database writer sets the retirement six minutes back to get it destroyed early:
+            // the timestamp is under the record's MAC, so the record no longer authenticates.
+            let set_back = |conn: &mut _, by: i64| {
+                diesel::update(encrypted_types_keys::table.find(i64::from(first.data.get())))
+                    .set(encrypted_types_keys::state_changed_at.eq(encrypted_types_keys::state_changed_at - by))
+                    .execute(conn)
+                    .unwrap();
+            };
+            set_back(conn, 360);
+            let e = store.destroy_key(conn, first.data, &[Patient::MODEL]).unwrap_err();
+            assert!(matches!(e, Error::KeyRecord { key_id, .. } if key_id == first.data), "{e}");
+            assert_eq!(state(conn), "retired");
+            // As recorded, with a store told every process reloaded (no grace): destroyed.
+            set_back(conn, -360);
+            let now = KeyStore::new(kek_at(&dir)).with_destroy_grace(Duration::ZERO);
+            now.destroy_key(conn, first.data, &[Patient::MODEL]).unwrap();
             assert_eq!(state(conn), "destroyed");
+        }
+
+        /// A key made to look young by one UPDATE of its timestamp (which silenced the key-age
+        /// alarm while timestamps were outside the record MAC): the load refuses the record,
+        /// naming it, and the authenticated listing `check` reads refuses it too.
+        #[test]
+        fn a_key_timestamp_changed_in_the_database_fails_the_load_naming_the_key() {
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let store = KeyStore::new(kek(&dir));
+            let conn = &mut $connect();
+            let keys = store.create_tenant(conn, Some(&"t".into())).unwrap();
+            assert!(store.load(conn).is_ok());
+            let listed = store.verified_keys(conn).unwrap();
+            assert_eq!(listed.len(), 3, "wrapping, data and blind-index keys");
+            assert!(listed.iter().all(|k| k.timestamps_authenticated), "{listed:?}");
+            assert!(
+                encrypted_types::store::list_keys(conn).unwrap().iter().all(|k| !k.timestamps_authenticated),
+                "list_keys authenticates nothing"
+            );
+            for column in ["created_at", "state_changed_at"] {
+                let id = i64::from(keys.data.get());
+                let younger = |conn: &mut _, by: i64| {
+                    let q = match column {
+                        "created_at" => diesel::update(encrypted_types_keys::table.find(id))
+                            .set(encrypted_types_keys::created_at.eq(encrypted_types_keys::created_at + by))
+                            .execute(conn),
+                        _ => diesel::update(encrypted_types_keys::table.find(id))
+                            .set(encrypted_types_keys::state_changed_at.eq(encrypted_types_keys::state_changed_at + by))
+                            .execute(conn),
+                    };
+                    q.unwrap();
+                };
+                younger(conn, 200 * 86_400);
+                let e = store.load(conn).unwrap_err();
+                assert!(matches!(e, Error::KeyRecord { key_id, .. } if key_id == keys.data), "{column}: {e}");
+                let e = store.verified_keys(conn).unwrap_err();
+                assert!(matches!(e, Error::KeyRecord { key_id, .. } if key_id == keys.data), "{column}: {e}");
+                younger(conn, -200 * 86_400);
+                assert!(store.load(conn).is_ok(), "{column}: restored");
+            }
         }
 
         #[test]

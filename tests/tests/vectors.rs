@@ -660,71 +660,114 @@ fn normalizers_agree_with_the_reference() {
     );
 }
 
+/// A key-table vector file (docs/KEYTABLE.md, computed by the Python reference).
+#[derive(Deserialize)]
+struct KeyTableDoc {
+    kek: String,
+    data_key: String,
+    records: Vec<KeyTableRec>,
+}
+
+#[derive(Deserialize, Clone)]
+struct KeyTableRec {
+    key_id: i64,
+    tenant: Option<String>,
+    purpose: String,
+    state: String,
+    generation: i64,
+    kek_ref: String,
+    wrapped_key: Option<String>,
+    check_value: Option<String>,
+    mac_key_id: i64,
+    record_mac: String,
+    /// Only in `keytable_v1_mac2.json`, whose version 2 MACs cover them.
+    #[serde(default)]
+    created_at: i64,
+    #[serde(default)]
+    state_changed_at: i64,
+}
+
+impl KeyTableRec {
+    fn row(&self) -> encrypted_types::store::KeyRecord {
+        let hex = |s: &str| hex::decode(s).unwrap();
+        encrypted_types::store::KeyRecord {
+            key_id: self.key_id,
+            tenant: self.tenant.clone(),
+            purpose: self.purpose.clone(),
+            state: self.state.clone(),
+            wrapped_key: self.wrapped_key.as_deref().map(hex),
+            kek_ref: self.kek_ref.clone(),
+            created_at: self.created_at,
+            state_changed_at: self.state_changed_at,
+            generation: self.generation,
+            check_value: self.check_value.as_deref().map(hex),
+            mac_key_id: Some(self.mac_key_id),
+            record_mac: Some(hex(&self.record_mac)),
+        }
+    }
+}
+
+/// A vector file's records as rows of a real key table (SQLite), with its KEK as a file in
+/// `dir`: the connection and a store opening that file.
+fn vector_key_table(
+    doc: &KeyTableDoc,
+    dir: &tempfile::TempDir,
+) -> (
+    diesel::SqliteConnection,
+    impl Fn() -> encrypted_types::store::KeyStore<encrypted_types::kek::local::LocalKek>,
+) {
+    use diesel::prelude::*;
+    use encrypted_types::kek::local::LocalKek;
+    use encrypted_types::store::{KeyStore, encrypted_types_keys};
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dir.path().join("dev.kek"))
+        .unwrap();
+    f.write_all(&hex::decode(&doc.kek).unwrap()).unwrap();
+    let path = dir.path().join("dev.kek");
+    let store = move || KeyStore::new(LocalKek::open(&path).unwrap());
+    let mut conn = SqliteConnection::establish(":memory:").unwrap();
+    KeyStore::<LocalKek>::run_migrations(&mut conn).unwrap();
+    for r in &doc.records {
+        diesel::insert_into(encrypted_types_keys::table)
+            .values(&r.row())
+            .execute(&mut conn)
+            .unwrap();
+    }
+    (conn, store)
+}
+
+/// Replaces record `r` of the table by `row`.
+fn replace_record(
+    conn: &mut diesel::SqliteConnection,
+    r: &KeyTableRec,
+    row: &encrypted_types::store::KeyRecord,
+) {
+    use diesel::prelude::*;
+    use encrypted_types::store::encrypted_types_keys;
+    diesel::delete(encrypted_types_keys::table.find(r.key_id))
+        .execute(conn)
+        .unwrap();
+    diesel::insert_into(encrypted_types_keys::table)
+        .values(row)
+        .execute(conn)
+        .unwrap();
+}
+
 /// `keytable_v1.json` (docs/KEYTABLE.md), as rows of a real key table: the library loads them
 /// with the KEK file alone (every MAC, check value and wrap computed by the Python reference),
 /// and the data key it recovers opens a value sealed under the vector's key bytes.
 #[test]
 fn the_key_table_vectors_load_through_the_library() {
-    use diesel::prelude::*;
-    use encrypted_types::kek::local::LocalKek;
-    use encrypted_types::store::{KeyRecord, KeyStore, encrypted_types_keys};
-    use std::io::Write;
-
-    #[derive(Deserialize)]
-    struct Doc {
-        kek: String,
-        data_key: String,
-        records: Vec<Rec>,
-    }
-    #[derive(Deserialize, Clone)]
-    struct Rec {
-        key_id: i64,
-        tenant: Option<String>,
-        purpose: String,
-        state: String,
-        generation: i64,
-        kek_ref: String,
-        wrapped_key: Option<String>,
-        check_value: Option<String>,
-        mac_key_id: i64,
-        record_mac: String,
-    }
-    let doc: Doc = serde_json::from_str(include_str!("../vectors/keytable_v1.json")).unwrap();
-    let hex = |s: &str| hex::decode(s).unwrap();
+    let doc: KeyTableDoc =
+        serde_json::from_str(include_str!("../vectors/keytable_v1.json")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(dir.path().join("dev.kek"))
-            .unwrap();
-        f.write_all(&hex(&doc.kek)).unwrap();
-    }
-    let store = || KeyStore::new(LocalKek::open(dir.path().join("dev.kek")).unwrap());
-    let conn = &mut SqliteConnection::establish(":memory:").unwrap();
-    KeyStore::<LocalKek>::run_migrations(conn).unwrap();
-    let row = |r: &Rec| KeyRecord {
-        key_id: r.key_id,
-        tenant: r.tenant.clone(),
-        purpose: r.purpose.clone(),
-        state: r.state.clone(),
-        wrapped_key: r.wrapped_key.as_deref().map(hex),
-        kek_ref: r.kek_ref.clone(),
-        created_at: 0,
-        state_changed_at: 0,
-        generation: r.generation,
-        check_value: r.check_value.as_deref().map(hex),
-        mac_key_id: Some(r.mac_key_id),
-        record_mac: Some(hex(&r.record_mac)),
-    };
-    for r in &doc.records {
-        diesel::insert_into(encrypted_types_keys::table)
-            .values(&row(r))
-            .execute(conn)
-            .unwrap();
-    }
+    let (mut conn, store) = vector_key_table(&doc, &dir);
+    let conn = &mut conn;
     let (keyring, report) = store().load(conn).unwrap();
     assert_eq!(
         (
@@ -745,7 +788,7 @@ fn the_key_table_vectors_load_through_the_library() {
         .data_key(
             id,
             Some("clinic-a".into()),
-            KeyMaterial::from_slice(&hex(&doc.data_key)).unwrap(),
+            KeyMaterial::from_slice(&hex::decode(&doc.data_key).unwrap()).unwrap(),
         )
         .primary(Some("clinic-a".into()), id)
         .build()
@@ -760,31 +803,68 @@ fn the_key_table_vectors_load_through_the_library() {
         format::seal(reference.key(id.into()).unwrap(), &ctx, &b"vector".to_vec()).unwrap();
     let opened: Vec<u8> = format::open(keyring.key(id.into()).unwrap(), &ctx, sealed).unwrap();
     assert_eq!(opened, b"vector");
+    // Version 1 MACs do not cover the timestamps: the authenticated listing says so.
+    let listed = store().verified_keys(conn).unwrap();
+    assert!(listed.iter().all(|k| !k.timestamps_authenticated));
 
     // One changed byte in any authenticated field of any record is refused, naming the record.
     for (i, r) in doc.records.iter().enumerate() {
-        let mut bad = row(r);
+        let mut bad = r.row();
         bad.generation += 1;
-        diesel::delete(encrypted_types_keys::table.find(r.key_id))
-            .execute(conn)
-            .unwrap();
-        diesel::insert_into(encrypted_types_keys::table)
-            .values(&bad)
-            .execute(conn)
-            .unwrap();
+        replace_record(conn, r, &bad);
         match store().load(conn) {
             Err(encrypted_types::Error::KeyRecord { key_id, .. }) => {
                 assert_eq!(i64::from(key_id.get()), r.key_id);
             }
             other => panic!("record {i}: {other:?}"),
         }
-        diesel::delete(encrypted_types_keys::table.find(r.key_id))
-            .execute(conn)
-            .unwrap();
-        diesel::insert_into(encrypted_types_keys::table)
-            .values(&row(r))
-            .execute(conn)
-            .unwrap();
+        replace_record(conn, r, &r.row());
+    }
+    assert!(store().load(conn).is_ok());
+    // `rewrap` re-authenticates every record under version 2.
+    let report = store()
+        .rewrap(conn, encrypted_types::store::RewrapOptions::default())
+        .unwrap();
+    assert!(report.finished, "{report:?}");
+    let listed = store().verified_keys(conn).unwrap();
+    assert!(
+        listed.iter().all(|k| k.timestamps_authenticated),
+        "{listed:?}"
+    );
+}
+
+/// `keytable_v1_mac2.json`: the same records with timestamps under version 2 MACs (KEYTABLE.md
+/// §4). They load; the listing `check` reads says their timestamps are authenticated; a
+/// timestamp changed by one second, or a version 2 MAC cut to look like version 1, is refused
+/// naming the record.
+#[test]
+fn the_version_2_record_macs_cover_the_timestamps() {
+    let doc: KeyTableDoc =
+        serde_json::from_str(include_str!("../vectors/keytable_v1_mac2.json")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut conn, store) = vector_key_table(&doc, &dir);
+    let conn = &mut conn;
+    assert_eq!(store().load(conn).unwrap().1.data_keys, 1);
+    let listed = store().verified_keys(conn).unwrap();
+    assert_eq!(listed.len(), 4);
+    assert!(listed.iter().all(|k| k.timestamps_authenticated));
+    for r in &doc.records {
+        let mut changed = r.row();
+        changed.created_at -= 1;
+        let mut cut = r.row();
+        cut.record_mac = cut.record_mac.map(|m| m[1..].to_vec());
+        let mut stamped = r.row();
+        stamped.state_changed_at += 1;
+        for bad in [changed, cut, stamped] {
+            replace_record(conn, r, &bad);
+            match store().load(conn) {
+                Err(encrypted_types::Error::KeyRecord { key_id, .. }) => {
+                    assert_eq!(i64::from(key_id.get()), r.key_id);
+                }
+                other => panic!("record {}: {other:?}", r.key_id),
+            }
+        }
+        replace_record(conn, r, &r.row());
     }
     assert!(store().load(conn).is_ok());
 }

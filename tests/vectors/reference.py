@@ -11,6 +11,7 @@
                             Rust test `normalizers_agree_with_the_reference` writes and runs it)
     reference.py generate-unicode   regenerate encrypted-types/src/index/unicode.rs
     reference.py generate-keytable  write keytable_v1.json (docs/KEYTABLE.md; frozen once committed)
+    reference.py generate-keytable-mac2  write keytable_v1_mac2.json (version 2 record MACs; frozen)
     reference.py generate   write the vector files from the cases below (only when adding vectors:
                             existing vectors are frozen and must never change)
 
@@ -901,6 +902,28 @@ def record_mac(m: bytes, r: dict) -> bytes:
     return hmac.new(m, data, hashlib.sha256).digest()
 
 
+def record_mac_v2(m: bytes, r: dict) -> bytes:
+    """Section 4.1: version 2 covers the timestamps too; stored as 0x02 || tag."""
+    hx = lambda k: None if r[k] is None else bytes.fromhex(r[k])
+    data = (b"encrypted-types/keytable/record/v2" + struct.pack(">q", r["key_id"])
+            + opt(None if r["tenant"] is None else r["tenant"].encode())
+            + lp(r["purpose"].encode()) + lp(r["state"].encode()) + struct.pack(">q", r["generation"])
+            + lp(r["kek_ref"].encode()) + opt(hx("wrapped_key")) + opt(hx("check_value"))
+            + struct.pack(">q", r["mac_key_id"])
+            + struct.pack(">q", r["created_at"]) + struct.pack(">q", r["state_changed_at"]))
+    return b"\x02" + hmac.new(m, data, hashlib.sha256).digest()
+
+
+def verify_record_mac(m: bytes, r: dict) -> bool:
+    """Section 4: a 33-byte MAC starting 0x02 is version 2, a 32-byte one version 1."""
+    stored = bytes.fromhex(r["record_mac"])
+    if len(stored) == 33 and stored[0] == 2:
+        return hmac.compare_digest(stored, record_mac_v2(m, r))
+    if len(stored) == 32:
+        return hmac.compare_digest(stored, record_mac(m, r))
+    return False
+
+
 def unwrap(kek_or_wrapping: bytes, aad_: bytes, wrapped: bytes) -> bytes:
     """Sections 2.1 to 2.3: nonce (12) || ciphertext (32) || tag (16)."""
     assert len(wrapped) == 60, "a wrapped key is 60 bytes"
@@ -978,6 +1001,42 @@ def check_keytable():
     return n
 
 
+KEYTABLE_MAC2_VECTORS = HERE / "keytable_v1_mac2.json"
+
+
+def generate_keytable_mac2():
+    """The records of keytable_v1.json with timestamps, authenticated by version 2 MACs."""
+    doc = json.loads(KEYTABLE_VECTORS.read_text())
+    m = bytes.fromhex(doc["mac_key"])
+    stamps = [(1796600000, 1796600000), (1796600100, 1796600100), (1796600200, 1796686600),
+              (1796600300, 1796600300)]
+    records = []
+    for r, (created, changed) in zip(doc["records"], stamps):
+        x = {k: v for k, v in r.items() if k != "record_mac"}
+        x.update(created_at=created, state_changed_at=changed)
+        records.append(dict(x, record_mac=record_mac_v2(m, x).hex()))
+    out = dict({k: v for k, v in doc.items() if k != "records"}, records=records)
+    KEYTABLE_MAC2_VECTORS.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {len(records)} records to {KEYTABLE_MAC2_VECTORS}")
+
+
+def check_keytable_mac2():
+    """Every version 2 MAC verifies; a changed timestamp, or the MAC read as version 1, does not."""
+    doc = json.loads(KEYTABLE_MAC2_VECTORS.read_text())
+    w = unwrap(bytes.fromhex(doc["kek"]), kek_aad(None, "wrapping", doc["records"][0]["key_id"]),
+               bytes.fromhex(doc["records"][0]["wrapped_key"]))
+    m = mac_key(w, doc["records"][0]["key_id"])
+    assert m.hex() == doc["mac_key"]
+    n = 0
+    for r in doc["records"]:
+        assert verify_record_mac(m, r), f"record {r['key_id']}: v2 MAC"
+        for field in ("created_at", "state_changed_at"):
+            assert not verify_record_mac(m, dict(r, **{field: r[field] - 1})), field
+        assert not verify_record_mac(m, dict(r, record_mac=r["record_mac"][2:])), "v2 tag read as v1"
+        n += 1
+    return n
+
+
 def check():
     check_unicode()
     vectors = json.loads(VECTORS.read_text())
@@ -1002,7 +1061,8 @@ def check():
             raise AssertionError(v["name"] + ": opened under the wrong column")
         except Invalid as e:
             assert str(e) == "AuthenticationFailed"
-    n = len(vectors) + check_index() + check_compound() + check_invalid() + check_keytable()
+    n = (len(vectors) + check_index() + check_compound() + check_invalid() + check_keytable()
+         + check_keytable_mac2())
     print(f"{n} passed, 0 failed")
 
 
@@ -1029,4 +1089,5 @@ if __name__ == "__main__":
     else:
         {"generate": lambda: (generate(), generate_index(), generate_compound(), generate_invalid()),
          "check": check,
-         "generate-unicode": generate_unicode, "generate-keytable": generate_keytable}[cmd]()
+         "generate-unicode": generate_unicode, "generate-keytable": generate_keytable,
+         "generate-keytable-mac2": generate_keytable_mac2}[cmd]()

@@ -243,7 +243,21 @@ where
             problems.push(json!({"problem": "keys_do_not_load", "error": e.to_string()}));
         }
     }
-    let keys = list_keys(conn)?;
+    // Key ages from authenticated records only: one UPDATE of a timestamp must not silence
+    // the alarm. A table whose records do not authenticate was reported above.
+    let keys = match store.verified_keys(conn) {
+        Ok(keys) => keys,
+        Err(_) => list_keys(conn)?,
+    };
+    let unauthenticated = keys.iter().filter(|k| !k.timestamps_authenticated).count();
+    if unauthenticated > 0 {
+        lines.push(format!(
+            "{unauthenticated} key record(s) do not authenticate their timestamps (written before \
+             0.2, or not authenticated at all): their ages are not to be trusted; `keys rewrap` \
+             re-authenticates every record"
+        ));
+        problems.push(json!({"problem": "timestamps_unauthenticated", "records": unauthenticated}));
+    }
     for reused in reused_wrap_nonces(conn)? {
         let ids: Vec<u32> = reused.key_ids.iter().map(|k| k.get()).collect();
         lines.push(format!(
@@ -451,7 +465,15 @@ where
         out::json(&json!({ "indexes": listed, "ok": findings == 0 }))?;
     } else {
         out::table(
-            &["table", "index", "tenant", "rows", "distinct", "unreadable", "verdict"],
+            &[
+                "table",
+                "index",
+                "tenant",
+                "rows",
+                "distinct",
+                "unreadable",
+                "verdict",
+            ],
             &rows,
         )?;
     }

@@ -260,6 +260,9 @@ impl<P: KekProvider> KeyStore<P> {
             let Some(old) = old else {
                 return Ok(false);
             };
+            // The retirement time decides, so it must be the one a key-store write recorded
+            // (version 2 MACs cover it), not one a database writer set back.
+            self.verified_by(db, &old).await?;
             // Writers seal from the keyring in memory and never read the retired record, so no
             // lock closes the race with a process that has not reloaded: time does.
             let retired_secs =

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{KeyDb, KeyState, KeyTable, store_err};
+use super::{KeyDb, KeyState, KeyStore, KeyTable, store_err};
 use crate::Error;
 use crate::db::sync_and_async;
 use crate::format::key::KeyId;
@@ -24,13 +24,70 @@ pub struct KeyInfo {
     pub state: KeyState,
     /// The KEK (or wrapping key) reference it is stored under.
     pub kek_ref: String,
-    /// Unix seconds. Not covered by the record's MAC (`docs/KEYTABLE.md`): a database writer
-    /// can make a key look younger than it is.
+    /// Unix seconds. Authenticated only where [`KeyInfo::timestamps_authenticated`] says so:
+    /// otherwise a database writer can make a key look younger than it is.
     pub created_at: i64,
     /// Unix seconds of the last state change (when it was retired or destroyed).
     pub state_changed_at: i64,
     /// Its generation within the tenant and purpose.
     pub generation: i64,
+    /// Whether `created_at` and `state_changed_at` were read from a record whose version 2 MAC
+    /// verified ([`KeyStore::verified_keys`]). Always `false` from [`list_keys`], which
+    /// authenticates nothing, and for records written before 0.2 (version 1 MACs, which do not
+    /// cover the timestamps) until `rewrap` re-authenticates them.
+    pub timestamps_authenticated: bool,
+}
+
+impl<P: crate::kek::KekProvider> KeyStore<P> {
+    sync_and_async! {
+        /// Every key of the key table, as [`list_keys`], with every record authenticated first
+        /// under the deployment wrapping key it names (which unwraps each deployment wrapping key
+        /// once, through the KEK: a host that runs it needs the KEK's decrypt right). What
+        /// `check` reads key ages from, so that a database writer cannot silence the alarm by
+        /// making a key look young.
+        ///
+        /// ```
+        /// # use diesel::prelude::*;
+        /// # use encrypted_types::kek::local::LocalKek;
+        /// # use encrypted_types::store::KeyStore;
+        /// # let dir = tempfile::tempdir().unwrap();
+        /// # let conn = &mut SqliteConnection::establish(":memory:").unwrap();
+        /// # KeyStore::<LocalKek>::run_migrations(conn)?;
+        /// let store = KeyStore::new(LocalKek::create(dir.path().join("dev.kek"))?);
+        /// store.create_tenant(conn, Some(&"clinic-a".into()))?;
+        /// let keys = store.verified_keys(conn)?;
+        /// assert!(keys.iter().all(|k| k.timestamps_authenticated));
+        /// # Ok::<(), encrypted_types::Error>(())
+        /// ```
+        ///
+        /// # Errors
+        /// [`Error::KeyRecord`] naming the first record that does not authenticate (a table from
+        /// before the key hierarchy has none that do), provider errors, [`Error::Store`].
+        pub fn verified_keys / verified_keys_async(&self)
+            -> Result<Vec<KeyInfo>, Error> where Backend: KeyTable => self.verified_keys_on
+    }
+
+    async fn verified_keys_on<D: KeyDb>(&self, db: &mut D) -> Result<Vec<KeyInfo>, Error> {
+        let records = match super::all_keys(db).await {
+            Ok(r) => r,
+            Err(e) => {
+                return Err(
+                    super::migrated::explain(db, super::migrated::KEY_TABLE, store_err(e)).await,
+                );
+            }
+        };
+        let by_id: HashMap<i64, &super::KeyRecord> =
+            records.iter().map(|r| (r.key_id, r)).collect();
+        for r in &records {
+            let named = r.mac_key_id.and_then(|m| by_id.get(&m).copied());
+            let mac_row = named.ok_or_else(|| Error::KeyRecord {
+                key_id: KeyId::from(u32::try_from(r.key_id).unwrap_or(0)),
+                reason: super::wrap::NOT_AUTHENTIC,
+            })?;
+            self.verified_with(r, mac_row)?;
+        }
+        infos(records, super::record::timestamps_authenticated)
+    }
 }
 
 sync_and_async! {
@@ -45,7 +102,7 @@ sync_and_async! {
 }
 
 async fn list_keys_on<D: KeyDb>(db: &mut D) -> Result<Vec<KeyInfo>, Error> {
-    let mut records = match super::all_keys(db).await {
+    let records = match super::all_keys(db).await {
         Ok(r) => r,
         Err(e) => {
             return Err(
@@ -53,7 +110,15 @@ async fn list_keys_on<D: KeyDb>(db: &mut D) -> Result<Vec<KeyInfo>, Error> {
             );
         }
     };
-    // By tenant (keys of no tenant first), purpose and id, the same on every backend.
+    infos(records, |_| false)
+}
+
+/// The records as [`KeyInfo`]s, by tenant (keys of no tenant first), purpose and id, the same on
+/// every backend.
+fn infos(
+    mut records: Vec<super::KeyRecord>,
+    authenticated: impl Fn(&super::KeyRecord) -> bool,
+) -> Result<Vec<KeyInfo>, Error> {
     records
         .sort_by(|a, b| (&a.tenant, &a.purpose, a.key_id).cmp(&(&b.tenant, &b.purpose, b.key_id)));
     records
@@ -63,6 +128,7 @@ async fn list_keys_on<D: KeyDb>(db: &mut D) -> Result<Vec<KeyInfo>, Error> {
                 .map(KeyId::from)
                 .map_err(|_| Error::Store("a key id outside 0..2^32 in the key table".into()))?;
             let bad = |reason| Error::KeyRecord { key_id, reason };
+            let timestamps_authenticated = authenticated(&r);
             Ok(KeyInfo {
                 key_id,
                 purpose: Purpose::parse(&r.purpose).ok_or_else(|| bad("unknown purpose"))?,
@@ -72,6 +138,7 @@ async fn list_keys_on<D: KeyDb>(db: &mut D) -> Result<Vec<KeyInfo>, Error> {
                 created_at: r.created_at,
                 state_changed_at: r.state_changed_at,
                 generation: r.generation,
+                timestamps_authenticated,
             })
         })
         .collect()
@@ -255,6 +322,7 @@ mod tests {
             created_at: created,
             state_changed_at: changed,
             generation: 1,
+            timestamps_authenticated: true,
         }
     }
 

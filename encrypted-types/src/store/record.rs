@@ -24,6 +24,9 @@ const WRAP_DOMAIN: &[u8] = b"encrypted-types/keytable/wrap/v1";
 const CHECK_LABEL: &[u8] = b"encrypted-types/keytable/check/v1";
 const MAC_INFO: &[u8] = b"encrypted-types/keytable/mac/v1";
 const RECORD_DOMAIN: &[u8] = b"encrypted-types/keytable/record/v1";
+const RECORD_DOMAIN_V2: &[u8] = b"encrypted-types/keytable/record/v2";
+/// The first byte of a version 2 record MAC (33 bytes); a version 1 MAC is the bare 32-byte tag.
+const MAC_V2: u8 = 0x02;
 
 /// Bytes of a check value: enough that 32 random bytes pass with probability 2⁻¹²⁸.
 pub(crate) const CHECK_LEN: usize = 16;
@@ -137,30 +140,47 @@ impl Wrapper {
         open_key(&self.cipher, &local_aad(ctx, self.id), wrapped, ctx.key_id)
     }
 
-    /// Sets `r.mac_key_id` to this key and `r.record_mac` to the MAC of the record's fields.
+    /// Sets `r.mac_key_id` to this key and `r.record_mac` to the version 2 MAC of the record's
+    /// fields, timestamps included.
     pub(crate) fn authenticate(&self, r: &mut KeyRecord) {
         r.mac_key_id = Some(i64::from(self.id.get()));
-        r.record_mac = Some(self.record_mac(r).to_vec());
+        let mut tag = Vec::with_capacity(33);
+        tag.push(MAC_V2);
+        tag.extend_from_slice(&self.record_mac(&mac_input_v2(r)));
+        r.record_mac = Some(tag);
     }
 
-    /// Whether `r.record_mac` is this key's MAC of `r` (in constant time).
+    /// Whether `r.record_mac` is this key's MAC of `r` (in constant time): a version 2 MAC
+    /// (33 bytes, timestamps covered), or a version 1 MAC (32 bytes, written before 0.2).
     pub(crate) fn verifies(&self, r: &KeyRecord) -> bool {
         if r.mac_key_id != Some(i64::from(self.id.get())) {
             return false;
         }
-        let Some(tag) = r.record_mac.as_deref() else {
-            return false;
-        };
         let mut mac = self.mac.clone();
-        mac.update(&mac_input(r));
-        mac.verify_slice(tag).is_ok()
+        match r.record_mac.as_deref() {
+            Some([MAC_V2, tag @ ..]) if tag.len() == 32 => {
+                mac.update(&mac_input_v2(r));
+                mac.verify_slice(tag).is_ok()
+            }
+            Some(tag) if tag.len() == 32 => {
+                mac.update(&mac_input(r));
+                mac.verify_slice(tag).is_ok()
+            }
+            _ => false,
+        }
     }
 
-    fn record_mac(&self, r: &KeyRecord) -> [u8; 32] {
+    fn record_mac(&self, input: &[u8]) -> [u8; 32] {
         let mut mac = self.mac.clone();
-        mac.update(&mac_input(r));
+        mac.update(input);
         mac.finalize().into_bytes().into()
     }
+}
+
+/// Whether `r`'s MAC is of version 2, so that (once it verifies) its `created_at` and
+/// `state_changed_at` are authenticated too.
+pub(crate) fn timestamps_authenticated(r: &KeyRecord) -> bool {
+    matches!(r.record_mac.as_deref(), Some([MAC_V2, tag @ ..]) if tag.len() == 32)
 }
 
 /// `HMAC-SHA256(key, label)`, truncated: a fingerprint of a key that reveals nothing of it.
@@ -198,9 +218,23 @@ fn opt(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
     }
 }
 
-/// What a record MAC covers: every field but the timestamps and the MAC itself.
+/// What a version 1 record MAC covers: every field but the timestamps and the MAC itself.
 pub(crate) fn mac_input(r: &KeyRecord) -> Vec<u8> {
-    let mut out = RECORD_DOMAIN.to_vec();
+    fields(RECORD_DOMAIN, r)
+}
+
+/// What a version 2 record MAC covers: version 1's fields under its own domain, then the
+/// timestamps, so that `check`'s key ages and the destroy grace period read authenticated
+/// values.
+pub(crate) fn mac_input_v2(r: &KeyRecord) -> Vec<u8> {
+    let mut out = fields(RECORD_DOMAIN_V2, r);
+    out.extend_from_slice(&r.created_at.to_be_bytes());
+    out.extend_from_slice(&r.state_changed_at.to_be_bytes());
+    out
+}
+
+fn fields(domain: &[u8], r: &KeyRecord) -> Vec<u8> {
+    let mut out = domain.to_vec();
     out.extend_from_slice(&r.key_id.to_be_bytes());
     opt(&mut out, r.tenant.as_deref().map(str::as_bytes));
     lp(&mut out, r.purpose.as_bytes());

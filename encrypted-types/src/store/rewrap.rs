@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use super::record::{Wrapper, check_matches, check_value};
+use super::record::{Wrapper, check_matches, check_value, timestamps_authenticated};
 use super::wrap::{NOT_AUTHENTIC, WRAPPED_BY, key_id_of, wrapped_by};
 use super::{KEYS, KeyDb, KeyRecord, KeyState, KeyTable, store_err, tenant_keys, update_record};
 use crate::Error;
@@ -279,9 +279,12 @@ impl<P: KekProvider> KeyStore<P> {
         for old in &rows {
             // Live old deployment wrapping keys are destroyed at the end; destroyed ones are
             // re-authenticated like any record.
+            // The target's own record is re-authenticated only to bring a version 1 MAC to
+            // version 2 (timestamps covered).
             if old.purpose == Purpose::Wrapping.as_str()
                 && old.tenant.is_none()
                 && (old.key_id == target_id || old.state != KeyState::Destroyed.as_str())
+                && (old.key_id != target_id || timestamps_authenticated(old))
             {
                 continue;
             }
@@ -305,7 +308,7 @@ impl<P: KekProvider> KeyStore<P> {
                 && old.state != KeyState::Destroyed.as_str()
                 && !own_kek
                 && old.kek_ref != format!("{WRAPPED_BY}{}", target.id);
-            if !rewrap && old.mac_key_id == Some(target_id) {
+            if !rewrap && old.mac_key_id == Some(target_id) && timestamps_authenticated(old) {
                 continue;
             }
             self.authentic(old, &wrapping)?;
@@ -419,6 +422,8 @@ async fn remaining<D: KeyDb>(db: &mut D, target: KeyId) -> Result<i64, Error> {
         .map(|r| r.key_id)
         .collect();
     let mut q = Query::new();
+    // Placeholders are positional on SQLite and MySQL: one binding per use.
+    let t0 = q.bind::<D::Backend>(Param::Int(i64::from(target.get())));
     let t = q.bind::<D::Backend>(Param::Int(i64::from(target.get())));
     let t2 = q.bind::<D::Backend>(Param::Int(i64::from(target.get())));
     let mut under_old = String::from("kek_ref NOT LIKE 'key:%'");
@@ -429,11 +434,14 @@ async fn remaining<D: KeyDb>(db: &mut D, target: KeyId) -> Result<i64, Error> {
             .collect();
         under_old = format!("({under_old} OR kek_ref IN ({}))", refs.join(", "));
     }
+    // A version 1 MAC (32 bytes, timestamps not covered) is left to do as well, the target's
+    // own record included.
     q.sql = format!(
-        "SELECT COUNT(*) AS n FROM {KEYS} WHERE key_id <> {t} \
+        "SELECT COUNT(*) AS n FROM {KEYS} WHERE (key_id = {t0} AND LENGTH(record_mac) <> 33) \
+         OR (key_id <> {t} \
          AND NOT (purpose = 'wrapping' AND tenant IS NULL AND state <> 'destroyed') \
-         AND (mac_key_id IS NULL OR mac_key_id <> {t2} \
-              OR (purpose <> 'wrapping' AND state <> 'destroyed' AND {under_old}))"
+         AND (mac_key_id IS NULL OR mac_key_id <> {t2} OR LENGTH(record_mac) <> 33 \
+              OR (purpose <> 'wrapping' AND state <> 'destroyed' AND {under_old})))"
     );
     D::Backend::count_q(db, &q).await.map_err(store_err)
 }

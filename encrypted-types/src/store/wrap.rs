@@ -170,14 +170,29 @@ impl<P: KekProvider> KeyStore<P> {
                 .map_err(store_err)?
                 .ok_or_else(not_authentic)?
         };
-        if mac_row.purpose != Purpose::Wrapping.as_str()
+        self.verified_with(r, &mac_row)
+    }
+
+    /// `r` checked against `mac_row`, the record of the deployment wrapping key it names
+    /// (`r` itself for a wrapping key's own record).
+    pub(super) fn verified_with(
+        &self,
+        r: &KeyRecord,
+        mac_row: &KeyRecord,
+    ) -> Result<Arc<Wrapper>, Error> {
+        let not_authentic = || Error::KeyRecord {
+            key_id: KeyId::from(u32::try_from(r.key_id).unwrap_or(0)),
+            reason: NOT_AUTHENTIC,
+        };
+        if r.mac_key_id != Some(mac_row.key_id)
+            || mac_row.purpose != Purpose::Wrapping.as_str()
             || mac_row.tenant.is_some()
             || mac_row.state == KeyState::Destroyed.as_str()
         {
             return Err(not_authentic());
         }
-        let w = self.wrapping(&mac_row)?;
-        if !w.verifies(&mac_row) || !w.verifies(r) {
+        let w = self.wrapping(mac_row)?;
+        if !w.verifies(mac_row) || !w.verifies(r) {
             return Err(not_authentic());
         }
         Ok(w)
