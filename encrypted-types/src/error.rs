@@ -28,8 +28,12 @@ pub enum Error {
         /// Minimum length of a valid sealed value.
         min: usize,
     },
-    /// The first byte names a format version this build does not know.
-    #[error("unsupported ciphertext format version {0}")]
+    /// The first byte names a format version this build does not know: often not a sealed
+    /// value at all (plaintext in an encrypted column).
+    #[error(
+        "unsupported ciphertext format version {0} (if the column still holds plaintext being \
+         migrated, read it with migration::allow_plaintext for that column)"
+    )]
     UnsupportedVersion(u8),
     /// The suite byte names an algorithm this build does not know.
     #[error("unsupported cipher suite {0}")]
@@ -69,8 +73,11 @@ pub enum Error {
         /// The value type tag.
         type_name: &'static str,
     },
-    /// No keyring has been installed with [`crate::Keyring::install`].
-    #[error("no keyring installed; call Keyring::install at startup")]
+    /// No keyring has been installed: the keys were not loaded at startup.
+    #[error(
+        "no keyring installed: load the keys at startup with KeyStore::load_and_install (or \
+         install a keyring built by hand with Keyring::install)"
+    )]
     NoKeyring,
     /// The keyring has no primary data key for this tenant, so nothing can be sealed for it.
     #[error("no primary data key for tenant {tenant}")]
@@ -182,6 +189,15 @@ pub enum Error {
         /// The file's path, as given.
         kek: String,
         /// Why, and what to do.
+        reason: &'static str,
+    },
+    /// [`crate::store::KeyStore::destroy_key`] refused: the key is not one that can be
+    /// destroyed now (never a sign of tampering).
+    #[error("key {key_id} cannot be destroyed: {reason}")]
+    NotDestroyable {
+        /// The key.
+        key_id: KeyId,
+        /// Why, and what to do first.
         reason: &'static str,
     },
     /// The key table could not be read or written.
@@ -368,6 +384,7 @@ impl Error {
             Self::Timeout { .. } => "timeout",
             Self::KekFile { .. } => "kek_file",
             Self::Store { .. } => "store",
+            Self::NotDestroyable { .. } => "not_destroyable",
             Self::MissingMigration { .. } => "missing_migration",
             Self::InvalidKeyring { .. } => "invalid_keyring",
             Self::TooLarge { .. } => "too_large",

@@ -368,8 +368,9 @@ fn the_toolkit_rotates_inventories_and_verifies_then_names_a_flipped_byte() {
     );
 }
 
-/// `check --max-key-age 90d` for cron: exits 4 once a data key's `created_at` is 91 days back,
-/// naming the key; exits 0 again after a rotation.
+/// `check --max-key-age` for cron: exits 4 naming a data key older than the policy, and exits 0
+/// again after a rotation. A key made to look older or younger by SQL is not believed: its
+/// timestamps are under the record's MAC, so `check` reports that the keys do not load.
 #[test]
 fn check_flags_a_data_key_older_than_the_policy_until_it_is_rotated() {
     let dir = tempfile::tempdir().unwrap();
@@ -382,19 +383,32 @@ fn check_flags_a_data_key_older_than_the_policy_until_it_is_rotated() {
         d,
         "SELECT key_id FROM encrypted_types_keys WHERE tenant = '3' AND purpose = 'data'",
     );
-    sqlite3(
-        d,
-        &format!(
-            "UPDATE encrypted_types_keys SET created_at = created_at - 91 * 86400 WHERE key_id = {id}"
-        ),
-    );
+    let shift = |days: i64| {
+        sqlite3(
+            d,
+            &format!(
+                "UPDATE encrypted_types_keys SET created_at = created_at + {days} * 86400 WHERE key_id = {id}"
+            ),
+        )
+    };
+    shift(-91);
     let (code, stdout, stderr) = run(d, &["check", "--max-key-age", "90d"]);
     assert_eq!(code, 4, "{stdout}{stderr}");
     assert!(
-        stdout.contains(&format!("data key {id} (tenant 3) is 91d old")),
+        stdout.contains(&format!("the keys do not load: key {id} in the key table is unusable: its record does not authenticate")),
         "{stdout}"
     );
-    // 100 days is within the policy.
+    shift(91);
+    clinic(d, &["check", "--max-key-age", "90d"]);
+    // Genuinely older than a policy of one second.
+    std::thread::sleep(std::time::Duration::from_millis(2_100));
+    let (code, stdout, stderr) = run(d, &["check", "--max-key-age", "1s"]);
+    assert_eq!(code, 4, "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!("data key {id} (tenant 3) is ")),
+        "{stdout}"
+    );
+    // A longer policy is met.
     clinic(d, &["check", "--max-key-age", "100d"]);
     clinic(d, &["keys", "rotate", "--tenant", "3"]);
     let (code, stdout, _) = run(d, &["check", "--max-key-age", "90d", "--json"]);

@@ -78,7 +78,7 @@ macro_rules! job_suite {
 
             // A key that rows still reference cannot be destroyed.
             let refused = store.destroy_key(conn, one.data, &[Patient::MODEL]).err().unwrap();
-            assert!(matches!(refused, encrypted_types::Error::KeyRecord { key_id, .. } if key_id == one.data), "{refused}");
+            assert!(matches!(refused, encrypted_types::Error::NotDestroyable { key_id, .. } if key_id == one.data), "{refused}");
 
             // Worker A takes ids below 100300 and stops after 2 batches; worker B the rest.
             let a = JobOptions {

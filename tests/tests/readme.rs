@@ -47,9 +47,9 @@ pub struct Patient {
     pub clinic_id: i64,
     #[encrypted]
     pub name: String,
-    #[encrypted(blind_index(normalize = email))]
-    pub email: String,
-    #[encrypted(blind_index(normalize = digits, bits = 16))]
+    #[encrypted(blind_index(normalize = email, bits = 12))]   // sized for ~10,000 patients
+    pub email: String,                                        // per clinic: index::plan
+    #[encrypted(blind_index(normalize = digits, bits = 12))]
     pub ssn: String,
     #[encrypted]
     pub date_of_birth: chrono::NaiveDate,

@@ -348,7 +348,7 @@ macro_rules! toolkit_suite {
             assert!(matches!(destroy(conn, false), Err(CliError::NotConfirmed(_))));
             assert!(matches!(
                 destroy(conn, true),
-                Err(CliError::Library(encrypted_types::Error::KeyRecord { key_id, .. })) if key_id == active
+                Err(CliError::Library(encrypted_types::Error::NotDestroyable { key_id, .. })) if key_id == active
             ));
             let still = list_keys(conn).unwrap();
             assert!(still.iter().any(|k| k.key_id == active && k.state == KeyState::Active));

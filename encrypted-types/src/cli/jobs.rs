@@ -43,7 +43,7 @@ pub enum JobsCommand {
 #[non_exhaustive]
 pub struct JobArgs {
     /// The job's name: run again with the same name to resume. Default: the operation, the
-    /// table and a digest of the job's target ([`crate::jobs::default_job_name`]), so a rerun
+    /// table and a digest of the job's target (as `jobs::default_job_name` makes it), so a rerun
     /// after an interruption resumes and a run after the next key rotation starts afresh.
     #[arg(long)]
     pub job: Option<String>,

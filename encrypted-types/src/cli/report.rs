@@ -6,7 +6,7 @@ use diesel::connection::LoadConnection;
 use serde_json::json;
 
 use super::{CliError, Outcome, out};
-use crate::jobs::{self, Content, JobTable, KeyPart, RowKey};
+use crate::jobs::{self, Content, JobTable, RowKey};
 use crate::kek::KekProvider;
 use crate::model::ModelInfo;
 use crate::schema::Dialect;
@@ -19,6 +19,11 @@ pub struct VerifyArgs {
     /// Open about this many values per column, spread over the table, instead of all.
     #[arg(long)]
     pub sample: Option<u64>,
+    /// Print text and binary row keys in full (they may be natural keys holding personal
+    /// data, so the text output shows their kind and length only; integer and UUID keys, and
+    /// the JSON output's `row`, are always in full).
+    #[arg(long)]
+    pub show_keys: bool,
     /// Output as JSON.
     #[arg(long)]
     pub json: bool,
@@ -150,16 +155,13 @@ where
 
 /// A row key as people read it: integers as they are; text, bytes and UUIDs hidden (they may
 /// be an email or a patient number), as their `Debug` does.
-fn row_key(key: &RowKey) -> String {
-    let parts: Vec<String> = key
-        .0
-        .iter()
-        .map(|p| match p {
-            KeyPart::Int(i) => i.to_string(),
-            other => format!("{other:?}"),
-        })
-        .collect();
-    parts.join(",")
+/// A row key in the text output: [`RowKey`]'s rule, or in full when asked.
+fn shown(key: &RowKey, full: bool) -> String {
+    if full {
+        key.full().to_string()
+    } else {
+        key.to_string()
+    }
 }
 
 pub(super) fn verify<C, P>(
@@ -183,7 +185,7 @@ where
             let bad: Vec<_> = r
                 .unopenable
                 .iter()
-                .map(|u| json!({"row": row_key(&u.key), "column": u.column, "reason": format!("{:?}", u.reason)}))
+                .map(|u| json!({"row": u.key.full().to_string(), "column": u.column, "reason": format!("{:?}", u.reason)}))
                 .collect();
             reports.push(json!({
                 "table": r.table, "values": r.values, "checked": r.checked,
@@ -194,7 +196,7 @@ where
                 out::line(&format!(
                     "{} row {}, column {}: {} ({:?})",
                     r.table,
-                    row_key(&u.key),
+                    shown(&u.key, args.show_keys),
                     u.column,
                     u.reason.describe(),
                     u.reason
@@ -400,7 +402,7 @@ where
     })
 }
 
-/// What [`super::Command::IndexLeakage`] reads.
+/// The arguments of `index-leakage`.
 #[derive(Debug, Clone, clap::Args)]
 #[non_exhaustive]
 pub struct LeakageArgs {

@@ -26,16 +26,83 @@ pub enum KeyPart {
     Uuid([u8; 16]),
 }
 
-// Key values are row identifiers, not PHI, but a text key may be an email: keep them out of
-// logs all the same.
+// The rule for every message and log line: integer and UUID keys are surrogates and print in
+// full (an operator must find the row); text and binary keys may be natural keys holding
+// personal data (an email) and print as their kind and length.
 impl fmt::Debug for KeyPart {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Int(v) => write!(f, "Int({v})"),
-            Self::Text(_) => f.write_str("Text(<redacted>)"),
-            Self::Bytes(b) => write!(f, "Bytes(<{} bytes>)", b.len()),
-            Self::Uuid(_) => f.write_str("Uuid(<redacted>)"),
+            Self::Text(t) => write!(f, "Text(<text, {} bytes>)", t.len()),
+            Self::Bytes(b) => write!(f, "Bytes(<binary, {} bytes>)", b.len()),
+            Self::Uuid(u) => write!(f, "Uuid({})", uuid_text(u)),
         }
+    }
+}
+
+/// A UUID's usual text form, 8-4-4-4-12 lowercase hex.
+fn uuid_text(u: &[u8; 16]) -> String {
+    let h = hex(u);
+    let part = |r: std::ops::Range<usize>| h.get(r).unwrap_or_default();
+    format!(
+        "{}-{}-{}-{}-{}",
+        part(0..8),
+        part(8..12),
+        part(12..16),
+        part(16..20),
+        part(20..32)
+    )
+}
+
+/// A row key as messages and logs print it: integer and UUID parts in full, text and binary
+/// parts as `<text, N bytes>` / `<binary, N bytes>`, parts joined by `, `. The structured key
+/// ([`RowKey`]'s parts) always holds every byte; [`RowKey::full`] prints it whole, for an
+/// operator who asks (`--show-keys`).
+///
+/// ```
+/// use encrypted_types::jobs::{KeyPart, RowKey};
+/// assert_eq!(RowKey::from(7_i64).to_string(), "7");
+/// let k = RowKey::from(vec![KeyPart::Int(3), KeyPart::Text("ann@example.org".into())]);
+/// assert_eq!(k.to_string(), "3, <text, 15 bytes>");
+/// assert_eq!(k.full().to_string(), "3, \"ann@example.org\"");
+/// let u = RowKey::from(vec![KeyPart::Uuid([0xab; 16])]);
+/// assert_eq!(u.to_string(), "abababab-abab-abab-abab-abababababab");
+/// ```
+impl fmt::Display for RowKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            match p {
+                KeyPart::Int(v) => write!(f, "{v}")?,
+                KeyPart::Uuid(u) => f.write_str(&uuid_text(u))?,
+                KeyPart::Text(t) => write!(f, "<text, {} bytes>", t.len())?,
+                KeyPart::Bytes(b) => write!(f, "<binary, {} bytes>", b.len())?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// [`RowKey::full`]: every part in full, text quoted and escaped as Rust does, bytes in hex.
+#[derive(Debug, Clone, Copy)]
+pub struct FullKey<'a>(&'a RowKey);
+
+impl fmt::Display for FullKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            match p {
+                KeyPart::Int(v) => write!(f, "{v}")?,
+                KeyPart::Uuid(u) => f.write_str(&uuid_text(u))?,
+                KeyPart::Text(t) => write!(f, "{t:?}")?,
+                KeyPart::Bytes(b) => write!(f, "x'{}'", hex(b))?,
+            }
+        }
+        Ok(())
     }
 }
 
@@ -114,6 +181,12 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
 }
 
 impl RowKey {
+    /// Every part in full, for an operator who must find the row (`--show-keys`, JSON): text
+    /// keys may hold personal data, so messages and logs print [`RowKey`]'s `Display` instead.
+    pub fn full(&self) -> FullKey<'_> {
+        FullKey(self)
+    }
+
     /// The text form stored in the job table: parts joined by `,`, each `i:<decimal>`,
     /// `t:<hex of UTF-8>`, `b:<hex>` or `u:<32 hex>`. Hex keeps separators and any byte out
     /// of the way, so every value round-trips exactly.

@@ -64,7 +64,7 @@ pub use crate::db::{Param, Query};
 #[cfg(feature = "async")]
 pub use inventory::inventory_async;
 pub use inventory::{Content, InventoryEntry, inventory};
-pub use key::{KeyColumn, KeyKind, KeyPart, RowKey};
+pub use key::{FullKey, KeyColumn, KeyKind, KeyPart, RowKey};
 pub use name::{Operation, default_job_name};
 pub use sql::{CatalogRow, JobTable, Row, StatusRow, TallyRow, UnitRow};
 use sql::{alias, bind_alias};

@@ -227,8 +227,9 @@ impl<P: KekProvider> KeyStore<P> {
         /// nothing (they never find a wrong row: every match is re-checked).
         ///
         /// # Errors
-        /// [`Error::KeyRecord`] if rows still reference the key or it is the tenant's active key;
-        /// [`Error::Store`].
+        /// [`Error::NotDestroyable`] if rows still reference the key or it is not a retired data
+        /// or blind-index key; [`Error::DestroyTooSoon`] within the grace period;
+        /// [`Error::KeyRecord`] if its record does not authenticate; [`Error::Store`].
         pub fn destroy_key / destroy_key_async(&self, key_id: KeyId, models: &[ModelInfo])
             -> Result<(), Error> where Backend: KeyTable => self.destroy_key_on
     }
@@ -239,27 +240,32 @@ impl<P: KekProvider> KeyStore<P> {
         key_id: KeyId,
         models: &[ModelInfo],
     ) -> Result<(), Error> {
+        let refuse = |reason| Error::NotDestroyable { key_id, reason };
         if count_rows_with_keys_on(db, models, &[key_id]).await? > 0 {
-            return Err(Error::KeyRecord {
-                key_id,
-                reason: "rows still hold values sealed with it",
-            });
+            return Err(refuse(
+                "rows still hold values sealed with it: re-seal them first (`jobs rotate`)",
+            ));
         }
-        let not_retired = Error::KeyRecord {
-            key_id,
-            reason: "not a retired key",
-        };
-        let destroyed = crate::db::transaction(db, store_err, async |db| {
+        crate::db::transaction(db, store_err, async |db| {
             let mac = self.mac_wrapper(db).await?;
             let old = key_by_id(db, i64::from(key_id.get()))
                 .await
                 .map_err(store_err)?
-                .filter(|r| {
-                    r.state == KeyState::Retired.as_str() && r.purpose != Purpose::Wrapping.as_str()
-                });
-            let Some(old) = old else {
-                return Ok(false);
-            };
+                .ok_or_else(|| refuse("the key table has no such key"))?;
+            if old.purpose == Purpose::Wrapping.as_str() {
+                return Err(refuse(
+                    "it is a wrapping key: `rewrap` retires and destroys wrapping keys",
+                ));
+            }
+            if old.state == KeyState::Destroyed.as_str() {
+                return Err(refuse("it is destroyed already"));
+            }
+            if old.state != KeyState::Retired.as_str() {
+                return Err(refuse(
+                    "it is active: rotate first (`keys rotate`), re-seal (`jobs rotate`), then \
+                     destroy the retired key",
+                ));
+            }
             // The retirement time decides, so it must be the one a key-store write recorded
             // (version 2 MACs cover it), not one a database writer set back.
             self.verified_by(db, &old).await?;
@@ -274,12 +280,13 @@ impl<P: KekProvider> KeyStore<P> {
                     grace_secs: self.destroy_grace.as_secs(),
                 });
             }
-            self.set_state(db, &old, KeyState::Destroyed, &mac).await
+            if self.set_state(db, &old, KeyState::Destroyed, &mac).await? {
+                Ok(())
+            } else {
+                Err(refuse("another process changed it meanwhile: run again"))
+            }
         })
         .await?;
-        if !destroyed {
-            return Err(not_retired);
-        }
         tracing::warn!(target: "encrypted_types::audit", event = "key_destroyed", key_id = key_id.get());
         Ok(())
     }
