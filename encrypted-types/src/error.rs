@@ -93,6 +93,16 @@ pub enum Error {
         /// Its length.
         len: usize,
     },
+    /// The tenant was crypto-shredded: every one of its keys is destroyed, so nothing can be
+    /// sealed, found or opened for it again.
+    #[error(
+        "tenant {tenant} is crypto-shredded: its keys are destroyed and its values can never be \
+         read or written again (jobs::purge_tenant deletes its rows)"
+    )]
+    TenantShredded {
+        /// The tenant.
+        tenant: String,
+    },
     /// The keyring has no blind-index root key for this tenant.
     #[error("no blind-index key for tenant {tenant}")]
     NoBlindIndexKey {
@@ -372,6 +382,7 @@ impl Error {
             Self::NoPrimaryKey { .. } => "no_primary_key",
             Self::ContextTooLong { .. } => "context_too_long",
             Self::NoBlindIndexKey { .. } => "no_blind_index_key",
+            Self::TenantShredded { .. } => "tenant_shredded",
             Self::TenantMismatch { .. } => "tenant_mismatch",
             Self::InvalidIndex { .. } => "invalid_index",
             Self::KeyUnwrap { .. } => "key_unwrap",

@@ -219,7 +219,7 @@ macro_rules! store_suite {
             }
             let late = Patient::sample(next_id(), 1, "late@x.org", "1");
             let err = diesel::insert_into(et_patients::table).values(&late).execute(conn).unwrap_err();
-            assert!(matches!(lib_error(&err), Some(Error::NoPrimaryKey { .. })), "{err}");
+            assert_eq!(lib_error(&err), Some(&Error::TenantShredded { tenant: "1".into() }), "{err}");
             // ...and after a reload its rows fail with KeyDestroyed while tenant 2's still open.
             let report = store.load_and_install(conn).unwrap();
             assert_eq!((report.data_keys, report.destroyed), (1, 2));
@@ -247,6 +247,11 @@ macro_rules! store_suite {
                 Patient::find_by_email(conn, &2, "B0@X.org").unwrap(),
                 vec![b[0].clone()]
             );
+            // A fresh load knows tenant 1 as shredded: its writes and lookups say so.
+            let err = diesel::insert_into(et_patients::table).values(&late).execute(conn).unwrap_err();
+            assert_eq!(lib_error(&err), Some(&Error::TenantShredded { tenant: "1".into() }), "{err}");
+            let err = Patient::find_by_email(conn, &1, "a0@x.org").unwrap_err();
+            assert!(err.to_string().contains("tenant 1 is crypto-shredded"), "{err}");
             assert_eq!(
                 two.data,
                 KeyId::from(u32::from_be_bytes(

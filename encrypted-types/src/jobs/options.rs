@@ -84,7 +84,8 @@ pub struct Progress {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum SkipReason {
-    /// Sealed with a destroyed key (a shredded tenant): it can never be opened.
+    /// Sealed with a destroyed key, or (a legacy value) of a crypto-shredded tenant: it can
+    /// never be opened or sealed.
     KeyDestroyed,
     /// Sealed with a key the key table does not hold.
     UnknownKey,
@@ -151,7 +152,7 @@ impl SkipReason {
 
     pub(super) fn of(e: &Error) -> Self {
         match e {
-            Error::KeyDestroyed(_) => Self::KeyDestroyed,
+            Error::KeyDestroyed(_) | Error::TenantShredded { .. } => Self::KeyDestroyed,
             Error::UnknownKeyId(_) => Self::UnknownKey,
             Error::AuthenticationFailed => Self::AuthenticationFailed,
             Error::InvalidPlaintext { .. } => Self::InvalidLegacyValue,

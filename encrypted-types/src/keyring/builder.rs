@@ -15,6 +15,7 @@ pub struct KeyringBuilder {
     pub(super) blind_index: Vec<(Option<TenantId>, KeyMaterial)>,
     pub(super) retired_blind_index: Vec<(Option<TenantId>, KeyMaterial)>,
     pub(super) unavailable: Vec<(TenantId, String, Vec<KeyId>)>,
+    pub(super) shredded: std::collections::HashSet<TenantId>,
     /// Keys and roots carried over from another keyring, schedules already expanded.
     pub(super) keys_direct: Vec<DataKey>,
     pub(super) roots_direct: Vec<(Option<TenantId>, BlindIndexRootKey)>,
@@ -51,6 +52,14 @@ impl KeyringBuilder {
     pub fn unavailable_tenant(mut self, tenant: TenantId, kek_ref: String, ids: Vec<u32>) -> Self {
         let ids = ids.into_iter().map(KeyId::from).collect();
         self.unavailable.push((tenant, kek_ref, ids));
+        self
+    }
+
+    /// Records that every key of `tenant` is destroyed: its writes and lookups fail with
+    /// [`Error::TenantShredded`].
+    #[cfg(feature = "keystore")]
+    pub(crate) fn shredded_tenant(mut self, tenant: TenantId) -> Self {
+        self.shredded.insert(tenant);
         self
     }
 
@@ -219,6 +228,7 @@ impl KeyringBuilder {
             keys,
             unavailable,
             unavailable_keys,
+            shredded: self.shredded,
             destroyed: self.destroyed,
             primary_default,
             primary_by_tenant,

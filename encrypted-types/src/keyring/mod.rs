@@ -77,6 +77,8 @@ pub struct Keyring {
     unavailable: HashMap<TenantId, String>,
     /// The key ids of those tenants, so their values fail naming the tenant.
     unavailable_keys: HashMap<KeyId, TenantId>,
+    /// Tenants whose every key is destroyed (crypto-shredded): their writes and lookups say so.
+    shredded: std::collections::HashSet<TenantId>,
     /// Blind-index keys derived so far: HKDF runs once per index and tenant, not per value.
     derived: RwLock<HashMap<DerivedId, IndexMac>>,
     /// `Some`: loaded for these tenants only (and the keys of no tenant); any other tenant's
@@ -262,13 +264,27 @@ impl Keyring {
             Some(t) => self.primary_by_tenant.get(t).copied(),
         };
         index.and_then(|i| self.keys.get(i)).ok_or_else(|| {
-            match tenant.and_then(|t| self.unavailable_error(t).or_else(|| self.not_loaded(t))) {
+            match tenant.and_then(|t| self.missing_tenant_error(t)) {
                 Some(e) => e,
                 None => Error::NoPrimaryKey {
                     tenant: describe(tenant),
                 },
             }
         })
+    }
+
+    /// Why `tenant` has no key here, where the keyring knows: its own KEK failed, it is
+    /// crypto-shredded, or it is not among the tenants this keyring was loaded for.
+    fn missing_tenant_error(&self, tenant: &TenantId) -> Option<Error> {
+        self.unavailable_error(tenant)
+            .or_else(|| {
+                self.shredded
+                    .contains(tenant)
+                    .then(|| Error::TenantShredded {
+                        tenant: describe(Some(tenant)),
+                    })
+            })
+            .or_else(|| self.not_loaded(tenant))
     }
 
     /// [`Error::TenantNotLoaded`] if this keyring holds some tenants only, and not `tenant`.
@@ -448,6 +464,11 @@ impl Keyring {
                 .filter(|(_, t)| *t != tenant)
                 .map(|(id, t)| (*id, t.clone()))
                 .collect(),
+            shredded: {
+                let mut shredded = self.shredded.clone();
+                shredded.insert(tenant.clone());
+                shredded
+            },
             keys,
             destroyed: gone,
             derived: RwLock::new(derived),
@@ -506,6 +527,8 @@ impl Keyring {
         // A key destroyed since `self` was loaded is no longer present.
         builder.keys_direct.retain(|k| !destroyed.contains(&k.id));
         builder.destroyed = destroyed;
+        // Shredding is final: a tenant shredded in either load stays shredded.
+        builder.shredded = older.shredded.union(&newer.shredded).cloned().collect();
         let mut scope: std::collections::HashSet<TenantId> = (**old_scope).clone();
         scope.extend(new_scope.iter().cloned());
         builder.scope = Some(scope);
@@ -569,7 +592,7 @@ impl Keyring {
         }
         let tenant = id.0.as_ref();
         let root = self.index_root(tenant, id.1).ok_or_else(|| {
-            match tenant.and_then(|t| self.unavailable_error(t).or_else(|| self.not_loaded(t))) {
+            match tenant.and_then(|t| self.missing_tenant_error(t)) {
                 Some(e) => e,
                 None => Error::NoBlindIndexKey {
                     tenant: describe(tenant),

@@ -274,6 +274,18 @@ impl<P: KekProvider> KeyStore<P> {
                 Purpose::Wrapping => {}
             }
         }
+        // A tenant whose records are all destroyed is shredded: its errors say so.
+        let mut live_or_not: HashMap<&str, bool> = HashMap::new();
+        for p in &parsed {
+            if let Some(t) = p.r.tenant.as_deref() {
+                *live_or_not.entry(t).or_insert(false) |= p.state != KeyState::Destroyed;
+            }
+        }
+        for (tenant, live) in live_or_not {
+            if !live {
+                builder = builder.shredded_tenant(tenant.into());
+            }
+        }
         let mut gone: Vec<(TenantId, String)> = Vec::new();
         for (tenant, (kek, ids)) in unavailable {
             builder = builder.unavailable_tenant(tenant.into(), kek.to_owned(), ids);
