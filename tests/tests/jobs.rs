@@ -102,10 +102,17 @@ macro_rules! job_suite {
                 ..JobOptions::default()
             };
             let mut seen = 0;
-            let second =
-                rotate_data_keys(conn, &Patient::MODEL, "t", &b, |p| seen = p.rows_done).unwrap();
+            let mut last = (0, None);
+            let second = rotate_data_keys(conn, &Patient::MODEL, "t", &b, |p| {
+                seen = p.rows_done;
+                last = (p.written, p.estimated_total);
+            })
+            .unwrap();
             assert!(second.finished && second.conflicts == 0);
             assert!(seen > 0);
+            // Progress carries the run's total, counted in SQL when it began: exactly what it
+            // then wrote in its own range, which no other writer touched.
+            assert_eq!(last, (second.written, Some(second.written)));
             // Worker A resumes from its checkpoint: it does not redo its first 100 values.
             let resumed = rotate_data_keys(
                 conn,

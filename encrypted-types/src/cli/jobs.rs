@@ -208,7 +208,7 @@ fn report_json(name: &str, table: &str, r: &JobReport) -> serde_json::Value {
     })
 }
 
-/// A live progress line at a terminal (job, column, values written: no total is known);
+/// A live progress line at a terminal (job, column, values written of the estimated total);
 /// without one, one JSON line per committed batch.
 struct Bar<'a> {
     job: &'a str,
@@ -236,9 +236,13 @@ impl<'a> Bar<'a> {
     fn batch(&mut self, p: &Progress) {
         match &self.bar {
             Some(bar) => {
+                let of = p
+                    .estimated_total
+                    .map(|t| format!(" of about {t}"))
+                    .unwrap_or_default();
                 bar.set_message(format!(
-                    "{}: {}.{} {} values written",
-                    self.job, self.table, p.column, p.rows_done
+                    "{}: {}.{}: {}{of} values written",
+                    self.job, self.table, p.column, p.written
                 ));
                 bar.tick();
             }
@@ -251,6 +255,8 @@ impl<'a> Bar<'a> {
                     "column": p.column,
                     "rows_done": p.rows_done,
                     "conflicts": p.conflicts,
+                    "written": p.written,
+                    "estimated_total": p.estimated_total,
                 }));
             }
         }

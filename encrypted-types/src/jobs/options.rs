@@ -69,6 +69,7 @@ impl Default for JobOptions {
 
 /// Progress after each committed batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Progress {
     /// The column (or index column) being written.
     pub column: &'static str,
@@ -78,6 +79,14 @@ pub struct Progress {
     pub conflicts: u64,
     /// The unit's checkpoint: the last key done.
     pub last_key: Option<RowKey>,
+    /// Values written by this run so far, over every unit.
+    pub written: u64,
+    /// An estimate, made when this run began, of the values the job has to write over its
+    /// whole scope: counted in SQL for a rotation (values on a retired key) and a backfill
+    /// (legacy values), the values stored in the column for a reindex or an in-place
+    /// encryption (an upper bound). `None` if it could not be counted. Workers sharing a job
+    /// each see the whole job's estimate.
+    pub estimated_total: Option<u64>,
 }
 
 /// Why a job left a value as it was.

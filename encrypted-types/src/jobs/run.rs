@@ -144,6 +144,8 @@ impl Run<'_> {
                     rows_done: u64::try_from(unit.rows_done).unwrap_or(0),
                     conflicts: self.report.conflicts,
                     last_key: unit.last.clone(),
+                    written: self.report.written,
+                    estimated_total: self.estimated_total,
                 },
             );
         }
@@ -279,30 +281,80 @@ impl Run<'_> {
         Ok(Cas::Unsettled)
     }
 
+    /// This run's key range: all of it, or the range of [`Scope::Range`].
+    fn range(&self) -> (Option<RowKey>, Option<RowKey>) {
+        match &self.options.scope {
+            Scope::Range { from, to } => (from.clone(), to.clone()),
+            _ => (None, None),
+        }
+    }
+
+    /// Values of `pass`'s column in `from..to` on a retired key or an older suite, in SQL.
+    async fn rotate_count<D: JobDb>(
+        &self,
+        db: &mut D,
+        pass: &Pass<'_>,
+        range: (Option<&RowKey>, Option<&RowKey>),
+        retired: &[KeyId],
+        older: &[[u8; 2]],
+    ) -> Result<u64, Error> {
+        let t = &self.table;
+        let col = D::Backend::quote(pass.column.column);
+        let mut q = Query::new();
+        let mut conds = range_conds::<D::Backend>(&mut q, t, range.0, range.1, None)?;
+        conds.push(rotate_cond::<D::Backend>(&col, retired, older));
+        q.sql = format!(
+            "SELECT COUNT(*) AS n FROM {} WHERE {}",
+            t.quoted,
+            conds.join(" AND ")
+        );
+        let n = D::Backend::count_q(db, &q).await.map_err(job_err)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// The job's work at the start of this run, for progress: exact in SQL where that is
+    /// cheap (rotation, backfill), otherwise the values stored in the column (an upper bound
+    /// that decrypts nothing).
+    async fn estimate<D: JobDb>(&self, db: &mut D) -> Result<u64, Error> {
+        let (from, to) = self.range();
+        let mut total = 0u64;
+        for pass in &self.passes {
+            total += match &pass.op {
+                Op::Rotate { retired, older } => {
+                    self.rotate_count(db, pass, (from.as_ref(), to.as_ref()), retired, older)
+                        .await?
+                }
+                Op::Backfill { legacy } => {
+                    count_not_null(db, &self.table, legacy.column, from.as_ref(), to.as_ref())
+                        .await?
+                }
+                _ => {
+                    count_not_null(
+                        db,
+                        &self.table,
+                        pass.column.column,
+                        from.as_ref(),
+                        to.as_ref(),
+                    )
+                    .await?
+                }
+            };
+        }
+        Ok(total)
+    }
+
     /// Values in this run's scope still to do, counted independently of the work: values on
     /// a retired key (in SQL, from the header bytes) or legacy values (by [`format::classify`]).
     pub(super) async fn remaining<D: JobDb>(&self, db: &mut D) -> Result<u64, Error> {
         let t = &self.table;
-        let (from, to) = match &self.options.scope {
-            Scope::Range { from, to } => (from.clone(), to.clone()),
-            _ => (None, None),
-        };
+        let (from, to) = self.range();
         let mut total = 0u64;
         for pass in &self.passes {
-            let col = D::Backend::quote(pass.column.column);
             match &pass.op {
                 Op::Rotate { retired, older } => {
-                    let mut q = Query::new();
-                    let mut conds =
-                        range_conds::<D::Backend>(&mut q, t, from.as_ref(), to.as_ref(), None)?;
-                    conds.push(rotate_cond::<D::Backend>(&col, retired, older));
-                    q.sql = format!(
-                        "SELECT COUNT(*) AS n FROM {} WHERE {}",
-                        t.quoted,
-                        conds.join(" AND ")
-                    );
-                    let n = D::Backend::count_q(db, &q).await.map_err(job_err)?;
-                    total += u64::try_from(n).unwrap_or(0);
+                    total += self
+                        .rotate_count(db, pass, (from.as_ref(), to.as_ref()), retired, older)
+                        .await?;
                 }
                 Op::Backfill { legacy } => {
                     total +=
@@ -396,6 +448,8 @@ impl Run<'_> {
                 .await);
             }
         };
+        // Best effort: a count that fails leaves the estimate out, never the job.
+        self.estimated_total = self.estimate(db).await.ok();
         let mut stopped = false;
         // A model with nothing for this job to do (a reindex of a model without indexes).
         while !self.units.is_empty() {
@@ -568,5 +622,6 @@ where
         passes,
         units: Vec::new(),
         report: JobReport::default(),
+        estimated_total: None,
     })
 }

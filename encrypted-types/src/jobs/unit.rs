@@ -58,6 +58,8 @@ pub(super) struct Run<'a> {
     /// This run's units, by name.
     pub(super) units: Vec<String>,
     pub(super) report: JobReport,
+    /// [`super::Progress::estimated_total`], counted when the run begins.
+    pub(super) estimated_total: Option<u64>,
 }
 
 impl Run<'_> {
