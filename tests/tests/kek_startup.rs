@@ -68,12 +68,14 @@ fn no_command_but_keys_init_creates_a_kek_file() {
         stderr(&out)
     );
 
-    // The KEK is lost: every command, `verify` included, fails naming it; none replaces it.
+    // The KEK is lost: every command, `verify` and `keys init` included, fails naming it; none
+    // replaces it (the key table holds keys only the lost KEK unwraps).
     std::fs::rename(&kek, dir.path().join("moved.kek")).unwrap();
     for args in [
         &["keys", "list"][..],
         &["verify"],
         &["check", "--max-key-age", "90d"],
+        &["keys", "init"],
     ] {
         let out = toolkit(dir.path(), args);
         assert_eq!(out.status.code(), Some(1), "{args:?}");

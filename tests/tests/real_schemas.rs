@@ -1025,7 +1025,7 @@ macro_rules! in_transaction_suite {
             }
             assert!(ok.iter().all(|p| p.clinic_id != 2));
             // The backfill seals clinic 1's legacy note and reports clinic 2's: its tenant is
-            // shredded, so it can never be sealed.
+            // shredded, so there is no key to seal it (the plaintext stays until the purge).
             let r = encrypt_column(
                 conn,
                 &Patient::MODEL,
@@ -1036,7 +1036,7 @@ macro_rules! in_transaction_suite {
             )
             .unwrap();
             assert_eq!(r.written, 1, "{r:?}");
-            assert_eq!(r.skipped.get(&SkipReason::KeyDestroyed), Some(&1), "{r:?}");
+            assert_eq!(r.skipped.get(&SkipReason::NoTenantKey), Some(&1), "{r:?}");
             assert!(!r.finished);
 
             // The purge: refused for a live tenant, then the erased rows leave the table.

@@ -56,7 +56,7 @@ pub enum KeysCommand {
         /// compromise only, since every index must be recomputed. Needs `--tenant` or
         /// `--all-tenants`, and asks first. A tenant whose earlier replacement is not finished
         /// (its retired root not destroyed) is reported and left as it is, so a rerun
-        /// completes the tenants an interrupted run left.
+        /// completes the tenants an interrupted run left; the command then exits 3.
         #[arg(long)]
         blind_index: bool,
         /// Do not ask (required without a terminal) before replacing blind-index roots.
@@ -281,7 +281,13 @@ where
                     done.len()
                 ))?;
             }
-            Ok(Outcome::Done)
+            // A tenant left as it was is not done: exit 3, so a script after a compromise
+            // does not take the run for a full replacement.
+            Ok(if under_way.is_empty() {
+                Outcome::Done
+            } else {
+                Outcome::Incomplete
+            })
         }
         KeysCommand::Rewrap { batch, json } => {
             let r = store.rewrap(

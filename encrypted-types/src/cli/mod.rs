@@ -204,8 +204,9 @@ impl Startup {
         Self { init }
     }
 
-    /// True for `keys init`, the one command that may create a KEK; every other command must
-    /// only open one (a KEK created in place of a lost one unwraps nothing, and hides the loss).
+    /// True for `keys init` on an empty key table, the one case that may create a KEK; every
+    /// other command, and `keys init` on a table that holds keys, must only open one (a KEK
+    /// created in place of a lost one unwraps nothing, and hides the loss).
     ///
     /// ```
     /// assert!(!encrypted_types::cli::Startup::new(false).creates_keys());
@@ -286,7 +287,11 @@ where
                     report::schema_alter(&mut conn, models, args)
                 };
             }
-            let store = open(Startup { init })?;
+            // `keys init` may create a KEK only for an empty key table: a table that holds keys
+            // was wrapped by a KEK a new one cannot replace, so a missing file is an error
+            // there, as for every other command.
+            let empty = crate::store::list_keys(&mut conn).map_or(true, |k| k.is_empty());
+            let store = open(Startup { init: init && empty })?;
             execute(&mut conn, &store, models, &cli.command)
         })
     })();

@@ -249,7 +249,13 @@ where
     // the alarm. A table whose records do not authenticate was reported above.
     let keys = match store.verified_keys(conn) {
         Ok(keys) => keys,
-        Err(_) => list_keys(conn)?,
+        Err(e) => {
+            lines.push(format!(
+                "key ages are read without authentication: the records do not verify ({e})"
+            ));
+            problems.push(json!({"problem": "records_unverified", "error": e.to_string()}));
+            list_keys(conn)?
+        }
     };
     let unauthenticated = keys.iter().filter(|k| !k.timestamps_authenticated).count();
     if unauthenticated > 0 {

@@ -70,18 +70,7 @@ fn uuid_text(u: &[u8; 16]) -> String {
 /// ```
 impl fmt::Display for RowKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            match p {
-                KeyPart::Int(v) => write!(f, "{v}")?,
-                KeyPart::Uuid(u) => f.write_str(&uuid_text(u))?,
-                KeyPart::Text(t) => write!(f, "<text, {} bytes>", t.len())?,
-                KeyPart::Bytes(b) => write!(f, "<binary, {} bytes>", b.len())?,
-            }
-        }
-        Ok(())
+        write_key(f, self, false)
     }
 }
 
@@ -91,19 +80,27 @@ pub struct FullKey<'a>(&'a RowKey);
 
 impl fmt::Display for FullKey<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, p) in self.0.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str(", ")?;
-            }
-            match p {
-                KeyPart::Int(v) => write!(f, "{v}")?,
-                KeyPart::Uuid(u) => f.write_str(&uuid_text(u))?,
-                KeyPart::Text(t) => write!(f, "{t:?}")?,
-                KeyPart::Bytes(b) => write!(f, "x'{}'", hex(b))?,
-            }
-        }
-        Ok(())
+        write_key(f, self.0, true)
     }
+}
+
+/// The parts of `key` joined by `, `: surrogates (integers, UUIDs) always in full, text and
+/// binary parts in full only when `full`.
+fn write_key(f: &mut fmt::Formatter<'_>, key: &RowKey, full: bool) -> fmt::Result {
+    for (i, p) in key.0.iter().enumerate() {
+        if i > 0 {
+            f.write_str(", ")?;
+        }
+        match p {
+            KeyPart::Int(v) => write!(f, "{v}")?,
+            KeyPart::Uuid(u) => f.write_str(&uuid_text(u))?,
+            KeyPart::Text(t) if full => write!(f, "{t:?}")?,
+            KeyPart::Bytes(b) if full => write!(f, "x'{}'", hex(b))?,
+            KeyPart::Text(t) => write!(f, "<text, {} bytes>", t.len())?,
+            KeyPart::Bytes(b) => write!(f, "<binary, {} bytes>", b.len())?,
+        }
+    }
+    Ok(())
 }
 
 /// A whole primary-key tuple, in the order of the table's primary key.

@@ -93,8 +93,7 @@ pub struct Progress {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 #[non_exhaustive]
 pub enum SkipReason {
-    /// Sealed with a destroyed key, or (a legacy value) of a crypto-shredded tenant: it can
-    /// never be opened or sealed.
+    /// Sealed with a destroyed key (a shredded tenant): it can never be opened.
     KeyDestroyed,
     /// Sealed with a key the key table does not hold.
     UnknownKey,
@@ -161,11 +160,15 @@ impl SkipReason {
 
     pub(super) fn of(e: &Error) -> Self {
         match e {
-            Error::KeyDestroyed(_) | Error::TenantShredded { .. } => Self::KeyDestroyed,
+            Error::KeyDestroyed(_) => Self::KeyDestroyed,
             Error::UnknownKeyId(_) => Self::UnknownKey,
             Error::AuthenticationFailed => Self::AuthenticationFailed,
             Error::InvalidPlaintext { .. } => Self::InvalidLegacyValue,
-            Error::NoPrimaryKey { .. } | Error::NoBlindIndexKey { .. } => Self::NoTenantKey,
+            // A shredded tenant's legacy plaintext is still readable where it lies: not
+            // "destroyed" (`purge_tenant` deletes it).
+            Error::NoPrimaryKey { .. }
+            | Error::NoBlindIndexKey { .. }
+            | Error::TenantShredded { .. } => Self::NoTenantKey,
             Error::TenantMismatch { .. } => Self::TenantMismatch,
             Error::RowBinding | Error::InvalidRowBinding => Self::RowBinding,
             _ => Self::Other,

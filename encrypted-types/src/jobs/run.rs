@@ -298,18 +298,9 @@ impl Run<'_> {
         retired: &[KeyId],
         older: &[[u8; 2]],
     ) -> Result<u64, Error> {
-        let t = &self.table;
         let col = D::Backend::quote(pass.column.column);
-        let mut q = Query::new();
-        let mut conds = range_conds::<D::Backend>(&mut q, t, range.0, range.1, None)?;
-        conds.push(rotate_cond::<D::Backend>(&col, retired, older));
-        q.sql = format!(
-            "SELECT COUNT(*) AS n FROM {} WHERE {}",
-            t.quoted,
-            conds.join(" AND ")
-        );
-        let n = D::Backend::count_q(db, &q).await.map_err(job_err)?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        let cond = rotate_cond::<D::Backend>(&col, retired, older);
+        count_where(db, &self.table, range.0, range.1, cond).await
     }
 
     /// The job's work at the start of this run, for progress: exact in SQL where that is

@@ -120,9 +120,24 @@ pub(super) async fn count_not_null<D>(
 where
     D: JobDb,
 {
+    let cond = format!("{} IS NOT NULL", D::Backend::quote(column));
+    count_where(db, t, from, to, cond).await
+}
+
+/// Rows of `t` in `from..to` for which `cond` (SQL, no parameters) holds, counted in SQL.
+pub(super) async fn count_where<D>(
+    db: &mut D,
+    t: &Table,
+    from: Option<&RowKey>,
+    to: Option<&RowKey>,
+    cond: String,
+) -> Result<u64, Error>
+where
+    D: JobDb,
+{
     let mut q = Query::new();
     let mut conds = range_conds::<D::Backend>(&mut q, t, from, to, None)?;
-    conds.push(format!("{} IS NOT NULL", D::Backend::quote(column)));
+    conds.push(cond);
     q.sql = format!(
         "SELECT COUNT(*) AS n FROM {} WHERE {}",
         t.quoted,

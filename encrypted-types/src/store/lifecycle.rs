@@ -269,6 +269,13 @@ impl<P: KekProvider> KeyStore<P> {
             // The retirement time decides, so it must be the one a key-store write recorded
             // (version 2 MACs cover it), not one a database writer set back.
             self.verified_by(db, &old).await?;
+            if !record::timestamps_authenticated(&old) {
+                return Err(refuse(
+                    "its record is from before 0.2 and does not authenticate its retirement \
+                     time: run `keys rewrap` (which dates the retirement no earlier than then), \
+                     then destroy it after the grace period",
+                ));
+            }
             // Writers seal from the keyring in memory and never read the retired record, so no
             // lock closes the race with a process that has not reloaded: time does.
             let retired_secs =

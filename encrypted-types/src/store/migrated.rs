@@ -53,21 +53,36 @@ pub(crate) async fn explain<D: Db<Backend: KeyTable>>(
     needed: &[Needed],
     error: Error,
 ) -> Error {
-    let answers = async |db: &mut D, sql: &str| {
-        D::Backend::count_q(db, &Query::sql(sql.to_owned()))
-            .await
-            .is_ok()
-    };
-    if !answers(db, "SELECT COUNT(*) AS n").await {
+    if D::Backend::count_q(db, &Query::sql("SELECT COUNT(*) AS n"))
+        .await
+        .is_err()
+    {
         return error;
     }
     for n in needed {
-        if !answers(db, n.probe).await {
-            return Error::MissingMigration {
-                table: n.table,
-                migration: n.migration,
-            };
+        match D::Backend::count_q(db, &Query::sql(n.probe)).await {
+            Ok(_) => {}
+            // Only a table or column the database does not know is a missing migration; a
+            // refused right, a lock or a timeout is reported as it is.
+            Err(e) if undefined(&e.to_string()) => {
+                return Error::MissingMigration {
+                    table: n.table,
+                    migration: n.migration,
+                };
+            }
+            Err(_) => return error,
         }
     }
     error
+}
+
+/// Whether a database error says a table or column does not exist, as PostgreSQL, MySQL or
+/// MariaDB and SQLite word it.
+fn undefined(message: &str) -> bool {
+    let m = message.to_ascii_lowercase();
+    ((m.contains("relation") || m.contains("column")) && m.contains("does not exist"))
+        || m.contains("doesn't exist")
+        || m.contains("unknown column")
+        || m.contains("no such table")
+        || m.contains("no such column")
 }

@@ -238,7 +238,7 @@ pub const DEFAULT_DESTROY_GRACE: std::time::Duration = std::time::Duration::from
 pub const DESTROY_MARGIN: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What a cached wrapping key was unwrapped from: key id, tenant, KEK reference, wrapped bytes.
-type WrapperKey = (KeyId, Option<String>, String, Vec<u8>);
+type WrapperKey = (KeyId, Option<String>, String, Vec<u8>, bool);
 
 impl<P: fmt::Debug> fmt::Debug for KeyStore<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

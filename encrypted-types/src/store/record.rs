@@ -101,6 +101,10 @@ pub(crate) struct Wrapper {
     pub(crate) id: KeyId,
     cipher: Aes256Gcm,
     mac: HmacSha256,
+    /// Its own record carries a version 2 MAC, so every record it authenticates must too: a
+    /// version 1 tag of a record that was since re-authenticated (restored from a backup,
+    /// with other timestamps) is refused, not accepted as a downgrade.
+    v2_only: bool,
 }
 
 impl Wrapper {
@@ -123,7 +127,15 @@ impl Wrapper {
             id,
             cipher: Aes256Gcm::new(key.expose().into()),
             mac,
+            v2_only: false,
         })
+    }
+
+    /// This wrapping key, accepting only version 2 record MACs when `own` (its own record)
+    /// carries one.
+    pub(crate) fn for_record(mut self, own: &KeyRecord) -> Self {
+        self.v2_only = timestamps_authenticated(own);
+        self
     }
 
     /// Wraps `key` for `ctx` under this wrapping key.
@@ -151,7 +163,8 @@ impl Wrapper {
     }
 
     /// Whether `r.record_mac` is this key's MAC of `r` (in constant time): a version 2 MAC
-    /// (33 bytes, timestamps covered), or a version 1 MAC (32 bytes, written before 0.2).
+    /// (33 bytes, timestamps covered), or a version 1 MAC (32 bytes, written before 0.2) while
+    /// this key's own record is still version 1.
     pub(crate) fn verifies(&self, r: &KeyRecord) -> bool {
         if r.mac_key_id != Some(i64::from(self.id.get())) {
             return false;
@@ -162,7 +175,7 @@ impl Wrapper {
                 mac.update(&mac_input_v2(r));
                 mac.verify_slice(tag).is_ok()
             }
-            Some(tag) if tag.len() == 32 => {
+            Some(tag) if tag.len() == 32 && !self.v2_only => {
                 mac.update(&mac_input(r));
                 mac.verify_slice(tag).is_ok()
             }

@@ -185,6 +185,7 @@ impl<P: KekProvider> KeyStore<P> {
             if remaining(db, target.id).await? > 0 {
                 return Ok(None);
             }
+            self.upgrade_target(db, &target).await?;
             let mut destroyed = Vec::new();
             for old in tenant_keys(db, None, Some(Purpose::Wrapping), None)
                 .await
@@ -279,12 +280,11 @@ impl<P: KekProvider> KeyStore<P> {
         for old in &rows {
             // Live old deployment wrapping keys are destroyed at the end; destroyed ones are
             // re-authenticated like any record.
-            // The target's own record is re-authenticated only to bring a version 1 MAC to
-            // version 2 (timestamps covered).
+            // The target's own record is brought to version 2 last (`upgrade_target`): from
+            // then on it authenticates version 2 records only.
             if old.purpose == Purpose::Wrapping.as_str()
                 && old.tenant.is_none()
                 && (old.key_id == target_id || old.state != KeyState::Destroyed.as_str())
-                && (old.key_id != target_id || timestamps_authenticated(old))
             {
                 continue;
             }
@@ -354,6 +354,11 @@ impl<P: KekProvider> KeyStore<P> {
                 new.kek_ref = format!("{WRAPPED_BY}{}", target.id);
                 new.check_value = Some(check_value(&material).to_vec());
             }
+            // A version 1 record's timestamps were never authenticated: a retirement is taken
+            // as no older than now, so a destroy waits out its grace period from here.
+            if !timestamps_authenticated(old) && old.state == KeyState::Retired.as_str() {
+                new.state_changed_at = new.state_changed_at.max(super::sql::now());
+            }
             target.authenticate(&mut new);
             if update_record(db, &new, old).await.map_err(store_err)? == 1 {
                 if rewrap {
@@ -366,6 +371,36 @@ impl<P: KekProvider> KeyStore<P> {
             }
         }
         Ok((last, more))
+    }
+
+    /// Re-authenticates the target wrapping key's own record under version 2 if it is still
+    /// version 1: last, once every other record is version 2, because from then on the key
+    /// accepts version 2 records only.
+    async fn upgrade_target<D: KeyDb>(&self, db: &mut D, target: &Wrapper) -> Result<(), Error> {
+        let own = super::sql::key_by_id(db, i64::from(target.id.get()))
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| {
+                Error::Store("the wrapping key left the table during the rewrap".into())
+            })?;
+        if timestamps_authenticated(&own) {
+            return Ok(());
+        }
+        if !target.verifies(&own) {
+            return Err(Error::KeyRecord {
+                key_id: target.id,
+                reason: NOT_AUTHENTIC,
+            });
+        }
+        let mut new = own.clone();
+        target.authenticate(&mut new);
+        if update_record(db, &new, &own).await.map_err(store_err)? != 1 {
+            return Err(Error::Store(
+                "the wrapping key changed during the rewrap; run again".into(),
+            ));
+        }
+        self.forget_wrapping(target.id);
+        Ok(())
     }
 
     /// Checks `r`'s MAC against the deployment wrapping key that made it.
@@ -422,8 +457,6 @@ async fn remaining<D: KeyDb>(db: &mut D, target: KeyId) -> Result<i64, Error> {
         .map(|r| r.key_id)
         .collect();
     let mut q = Query::new();
-    // Placeholders are positional on SQLite and MySQL: one binding per use.
-    let t0 = q.bind::<D::Backend>(Param::Int(i64::from(target.get())));
     let t = q.bind::<D::Backend>(Param::Int(i64::from(target.get())));
     let t2 = q.bind::<D::Backend>(Param::Int(i64::from(target.get())));
     let mut under_old = String::from("kek_ref NOT LIKE 'key:%'");
@@ -434,14 +467,13 @@ async fn remaining<D: KeyDb>(db: &mut D, target: KeyId) -> Result<i64, Error> {
             .collect();
         under_old = format!("({under_old} OR kek_ref IN ({}))", refs.join(", "));
     }
-    // A version 1 MAC (32 bytes, timestamps not covered) is left to do as well, the target's
-    // own record included.
+    // A version 1 MAC (32 bytes, timestamps not covered) is left to do as well; the target's
+    // own record is upgraded after this count finds nothing else.
     q.sql = format!(
-        "SELECT COUNT(*) AS n FROM {KEYS} WHERE (key_id = {t0} AND LENGTH(record_mac) <> 33) \
-         OR (key_id <> {t} \
+        "SELECT COUNT(*) AS n FROM {KEYS} WHERE key_id <> {t} \
          AND NOT (purpose = 'wrapping' AND tenant IS NULL AND state <> 'destroyed') \
          AND (mac_key_id IS NULL OR mac_key_id <> {t2} OR LENGTH(record_mac) <> 33 \
-              OR (purpose <> 'wrapping' AND state <> 'destroyed' AND {under_old})))"
+              OR (purpose <> 'wrapping' AND state <> 'destroyed' AND {under_old}))"
     );
     D::Backend::count_q(db, &q).await.map_err(store_err)
 }

@@ -58,6 +58,8 @@ fn cache_key(id: KeyId, r: &KeyRecord) -> super::WrapperKey {
         r.tenant.clone(),
         r.kek_ref.clone(),
         r.wrapped_key.clone().unwrap_or_default(),
+        // Upgraded to a version 2 MAC, the key accepts only version 2 records from then on.
+        super::record::timestamps_authenticated(r),
     )
 }
 
@@ -120,7 +122,7 @@ impl<P: KekProvider> KeyStore<P> {
         if !check_matches(&material, check) {
             return Err(Error::KeyCheck { key_id: id });
         }
-        let w = Arc::new(Wrapper::new(id, &material)?);
+        let w = Arc::new(Wrapper::new(id, &material)?.for_record(r));
         self.wrappers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -356,11 +358,15 @@ impl<P: KekProvider> KeyStore<P> {
             .await
             .map_err(store_err)?
             + 1;
-        let w = Arc::new(Wrapper::new(id, &material)?);
         let mut record = new_record(id, tenant, Purpose::Wrapping, generation, &material);
         record.wrapped_key = Some(wrapped);
         record.kek_ref = kek.kek_ref();
-        mac.unwrap_or(&w).authenticate(&mut record);
+        match mac {
+            Some(m) => m.authenticate(&mut record),
+            None => Wrapper::new(id, &material)?.authenticate(&mut record),
+        }
+        // A new wrapping key's own record is version 2: it authenticates version 2 only.
+        let w = Arc::new(Wrapper::new(id, &material)?.for_record(&record));
         insert_key(db, &record).await.map_err(store_err)?;
         self.wrappers
             .lock()
