@@ -758,6 +758,20 @@ fn replace_record(
         .unwrap();
 }
 
+/// Loading the table is refused, naming record `key_id`.
+fn assert_refused(
+    conn: &mut diesel::SqliteConnection,
+    store: &impl Fn() -> encrypted_types::store::KeyStore<encrypted_types::kek::local::LocalKek>,
+    key_id: i64,
+) {
+    match store().load(conn) {
+        Err(encrypted_types::Error::KeyRecord { key_id: named, .. }) => {
+            assert_eq!(i64::from(named.get()), key_id);
+        }
+        other => panic!("record {key_id}: {other:?}"),
+    }
+}
+
 /// `keytable_v1.json` (docs/KEYTABLE.md), as rows of a real key table: the library loads them
 /// with the KEK file alone (every MAC, check value and wrap computed by the Python reference),
 /// and the data key it recovers opens a value sealed under the vector's key bytes.
@@ -808,16 +822,11 @@ fn the_key_table_vectors_load_through_the_library() {
     assert!(listed.iter().all(|k| !k.timestamps_authenticated));
 
     // One changed byte in any authenticated field of any record is refused, naming the record.
-    for (i, r) in doc.records.iter().enumerate() {
+    for r in &doc.records {
         let mut bad = r.row();
         bad.generation += 1;
         replace_record(conn, r, &bad);
-        match store().load(conn) {
-            Err(encrypted_types::Error::KeyRecord { key_id, .. }) => {
-                assert_eq!(i64::from(key_id.get()), r.key_id);
-            }
-            other => panic!("record {i}: {other:?}"),
-        }
+        assert_refused(conn, &store, r.key_id);
         replace_record(conn, r, &r.row());
     }
     assert!(store().load(conn).is_ok());
@@ -844,12 +853,7 @@ fn the_key_table_vectors_load_through_the_library() {
         let mut old = r.row();
         old.created_at = 1_900_000_000;
         replace_record(conn, r, &old);
-        match store().load(conn) {
-            Err(encrypted_types::Error::KeyRecord { key_id, .. }) => {
-                assert_eq!(i64::from(key_id.get()), r.key_id);
-            }
-            other => panic!("record {}: {other:?}", r.key_id),
-        }
+        assert_refused(conn, &store, r.key_id);
         let e = store().verified_keys(conn).unwrap_err();
         assert!(matches!(e, encrypted_types::Error::KeyRecord { .. }), "{e}");
         replace_record(conn, r, &now);
@@ -881,12 +885,7 @@ fn the_version_2_record_macs_cover_the_timestamps() {
         stamped.state_changed_at += 1;
         for bad in [changed, cut, stamped] {
             replace_record(conn, r, &bad);
-            match store().load(conn) {
-                Err(encrypted_types::Error::KeyRecord { key_id, .. }) => {
-                    assert_eq!(i64::from(key_id.get()), r.key_id);
-                }
-                other => panic!("record {}: {other:?}", r.key_id),
-            }
+            assert_refused(conn, &store, r.key_id);
         }
         replace_record(conn, r, &r.row());
     }

@@ -290,8 +290,10 @@ where
             // `keys init` may create a KEK only for an empty key table: a table that holds keys
             // was wrapped by a KEK a new one cannot replace, so a missing file is an error
             // there, as for every other command.
-            let empty = crate::store::list_keys(&mut conn).map_or(true, |k| k.is_empty());
-            let store = open(Startup { init: init && empty })?;
+            // Read only for `keys init`: every other command would read the whole table for
+            // nothing.
+            let init = init && crate::store::list_keys(&mut conn).map_or(true, |k| k.is_empty());
+            let store = open(Startup { init })?;
             execute(&mut conn, &store, models, &cli.command)
         })
     })();

@@ -247,18 +247,19 @@ where
     }
     // Key ages from authenticated records only: one UPDATE of a timestamp must not silence
     // the alarm. A table whose records do not authenticate was reported above.
-    let keys = match store.verified_keys(conn) {
-        Ok(keys) => keys,
+    let (keys, verified) = match store.verified_keys(conn) {
+        Ok(keys) => (keys, true),
         Err(e) => {
             lines.push(format!(
                 "key ages are read without authentication: the records do not verify ({e})"
             ));
             problems.push(json!({"problem": "records_unverified", "error": e.to_string()}));
-            list_keys(conn)?
+            (list_keys(conn)?, false)
         }
     };
+    // Counted only on records that verified: unverified ones were reported just above.
     let unauthenticated = keys.iter().filter(|k| !k.timestamps_authenticated).count();
-    if unauthenticated > 0 {
+    if verified && unauthenticated > 0 {
         lines.push(format!(
             "{unauthenticated} key record(s) do not authenticate their timestamps (written before \
              0.2, or not authenticated at all): their ages are not to be trusted; `keys rewrap` \
