@@ -49,6 +49,9 @@ pub(crate) fn sql_name(ident: &Ident) -> String {
 
 pub(crate) struct Field<'a> {
     pub(crate) ident: &'a Ident,
+    /// The SQL column: the field's name unless `column = ..` or `column_name = ..` says
+    /// otherwise.
+    pub(crate) column: Ident,
     pub(crate) ty: &'a Type,
     pub(crate) encrypted: Option<Encrypted<'a>>,
     pub(crate) stray_index: Option<Span>,
@@ -65,6 +68,12 @@ pub(crate) struct Encrypted<'a> {
     pub(crate) index: Option<Index>,
     /// `migrate_from = ...`: the legacy plaintext column read while it is non-NULL.
     pub(crate) migrate_from: Option<Ident>,
+    /// The context name every value and blind index is bound to (FORMAT §2): the field's
+    /// name unless `context = ".."` pins it, never the SQL column, so a rename stores nothing
+    /// new.
+    pub(crate) context: String,
+    /// Where the context name came from, for errors.
+    pub(crate) context_span: Span,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -165,18 +174,34 @@ impl<'a> Model<'a> {
                 continue;
             };
             let fa = attr::parse_field(&f.attrs)?;
+            let column = fa.column.unwrap_or_else(|| ident.clone());
+            if fa.encrypted.is_none()
+                && let Some(c) = &fa.context
+            {
+                return Err(syn::Error::new(
+                    c.span(),
+                    "`context` names an encrypted field's context\nhelp: write it inside the field's `#[encrypted(...)]`",
+                ));
+            }
             let encrypted = fa.encrypted.map(|_| {
                 let (inner, optional) = unwrap_option(&f.ty);
+                let (context, context_span) = match &fa.context {
+                    Some(c) => (c.value(), c.span()),
+                    None => (sql_name(ident), ident.span()),
+                };
                 Encrypted {
                     inner,
                     optional,
                     kind: classify(inner),
                     migrate_from: fa.migrate_from,
-                    index: fa.index.map(|i| Index::from_attr(i, ident)),
+                    index: fa.index.map(|i| Index::from_attr(i, &column)),
+                    context,
+                    context_span,
                 }
             });
             fields.push(Field {
                 ident,
+                column,
                 ty: &f.ty,
                 encrypted,
                 stray_index: fa.stray_index,
@@ -270,6 +295,14 @@ impl<'a> Model<'a> {
     /// The field named `name`, if it is encrypted.
     pub(crate) fn encrypted_field(&self, name: &Ident) -> Option<(&Field<'a>, &Encrypted<'a>)> {
         self.encrypted_fields().find(|(f, _)| f.ident == name)
+    }
+
+    /// The SQL column of field `name` (a primary-key or tenant field), or `name` itself.
+    pub(crate) fn column_of<'b>(&'b self, name: &'b Ident) -> &'b Ident {
+        self.fields
+            .iter()
+            .find(|f| f.ident == name)
+            .map_or(name, |f| &f.column)
     }
 
     pub(crate) fn tenant_field(&self) -> Option<&Field<'a>> {

@@ -10,7 +10,7 @@ pub(crate) mod kw {
         "table, tenant, primary_key, bind_row, derive, none, debug, zeroize, compound_index";
     pub(crate) const NONE_CHOICES: &str = "null, skip";
     pub(crate) const DEBUG_CHOICES: &str = "redacted, none";
-    pub(crate) const FIELD_KEYS: &str = "blind_index, migrate_from";
+    pub(crate) const FIELD_KEYS: &str = "blind_index, migrate_from, column, context";
     pub(crate) const INDEX_KEYS: &str = "normalize, bits, column, version, previous";
     pub(crate) const NORMALIZERS: &str =
         "trim, lowercase, email, digits, casefold, last4, prefix(n)";
@@ -97,6 +97,11 @@ pub(crate) struct FieldAttrs {
     pub(crate) migrate_from: Option<Ident>,
     /// `#[diesel(skip_insertion)]`: the insert does not write this field.
     pub(crate) skip_insertion: Option<Span>,
+    /// `#[encrypted(column = x)]` or diesel's `#[diesel(column_name = x)]`: the SQL column,
+    /// when it is not the field's name.
+    pub(crate) column: Option<Ident>,
+    /// `#[encrypted(context = "name")]`: the context name bound into every value.
+    pub(crate) context: Option<LitStr>,
 }
 
 pub(crate) struct IndexAttr {
@@ -343,14 +348,35 @@ pub(crate) fn parse_field(attrs: &[Attribute]) -> syn::Result<FieldAttrs> {
             out.stray_index = Some(attr.path().span());
         }
         if attr.path().is_ident("diesel") {
-            // Only `skip_insertion` matters here, wherever it sits among diesel's own keys:
-            // found by a scan of the tokens, so no key before it can hide it.
+            // Only `skip_insertion` and `column_name = x` matter here, wherever they sit among
+            // diesel's own keys: found by a scan of the tokens, so no key before them hides them.
             if let syn::Meta::List(list) = &attr.meta {
-                for tt in list.tokens.clone() {
-                    if let proc_macro2::TokenTree::Ident(i) = &tt
-                        && i == "skip_insertion"
+                let tokens: Vec<_> = list.tokens.clone().into_iter().collect();
+                for (i, tt) in tokens.iter().enumerate() {
+                    let proc_macro2::TokenTree::Ident(id) = tt else {
+                        continue;
+                    };
+                    if id == "skip_insertion" {
+                        out.skip_insertion = Some(id.span());
+                    } else if id == "column_name"
+                        && let Some(proc_macro2::TokenTree::Punct(eq)) = tokens.get(i + 1)
+                        && eq.as_char() == '='
                     {
-                        out.skip_insertion = Some(i.span());
+                        let name = match tokens.get(i + 2) {
+                            Some(proc_macro2::TokenTree::Ident(c)) => c.clone(),
+                            Some(proc_macro2::TokenTree::Literal(l)) => {
+                                let lit: LitStr =
+                                    syn::parse2(proc_macro2::TokenTree::Literal(l.clone()).into())?;
+                                lit.parse()?
+                            }
+                            _ => {
+                                return Err(syn::Error::new(
+                                    id.span(),
+                                    "`column_name` takes the column's name\nhelp: `#[diesel(column_name = email_sealed)]`",
+                                ));
+                            }
+                        };
+                        set_column(&mut out, name)?;
                     }
                 }
             }
@@ -382,6 +408,14 @@ pub(crate) fn parse_field(attrs: &[Attribute]) -> syn::Result<FieldAttrs> {
                 }
                 out.migrate_from = Some(meta.value()?.parse()?);
                 Ok(())
+            } else if meta.path.is_ident("column") {
+                set_column(&mut out, meta.value()?.parse()?)
+            } else if meta.path.is_ident("context") {
+                if out.context.is_some() {
+                    return Err(meta.error("this key is given twice\nhelp: give each key once"));
+                }
+                out.context = Some(meta.value()?.parse()?);
+                Ok(())
             } else {
                 Err(unknown(
                     meta.path.span(),
@@ -392,6 +426,19 @@ pub(crate) fn parse_field(attrs: &[Attribute]) -> syn::Result<FieldAttrs> {
         })?;
     }
     Ok(out)
+}
+
+/// Records the field's SQL column, from `#[encrypted(column = ..)]` or diesel's
+/// `column_name`: one name, given once.
+fn set_column(out: &mut FieldAttrs, name: Ident) -> syn::Result<()> {
+    if out.column.is_some() {
+        return Err(syn::Error::new(
+            name.span(),
+            "the field's column is given twice\nhelp: write `#[encrypted(column = ..)]` or `#[diesel(column_name = ..)]`, once",
+        ));
+    }
+    out.column = Some(name);
+    Ok(())
 }
 
 fn parse_normalize(

@@ -82,11 +82,19 @@ pub(crate) fn check(model: &Model<'_>) -> syn::Result<()> {
     }
 
     // Every column name the write row will hold: the fields, then the companions.
-    let mut columns: HashMap<String, Span> = model
-        .fields
-        .iter()
-        .map(|f| (f.ident.to_string(), f.ident.span()))
-        .collect();
+    let mut columns: HashMap<String, Span> = HashMap::new();
+    for f in &model.fields {
+        let name = crate::ast::sql_name(&f.column);
+        if columns.insert(name.clone(), f.column.span()).is_some() {
+            err(
+                f.column.span(),
+                format!(
+                    "duplicate column `{name}`: two fields of this struct are stored in it\nhelp: give each field its own column with `#[encrypted(column = ..)]` or `#[diesel(column_name = ..)]`"
+                ),
+            );
+        }
+    }
+    contexts(model, &mut err);
     for f in &model.fields {
         if let Some(span) = f.stray_index {
             err(span, "#[blind_index] must be written inside #[encrypted(...)]: a blind index needs an encrypted field\nhelp: write `#[encrypted(blind_index(...))]`".into());
@@ -116,7 +124,7 @@ pub(crate) fn check(model: &Model<'_>) -> syn::Result<()> {
                     "`migrate_from` reads a legacy TEXT/VARCHAR column into a String field, or a binary column into a Vec<u8> field\nhelp: for another type, convert the column in place and use `encrypted_types::migration` (see KEYS.md)".into(),
                 );
             }
-            if let Some(_prev) = columns.insert(legacy.to_string(), legacy.span()) {
+            if let Some(_prev) = columns.insert(crate::ast::sql_name(legacy), legacy.span()) {
                 err(
                     legacy.span(),
                     format!(
@@ -148,7 +156,7 @@ pub(crate) fn check(model: &Model<'_>) -> syn::Result<()> {
                 ),
             );
         }
-        let name = index.column.to_string();
+        let name = crate::ast::sql_name(&index.column);
         if let Some(_prev) = columns.insert(name.clone(), index.column.span()) {
             let span = if index.explicit_column {
                 index.column.span()
@@ -180,6 +188,29 @@ pub(crate) fn check(model: &Model<'_>) -> syn::Result<()> {
 }
 
 /// The numbers of an index: bits, version, previous.
+/// Context names: what every value of a field is bound to, so two fields of one table may
+/// not share one (a value copied between them would open), and an empty one binds nothing.
+fn contexts(model: &Model<'_>, err: &mut impl FnMut(Span, String)) {
+    let mut seen: HashMap<&str, &syn::Ident> = HashMap::new();
+    for (f, e) in model.encrypted_fields() {
+        if e.context.is_empty() || e.context.len() > u16::MAX.into() {
+            err(
+                e.context_span,
+                "a context name has 1 to 65535 bytes\nhelp: `context = \"email\"`; by default it is the field's name".into(),
+            );
+        }
+        if let Some(other) = seen.insert(&e.context, f.ident) {
+            err(
+                e.context_span,
+                format!(
+                    "fields `{other}` and `{}` have the same context name `{}`\nwhy: a value sealed for one would open as the other\nhelp: give each encrypted field of a table its own `context = \"..\"`",
+                    f.ident, e.context
+                ),
+            );
+        }
+    }
+}
+
 fn numbers(index: &crate::ast::Index, err: &mut impl FnMut(Span, String)) {
     for bits in index.bits.iter().chain(&index.previous_bits) {
         match bits.base10_parse::<u32>() {
@@ -300,7 +331,7 @@ fn compound(
             );
         }
     }
-    let column = c.index.column.to_string();
+    let column = crate::ast::sql_name(&c.index.column);
     if columns
         .insert(column.clone(), c.index.column.span())
         .is_some()

@@ -182,6 +182,41 @@ pub use model::{
 /// to NULL; `jobs::encrypt_column` moves the rest (`docs/KEYS.md`, "Encrypting a column that
 /// held plaintext").
 ///
+/// `column = name` at the field level (or diesel's own `#[diesel(column_name = name)]`) stores
+/// the field in another SQL column, and its blind index in `<name>_bidx` by default. Values and
+/// blind indexes are bound to the field's *context name*, not to the SQL column: by default the
+/// field's name, or `context = "name"` to pin it (unique within the table). Renaming a column
+/// later changes no stored value. During a migration the sealed column takes a new name and the
+/// legacy one keeps its own, so an application version that still writes the old name writes
+/// the legacy column, never the sealed one:
+///
+/// ```
+/// # use encrypted_types::{Encrypted, KeyMaterial, Keyring};
+/// # use diesel::prelude::*;
+/// # diesel::table! { staff (id) { id -> Integer, email -> Nullable<Text>,
+/// #   email_sealed -> Nullable<Binary>, email_sealed_bidx -> Nullable<Binary> } }
+/// #[derive(Encrypted)]
+/// #[encrypted(table = staff)]
+/// struct Staff {
+///     id: i32,
+///     // Sealed into `email_sealed` under the context name `email`; read from the legacy
+///     // `email` while it holds a value.
+///     #[encrypted(column = email_sealed, migrate_from = email, blind_index(normalize = email))]
+///     email: String,
+/// }
+/// # Keyring::builder().data_key(1, None, KeyMaterial::generate()?).primary(None, 1)
+/// #   .blind_index_root(None, KeyMaterial::generate()?).build()?.install();
+/// # let conn = &mut SqliteConnection::establish(":memory:")?;
+/// # diesel::sql_query("CREATE TABLE staff (id INTEGER PRIMARY KEY, email TEXT, email_sealed BLOB, email_sealed_bidx BLOB)").execute(conn)?;
+/// diesel::insert_into(staff::table)
+///     .values(&Staff { id: 1, email: "ann@example.org".into() })
+///     .execute(conn)?;
+/// let plain: Option<String> = staff::table.select(staff::email).first(conn)?;
+/// assert_eq!(plain, None);
+/// assert_eq!(Staff::find_by_email(conn, "ann@example.org")?.len(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
 /// A compound index finds a patient by last name and date of birth, or by the last four SSN
 /// digits and date of birth, with the decrypted re-check of every field:
 ///

@@ -145,6 +145,10 @@ pub(crate) mod probe {
 pub struct ColumnInfo {
     /// SQL column name.
     pub column: &'static str,
+    /// The context name its values are sealed under (FORMAT.md §2): the field's name unless
+    /// `context = ".."` pins it. It differs from `column` when `column = ..` renames the SQL
+    /// column.
+    pub context: &'static str,
     /// The value type tag (`docs/FORMAT.md` §3).
     pub value_type: &'static str,
     /// Whether the column is nullable.

@@ -449,7 +449,7 @@ fn compound_columns(m: &ModelInfo) -> Vec<(&'static str, u16, bool)> {
         let nullable = i.fields.iter().any(|f| {
             m.columns
                 .iter()
-                .any(|c| c.column == f.column && (c.nullable || c.legacy.is_some()))
+                .any(|c| c.context == f.column && (c.nullable || c.legacy.is_some()))
         });
         let bytes = i.bits.div_ceil(8);
         match out.iter_mut().find(|(name, ..)| *name == i.index_column) {

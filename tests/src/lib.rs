@@ -128,6 +128,46 @@ pub mod real_schema {
         }
     }
 
+    // A rolling deploy (KEYS.md, "Encrypting a column that held plaintext"): the legacy
+    // columns keep their names, which the old application version still writes; the sealed
+    // columns are added under new ones, so no old write can land in them.
+    diesel::table! {
+        et_staff (id) {
+            id -> BigInt,
+            clinic_id -> BigInt,
+            email -> Nullable<Text>,
+            note -> Nullable<Text>,
+            email_sealed -> Nullable<Binary>,
+            email_sealed_bidx -> Nullable<Binary>,
+            note_sealed -> Nullable<Binary>,
+        }
+    }
+
+    /// `et_staff` as the old application version was compiled against it.
+    pub mod old {
+        diesel::table! {
+            et_staff (id) {
+                id -> BigInt,
+                clinic_id -> BigInt,
+                email -> Text,
+                note -> Nullable<Text>,
+            }
+        }
+    }
+
+    /// `et_staff` after the contract step, its sealed columns renamed to the fields' names.
+    pub mod contracted {
+        diesel::table! {
+            et_staff (id) {
+                id -> BigInt,
+                clinic_id -> BigInt,
+                email -> Binary,
+                email_bidx -> Binary,
+                note -> Nullable<Binary>,
+            }
+        }
+    }
+
     /// The legacy table, before the migration: plaintext in `TEXT`/`VARCHAR` columns.
     pub fn legacy_contacts_ddl(backend: &str) -> Vec<String> {
         let (email, note) = match backend {

@@ -311,6 +311,53 @@ pub struct Contact {
     pub note: Option<String>,
 }
 
+/// The application version before encryption: plain Diesel over `et_staff`'s legacy columns,
+/// still running during a rolling deploy.
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    diesel::Queryable,
+    diesel::Selectable,
+    diesel::Insertable,
+    diesel::AsChangeset,
+)]
+#[diesel(table_name = crate::real_schema::old::et_staff)]
+pub struct OldStaff {
+    pub id: i64,
+    pub clinic_id: i64,
+    pub email: String,
+    pub note: Option<String>,
+}
+
+/// The version that encrypts: the fields keep their names (and so their context names), the
+/// sealed values go to `email_sealed` and `note_sealed` (both spellings of a column name), and
+/// the legacy columns, under their old names, are read while they hold a value.
+#[derive(Clone, PartialEq, Encrypted)]
+#[encrypted(table = crate::real_schema::et_staff, tenant = clinic_id)]
+pub struct Staff {
+    pub id: i64,
+    pub clinic_id: i64,
+    #[encrypted(column = email_sealed, migrate_from = email, blind_index(normalize = email))]
+    pub email: String,
+    #[encrypted(migrate_from = note)]
+    #[diesel(column_name = note_sealed)]
+    pub note: Option<String>,
+}
+
+/// After the contract step: the legacy columns dropped and the sealed ones renamed to the
+/// fields' names. Same context names, so every stored value and index still matches.
+#[derive(Clone, PartialEq, Encrypted)]
+#[encrypted(table = crate::real_schema::contracted::et_staff, tenant = clinic_id)]
+pub struct StaffContracted {
+    pub id: i64,
+    pub clinic_id: i64,
+    #[encrypted(blind_index(normalize = email))]
+    pub email: String,
+    #[encrypted]
+    pub note: Option<String>,
+}
+
 /// The front desk: patients found by surname and date of birth, or by the last four digits of
 /// the SSN and the date of birth (compound indexes, truncated so that unrelated rows share
 /// index values), besides the SSN's own index; and a prefix index over a nullable field.

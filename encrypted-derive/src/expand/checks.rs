@@ -22,7 +22,7 @@ pub(super) fn column_checks(
     let mut checks = Vec::new();
     for (f, e) in model.encrypted_fields() {
         let span = f.ident.span();
-        let mut cols = vec![(f.ident.clone(), true)];
+        let mut cols = vec![(f.column.clone(), true)];
         if let Some(index) = &e.index {
             cols.push((index.column.clone(), true));
         }

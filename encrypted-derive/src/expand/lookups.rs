@@ -24,7 +24,7 @@ pub(super) fn queries(
     let cols: Vec<_> = model
         .fields
         .iter()
-        .map(|f| f.ident)
+        .map(|f| &f.column)
         .chain(
             model
                 .encrypted_fields()
@@ -69,7 +69,7 @@ pub(super) fn queries(
         };
         let (tenant_param, tenant_arg, tenant_id, eq_ty, eq_expr) = match tenant_field {
             Some(t) => {
-                let tname = t.ident;
+                let tname = &t.column;
                 let tty = t.ty;
                 (
                     quote!(tenant: &#tty,),
@@ -200,7 +200,7 @@ pub(super) fn queries(
         };
         let (in_ty, in_expr) = match tenant_field {
             Some(t) => {
-                let tname = t.ident;
+                let tname = &t.column;
                 let tty = t.ty;
                 (
                     quote!(#diesel::dsl::And<#diesel::dsl::Eq<#table::#tname, #tty>, #bidx_in_ty>),
@@ -449,7 +449,7 @@ pub(super) fn compound_queries(
     };
     let (tenant_param, tenant_arg, tenant_id, eq_ty, eq_expr) = match model.tenant_field() {
         Some(t) => {
-            let (tname, tty) = (t.ident, t.ty);
+            let (tname, tty) = (&t.column, t.ty);
             (
                 quote!(tenant: &#tty,),
                 quote!(tenant,),

@@ -13,7 +13,9 @@ pub(super) fn markers(model: &Model<'_>, et: &TokenStream) -> TokenStream {
     let mut out = TokenStream::new();
     for (f, e) in model.encrypted_fields() {
         let ctx = ctx_ident(model, f);
-        let column = crate::ast::sql_name(f.ident);
+        // Values and indexes bind the context name; SQL uses the column.
+        let column = e.context.as_str();
+        let sql_column = crate::ast::sql_name(&f.column);
         out.extend(quote! {
             #[doc(hidden)]
             #[derive(Debug, Clone, Copy)]
@@ -21,6 +23,7 @@ pub(super) fn markers(model: &Model<'_>, et: &TokenStream) -> TokenStream {
             impl #et::ColumnContext for #ctx {
                 const TABLE: &'static str = #table_name;
                 const COLUMN: &'static str = #column;
+                const SQL_COLUMN: &'static str = #sql_column;
             }
         });
         if let Some(index) = &e.index {
@@ -89,7 +92,7 @@ pub(super) fn compound_markers(model: &Model<'_>, c: &Compound, et: &TokenStream
     let index_column = crate::ast::sql_name(&c.index.column);
     let fields = c.fields.iter().filter_map(|(field, steps)| {
         let (_, e) = model.encrypted_field(field)?;
-        let column = crate::ast::sql_name(field);
+        let column = e.context.as_str();
         let inner = e.inner;
         let steps = steps.iter().map(|(n, _)| n.variant());
         Some(quote! {
@@ -148,16 +151,20 @@ pub(super) fn compound_markers(model: &Model<'_>, c: &Compound, et: &TokenStream
 pub(super) fn metadata(model: &Model<'_>, et: &TokenStream) -> TokenStream {
     let ident = model.ident;
     let table_name = model.table_name();
-    let pk = model.primary_key.iter().map(crate::ast::sql_name);
+    let pk = model
+        .primary_key
+        .iter()
+        .map(|pk| crate::ast::sql_name(model.column_of(pk)));
     let tenant = match &model.tenant {
         Some(t) => {
-            let t = crate::ast::sql_name(t);
+            let t = crate::ast::sql_name(model.column_of(t));
             quote!(::core::option::Option::Some(#t))
         }
         None => quote!(::core::option::Option::None),
     };
     let columns = model.encrypted_fields().map(|(f, e)| {
-        let column = crate::ast::sql_name(f.ident);
+        let column = crate::ast::sql_name(&f.column);
+        let context = e.context.as_str();
         let inner = e.inner;
         let nullable = e.optional;
         let indexes = e.index.iter().map(|_| {
@@ -175,6 +182,7 @@ pub(super) fn metadata(model: &Model<'_>, et: &TokenStream) -> TokenStream {
         quote! {
             #et::ColumnInfo {
                 column: #column,
+                context: #context,
                 value_type: <#inner as #et::Plaintext>::TYPE,
                 nullable: #nullable,
                 indexes: &[#(#indexes),*],
@@ -184,14 +192,14 @@ pub(super) fn metadata(model: &Model<'_>, et: &TokenStream) -> TokenStream {
         }
     });
     let bind_row = model.bind_fields().map(|f| {
-        let column = crate::ast::sql_name(f.ident);
+        let column = crate::ast::sql_name(&f.column);
         let ty = f.ty;
         quote!(#et::RowColumn { column: #column, kind: <#ty as #et::RowIdentity>::KIND })
     });
     let table = &model.table;
     let plain = model.fields.iter().filter(|f| f.encrypted.is_none()).map(|f| {
-        let column = crate::ast::sql_name(f.ident);
-        let col = f.ident;
+        let column = crate::ast::sql_name(&f.column);
+        let col = &f.column;
         // Method resolution picks `SqlKnown` for the SQL types it names and `SqlUnknown`
         // otherwise: an unusual column type never stops the model from compiling.
         quote! {

@@ -39,14 +39,18 @@ pub(super) fn read_side(
                     quote!(#ty)
                 }
             };
-            quote!(#name: #ty)
+            let column = column_attr(name, &f.column);
+            quote!(#column #name: #ty)
         })
         .collect();
     // The legacy columns last, in the order `queries` selects them.
     for (_, e) in model.encrypted_fields() {
         if let Some(legacy) = &e.migrate_from {
             let inner = e.inner;
-            fields.push(quote!(#legacy: ::core::option::Option<#inner>));
+            let field = legacy_field(legacy);
+            fields.push(
+                quote!(#[diesel(column_name = #legacy)] #field: ::core::option::Option<#inner>),
+            );
         }
     }
     let tenant = tenant_of(model, &quote!(row), et);
@@ -62,7 +66,8 @@ pub(super) fn read_side(
     };
     let opens = model.encrypted_fields().map(|(f, e)| {
         let name = f.ident;
-        let column = crate::ast::sql_name(name);
+        // Errors name the SQL column: that is where an operator looks.
+        let column = crate::ast::sql_name(&f.column);
         let inner = e.inner;
         let ctx = ctx_ident(model, f);
         // Opened under its header's key (and, for `bind_row`, with the row's identity); the
@@ -84,7 +89,8 @@ pub(super) fn read_side(
                 }
             }
         };
-        let value = match (&e.migrate_from, e.optional) {
+        let legacy_row = e.migrate_from.as_ref().map(legacy_field);
+        let value = match (&legacy_row, e.optional) {
             (None, false) => quote!({ let bytes = row.#name; #open }),
             (None, true) => quote!(match row.#name {
                 ::core::option::Option::Some(bytes) => ::core::option::Option::Some(#open),
@@ -99,7 +105,7 @@ pub(super) fn read_side(
                 (::core::option::Option::None, ::core::option::Option::None) => ::core::option::Option::None,
             }),
             (Some(legacy), false) => {
-                let legacy_name = crate::ast::sql_name(legacy);
+                let legacy_name = e.migrate_from.as_ref().map(crate::ast::sql_name).unwrap_or_default();
                 quote!(match (row.#legacy, row.#name) {
                     (::core::option::Option::Some(p), _) => p,
                     (::core::option::Option::None, ::core::option::Option::Some(bytes)) => #open,
@@ -186,12 +192,14 @@ pub(super) fn write_side(
         match &f.encrypted {
             None => {
                 let ty = f.ty;
-                fields.push(quote!(#name: #ty));
+                let column = column_attr(name, &f.column);
+                fields.push(quote!(#column #name: #ty));
                 init.push(quote!(#name: ::core::clone::Clone::clone(&m.#name)));
             }
             Some(e) => {
                 let ty = sealed_ty(model, f, e, et);
-                fields.push(quote!(#name: #ty));
+                let column = column_attr(name, &f.column);
+                fields.push(quote!(#column #name: #ty));
                 let bound = bound_to(model);
                 init.push(field_init(name, name, e.optional, |v| {
                     quote!(#et::Encrypted::with_tenant(::core::clone::Clone::clone(#v), ::core::clone::Clone::clone(&__tenant)) #bound)
@@ -207,11 +215,12 @@ pub(super) fn write_side(
                 // Every write clears the legacy plaintext: the row's value now lives sealed.
                 if let Some(legacy) = &e.migrate_from {
                     let inner = e.inner;
+                    let field = legacy_field(legacy);
                     fields.push(quote!(
-                        #[diesel(treat_none_as_null = true)]
-                        #legacy: ::core::option::Option<#inner>
+                        #[diesel(treat_none_as_null = true, column_name = #legacy)]
+                        #field: ::core::option::Option<#inner>
                     ));
-                    init.push(quote!(#legacy: ::core::option::Option::None));
+                    init.push(quote!(#field: ::core::option::Option::None));
                 }
             }
         }
@@ -318,4 +327,19 @@ pub(super) fn write_side(
         }
         #impls
     }
+}
+
+/// `#[diesel(column_name = ..)]` on a generated field whose column is not its name.
+fn column_attr(field: &syn::Ident, column: &syn::Ident) -> TokenStream {
+    if field == column {
+        TokenStream::new()
+    } else {
+        quote!(#[diesel(column_name = #column)])
+    }
+}
+
+/// The generated field of a legacy column: a name of its own, because a field may keep the
+/// legacy column's name while its sealed values live in another column.
+fn legacy_field(legacy: &syn::Ident) -> syn::Ident {
+    quote::format_ident!("__legacy_{}", legacy)
 }

@@ -71,9 +71,10 @@ pub(super) fn setters(model: &Model<'_>, et: &TokenStream, diesel: &TokenStream)
                 quote!(#w(::core::clone::Clone::clone(&value), ::core::clone::Clone::clone(&__tenant)) #then)
             }
         };
-        let mut tys = vec![quote!(#diesel::dsl::Eq<#table::#name, #value_ty>)];
+        let col = &f.column;
+        let mut tys = vec![quote!(#diesel::dsl::Eq<#table::#col, #value_ty>)];
         let sealed = wrap(quote!(#et::Encrypted::with_tenant), &bound);
-        let mut exprs = vec![quote!(#diesel::ExpressionMethods::eq(#table::#name, #sealed))];
+        let mut exprs = vec![quote!(#diesel::ExpressionMethods::eq(#table::#col, #sealed))];
         if let Some(index) = &e.index {
             let column = &index.column;
             let ty = index_ty(model, f, e, et);

@@ -20,8 +20,20 @@
 pub trait ColumnContext: 'static {
     /// SQL table name.
     const TABLE: &'static str;
-    /// SQL column name.
+    /// The column's context name, bound into every value (FORMAT.md §2, "column"). The
+    /// derive uses the field's name unless `context = ".."` pins it; it stays the same when
+    /// the SQL column is renamed, so no stored value changes.
     const COLUMN: &'static str;
+    /// The SQL column the values live in: [`COLUMN`](Self::COLUMN) unless the derive's
+    /// `column = ..` (or diesel's `column_name`) names another. Used in messages and audit
+    /// events only, never in the authenticated data.
+    ///
+    /// ```
+    /// use encrypted_types::ColumnContext;
+    /// encrypted_types::column_context!(pub Email = "patients"."email");
+    /// assert_eq!(Email::SQL_COLUMN, "email");
+    /// ```
+    const SQL_COLUMN: &'static str = Self::COLUMN;
 }
 
 /// The default context: no table and no column.

@@ -150,7 +150,7 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
             Ok(())
         } else {
             let err = Error::TenantMismatch { column };
-            audit::open_failed(C::TABLE, C::COLUMN, T::TYPE, &err);
+            audit::open_failed(C::TABLE, C::SQL_COLUMN, T::TYPE, &err);
             Err(err)
         }
     }
@@ -196,8 +196,8 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
                 None => format::seal(key, &self.context(), self.get()),
             });
         match &sealed {
-            Ok(_) => audit::metrics::sealed(C::TABLE, C::COLUMN),
-            Err(e) => audit::metrics::seal_failed(C::TABLE, C::COLUMN, e),
+            Ok(_) => audit::metrics::sealed(C::TABLE, C::SQL_COLUMN),
+            Err(e) => audit::metrics::seal_failed(C::TABLE, C::SQL_COLUMN, e),
         }
         sealed
     }
@@ -271,8 +271,8 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
     ) -> Result<Self, Error> {
         let opened = Self::open_inner(keyring, sealed, row);
         match &opened {
-            Ok(v) => audit::opened(v.tenant(), C::TABLE, C::COLUMN),
-            Err(e) => audit::open_failed(C::TABLE, C::COLUMN, T::TYPE, e),
+            Ok(v) => audit::opened(v.tenant(), C::TABLE, C::SQL_COLUMN),
+            Err(e) => audit::open_failed(C::TABLE, C::SQL_COLUMN, T::TYPE, e),
         }
         opened
     }
@@ -292,7 +292,7 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
             Err(_)
                 if row.is_none()
                     && format::classify(keyring, &sealed) == format::Stored::Legacy
-                    && crate::migration::take_plaintext(C::TABLE, C::COLUMN) =>
+                    && crate::migration::take_plaintext(C::TABLE, C::SQL_COLUMN) =>
             {
                 let mut v = Self::with_tenant(T::decode_owned(sealed)?, None);
                 v.legacy = true;

@@ -25,7 +25,8 @@ pub const MAX_FIELDS: usize = 8;
 /// One field of a compound index.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CompoundField {
-    /// The encrypted column the field is stored in.
+    /// The context name of the encrypted field (its [`ColumnInfo::context`](crate::ColumnInfo),
+    /// which is its SQL column unless `column = ..` renames that); bound into the index key.
     pub column: &'static str,
     /// Its value type tag (`docs/FORMAT.md` §3).
     pub value_type: &'static str,

@@ -308,9 +308,11 @@ fn push_steps(info: &mut Vec<u8>, steps: &[Normalizer]) -> Result<(), Error> {
 pub struct IndexParams {
     /// Table of the encrypted column.
     pub table: &'static str,
-    /// The encrypted column the index is computed from.
+    /// The context name of the encrypted column the index is computed from (its
+    /// [`ColumnInfo::context`](crate::ColumnInfo)): bound into the index key, so renaming the
+    /// SQL column changes no index.
     pub column: &'static str,
-    /// The companion column that stores the index.
+    /// The companion column that stores the index (SQL).
     pub index_column: &'static str,
     /// Index version; a new version means a new key and recomputed indexes.
     pub version: u32,

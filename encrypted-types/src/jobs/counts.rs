@@ -192,7 +192,7 @@ where
     // Compound indexes: distinct tuples, counted the same way; rows with a NULL field have no
     // index and are not counted.
     for pass in compound_passes(model, |_| true)? {
-        let Op::Compound { params } = pass.op else {
+        let Op::Compound { params, .. } = pass.op else {
             continue;
         };
         let full = CompoundParams {

@@ -201,14 +201,16 @@ fn compound_passes(
             return Err(Error::InvalidIndex("a compound index has 1 to 8 fields"));
         }
         let mut first = None;
+        let mut columns = Vec::with_capacity(params.fields.len());
         for f in params.fields {
-            let c = find_column(model, f.column)?;
+            let c = find_context(model, f.column)?;
             first.get_or_insert(c);
+            columns.push(c.column);
         }
         if let Some(column) = first {
             passes.push(Pass {
                 column,
-                op: Op::Compound { params },
+                op: Op::Compound { params, columns },
                 writes: params.index_column,
                 target: name::compound_target(model, params),
             });
@@ -246,7 +248,7 @@ where
     let info = find_column(model, column)?;
     // The compound indexes over this column need it sealed first: they are recomputed once
     // it is, by a second job (`<job>+indexes:<column>`), and the report covers both.
-    let compound = compound_passes(model, |p| p.fields.iter().any(|f| f.column == column))?;
+    let compound = compound_passes(model, |p| p.fields.iter().any(|f| f.column == info.context))?;
     // Named after the job and the column, so one job name used for several columns gets an
     // index phase per column; refused before any write if that name is too long.
     let index_job = format!("{job}+indexes:{column}");

@@ -17,6 +17,8 @@ pub(super) enum Op<'a> {
     /// Recompute a compound index from its fields (the pass's column is the first of them).
     Compound {
         params: &'static CompoundParams,
+        /// The SQL columns of its fields, in order (the params name their context names).
+        columns: Vec<&'static str>,
     },
     Encrypt,
     /// Seal the legacy column's values into the encrypted column, clearing the legacy one.
@@ -63,7 +65,7 @@ impl Pass<'_> {
     /// The columns read besides the value: a compound index's fields.
     pub(super) fn more(&self) -> Vec<&'static str> {
         match &self.op {
-            Op::Compound { params } => params.fields.iter().map(|f| f.column).collect(),
+            Op::Compound { columns, .. } => columns.clone(),
             _ => Vec::new(),
         }
     }
@@ -72,7 +74,7 @@ impl Pass<'_> {
     pub(super) fn index(&self) -> Option<&'static str> {
         match &self.op {
             Op::Reindex { params } => Some(params.index_column),
-            Op::Compound { params } => Some(params.index_column),
+            Op::Compound { params, .. } => Some(params.index_column),
             _ => None,
         }
     }

@@ -357,7 +357,7 @@ impl Run<'_> {
                             .await?;
                 }
                 // Every compound index recomputed from its decrypted fields (NULL when one is).
-                Op::Compound { params } => {
+                Op::Compound { params, .. } => {
                     let fields = pass.more();
                     walk(
                         db,

@@ -16,6 +16,21 @@ pub(super) fn find_column(model: &ModelInfo, column: &str) -> Result<&'static Co
         })
 }
 
+/// The encrypted column whose values are sealed under context name `context` (a compound
+/// index names its fields so).
+pub(super) fn find_context(model: &ModelInfo, context: &str) -> Result<&'static ColumnInfo, Error> {
+    model
+        .columns
+        .iter()
+        .find(|c| c.context == context)
+        .ok_or_else(|| {
+            Error::Store(format!(
+                "{}: no encrypted column has the context name {context}",
+                model.table
+            ))
+        })
+}
+
 /// Counts the rows of `column` with `from <= key < to` (non-NULL values) for which `hit` holds,
 /// in keyset pages: the closing checks, independent of the work they check.
 pub(super) async fn scan<D>(

@@ -196,7 +196,7 @@ fn check(
     let (plain, _) = format::open_raw(
         keyring,
         t.name,
-        c.column,
+        c.context,
         c.value_type,
         bind.as_ref(),
         value,

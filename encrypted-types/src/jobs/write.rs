@@ -44,7 +44,7 @@ pub(super) fn prepare(
             if let Some(r) = t.unbound(value) {
                 return Ok(Outcome::Skip(r));
             }
-            match format::reseal(keyring, t.name, c.column, c.value_type, bind, value) {
+            match format::reseal(keyring, t.name, c.context, c.value_type, bind, value) {
                 Ok(Some(new)) => Ok(Outcome::Write(vec![(c.column, Some(new))])),
                 Ok(None) => Ok(Outcome::Nothing),
                 Err(e @ Error::NoKeyring) => Err(e),
@@ -56,7 +56,8 @@ pub(super) fn prepare(
             Ok(new) => Ok(Outcome::Write(vec![(params.index_column, Some(new))])),
             Err(r) => Ok(Outcome::Skip(r)),
         },
-        Op::Compound { params } => match fresh_compound(keyring, t, params, more, tenant, bind) {
+        Op::Compound { params, .. } => match fresh_compound(keyring, t, params, more, tenant, bind)
+        {
             Ok(new) if index == new.as_deref() => Ok(Outcome::Nothing),
             Ok(new) => Ok(Outcome::Write(vec![(params.index_column, new)])),
             Err(r) => Ok(Outcome::Skip(r)),
@@ -95,7 +96,7 @@ pub(super) fn seal_legacy(
     let sealed = match format::seal_raw(
         keyring,
         t.name,
-        c.column,
+        c.context,
         c.value_type,
         tenant.as_ref(),
         bind,
@@ -150,7 +151,7 @@ pub(super) fn fresh_index(
     if let Some(r) = t.unbound(value) {
         return Err(r);
     }
-    let (plain, tenant) = format::open_raw(keyring, t.name, c.column, c.value_type, bind, value)
+    let (plain, tenant) = format::open_raw(keyring, t.name, c.context, c.value_type, bind, value)
         .map_err(|e| SkipReason::of(&e))?;
     params
         .compute_raw(keyring, tenant.as_ref(), c.value_type, &plain)
@@ -220,7 +221,7 @@ pub(super) fn legacy_state(
             LegacyState::Bad(SkipReason::RowBinding)
         }
         format::Stored::Sealed => {
-            match format::open_raw(keyring, t.name, c.column, c.value_type, bind, value) {
+            match format::open_raw(keyring, t.name, c.context, c.value_type, bind, value) {
                 Ok(_) | Err(Error::KeyDestroyed(_)) => LegacyState::Done,
                 Err(e) => LegacyState::Bad(SkipReason::of(&e)),
             }
