@@ -192,6 +192,18 @@ pub enum Error {
         /// The key.
         key_id: KeyId,
     },
+    /// The KEK configured under `kek_ref` is not the one the key table's wraps were made with:
+    /// its check value differs from the one stored when they were (docs/KEYTABLE.md,
+    /// `kek_check`), or the KMS says the ciphertext is another key's. Told apart from tampering
+    /// ([`Error::KeyUnwrap`]), which is what a failed unwrap under the right KEK stays.
+    #[error(
+        "the KEK {kek_ref} is not the one these keys were wrapped with: configure the original \
+         KEK (the key file, HSM key or KMS key that wrapped them), not a new one under the same name"
+    )]
+    WrongKek {
+        /// The KEK reference (`local:<file>`, `pkcs11:<label>`, `aws-kms:<key id>`).
+        kek_ref: String,
+    },
     /// The local KEK file is unusable: missing (opening never creates one), readable by
     /// others, of the wrong length, or all zeros.
     #[error("local KEK file {kek}: {reason}")]
@@ -394,6 +406,7 @@ impl Error {
             Self::Provider { .. } => "provider",
             Self::Timeout { .. } => "timeout",
             Self::KekFile { .. } => "kek_file",
+            Self::WrongKek { .. } => "wrong_kek",
             Self::Store { .. } => "store",
             Self::NotDestroyable { .. } => "not_destroyable",
             Self::MissingMigration { .. } => "missing_migration",

@@ -136,6 +136,29 @@ pub trait KekProvider: Send + Sync + fmt::Debug {
     /// [`Error::KeyUnwrap`] naming the key id when the bytes or the context are wrong;
     /// [`Error::Provider`] or [`Error::Timeout`] when the provider fails.
     fn unwrap(&self, ctx: &WrapContext<'_>, wrapped: &[u8]) -> Result<KeyMaterial, Error>;
+
+    /// A check value of the KEK itself, where the provider can give one without revealing it
+    /// (a local KEK: `HMAC-SHA256(KEK, "encrypted-types/kek/check/v1")[0..16]`; PKCS#11: the
+    /// key's `CKA_CHECK_VALUE`). The key store keeps it beside each wrap the KEK makes, and
+    /// compares it only after an unwrap failed, to report [`Error::WrongKek`] rather than
+    /// [`Error::KeyUnwrap`]; it decides nothing else. `None` (the default) when the provider
+    /// has none.
+    ///
+    /// ```
+    /// use encrypted_types::kek::{KekProvider, local::LocalKek};
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let a = LocalKek::create(dir.path().join("a.kek"))?;
+    /// let b = LocalKek::create(dir.path().join("b.kek"))?;
+    /// assert_ne!(a.kek_check()?, b.kek_check()?);
+    /// assert_eq!(a.kek_check()?.map(|c| c.len()), Some(16));
+    /// # Ok::<(), encrypted_types::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// A provider error when the check value cannot be read.
+    fn kek_check(&self) -> Result<Option<Vec<u8>>, Error> {
+        Ok(None)
+    }
 }
 
 /// Retries with exponential backoff for a provider call.
@@ -211,6 +234,10 @@ impl<P: KekProvider> KekProvider for Retrying<P> {
     fn unwrap(&self, ctx: &WrapContext<'_>, wrapped: &[u8]) -> Result<KeyMaterial, Error> {
         self.run(|| self.inner.unwrap(ctx, wrapped))
     }
+
+    fn kek_check(&self) -> Result<Option<Vec<u8>>, Error> {
+        self.run(|| self.inner.kek_check())
+    }
 }
 
 impl<P: KekProvider + ?Sized> KekProvider for &P {
@@ -228,5 +255,9 @@ impl<P: KekProvider + ?Sized> KekProvider for &P {
 
     fn unwrap(&self, ctx: &WrapContext<'_>, wrapped: &[u8]) -> Result<KeyMaterial, Error> {
         (**self).unwrap(ctx, wrapped)
+    }
+
+    fn kek_check(&self) -> Result<Option<Vec<u8>>, Error> {
+        (**self).kek_check()
     }
 }

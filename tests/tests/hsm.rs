@@ -236,3 +236,46 @@ fn rewrap_moves_keys_from_an_hsm_key_to_kms() {
         "moved@example.org"
     );
 }
+
+/// A key of the same label on another token (a re-initialized HSM, a key regenerated under the
+/// old name) is `WrongKek` by its `CKA_CHECK_VALUE`; the right key with altered wrap bytes
+/// stays `KeyUnwrap`.
+#[test]
+fn another_hsm_key_under_the_same_label_is_a_wrong_kek() {
+    let _serial = encrypted_types_tests::serial();
+    let (first, second) = (Token::create(), Token::create());
+    let conn = &mut SqliteConnection::establish(":memory:").unwrap();
+    KeyStore::<Pkcs11Kek>::run_migrations(conn).unwrap();
+    let kek = Pkcs11Kek::open(module(), &first.0, PIN, KEY_LABEL, true).unwrap();
+    let own = kek.kek_check().unwrap();
+    assert!(
+        own.as_ref().is_some_and(|c| !c.is_empty()),
+        "SoftHSM2 gives CKA_CHECK_VALUE"
+    );
+    let store = KeyStore::new(kek);
+    store.create_tenant(conn, Some(&"clinic-h".into())).unwrap();
+    let stored: Vec<Option<Vec<u8>>> = encrypted_types::store::encrypted_types_keys::table
+        .filter(encrypted_types::store::encrypted_types_keys::purpose.eq("wrapping"))
+        .select(encrypted_types::store::encrypted_types_keys::kek_check)
+        .load(conn)
+        .unwrap();
+    assert_eq!(stored, [own]);
+
+    let other = Pkcs11Kek::open(module(), &second.0, PIN, KEY_LABEL, true).unwrap();
+    assert_eq!(other.kek_ref(), format!("pkcs11:{KEY_LABEL}"));
+    assert_eq!(
+        KeyStore::new(other).load(conn).err(),
+        Some(Error::WrongKek {
+            kek_ref: format!("pkcs11:{KEY_LABEL}")
+        })
+    );
+    diesel::sql_query(
+        "UPDATE encrypted_types_keys SET wrapped_key = zeroblob(60) WHERE purpose = 'wrapping'",
+    )
+    .execute(conn)
+    .unwrap();
+    assert!(matches!(
+        store.load(conn).err(),
+        Some(Error::KeyUnwrap { .. })
+    ));
+}

@@ -318,6 +318,7 @@ macro_rules! hierarchy_suite {
                 check_value: Some(keytable::check_value(&w)),
                 mac_key_id: None,
                 record_mac: None,
+                kek_check: None,
             };
             keytable::authenticate(&mut w_row, planted.get(), &w);
             put(conn, &w_row);
@@ -506,6 +507,7 @@ macro_rules! hierarchy_suite {
                             check_value: None,
                             mac_key_id: None,
                             record_mac: None,
+                kek_check: None,
                         })
                         .execute(conn)
                         .unwrap();

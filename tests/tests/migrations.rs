@@ -114,6 +114,14 @@ macro_rules! missing_migration_test {
             );
             apply(conn, "2026-12-02-000000_encrypted_types_job_units");
             apply(conn, "2026-12-02-000001_encrypted_types_key_hierarchy");
+            assert_eq!(
+                load_err(conn),
+                missing(
+                    "2026-12-07-000000_encrypted_types_kek_check",
+                    "encrypted_types_keys"
+                )
+            );
+            apply(conn, "2026-12-07-000000_encrypted_types_kek_check");
             assert_eq!(status_err(conn), None);
             store.create_tenant(conn, Some(&"t".into())).unwrap();
             assert_eq!(store.load(conn).unwrap().1.data_keys, 1);

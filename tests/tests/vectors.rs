@@ -685,6 +685,9 @@ struct KeyTableRec {
     created_at: i64,
     #[serde(default)]
     state_changed_at: i64,
+    /// Only where a file gives it (not under the MAC).
+    #[serde(default)]
+    kek_check: Option<String>,
 }
 
 impl KeyTableRec {
@@ -703,6 +706,7 @@ impl KeyTableRec {
             check_value: self.check_value.as_deref().map(hex),
             mac_key_id: Some(self.mac_key_id),
             record_mac: Some(hex(&self.record_mac)),
+            kek_check: self.kek_check.as_deref().map(hex),
         }
     }
 }

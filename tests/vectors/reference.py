@@ -12,6 +12,7 @@
     reference.py generate-unicode   regenerate encrypted-types/src/index/unicode.rs
     reference.py generate-keytable  write keytable_v1.json (docs/KEYTABLE.md; frozen once committed)
     reference.py generate-keytable-mac2  write keytable_v1_mac2.json (version 2 record MACs; frozen)
+    reference.py generate-kek-check  write kek_check_v1.json (local KEK check values; frozen)
     reference.py generate   write the vector files from the cases below (only when adding vectors:
                             existing vectors are frozen and must never change)
 
@@ -1002,6 +1003,7 @@ def check_keytable():
 
 
 KEYTABLE_MAC2_VECTORS = HERE / "keytable_v1_mac2.json"
+KEK_CHECK_VECTORS = HERE / "kek_check_v1.json"
 
 
 def generate_keytable_mac2():
@@ -1037,6 +1039,30 @@ def check_keytable_mac2():
     return n
 
 
+def kek_check(kek: bytes) -> bytes:
+    """KEYTABLE section 3.1: a local KEK's check value."""
+    return hmac.new(kek, b"encrypted-types/kek/check/v1", hashlib.sha256).digest()[:16]
+
+
+def generate_kek_check():
+    """The check value of the key-table vectors' KEK and of two more KEKs."""
+    keks = [json.loads(KEYTABLE_VECTORS.read_text())["kek"], "01" * 32, "ff" * 31 + "fe"]
+    out = [{"kek": k, "kek_check": kek_check(bytes.fromhex(k)).hex()} for k in keks]
+    KEK_CHECK_VECTORS.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {len(out)} KEK check values to {KEK_CHECK_VECTORS}")
+
+
+def check_kek_check():
+    """Every KEK check value recomputes, and differs from the KEK's key check value (section 3)."""
+    n = 0
+    for v in json.loads(KEK_CHECK_VECTORS.read_text()):
+        kek = bytes.fromhex(v["kek"])
+        assert kek_check(kek).hex() == v["kek_check"], v["kek"]
+        assert check_value(kek).hex() != v["kek_check"], "the two labels must differ"
+        n += 1
+    return n
+
+
 def check():
     check_unicode()
     vectors = json.loads(VECTORS.read_text())
@@ -1062,7 +1088,7 @@ def check():
         except Invalid as e:
             assert str(e) == "AuthenticationFailed"
     n = (len(vectors) + check_index() + check_compound() + check_invalid() + check_keytable()
-         + check_keytable_mac2())
+         + check_keytable_mac2() + check_kek_check())
     print(f"{n} passed, 0 failed")
 
 
@@ -1090,4 +1116,5 @@ if __name__ == "__main__":
         {"generate": lambda: (generate(), generate_index(), generate_compound(), generate_invalid()),
          "check": check,
          "generate-unicode": generate_unicode, "generate-keytable": generate_keytable,
-         "generate-keytable-mac2": generate_keytable_mac2}[cmd]()
+         "generate-keytable-mac2": generate_keytable_mac2,
+         "generate-kek-check": generate_kek_check}[cmd]()

@@ -267,6 +267,7 @@ impl KekProvider for AwsKms {
     }
 
     fn unwrap(&self, ctx: &WrapContext<'_>, wrapped: &[u8]) -> Result<KeyMaterial, Error> {
+        let kek_ref = self.kek_ref();
         let req = self
             .client
             .decrypt()
@@ -279,6 +280,13 @@ impl KekProvider for AwsKms {
                 // encryption context, as InvalidCiphertextException.
                 SdkError::ServiceError(ref s) if s.err().is_invalid_ciphertext_exception() => {
                     Error::KeyUnwrap { key_id: ctx.key_id }
+                }
+                // KMS's own answer to a ciphertext of another KMS key than the one named (the
+                // KEK reference points at a different key than the one that wrapped).
+                SdkError::ServiceError(ref s) if s.err().is_incorrect_key_exception() => {
+                    Error::WrongKek {
+                        kek_ref: kek_ref.clone(),
+                    }
                 }
                 other => sdk_error("unwrap", ctx.key_id, other),
             })?;

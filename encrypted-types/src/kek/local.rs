@@ -38,6 +38,9 @@ use crate::format::key::KeyMaterial;
 pub struct LocalKek {
     path: PathBuf,
     cipher: Aes256Gcm,
+    /// Its check value, stored beside the wraps it makes: a wrong KEK file is told apart from
+    /// tampered wraps.
+    check: [u8; crate::store::record::CHECK_LEN],
 }
 
 impl fmt::Debug for LocalKek {
@@ -113,6 +116,7 @@ impl LocalKek {
         Ok(Self {
             path: path.to_owned(),
             cipher: Aes256Gcm::new(material.expose().into()),
+            check: crate::store::record::kek_check_value(&material),
         })
     }
 
@@ -197,5 +201,9 @@ impl KekProvider for LocalKek {
 
     fn unwrap(&self, ctx: &WrapContext<'_>, wrapped: &[u8]) -> Result<KeyMaterial, Error> {
         crate::store::record::open_key(&self.cipher, &ctx.aad(), wrapped, ctx.key_id)
+    }
+
+    fn kek_check(&self) -> Result<Option<Vec<u8>>, Error> {
+        Ok(Some(self.check.to_vec()))
     }
 }

@@ -27,6 +27,8 @@ pub struct Pkcs11Kek {
     key_label: String,
     session: Mutex<Session>,
     key: ObjectHandle,
+    /// The key's `CKA_CHECK_VALUE`, if the token gives one.
+    check: Option<Vec<u8>>,
     // Kept last so it outlives the session.
     _context: Pkcs11,
 }
@@ -131,10 +133,22 @@ impl Pkcs11Kek {
                 _ => {}
             }
         }
+        // PKCS#11 2.40's key check value (AES: the first 3 bytes of the zero block encrypted).
+        // A token that lacks it gives none: wrong-KEK errors then read as `KeyUnwrap`.
+        let check = session
+            .get_attributes(key, &[AttributeType::CheckValue])
+            .ok()
+            .and_then(|attrs| {
+                attrs.into_iter().find_map(|a| match a {
+                    Attribute::CheckValue(v) if !v.is_empty() => Some(v),
+                    _ => None,
+                })
+            });
         Ok(Self {
             key_label: key_label.to_owned(),
             session: Mutex::new(session),
             key,
+            check,
             _context: context,
         })
     }
@@ -173,6 +187,10 @@ impl KekProvider for Pkcs11Kek {
         let mut out = iv.to_vec();
         out.extend_from_slice(&sealed);
         Ok(out)
+    }
+
+    fn kek_check(&self) -> Result<Option<Vec<u8>>, Error> {
+        Ok(self.check.clone())
     }
 
     fn unwrap(&self, ctx: &WrapContext<'_>, wrapped: &[u8]) -> Result<KeyMaterial, Error> {

@@ -335,7 +335,7 @@ impl<P: KekProvider> KeyStore<P> {
             key_id: p.id,
         };
         *calls += 1;
-        let material = kek.unwrap(&ctx, wrapped)?;
+        let material = super::wrap::unwrap_by_kek(kek, &ctx, wrapped, p.r.kek_check.as_deref())?;
         if let Some(check) = p.r.check_value.as_deref()
             && !check_matches(&material, check)
         {

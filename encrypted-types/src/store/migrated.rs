@@ -27,6 +27,11 @@ pub(crate) const KEY_TABLE: &[Needed] = &[
         probe: "SELECT COUNT(*) AS n FROM encrypted_types_keys WHERE generation IS NULL \
                 AND check_value IS NULL AND mac_key_id IS NULL AND record_mac IS NULL",
     },
+    Needed {
+        table: "encrypted_types_keys",
+        migration: "2026-12-07-000000_encrypted_types_kek_check",
+        probe: "SELECT COUNT(*) AS n FROM encrypted_types_keys WHERE kek_check IS NULL",
+    },
 ];
 
 /// The job table's migrations, oldest first.

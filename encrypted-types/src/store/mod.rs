@@ -70,6 +70,9 @@ diesel::table! {
         mac_key_id -> Nullable<BigInt>,
         /// HMAC-SHA256 over the record's fields.
         record_mac -> Nullable<Binary>,
+        /// The check value of the KEK that wrapped a record directly (`docs/KEYTABLE.md`):
+        /// compared after a failed unwrap, to report a wrong KEK as such. Not under the MAC.
+        kek_check -> Nullable<Binary>,
     }
 }
 
@@ -132,6 +135,10 @@ pub struct KeyRecord {
     pub mac_key_id: Option<i64>,
     /// The record's MAC.
     pub record_mac: Option<Vec<u8>>,
+    /// The check value of the KEK that wrapped it, for a record wrapped directly by a KEK whose
+    /// provider gives one ([`crate::kek::KekProvider::kek_check`]); `None` otherwise, and for
+    /// records written before 0.2.
+    pub kek_check: Option<Vec<u8>>,
 }
 
 /// The newest generation of data, blind-index and wrapping keys per tenant, and for keys of no

@@ -22,6 +22,7 @@ pub(crate) const WRAPPED_LEN: usize = 12 + 32 + 16;
 
 const WRAP_DOMAIN: &[u8] = b"encrypted-types/keytable/wrap/v1";
 const CHECK_LABEL: &[u8] = b"encrypted-types/keytable/check/v1";
+const KEK_CHECK_LABEL: &[u8] = b"encrypted-types/kek/check/v1";
 const MAC_INFO: &[u8] = b"encrypted-types/keytable/mac/v1";
 const RECORD_DOMAIN: &[u8] = b"encrypted-types/keytable/record/v1";
 const RECORD_DOMAIN_V2: &[u8] = b"encrypted-types/keytable/record/v2";
@@ -198,9 +199,19 @@ pub(crate) fn timestamps_authenticated(r: &KeyRecord) -> bool {
 
 /// `HMAC-SHA256(key, label)`, truncated: a fingerprint of a key that reveals nothing of it.
 pub(crate) fn check_value(key: &KeyMaterial) -> [u8; CHECK_LEN] {
+    fingerprint(key, CHECK_LABEL)
+}
+
+/// A local KEK's check value (docs/KEYTABLE.md, `kek_check`): the same construction under its
+/// own label, so it never equals the check value of a key the KEK wraps.
+pub(crate) fn kek_check_value(kek: &KeyMaterial) -> [u8; CHECK_LEN] {
+    fingerprint(kek, KEK_CHECK_LABEL)
+}
+
+fn fingerprint(key: &KeyMaterial, label: &[u8]) -> [u8; CHECK_LEN] {
     let mut out = [0u8; CHECK_LEN];
     if let Ok(mut mac) = <HmacSha256 as KeyInit>::new_from_slice(key.expose()) {
-        mac.update(CHECK_LABEL);
+        mac.update(label);
         let full = mac.finalize().into_bytes();
         out.copy_from_slice(full.get(..CHECK_LEN).unwrap_or(&[0; CHECK_LEN]));
     }

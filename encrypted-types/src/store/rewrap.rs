@@ -342,7 +342,7 @@ impl<P: KekProvider> KeyStore<P> {
                             reason: super::wrap::NO_KEK,
                         })?;
                         self.calls.fetch_add(1, Ordering::Relaxed);
-                        kek.unwrap(&ctx, wrapped)?
+                        super::wrap::unwrap_by_kek(kek, &ctx, wrapped, old.kek_check.as_deref())?
                     }
                 };
                 if let Some(check) = old.check_value.as_deref()
@@ -353,6 +353,8 @@ impl<P: KekProvider> KeyStore<P> {
                 new.wrapped_key = Some(target.wrap(&ctx, &material)?);
                 new.kek_ref = format!("{WRAPPED_BY}{}", target.id);
                 new.check_value = Some(check_value(&material).to_vec());
+                // Now wrapped by a wrapping key, not a KEK.
+                new.kek_check = None;
             }
             // A version 1 record's timestamps were never authenticated: a retirement is taken
             // as no older than now, so a destroy waits out its grace period from here.

@@ -166,7 +166,7 @@ impl<D: Db<Backend: KeyTable>> KeyDb for D {}
 // The key-table statements, written once in SQL every backend runs; only placeholders differ.
 pub(super) const KEYS: &str = "encrypted_types_keys";
 pub(super) const RECORD_COLS: &str = "key_id, tenant, purpose, state, wrapped_key, kek_ref, created_at, \
-     state_changed_at, generation, check_value, mac_key_id, record_mac";
+     state_changed_at, generation, check_value, mac_key_id, record_mac, kek_check";
 
 pub(super) fn tenant_is<B: Exec>(q: &mut Query, tenant: Option<&str>) -> String {
     match tenant {
@@ -207,6 +207,7 @@ pub(super) async fn insert_key<D: KeyDb>(db: &mut D, r: &KeyRecord) -> QueryResu
         q.bind::<D::Backend>(Param::OptBytes(r.check_value.clone())),
         q.bind::<D::Backend>(Param::OptInt(r.mac_key_id)),
         q.bind::<D::Backend>(Param::OptBytes(r.record_mac.clone())),
+        q.bind::<D::Backend>(Param::OptBytes(r.kek_check.clone())),
     ];
     q.sql = format!(
         "INSERT INTO {KEYS} ({RECORD_COLS}) VALUES ({})",
@@ -327,6 +328,7 @@ pub(super) async fn update_record<D: KeyDb>(
         ("check_value", Param::OptBytes(new.check_value.clone())),
         ("mac_key_id", Param::OptInt(new.mac_key_id)),
         ("record_mac", Param::OptBytes(new.record_mac.clone())),
+        ("kek_check", Param::OptBytes(new.kek_check.clone())),
         ("state_changed_at", Param::Int(new.state_changed_at)),
     ]
     .into_iter()

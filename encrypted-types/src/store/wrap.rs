@@ -84,6 +84,28 @@ async fn active_wrapping<D: KeyDb>(
         .next())
 }
 
+/// Unwraps `wrapped` through `kek`. When that fails as [`Error::KeyUnwrap`] and the record
+/// holds a KEK check value that differs from the KEK's own, the KEK is the wrong one
+/// ([`Error::WrongKek`]); a matching or absent check value leaves [`Error::KeyUnwrap`]
+/// (altered bytes, or a record from before check values). Compared only after a failure, so an
+/// edited check value can change an error's name and nothing else.
+pub(super) fn unwrap_by_kek(
+    kek: &dyn KekProvider,
+    ctx: &WrapContext<'_>,
+    wrapped: &[u8],
+    stored_check: Option<&[u8]>,
+) -> Result<KeyMaterial, Error> {
+    match kek.unwrap(ctx, wrapped) {
+        Err(Error::KeyUnwrap { key_id }) => Err(match (stored_check, kek.kek_check()) {
+            (Some(stored), Ok(Some(own))) if stored != own.as_slice() => Error::WrongKek {
+                kek_ref: kek.kek_ref(),
+            },
+            _ => Error::KeyUnwrap { key_id },
+        }),
+        other => other,
+    }
+}
+
 impl<P: KekProvider> KeyStore<P> {
     /// Unwraps wrapping key `r` through its KEK (one provider call), checks its check value and
     /// caches it. Only a deployment KEK unwraps the deployment's wrapping key, and only a
@@ -114,7 +136,7 @@ impl<P: KekProvider> KeyStore<P> {
         *calls += 1;
         self.calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let material = kek.unwrap(&ctx, wrapped)?;
+        let material = unwrap_by_kek(kek, &ctx, wrapped, r.kek_check.as_deref())?;
         let check = r
             .check_value
             .as_deref()
@@ -361,6 +383,12 @@ impl<P: KekProvider> KeyStore<P> {
         let mut record = new_record(id, tenant, Purpose::Wrapping, generation, &material);
         record.wrapped_key = Some(wrapped);
         record.kek_ref = kek.kek_ref();
+        // Advisory (it only names the error of a later failed unwrap): a provider that cannot
+        // give one now does not stop the key's creation.
+        record.kek_check = kek.kek_check().unwrap_or_else(|e| {
+            tracing::warn!(target: "encrypted_types::audit", event = "kek_check_unavailable", kek = %record.kek_ref, error = %e);
+            None
+        });
         match mac {
             Some(m) => m.authenticate(&mut record),
             None => Wrapper::new(id, &material)?.authenticate(&mut record),
@@ -469,5 +497,6 @@ fn new_record(
         check_value: Some(check_value(material).to_vec()),
         mac_key_id: None,
         record_mac: None,
+        kek_check: None,
     }
 }

@@ -1,0 +1,1 @@
+ALTER TABLE encrypted_types_keys DROP COLUMN kek_check;
