@@ -23,21 +23,33 @@ diesel::table! {
 /// the patient's id (`bind_row`, assigned by the application, not the database): a value
 /// copied into another patient's row does not open. The front desk finds a patient by the
 /// last four SSN digits and the date of birth (`ssn4_dob`, a compound index over both).
+///
+/// The indexes are sized for about 10,000 patients per clinic (`bits = 12`: CipherSweet's rule
+/// `2 <= distinct / 2^bits < sqrt(rows)`; `clinic index-leakage` checks the live rows). They
+/// were full-length (256 bits, version 1) before 0.2: version 2 is the new size, and
+/// `previous(..)` keeps lookups matching rows still on version 1 until `clinic jobs reindex`
+/// has moved them, after which `previous` can go.
 #[derive(Encrypted, Clone, PartialEq)]
 #[encrypted(
     table = patients,
     tenant = clinic_id,
     bind_row = id,
-    compound_index(name = ssn4_dob, fields(ssn(last4), date_of_birth))
+    compound_index(
+        name = ssn4_dob,
+        fields(ssn(last4), date_of_birth),
+        bits = 12,
+        version = 2,
+        previous(version = 1, bits = 256)
+    )
 )]
 pub(crate) struct Patient {
     pub(crate) id: i64,
     pub(crate) clinic_id: i64,
     #[encrypted]
     pub(crate) name: String,
-    #[encrypted(blind_index(normalize = email))]
+    #[encrypted(blind_index(normalize = email, bits = 12, version = 2, previous(version = 1, bits = 256)))]
     pub(crate) email: String,
-    #[encrypted(blind_index(normalize = digits))]
+    #[encrypted(blind_index(normalize = digits, bits = 12, version = 2, previous(version = 1, bits = 256)))]
     pub(crate) ssn: String,
     #[encrypted]
     pub(crate) date_of_birth: chrono::NaiveDate,
