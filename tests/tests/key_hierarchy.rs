@@ -27,7 +27,7 @@ struct Faulty {
     inner: Arc<LocalKek>,
     name: &'static str,
     calls: Arc<AtomicUsize>,
-    /// 0 works, 1 disabled, 2 random bytes.
+    /// 0 works, 1 disabled, 2 random bytes, 3 hangs (until the mode changes).
     mode: Arc<AtomicUsize>,
     /// Unwraps allowed before it fails (usize::MAX: no limit).
     budget: Arc<AtomicUsize>,
@@ -60,6 +60,10 @@ impl KekProvider for Faulty {
     }
     fn unwrap(&self, ctx: &WrapContext<'_>, wrapped: &[u8]) -> Result<KeyMaterial, Error> {
         self.calls.fetch_add(1, Ordering::SeqCst);
+        // A KMS that accepted the connection and never answers, until the test lets it.
+        while self.mode.load(Ordering::SeqCst) == 3 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
         let spent = self
             .budget
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
@@ -240,6 +244,51 @@ macro_rules! hierarchy_suite {
             let shred = store.shred_tenant(conn, &"1".into(), &[]).unwrap();
             assert_eq!(shred.keys.len(), 3);
             assert_eq!(store.load_and_install(conn).unwrap().kek_calls, 2);
+        }
+
+        /// A tenant whose KMS hangs misses the load's deadline: that tenant is unavailable
+        /// (its late answer discarded), every other tenant loads, and no load waits for it
+        /// beyond the deadline (the hang here ends only when the test ends it, so a load that
+        /// waited for it would never return).
+        #[test]
+        fn a_tenant_whose_kek_hangs_misses_the_deadline_and_no_other() {
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let one = Faulty::new(&dir, "one");
+            let two = Faulty::new(&dir, "two");
+            let store = KeyStore::new(kek_at(&dir, "test.kek"))
+                .with_tenant_kek("1", one.clone())
+                .with_tenant_kek("2", two.clone())
+                .with_tenant_kek_deadline(std::time::Duration::from_millis(300));
+            let conn = &mut $connect();
+            store.create_tenant_with_kek(conn, &"1".into(), "fake:one").unwrap();
+            store.create_tenant_with_kek(conn, &"2".into(), "fake:two").unwrap();
+            let p2 = Patient::sample(next_id(), 2, "p2@x.org", "1");
+            store.load_and_install(conn).unwrap();
+            diesel::insert_into(et_patients::table).values(&p2).execute(conn).unwrap();
+
+            one.set_mode(3);
+            let report = store.load_and_install(conn).unwrap();
+            assert_eq!(report.unavailable, vec![(TenantId::from("1"), "fake:one".to_owned())]);
+            assert_eq!((report.data_keys, report.kek_calls), (1, 3));
+            let back: Patient = et_patients::table.find(p2.id).select(Patient::as_select()).first(conn).unwrap();
+            assert!(back == p2, "tenant 2 did not load");
+            let err = diesel::insert_into(et_patients::table)
+                .values(&Patient::sample(next_id(), 1, "new@x.org", "1"))
+                .execute(conn)
+                .unwrap_err();
+            assert_eq!(
+                lib_error(&err),
+                Some(&Error::TenantUnavailable { tenant: "1".into(), kek: "fake:one".into() })
+            );
+            // A second load while the first call still hangs: the same, and no wait on it.
+            assert_eq!(store.load(conn).unwrap().1.unavailable.len(), 1);
+
+            // The KMS answers again: the late answers go nowhere, the next load has tenant 1.
+            one.set_mode(0);
+            let report = store.load_and_install(conn).unwrap();
+            assert!(report.unavailable.is_empty(), "{:?}", report.unavailable);
+            assert_eq!(report.data_keys, 2);
         }
 
         /// A rewrap whose target KEK is a tenant's own KEK would let that tenant's KEK holder

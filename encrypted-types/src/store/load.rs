@@ -48,6 +48,101 @@ enum Opened {
 /// The tenants whose own KEK failed, with that KEK's reference and their key ids.
 type Unavailable<'a> = HashMap<&'a str, (&'a str, Vec<u32>)>;
 
+/// One tenant wrapping key for its tenant's own KEK to unwrap, owned so that it can be asked
+/// on another thread and abandoned there.
+struct TenantCall {
+    kek: Arc<dyn KekProvider>,
+    tenant: TenantId,
+    key_id: KeyId,
+    wrapped: Vec<u8>,
+    kek_check: Option<Vec<u8>>,
+}
+
+/// At most this many tenant KEK calls in flight during a load.
+const TENANT_CALLS_IN_FLIGHT: usize = 16;
+
+/// Unwraps every call's key through its KEK, up to [`TENANT_CALLS_IN_FLIGHT`] at once, and
+/// waits at most `deadline` in all. Answers in the calls' order; a call not answered by then is
+/// [`Error::Timeout`], and its worker, still waiting on the provider, drops the late answer
+/// (the key bytes are wiped on drop) and starts no other call.
+fn unwrap_concurrently(
+    calls: Vec<TenantCall>,
+    deadline: std::time::Duration,
+) -> Vec<Result<KeyMaterial, Error>> {
+    let ids: Vec<KeyId> = calls.iter().map(|c| c.key_id).collect();
+    let mut answers: Vec<Option<Result<KeyMaterial, Error>>> = ids.iter().map(|_| None).collect();
+    let ask = |c: &TenantCall| {
+        let ctx = WrapContext {
+            tenant: Some(&c.tenant),
+            purpose: Purpose::Wrapping,
+            key_id: c.key_id,
+        };
+        super::wrap::unwrap_by_kek(&*c.kek, &ctx, &c.wrapped, c.kek_check.as_deref())
+    };
+    let end = Instant::now() + deadline;
+    let workers = calls.len().min(TENANT_CALLS_IN_FLIGHT);
+    let queue = Arc::new(std::sync::Mutex::new(
+        calls
+            .into_iter()
+            .enumerate()
+            .collect::<std::collections::VecDeque<_>>(),
+    ));
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut started = 0;
+    for _ in 0..workers {
+        let (queue, tx) = (Arc::clone(&queue), tx.clone());
+        let spawned = std::thread::Builder::new()
+            .name("et-tenant-kek".into())
+            .spawn(move || {
+                while Instant::now() < end {
+                    let next = queue
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .pop_front();
+                    let Some((i, call)) = next else { break };
+                    // A closed channel: the load gave up waiting, and this answer is late.
+                    if tx.send((i, ask(&call))).is_err() {
+                        break;
+                    }
+                }
+            });
+        started += usize::from(spawned.is_ok());
+    }
+    drop(tx);
+    if started == 0 {
+        // No thread could be started: ask here, one after another, without the deadline.
+        let mut queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
+        while let Some((i, call)) = queue.pop_front() {
+            if let Some(slot) = answers.get_mut(i) {
+                *slot = Some(ask(&call));
+            }
+        }
+    }
+    let mut pending = answers.iter().filter(|a| a.is_none()).count();
+    while pending > 0 {
+        match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
+            Ok((i, answer)) => {
+                if let Some(slot @ None) = answers.get_mut(i) {
+                    *slot = Some(answer);
+                    pending -= 1;
+                }
+            }
+            // The deadline passed, or every worker is done.
+            Err(_) => break,
+        }
+    }
+    answers
+        .into_iter()
+        .zip(ids)
+        .map(|(answer, key_id)| {
+            answer.unwrap_or(Err(Error::Timeout {
+                operation: "unwrap",
+                key_id,
+            }))
+        })
+        .collect()
+}
+
 /// `f` over `items` on every available core, results in order; `None` if a thread failed, so
 /// no result is ever paired with another item than its own.
 fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Option<Vec<R>> {
@@ -149,6 +244,7 @@ impl<P: KekProvider> KeyStore<P> {
         // unreachable makes that tenant unavailable, and only that tenant.
         let mut tenant_wrappers: HashMap<KeyId, (Arc<Wrapper>, &str)> = HashMap::new();
         let mut unavailable: Unavailable<'_> = HashMap::new();
+        let (mut asked, mut calls, mut failed) = (Vec::new(), Vec::new(), Vec::new());
         for p in &parsed {
             let Some(tenant) = p.r.tenant.as_deref() else {
                 continue;
@@ -169,26 +265,58 @@ impl<P: KekProvider> KeyStore<P> {
                     tenant: tenant.to_owned(),
                 });
             }
-            match self.unwrap_wrapping(p.r, &mut report.kek_calls) {
+            match (self.tenant_kek(tenant, &p.r.kek_ref), &p.r.wrapped_key) {
+                (Some(kek), Some(wrapped)) => {
+                    asked.push((p, tenant));
+                    calls.push(TenantCall {
+                        kek,
+                        tenant: TenantId::from(tenant),
+                        key_id: p.id,
+                        wrapped: wrapped.clone(),
+                        kek_check: p.r.kek_check.clone(),
+                    });
+                }
+                (kek, _) => {
+                    let e = Error::KeyRecord {
+                        key_id: p.id,
+                        reason: if kek.is_none() {
+                            super::wrap::NO_KEK
+                        } else {
+                            "no wrapped key bytes"
+                        },
+                    };
+                    failed.push((p, tenant, e));
+                }
+            }
+        }
+        // Every tenant's own KEK at once, under one deadline: a KMS that hangs makes its tenant
+        // unavailable, not every start slow.
+        report.kek_calls += calls.len();
+        self.calls
+            .fetch_add(calls.len(), std::sync::atomic::Ordering::Relaxed);
+        let answers = unwrap_concurrently(calls, self.tenant_kek_deadline);
+        for ((p, tenant), answer) in asked.into_iter().zip(answers) {
+            match answer.and_then(|m| self.wrapping_from(p.r, &m)) {
                 Ok(w) => {
                     tenant_wrappers.insert(p.id, (w, tenant));
                 }
-                // The record authenticated, so whatever went wrong is the tenant's KEK's doing
-                // (disabled, unreachable, not configured here, wrong bytes): that tenant only.
-                Err(e) => {
-                    self.forget_wrapping(p.id);
-                    tracing::warn!(
-                        target: "encrypted_types::audit",
-                        event = "tenant_unavailable",
-                        tenant = %tenant,
-                        kek = %p.r.kek_ref,
-                        error = %e,
-                    );
-                    unavailable
-                        .entry(tenant)
-                        .or_insert((p.r.kek_ref.as_str(), Vec::new()));
-                }
+                Err(e) => failed.push((p, tenant, e)),
             }
+        }
+        // The records authenticated, so whatever went wrong is the tenant's KEK's doing
+        // (disabled, unreachable, too slow, not configured here, wrong bytes): that tenant only.
+        for (p, tenant, e) in failed {
+            self.forget_wrapping(p.id);
+            tracing::warn!(
+                target: "encrypted_types::audit",
+                event = "tenant_unavailable",
+                tenant = %tenant,
+                kek = %p.r.kek_ref,
+                error = %e,
+            );
+            unavailable
+                .entry(tenant)
+                .or_insert((p.r.kek_ref.as_str(), Vec::new()));
         }
 
         // Every record's MAC, and every live key's unwrap and check value: pure computation, on

@@ -211,7 +211,9 @@ pub struct KeyStore<P> {
     others: Vec<Box<dyn KekProvider>>,
     /// Tenants' own KEKs, each usable for its tenant's wrapping key only: a tenant's KEK can
     /// never vouch for the deployment's wrapping key or another tenant's.
-    tenant_keks: Vec<(TenantId, Box<dyn KekProvider>)>,
+    tenant_keks: Vec<(TenantId, Arc<dyn KekProvider>)>,
+    /// [`KeyStore::with_tenant_kek_deadline`].
+    tenant_kek_deadline: std::time::Duration,
     /// Wrapping keys unwrapped so far: a KEK call once per wrapping key and load. Keyed by
     /// everything the unwrap depended on, so a record changed in the table is never answered
     /// from the cache.
@@ -240,6 +242,12 @@ pub struct KeyStore<P> {
 /// [`KeyStore::with_seal_max_age`] the grace period is that age plus [`DESTROY_MARGIN`].
 pub const DEFAULT_DESTROY_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
+/// How long a load waits for tenants' own KEKs, by default
+/// ([`KeyStore::with_tenant_kek_deadline`]): far above a KMS's usual answer (tens of
+/// milliseconds), short enough that a tenant whose KMS hangs does not hold up every process's
+/// start.
+pub const DEFAULT_TENANT_KEK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// What [`KeyStore::with_seal_max_age`] adds to the sealing age for the destroy grace period:
 /// clock skew between hosts and a seal that began just before the limit.
 pub const DESTROY_MARGIN: std::time::Duration = std::time::Duration::from_secs(300);
@@ -264,6 +272,7 @@ impl<P: KekProvider> KeyStore<P> {
             provider,
             others: Vec::new(),
             tenant_keks: Vec::new(),
+            tenant_kek_deadline: DEFAULT_TENANT_KEK_DEADLINE,
             wrappers: Mutex::default(),
             seen: Mutex::default(),
             authenticated: std::sync::atomic::AtomicBool::new(false),
@@ -367,7 +376,30 @@ impl<P: KekProvider> KeyStore<P> {
         tenant: impl Into<TenantId>,
         kek: impl KekProvider + 'static,
     ) -> Self {
-        self.tenant_keks.push((tenant.into(), Box::new(kek)));
+        self.tenant_keks.push((tenant.into(), Arc::new(kek)));
+        self
+    }
+
+    /// How long a load waits for tenants' own KEKs ([`DEFAULT_TENANT_KEK_DEADLINE`] unless
+    /// set). A load asks them all at once (up to 16 calls in flight) and waits at most this
+    /// long in all: a tenant whose KEK has not answered by then is unavailable until the next
+    /// load (its late answer is discarded), like a tenant whose KEK refused, and every other
+    /// tenant loads. The deployment's own KEK is not bounded by it.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// # use encrypted_types::kek::local::LocalKek;
+    /// # use encrypted_types::store::KeyStore;
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let store = KeyStore::new(LocalKek::create(dir.path().join("ours.kek"))?)
+    ///     .with_tenant_kek("clinic-b", LocalKek::create(dir.path().join("b.kek"))?)
+    ///     .with_tenant_kek_deadline(Duration::from_secs(2));
+    /// # drop(store);
+    /// # Ok::<(), encrypted_types::Error>(())
+    /// ```
+    #[must_use]
+    pub fn with_tenant_kek_deadline(mut self, deadline: std::time::Duration) -> Self {
+        self.tenant_kek_deadline = deadline;
         self
     }
 
@@ -413,6 +445,14 @@ impl<P: KekProvider> KeyStore<P> {
                 .find(|(owner, k)| owner.as_str() == t && k.kek_ref() == kek_ref)
                 .map(|(_, k)| &**k as &dyn KekProvider),
         }
+    }
+
+    /// Tenant `tenant`'s own KEK named `kek_ref`, shared, for a call on another thread.
+    fn tenant_kek(&self, tenant: &str, kek_ref: &str) -> Option<Arc<dyn KekProvider>> {
+        self.tenant_keks
+            .iter()
+            .find(|(owner, k)| owner.as_str() == tenant && k.kek_ref() == kek_ref)
+            .map(|(_, k)| Arc::clone(k))
     }
 
     /// Refuses a store that gives one KEK both to a tenant and to the deployment.

@@ -137,14 +137,24 @@ impl<P: KekProvider> KeyStore<P> {
         self.calls
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let material = unwrap_by_kek(kek, &ctx, wrapped, r.kek_check.as_deref())?;
-        let check = r
-            .check_value
-            .as_deref()
-            .ok_or_else(|| bad("no check value"))?;
-        if !check_matches(&material, check) {
+        self.wrapping_from(r, &material)
+    }
+
+    /// Wrapping key `r` from its unwrapped bytes: checks its check value and caches it.
+    pub(super) fn wrapping_from(
+        &self,
+        r: &KeyRecord,
+        material: &KeyMaterial,
+    ) -> Result<Arc<Wrapper>, Error> {
+        let id = key_id_of(r)?;
+        let check = r.check_value.as_deref().ok_or(Error::KeyRecord {
+            key_id: id,
+            reason: "no check value",
+        })?;
+        if !check_matches(material, check) {
             return Err(Error::KeyCheck { key_id: id });
         }
-        let w = Arc::new(Wrapper::new(id, &material)?.for_record(r));
+        let w = Arc::new(Wrapper::new(id, material)?.for_record(r));
         self.wrappers
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
