@@ -13,6 +13,7 @@
     reference.py generate-keytable  write keytable_v1.json (docs/KEYTABLE.md; frozen once committed)
     reference.py generate-keytable-mac2  write keytable_v1_mac2.json (version 2 record MACs; frozen)
     reference.py generate-kek-check  write kek_check_v1.json (local KEK check values; frozen)
+    reference.py generate-keytable-invalid  write keytable_v1_invalid.json (refused tables; frozen)
     reference.py generate   write the vector files from the cases below (only when adding vectors:
                             existing vectors are frozen and must never change)
 
@@ -1004,6 +1005,7 @@ def check_keytable():
 
 KEYTABLE_MAC2_VECTORS = HERE / "keytable_v1_mac2.json"
 KEK_CHECK_VECTORS = HERE / "kek_check_v1.json"
+KEYTABLE_INVALID_VECTORS = HERE / "keytable_v1_invalid.json"
 
 
 def generate_keytable_mac2():
@@ -1063,6 +1065,188 @@ def check_kek_check():
     return n
 
 
+class Refused(Exception):
+    """A key table a reader must refuse: the error variant and the key id it names."""
+
+    def __init__(self, variant: str, key_id=None):
+        super().__init__(variant, key_id)
+        self.variant, self.key_id = variant, key_id
+
+
+def load_table(kek: bytes, records: list, kek_ref: str = "local:dev.kek"):
+    """KEYTABLE section 5 for a table of deployment keys (no tenant's own KEK), as a reader
+    holding `kek` (named `kek_ref`) and no legacy opt-in does it. Returns the live keys by id, or
+    raises Refused with the first failure in the order the section and its error table give."""
+    recs = sorted(records, key=lambda r: r["key_id"])
+    if not any(r["purpose"] == "wrapping" and r["tenant"] is None for r in recs):
+        raise Refused("KeyRecord", recs[0]["key_id"])  # from before the hierarchy, no opt-in
+    macs = {}
+    for r in recs:  # step 1: live deployment wrapping keys
+        if r["purpose"] != "wrapping" or r["tenant"] is not None or r["state"] == "destroyed":
+            continue
+        if r["kek_ref"] != kek_ref or r["wrapped_key"] is None:
+            raise Refused("KeyRecord", r["key_id"])
+        try:
+            w = unwrap(kek, kek_aad(None, "wrapping", r["key_id"]), bytes.fromhex(r["wrapped_key"]))
+        except (InvalidTag, AssertionError):
+            stored = r.get("kek_check")
+            raise Refused("WrongKek" if stored and stored != kek_check(kek).hex() else "KeyUnwrap",
+                          None if stored and stored != kek_check(kek).hex() else r["key_id"])
+        if r["check_value"] is None:
+            raise Refused("KeyRecord", r["key_id"])
+        if check_value(w).hex() != r["check_value"]:
+            raise Refused("KeyCheck", r["key_id"])
+        m = mac_key(w, r["key_id"])
+        if r["mac_key_id"] != r["key_id"] or not verify_record_mac(m, r):
+            raise Refused("KeyRecord", r["key_id"])
+        macs[r["key_id"]] = (w, m)
+    keys = {}
+    for r in recs:  # steps 2 and 5, in key-id order: the MAC, then the unwrap and check value
+        named = macs.get(r["mac_key_id"])
+        if named is None or not verify_record_mac(named[1], r):
+            raise Refused("KeyRecord", r["key_id"])
+        if r["purpose"] == "wrapping" or r["state"] == "destroyed":
+            continue
+        if r["wrapped_key"] is None or not r["kek_ref"].startswith("key:"):
+            raise Refused("KeyRecord", r["key_id"])
+        w_id = int(r["kek_ref"][4:])
+        if w_id not in macs:
+            raise Refused("KeyRecord", r["key_id"])
+        try:
+            k = unwrap(macs[w_id][0], wrap_aad(w_id, r["tenant"], r["purpose"], r["key_id"]),
+                       bytes.fromhex(r["wrapped_key"]))
+        except (InvalidTag, AssertionError):
+            raise Refused("KeyUnwrap", r["key_id"])
+        if r["check_value"] is None:
+            raise Refused("KeyRecord", r["key_id"])
+        if check_value(k).hex() != r["check_value"]:
+            raise Refused("KeyCheck", r["key_id"])
+        keys[r["key_id"]] = k
+    rank = {"data": 0, "blind_index": 1, "wrapping": 2}
+    tenants = []
+    for r in recs:
+        if r["tenant"] not in tenants:
+            tenants.append(r["tenant"])
+    for t in tenants:  # steps 3 and 6, per tenant in order of first appearance
+        group = sorted((r for r in recs if r["tenant"] == t),
+                       key=lambda r: (rank[r["purpose"]], r["generation"], r["key_id"]))
+        live_key = next((r for r in group if r["state"] != "destroyed" and r["purpose"] != "wrapping"), None)
+        live_wrapping = next((r for r in group if r["state"] != "destroyed" and r["purpose"] == "wrapping"), None)
+        for purpose in ("data", "blind_index", "wrapping"):
+            of = [r for r in group if r["purpose"] == purpose]
+            for a, b in zip(of, of[1:]):
+                if a["generation"] == b["generation"]:
+                    raise Refused("KeyRecord", b["key_id"])
+            newest = of[-1]["generation"] if of else 0
+            for r in of:
+                if r["state"] == "active" and r["generation"] != newest:
+                    raise Refused("KeyRecord", r["key_id"])
+            live = live_wrapping if purpose == "wrapping" else live_key
+            active = sum(r["state"] == "active" for r in of)
+            if live is not None and active != 1:
+                raise Refused("KeyRecord", live["key_id"])
+    return keys
+
+
+def invalid_keytable_cases():
+    """Each case: a change to the vector table of keytable_v1.json, what a reader holds, and the
+    refusal expected."""
+    doc = json.loads(KEYTABLE_VECTORS.read_text())
+    base = {r["key_id"]: r for r in doc["records"]}
+    w_id, dek_id = 0x1A2B3C4D, 0x05060708
+    destroyed_id, root_id = dek_id + 1, dek_id + 2
+    m = mac_key(WRAPPING, w_id)
+    other_kek = bytes(range(0x10, 0x30))
+
+    def table(changes=None, remac=(), drop=()):
+        out = []
+        for key_id, r in base.items():
+            if key_id in drop:
+                continue
+            r = dict(r, **(changes or {}).get(key_id, {}))
+            if key_id in remac:
+                r["record_mac"] = record_mac(m, r).hex()
+            out.append(r)
+        return out
+
+    def flip(hex_: str, at: int = -1) -> str:
+        b = bytearray(bytes.fromhex(hex_))
+        b[at] ^= 1
+        return b.hex()
+
+    rewrapped = (bytes([0x34] * 12) + AESGCM(WRAPPING).encrypt(
+        bytes([0x34] * 12), DEK, wrap_aad(w_id, "clinic-a", "data", destroyed_id))).hex()
+    return [
+        ("tampered record MAC", KEK, table({dek_id: {"record_mac": flip(base[dek_id]["record_mac"])}}),
+         ("KeyRecord", dek_id)),
+        ("state changed without its MAC (active to retired)", KEK,
+         table({dek_id: {"state": "retired"}}), ("KeyRecord", dek_id)),
+        ("a destroyed key re-activated by editing its state", KEK,
+         table({destroyed_id: {"state": "active"}}), ("KeyRecord", destroyed_id)),
+        ("a data key moved to another tenant", KEK, table({dek_id: {"tenant": "clinic-b"}}),
+         ("KeyRecord", dek_id)),
+        ("a blind-index root moved to the data purpose", KEK, table({root_id: {"purpose": "data"}}),
+         ("KeyRecord", root_id)),
+        ("the wrapping key's MAC names another key", KEK, table({w_id: {"mac_key_id": dek_id}}),
+         ("KeyRecord", w_id)),
+        ("wrong KEK, record without a KEK check value", other_kek, table(), ("KeyUnwrap", w_id)),
+        ("wrong KEK, record with the right KEK's check value", other_kek,
+         table({w_id: {"kek_check": kek_check(KEK).hex()}}), ("WrongKek", None)),
+        ("right KEK, an edited KEK check value (not under the MAC)", KEK,
+         table({w_id: {"kek_check": kek_check(other_kek).hex()}}), None),
+        ("wrapping key's check value edited (checked before its own MAC)", KEK,
+         table({w_id: {"check_value": flip(base[w_id]["check_value"])}}), ("KeyCheck", w_id)),
+        ("data key's check value edited (its MAC covers it)", KEK,
+         table({dek_id: {"check_value": flip(base[dek_id]["check_value"])}}), ("KeyRecord", dek_id)),
+        ("data key's check value edited and re-authenticated", KEK,
+         table({dek_id: {"check_value": flip(base[dek_id]["check_value"])}}, remac={dek_id}),
+         ("KeyCheck", dek_id)),
+        ("data key's wrapped bytes altered and re-authenticated", KEK,
+         table({dek_id: {"wrapped_key": flip(base[dek_id]["wrapped_key"], 20)}}, remac={dek_id}),
+         ("KeyUnwrap", dek_id)),
+        ("a tenant without its blind-index root", KEK, table(drop={root_id}), ("KeyRecord", dek_id)),
+        ("an older data key active again, authenticated", KEK,
+         table({destroyed_id: {"state": "active", "wrapped_key": rewrapped}}, remac={destroyed_id}),
+         ("KeyRecord", destroyed_id)),
+        ("two data keys of one generation, authenticated", KEK,
+         table({destroyed_id: {"generation": 2}}, remac={destroyed_id}), ("KeyRecord", destroyed_id)),
+        ("a table from before the hierarchy, without the opt-in", KEK,
+         [dict(r, mac_key_id=None, record_mac=None, generation=0) for r in table(drop={w_id})],
+         ("KeyRecord", dek_id)),
+    ]
+
+
+def generate_keytable_invalid():
+    cases = []
+    for name, kek, records, want in invalid_keytable_cases():
+        try:
+            load_table(kek, records)
+            got = None
+        except Refused as e:
+            got = (e.variant, e.key_id)
+        assert got == want, f"{name}: {got} != {want}"
+        cases.append({"name": name, "kek": kek.hex(), "records": records,
+                      "error": None if want is None else {"variant": want[0], "key_id": want[1]}})
+    KEYTABLE_INVALID_VECTORS.write_text(json.dumps(cases, indent=2) + "\n")
+    print(f"wrote {len(cases)} cases to {KEYTABLE_INVALID_VECTORS}")
+
+
+def check_keytable_invalid():
+    """Every case is refused with its error, naming its key; the one with no error loads."""
+    n = 0
+    for c in json.loads(KEYTABLE_INVALID_VECTORS.read_text()):
+        try:
+            load_table(bytes.fromhex(c["kek"]), c["records"])
+            got = None
+        except Refused as e:
+            got = {"variant": e.variant, "key_id": e.key_id}
+        assert got == c["error"], f"{c['name']}: {got} != {c['error']}"
+        n += 1
+    base = json.loads(KEYTABLE_VECTORS.read_text())
+    assert len(load_table(KEK, base["records"])) == 2, "the valid table loads its two keys"
+    return n + 1
+
+
 def check():
     check_unicode()
     vectors = json.loads(VECTORS.read_text())
@@ -1088,7 +1272,7 @@ def check():
         except Invalid as e:
             assert str(e) == "AuthenticationFailed"
     n = (len(vectors) + check_index() + check_compound() + check_invalid() + check_keytable()
-         + check_keytable_mac2() + check_kek_check())
+         + check_keytable_mac2() + check_kek_check() + check_keytable_invalid())
     print(f"{n} passed, 0 failed")
 
 
@@ -1117,4 +1301,5 @@ if __name__ == "__main__":
          "check": check,
          "generate-unicode": generate_unicode, "generate-keytable": generate_keytable,
          "generate-keytable-mac2": generate_keytable_mac2,
-         "generate-kek-check": generate_kek_check}[cmd]()
+         "generate-kek-check": generate_kek_check,
+         "generate-keytable-invalid": generate_keytable_invalid}[cmd]()
