@@ -58,6 +58,8 @@ if ldd target/debug/clinic | grep -E 'libpq|libmysqlclient|libmariadb'; then
 fi
 echo "== reference implementation of the format (Python) against the frozen vectors"
 python3 tests/vectors/reference.py check
+echo "== the mistakes no vector caught before 0.2, each made in the reference: every one must fail"
+python3 tests/vectors/mutants.py
 echo "== cargo test (all backends, sync and async; doctests)"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

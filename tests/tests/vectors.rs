@@ -243,6 +243,27 @@ fn every_blind_index_vector_is_reproduced() {
                 &v.value.as_str().unwrap().to_owned(),
             ),
             "i64" => params.compute(&keyring, tenant.as_ref(), &v.value.as_i64().unwrap()),
+            "f64" => params.compute(&keyring, tenant.as_ref(), &f64_bits(&v.value)),
+            "bytes" => params.compute(
+                &keyring,
+                tenant.as_ref(),
+                &hex::decode(v.value.as_str().unwrap()).unwrap(),
+            ),
+            "bool" => params.compute(&keyring, tenant.as_ref(), &v.value.as_bool().unwrap()),
+            "uuid" => params.compute(
+                &keyring,
+                tenant.as_ref(),
+                &uuid::Uuid::parse_str(v.value.as_str().unwrap()).unwrap(),
+            ),
+            "timestamp" => {
+                params.compute(&keyring, tenant.as_ref(), &instant(&v.value).naive_utc())
+            }
+            "date" => params.compute(
+                &keyring,
+                tenant.as_ref(),
+                &(chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()
+                    + chrono::TimeDelta::days(v.value.as_i64().unwrap())),
+            ),
             other => panic!("{other}"),
         }
         .unwrap();
@@ -639,6 +660,41 @@ fn normalizers_agree_with_the_reference() {
             }));
         }
     }
+    // Final_Sigma reads the Cased and Case_Ignorable properties, which no stability policy
+    // freezes: every code point assigned in Unicode 14.0.0, before a final sigma and after one,
+    // so that the toolchain's tables and Python's 14.0.0 ones are compared on each.
+    let unassigned: Vec<(u32, u32)> = include_str!("../vectors/unassigned_14.0.0.txt")
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or_default().trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (a, b) = l.split_once("..").unwrap_or((l, l));
+            (
+                u32::from_str_radix(a, 16).unwrap(),
+                u32::from_str_radix(b, 16).unwrap(),
+            )
+        })
+        .collect();
+    let mut swept = 0;
+    for c in (0..=0x10FFFF_u32).filter_map(char::from_u32) {
+        let cp = u32::from(c);
+        let i = unassigned.partition_point(|&(a, _)| a <= cp);
+        if i > 0 && unassigned[i - 1].1 >= cp {
+            continue;
+        }
+        for input in [format!("{c}\u{3A3}"), format!("a\u{3A3}{c}")] {
+            corpus.push(serde_json::json!({
+                "steps": ["lowercase"],
+                "output": *normalize(&[Normalizer::Lowercase], &input),
+                "input": input,
+            }));
+        }
+        swept += 1;
+    }
+    assert!(
+        swept > 280_000,
+        "{swept} code points swept (private use included)"
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("corpus.json");
     std::fs::write(&path, serde_json::to_vec(&corpus).unwrap()).unwrap();
@@ -678,8 +734,9 @@ struct KeyTableRec {
     kek_ref: String,
     wrapped_key: Option<String>,
     check_value: Option<String>,
-    mac_key_id: i64,
-    record_mac: String,
+    /// `None` only in `keytable_v1_invalid.json`'s table from before the hierarchy.
+    mac_key_id: Option<i64>,
+    record_mac: Option<String>,
     /// Only in `keytable_v1_mac2.json`, whose version 2 MACs cover them.
     #[serde(default)]
     created_at: i64,
@@ -704,8 +761,8 @@ impl KeyTableRec {
             state_changed_at: self.state_changed_at,
             generation: self.generation,
             check_value: self.check_value.as_deref().map(hex),
-            mac_key_id: Some(self.mac_key_id),
-            record_mac: Some(hex(&self.record_mac)),
+            mac_key_id: self.mac_key_id,
+            record_mac: self.record_mac.as_deref().map(hex),
             kek_check: self.kek_check.as_deref().map(hex),
         }
     }
@@ -968,5 +1025,132 @@ fn every_suite_3_vector_is_reproduced_and_opened_with_its_row_only() {
             "{}: opened without its row",
             v.name
         );
+    }
+}
+
+/// One case of `keytable_v1_invalid.json`: a changed vector table, the KEK a reader holds, and
+/// the refusal (or `None`: the table loads).
+#[derive(Deserialize)]
+struct InvalidTable {
+    name: String,
+    kek: String,
+    records: Vec<KeyTableRec>,
+    error: Option<Refusal>,
+}
+
+#[derive(Deserialize, Debug, PartialEq)]
+struct Refusal {
+    variant: String,
+    key_id: Option<i64>,
+}
+
+/// `keytable_v1_invalid.json` (KEYTABLE.md §5, written by the Python reference): every changed
+/// table is refused with the error variant the reference gives, naming the same key (which pins
+/// the order of the checks), and the one whose only change is outside the MAC loads.
+#[test]
+fn every_refused_key_table_vector_is_refused_the_same_way() {
+    let cases: Vec<InvalidTable> =
+        serde_json::from_str(include_str!("../vectors/keytable_v1_invalid.json")).unwrap();
+    assert!(cases.len() >= 17, "cases went missing");
+    for c in &cases {
+        let dir = tempfile::tempdir().unwrap();
+        let doc = KeyTableDoc {
+            kek: c.kek.clone(),
+            data_key: String::new(),
+            records: c.records.clone(),
+        };
+        let (mut conn, store) = vector_key_table(&doc, &dir);
+        let got = store().load(&mut conn).err().map(|e| {
+            use encrypted_types::Error as E;
+            let key_id = match &e {
+                E::KeyRecord { key_id, .. } | E::KeyCheck { key_id } | E::KeyUnwrap { key_id } => {
+                    Some(i64::from(key_id.get()))
+                }
+                _ => None,
+            };
+            let variant = match &e {
+                E::KeyRecord { .. } => "KeyRecord",
+                E::KeyCheck { .. } => "KeyCheck",
+                E::KeyUnwrap { .. } => "KeyUnwrap",
+                E::WrongKek { .. } => "WrongKek",
+                other => panic!("{}: unexpected {other:?}", c.name),
+            };
+            Refusal {
+                variant: variant.to_owned(),
+                key_id,
+            }
+        });
+        assert_eq!(got, c.error, "{}", c.name);
+    }
+}
+
+/// `v1_json_depth.json`: a JSON value 127 levels deep opens (the file gives its plaintext only:
+/// a parser that stops at 128 levels could not read the value inside the file), and one more
+/// level is `InvalidPlaintext`.
+#[test]
+fn a_json_value_127_levels_deep_opens_and_128_do_not() {
+    #[derive(Deserialize)]
+    struct DepthVector {
+        name: String,
+        key: String,
+        key_id: u32,
+        nonce: String,
+        table: String,
+        column: String,
+        suite: u8,
+        plaintext: String,
+        sealed: String,
+    }
+    let vectors: Vec<DepthVector> =
+        serde_json::from_str(include_str!("../vectors/v1_json_depth.json")).unwrap();
+    assert_eq!(vectors.len(), 2);
+    for v in &vectors {
+        let keyring = Keyring::builder()
+            .data_key(
+                v.key_id,
+                None,
+                KeyMaterial::from_slice(&hex::decode(&v.key).unwrap()).unwrap(),
+            )
+            .build()
+            .unwrap();
+        let key = keyring.key(v.key_id.into()).unwrap();
+        let ctx = Context {
+            table: &v.table,
+            column: &v.column,
+            tenant: None,
+            value_type: "json",
+        };
+        let opened: serde_json::Value =
+            format::open(key, &ctx, hex::decode(&v.sealed).unwrap()).unwrap();
+        let plain = hex::decode(&v.plaintext).unwrap();
+        let nonce: [u8; 12] = hex::decode(&v.nonce).unwrap().try_into().unwrap();
+        let sealed = if v.suite == format::SUITE_AES256GCM {
+            format::seal_with_nonce(key, &ctx, &opened, nonce).unwrap()
+        } else {
+            format::seal_with_suite(key, &ctx, &opened, v.suite, nonce).unwrap()
+        };
+        assert_eq!(hex::encode(&sealed), v.sealed, "{}: sealed bytes", v.name);
+        let deeper = [b"[".as_slice(), &plain, b"]"].concat();
+        let sealed_deeper = format::seal_with_suite(key, &ctx, &RawJson(deeper), 2, nonce).unwrap();
+        assert_eq!(
+            format::open::<serde_json::Value>(key, &ctx, sealed_deeper).err(),
+            Some(encrypted_types::Error::InvalidPlaintext { type_name: "json" }),
+            "{}: 128 levels",
+            v.name
+        );
+    }
+}
+
+/// Bytes sealed as a `json` value as they are: a text the library's encoder would not write.
+struct RawJson(Vec<u8>);
+
+impl Plaintext for RawJson {
+    const TYPE: &'static str = "json";
+    fn encode(&self, out: &mut SecretBuf) -> Result<(), encrypted_types::Error> {
+        out.extend_from_slice(&self.0);
+        Ok(())
+    }
+    fn decode(bytes: &[u8]) -> Result<Self, encrypted_types::Error> {
+        Ok(Self(bytes.to_vec()))
     }
 }

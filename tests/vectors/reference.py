@@ -14,6 +14,7 @@
     reference.py generate-keytable-mac2  write keytable_v1_mac2.json (version 2 record MACs; frozen)
     reference.py generate-kek-check  write kek_check_v1.json (local KEK check values; frozen)
     reference.py generate-keytable-invalid  write keytable_v1_invalid.json (refused tables; frozen)
+    reference.py generate-json-depth  write v1_json_depth.json (JSON 127 deep; frozen)
     reference.py generate   write the vector files from the cases below (only when adding vectors:
                             existing vectors are frozen and must never change)
 
@@ -233,6 +234,14 @@ def encode(value_type: str, value) -> bytes:
     raise ValueError(value_type)
 
 
+def nested(depth: int):
+    """`depth` arrays, one inside the other, around 1: `[[1]]` is depth 2."""
+    v = 1
+    for _ in range(depth):
+        v = [v]
+    return v
+
+
 KEY_A = bytes(range(32))
 KEY_B = bytes(range(0xE0, 0x100))
 CASES = [
@@ -255,6 +264,15 @@ CASES = [
     ("uuid", KEY_A, 1, 0x10, "t", "c", None, "uuid", "67e55044-10b1-426f-9247-bb680e5fe0c8"),
     ("json", KEY_A, 1, 0x11, "patients", "allergies", "clinic-b", "json",
      {"severe": True, "substance": "penicillin", "notes": ["rash", 2]}),
+    # Appended (issue 29): the exact bounds, which only rejections tested before.
+    ("timestamp-leap-second-last-nanosecond", KEY_A, 1, 0x12, "visits", "at", None, "timestamp", [59, 1999999999]),
+    ("timestamp-leap-second-before-epoch", KEY_A, 1, 0x13, "visits", "at", None, "timestamptz", [-1, 1000000000]),
+    ("timestamp-min", KEY_A, 1, 0x14, "visits", "at", None, "timestamp", [-96465292 * 86400, 0]),
+    ("timestamp-max", KEY_A, 1, 0x15, "visits", "at", None, "timestamp", [95026236 * 86400 + 86399, 999999999]),
+    ("date-min", KEY_A, 1, 0x16, "patients", "dob", None, "date", -96465292),
+    ("date-max", KEY_A, 1, 0x17, "patients", "dob", None, "date", 95026236),
+    ("tenant-integer", KEY_B, 0xA1B2C3D4, 0x19, "patients", "ssn", "42", "string", "123-45-6789"),
+    ("tenant-negative-integer", KEY_B, 0xA1B2C3D4, 0x1A, "patients", "ssn", "-7", "i64", -7),
 ]
 
 
@@ -309,6 +327,20 @@ def unassigned_ranges_from_ucd():
     return ranges
 
 
+UNASSIGNED_FILE = HERE / "unassigned_14.0.0.txt"
+
+
+def unassigned_ranges_from_file():
+    """The normative list (FORMAT.md section 7.1): `XXXX..YYYY` or `XXXX` per line, `#` comments."""
+    out = []
+    for line in UNASSIGNED_FILE.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            a, _, b = line.partition("..")
+            out.append((int(a, 16), int(b or a, 16)))
+    return out
+
+
 def unassigned_ranges_from_table():
     import re
     text = UNICODE_TABLE.read_text()
@@ -317,7 +349,7 @@ def unassigned_ranges_from_table():
 
 def _unassigned():
     import bisect
-    ranges = unassigned_ranges_from_table()
+    ranges = unassigned_ranges_from_file()
     starts = [a for a, _ in ranges]
 
     def test(ch: str) -> bool:
@@ -351,6 +383,39 @@ def runs(text: str, step, keep_unassigned: bool) -> str:
     return "".join(out)
 
 
+# FORMAT.md section 7.1: Final_Sigma reads Cased and Case_Ignorable. Unicode after 14.0 made U+0295
+# LATIN LETTER PHARYNGEAL VOICED FRICATIVE a Lo (no longer Cased); the spec takes that value
+# (the library's Rust toolchain has it) and 14.0.0's for every other code point.
+NOT_CASED = frozenset("\u0295")
+
+
+def _final(c: str) -> bool:
+    """Whether a Σ right after `c` is final, by Python's own 14.0.0 Final_Sigma."""
+    return (c + "\u03a3").lower()[-1] == "\u03c2"
+
+
+def _cased(c: str) -> bool:
+    return c not in NOT_CASED and _final(c)
+
+
+def _case_ignorable(c: str) -> bool:
+    return not _final(c) and ("a" + c + "\u03a3").lower()[-1] == "\u03c2"
+
+
+def lowercase(run: str) -> str:
+    """Full lowercase mapping with Final_Sigma, each code point on its own but Σ (section 7.1)."""
+    out = []
+    for i, c in enumerate(run):
+        if c != "\u03a3":
+            out.append(c.lower())
+            continue
+        before = next((x for x in reversed(run[:i]) if not _case_ignorable(x)), None)
+        after = next((x for x in run[i + 1:] if not _case_ignorable(x)), None)
+        final = before is not None and _cased(before) and (after is None or not _cased(after))
+        out.append("\u03c2" if final else "\u03c3")
+    return "".join(out)
+
+
 def trim(text: str) -> str:
     start, end = 0, len(text)
     while start < end and text[start] in WHITE_SPACE:
@@ -369,9 +434,9 @@ def normalize(steps, text: str) -> str:
         if step == "trim":
             text = trim(text)
         elif step == "lowercase":  # full lowercase mapping, Final_Sigma, no language tailoring
-            text = runs(text, str.lower, True)
+            text = runs(text, lowercase, True)
         elif step == "email":
-            text = runs(trim(text), str.lower, True)
+            text = runs(trim(text), lowercase, True)
         elif step == "digits":
             text = runs(text, lambda r: "".join(c for c in nfkc(r) if c in ASCII_DIGITS), False)
         elif step == "casefold":  # NFKC, then full default case folding (C + F), once
@@ -412,12 +477,25 @@ def generate_unicode():
     ]
     lines += [f"    (0x{a:04X}, 0x{b:04X})," for a, b in ranges]
     lines += ["];", ""]
-    UNICODE_TABLE.write_text("\n".join(lines))
+    # Keep the hand-written test module at the end of the file.
+    old = UNICODE_TABLE.read_text()
+    tail = old[old.index("\n// Not written by the generator"):] if "// Not written by the generator" in old else ""
+    UNICODE_TABLE.write_text("\n".join(lines) + tail)
     print(f"wrote {len(ranges)} ranges to {UNICODE_TABLE}")
+    data = ["# Code points unassigned (General_Category Cn, noncharacters included) in Unicode 14.0.0:",
+            "# the normative list of docs/FORMAT.md section 7.1, one range per line, inclusive, in",
+            "# the UCD's notation. Generated from Python 3.11's unicodedata (14.0.0) by",
+            "# `reference.py generate-unicode`; the library's table (encrypted-types/src/index/unicode.rs)",
+            "# is checked against it by Rust and by `reference.py check`.", ""]
+    data += [f"{a:04X}..{b:04X}" if a != b else f"{a:04X}" for a, b in ranges]
+    UNASSIGNED_FILE.write_text("\n".join(data) + "\n")
+    print(f"wrote {len(ranges)} ranges to {UNASSIGNED_FILE}")
 
 
 def check_unicode():
-    """The committed table must be what the Unicode 14.0.0 database says, where this Python has it."""
+    """The library's table is the normative file, and the file what the Unicode 14.0.0 database
+    says, where this Python has it."""
+    assert unassigned_ranges_from_table() == unassigned_ranges_from_file(), "unicode.rs differs from the file"
     if unicodedata.unidata_version != UNICODE_VERSION:
         print(f"(Python's Unicode is {unicodedata.unidata_version}: the 14.0.0 table is taken as committed)")
         return
@@ -493,6 +571,30 @@ INDEX_CASES = [
     ("prefix-3-shorter-text", "people", "code", None, "string", 1, 256, ["prefix(3)"], "ab"),
     ("prefix-3-empty", "people", "code", None, "string", 1, 256, ["prefix(3)"], ""),
     ("prefix-65535", "people", "code", "7", "string", 1, 24, ["trim", "prefix(65535)"], " abc "),
+    # Appended for the mistakes no vector above catches (issue 29).
+    # `casefold` applies NFKC first: Ⅻ becomes "xii" and ① "1" only through it.
+    ("casefold-needs-nfkc", "people", "surname", None, "string", 1, 256, ["casefold"], "①Ⅻ"),
+    # ... and not again after folding: ǰ folds to j + U+030C, which NFKC would recompose.
+    ("casefold-no-nfkc-after", "people", "surname", None, "string", 1, 256, ["casefold"], "ǰ"),
+    # Default-ignorable code points stay (this is not NFKC_Casefold).
+    ("casefold-keeps-default-ignorables", "people", "surname", None, "string", 1, 256, ["casefold"],
+     "A\u00adB\u200dC\u034f"),
+    # Outlined digits (Unicode 16.0) are unassigned in 14.0.0: copied, so `digits` drops them.
+    ("digits-outlined-unassigned-in-14", "patients", "phone", None, "string", 1, 256, ["digits"],
+     "1\U0001ccf12"),
+    # Every indexable type but string and i64 (their plaintext encodings, section 3).
+    ("f64", "labs", "result", "7", "f64", 1, 256, [], "3ff8000000000000"),
+    ("bytes", "docs", "hash", None, "bytes", 1, 256, [], "00ff10ee"),
+    ("bool", "patients", "consent", None, "bool", 1, 8, [], True),
+    ("uuid", "patients", "external_id", "7", "uuid", 1, 256, [], "67e55044-10b1-426f-9247-bb680e5fe0c8"),
+    ("timestamp", "visits", "at", None, "timestamp", 1, 256, [], [1700000000, 5]),
+    ("date", "patients", "dob", None, "date", 1, 256, [], -3653),
+    # Integer tenants in their decimal form (section 2).
+    ("tenant-integer", "patients", "email", "42", "string", 1, 256, ["email"], "ann@example.org"),
+    ("tenant-negative-integer", "patients", "email", "-7", "string", 1, 256, ["email"], "ann@example.org"),
+    # U+0295 is not Cased (a later Unicode's value, section 7.1): neither Σ below is final.
+    ("lowercase-final-sigma-u0295", "people", "surname", None, "string", 1, 256, ["lowercase"],
+     "\u0295\u03a3 a\u03a3\u0295 \u0295\u02b0\u03a3"),
 ]
 
 
@@ -681,6 +783,46 @@ def generate():
         })
     SUITE3_VECTORS.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
     print(f"wrote {len(out)} vectors to {SUITE3_VECTORS}")
+
+
+# A JSON value 127 deep cannot sit in a vector file's "value" (a JSON parser that stops at 128
+# levels, as serde_json does, could not read the file): this file gives the plaintext only.
+JSON_DEPTH_VECTORS = HERE / "v1_json_depth.json"
+
+
+def generate_json_depth():
+    out = []
+    for suite, nb in ((1, 0x18), (2, 0x19)):
+        ctx = dict(table="patients", column="allergies", tenant=None, value_type="json")
+        nonce = bytes([nb] * 12)
+        pt = encode("json", nested(127))
+        out.append({"name": f"json-depth-127-suite-{suite}", "key": KEY_A.hex(), "key_id": 1,
+                    "nonce": nonce.hex(), "table": "patients", "column": "allergies", "tenant": None,
+                    "value_type": "json", "suite": suite, "plaintext": pt.hex(),
+                    "sealed": seal(KEY_A, 1, nonce, ctx, pt, suite).hex()})
+    JSON_DEPTH_VECTORS.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {len(out)} vectors to {JSON_DEPTH_VECTORS}")
+
+
+def check_json_depth():
+    """127 levels open; the same text one level deeper does not."""
+    n = 0
+    for v in json.loads(JSON_DEPTH_VECTORS.read_text()):
+        keys = {1: (bytes.fromhex(v["key"]), None)}
+        ctx = dict(table=v["table"], column=v["column"], value_type="json")
+        pt = open_(keys, ctx, bytes.fromhex(v["sealed"]))
+        assert pt.hex() == v["plaintext"], v["name"] + ": open"
+        try:
+            decode("json", pt)
+        except Invalid as e:
+            raise AssertionError(v["name"] + ": decode") from e
+        try:
+            decode("json", b"[" + pt + b"]")
+            raise AssertionError(v["name"] + ": 128 levels accepted")
+        except Invalid:
+            pass
+        n += 1
+    return n
 
 
 INVALID_VECTORS = HERE / "v1_invalid.json"
@@ -1181,12 +1323,15 @@ def invalid_keytable_cases():
          ("KeyRecord", dek_id)),
         ("state changed without its MAC (active to retired)", KEK,
          table({dek_id: {"state": "retired"}}), ("KeyRecord", dek_id)),
+        # (The table's own constraints allow one active key per tenant and purpose, and wrapped
+        # bytes exactly on keys not destroyed: the newer key is retired, authenticated, first.)
         ("a destroyed key re-activated by editing its state", KEK,
-         table({destroyed_id: {"state": "active"}}), ("KeyRecord", destroyed_id)),
+         table({dek_id: {"state": "retired"}, destroyed_id: {"state": "active", "wrapped_key": rewrapped}},
+               remac={dek_id}), ("KeyRecord", destroyed_id)),
         ("a data key moved to another tenant", KEK, table({dek_id: {"tenant": "clinic-b"}}),
          ("KeyRecord", dek_id)),
-        ("a blind-index root moved to the data purpose", KEK, table({root_id: {"purpose": "data"}}),
-         ("KeyRecord", root_id)),
+        ("a blind-index root moved to the data purpose", KEK,
+         table({root_id: {"purpose": "data", "state": "retired"}}), ("KeyRecord", root_id)),
         ("the wrapping key's MAC names another key", KEK, table({w_id: {"mac_key_id": dek_id}}),
          ("KeyRecord", w_id)),
         ("wrong KEK, record without a KEK check value", other_kek, table(), ("KeyUnwrap", w_id)),
@@ -1206,8 +1351,8 @@ def invalid_keytable_cases():
          ("KeyUnwrap", dek_id)),
         ("a tenant without its blind-index root", KEK, table(drop={root_id}), ("KeyRecord", dek_id)),
         ("an older data key active again, authenticated", KEK,
-         table({destroyed_id: {"state": "active", "wrapped_key": rewrapped}}, remac={destroyed_id}),
-         ("KeyRecord", destroyed_id)),
+         table({dek_id: {"state": "retired"}, destroyed_id: {"state": "active", "wrapped_key": rewrapped}},
+               remac={dek_id, destroyed_id}), ("KeyRecord", destroyed_id)),
         ("two data keys of one generation, authenticated", KEK,
          table({destroyed_id: {"generation": 2}}, remac={destroyed_id}), ("KeyRecord", destroyed_id)),
         ("a table from before the hierarchy, without the opt-in", KEK,
@@ -1265,14 +1410,17 @@ def check():
                     v.get("suite", 1), v.get("row")) == sealed, v["name"] + ": seal"
         assert sealed[1] == v.get("suite", 1), v["name"] + ": suite byte"
         assert open_(keys, ctx, sealed, row=v.get("row")) == pt, v["name"] + ": open"
-        decode(v["value_type"], pt)
+        try:
+            decode(v["value_type"], pt)
+        except Invalid as e:
+            raise AssertionError(v["name"] + ": decode") from e
         try:
             open_(keys, dict(ctx, column=ctx["column"] + "x"), sealed, row=v.get("row"))
             raise AssertionError(v["name"] + ": opened under the wrong column")
         except Invalid as e:
             assert str(e) == "AuthenticationFailed"
     n = (len(vectors) + check_index() + check_compound() + check_invalid() + check_keytable()
-         + check_keytable_mac2() + check_kek_check() + check_keytable_invalid())
+         + check_keytable_mac2() + check_kek_check() + check_keytable_invalid() + check_json_depth())
     print(f"{n} passed, 0 failed")
 
 
@@ -1302,4 +1450,5 @@ if __name__ == "__main__":
          "generate-unicode": generate_unicode, "generate-keytable": generate_keytable,
          "generate-keytable-mac2": generate_keytable_mac2,
          "generate-kek-check": generate_kek_check,
-         "generate-keytable-invalid": generate_keytable_invalid}[cmd]()
+         "generate-keytable-invalid": generate_keytable_invalid,
+         "generate-json-depth": generate_json_depth}[cmd]()

@@ -704,3 +704,25 @@ pub(crate) static UNASSIGNED: [(u32, u32); 698] = [
     (0xFFFFE, 0xFFFFF),
     (0x10FFFE, 0x10FFFF),
 ];
+
+// Not written by the generator: the table must be the normative file, range for range. The
+// file sits outside the package, so this runs in the repository only (as `cargo test`).
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_table_is_the_normative_file() {
+        let text = include_str!("../../../tests/vectors/unassigned_14.0.0.txt");
+        let parse = |s: &str| u32::from_str_radix(s, 16).ok();
+        let from_file: Vec<(u32, u32)> = text
+            .lines()
+            .map(|l| l.split('#').next().unwrap_or_default().trim())
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| match l.split_once("..") {
+                Some((a, b)) => Some((parse(a)?, parse(b)?)),
+                None => Some((parse(l)?, parse(l)?)),
+            })
+            .collect();
+        assert_eq!(from_file.len(), super::UNASSIGNED.len());
+        assert_eq!(from_file, super::UNASSIGNED);
+    }
+}
