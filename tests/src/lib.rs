@@ -548,6 +548,22 @@ pub fn run_in_fresh_process(name: &str, envs: &[(&str, String)]) {
     );
 }
 
+/// `SELECT COUNT(*) AS n ...` on any Diesel connection: the independent SQL counts the tests
+/// check the library's own reports against.
+#[macro_export]
+macro_rules! sql_count {
+    ($conn:expr, $sql:expr) => {{
+        #[derive(diesel::QueryableByName)]
+        struct N {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            n: i64,
+        }
+        diesel::RunQueryDsl::get_result::<N>(diesel::sql_query($sql), $conn)
+            .unwrap()
+            .n
+    }};
+}
+
 /// Serializes the tests of one binary that install keyrings or share files: take it first.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());

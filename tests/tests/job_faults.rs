@@ -46,12 +46,6 @@ fn kill_the_job_connection() {
     }
 }
 
-#[derive(QueryableByName)]
-struct N {
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    n: i64,
-}
-
 macro_rules! killed_connection_test {
     ($name:ident, $db:literal, $conn:ty, $blob:literal, $id_sql:literal, $admin:expr) => {
         #[test]
@@ -86,10 +80,7 @@ macro_rules! killed_connection_test {
 
             // The job runs on a connection of its own, which the server terminates mid-job.
             let job_conn = &mut connect::<$conn>(&url);
-            let id = diesel::sql_query($id_sql)
-                .get_result::<N>(job_conn)
-                .unwrap()
-                .n;
+            let id = encrypted_types_tests::sql_count!(job_conn, $id_sql);
             *TARGET.lock().unwrap() = Some((url.clone(), id));
             WRITES.store(0, Ordering::SeqCst);
             // A worker name of its own: the rerun is the same worker restarted, which takes its

@@ -30,6 +30,7 @@ use encrypted_types::store::KeyStore;
 use encrypted_types::{EncryptedModel, TenantId};
 use encrypted_types_tests::models::{OldStaff, Staff, StaffContracted};
 use encrypted_types_tests::real_schema::{contracted, et_staff, old};
+use encrypted_types_tests::sql_count as count;
 use encrypted_types_tests::{connect, database};
 
 const CLINICS: [i64; 3] = [1, 2, 3];
@@ -39,17 +40,6 @@ type Row = (i64, String, Option<String>);
 
 fn clinic_of(id: i64) -> i64 {
     CLINICS[usize::try_from(id.rem_euclid(3)).unwrap()]
-}
-
-macro_rules! count {
-    ($conn:expr, $sql:expr) => {{
-        #[derive(QueryableByName)]
-        struct N {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        diesel::sql_query($sql).get_result::<N>($conn).unwrap().n
-    }};
 }
 
 /// A small deterministic generator, one per writer.

@@ -26,6 +26,7 @@ use encrypted_types::store::KeyStore;
 use encrypted_types::{EncryptedModel, TenantId};
 use encrypted_types_tests::models::Contact;
 use encrypted_types_tests::real_schema::{self, et_contacts};
+use encrypted_types_tests::sql_count as count;
 use encrypted_types_tests::{connect, database};
 
 const CLINICS: [i64; 3] = [1, 2, 3];
@@ -83,17 +84,6 @@ macro_rules! load_all {
             .load::<Contact>($conn)
             .unwrap()
     };
-}
-
-macro_rules! count {
-    ($conn:expr, $sql:expr) => {{
-        #[derive(QueryableByName)]
-        struct N {
-            #[diesel(sql_type = diesel::sql_types::BigInt)]
-            n: i64,
-        }
-        diesel::sql_query($sql).get_result::<N>($conn).unwrap().n
-    }};
 }
 
 macro_rules! text_migration_test {

@@ -59,14 +59,7 @@ fn check<T: Plaintext + Same>(v: &Vector, value: T) {
     );
 
     let tenant = v.tenant.as_deref().map(TenantId::from);
-    let keyring = Keyring::builder()
-        .data_key(
-            v.key_id,
-            tenant.clone(),
-            KeyMaterial::from_slice(&hex::decode(&v.key).unwrap()).unwrap(),
-        )
-        .build()
-        .unwrap();
+    let keyring = data_keyring(&v.key, v.key_id, tenant.clone());
     let key = keyring.key(v.key_id.into()).unwrap();
     let ctx = Context {
         table: &v.table,
@@ -106,14 +99,7 @@ fn check<T: Plaintext + Same>(v: &Vector, value: T) {
 /// `Json<T>` shares the `json` tag, so bytes sealed from a `Value` open as a typed struct
 /// (serde ignores the fields the struct does not have).
 fn opens_as_typed_json(v: &Vector) {
-    let keyring = Keyring::builder()
-        .data_key(
-            v.key_id,
-            v.tenant.as_deref().map(TenantId::from),
-            KeyMaterial::from_slice(&hex::decode(&v.key).unwrap()).unwrap(),
-        )
-        .build()
-        .unwrap();
+    let keyring = data_keyring(&v.key, v.key_id, v.tenant.as_deref().map(TenantId::from));
     let key = keyring.key(v.key_id.into()).unwrap();
     let tenant = v.tenant.as_deref().map(TenantId::from);
     let ctx = Context {
@@ -200,6 +186,18 @@ struct IndexVector {
     normalize: Vec<String>,
     value: serde_json::Value,
     index: String,
+}
+
+/// A keyring holding one data key, `key_hex` under `key_id`, of `tenant`.
+fn data_keyring(key_hex: &str, key_id: u32, tenant: Option<TenantId>) -> Keyring {
+    Keyring::builder()
+        .data_key(
+            key_id,
+            tenant,
+            KeyMaterial::from_slice(&hex::decode(key_hex).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap()
 }
 
 /// A keyring holding only the blind-index root key `root_hex` of `tenant`.
@@ -986,14 +984,7 @@ fn every_suite_3_vector_is_reproduced_and_opened_with_its_row_only() {
             v.name
         );
         let tenant = v.tenant.as_deref().map(TenantId::from);
-        let keyring = Keyring::builder()
-            .data_key(
-                v.key_id,
-                tenant.clone(),
-                KeyMaterial::from_slice(&hex::decode(&v.key).unwrap()).unwrap(),
-            )
-            .build()
-            .unwrap();
+        let keyring = data_keyring(&v.key, v.key_id, tenant.clone());
         let key = keyring.key(v.key_id.into()).unwrap();
         let ctx = Context {
             table: &v.table,
@@ -1105,14 +1096,7 @@ fn a_json_value_127_levels_deep_opens_and_128_do_not() {
         serde_json::from_str(include_str!("../vectors/v1_json_depth.json")).unwrap();
     assert_eq!(vectors.len(), 2);
     for v in &vectors {
-        let keyring = Keyring::builder()
-            .data_key(
-                v.key_id,
-                None,
-                KeyMaterial::from_slice(&hex::decode(&v.key).unwrap()).unwrap(),
-            )
-            .build()
-            .unwrap();
+        let keyring = data_keyring(&v.key, v.key_id, None);
         let key = keyring.key(v.key_id.into()).unwrap();
         let ctx = Context {
             table: &v.table,
