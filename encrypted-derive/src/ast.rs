@@ -175,14 +175,6 @@ impl<'a> Model<'a> {
             };
             let fa = attr::parse_field(&f.attrs)?;
             let column = fa.column.unwrap_or_else(|| ident.clone());
-            if fa.encrypted.is_none()
-                && let Some(c) = &fa.context
-            {
-                return Err(syn::Error::new(
-                    c.span(),
-                    "`context` names an encrypted field's context\nhelp: write it inside the field's `#[encrypted(...)]`",
-                ));
-            }
             let encrypted = fa.encrypted.map(|_| {
                 let (inner, optional) = unwrap_option(&f.ty);
                 let (context, context_span) = match &fa.context {

@@ -187,9 +187,10 @@ pub(crate) fn check(model: &Model<'_>) -> syn::Result<()> {
     }
 }
 
-/// The numbers of an index: bits, version, previous.
 /// Context names: what every value of a field is bound to, so two fields of one table may
 /// not share one (a value copied between them would open), and an empty one binds nothing.
+/// Other models of the same table are out of the derive's sight: the docs say to keep each
+/// context name to one column across them.
 fn contexts(model: &Model<'_>, err: &mut impl FnMut(Span, String)) {
     let mut seen: HashMap<&str, &syn::Ident> = HashMap::new();
     for (f, e) in model.encrypted_fields() {
@@ -211,6 +212,7 @@ fn contexts(model: &Model<'_>, err: &mut impl FnMut(Span, String)) {
     }
 }
 
+/// The numbers of an index: bits, version, previous.
 fn numbers(index: &crate::ast::Index, err: &mut impl FnMut(Span, String)) {
     for bits in index.bits.iter().chain(&index.previous_bits) {
         match bits.base10_parse::<u32>() {

@@ -195,7 +195,9 @@ pub enum Error {
     /// The KEK configured under `kek_ref` is not the one the key table's wraps were made with:
     /// its check value differs from the one stored when they were (docs/KEYTABLE.md,
     /// `kek_check`), or the KMS says the ciphertext is another key's. Told apart from tampering
-    /// ([`Error::KeyUnwrap`]), which is what a failed unwrap under the right KEK stays.
+    /// ([`Error::KeyUnwrap`]), which is what a failed unwrap under the right KEK stays. The
+    /// check value is not authenticated, so a database writer can make tampering read as this:
+    /// if the configured KEK is the original, treat the record as tampered.
     #[error(
         "the KEK {kek_ref} is not the one these keys were wrapped with: configure the original \
          KEK (the key file, HSM key or KMS key that wrapped them), not a new one under the same name"

@@ -186,7 +186,9 @@ pub use model::{
 /// the field in another SQL column, and its blind index in `<name>_bidx` by default. Values and
 /// blind indexes are bound to the field's *context name*, not to the SQL column: by default the
 /// field's name, or `context = "name"` to pin it (unique within the table). Renaming a column
-/// later changes no stored value. During a migration the sealed column takes a new name and the
+/// later changes no stored value; renaming the Rust *field* does, so pin the old name with
+/// `context = "old_name"` when you rename a field. Two models of one table must not give one
+/// context name to two different columns (the derive sees one model at a time). During a migration the sealed column takes a new name and the
 /// legacy one keeps its own, so an application version that still writes the old name writes
 /// the legacy column, never the sealed one:
 ///

@@ -31,6 +31,8 @@ struct Faulty {
     mode: Arc<AtomicUsize>,
     /// Unwraps allowed before it fails (usize::MAX: no limit).
     budget: Arc<AtomicUsize>,
+    /// Calls inside `unwrap` right now.
+    inside: Arc<AtomicUsize>,
 }
 
 impl Faulty {
@@ -41,6 +43,7 @@ impl Faulty {
             calls: Arc::default(),
             mode: Arc::default(),
             budget: Arc::new(AtomicUsize::new(usize::MAX)),
+            inside: Arc::default(),
         }
     }
     fn calls(&self) -> usize {
@@ -61,9 +64,11 @@ impl KekProvider for Faulty {
     fn unwrap(&self, ctx: &WrapContext<'_>, wrapped: &[u8]) -> Result<KeyMaterial, Error> {
         self.calls.fetch_add(1, Ordering::SeqCst);
         // A KMS that accepted the connection and never answers, until the test lets it.
+        self.inside.fetch_add(1, Ordering::SeqCst);
         while self.mode.load(Ordering::SeqCst) == 3 {
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
+        self.inside.fetch_sub(1, Ordering::SeqCst);
         let spent = self
             .budget
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| b.checked_sub(1))
@@ -281,11 +286,23 @@ macro_rules! hierarchy_suite {
                 lib_error(&err),
                 Some(&Error::TenantUnavailable { tenant: "1".into(), kek: "fake:one".into() })
             );
-            // A second load while the first call still hangs: the same, and no wait on it.
+            // A second load while the first call still hangs: the same, no wait on it, and no
+            // second call on the hung KEK (one thread waits on it, not one per load).
+            let asked = one.calls();
             assert_eq!(store.load(conn).unwrap().1.unavailable.len(), 1);
+            assert_eq!(one.calls(), asked, "a busy KEK was asked again");
+            assert_eq!(one.inside.load(Ordering::SeqCst), 1);
 
-            // The KMS answers again: the late answers go nowhere, the next load has tenant 1.
+            // The KMS answers again: the late answer goes nowhere, the next load has tenant 1.
             one.set_mode(0);
+            for _ in 0..1_000 {
+                if one.inside.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            // The first load's worker returns and frees the KEK (it polls every 5 ms).
+            std::thread::sleep(std::time::Duration::from_millis(50));
             let report = store.load_and_install(conn).unwrap();
             assert!(report.unavailable.is_empty(), "{:?}", report.unavailable);
             assert_eq!(report.data_keys, 2);

@@ -184,7 +184,12 @@ pub(super) fn write_side(
     let ident = model.ident;
     let write = &names.write;
     let table = &model.table;
-    let pk = &model.primary_key;
+    // Diesel leaves out of an update's SET the fields whose *column* is named here.
+    let pk: Vec<&syn::Ident> = model
+        .primary_key
+        .iter()
+        .map(|p| model.column_of(p))
+        .collect();
     let mut fields = Vec::new();
     let mut init = Vec::new();
     for f in &model.fields {

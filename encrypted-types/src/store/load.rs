@@ -52,6 +52,8 @@ type Unavailable<'a> = HashMap<&'a str, (&'a str, Vec<u32>)>;
 /// on another thread and abandoned there.
 struct TenantCall {
     kek: Arc<dyn KekProvider>,
+    /// Set while a call on `kek` runs, cleared when the provider returns, late or not.
+    busy: Arc<std::sync::atomic::AtomicBool>,
     tenant: TenantId,
     key_id: KeyId,
     wrapped: Vec<u8>,
@@ -62,30 +64,42 @@ struct TenantCall {
 const TENANT_CALLS_IN_FLIGHT: usize = 16;
 
 /// Unwraps every call's key through its KEK, up to [`TENANT_CALLS_IN_FLIGHT`] at once, and
-/// waits at most `deadline` in all. Answers in the calls' order; a call not answered by then is
-/// [`Error::Timeout`], and its worker, still waiting on the provider, drops the late answer
-/// (the key bytes are wiped on drop) and starts no other call.
+/// waits at most `deadline` in all (a deadline too far to represent waits for every answer).
+/// Answers in the calls' order; a call not answered by then is [`Error::Timeout`], and its
+/// worker, still waiting on the provider, drops the late answer (boxed, so the key bytes are
+/// wiped where they lie) and starts no other call. A KEK still busy with a call an earlier
+/// load gave up on is not asked again: that tenant times out at once.
 fn unwrap_concurrently(
     calls: Vec<TenantCall>,
     deadline: std::time::Duration,
-) -> Vec<Result<KeyMaterial, Error>> {
+) -> Vec<Result<Box<KeyMaterial>, Error>> {
+    use std::sync::atomic::Ordering;
     let ids: Vec<KeyId> = calls.iter().map(|c| c.key_id).collect();
-    let mut answers: Vec<Option<Result<KeyMaterial, Error>>> = ids.iter().map(|_| None).collect();
+    let mut answers: Vec<Option<Result<Box<KeyMaterial>, Error>>> =
+        ids.iter().map(|_| None).collect();
     let ask = |c: &TenantCall| {
         let ctx = WrapContext {
             tenant: Some(&c.tenant),
             purpose: Purpose::Wrapping,
             key_id: c.key_id,
         };
-        super::wrap::unwrap_by_kek(&*c.kek, &ctx, &c.wrapped, c.kek_check.as_deref())
+        let answer = super::wrap::unwrap_by_kek(&*c.kek, &ctx, &c.wrapped, c.kek_check.as_deref())
+            .map(Box::new);
+        c.busy.store(false, Ordering::SeqCst);
+        answer
     };
-    let end = Instant::now() + deadline;
-    let workers = calls.len().min(TENANT_CALLS_IN_FLIGHT);
+    let end = Instant::now().checked_add(deadline);
+    let before_end = move || end.is_none_or(|e| Instant::now() < e);
+    // Calls whose KEK is still busy are left unanswered (a timeout below).
+    let calls: Vec<(usize, TenantCall)> = calls
+        .into_iter()
+        .enumerate()
+        .filter(|(_, c)| !c.busy.swap(true, Ordering::SeqCst))
+        .collect();
+    let asked = calls.len();
+    let workers = asked.min(TENANT_CALLS_IN_FLIGHT);
     let queue = Arc::new(std::sync::Mutex::new(
-        calls
-            .into_iter()
-            .enumerate()
-            .collect::<std::collections::VecDeque<_>>(),
+        calls.into_iter().collect::<std::collections::VecDeque<_>>(),
     ));
     let (tx, rx) = std::sync::mpsc::channel();
     let mut started = 0;
@@ -94,7 +108,7 @@ fn unwrap_concurrently(
         let spawned = std::thread::Builder::new()
             .name("et-tenant-kek".into())
             .spawn(move || {
-                while Instant::now() < end {
+                while before_end() {
                     let next = queue
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
@@ -109,27 +123,35 @@ fn unwrap_concurrently(
         started += usize::from(spawned.is_ok());
     }
     drop(tx);
-    if started == 0 {
-        // No thread could be started: ask here, one after another, without the deadline.
-        let mut queue = queue.lock().unwrap_or_else(PoisonError::into_inner);
-        while let Some((i, call)) = queue.pop_front() {
-            if let Some(slot) = answers.get_mut(i) {
-                *slot = Some(ask(&call));
-            }
-        }
-    }
-    let mut pending = answers.iter().filter(|a| a.is_none()).count();
+    // With no thread started, nothing is asked (its tenants time out): a call on this thread
+    // could hang the load past any deadline.
+    let mut pending = if started == 0 { 0 } else { asked };
     while pending > 0 {
-        match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
-            Ok((i, answer)) => {
+        let next = match end {
+            Some(e) => rx
+                .recv_timeout(e.saturating_duration_since(Instant::now()))
+                .ok(),
+            None => rx.recv().ok(),
+        };
+        match next {
+            Some((i, answer)) => {
                 if let Some(slot @ None) = answers.get_mut(i) {
                     *slot = Some(answer);
                     pending -= 1;
                 }
             }
             // The deadline passed, or every worker is done.
-            Err(_) => break,
+            None => break,
         }
+    }
+    // Calls no worker started (the deadline passed, or no thread could be started): their
+    // KEKs are free again.
+    for (_, call) in queue
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .drain(..)
+    {
+        call.busy.store(false, Ordering::SeqCst);
     }
     answers
         .into_iter()
@@ -266,10 +288,11 @@ impl<P: KekProvider> KeyStore<P> {
                 });
             }
             match (self.tenant_kek(tenant, &p.r.kek_ref), &p.r.wrapped_key) {
-                (Some(kek), Some(wrapped)) => {
+                (Some((kek, busy)), Some(wrapped)) => {
                     asked.push((p, tenant));
                     calls.push(TenantCall {
                         kek,
+                        busy,
                         tenant: TenantId::from(tenant),
                         key_id: p.id,
                         wrapped: wrapped.clone(),

@@ -212,6 +212,9 @@ pub struct KeyStore<P> {
     /// Tenants' own KEKs, each usable for its tenant's wrapping key only: a tenant's KEK can
     /// never vouch for the deployment's wrapping key or another tenant's.
     tenant_keks: Vec<(TenantId, Arc<dyn KekProvider>)>,
+    /// Per tenant KEK (same order): whether a call a load gave up on is still waiting on it,
+    /// so a hung provider holds one thread, not one more per load.
+    tenant_busy: Vec<Arc<std::sync::atomic::AtomicBool>>,
     /// [`KeyStore::with_tenant_kek_deadline`].
     tenant_kek_deadline: std::time::Duration,
     /// Wrapping keys unwrapped so far: a KEK call once per wrapping key and load. Keyed by
@@ -272,6 +275,7 @@ impl<P: KekProvider> KeyStore<P> {
             provider,
             others: Vec::new(),
             tenant_keks: Vec::new(),
+            tenant_busy: Vec::new(),
             tenant_kek_deadline: DEFAULT_TENANT_KEK_DEADLINE,
             wrappers: Mutex::default(),
             seen: Mutex::default(),
@@ -377,6 +381,7 @@ impl<P: KekProvider> KeyStore<P> {
         kek: impl KekProvider + 'static,
     ) -> Self {
         self.tenant_keks.push((tenant.into(), Arc::new(kek)));
+        self.tenant_busy.push(Arc::default());
         self
     }
 
@@ -447,12 +452,19 @@ impl<P: KekProvider> KeyStore<P> {
         }
     }
 
-    /// Tenant `tenant`'s own KEK named `kek_ref`, shared, for a call on another thread.
-    fn tenant_kek(&self, tenant: &str, kek_ref: &str) -> Option<Arc<dyn KekProvider>> {
-        self.tenant_keks
+    /// Tenant `tenant`'s own KEK named `kek_ref`, shared, for a call on another thread, with
+    /// its in-flight flag.
+    fn tenant_kek(
+        &self,
+        tenant: &str,
+        kek_ref: &str,
+    ) -> Option<(Arc<dyn KekProvider>, Arc<std::sync::atomic::AtomicBool>)> {
+        let i = self
+            .tenant_keks
             .iter()
-            .find(|(owner, k)| owner.as_str() == tenant && k.kek_ref() == kek_ref)
-            .map(|(_, k)| Arc::clone(k))
+            .position(|(owner, k)| owner.as_str() == tenant && k.kek_ref() == kek_ref)?;
+        let (_, kek) = self.tenant_keks.get(i)?;
+        Some((Arc::clone(kek), Arc::clone(self.tenant_busy.get(i)?)))
     }
 
     /// Refuses a store that gives one KEK both to a tenant and to the deployment.
