@@ -426,6 +426,7 @@ pub mod derive_suite;
 pub mod keytable;
 pub mod kms;
 mod suite;
+pub mod vector_table;
 
 pub use connect::*;
 

@@ -279,3 +279,96 @@ fn another_hsm_key_under_the_same_label_is_a_wrong_kek() {
         Some(Error::KeyUnwrap { .. })
     ));
 }
+
+/// Imports the AES key `value` into `token` under `label` (non-extractable, sensitive), as an
+/// operator importing a KEK into an HSM does, and closes the session (the library opens its own).
+fn import_key(token: &str, label: &str, value: &[u8]) {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::object::{Attribute, KeyType, ObjectClass};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+    let context = Pkcs11::new(module()).unwrap();
+    context
+        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .unwrap();
+    let slot = context
+        .get_slots_with_initialized_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| context.get_token_info(*s).unwrap().label().trim() == token)
+        .unwrap();
+    let session = context.open_rw_session(slot).unwrap();
+    session
+        .login(UserType::User, Some(&AuthPin::new(PIN.into())))
+        .unwrap();
+    session
+        .create_object(&[
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Encrypt(true),
+            Attribute::Decrypt(true),
+            Attribute::Label(label.as_bytes().to_vec()),
+            Attribute::Value(value.to_vec()),
+        ])
+        .unwrap();
+}
+
+#[derive(serde::Deserialize)]
+struct Pkcs11Vectors {
+    kek: String,
+    kek_label: String,
+    kek_check: String,
+    data_key: String,
+    records: Vec<encrypted_types_tests::vector_table::KeyTableRec>,
+}
+
+/// `keytable_v1_pkcs11.json` (KEYTABLE.md §2.3 and §3.1), written by the Python reference with
+/// ordinary AES-GCM: its KEK imported into a SoftHSM2 token under its label, the library loads
+/// the table through the token (CKM_AES_GCM, the IV in front), the token's own
+/// `CKA_CHECK_VALUE` is the vector's, and the data key recovered is the vector's.
+#[test]
+fn the_pkcs11_vector_table_loads_through_a_token_holding_its_key() {
+    let _serial = encrypted_types_tests::serial();
+    let doc: Pkcs11Vectors =
+        serde_json::from_str(include_str!("../vectors/keytable_v1_pkcs11.json")).unwrap();
+    let token = Token::create();
+    import_key(&token.0, &doc.kek_label, &hex::decode(&doc.kek).unwrap());
+    let kek = Pkcs11Kek::open(module(), &token.0, PIN, &doc.kek_label, false).unwrap();
+    assert_eq!(kek.kek_ref(), format!("pkcs11:{}", doc.kek_label));
+    assert_eq!(
+        kek.kek_check().unwrap().map(hex::encode),
+        Some(doc.kek_check.clone())
+    );
+    let conn = &mut encrypted_types_tests::vector_table::key_table(&doc.records);
+    let (keyring, report) = KeyStore::new(kek).load(conn).unwrap();
+    assert_eq!(
+        (report.data_keys, report.blind_index_keys, report.kek_calls),
+        (1, 1, 1)
+    );
+    let data = doc.records.iter().find(|r| r.purpose == "data").unwrap();
+    let id = KeyId::from(u32::try_from(data.key_id).unwrap());
+    let tenant = TenantId::from(data.tenant.as_deref().unwrap());
+    let reference = encrypted_types::Keyring::builder()
+        .data_key(
+            id.get(),
+            Some(tenant.clone()),
+            KeyMaterial::from_slice(&hex::decode(&doc.data_key).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let ctx = encrypted_types::format::Context {
+        table: "t",
+        column: "c",
+        tenant: Some(&tenant),
+        value_type: "bytes",
+    };
+    let sealed =
+        encrypted_types::format::seal(reference.key(id).unwrap(), &ctx, &b"hsm".to_vec()).unwrap();
+    let opened: Vec<u8> =
+        encrypted_types::format::open(keyring.key(id).unwrap(), &ctx, sealed).unwrap();
+    assert_eq!(opened, b"hsm");
+}

@@ -16,6 +16,7 @@ use encrypted_types::format::{self, Context};
 use encrypted_types::{
     Json, KeyMaterial, Keyring, Plaintext, RowBinding, RowPart, SecretBuf, TenantId,
 };
+use encrypted_types_tests::vector_table::{self, KeyTableRec};
 use encrypted_types_tests::{Allergy, Same};
 use serde::Deserialize;
 
@@ -722,51 +723,7 @@ struct KeyTableDoc {
     records: Vec<KeyTableRec>,
 }
 
-#[derive(Deserialize, Clone)]
-struct KeyTableRec {
-    key_id: i64,
-    tenant: Option<String>,
-    purpose: String,
-    state: String,
-    generation: i64,
-    kek_ref: String,
-    wrapped_key: Option<String>,
-    check_value: Option<String>,
-    /// `None` only in `keytable_v1_invalid.json`'s table from before the hierarchy.
-    mac_key_id: Option<i64>,
-    record_mac: Option<String>,
-    /// Only in `keytable_v1_mac2.json`, whose version 2 MACs cover them.
-    #[serde(default)]
-    created_at: i64,
-    #[serde(default)]
-    state_changed_at: i64,
-    /// Only where a file gives it (not under the MAC).
-    #[serde(default)]
-    kek_check: Option<String>,
-}
-
-impl KeyTableRec {
-    fn row(&self) -> encrypted_types::store::KeyRecord {
-        let hex = |s: &str| hex::decode(s).unwrap();
-        encrypted_types::store::KeyRecord {
-            key_id: self.key_id,
-            tenant: self.tenant.clone(),
-            purpose: self.purpose.clone(),
-            state: self.state.clone(),
-            wrapped_key: self.wrapped_key.as_deref().map(hex),
-            kek_ref: self.kek_ref.clone(),
-            created_at: self.created_at,
-            state_changed_at: self.state_changed_at,
-            generation: self.generation,
-            check_value: self.check_value.as_deref().map(hex),
-            mac_key_id: self.mac_key_id,
-            record_mac: self.record_mac.as_deref().map(hex),
-            kek_check: self.kek_check.as_deref().map(hex),
-        }
-    }
-}
-
-/// A vector file's records as rows of a real key table (SQLite), with its KEK as a file in
+/// A vector file's records as rows of a real key table (SQLite), with its KEK as `dev.kek` in
 /// `dir`: the connection and a store opening that file.
 fn vector_key_table(
     doc: &KeyTableDoc,
@@ -775,29 +732,11 @@ fn vector_key_table(
     diesel::SqliteConnection,
     impl Fn() -> encrypted_types::store::KeyStore<encrypted_types::kek::local::LocalKek>,
 ) {
-    use diesel::prelude::*;
     use encrypted_types::kek::local::LocalKek;
-    use encrypted_types::store::{KeyStore, encrypted_types_keys};
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(dir.path().join("dev.kek"))
-        .unwrap();
-    f.write_all(&hex::decode(&doc.kek).unwrap()).unwrap();
-    let path = dir.path().join("dev.kek");
+    use encrypted_types::store::KeyStore;
+    let path = vector_table::kek_file(dir.path(), "dev.kek", &doc.kek);
     let store = move || KeyStore::new(LocalKek::open(&path).unwrap());
-    let mut conn = SqliteConnection::establish(":memory:").unwrap();
-    KeyStore::<LocalKek>::run_migrations(&mut conn).unwrap();
-    for r in &doc.records {
-        diesel::insert_into(encrypted_types_keys::table)
-            .values(&r.row())
-            .execute(&mut conn)
-            .unwrap();
-    }
-    (conn, store)
+    (vector_table::key_table(&doc.records), store)
 }
 
 /// Replaces record `r` of the table by `row`.
@@ -856,26 +795,7 @@ fn the_key_table_vectors_load_through_the_library() {
         .iter()
         .find(|r| r.purpose == "data" && r.state == "active")
         .unwrap();
-    let id = u32::try_from(data.key_id).unwrap();
-    let reference = Keyring::builder()
-        .data_key(
-            id,
-            Some("clinic-a".into()),
-            KeyMaterial::from_slice(&hex::decode(&doc.data_key).unwrap()).unwrap(),
-        )
-        .primary(Some("clinic-a".into()), id)
-        .build()
-        .unwrap();
-    let ctx = Context {
-        table: "t",
-        column: "c",
-        tenant: Some(&TenantId::from("clinic-a")),
-        value_type: "bytes",
-    };
-    let sealed =
-        format::seal(reference.key(id.into()).unwrap(), &ctx, &b"vector".to_vec()).unwrap();
-    let opened: Vec<u8> = format::open(keyring.key(id.into()).unwrap(), &ctx, sealed).unwrap();
-    assert_eq!(opened, b"vector");
+    assert_data_key(&keyring, data.key_id, Some("clinic-a"), &doc.data_key);
     // Version 1 MACs do not cover the timestamps: the authenticated listing says so.
     let listed = store().verified_keys(conn).unwrap();
     assert!(listed.iter().all(|k| !k.timestamps_authenticated));
@@ -1051,26 +971,7 @@ fn every_refused_key_table_vector_is_refused_the_same_way() {
             records: c.records.clone(),
         };
         let (mut conn, store) = vector_key_table(&doc, &dir);
-        let got = store().load(&mut conn).err().map(|e| {
-            use encrypted_types::Error as E;
-            let key_id = match &e {
-                E::KeyRecord { key_id, .. } | E::KeyCheck { key_id } | E::KeyUnwrap { key_id } => {
-                    Some(i64::from(key_id.get()))
-                }
-                _ => None,
-            };
-            let variant = match &e {
-                E::KeyRecord { .. } => "KeyRecord",
-                E::KeyCheck { .. } => "KeyCheck",
-                E::KeyUnwrap { .. } => "KeyUnwrap",
-                E::WrongKek { .. } => "WrongKek",
-                other => panic!("{}: unexpected {other:?}", c.name),
-            };
-            Refusal {
-                variant: variant.to_owned(),
-                key_id,
-            }
-        });
+        let got = store().load(&mut conn).err().map(|e| refusal(&c.name, &e));
         assert_eq!(got, c.error, "{}", c.name);
     }
 }
@@ -1136,5 +1037,228 @@ impl Plaintext for RawJson {
     }
     fn decode(bytes: &[u8]) -> Result<Self, encrypted_types::Error> {
         Ok(Self(bytes.to_vec()))
+    }
+}
+
+/// The error variant and the key it names, as the vector files write them.
+fn refusal(case: &str, e: &encrypted_types::Error) -> Refusal {
+    use encrypted_types::Error as E;
+    let key_id = match e {
+        E::KeyRecord { key_id, .. } | E::KeyCheck { key_id } | E::KeyUnwrap { key_id } => {
+            Some(i64::from(key_id.get()))
+        }
+        _ => None,
+    };
+    let variant = match e {
+        E::KeyRecord { .. } => "KeyRecord",
+        E::KeyCheck { .. } => "KeyCheck",
+        E::KeyUnwrap { .. } => "KeyUnwrap",
+        E::WrongKek { .. } => "WrongKek",
+        E::KekRoles { .. } => "KekRoles",
+        other => panic!("{case}: unexpected {other:?}"),
+    };
+    Refusal {
+        variant: variant.to_owned(),
+        key_id,
+    }
+}
+
+/// What a load gives in `keytable_v1_tenant_kek.json` and `keytable_v1_legacy.json`: the live
+/// keys and the unavailable tenants, or the refusal.
+#[derive(Deserialize, Debug, PartialEq)]
+struct Outcome {
+    #[serde(default)]
+    keys: Vec<i64>,
+    #[serde(default)]
+    unavailable: Vec<String>,
+    #[serde(default)]
+    error: Option<Refusal>,
+}
+
+/// One changed table of those files, and what the reader holds.
+#[derive(Deserialize)]
+struct OutcomeCase {
+    name: String,
+    records: Vec<KeyTableRec>,
+    /// The tenant's own KEK the reader holds under the tenant's KEK name, if any.
+    #[serde(default)]
+    tenant_kek: Option<String>,
+    /// Whether the reader loads with the legacy opt-in.
+    #[serde(default)]
+    legacy: bool,
+    outcome: Outcome,
+}
+
+#[derive(Deserialize)]
+struct OutcomeDoc {
+    kek: String,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    tenant_kek: Option<String>,
+    data_key: String,
+    records: Vec<KeyTableRec>,
+    cases: Vec<OutcomeCase>,
+}
+
+/// Loads `records` as a reader holding `kek` as `dev.kek`, `tenant`'s own KEK as
+/// `<tenant>.kek` if given, and the legacy opt-in or not; returns the outcome and the keyring.
+fn load_outcome(
+    kek: &str,
+    tenant_kek: Option<(&str, &str)>,
+    legacy: bool,
+    records: &[KeyTableRec],
+) -> (Outcome, Option<Keyring>) {
+    use encrypted_types::kek::local::LocalKek;
+    use encrypted_types::store::KeyStore;
+    let dir = tempfile::tempdir().unwrap();
+    let mut store =
+        KeyStore::new(LocalKek::open(vector_table::kek_file(dir.path(), "dev.kek", kek)).unwrap());
+    if let Some((tenant, hex)) = tenant_kek {
+        let path = vector_table::kek_file(dir.path(), &format!("{tenant}.kek"), hex);
+        store = store.with_tenant_kek(tenant, LocalKek::open(path).unwrap());
+    }
+    if legacy {
+        store = store.allow_legacy_table();
+    }
+    let mut conn = vector_table::key_table(records);
+    match store.load(&mut conn) {
+        Err(e) => (
+            Outcome {
+                keys: Vec::new(),
+                unavailable: Vec::new(),
+                error: Some(refusal("load", &e)),
+            },
+            None,
+        ),
+        Ok((keyring, report)) => {
+            // The data keys the keyring serves, and as many blind-index roots as it loaded.
+            let mut keys: Vec<i64> = records
+                .iter()
+                .filter(|r| r.purpose == "data")
+                .filter(|r| keyring.key(u32::try_from(r.key_id).unwrap().into()).is_ok())
+                .map(|r| r.key_id)
+                .collect();
+            assert_eq!(keys.len(), report.data_keys);
+            let roots = records.iter().filter(|r| {
+                r.purpose == "blind_index" && r.state == "active" && report.blind_index_keys > 0
+            });
+            keys.extend(roots.map(|r| r.key_id));
+            assert_eq!(keys.len(), report.data_keys + report.blind_index_keys);
+            keys.sort_unstable();
+            let unavailable = report
+                .unavailable
+                .iter()
+                .map(|(t, _)| t.to_string())
+                .collect();
+            (
+                Outcome {
+                    keys,
+                    unavailable,
+                    error: None,
+                },
+                Some(keyring),
+            )
+        }
+    }
+}
+
+/// The data key `id` that `keyring` loaded is the vector's `data_key`: a value sealed under the
+/// vector's bytes opens with it.
+fn assert_data_key(keyring: &Keyring, id: i64, tenant: Option<&str>, data_key: &str) {
+    let id = u32::try_from(id).unwrap();
+    let tenant = tenant.map(TenantId::from);
+    let reference = data_keyring(data_key, id, tenant.clone());
+    let ctx = Context {
+        table: "t",
+        column: "c",
+        tenant: tenant.as_ref(),
+        value_type: "bytes",
+    };
+    let sealed =
+        format::seal(reference.key(id.into()).unwrap(), &ctx, &b"vector".to_vec()).unwrap();
+    let opened: Vec<u8> = format::open(keyring.key(id.into()).unwrap(), &ctx, sealed).unwrap();
+    assert_eq!(opened, b"vector");
+}
+
+/// `keytable_v1_tenant_kek.json` (KEYTABLE.md §5 step 4): a tenant's keys under its own
+/// wrapping key under its own KEK load through the library with the two KEK files alone, and
+/// every changed table (the tenant's KEK missing or another key under its name, a record
+/// unauthenticated, a key moved out from under the tenant's wrapping key, the two KEKs' roles
+/// swapped) gives the outcome the reference gives, naming the same key.
+#[test]
+fn the_tenant_kek_vectors_load_and_refuse_as_the_reference_does() {
+    let doc: OutcomeDoc =
+        serde_json::from_str(include_str!("../vectors/keytable_v1_tenant_kek.json")).unwrap();
+    let tenant = doc.tenant.as_deref().unwrap();
+    let held = (tenant, doc.tenant_kek.as_deref().unwrap());
+    let (outcome, keyring) = load_outcome(&doc.kek, Some(held), false, &doc.records);
+    assert_eq!(outcome.keys.len(), 2, "{outcome:?}");
+    let data = doc.records.iter().find(|r| r.purpose == "data").unwrap();
+    assert_data_key(&keyring.unwrap(), data.key_id, Some(tenant), &doc.data_key);
+    assert!(doc.cases.len() >= 8, "cases went missing");
+    for c in &doc.cases {
+        let held = c.tenant_kek.as_deref().map(|k| (tenant, k));
+        let (got, _) = load_outcome(&doc.kek, held, false, &c.records);
+        assert_eq!(got, c.outcome, "{}", c.name);
+    }
+}
+
+/// `keytable_v1_legacy.json` (KEYTABLE.md §2.5): a table from before the hierarchy loads with
+/// the opt-in and its data key is the vector's; without the opt-in, with a hierarchy trace, with
+/// a key under a KEK not held, or with altered wrap bytes it is refused as the reference says.
+#[test]
+fn the_legacy_table_vectors_load_with_the_opt_in_only() {
+    let doc: OutcomeDoc =
+        serde_json::from_str(include_str!("../vectors/keytable_v1_legacy.json")).unwrap();
+    let (outcome, keyring) = load_outcome(&doc.kek, None, true, &doc.records);
+    assert_eq!(outcome.keys.len(), 2, "{outcome:?}");
+    let data = doc
+        .records
+        .iter()
+        .find(|r| r.purpose == "data" && r.state == "active")
+        .unwrap();
+    assert_data_key(
+        &keyring.unwrap(),
+        data.key_id,
+        data.tenant.as_deref(),
+        &doc.data_key,
+    );
+    assert!(doc.cases.len() >= 5, "cases went missing");
+    for c in &doc.cases {
+        let (got, _) = load_outcome(&doc.kek, None, c.legacy, &c.records);
+        assert_eq!(got, c.outcome, "{}", c.name);
+    }
+}
+
+#[derive(Deserialize)]
+struct KmsContext {
+    tenant: Option<String>,
+    purpose: String,
+    key_id: u32,
+    context: std::collections::BTreeMap<String, String>,
+}
+
+/// `kms_context_v1.json` (KEYTABLE.md §2.4): the encryption context the AWS KMS provider sends
+/// with every call is the documented pairs, with no `tenant` pair for a key of no tenant.
+#[test]
+fn the_kms_encryption_contexts_are_the_documented_pairs() {
+    use encrypted_types::kek::{Purpose, WrapContext};
+    let vectors: Vec<KmsContext> =
+        serde_json::from_str(include_str!("../vectors/kms_context_v1.json")).unwrap();
+    assert!(vectors.len() >= 6, "vectors went missing");
+    for v in &vectors {
+        let tenant = v.tenant.as_deref().map(TenantId::from);
+        let ctx = WrapContext {
+            tenant: tenant.as_ref(),
+            purpose: Purpose::parse(&v.purpose).unwrap(),
+            key_id: v.key_id.into(),
+        };
+        let got: std::collections::BTreeMap<String, String> = ctx
+            .pairs()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        assert_eq!(got, v.context, "{:?}", v.tenant);
     }
 }

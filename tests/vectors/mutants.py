@@ -83,6 +83,78 @@ def mac_of_wrapping_keys_only(m, r):
 
 ORIGINAL_VERIFY = reference.verify_record_mac
 
+def mac_of_pkcs11_label(orig):
+    """A reader that MACs a `pkcs11:` reference as its label alone."""
+    return lambda m, r: orig(m, dict(r, kek_ref=r["kek_ref"].removeprefix("pkcs11:")))
+
+
+def untenanted_wrapping_keys(orig):
+    """A reader that wraps every wrapping key with no tenant in its context (section 2)."""
+    return lambda tenant, purpose, key_id: orig(None if purpose == "wrapping" else tenant, purpose, key_id)
+
+
+def empty_tenant_for_none(orig):
+    """A reader that gives a key of no tenant the pair `tenant` = "" (section 2.4)."""
+    return lambda tenant, purpose, key_id: orig("" if tenant is None else tenant, purpose, key_id)
+
+
+def hex_key_id(orig):
+    return lambda tenant, purpose, key_id: dict(orig(tenant, purpose, key_id), key_id=f"{key_id:x}")
+
+
+def generation_rules_everywhere(orig):
+    """A reader that applies section 5 step 3 to a table from before the hierarchy too."""
+    return lambda recs, unavailable, hierarchical: orig(recs, unavailable, True)
+
+
+def legacy_needs_check_value(orig):
+    def open_by_kek(kek, r):
+        if r["check_value"] is None:
+            raise reference.Refused("KeyRecord", r["key_id"])
+        return orig(kek, r)
+    return open_by_kek
+
+
+def key_before_suite(orig):
+    """Section 5 with the key looked up before the suite byte is checked."""
+    def open_(keys, ctx, sealed, destroyed=frozenset(), row=None):
+        if len(sealed) >= 34 and sealed[0] == 1:
+            (key_id,) = struct.unpack(">I", sealed[2:6])
+            if key_id not in keys and key_id not in destroyed:
+                raise reference.Invalid("UnknownKeyId")
+        return orig(keys, ctx, sealed, destroyed, row)
+    return open_
+
+
+def binding_after_the_tag(orig):
+    """Section 5 with the row-binding check after decryption: a bad tag is reported first."""
+    def open_(keys, ctx, sealed, destroyed=frozenset(), row=None):
+        try:
+            return orig(keys, ctx, sealed, destroyed, row)
+        except reference.Invalid as e:
+            if str(e) != "RowBinding":
+                raise
+            (key_id,) = struct.unpack(">I", sealed[2:6])
+            key, tenant = keys[key_id]
+            extra = reference.row_binding(row) if row is not None else b""
+            try:
+                reference.SUITES[sealed[1]](key).decrypt(
+                    sealed[6:18], sealed[18:], reference.aad(sealed[:6], **dict(ctx, tenant=tenant)) + extra)
+            except reference.InvalidTag:
+                raise reference.Invalid("AuthenticationFailed") from None
+            raise
+    return open_
+
+
+def tenant_before_decoding(table_, column, value_type, row_tenant, sealed, keys, destroyed, row):
+    plaintext = reference.open_(keys, dict(table=table_, column=column, value_type=value_type), sealed,
+                                destroyed, row)
+    (key_id,) = struct.unpack(">I", sealed[2:6])
+    if keys[key_id][1] != row_tenant:
+        raise reference.Invalid("TenantMismatch")
+    return reference.decode(value_type, plaintext)
+
+
 MUTANTS = [
     ("casefold without its NFKC step", "normalize",
      lambda: with_step("casefold", lambda t: reference.runs(t, str.casefold, True))),
@@ -102,6 +174,24 @@ MUTANTS = [
     ("blind index over a value's text instead of its encoding", "blind_index", lambda: index_of_text),
     ("integer tenant encoded as an integer", "s", lambda: tenant_as_integer),
     ("key-table MACs checked on wrapping keys only", "verify_record_mac", lambda: mac_of_wrapping_keys_only),
+    ("a pkcs11: record MACed with its label alone", "record_mac_v2",
+     lambda: mac_of_pkcs11_label(reference.record_mac_v2)),
+    ("a PKCS#11 key's check value computed like a local KEK's", "pkcs11_check_value",
+     lambda: reference.kek_check),
+    ("a tenant's own wrapping key wrapped with no tenant in its context", "kek_aad",
+     lambda: untenanted_wrapping_keys(reference.kek_aad)),
+    ("KMS context: tenant \"\" for a key of no tenant", "aws_context",
+     lambda: empty_tenant_for_none(reference.aws_context)),
+    ("KMS context: the key id in hexadecimal", "aws_context", lambda: hex_key_id(reference.aws_context)),
+    ("generation rules applied to a table from before the hierarchy", "check_groups",
+     lambda: generation_rules_everywhere(reference.check_groups)),
+    ("a check value required of a key from before the hierarchy", "open_by_kek",
+     lambda: legacy_needs_check_value(reference.open_by_kek)),
+    ("the key looked up before the suite byte is checked", "open_", lambda: key_before_suite(reference.open_)),
+    ("the row binding checked after the tag", "open_", lambda: binding_after_the_tag(reference.open_)),
+    ("the tenant compared before the plaintext is decoded", "open_row",
+     lambda: lambda keys, destroyed, table_, column, vt, tenant, sealed, row=None: tenant_before_decoding(
+         table_, column, vt, tenant, sealed, keys, destroyed, row)),
 ]
 
 

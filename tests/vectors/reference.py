@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESGCMSIV
 
 DOMAIN = b"encrypted-types/v1"
@@ -956,6 +957,28 @@ def invalid_cases():
     for i, text in enumerate(bad_json):
         cases.append(row(f"non-canonical-json-{i}", sealed(1, "json", text, nb=0x80 + i, column="c"),
                          "InvalidPlaintext", column="c", vt="json"))
+    # Inputs that fail two checks at once: the earlier step of section 5 names the error.
+    key_id = lambda b, k: b[:2] + struct.pack(">I", k) + b[6:]
+    of_a = sealed(2, "string", b"123-45-6789", nb=0xA0, column="ssn", suite=2)
+    of_a_bound = sealed(2, "string", b"123-45-6789", nb=0xA1, column="ssn", suite=3, row=row7)
+    bad_bool_of_a = sealed(2, "bool", b"\x02", nb=0xA2, column="c", suite=2)
+    cases += [
+        row("pair-version-and-unknown-key", b"\x00" + key_id(good, 7)[1:], "UnsupportedVersion"),
+        row("pair-truncated-and-suite", good[:1] + b"\x09" + good[2:20], "Truncated"),
+        row("pair-suite-and-unknown-key", key_id(good[:1] + b"\x09" + good[2:], 7), "UnsupportedSuite"),
+        row("pair-suite-and-destroyed-key", key_id(good[:1] + b"\x00" + good[2:], 9), "UnsupportedSuite"),
+        row("pair-unknown-key-and-wrong-column", key_id(good, 7), "UnknownKeyId", column="name"),
+        row("pair-destroyed-key-and-tampered-tag", flip(key_id(good, 9), len(good) - 1), "KeyDestroyed"),
+        bound("pair-unknown-key-and-row-binding", key_id(good3, 7), "UnknownKeyId", None),
+        bound("pair-row-binding-and-tampered-tag", flip(good3, len(good3) - 1), "RowBinding", None),
+        ("pair-row-binding-and-tenant", of_a_bound, "patients", "ssn", "string", "clinic-b", "RowBinding", None),
+        ("pair-authentication-and-tenant", flip(of_a, len(of_a) - 1), "patients", "ssn", "string", "clinic-b",
+         "AuthenticationFailed", None),
+        ("pair-wrong-column-and-tenant", of_a, "patients", "name", "string", "clinic-b", "AuthenticationFailed",
+         None),
+        ("pair-plaintext-and-tenant", bad_bool_of_a, "patients", "c", "bool", "clinic-b", "InvalidPlaintext",
+         None),
+    ]
     return cases
 
 
@@ -1215,12 +1238,78 @@ class Refused(Exception):
         self.variant, self.key_id = variant, key_id
 
 
-def load_table(kek: bytes, records: list, kek_ref: str = "local:dev.kek"):
-    """KEYTABLE section 5 for a table of deployment keys (no tenant's own KEK), as a reader
-    holding `kek` (named `kek_ref`) and no legacy opt-in does it. Returns the live keys by id, or
-    raises Refused with the first failure in the order the section and its error table give."""
+def pkcs11_check_value(kek: bytes) -> bytes:
+    """Section 3.1: an AES key's CKA_CHECK_VALUE (PKCS#11 2.40): the first 3 bytes of the zero
+    block encrypted under it."""
+    enc = Cipher(algorithms.AES(kek), modes.ECB()).encryptor()
+    return (enc.update(bytes(16)) + enc.finalize())[:3]
+
+
+def unwrap_by_kek(kek: bytes, aad_: bytes, wrapped: bytes) -> bytes:
+    """Sections 2.2 and 2.3: a local KEK and a PKCS#11 key give the same bytes."""
+    return unwrap(kek, aad_, wrapped)
+
+
+def aws_context(tenant, purpose: str, key_id: int) -> dict:
+    """Section 2.4: the encryption context of every KMS call for a key."""
+    pairs = {"purpose": purpose, "key_id": str(key_id)}
+    if tenant is not None:
+        pairs["tenant"] = tenant
+    return pairs
+
+
+def has_hierarchy_traces(r: dict) -> bool:
+    """Section 2.5: what only a table with wrapping keys writes."""
+    return (r["purpose"] == "wrapping" or r["generation"] != 0 or r["check_value"] is not None
+            or r.get("mac_key_id") is not None or r.get("record_mac") is not None
+            or r["kek_ref"].startswith("key:"))
+
+
+def kek_failure(kek: bytes, r: dict) -> "Refused":
+    """Section 3.1: an unwrap under the record's KEK failed; its KEK check value, if it has
+    one, names the error."""
+    stored = r.get("kek_check")
+    ours = pkcs11_check_value(kek) if r["kek_ref"].startswith("pkcs11:") else kek_check(kek)
+    if stored and stored != ours.hex():
+        return Refused("WrongKek")
+    return Refused("KeyUnwrap", r["key_id"])
+
+
+def wrapped_by(kek_ref: str):
+    """Section 1: the wrapping key `key:<w>` names, as this library parses it, or None."""
+    if not kek_ref.startswith("key:"):
+        return None
+    digits = kek_ref[4:]
+    digits = digits[1:] if digits.startswith("+") else digits
+    if not digits or not all("0" <= c <= "9" for c in digits) or int(digits) > 0xFFFFFFFF:
+        return None
+    return int(digits)
+
+
+def open_by_kek(kek: bytes, r: dict) -> bytes:
+    """A data or blind-index key wrapped by a KEK itself (section 2.5), checked if it has a
+    check value."""
+    try:
+        k = unwrap_by_kek(kek, kek_aad(r["tenant"], r["purpose"], r["key_id"]), bytes.fromhex(r["wrapped_key"]))
+    except (InvalidTag, AssertionError):
+        raise kek_failure(kek, r)
+    if r["check_value"] is not None and check_value(k).hex() != r["check_value"]:
+        raise Refused("KeyCheck", r["key_id"])
+    return k
+
+
+def load_table(kek: bytes, records: list, kek_ref: str = "local:dev.kek", tenant_keks=None,
+               legacy: bool = False):
+    """KEYTABLE section 5, as a reader holding the deployment KEK `kek` (named `kek_ref`),
+    `tenant_keks` ({tenant: (kek_ref, kek)}, each tenant's own KEK) and the legacy opt-in or
+    not. Returns (live keys by id, unavailable tenants), or raises Refused with the first
+    failure in the order the section and its error table give."""
+    tenant_keks = tenant_keks or {}
+    if any(ref == kek_ref for ref, _ in tenant_keks.values()):
+        raise Refused("KekRoles")  # one KEK in both roles: the configuration is refused
     recs = sorted(records, key=lambda r: r["key_id"])
-    if not any(r["purpose"] == "wrapping" and r["tenant"] is None for r in recs):
+    hierarchical = any(r["purpose"] == "wrapping" and r["tenant"] is None for r in recs)
+    if not hierarchical and recs and not legacy:
         raise Refused("KeyRecord", recs[0]["key_id"])  # from before the hierarchy, no opt-in
     macs = {}
     for r in recs:  # step 1: live deployment wrapping keys
@@ -1229,11 +1318,9 @@ def load_table(kek: bytes, records: list, kek_ref: str = "local:dev.kek"):
         if r["kek_ref"] != kek_ref or r["wrapped_key"] is None:
             raise Refused("KeyRecord", r["key_id"])
         try:
-            w = unwrap(kek, kek_aad(None, "wrapping", r["key_id"]), bytes.fromhex(r["wrapped_key"]))
+            w = unwrap_by_kek(kek, kek_aad(None, "wrapping", r["key_id"]), bytes.fromhex(r["wrapped_key"]))
         except (InvalidTag, AssertionError):
-            stored = r.get("kek_check")
-            raise Refused("WrongKek" if stored and stored != kek_check(kek).hex() else "KeyUnwrap",
-                          None if stored and stored != kek_check(kek).hex() else r["key_id"])
+            raise kek_failure(kek, r)
         if r["check_value"] is None:
             raise Refused("KeyRecord", r["key_id"])
         if check_value(w).hex() != r["check_value"]:
@@ -1242,20 +1329,58 @@ def load_table(kek: bytes, records: list, kek_ref: str = "local:dev.kek"):
         if r["mac_key_id"] != r["key_id"] or not verify_record_mac(m, r):
             raise Refused("KeyRecord", r["key_id"])
         macs[r["key_id"]] = (w, m)
+
+    def authentic(r):
+        named = macs.get(r["mac_key_id"])
+        return named is not None and verify_record_mac(named[1], r)
+
+    tenant_wrappers, unavailable = {}, set()
+    for r in recs:  # step 4: tenants' own wrapping keys, each authenticated first
+        if r["tenant"] is None or r["purpose"] != "wrapping" or r["state"] == "destroyed":
+            continue
+        if not authentic(r):
+            raise Refused("KeyRecord", r["key_id"])
+        if r["kek_ref"] == kek_ref:
+            raise Refused("KekRoles")  # a deployment KEK never vouches for a tenant's key
+        ref, tkek = tenant_keks.get(r["tenant"], (None, None))
+        try:
+            if ref != r["kek_ref"] or r["wrapped_key"] is None or r["check_value"] is None:
+                raise ValueError("no KEK for it here")
+            w = unwrap_by_kek(tkek, kek_aad(r["tenant"], "wrapping", r["key_id"]), bytes.fromhex(r["wrapped_key"]))
+            if check_value(w).hex() != r["check_value"]:
+                raise ValueError("check value")
+            tenant_wrappers[r["key_id"]] = (w, r["tenant"])
+        except (InvalidTag, AssertionError, ValueError):
+            unavailable.add(r["tenant"])  # that tenant only, never an error of the load
+    owners = {t for _, t in tenant_wrappers.values()}
     keys = {}
     for r in recs:  # steps 2 and 5, in key-id order: the MAC, then the unwrap and check value
-        named = macs.get(r["mac_key_id"])
-        if named is None or not verify_record_mac(named[1], r):
+        if not hierarchical:
+            if has_hierarchy_traces(r):
+                raise Refused("KeyRecord", r["key_id"])
+        elif not authentic(r):
             raise Refused("KeyRecord", r["key_id"])
-        if r["purpose"] == "wrapping" or r["state"] == "destroyed":
+        if r["purpose"] == "wrapping" or r["state"] == "destroyed" or r["tenant"] in unavailable:
             continue
-        if r["wrapped_key"] is None or not r["kek_ref"].startswith("key:"):
+        if r["wrapped_key"] is None:
             raise Refused("KeyRecord", r["key_id"])
-        w_id = int(r["kek_ref"][4:])
-        if w_id not in macs:
+        own = r["tenant"] in owners
+        w_id = wrapped_by(r["kek_ref"])
+        if w_id is None:
+            if own:
+                raise Refused("KeyRecord", r["key_id"])
+            if r["kek_ref"] != kek_ref:
+                raise Refused("KeyRecord", r["key_id"])
+            keys[r["key_id"]] = open_by_kek(kek, r)  # from before the hierarchy: one KEK call
+            continue
+        if w_id in macs and not own:
+            w = macs[w_id][0]
+        elif w_id not in macs and w_id in tenant_wrappers and tenant_wrappers[w_id][1] == r["tenant"]:
+            w = tenant_wrappers[w_id][0]
+        else:
             raise Refused("KeyRecord", r["key_id"])
         try:
-            k = unwrap(macs[w_id][0], wrap_aad(w_id, r["tenant"], r["purpose"], r["key_id"]),
+            k = unwrap(w, wrap_aad(w_id, r["tenant"], r["purpose"], r["key_id"]),
                        bytes.fromhex(r["wrapped_key"]))
         except (InvalidTag, AssertionError):
             raise Refused("KeyUnwrap", r["key_id"])
@@ -1264,30 +1389,37 @@ def load_table(kek: bytes, records: list, kek_ref: str = "local:dev.kek"):
         if check_value(k).hex() != r["check_value"]:
             raise Refused("KeyCheck", r["key_id"])
         keys[r["key_id"]] = k
+    check_groups(recs, unavailable, hierarchical)
+    return keys, sorted(unavailable)
+
+
+def check_groups(recs: list, unavailable: set, hierarchical: bool):
+    """Steps 3 and 6, per tenant in order of first appearance (key-id order); step 3 only in a
+    table with a deployment wrapping key, step 6 not for an unavailable tenant."""
     rank = {"data": 0, "blind_index": 1, "wrapping": 2}
     tenants = []
     for r in recs:
         if r["tenant"] not in tenants:
             tenants.append(r["tenant"])
-    for t in tenants:  # steps 3 and 6, per tenant in order of first appearance
+    for t in tenants:
         group = sorted((r for r in recs if r["tenant"] == t),
                        key=lambda r: (rank[r["purpose"]], r["generation"], r["key_id"]))
         live_key = next((r for r in group if r["state"] != "destroyed" and r["purpose"] != "wrapping"), None)
         live_wrapping = next((r for r in group if r["state"] != "destroyed" and r["purpose"] == "wrapping"), None)
         for purpose in ("data", "blind_index", "wrapping"):
             of = [r for r in group if r["purpose"] == purpose]
-            for a, b in zip(of, of[1:]):
-                if a["generation"] == b["generation"]:
-                    raise Refused("KeyRecord", b["key_id"])
-            newest = of[-1]["generation"] if of else 0
-            for r in of:
-                if r["state"] == "active" and r["generation"] != newest:
-                    raise Refused("KeyRecord", r["key_id"])
+            if hierarchical:
+                for a, b in zip(of, of[1:]):
+                    if a["generation"] == b["generation"]:
+                        raise Refused("KeyRecord", b["key_id"])
+                newest = of[-1]["generation"] if of else 0
+                for r in of:
+                    if r["state"] == "active" and r["generation"] != newest:
+                        raise Refused("KeyRecord", r["key_id"])
             live = live_wrapping if purpose == "wrapping" else live_key
             active = sum(r["state"] == "active" for r in of)
-            if live is not None and active != 1:
+            if live is not None and t not in unavailable and active != 1:
                 raise Refused("KeyRecord", live["key_id"])
-    return keys
 
 
 def invalid_keytable_cases():
@@ -1388,8 +1520,258 @@ def check_keytable_invalid():
         assert got == c["error"], f"{c['name']}: {got} != {c['error']}"
         n += 1
     base = json.loads(KEYTABLE_VECTORS.read_text())
-    assert len(load_table(KEK, base["records"])) == 2, "the valid table loads its two keys"
+    assert len(load_table(KEK, base["records"])[0]) == 2, "the valid table loads its two keys"
     return n + 1
+
+
+# --- Providers, tenants' own KEKs and tables from before the hierarchy (issue 29) ----------
+
+PKCS11_VECTORS = HERE / "keytable_v1_pkcs11.json"
+TENANT_KEK_VECTORS = HERE / "keytable_v1_tenant_kek.json"
+LEGACY_VECTORS = HERE / "keytable_v1_legacy.json"
+KMS_CONTEXT_VECTORS = HERE / "kms_context_v1.json"
+TENANT_KEK = bytes(range(0x60, 0x80))
+TENANT_WRAPPING = bytes(range(0x20, 0x40))
+STAMP = 1796700000
+
+
+def wrapped(key: bytes, nonce_byte: int, plaintext: bytes, aad_: bytes) -> str:
+    n = bytes([nonce_byte] * 12)
+    return (n + AESGCM(key).encrypt(n, plaintext, aad_)).hex()
+
+
+def record(key_id, tenant, purpose, kek_ref, wrapped_key, key, generation=1, state="active",
+           mac_key_id=None, kek_check_=None):
+    """A record of section 1 before its MAC; the check value of `key` if it has one."""
+    r = {"key_id": key_id, "tenant": tenant, "purpose": purpose, "state": state,
+         "generation": generation, "kek_ref": kek_ref, "wrapped_key": wrapped_key,
+         "check_value": None if key is None else check_value(key).hex(), "mac_key_id": mac_key_id,
+         "created_at": STAMP, "state_changed_at": STAMP}
+    if kek_check_ is not None:
+        r["kek_check"] = kek_check_.hex()
+    return r
+
+
+def authenticated(m: bytes, *records) -> list:
+    return [dict(r, record_mac=record_mac_v2(m, r).hex()) for r in records]
+
+
+def generate_pkcs11():
+    """A table whose deployment wrapping key a PKCS#11 key wraps (section 2.3), with the key's
+    CKA_CHECK_VALUE (section 3.1), version 2 MACs (section 4.1)."""
+    label, w_id, dek_id, root_id = "encrypted-types-kek", 0x11223344, 0x0A0B0C0D, 0x0A0B0C0E
+    ref = f"pkcs11:{label}"
+    w = record(w_id, None, "wrapping", ref, wrapped(KEK, 0x41, WRAPPING, kek_aad(None, "wrapping", w_id)),
+               WRAPPING, mac_key_id=w_id, kek_check_=pkcs11_check_value(KEK))
+    dek = record(dek_id, "clinic-h", "data", f"key:{w_id}",
+                 wrapped(WRAPPING, 0x42, DEK, wrap_aad(w_id, "clinic-h", "data", dek_id)), DEK, mac_key_id=w_id)
+    root = record(root_id, "clinic-h", "blind_index", f"key:{w_id}",
+                  wrapped(WRAPPING, 0x43, ROOT, wrap_aad(w_id, "clinic-h", "blind_index", root_id)), ROOT,
+                  mac_key_id=w_id)
+    out = {"kek": KEK.hex(), "kek_label": label, "kek_check": pkcs11_check_value(KEK).hex(),
+           "wrapping_key": WRAPPING.hex(), "data_key": DEK.hex(), "blind_index_root": ROOT.hex(),
+           "records": authenticated(mac_key(WRAPPING, w_id), w, dek, root)}
+    PKCS11_VECTORS.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {PKCS11_VECTORS}")
+
+
+def check_pkcs11():
+    """The PKCS#11 table loads with the HSM key's bytes; another key under the same label is
+    WrongKek, named by the stored CKA_CHECK_VALUE."""
+    doc = json.loads(PKCS11_VECTORS.read_text())
+    kek, ref = bytes.fromhex(doc["kek"]), "pkcs11:" + doc["kek_label"]
+    assert pkcs11_check_value(kek).hex() == doc["kek_check"] == doc["records"][0]["kek_check"]
+    keys, gone = load_table(kek, doc["records"], kek_ref=ref)
+    assert gone == [] and sorted(k.hex() for k in keys.values()) == sorted([doc["data_key"], doc["blind_index_root"]])
+    try:
+        load_table(TENANT_KEK, doc["records"], kek_ref=ref)
+        raise AssertionError("loaded under another HSM key")
+    except Refused as e:
+        assert (e.variant, e.key_id) == ("WrongKek", None), e.variant
+    return 2
+
+
+def tenant_kek_cases():
+    """The table of a deployment with one tenant (clinic-t) that brought its own KEK (section
+    5 step 4), and changes to it: (name, records, the tenant KEK the reader holds, outcome)."""
+    w_id, tw_id, dek_id, root_id = 0x1A2B3C4D, 0x2B3C4D5E, 0x06070809, 0x0607080A
+    t, tref = "clinic-t", "local:clinic-t.kek"
+    m = mac_key(WRAPPING, w_id)
+    w = record(w_id, None, "wrapping", "local:dev.kek",
+               wrapped(KEK, 0x51, WRAPPING, kek_aad(None, "wrapping", w_id)), WRAPPING, mac_key_id=w_id,
+               kek_check_=kek_check(KEK))
+    tw = record(tw_id, t, "wrapping", tref, wrapped(TENANT_KEK, 0x52, TENANT_WRAPPING, kek_aad(t, "wrapping", tw_id)),
+                TENANT_WRAPPING, mac_key_id=w_id, kek_check_=kek_check(TENANT_KEK))
+    dek = record(dek_id, t, "data", f"key:{tw_id}",
+                 wrapped(TENANT_WRAPPING, 0x53, DEK, wrap_aad(tw_id, t, "data", dek_id)), DEK, mac_key_id=w_id)
+    root = record(root_id, t, "blind_index", f"key:{tw_id}",
+                  wrapped(TENANT_WRAPPING, 0x54, ROOT, wrap_aad(tw_id, t, "blind_index", root_id)), ROOT,
+                  mac_key_id=w_id)
+    base = authenticated(m, w, tw, dek, root)
+
+    def changed(key_id, **fields):
+        out = []
+        for r in base:
+            if r["key_id"] == key_id:
+                r = {k: v for k, v in dict(r, **fields).items() if k != "record_mac"}
+                r = dict(r, record_mac=record_mac_v2(m, r).hex())
+            out.append(r)
+        return out
+
+    flipped = [dict(r, record_mac=r["record_mac"][:-2] + ("00" if r["record_mac"][-2:] != "00" else "01"))
+               if r["key_id"] == tw_id else r for r in base]
+    other = bytes(range(0x10, 0x30))
+    ok = {"keys": [dek_id, root_id], "unavailable": []}
+    gone = {"keys": [], "unavailable": [t]}
+    return base, [
+        ("the tenant's KEK held: its keys load", base, TENANT_KEK, ok),
+        ("the tenant's KEK not held: that tenant is unavailable, the load succeeds", base, None, gone),
+        ("another key under the tenant's KEK name: that tenant is unavailable", base, other, gone),
+        ("the tenant's wrapping key not authenticated: the load is refused", flipped, TENANT_KEK,
+         {"error": {"variant": "KeyRecord", "key_id": tw_id}}),
+        ("the tenant's data key moved under the deployment wrapping key, authenticated", changed(
+            dek_id, kek_ref=f"key:{w_id}", wrapped_key=wrapped(WRAPPING, 0x55, DEK, wrap_aad(w_id, t, "data", dek_id))),
+         TENANT_KEK, {"error": {"variant": "KeyRecord", "key_id": dek_id}}),
+        ("the tenant's data key wrapped by the deployment KEK itself, authenticated", changed(
+            dek_id, kek_ref="local:dev.kek", wrapped_key=wrapped(KEK, 0x56, DEK, kek_aad(t, "data", dek_id))),
+         TENANT_KEK, {"error": {"variant": "KeyRecord", "key_id": dek_id}}),
+        ("the tenant's wrapping key under the deployment KEK, authenticated", changed(
+            tw_id, kek_ref="local:dev.kek", kek_check=kek_check(KEK).hex(),
+            wrapped_key=wrapped(KEK, 0x57, TENANT_WRAPPING, kek_aad(t, "wrapping", tw_id))),
+         TENANT_KEK, {"error": {"variant": "KekRoles", "key_id": None}}),
+        ("the deployment wrapping key under the tenant's KEK, authenticated", [
+            dict(r, record_mac=record_mac_v2(m, r).hex()) for r in (
+                {k: v for k, v in (dict(b, kek_ref=tref, kek_check=kek_check(TENANT_KEK).hex(),
+                                        wrapped_key=wrapped(TENANT_KEK, 0x58, WRAPPING,
+                                                            kek_aad(None, "wrapping", w_id)))
+                                   if b["key_id"] == w_id else b).items() if k != "record_mac"}
+                for b in base)],
+         TENANT_KEK, {"error": {"variant": "KeyRecord", "key_id": w_id}}),
+    ]
+
+
+def tenant_outcome(records, tenant_kek):
+    tks = {} if tenant_kek is None else {"clinic-t": ("local:clinic-t.kek", tenant_kek)}
+    try:
+        keys, gone = load_table(KEK, records, tenant_keks=tks)
+        return {"keys": sorted(keys), "unavailable": gone}
+    except Refused as e:
+        return {"error": {"variant": e.variant, "key_id": e.key_id}}
+
+
+def generate_tenant_kek():
+    base, cases = tenant_kek_cases()
+    out_cases = []
+    for name, records, tkek, want in cases:
+        got = tenant_outcome(records, tkek)
+        assert got == want, f"{name}: {got} != {want}"
+        out_cases.append({"name": name, "records": records, "tenant_kek": None if tkek is None else tkek.hex(),
+                          "outcome": want})
+    out = {"kek": KEK.hex(), "tenant": "clinic-t", "tenant_kek": TENANT_KEK.hex(),
+           "tenant_kek_ref": "local:clinic-t.kek", "tenant_wrapping_key": TENANT_WRAPPING.hex(),
+           "data_key": DEK.hex(), "blind_index_root": ROOT.hex(), "records": base, "cases": out_cases}
+    TENANT_KEK_VECTORS.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {len(out_cases)} cases to {TENANT_KEK_VECTORS}")
+
+
+def check_tenant_kek():
+    """The tenant's keys come out of its own wrapping key under its own KEK; each case's outcome."""
+    doc = json.loads(TENANT_KEK_VECTORS.read_text())
+    tkek = bytes.fromhex(doc["tenant_kek"])
+    keys, _ = load_table(bytes.fromhex(doc["kek"]), doc["records"],
+                         tenant_keks={doc["tenant"]: (doc["tenant_kek_ref"], tkek)})
+    assert sorted(k.hex() for k in keys.values()) == sorted([doc["data_key"], doc["blind_index_root"]])
+    tw = next(r for r in doc["records"] if r["tenant"] and r["purpose"] == "wrapping")
+    assert unwrap(tkek, kek_aad(doc["tenant"], "wrapping", tw["key_id"]),
+                  bytes.fromhex(tw["wrapped_key"])).hex() == doc["tenant_wrapping_key"]
+    n = 1
+    for c in doc["cases"]:
+        held = None if c["tenant_kek"] is None else bytes.fromhex(c["tenant_kek"])
+        got = tenant_outcome(c["records"], held)
+        assert got == c["outcome"], f'{c["name"]}: {got} != {c["outcome"]}'
+        n += 1
+    return n
+
+
+def legacy_cases():
+    """A table from before the hierarchy (section 2.5): every key wrapped by the KEK itself,
+    generation 0, no check value and no MAC; and changes to it: (name, records, opt-in, outcome)."""
+    dek_id, old_id, root_id = 0x05060708, 0x05060709, 0x0506070A
+    t = "clinic-a"
+
+    def legacy(key_id, purpose, key, nonce_byte, state="active"):
+        r = record(key_id, t, purpose, "local:dev.kek",
+                   None if key is None else wrapped(KEK, nonce_byte, key, kek_aad(t, purpose, key_id)), None,
+                   generation=0, state=state)
+        return dict(r, record_mac=None)
+
+    base = [legacy(old_id, "data", None, 0, "destroyed"), legacy(dek_id, "data", DEK, 0x61),
+            legacy(root_id, "blind_index", ROOT, 0x62)]
+    with_check = [dict(r, check_value=check_value(DEK).hex()) if r["key_id"] == dek_id else r for r in base]
+    other_ref = [dict(r, kek_ref="local:old.kek") if r["key_id"] == root_id else r for r in base]
+    altered = [dict(r, wrapped_key=r["wrapped_key"][:40] + ("00" if r["wrapped_key"][40:42] != "00" else "01")
+                    + r["wrapped_key"][42:]) if r["key_id"] == dek_id else r for r in base]
+    ok = {"keys": [dek_id, root_id], "unavailable": []}
+    return base, [
+        ("loaded with the opt-in", base, True, ok),
+        ("refused without the opt-in", base, False, {"error": {"variant": "KeyRecord", "key_id": dek_id}}),
+        ("a record with a check value (a stripped newer table)", with_check, True,
+         {"error": {"variant": "KeyRecord", "key_id": dek_id}}),
+        ("a key wrapped by a KEK this reader does not hold", other_ref, True,
+         {"error": {"variant": "KeyRecord", "key_id": root_id}}),
+        ("altered wrap bytes", altered, True, {"error": {"variant": "KeyUnwrap", "key_id": dek_id}}),
+    ]
+
+
+def legacy_outcome(records, opt_in):
+    try:
+        keys, gone = load_table(KEK, records, legacy=opt_in)
+        return {"keys": sorted(keys), "unavailable": gone}
+    except Refused as e:
+        return {"error": {"variant": e.variant, "key_id": e.key_id}}
+
+
+def generate_legacy():
+    base, cases = legacy_cases()
+    out_cases = []
+    for name, records, opt_in, want in cases:
+        got = legacy_outcome(records, opt_in)
+        assert got == want, f"{name}: {got} != {want}"
+        out_cases.append({"name": name, "records": records, "legacy": opt_in, "outcome": want})
+    out = {"kek": KEK.hex(), "data_key": DEK.hex(), "blind_index_root": ROOT.hex(), "records": base,
+           "cases": out_cases}
+    LEGACY_VECTORS.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {len(out_cases)} cases to {LEGACY_VECTORS}")
+
+
+def check_legacy():
+    doc = json.loads(LEGACY_VECTORS.read_text())
+    keys, _ = load_table(bytes.fromhex(doc["kek"]), doc["records"], legacy=True)
+    assert sorted(k.hex() for k in keys.values()) == sorted([doc["data_key"], doc["blind_index_root"]])
+    n = 1
+    for c in doc["cases"]:
+        got = legacy_outcome(c["records"], c["legacy"])
+        assert got == c["outcome"], f'{c["name"]}: {got} != {c["outcome"]}'
+        n += 1
+    return n
+
+
+def generate_kms_context():
+    """Section 2.4: the encryption context of a key of no tenant, of tenants that look like
+    numbers or nothing, and of the highest key id."""
+    keys = [(None, "wrapping", 0x1A2B3C4D), ("clinic-a", "data", 0x05060708), ("clinic-a", "blind_index", 7),
+            ("", "data", 1), ("42", "wrapping", 0xFFFFFFFF), ("Zürich-Ω", "data", 305419896)]
+    out = [{"tenant": t, "purpose": p, "key_id": k, "context": aws_context(t, p, k)} for t, p, k in keys]
+    KMS_CONTEXT_VECTORS.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {len(out)} contexts to {KMS_CONTEXT_VECTORS}")
+
+
+def check_kms_context():
+    n = 0
+    for v in json.loads(KMS_CONTEXT_VECTORS.read_text(encoding="utf-8")):
+        assert aws_context(v["tenant"], v["purpose"], v["key_id"]) == v["context"], v
+        n += 1
+    return n
 
 
 def check():
@@ -1420,7 +1802,8 @@ def check():
         except Invalid as e:
             assert str(e) == "AuthenticationFailed"
     n = (len(vectors) + check_index() + check_compound() + check_invalid() + check_keytable()
-         + check_keytable_mac2() + check_kek_check() + check_keytable_invalid() + check_json_depth())
+         + check_keytable_mac2() + check_kek_check() + check_keytable_invalid() + check_json_depth()
+         + check_pkcs11() + check_tenant_kek() + check_legacy() + check_kms_context())
     print(f"{n} passed, 0 failed")
 
 
@@ -1451,4 +1834,6 @@ if __name__ == "__main__":
          "generate-keytable-mac2": generate_keytable_mac2,
          "generate-kek-check": generate_kek_check,
          "generate-keytable-invalid": generate_keytable_invalid,
-         "generate-json-depth": generate_json_depth}[cmd]()
+         "generate-json-depth": generate_json_depth,
+         "generate-providers": lambda: (generate_pkcs11(), generate_tenant_kek(), generate_legacy(),
+                                        generate_kms_context())}[cmd]()
