@@ -177,11 +177,12 @@ impl fmt::Debug for DataKey {
 pub struct BlindIndexRootKey {
     pub(crate) tenant: Option<TenantId>,
     // Only ever an HKDF input for blind-index keys; never used to encrypt.
-    pub(crate) material: KeyMaterial,
+    // Boxed: the bytes stay where they were unwrapped, however the keyring's maps grow.
+    pub(crate) material: Box<KeyMaterial>,
 }
 
 impl BlindIndexRootKey {
-    pub(crate) fn new(tenant: Option<TenantId>, material: KeyMaterial) -> Self {
+    pub(crate) fn new(tenant: Option<TenantId>, material: Box<KeyMaterial>) -> Self {
         Self { tenant, material }
     }
 
@@ -194,7 +195,7 @@ impl BlindIndexRootKey {
     pub(crate) fn duplicate(&self) -> Self {
         Self {
             tenant: self.tenant.clone(),
-            material: KeyMaterial(self.material.0),
+            material: Box::new(KeyMaterial(self.material.0)),
         }
     }
 }

@@ -9,11 +9,13 @@ use super::*;
 /// first query.
 #[derive(Default)]
 pub struct KeyringBuilder {
-    pub(super) keys: Vec<(KeyId, Option<TenantId>, KeyMaterial)>,
+    // Key bytes boxed from here to the keyring: a growing Vec moves pointers, not keys, so no
+    // copy is left in freed memory (tests/process/tests/freed_key_bytes.rs).
+    pub(super) keys: Vec<(KeyId, Option<TenantId>, Box<KeyMaterial>)>,
     pub(super) destroyed: Vec<KeyId>,
     pub(super) primaries: Vec<(Option<TenantId>, KeyId)>,
-    pub(super) blind_index: Vec<(Option<TenantId>, KeyMaterial)>,
-    pub(super) retired_blind_index: Vec<(Option<TenantId>, KeyMaterial)>,
+    pub(super) blind_index: Vec<(Option<TenantId>, Box<KeyMaterial>)>,
+    pub(super) retired_blind_index: Vec<(Option<TenantId>, Box<KeyMaterial>)>,
     pub(super) unavailable: Vec<(TenantId, String, Vec<KeyId>)>,
     pub(super) shredded: std::collections::HashSet<TenantId>,
     /// Keys and roots carried over from another keyring, schedules already expanded.
@@ -35,7 +37,17 @@ impl fmt::Debug for KeyringBuilder {
 
 impl KeyringBuilder {
     /// Adds a data key that opens values sealed with `id` (and seals, if made primary).
-    pub fn data_key(mut self, id: u32, tenant: Option<TenantId>, material: KeyMaterial) -> Self {
+    pub fn data_key(self, id: u32, tenant: Option<TenantId>, material: KeyMaterial) -> Self {
+        self.data_key_boxed(id, tenant, Box::new(material))
+    }
+
+    /// [`KeyringBuilder::data_key`] for bytes already on the heap, which stay there.
+    pub(crate) fn data_key_boxed(
+        mut self,
+        id: u32,
+        tenant: Option<TenantId>,
+        material: Box<KeyMaterial>,
+    ) -> Self {
         self.keys.push((KeyId::from(id), tenant, material));
         self
     }
@@ -70,7 +82,16 @@ impl KeyringBuilder {
     }
 
     /// Sets the blind-index root key of `tenant` (or the default one, for `None`).
-    pub fn blind_index_root(mut self, tenant: Option<TenantId>, material: KeyMaterial) -> Self {
+    pub fn blind_index_root(self, tenant: Option<TenantId>, material: KeyMaterial) -> Self {
+        self.blind_index_root_boxed(tenant, Box::new(material))
+    }
+
+    /// [`KeyringBuilder::blind_index_root`] for bytes already on the heap.
+    pub(crate) fn blind_index_root_boxed(
+        mut self,
+        tenant: Option<TenantId>,
+        material: Box<KeyMaterial>,
+    ) -> Self {
         self.blind_index.push((tenant, material));
         self
     }
@@ -78,10 +99,15 @@ impl KeyringBuilder {
     /// During a blind-index root replacement: the retired root key of `tenant`, which indexes
     /// declared `previous(.., root = retired)` still derive from until the reindex job has
     /// moved every row (`docs/KEYS.md`, "Replacing a blind-index root key").
-    pub fn retired_blind_index_root(
+    pub fn retired_blind_index_root(self, tenant: Option<TenantId>, material: KeyMaterial) -> Self {
+        self.retired_blind_index_root_boxed(tenant, Box::new(material))
+    }
+
+    /// [`KeyringBuilder::retired_blind_index_root`] for bytes already on the heap.
+    pub(crate) fn retired_blind_index_root_boxed(
         mut self,
         tenant: Option<TenantId>,
-        material: KeyMaterial,
+        material: Box<KeyMaterial>,
     ) -> Self {
         self.retired_blind_index.push((tenant, material));
         self
@@ -155,12 +181,18 @@ impl KeyringBuilder {
     /// primary key that is missing or belongs to another tenant, a tenant with two primaries,
     /// or a tenant with two blind-index root keys.
     pub fn build(self) -> Result<Keyring, Error> {
-        let mut keys: Vec<DataKey> = self
-            .keys
-            .into_iter()
-            .map(|(id, tenant, material)| DataKey::new(id, tenant, &material))
-            .chain(self.keys_direct)
-            .collect();
+        // A key schedule holds its key: `keys_direct` (a merge, sized exactly by `merged`) is
+        // kept as it is rather than moved into a new Vec whose old buffer would be freed with
+        // the schedules still in it.
+        let mut keys: Vec<DataKey> = if self.keys.is_empty() {
+            self.keys_direct
+        } else {
+            self.keys
+                .into_iter()
+                .map(|(id, tenant, material)| DataKey::new(id, tenant, &material))
+                .chain(self.keys_direct)
+                .collect()
+        };
         keys.sort_unstable_by_key(DataKey::id);
         if keys.windows(2).any(|w| matches!(w, [a, b] if a.id == b.id)) {
             return Err(Error::InvalidKeyring("duplicate key id"));
@@ -186,10 +218,10 @@ impl KeyringBuilder {
                 return Err(Error::InvalidKeyring("two primary keys for one tenant"));
             }
         }
-        let roots = |list: Vec<(Option<TenantId>, KeyMaterial)>,
+        let roots = |list: Vec<(Option<TenantId>, Box<KeyMaterial>)>,
                      direct: Vec<(Option<TenantId>, BlindIndexRootKey)>,
                      why: &'static str| {
-            let mut map = HashMap::new();
+            let mut map = HashMap::with_capacity(list.len() + direct.len());
             let all = list
                 .into_iter()
                 .map(|(t, m)| (t.clone(), BlindIndexRootKey::new(t, m)))

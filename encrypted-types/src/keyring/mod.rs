@@ -512,7 +512,12 @@ impl Keyring {
         let keep = |t: Option<&TenantId>| {
             t.is_some_and(|t| old_scope.contains(t) && !new_scope.contains(t))
         };
-        let builder = Keyring::builder().carry(older, keep);
+        let mut builder = Keyring::builder();
+        // Exact, once: a Vec that grew would free a buffer holding key schedules.
+        builder
+            .keys_direct
+            .reserve_exact(older.keys.len() + newer.keys.len());
+        let builder = builder.carry(older, keep);
         let mut builder = builder.carry(newer, |_| true);
         if let Some(k) = newer.primary_default.and_then(|i| newer.keys.get(i)) {
             builder.primaries.push((None, k.id));

@@ -38,7 +38,7 @@ fn parse(r: &KeyRecord) -> Result<Parsed<'_>, Error> {
 /// What the parallel pass made of one record.
 enum Opened {
     /// A live data or blind-index key, unwrapped and checked.
-    Key(KeyMaterial),
+    Key(Box<KeyMaterial>),
     /// A record of a table from before the hierarchy: its key (if live) needs a KEK call.
     Legacy,
     /// Nothing to open: a wrapping key, a destroyed key, a key of an unavailable tenant.
@@ -365,7 +365,7 @@ impl<P: KekProvider> KeyStore<P> {
                         report.unauthenticated += 1;
                     }
                     if p.purpose != Purpose::Wrapping && p.state != KeyState::Destroyed {
-                        opened.push((p, self.open_legacy(p, &mut report.kek_calls)?));
+                        opened.push((p, Box::new(self.open_legacy(p, &mut report.kek_calls)?)));
                     }
                 }
                 Opened::Nothing => {}
@@ -407,19 +407,19 @@ impl<P: KekProvider> KeyStore<P> {
                         self_test(p.id, tenant.as_ref(), &material)?;
                         self_tested = true;
                     }
-                    builder = builder.data_key(p.id.get(), tenant.clone(), material);
+                    builder = builder.data_key_boxed(p.id.get(), tenant.clone(), material);
                     if p.state == KeyState::Active {
                         builder = builder.primary(tenant, p.id.get());
                     }
                     report.data_keys += 1;
                 }
                 Purpose::BlindIndex if p.state == KeyState::Active => {
-                    builder = builder.blind_index_root(tenant, material);
+                    builder = builder.blind_index_root_boxed(tenant, material);
                     report.blind_index_keys += 1;
                 }
                 // A root being replaced: lookups of the previous index version still use it.
                 Purpose::BlindIndex => {
-                    builder = builder.retired_blind_index_root(tenant, material);
+                    builder = builder.retired_blind_index_root_boxed(tenant, material);
                     report.blind_index_keys += 1;
                 }
                 Purpose::Wrapping => {}
@@ -577,7 +577,7 @@ fn open_record(
         purpose: p.purpose,
         key_id: p.id,
     };
-    let material = w.unwrap(&ctx, wrapped)?;
+    let material = Box::new(w.unwrap(&ctx, wrapped)?);
     let check =
         p.r.check_value
             .as_deref()
