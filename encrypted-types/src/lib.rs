@@ -87,6 +87,7 @@ pub mod kek;
 mod keyring;
 pub mod migration;
 mod model;
+mod row_key;
 #[cfg(feature = "keystore")]
 pub mod schema;
 #[cfg(feature = "keystore")]
@@ -107,6 +108,7 @@ pub use model::{
     ColumnInfo, EncryptedModel, LegacyColumn, ModelInfo, PlainColumn, SqlKind,
     validate as model_validate,
 };
+pub use row_key::{FullKey, KeyPart, RowKey, ToKeyPart};
 
 /// Derives field-level encryption for a Diesel model struct.
 ///
@@ -330,10 +332,11 @@ pub mod __private {
     };
     pub use crate::keyring::RowKeys;
     pub use crate::model::probe::{SqlKnown, SqlProbe, SqlUnknown};
+    pub use crate::row_key::{KeyPartOf, ViaDebug, ViaToKeyPart};
     pub use crate::{
         ColumnContext, ColumnInfo, Encrypted, EncryptedModel, Error, FallibleModel, LegacyColumn,
-        ModelInfo, PlainColumn, Plaintext, RowBinding, RowColumn, RowIdentity, RowKind, RowPart,
-        TenantId, Unreadable, model_validate,
+        ModelInfo, PlainColumn, Plaintext, RowBinding, RowColumn, RowIdentity, RowKey, RowKind,
+        RowPart, TenantId, Unreadable, model_validate,
     };
     pub use diesel;
     #[cfg(feature = "async")]

@@ -1008,7 +1008,7 @@ macro_rules! in_transaction_suite {
             kept.iter_mut().find(|p| p.id == 603).unwrap().notes = Some("legacy note".into());
             assert_eq!(ok.len() + bad.len(), 30);
             assert!(
-                bad.iter().all(|u| u.column == "name" || u.key == "603"),
+                bad.iter().all(|u| u.column == "name" || u.key.to_string() == "603"),
                 "{bad:?}"
             );
             let erased: Vec<String> = ps
@@ -1019,7 +1019,7 @@ macro_rules! in_transaction_suite {
             for id in &erased {
                 assert!(
                     bad.iter()
-                        .any(|u| &u.key == id && matches!(u.error, Error::KeyDestroyed(_))),
+                        .any(|u| u.key.to_string() == *id && matches!(u.error, Error::KeyDestroyed(_))),
                     "{id}: {bad:?}"
                 );
             }

@@ -59,11 +59,13 @@ pub(super) fn read_side(
         .iter()
         .filter(|pk| model.fields.iter().any(|f| f.ident == *pk))
         .collect();
-    let key = match pk.as_slice() {
-        [] => quote!(::std::string::String::new()),
-        [one] => quote!(::std::format!("{:?}", &row.#one)),
-        many => quote!(::std::format!("{:?}", (#(&row.#many,)*))),
-    };
+    // Each key field as a part by its type (`ToKeyPart`), else by its `Debug` text: the
+    // message then prints it by `RowKey`'s rule, and `Unreadable::key` holds it in full.
+    let key = quote!({
+        #[allow(unused_imports)]
+        use #et::{ViaDebug as _, ViaToKeyPart as _};
+        #et::RowKey(::std::vec![#((&#et::KeyPartOf(&row.#pk)).key_part()),*])
+    });
     let opens = model.encrypted_fields().map(|(f, e)| {
         let name = f.ident;
         // Errors name the SQL column: that is where an operator looks.

@@ -6,7 +6,7 @@ use diesel::backend::Backend;
 use diesel::deserialize;
 use diesel::prelude::{Queryable, Selectable};
 
-use crate::Error;
+use crate::{Error, RowKey};
 
 /// Implemented by `#[derive(Encrypted)]` (with `Queryable`): the row as stored, and how it is
 /// opened. [`Fallible`] and the model's own `Queryable` both go through [`FallibleModel::open`].
@@ -21,14 +21,16 @@ pub trait FallibleModel: Sized {
     fn open(raw: Self::Raw) -> Result<Self, Box<Unreadable>>;
 }
 
-/// Why one row could not be read: its primary key (as `Debug` prints it), the column, and the
-/// library's error. Holds no plaintext.
+/// Why one row could not be read: its primary key, the column, and the library's error. Holds
+/// no plaintext. Its message prints the key by [`RowKey`]'s rule: integer and UUID keys in
+/// full, text and binary keys (which may be natural keys, such as an email) as their kind and
+/// length; [`Unreadable::key`] holds every part, for the operator who must find the row.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{table} row {key}: column {column}: {error}")]
 #[non_exhaustive]
 pub struct Unreadable {
-    /// The row's primary key, as `Debug` prints it.
-    pub key: String,
+    /// The row's primary key, every part in full (`key.full()` prints it so).
+    pub key: RowKey,
     /// The table.
     pub table: &'static str,
     /// The column whose value did not open.
@@ -42,7 +44,7 @@ impl Unreadable {
     /// The report of `column` of the row keyed `key`.
     #[doc(hidden)]
     #[must_use]
-    pub fn new(key: String, table: &'static str, column: &'static str, error: Error) -> Box<Self> {
+    pub fn new(key: RowKey, table: &'static str, column: &'static str, error: Error) -> Box<Self> {
         Box::new(Self {
             key,
             table,
@@ -97,7 +99,7 @@ impl Unreadable {
 /// let (ok, bad): (Vec<_>, Vec<_>) = rows.into_iter().map(Fallible::into_result).partition(Result::is_ok);
 /// assert_eq!(ok.len(), 1);
 /// let bad = bad.into_iter().next().unwrap().err().unwrap();
-/// assert_eq!((bad.key.as_str(), bad.column), ("2", "body"));
+/// assert_eq!((bad.key.to_string().as_str(), bad.column), ("2", "body"));
 /// # Ok::<(), Error>(())
 /// ```
 #[derive(Debug)]

@@ -82,7 +82,7 @@ impl crate::Error {
     /// assert_eq!(Error::from_diesel(&diesel::result::Error::NotFound), None);
     ///
     /// // One row of a `Fallible` read: the reason is in the message once, and found here.
-    /// let row = encrypted_types::Unreadable::new("7".into(), "patients", "ssn", Error::AuthenticationFailed);
+    /// let row = encrypted_types::Unreadable::new(7_i64.into(), "patients", "ssn", Error::AuthenticationFailed);
     /// let message = fail_chain(&*row);
     /// assert_eq!(message, "patients row 7: column ssn: authentication failed");
     /// let diesel_err = diesel::result::Error::DeserializationError(row);

@@ -61,10 +61,11 @@ use zeroize::Zeroizing;
 use crate::db::{Db, sync_and_async};
 
 pub use crate::db::{Param, Query};
+pub use crate::row_key::{FullKey, KeyPart, RowKey};
 #[cfg(feature = "async")]
 pub use inventory::inventory_async;
 pub use inventory::{Content, InventoryEntry, inventory};
-pub use key::{FullKey, KeyColumn, KeyKind, KeyPart, RowKey};
+pub use key::{KeyColumn, KeyKind};
 pub use name::{Operation, default_job_name};
 pub use sql::{CatalogRow, JobTable, Row, StatusRow, TallyRow, UnitRow};
 use sql::{alias, bind_alias};

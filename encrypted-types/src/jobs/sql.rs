@@ -6,7 +6,8 @@ use diesel::deserialize::{self, FromSql, QueryableByName};
 use diesel::row::NamedRow;
 use diesel::sql_types::{BigInt, Binary, Nullable, Text};
 
-use super::key::{KeyKind, KeyPart};
+use super::key::KeyKind;
+use crate::KeyPart;
 use crate::store::KeyTable;
 
 use std::future::Future;

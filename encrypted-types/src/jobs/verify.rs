@@ -20,7 +20,8 @@ use crate::store::KeyTable;
 pub struct Unopenable {
     /// The encrypted column.
     pub column: &'static str,
-    /// The row's primary key. Its `Debug` prints integer keys and hides text and UUID keys.
+    /// The row's primary key, every part in full. Its `Display` prints integer and UUID parts
+    /// and hides text and binary ones (kind and length).
     pub key: RowKey,
     /// Why it does not open.
     pub reason: SkipReason,
