@@ -190,6 +190,92 @@ macro_rules! toolkit_suite {
             assert_eq!(ids, vec![data[0].0, data[1].0]);
         }
 
+        /// Adopting a key table from before the hierarchy authenticates whatever it says is
+        /// active: `keys rewrap` lists the groups, flags an active key older than a retired one
+        /// (a re-activation's mark), and writes nothing until confirmed.
+        #[test]
+        fn adopting_a_legacy_table_shows_its_active_keys_and_asks_first() {
+            use encrypted_types::kek::{KekProvider, Purpose, WrapContext};
+            use encrypted_types::store::{KeyRecord, adoption_review, encrypted_types_keys as k};
+            use encrypted_types::{KeyId, KeyMaterial};
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let store = store(&dir);
+            let conn = &mut $connect();
+            // (id, tenant, purpose, state, created_at): tenant 2's active data key predates
+            // its retired one.
+            let keys = [
+                (2001, "1", Purpose::Data, "retired", 100),
+                (2002, "1", Purpose::Data, "active", 200),
+                (2003, "1", Purpose::BlindIndex, "active", 100),
+                (2011, "2", Purpose::Data, "active", 100),
+                (2012, "2", Purpose::Data, "retired", 300),
+                (2013, "2", Purpose::BlindIndex, "active", 100),
+            ];
+            for (id, tenant, purpose, state, created) in keys {
+                let tenant = TenantId::from(tenant);
+                let ctx = WrapContext { tenant: Some(&tenant), purpose, key_id: KeyId::from(id) };
+                let wrapped = store.provider().wrap(&ctx, &KeyMaterial::generate().unwrap()).unwrap();
+                diesel::insert_into(k::table)
+                    .values(&KeyRecord {
+                        key_id: i64::from(id),
+                        tenant: Some(tenant.as_str().to_owned()),
+                        purpose: purpose.as_str().to_owned(),
+                        state: state.into(),
+                        wrapped_key: Some(wrapped),
+                        kek_ref: store.provider().kek_ref(),
+                        created_at: created,
+                        state_changed_at: created,
+                        generation: 0,
+                        check_value: None,
+                        mac_key_id: None,
+                        record_mac: None,
+                        kek_check: None,
+                    })
+                    .execute(conn)
+                    .unwrap();
+            }
+            let review = adoption_review(&list_keys(conn).unwrap());
+            let seen: Vec<(Option<&str>, &str, Vec<u32>, Vec<u32>, bool)> = review
+                .iter()
+                .map(|g| {
+                    (
+                        g.tenant.as_deref(),
+                        g.purpose.as_str(),
+                        g.active.iter().map(|k| k.get()).collect(),
+                        g.retired.iter().map(|k| k.get()).collect(),
+                        g.active_older_than_retired,
+                    )
+                })
+                .collect();
+            assert_eq!(
+                seen,
+                vec![
+                    (Some("1"), "blind_index", vec![2003], vec![], false),
+                    (Some("1"), "data", vec![2002], vec![2001], false),
+                    (Some("2"), "blind_index", vec![2013], vec![], false),
+                    (Some("2"), "data", vec![2011], vec![2012], true),
+                ]
+            );
+            let wrapping = |conn: &mut _Conn| -> i64 {
+                k::table.filter(k::purpose.eq("wrapping")).count().get_result(conn).unwrap()
+            };
+            let run = |conn: &mut _Conn, args: &[&str]| execute(conn, &store, &[], &cli(args));
+            assert!(matches!(
+                run(conn, &["keys", "rewrap", "--json"]),
+                Err(CliError::NotConfirmed(_))
+            ));
+            assert_eq!(wrapping(conn), 0, "nothing adopted without confirmation");
+            assert!(store.load(conn).is_err(), "still a table from before the hierarchy");
+            assert_eq!(run(conn, &["keys", "rewrap", "--yes", "--json"]).unwrap(), Outcome::Done);
+            assert_eq!(wrapping(conn), 1);
+            assert!(adoption_review(&list_keys(conn).unwrap()).is_empty());
+            let (_, report) = store.load(conn).unwrap();
+            assert_eq!((report.data_keys, report.blind_index_keys), (4, 2));
+            // An authenticated table is re-wrapped (a KEK rotation) without a question.
+            assert_eq!(run(conn, &["keys", "rewrap", "--json"]).unwrap(), Outcome::Done);
+        }
+
         /// `schema --check` passes on the tables the tests create, and `index-leakage` exits 4
         /// exactly when the library's own report finds an index to re-size.
         #[test]

@@ -10,7 +10,7 @@ use crate::format::key::KeyId;
 use crate::jobs::{Content, JobTable};
 use crate::kek::{KekProvider, Purpose};
 use crate::model::ModelInfo;
-use crate::store::{KeyInfo, KeyState, KeyStore, RewrapOptions, list_keys};
+use crate::store::{KeyInfo, KeyState, KeyStore, RewrapOptions, adoption_review, list_keys};
 use crate::tenant::TenantId;
 
 /// `keys ...`
@@ -67,10 +67,17 @@ pub enum KeysCommand {
         json: bool,
     },
     /// Re-wraps every key under this store's KEK (a KEK rotation); no data value is touched.
+    /// On a key table from before the hierarchy this adopts it: its active keys become the
+    /// authenticated ones, so it lists them per tenant and purpose (flagging an active key
+    /// older than a retired one) and asks first.
     Rewrap {
         /// Records per transaction.
         #[arg(long, default_value_t = 500)]
         batch: usize,
+        /// Do not ask (required without a terminal) before adopting a table from before the
+        /// hierarchy.
+        #[arg(long)]
+        yes: bool,
         /// Output as JSON.
         #[arg(long)]
         json: bool,
@@ -289,7 +296,48 @@ where
                 Outcome::Incomplete
             })
         }
-        KeysCommand::Rewrap { batch, json } => {
+        KeysCommand::Rewrap { batch, yes, json } => {
+            // Adoption authenticates whatever the table says is active: show it, ask first.
+            let review = adoption_review(&list_keys(conn)?);
+            if !review.is_empty() {
+                if !*json {
+                    out::line(
+                        "adopting a key table from before the key hierarchy; these keys become authenticated as they are:",
+                    )?;
+                    for g in &review {
+                        let ids = |v: &[KeyId]| {
+                            v.iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        };
+                        out::line(&format!(
+                            "  tenant {}, {}: active {}; retired {}{}",
+                            g.tenant.as_deref().unwrap_or("(none)"),
+                            g.purpose.as_str(),
+                            ids(&g.active),
+                            ids(&g.retired),
+                            if g.active_older_than_retired {
+                                "  ADVISORY: the active key is older than a retired one; confirm against the KMS's log of the wraps (docs/KEYS.md)"
+                            } else {
+                                ""
+                            }
+                        ))?;
+                    }
+                }
+                let flagged = review
+                    .iter()
+                    .filter(|g| g.active_older_than_retired)
+                    .count();
+                confirm(
+                    &format!(
+                        "adopt the key table: {} groups, {flagged} flagged",
+                        review.len()
+                    ),
+                    "adopt",
+                    *yes,
+                )?;
+            }
             let r = store.rewrap(
                 conn,
                 RewrapOptions {
@@ -304,6 +352,13 @@ where
                     "conflicts": r.conflicts,
                     "destroyed_wrapping_keys": r.destroyed_wrapping_keys.iter().map(|k| k.get()).collect::<Vec<_>>(),
                     "finished": r.finished,
+                    "adopted": review.iter().map(|g| json!({
+                        "tenant": g.tenant,
+                        "purpose": g.purpose.as_str(),
+                        "active": g.active.iter().map(|k| k.get()).collect::<Vec<_>>(),
+                        "retired": g.retired.iter().map(|k| k.get()).collect::<Vec<_>>(),
+                        "active_older_than_retired": g.active_older_than_retired,
+                    })).collect::<Vec<_>>(),
                 }))?;
             } else {
                 out::line(&format!(

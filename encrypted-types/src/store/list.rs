@@ -368,3 +368,86 @@ mod tests {
         ));
     }
 }
+
+/// One tenant and purpose of a key table from before the hierarchy, as `keys rewrap` shows it
+/// before adopting the table ([`adoption_review`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AdoptionGroup {
+    /// The tenant (`None`: keys of no tenant).
+    pub tenant: Option<String>,
+    /// Data key or blind-index root.
+    pub purpose: Purpose,
+    /// The active key(s): adopting makes them the authenticated ones. More than one, or none
+    /// beside live keys, is refused by the load after adoption as in any table.
+    pub active: Vec<KeyId>,
+    /// The retired keys.
+    pub retired: Vec<KeyId>,
+    /// Advisory: an active key created before a retired one of its group. A legacy table does
+    /// not authenticate `created_at`, so this is a hint, not proof: a writer may have
+    /// re-activated an old key, or changed a timestamp. Confirm against a record kept outside
+    /// the database (the KMS's own log of the wraps) before adopting.
+    pub active_older_than_retired: bool,
+}
+
+/// Whether `keys` (from [`list_keys`]) is a key table from before the key hierarchy: records,
+/// none of them a deployment wrapping key.
+pub fn is_legacy_table(keys: &[KeyInfo]) -> bool {
+    !keys.is_empty()
+        && !keys
+            .iter()
+            .any(|k| k.purpose == Purpose::Wrapping && k.tenant.is_none())
+}
+
+/// What adopting a key table from before the hierarchy ([`KeyStore::rewrap`]) would make
+/// authentic: the active and retired keys per tenant and purpose, with the advisory
+/// [`AdoptionGroup::active_older_than_retired`]. Empty for a table that is not one.
+///
+/// ```
+/// use encrypted_types::store::{adoption_review, KeyInfo};
+/// # fn keys() -> Vec<KeyInfo> { Vec::new() }
+/// for g in adoption_review(&keys()) {
+///     if g.active_older_than_retired {
+///         eprintln!("check {:?} {} against the KMS log first", g.tenant, g.purpose.as_str());
+///     }
+/// }
+/// ```
+pub fn adoption_review(keys: &[KeyInfo]) -> Vec<AdoptionGroup> {
+    if !is_legacy_table(keys) {
+        return Vec::new();
+    }
+    let mut groups: Vec<AdoptionGroup> = Vec::new();
+    // `keys` is sorted by tenant, purpose and id (`list_keys`): a group is a run.
+    for k in keys.iter().filter(|k| k.purpose != Purpose::Wrapping) {
+        let same = groups
+            .last()
+            .is_some_and(|g| g.tenant == k.tenant && g.purpose == k.purpose);
+        if !same {
+            groups.push(AdoptionGroup {
+                tenant: k.tenant.clone(),
+                purpose: k.purpose,
+                active: Vec::new(),
+                retired: Vec::new(),
+                active_older_than_retired: false,
+            });
+        }
+        if let Some(g) = groups.last_mut() {
+            match k.state {
+                KeyState::Active => g.active.push(k.key_id),
+                KeyState::Retired => g.retired.push(k.key_id),
+                KeyState::Destroyed => {}
+            }
+        }
+    }
+    let created = |id: &KeyId| {
+        keys.iter()
+            .find(|k| k.key_id == *id)
+            .map_or(i64::MIN, |k| k.created_at)
+    };
+    for g in &mut groups {
+        let newest_retired = g.retired.iter().map(created).max();
+        g.active_older_than_retired =
+            newest_retired.is_some_and(|r| g.active.iter().any(|a| created(a) < r));
+    }
+    groups
+}

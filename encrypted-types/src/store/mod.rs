@@ -37,7 +37,10 @@ mod wrap;
 use sql::*;
 pub use sql::{Generation, KeyTable};
 
-pub use list::{KeyInfo, KeyPolicy, PolicyBreach, ReusedWrapNonce, list_keys, reused_wrap_nonces};
+pub use list::{
+    AdoptionGroup, KeyInfo, KeyPolicy, PolicyBreach, ReusedWrapNonce, adoption_review,
+    is_legacy_table, list_keys, reused_wrap_nonces,
+};
 #[cfg(feature = "async")]
 pub use list::{list_keys_async, reused_wrap_nonces_async};
 use record::Wrapper;
