@@ -367,7 +367,7 @@ pub(crate) fn parse_field(attrs: &[Attribute]) -> syn::Result<FieldAttrs> {
                             Some(proc_macro2::TokenTree::Literal(l)) => {
                                 let lit: LitStr =
                                     syn::parse2(proc_macro2::TokenTree::Literal(l.clone()).into())?;
-                                lit.parse()?
+                                column_from_str(&lit)?
                             }
                             _ => {
                                 return Err(syn::Error::new(
@@ -429,6 +429,24 @@ pub(crate) fn parse_field(attrs: &[Attribute]) -> syn::Result<FieldAttrs> {
 }
 
 /// Records the field's SQL column, from `#[encrypted(column = ..)]` or diesel's
+/// Diesel's string form of a column name, `column_name = "type"`: a keyword is the raw
+/// identifier Diesel's `table!` declares for it (`r#type`).
+fn column_from_str(lit: &LitStr) -> syn::Result<Ident> {
+    use syn::ext::IdentExt;
+    let any: Ident = lit.parse_with(Ident::parse_any)?;
+    let name = any.to_string();
+    if syn::parse_str::<Ident>(&name).is_ok() {
+        return Ok(Ident::new(&name, lit.span()));
+    }
+    if matches!(name.as_str(), "self" | "Self" | "super" | "crate" | "_") {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!("`{name}` cannot name a column\nhelp: rename the column"),
+        ));
+    }
+    Ok(Ident::new_raw(&name, lit.span()))
+}
+
 /// `column_name`: one name, given once.
 fn set_column(out: &mut FieldAttrs, name: Ident) -> syn::Result<()> {
     if out.column.is_some() {

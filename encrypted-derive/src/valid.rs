@@ -42,6 +42,25 @@ pub(crate) fn check(model: &Model<'_>) -> syn::Result<()> {
             );
         }
     }
+    // `migrate_from = x` adds a field `__legacy_x` to the generated row structs.
+    for (_, e) in model.encrypted_fields() {
+        let Some(legacy) = &e.migrate_from else {
+            continue;
+        };
+        let generated = format!("__legacy_{}", crate::ast::sql_name(legacy));
+        if let Some(f) = model
+            .fields
+            .iter()
+            .find(|f| crate::ast::sql_name(f.ident) == generated)
+        {
+            err(
+                f.ident.span(),
+                format!(
+                    "the field `{generated}` has the name the derive gives the legacy column `{legacy}` in its generated rows\nhelp: rename this field"
+                ),
+            );
+        }
+    }
     if model.encrypted_fields().next().is_none() {
         err(
             model.ident.span(),

@@ -368,3 +368,45 @@ rolling_deploy_test!(
     Dialect::Sqlite,
     None
 );
+
+/// A column whose name is a Rust keyword, given as diesel does (`column_name = "type"`, the
+/// `table!` column `r#type`): sealed into `type`, its blind index in `type_bidx`, and found by it.
+#[test]
+fn a_keyword_column_named_as_a_string_is_sealed_and_found() {
+    use encrypted_types::Encrypted;
+
+    diesel::table! { et_keyword (id) { id -> Integer, r#type -> Binary, type_bidx -> Binary } }
+
+    #[derive(Clone, PartialEq, Encrypted)]
+    #[encrypted(table = et_keyword)]
+    struct Kind {
+        id: i32,
+        #[encrypted(blind_index)]
+        #[diesel(column_name = "type")]
+        kind: String,
+    }
+
+    encrypted_types_tests::install_keyring();
+    let conn = &mut encrypted_types_tests::sqlite();
+    conn.batch_execute(
+        "CREATE TABLE et_keyword (id INTEGER PRIMARY KEY, \"type\" BLOB NOT NULL, type_bidx BLOB NOT NULL)",
+    )
+    .unwrap();
+    let row = Kind {
+        id: 1,
+        kind: "referral".into(),
+    };
+    diesel::insert_into(et_keyword::table)
+        .values(&row)
+        .execute(conn)
+        .unwrap();
+    let stored: Vec<u8> = et_keyword::table
+        .select(et_keyword::r#type)
+        .first(conn)
+        .unwrap();
+    assert!(!encrypted_types_tests::contains(&stored, b"referral"));
+    let found = Kind::find_by_kind(conn, "referral".to_owned()).unwrap();
+    assert!(found == vec![row]);
+    assert_eq!(Kind::MODEL.columns[0].column, "type");
+    assert_eq!(Kind::MODEL.columns[0].context, "kind");
+}

@@ -3,32 +3,40 @@
 #[allow(clippy::wildcard_imports)] // the job engine's parts share its imports and types
 use super::*;
 
+/// The encrypted column of `model` whose SQL column is `column`.
 pub(super) fn find_column(model: &ModelInfo, column: &str) -> Result<&'static ColumnInfo, Error> {
-    model
-        .columns
-        .iter()
-        .find(|c| c.column == column)
-        .ok_or_else(|| {
-            Error::Store(format!(
-                "{}.{column} is not an encrypted column",
-                model.table
-            ))
-        })
+    find(
+        model,
+        |c| c.column == column,
+        || format!("{}.{column} is not an encrypted column", model.table),
+    )
 }
 
 /// The encrypted column whose values are sealed under context name `context` (a compound
 /// index names its fields so).
 pub(super) fn find_context(model: &ModelInfo, context: &str) -> Result<&'static ColumnInfo, Error> {
+    find(
+        model,
+        |c| c.context == context,
+        || {
+            format!(
+                "{}: no encrypted column has the context name {context}",
+                model.table
+            )
+        },
+    )
+}
+
+fn find(
+    model: &ModelInfo,
+    is: impl Fn(&ColumnInfo) -> bool,
+    missing: impl FnOnce() -> String,
+) -> Result<&'static ColumnInfo, Error> {
     model
         .columns
         .iter()
-        .find(|c| c.context == context)
-        .ok_or_else(|| {
-            Error::Store(format!(
-                "{}: no encrypted column has the context name {context}",
-                model.table
-            ))
-        })
+        .find(|c| is(c))
+        .ok_or_else(|| Error::Store(missing()))
 }
 
 /// Counts the rows of `column` with `from <= key < to` (non-NULL values) for which `hit` holds,

@@ -68,11 +68,12 @@ const TENANT_CALLS_IN_FLIGHT: usize = 16;
 /// Answers in the calls' order; a call not answered by then is [`Error::Timeout`], and its
 /// worker, still waiting on the provider, drops the late answer (boxed, so the key bytes are
 /// wiped where they lie) and starts no other call. A KEK still busy with a call an earlier
-/// load gave up on is not asked again: that tenant times out at once.
+/// load gave up on is not asked again: that tenant times out at once. Also returns how many
+/// calls reached a provider by the time it returns.
 fn unwrap_concurrently(
     calls: Vec<TenantCall>,
     deadline: std::time::Duration,
-) -> Vec<Result<Box<KeyMaterial>, Error>> {
+) -> (Vec<Result<Box<KeyMaterial>, Error>>, usize) {
     use std::sync::atomic::Ordering;
     let ids: Vec<KeyId> = calls.iter().map(|c| c.key_id).collect();
     let mut answers: Vec<Option<Result<Box<KeyMaterial>, Error>>> =
@@ -102,9 +103,10 @@ fn unwrap_concurrently(
         calls.into_iter().collect::<std::collections::VecDeque<_>>(),
     ));
     let (tx, rx) = std::sync::mpsc::channel();
+    let made = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut started = 0;
     for _ in 0..workers {
-        let (queue, tx) = (Arc::clone(&queue), tx.clone());
+        let (queue, tx, made) = (Arc::clone(&queue), tx.clone(), Arc::clone(&made));
         let spawned = std::thread::Builder::new()
             .name("et-tenant-kek".into())
             .spawn(move || {
@@ -114,6 +116,7 @@ fn unwrap_concurrently(
                         .unwrap_or_else(PoisonError::into_inner)
                         .pop_front();
                     let Some((i, call)) = next else { break };
+                    made.fetch_add(1, Ordering::SeqCst);
                     // A closed channel: the load gave up waiting, and this answer is late.
                     if tx.send((i, ask(&call))).is_err() {
                         break;
@@ -153,7 +156,7 @@ fn unwrap_concurrently(
     {
         call.busy.store(false, Ordering::SeqCst);
     }
-    answers
+    let answers = answers
         .into_iter()
         .zip(ids)
         .map(|(answer, key_id)| {
@@ -162,7 +165,8 @@ fn unwrap_concurrently(
                 key_id,
             }))
         })
-        .collect()
+        .collect();
+    (answers, made.load(Ordering::SeqCst))
 }
 
 /// `f` over `items` on every available core, results in order; `None` if a thread failed, so
@@ -314,10 +318,12 @@ impl<P: KekProvider> KeyStore<P> {
         }
         // Every tenant's own KEK at once, under one deadline: a KMS that hangs makes its tenant
         // unavailable, not every start slow.
-        report.kek_calls += calls.len();
+        // Counted as made: a tenant skipped because its KEK is still busy, or left when the
+        // deadline passed, cost no call.
+        let (answers, made) = unwrap_concurrently(calls, self.tenant_kek_deadline);
+        report.kek_calls += made;
         self.calls
-            .fetch_add(calls.len(), std::sync::atomic::Ordering::Relaxed);
-        let answers = unwrap_concurrently(calls, self.tenant_kek_deadline);
+            .fetch_add(made, std::sync::atomic::Ordering::Relaxed);
         for ((p, tenant), answer) in asked.into_iter().zip(answers) {
             match answer.and_then(|m| self.wrapping_from(p.r, &m)) {
                 Ok(w) => {

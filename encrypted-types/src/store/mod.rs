@@ -166,9 +166,10 @@ pub struct LoadReport {
     pub blind_index_keys: usize,
     /// Destroyed keys recorded, so their values fail with [`Error::KeyDestroyed`].
     pub destroyed: usize,
-    /// Calls to KEK providers: one per wrapping key (the deployment's, and one per tenant with
-    /// its own KEK), plus one per key written before the table had a wrapping key (until
-    /// [`KeyStore::rewrap`] moves them under one).
+    /// Calls made to KEK providers: one per wrapping key (the deployment's, and one per tenant
+    /// with its own KEK), plus one per key written before the table had a wrapping key (until
+    /// [`KeyStore::rewrap`] moves them under one). A tenant KEK not asked (still busy with a
+    /// call an earlier load gave up on, or the deadline passed first) is not counted.
     pub kek_calls: usize,
     /// Tenants whose own KEK could not unwrap their keys, with that KEK's reference: their
     /// values fail with [`Error::TenantUnavailable`]; every other tenant loaded.
