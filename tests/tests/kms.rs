@@ -357,3 +357,196 @@ fn a_stopped_kms_fails_fast_and_a_silent_one_times_out() {
         "took {took:?}"
     );
 }
+
+/// What a hostile (or broken) KMS answers: a status and a body.
+#[derive(Debug, Clone)]
+struct Answer {
+    status: u16,
+    body: Vec<u8>,
+}
+
+/// A KMS endpoint that answers every request with the answer in `next`: read the request
+/// (headers, then `Content-Length` bytes), write the answer, close.
+fn hostile_kms(next: std::sync::Arc<std::sync::Mutex<Answer>>) -> String {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            let mut reader = BufReader::new(stream);
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0u8; length];
+            let _ = reader.read_exact(&mut body);
+            let answer = next.lock().unwrap().clone();
+            let mut out = reader.into_inner();
+            let _ = write!(
+                out,
+                "HTTP/1.1 {} X\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                answer.status,
+                answer.body.len()
+            );
+            let _ = out.write_all(&answer.body);
+        }
+    });
+    url
+}
+
+fn hostile_answer() -> impl proptest::strategy::Strategy<Value = Answer> {
+    use proptest::prelude::*;
+    let b64 = |b: &[u8]| {
+        // Standard base64, as KMS's JSON protocol encodes blobs.
+        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut s = String::new();
+        for c in b.chunks(3) {
+            let n = c
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, x)| n | u32::from(*x) << (16 - 8 * i));
+            for i in 0..4 {
+                s.push(if i <= c.len() {
+                    char::from(A[(n >> (18 - 6 * i) & 63) as usize])
+                } else {
+                    '='
+                });
+            }
+        }
+        s
+    };
+    let plaintext = proptest::collection::vec(any::<u8>(), 0..48).prop_map(move |p| {
+        format!(
+            r#"{{"KeyId":"k","Plaintext":"{}","CiphertextBlob":"{}"}}"#,
+            b64(&p),
+            b64(&[1; 60])
+        )
+        .into_bytes()
+    });
+    let error = prop_oneof![
+        Just("IncorrectKeyException"),
+        Just("InvalidCiphertextException"),
+        Just("AccessDeniedException"),
+        Just("DisabledException"),
+        Just("NotFoundException"),
+        Just("UnknownThing"),
+    ]
+    .prop_map(|t| format!(r#"{{"__type":"{t}","message":"no"}}"#).into_bytes());
+    let body = prop_oneof![
+        3 => plaintext,
+        2 => error,
+        1 => proptest::collection::vec(any::<u8>(), 0..256),
+        1 => Just(br#"{"Plaintext":"%%%notbase64","KeyId":"k"}"#.to_vec()),
+        1 => Just(br#"{"KeyId":"k"}"#.to_vec()),
+        1 => Just(b"{".repeat(5000)),
+    ];
+    let status =
+        prop_oneof![8 => Just(200u16), 3 => Just(400u16), 1 => Just(403u16), 1 => 100u16..600];
+    (status, body).prop_map(|(status, body)| Answer { status, body })
+}
+
+/// Hostile KMS answers (review 3, item 11: "AWS as hostile KMS responses"): any status and body
+/// to `Decrypt` and `GenerateDataKey`. Never a panic and never a hang past the operation
+/// timeout; a key comes back only from a success whose `Plaintext` is exactly 32 bytes (its
+/// bytes, which the key table's check value then verifies); everything else is a typed error.
+#[test]
+fn hostile_kms_answers_give_typed_errors_and_only_32_byte_keys() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    let next = std::sync::Arc::new(std::sync::Mutex::new(Answer {
+        status: 200,
+        body: Vec::new(),
+    }));
+    let url = hostile_kms(std::sync::Arc::clone(&next));
+    let provider = AwsKms::new(config(&url, "k", Duration::from_secs(3))).unwrap();
+    let t = TenantId::from("t");
+    let ctx = WrapContext {
+        tenant: Some(&t),
+        purpose: Purpose::Data,
+        key_id: KeyId::from(5),
+    };
+    let mut runner = TestRunner::new(Config {
+        cases: 256,
+        ..Config::default()
+    });
+    runner
+        .run(&hostile_answer(), |answer| {
+            *next.lock().unwrap() = answer.clone();
+            let plaintext: Option<Vec<u8>> = (answer.status == 200)
+                .then(|| serde_json::from_slice::<serde_json::Value>(&answer.body).ok())
+                .flatten()
+                .and_then(|v| {
+                    v.get("Plaintext")
+                        .and_then(|p| p.as_str().map(str::to_owned))
+                })
+                .and_then(|p| decode_b64(&p));
+            let started = Instant::now();
+            let unwrapped = provider.unwrap(&ctx, &[0u8; 96]);
+            let generated = provider.generate_wrapped(&ctx);
+            prop_assert!(
+                started.elapsed() < Duration::from_secs(8),
+                "{:?}",
+                started.elapsed()
+            );
+            for (what, key) in [
+                ("unwrap", unwrapped.as_ref().map(|k| k.expose().to_vec())),
+                (
+                    "generate",
+                    generated.as_ref().map(|(k, _)| k.expose().to_vec()),
+                ),
+            ] {
+                match key {
+                    Ok(k) => prop_assert!(
+                        plaintext.as_deref() == Some(k.as_slice()) && k.len() == 32,
+                        "{what}: a key from {answer:?}"
+                    ),
+                    Err(e) => prop_assert!(
+                        matches!(
+                            e,
+                            Error::Provider { .. }
+                                | Error::Timeout { .. }
+                                | Error::KeyUnwrap { .. }
+                                | Error::WrongKek { .. }
+                        ),
+                        "{what}: {e:?}"
+                    ),
+                }
+            }
+            if plaintext.as_ref().is_some_and(|p| p.len() == 32) {
+                prop_assert!(unwrapped.is_ok(), "a valid answer refused: {unwrapped:?}");
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+/// Standard base64 with padding, strictly.
+fn decode_b64(s: &str) -> Option<Vec<u8>> {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    if !s.len().is_multiple_of(4) {
+        return None;
+    }
+    let mut out = Vec::new();
+    for chunk in s.as_bytes().chunks(4) {
+        let pad = chunk.iter().rev().take_while(|c| **c == b'=').count();
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            let v = if i >= 4 - pad {
+                0
+            } else {
+                u32::try_from(A.iter().position(|a| a == c)?).ok()?
+            };
+            n |= v << (18 - 6 * i);
+        }
+        let bytes = n.to_be_bytes();
+        out.extend_from_slice(&bytes[1..4 - pad]);
+    }
+    Some(out)
+}

@@ -240,7 +240,11 @@ impl KekProvider for AwsKms {
                 .as_ref()
                 .to_vec();
             drop(out);
-            Ok((KeyMaterial::from_slice(&plain)?, wrapped))
+            // A KMS (or something answering for it) that returns another length is a
+            // provider fault, not a keyring misconfiguration.
+            let key = KeyMaterial::from_slice(&plain)
+                .map_err(|_| fail("the KMS answered a data key that is not 32 bytes"))?;
+            Ok((key, wrapped))
         })
     }
 
