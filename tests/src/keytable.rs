@@ -112,3 +112,36 @@ pub fn authenticate(r: &mut KeyRecord, w_id: u32, w: &[u8; 32]) {
     h.update(&m);
     r.record_mac = Some(h.finalize().into_bytes().to_vec());
 }
+
+/// A record of a key table from before the key hierarchy (KEYTABLE.md §2.5): a fresh key of
+/// `tenant` and `purpose` wrapped by `kek` itself, generation 0, no check value and no MAC.
+pub fn legacy_record(
+    kek: &dyn KekProvider,
+    key_id: u32,
+    tenant: &TenantId,
+    purpose: Purpose,
+    state: &str,
+    created_at: i64,
+) -> KeyRecord {
+    let ctx = WrapContext {
+        tenant: Some(tenant),
+        purpose,
+        key_id: KeyId::from(key_id),
+    };
+    let key = encrypted_types::KeyMaterial::generate().expect("a random key");
+    KeyRecord {
+        key_id: i64::from(key_id),
+        tenant: Some(tenant.as_str().to_owned()),
+        purpose: purpose.as_str().to_owned(),
+        state: state.to_owned(),
+        wrapped_key: Some(kek.wrap(&ctx, &key).expect("a KEK wrap")),
+        kek_ref: kek.kek_ref(),
+        created_at,
+        state_changed_at: created_at,
+        generation: 0,
+        check_value: None,
+        mac_key_id: None,
+        record_mac: None,
+        kek_check: None,
+    }
+}

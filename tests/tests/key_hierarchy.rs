@@ -565,27 +565,10 @@ macro_rules! hierarchy_suite {
             for t in 0..tenants {
                 let tenant = TenantId::from(format!("{}", 100 + t).as_str());
                 for (n, purpose) in [(0, Purpose::Data), (1, Purpose::BlindIndex)] {
-                    let id = KeyId::from(1_000_000 + t * 2 + n);
-                    let ctx = WrapContext { tenant: Some(&tenant), purpose, key_id: id };
-                    let wrapped = old.wrap(&ctx, &KeyMaterial::generate().unwrap()).unwrap();
-                    diesel::insert_into(k::table)
-                        .values(&KeyRecord {
-                            key_id: i64::from(id.get()),
-                            tenant: Some(tenant.as_str().to_owned()),
-                            purpose: purpose.as_str().to_owned(),
-                            state: "active".into(),
-                            wrapped_key: Some(wrapped),
-                            kek_ref: old.kek_ref(),
-                            created_at: 1,
-                            state_changed_at: 1,
-                            generation: 0,
-                            check_value: None,
-                            mac_key_id: None,
-                            record_mac: None,
-                kek_check: None,
-                        })
-                        .execute(conn)
-                        .unwrap();
+                    let r = encrypted_types_tests::keytable::legacy_record(
+                        &old, 1_000_000 + t * 2 + n, &tenant, purpose, "active", 1,
+                    );
+                    diesel::insert_into(k::table).values(&r).execute(conn).unwrap();
                 }
             }
             let backup: Vec<KeyRecord> = k::table.select(KeyRecord::as_select()).load(conn).unwrap();

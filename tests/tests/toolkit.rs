@@ -195,9 +195,9 @@ macro_rules! toolkit_suite {
         /// (a re-activation's mark), and writes nothing until confirmed.
         #[test]
         fn adopting_a_legacy_table_shows_its_active_keys_and_asks_first() {
-            use encrypted_types::kek::{KekProvider, Purpose, WrapContext};
-            use encrypted_types::store::{KeyRecord, adoption_review, encrypted_types_keys as k};
-            use encrypted_types::{KeyId, KeyMaterial};
+            use encrypted_types::kek::Purpose;
+            use encrypted_types::store::{adoption_review, encrypted_types_keys as k};
+            use encrypted_types_tests::keytable::legacy_record;
             let _g = encrypted_types_tests::serial();
             let dir = tempfile::tempdir().unwrap();
             let store = store(&dir);
@@ -213,27 +213,8 @@ macro_rules! toolkit_suite {
                 (2013, "2", Purpose::BlindIndex, "active", 100),
             ];
             for (id, tenant, purpose, state, created) in keys {
-                let tenant = TenantId::from(tenant);
-                let ctx = WrapContext { tenant: Some(&tenant), purpose, key_id: KeyId::from(id) };
-                let wrapped = store.provider().wrap(&ctx, &KeyMaterial::generate().unwrap()).unwrap();
-                diesel::insert_into(k::table)
-                    .values(&KeyRecord {
-                        key_id: i64::from(id),
-                        tenant: Some(tenant.as_str().to_owned()),
-                        purpose: purpose.as_str().to_owned(),
-                        state: state.into(),
-                        wrapped_key: Some(wrapped),
-                        kek_ref: store.provider().kek_ref(),
-                        created_at: created,
-                        state_changed_at: created,
-                        generation: 0,
-                        check_value: None,
-                        mac_key_id: None,
-                        record_mac: None,
-                        kek_check: None,
-                    })
-                    .execute(conn)
-                    .unwrap();
+                let r = legacy_record(store.provider(), id, &TenantId::from(tenant), purpose, state, created);
+                diesel::insert_into(k::table).values(&r).execute(conn).unwrap();
             }
             let review = adoption_review(&list_keys(conn).unwrap());
             let seen: Vec<(Option<&str>, &str, Vec<u32>, Vec<u32>, bool)> = review

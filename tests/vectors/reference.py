@@ -1650,23 +1650,32 @@ def tenant_kek_cases():
     ]
 
 
-def tenant_outcome(records, tenant_kek):
+def outcome(records, tenant_kek=None, legacy=False):
+    """What a load gives, as the outcome files write it: a reader holding the vector KEK,
+    clinic-t's own KEK if given, and the legacy opt-in or not."""
     tks = {} if tenant_kek is None else {"clinic-t": ("local:clinic-t.kek", tenant_kek)}
     try:
-        keys, gone = load_table(KEK, records, tenant_keks=tks)
+        keys, gone = load_table(KEK, records, tenant_keks=tks, legacy=legacy)
         return {"keys": sorted(keys), "unavailable": gone}
     except Refused as e:
         return {"error": {"variant": e.variant, "key_id": e.key_id}}
 
 
+def checked_cases(cases, held: str) -> list:
+    """Each (name, records, what the reader holds, outcome) checked against this loader, as
+    the file writes it; `held` is `outcome`'s argument for what the reader holds."""
+    out = []
+    for name, records, holds, want in cases:
+        got = outcome(records, **{held: holds})
+        assert got == want, f"{name}: {got} != {want}"
+        out.append({"name": name, "records": records,
+                    held: holds.hex() if isinstance(holds, bytes) else holds, "outcome": want})
+    return out
+
+
 def generate_tenant_kek():
     base, cases = tenant_kek_cases()
-    out_cases = []
-    for name, records, tkek, want in cases:
-        got = tenant_outcome(records, tkek)
-        assert got == want, f"{name}: {got} != {want}"
-        out_cases.append({"name": name, "records": records, "tenant_kek": None if tkek is None else tkek.hex(),
-                          "outcome": want})
+    out_cases = checked_cases(cases, "tenant_kek")
     out = {"kek": KEK.hex(), "tenant": "clinic-t", "tenant_kek": TENANT_KEK.hex(),
            "tenant_kek_ref": "local:clinic-t.kek", "tenant_wrapping_key": TENANT_WRAPPING.hex(),
            "data_key": DEK.hex(), "blind_index_root": ROOT.hex(), "records": base, "cases": out_cases}
@@ -1687,7 +1696,7 @@ def check_tenant_kek():
     n = 1
     for c in doc["cases"]:
         held = None if c["tenant_kek"] is None else bytes.fromhex(c["tenant_kek"])
-        got = tenant_outcome(c["records"], held)
+        got = outcome(c["records"], tenant_kek=held)
         assert got == c["outcome"], f'{c["name"]}: {got} != {c["outcome"]}'
         n += 1
     return n
@@ -1723,21 +1732,9 @@ def legacy_cases():
     ]
 
 
-def legacy_outcome(records, opt_in):
-    try:
-        keys, gone = load_table(KEK, records, legacy=opt_in)
-        return {"keys": sorted(keys), "unavailable": gone}
-    except Refused as e:
-        return {"error": {"variant": e.variant, "key_id": e.key_id}}
-
-
 def generate_legacy():
     base, cases = legacy_cases()
-    out_cases = []
-    for name, records, opt_in, want in cases:
-        got = legacy_outcome(records, opt_in)
-        assert got == want, f"{name}: {got} != {want}"
-        out_cases.append({"name": name, "records": records, "legacy": opt_in, "outcome": want})
+    out_cases = checked_cases(cases, "legacy")
     out = {"kek": KEK.hex(), "data_key": DEK.hex(), "blind_index_root": ROOT.hex(), "records": base,
            "cases": out_cases}
     LEGACY_VECTORS.write_text(json.dumps(out, indent=2) + "\n")
@@ -1750,7 +1747,7 @@ def check_legacy():
     assert sorted(k.hex() for k in keys.values()) == sorted([doc["data_key"], doc["blind_index_root"]])
     n = 1
     for c in doc["cases"]:
-        got = legacy_outcome(c["records"], c["legacy"])
+        got = outcome(c["records"], legacy=c["legacy"])
         assert got == c["outcome"], f'{c["name"]}: {got} != {c["outcome"]}'
         n += 1
     return n
