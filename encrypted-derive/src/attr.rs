@@ -428,15 +428,15 @@ pub(crate) fn parse_field(attrs: &[Attribute]) -> syn::Result<FieldAttrs> {
     Ok(out)
 }
 
-/// Records the field's SQL column, from `#[encrypted(column = ..)]` or diesel's
 /// Diesel's string form of a column name, `column_name = "type"`: a keyword is the raw
-/// identifier Diesel's `table!` declares for it (`r#type`).
+/// identifier Diesel's `table!` declares for it (`r#type`); `"r#type"` is that already.
 fn column_from_str(lit: &LitStr) -> syn::Result<Ident> {
     use syn::ext::IdentExt;
-    let any: Ident = lit.parse_with(Ident::parse_any)?;
+    let mut any: Ident = lit.parse_with(Ident::parse_any)?;
     let name = any.to_string();
     if syn::parse_str::<Ident>(&name).is_ok() {
-        return Ok(Ident::new(&name, lit.span()));
+        any.set_span(lit.span());
+        return Ok(any);
     }
     if matches!(name.as_str(), "self" | "Self" | "super" | "crate" | "_") {
         return Err(syn::Error::new(
@@ -447,6 +447,7 @@ fn column_from_str(lit: &LitStr) -> syn::Result<Ident> {
     Ok(Ident::new_raw(&name, lit.span()))
 }
 
+/// Records the field's SQL column, from `#[encrypted(column = ..)]` or diesel's
 /// `column_name`: one name, given once.
 fn set_column(out: &mut FieldAttrs, name: Ident) -> syn::Result<()> {
     if out.column.is_some() {

@@ -307,6 +307,19 @@ impl World {
             "after {:?}: blind-index roots",
             after
         );
+        // Which keys, not only how many: every data key the model has loads, or is destroyed.
+        for m in tenants {
+            for (id, state) in &m.data {
+                let got = keyring.key(KeyId::from(*id));
+                match state {
+                    State::Destroyed => prop_assert!(
+                        matches!(got, Err(Error::KeyDestroyed(_))),
+                        "after {after:?}: destroyed key {id}"
+                    ),
+                    _ => prop_assert!(got.is_ok(), "after {after:?}: key {id}: {:?}", got.err()),
+                }
+            }
+        }
         for (t, value, sealed, key) in &self.model.values {
             let got = Encrypted::<String, PeopleEmail>::open_with(&keyring, sealed);
             match tenants[*t].state_of(*key) {

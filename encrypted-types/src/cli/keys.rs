@@ -298,32 +298,41 @@ where
         }
         KeysCommand::Rewrap { batch, yes, json } => {
             // Adoption authenticates whatever the table says is active: show it, ask first.
-            let review = adoption_review(&list_keys(conn)?);
+            let listed = list_keys(conn)?;
+            let review = adoption_review(&listed);
             if !review.is_empty() {
-                if !*json {
-                    out::line(
-                        "adopting a key table from before the key hierarchy; these keys become authenticated as they are:",
-                    )?;
-                    for g in &review {
-                        let ids = |v: &[KeyId]| {
-                            v.iter()
-                                .map(ToString::to_string)
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        };
-                        out::line(&format!(
-                            "  tenant {}, {}: active {}; retired {}{}",
-                            g.tenant.as_deref().unwrap_or("(none)"),
-                            g.purpose.as_str(),
-                            ids(&g.active),
-                            ids(&g.retired),
-                            if g.active_older_than_retired {
-                                "  ADVISORY: the active key is older than a retired one; confirm against the KMS's log of the wraps (docs/KEYS.md)"
-                            } else {
-                                ""
-                            }
-                        ))?;
+                // With `--json`, standard output holds the JSON only: the list goes to
+                // standard error, before the question.
+                let show = |text: &str| -> std::io::Result<()> {
+                    if *json {
+                        use std::io::Write;
+                        writeln!(std::io::stderr(), "{text}")
+                    } else {
+                        out::line(text)
                     }
+                };
+                show(
+                    "adopting a key table from before the key hierarchy; these keys become authenticated as they are:",
+                )?;
+                for g in &review {
+                    let ids = |v: &[KeyId]| {
+                        v.iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    show(&format!(
+                        "  tenant {}, {}: active {}; retired {}{}",
+                        g.tenant.as_deref().unwrap_or("(none)"),
+                        g.purpose.as_str(),
+                        ids(&g.active),
+                        ids(&g.retired),
+                        if g.active_older_than_retired {
+                            "  ADVISORY: the active key is older than a retired one; confirm against the KMS's log of the wraps (docs/KEYS.md)"
+                        } else {
+                            ""
+                        }
+                    ))?;
                 }
                 let flagged = review
                     .iter()
@@ -337,6 +346,15 @@ where
                     "adopt",
                     *yes,
                 )?;
+                // What was confirmed is what gets adopted: a table that changed while the
+                // operator read it (minutes) is refused, leaving only the moment until
+                // `rewrap`'s own transaction.
+                if list_keys(conn)? != listed {
+                    return Err(CliError::NotConfirmed(
+                        "the key table changed while it was reviewed: run `keys rewrap` again"
+                            .into(),
+                    ));
+                }
             }
             let r = store.rewrap(
                 conn,

@@ -80,7 +80,8 @@ pub struct Keyring {
     /// Tenants whose every key is destroyed (crypto-shredded): their writes and lookups say so.
     shredded: std::collections::HashSet<TenantId>,
     /// Blind-index keys derived so far: HKDF runs once per index and tenant, not per value.
-    derived: RwLock<HashMap<DerivedId, IndexMac>>,
+    /// Boxed, so the map's growth moves pointers, not keyed HMAC states.
+    derived: RwLock<HashMap<DerivedId, Box<IndexMac>>>,
     /// `Some`: loaded for these tenants only (and the keys of no tenant); any other tenant's
     /// value or write fails with [`Error::TenantNotLoaded`] or [`Error::KeyNotLoaded`].
     scope: Option<Arc<std::collections::HashSet<TenantId>>>,
@@ -407,12 +408,14 @@ impl Keyring {
     /// what a process installs right after crypto-shredding the tenant.
     #[cfg(feature = "keystore")]
     pub(crate) fn without_tenant(&self, tenant: &TenantId, destroyed: &[KeyId]) -> Keyring {
-        let keys: Vec<DataKey> = self
-            .keys
-            .iter()
-            .filter(|k| k.tenant.as_ref() != Some(tenant))
-            .map(DataKey::duplicate)
-            .collect();
+        // Sized once: a Vec that grew would free buffers holding key schedules.
+        let mut keys: Vec<DataKey> = Vec::with_capacity(self.keys.len());
+        keys.extend(
+            self.keys
+                .iter()
+                .filter(|k| k.tenant.as_ref() != Some(tenant))
+                .map(DataKey::duplicate),
+        );
         let index_of = |old: usize| {
             self.keys
                 .get(old)
@@ -593,7 +596,7 @@ impl Keyring {
             .unwrap_or_else(PoisonError::into_inner)
             .get(&id)
         {
-            return Ok(mac.clone());
+            return Ok(IndexMac::clone(mac));
         }
         let tenant = id.0.as_ref();
         let root = self.index_root(tenant, id.1).ok_or_else(|| {
@@ -608,7 +611,7 @@ impl Keyring {
         self.derived
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, mac.clone());
+            .insert(id, Box::new(mac.clone()));
         Ok(mac)
     }
 }

@@ -111,12 +111,16 @@ fn unwrap_concurrently(
             .name("et-tenant-kek".into())
             .spawn(move || {
                 while before_end() {
-                    let next = queue
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .pop_front();
+                    // Counted under the queue's lock: the load drains what is left under it.
+                    let next = {
+                        let mut q = queue.lock().unwrap_or_else(PoisonError::into_inner);
+                        let next = q.pop_front();
+                        if next.is_some() {
+                            made.fetch_add(1, Ordering::SeqCst);
+                        }
+                        next
+                    };
                     let Some((i, call)) = next else { break };
-                    made.fetch_add(1, Ordering::SeqCst);
                     // A closed channel: the load gave up waiting, and this answer is late.
                     if tx.send((i, ask(&call))).is_err() {
                         break;

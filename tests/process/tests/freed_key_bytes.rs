@@ -5,8 +5,8 @@
 //! the block, and is in a core dump or a swapped page meanwhile.
 //!
 //! One `KeyStore::load` of a 200-key table (100 tenants), dropping the keyring, then loading the
-//! tenants in chunks merged into the installed keyring (`load_tenants`, `ensure_loaded`) must
-//! leave no such copy. Runs in a process of its own (no test harness): every allocation is the probe's.
+//! tenants in chunks merged into the installed keyring (`load_tenants`, `ensure_loaded`), then
+//! shredding a tenant (which installs a copy of the keyring without it) must leave no such copy. Runs in a process of its own (no test harness): every allocation is the probe's.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::OnceLock;
@@ -141,6 +141,9 @@ fn main() {
     for chunk in tenants[10..].chunks(30) {
         store.ensure_loaded(conn, chunk).unwrap();
     }
+    // Shredding a tenant installs a copy of the keyring without it.
+    store.load_and_install(conn).unwrap();
+    store.shred_tenant(conn, &tenants[0], &[]).unwrap();
     drop(store);
     ARMED.store(false, Ordering::SeqCst);
     let total = HITS.load(Ordering::SeqCst);
@@ -151,7 +154,7 @@ fn main() {
         .take(BLOCKS.load(Ordering::SeqCst).min(SIZES.len()))
         .collect();
     println!(
-        "freed copies of key bytes: {during_load} during the load, {} while dropping it and loading tenants into a merged keyring, in {} blocks; sizes of the first: {sizes:?}",
+        "freed copies of key bytes: {during_load} during the load, {} while dropping it, merging tenants and shredding one, in {} blocks; sizes of the first: {sizes:?}",
         total - during_load,
         BLOCKS.load(Ordering::SeqCst)
     );
