@@ -386,6 +386,16 @@ fn a_keyword_column_named_as_a_string_is_sealed_and_found() {
         kind: String,
     }
 
+    // The raw form names the same column (it panicked the derive once).
+    #[derive(Clone, PartialEq, Encrypted)]
+    #[encrypted(table = et_keyword)]
+    struct KindRaw {
+        id: i32,
+        #[encrypted(blind_index)]
+        #[diesel(column_name = "r#type")]
+        kind: String,
+    }
+
     encrypted_types_tests::install_keyring();
     let conn = &mut encrypted_types_tests::sqlite();
     conn.batch_execute(
@@ -407,6 +417,9 @@ fn a_keyword_column_named_as_a_string_is_sealed_and_found() {
     assert!(!encrypted_types_tests::contains(&stored, b"referral"));
     let found = Kind::find_by_kind(conn, "referral".to_owned()).unwrap();
     assert!(found == vec![row]);
+    let raw = KindRaw::find_by_kind(conn, "referral".to_owned()).unwrap();
+    assert!(raw.len() == 1 && raw[0].id == 1);
     assert_eq!(Kind::MODEL.columns[0].column, "type");
+    assert_eq!(KindRaw::MODEL.columns[0].column, "type");
     assert_eq!(Kind::MODEL.columns[0].context, "kind");
 }

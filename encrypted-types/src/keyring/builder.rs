@@ -113,15 +113,21 @@ impl KeyringBuilder {
         self
     }
 
-    /// Adds `ring`'s keys, primaries, roots and unavailable tenants of the tenants `take`
-    /// accepts (`None`: the keys of no tenant), their AES schedules already expanded.
+    /// Adds `ring`'s keys (but those in `skip`), primaries, roots and unavailable tenants of the
+    /// tenants `take` accepts (`None`: the keys of no tenant), their AES schedules already
+    /// expanded.
     #[cfg(feature = "keystore")]
     pub(super) fn carry(
         mut self,
         ring: &Keyring,
         take: impl Fn(Option<&TenantId>) -> bool,
+        skip: &[KeyId],
     ) -> Self {
-        for k in ring.keys.iter().filter(|k| take(k.tenant.as_ref())) {
+        for k in ring
+            .keys
+            .iter()
+            .filter(|k| take(k.tenant.as_ref()) && !skip.contains(&k.id))
+        {
             self.keys_direct.push(k.duplicate());
         }
         for (t, i) in &ring.primary_by_tenant {

@@ -520,11 +520,6 @@ impl Keyring {
         builder
             .keys_direct
             .reserve_exact(older.keys.len() + newer.keys.len());
-        let builder = builder.carry(older, keep);
-        let mut builder = builder.carry(newer, |_| true);
-        if let Some(k) = newer.primary_default.and_then(|i| newer.keys.get(i)) {
-            builder.primaries.push((None, k.id));
-        }
         let mut destroyed = older.destroyed.clone();
         destroyed.extend(
             newer
@@ -532,8 +527,13 @@ impl Keyring {
                 .iter()
                 .filter(|id| !older.destroyed.contains(id)),
         );
-        // A key destroyed since `self` was loaded is no longer present.
-        builder.keys_direct.retain(|k| !destroyed.contains(&k.id));
+        // A key destroyed since `self` was loaded is not carried over (skipped here, not
+        // removed after: `retain` would leave moved schedules in the Vec's spare capacity).
+        let builder = builder.carry(older, keep, &destroyed);
+        let mut builder = builder.carry(newer, |_| true, &destroyed);
+        if let Some(k) = newer.primary_default.and_then(|i| newer.keys.get(i)) {
+            builder.primaries.push((None, k.id));
+        }
         builder.destroyed = destroyed;
         // Shredding is final: a tenant shredded in either load stays shredded.
         builder.shredded = older.shredded.union(&newer.shredded).cloned().collect();
