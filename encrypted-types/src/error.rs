@@ -355,6 +355,19 @@ pub enum Error {
         /// The other tenant.
         second: String,
     },
+    /// The key table's manifest (`docs/KEYTABLE.md` §6) refuses the table: a group's records
+    /// differ from its manifest row (rolled back, altered, or changed by a library version
+    /// before 0.3), a row does not authenticate or is missing, the rows do not add up to the
+    /// deployment row, or the deployment epoch is below the pinned minimum
+    /// ([`crate::store::KeyStore::with_min_epoch`]) or one this process saw. Nothing is
+    /// loaded or written; `reason` says what to do.
+    #[error("the key table's manifest refuses {scope}: {reason}")]
+    Manifest {
+        /// `tenant <id>`, `the keys of no tenant` or `the deployment row`.
+        scope: String,
+        /// What differs, and what to do.
+        reason: &'static str,
+    },
     /// A job name was resumed for another operation or target than the one it was started
     /// for (for example after another key rotation).
     #[error(
@@ -427,6 +440,7 @@ impl Error {
             Self::StaleKeyring { .. } => "stale_keyring",
             Self::DestroyTooSoon { .. } => "destroy_too_soon",
             Self::SharedTenantKek { .. } => "shared_tenant_kek",
+            Self::Manifest { .. } => "manifest",
         }
     }
 }

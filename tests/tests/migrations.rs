@@ -122,6 +122,14 @@ macro_rules! missing_migration_test {
                 )
             );
             apply(conn, "2026-12-07-000000_encrypted_types_kek_check");
+            assert_eq!(
+                load_err(conn),
+                missing(
+                    "2026-12-08-000000_encrypted_types_key_manifest",
+                    "encrypted_types_key_manifest"
+                )
+            );
+            apply(conn, "2026-12-08-000000_encrypted_types_key_manifest");
             assert_eq!(status_err(conn), None);
             store.create_tenant(conn, Some(&"t".into())).unwrap();
             assert_eq!(store.load(conn).unwrap().1.data_keys, 1);

@@ -1771,6 +1771,168 @@ def check_kms_context():
     return n
 
 
+MANIFEST_VECTORS = HERE / "keytable_v1_manifest.json"
+
+
+def group_digest(records: list) -> bytes:
+    """Section 6: a group's records in key-id order, each its id and MAC."""
+    h = hashlib.sha256(b"encrypted-types/keytable/manifest/group/v1")
+    for r in sorted(records, key=lambda r: r["key_id"]):
+        h.update(struct.pack(">q", r["key_id"]) + opt(None if r["record_mac"] is None else bytes.fromhex(r["record_mac"])))
+    return h.digest()
+
+
+def manifest_row_mac(m: bytes, scope: str, epoch: int, digest: bytes, mac_key_id: int) -> bytes:
+    data = (b"encrypted-types/keytable/manifest/row/v1" + lp(scope.encode()) + struct.pack(">q", epoch)
+            + lp(digest) + struct.pack(">q", mac_key_id))
+    return hmac.new(m, data, hashlib.sha256).digest()
+
+
+def manifest_entry(m: bytes, scope: str, epoch: int, digest: bytes) -> bytes:
+    data = b"encrypted-types/keytable/manifest/entry/v1" + lp(scope.encode()) + struct.pack(">q", epoch) + lp(digest)
+    return hmac.new(m, data, hashlib.sha256).digest()
+
+
+def scope_of(tenant) -> str:
+    return "none" if tenant is None else "tenant:" + tenant
+
+
+def manifest_row(m: bytes, m_id: int, scope: str, epoch: int, digest: bytes) -> dict:
+    return {"scope": scope, "epoch": epoch, "digest": digest.hex(), "mac_key_id": m_id,
+            "mac": manifest_row_mac(m, scope, epoch, digest, m_id).hex()}
+
+
+def xor_all(entries) -> bytes:
+    acc = bytes(32)
+    for e in entries:
+        acc = bytes(a ^ b for a, b in zip(acc, e))
+    return acc
+
+
+def check_manifest(macs: dict, rows: list, records: list, tenants=None, min_epoch=None):
+    """Section 6 after section 5: `macs` maps the live deployment wrapping keys' ids to their
+    MAC keys; `tenants` is None for a full load, else the tenants a scoped load reads (whose
+    records, with those of no tenant, are `records`). Returns the deployment epoch, or raises
+    Refused("Manifest", scope)."""
+    if tenants is not None:
+        wanted = {scope_of(None), "deployment"} | {scope_of(t) for t in tenants}
+        rows = [r for r in rows if r["scope"] in wanted]
+        records = [r for r in records if r["tenant"] is None or r["tenant"] in tenants]
+
+    def verified(row) -> bytes:
+        m = macs.get(row["mac_key_id"])
+        if m is None or not hmac.compare_digest(
+                bytes.fromhex(row["mac"]),
+                manifest_row_mac(m, row["scope"], row["epoch"], bytes.fromhex(row["digest"]), row["mac_key_id"])):
+            raise Refused("Manifest", row["scope"])
+        return m
+
+    dep = next((r for r in rows if r["scope"] == "deployment"), None)
+    if dep is None:
+        if not records and not rows:
+            return None
+        raise Refused("Manifest", "deployment")
+    m_d = verified(dep)
+    if min_epoch is not None and dep["epoch"] < min_epoch:
+        raise Refused("Manifest", "deployment")
+    groups = {}
+    for r in records:
+        groups.setdefault(scope_of(r["tenant"]), []).append(r)
+    by_scope = {r["scope"]: r for r in rows if r["scope"] != "deployment"}
+    for scope in sorted(groups):
+        row = by_scope.get(scope)
+        if row is None:
+            raise Refused("Manifest", scope)
+        verified(row)
+        if group_digest(groups[scope]).hex() != row["digest"]:
+            raise Refused("Manifest", scope)
+    for scope, row in sorted(by_scope.items()):
+        if row["epoch"] > 0 and scope not in groups:
+            raise Refused("Manifest", scope)
+    if tenants is None:
+        changed = [r for r in by_scope.values() if r["epoch"] > 0]
+        for r in changed:
+            verified(r)
+        acc = xor_all(manifest_entry(m_d, r["scope"], r["epoch"], bytes.fromhex(r["digest"])) for r in changed)
+        if acc.hex() != dep["digest"]:
+            raise Refused("Manifest", "deployment")
+    return dep["epoch"]
+
+
+def manifest_outcome(macs, rows, records, tenants=None, min_epoch=None):
+    try:
+        return {"epoch": check_manifest(macs, rows, records, tenants, min_epoch)}
+    except Refused as e:
+        return {"error": {"variant": e.variant, "scope": e.key_id}}
+
+
+def generate_manifest():
+    """Section 6: the table of keytable_v1_mac2.json with its manifest, and eight cases."""
+    doc = json.loads(KEYTABLE_MAC2_VECTORS.read_text())
+    m = bytes.fromhex(doc["mac_key"])
+    records = doc["records"]
+    w = records[0]
+    m_id = w["key_id"]
+    # The destroyed data key as it was while retired: wrapped, its MAC as genuine as the rest.
+    dead = records[2]
+    older = dict(dead, state="retired", state_changed_at=dead["created_at"] + 100,
+                 wrapped_key=(bytes([0x34] * 12) + AESGCM(WRAPPING).encrypt(
+                     bytes([0x34] * 12), DEK, wrap_aad(m_id, dead["tenant"], "data", dead["key_id"]))).hex())
+    older["record_mac"] = record_mac_v2(m, older).hex()
+    rolled_back = [older if r is dead else r for r in records]
+    tenant = [r for r in records if r["tenant"] == "clinic-a"]
+    none_row = manifest_row(m, m_id, "none", 2, group_digest([w]))
+    tenant_row = manifest_row(m, m_id, "tenant:clinic-a", 3, group_digest(tenant))
+    dep_digest = xor_all([manifest_entry(m, "none", 2, group_digest([w])),
+                          manifest_entry(m, "tenant:clinic-a", 3, group_digest(tenant))])
+    dep_row = manifest_row(m, m_id, "deployment", 5, dep_digest)
+    manifest = [none_row, tenant_row, dep_row]
+    older_row = manifest_row(m, m_id, "tenant:clinic-a", 2,
+                             group_digest([r for r in rolled_back if r["tenant"] == "clinic-a"]))
+    gone_row = manifest_row(m, m_id, "tenant:clinic-b", 1, group_digest([]))
+    bad_mac = dict(tenant_row, mac=("00" if tenant_row["mac"][:2] != "00" else "01") + tenant_row["mac"][2:])
+    macs = {m_id: m}
+    cases = []
+    for name, recs, rows, tenants, min_epoch in [
+        ("as-is", records, manifest, None, None),
+        ("as-is, pinned at its epoch", records, manifest, None, 5),
+        ("as-is, pinned above its epoch", records, manifest, None, 6),
+        ("a destroyed key restored from an older copy", rolled_back, manifest, None, None),
+        ("... with its tenant's older manifest row: a full load", rolled_back,
+         [none_row, older_row, dep_row], None, None),
+        ("... with its tenant's older manifest row: a load of that tenant", rolled_back,
+         [none_row, older_row, dep_row], ["clinic-a"], None),
+        ("the tenant's manifest row altered", records, [none_row, bad_mac, dep_row], None, None),
+        ("the tenant's manifest row deleted", records, [none_row, dep_row], None, None),
+        ("the whole manifest deleted", records, [], None, None),
+        ("a row whose records are gone", records, manifest + [gone_row], None, None),
+    ]:
+        cases.append({"name": name, "records": recs, "manifest": rows, "tenants": tenants,
+                      "min_epoch": min_epoch,
+                      "outcome": manifest_outcome(macs, rows, recs, tenants, min_epoch)})
+    out = {"kek": doc["kek"], "mac_key_id": m_id, "mac_key": doc["mac_key"], "records": records,
+           "manifest": manifest, "cases": cases}
+    MANIFEST_VECTORS.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {len(cases)} manifest cases to {MANIFEST_VECTORS}")
+
+
+def check_manifest_vectors():
+    doc = json.loads(MANIFEST_VECTORS.read_text())
+    w = doc["records"][0]
+    m = mac_key(unwrap(bytes.fromhex(doc["kek"]), kek_aad(None, "wrapping", w["key_id"]),
+                       bytes.fromhex(w["wrapped_key"])), w["key_id"])
+    assert m.hex() == doc["mac_key"]
+    macs = {doc["mac_key_id"]: m}
+    n = 0
+    for c in doc["cases"]:
+        # Section 5 first: every case's records load on their own.
+        load_table(bytes.fromhex(doc["kek"]), c["records"])
+        got = manifest_outcome(macs, c["manifest"], c["records"], c["tenants"], c["min_epoch"])
+        assert got == c["outcome"], f'{c["name"]}: {got} != {c["outcome"]}'
+        n += 1
+    return n
+
+
 def check():
     check_unicode()
     vectors = json.loads(VECTORS.read_text())
@@ -1800,7 +1962,8 @@ def check():
             assert str(e) == "AuthenticationFailed"
     n = (len(vectors) + check_index() + check_compound() + check_invalid() + check_keytable()
          + check_keytable_mac2() + check_kek_check() + check_keytable_invalid() + check_json_depth()
-         + check_pkcs11() + check_tenant_kek() + check_legacy() + check_kms_context())
+         + check_pkcs11() + check_tenant_kek() + check_legacy() + check_kms_context()
+         + check_manifest_vectors())
     print(f"{n} passed, 0 failed")
 
 
@@ -1832,5 +1995,6 @@ if __name__ == "__main__":
          "generate-kek-check": generate_kek_check,
          "generate-keytable-invalid": generate_keytable_invalid,
          "generate-json-depth": generate_json_depth,
+         "generate-manifest": generate_manifest,
          "generate-providers": lambda: (generate_pkcs11(), generate_tenant_kek(), generate_legacy(),
                                         generate_kms_context())}[cmd]()

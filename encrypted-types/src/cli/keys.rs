@@ -94,6 +94,21 @@ pub enum KeysCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Compares the key table's manifest (`docs/KEYTABLE.md` §6) with its records; with
+    /// `--rebuild`, writes the manifest of the records as they are: the upgrade step from 0.2,
+    /// and the acceptance of a table that loads refuse for its manifest. Lists the groups it
+    /// would accept as they are and asks first: a group listed there may have been rolled back.
+    Manifest {
+        /// Write the manifest of the records as they are.
+        #[arg(long)]
+        rebuild: bool,
+        /// Do not ask (required without a terminal) before rebuilding.
+        #[arg(long)]
+        yes: bool,
+        /// Output as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Crypto-shreds a tenant: destroys all its keys; its values can never be read again.
     ShredTenant {
         /// The tenant id.
@@ -109,6 +124,30 @@ pub enum KeysCommand {
 }
 
 pub(super) fn execute<C, P>(
+    conn: &mut C,
+    store: &KeyStore<P>,
+    models: &[ModelInfo],
+    cmd: &KeysCommand,
+) -> Result<Outcome, CliError>
+where
+    C: LoadConnection,
+    C::Backend: JobTable,
+    P: KekProvider,
+{
+    let outcome = run(conn, store, models, cmd)?;
+    // The epoch the command leaves, for the operator to pin (`--min-epoch`): on standard
+    // error, so that `--json` output stays one document.
+    if !matches!(cmd, KeysCommand::List { .. } | KeysCommand::Manifest { .. })
+        && let Some(epoch) = store.manifest_epoch(conn)?
+    {
+        out::note(&format!(
+            "key table epoch {epoch}: pin it with --min-epoch (ENCRYPTED_TYPES_MIN_EPOCH) to refuse an older copy of the table"
+        ))?;
+    }
+    Ok(outcome)
+}
+
+fn run<C, P>(
     conn: &mut C,
     store: &KeyStore<P>,
     models: &[ModelInfo],
@@ -401,6 +440,48 @@ where
             }
             Ok(Outcome::Done)
         }
+        KeysCommand::Manifest { rebuild, yes, json } => {
+            let status = store.manifest_status(conn)?;
+            let clean = status.epoch.is_some() && status.differing.is_empty() && status.adds_up;
+            if !*json || !*rebuild {
+                let text = manifest_text(&status);
+                if *json {
+                    out::json(&manifest_json(&status, false))?;
+                } else {
+                    out::line(&text)?;
+                }
+            }
+            if !*rebuild {
+                return Ok(if clean {
+                    Outcome::Done
+                } else {
+                    Outcome::Findings
+                });
+            }
+            if !clean {
+                confirm(
+                    &format!(
+                        "accept the key table as it is ({} group(s) listed above{}); a group \
+                         listed may have been rolled back by a database writer",
+                        status.differing.len(),
+                        if status.adds_up { "" } else { ", rows that do not add up" }
+                    ),
+                    "accept",
+                    *yes,
+                )?;
+            }
+            let rebuilt = store.rebuild_manifest(conn)?;
+            if *json {
+                out::json(&manifest_json(&rebuilt, true))?;
+            } else {
+                out::line(&format!(
+                    "manifest written: epoch {}, {} group(s) accepted as they are",
+                    rebuilt.epoch.unwrap_or(0),
+                    rebuilt.differing.len()
+                ))?;
+            }
+            Ok(Outcome::Done)
+        }
         KeysCommand::ShredTenant { tenant, yes, json } => {
             confirm(&format!("crypto-shred tenant {tenant}"), tenant, *yes)?;
             let r = store.shred_tenant(conn, &TenantId::from(tenant.as_str()), models)?;
@@ -487,4 +568,27 @@ fn print_list(keys: &[KeyInfo], values: &HashMap<KeyId, u64>, json: bool) -> Res
         &rows,
     )?;
     Ok(())
+}
+
+fn manifest_text(status: &crate::store::ManifestStatus) -> String {
+    let mut text = match status.epoch {
+        Some(e) => format!("key table epoch {e}"),
+        None => "the key table has no manifest (run `keys manifest --rebuild`)".to_owned(),
+    };
+    if status.epoch.is_some() && !status.adds_up {
+        text.push_str("; the manifest's rows do not add up to its deployment row");
+    }
+    for g in &status.differing {
+        text.push_str(&format!("\n  {g}: differs from its key records"));
+    }
+    text
+}
+
+fn manifest_json(status: &crate::store::ManifestStatus, rebuilt: bool) -> serde_json::Value {
+    json!({
+        "epoch": status.epoch,
+        "differing": status.differing,
+        "adds_up": status.adds_up,
+        "rebuilt": rebuilt,
+    })
 }

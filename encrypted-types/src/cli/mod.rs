@@ -37,6 +37,7 @@
 //! | `keys rewrap` | re-wraps every key under this store's KEK (a KEK rotation) |
 //! | `keys destroy --key-id N` | destroys a retired key no value names (asks, or `--yes`) |
 //! | `keys shred-tenant --tenant T` | crypto-shreds a tenant (asks, or `--yes`) |
+//! | `keys manifest [--rebuild]` | compares the key table's manifest with its records; `--rebuild` accepts the records as they are (asks, or `--yes`): the upgrade step from 0.2 |
 //! | `jobs rotate \| reindex \| encrypt-column` | resumable jobs: live progress at a terminal, one JSON line per batch otherwise |
 //! | `jobs status` | units done, leased and pending per job |
 //! | `inventory` | values per table, column, tenant, key and suite, counted in SQL |
@@ -45,6 +46,9 @@
 //! | `schema --check` | drift between the live tables and the models: missing tables, columns, indexes, columns that do not keep bytes (exit 4 if any) |
 //! | `index-leakage` | per blind index and tenant, on the live rows: whether its bits stay within the leakage bound, and the bits to use (exit 4 if not) |
 //! | `schema [--backend B] [--alter] [--down]` | `CREATE TABLE` migrations for the models, or (`--alter`, connected) the `ALTER TABLE` statements for what the live tables lack; its `--down` drops only that |
+//!
+//! Every key command prints the key table's epoch it leaves; `--min-epoch` (or
+//! `ENCRYPTED_TYPES_MIN_EPOCH`) refuses a key table older than the epoch given.
 //!
 //! Every command takes `--json`. Exit codes ([`Outcome::code`], [`CliError::exit_code`]):
 //! 0 done, 1 failed (a database or KEK error, a refused or unconfirmed step), 2 invalid
@@ -182,6 +186,11 @@ struct Cli {
     /// Database URL: `sqlite://FILE`, `postgres://...` or `mysql://...`.
     #[arg(long, env = "DATABASE_URL", global = true)]
     database_url: Option<String>,
+    /// The lowest key-table epoch to accept (`docs/KEYS.md`, "Pinning the key table's
+    /// epoch"): a copy of the key table older than this is refused. Keep it outside the
+    /// database; every key command prints the epoch it leaves.
+    #[arg(long, env = "ENCRYPTED_TYPES_MIN_EPOCH", global = true)]
+    min_epoch: Option<u64>,
     #[command(subcommand)]
     command: Command,
 }
@@ -294,6 +303,10 @@ where
             // nothing.
             let init = init && crate::store::list_keys(&mut conn).map_or(true, |k| k.is_empty());
             let store = open(Startup { init })?;
+            let store = match cli.min_epoch {
+                Some(epoch) => store.with_min_epoch(epoch),
+                None => store,
+            };
             execute(&mut conn, &store, models, &cli.command)
         })
     })();

@@ -4,6 +4,7 @@
 #[allow(clippy::wildcard_imports)]
 // one module in several files: the store's imports and types
 use super::*;
+use manifest::Mode;
 
 impl<P: KekProvider> KeyStore<P> {
     sync_and_async! {
@@ -25,6 +26,9 @@ impl<P: KekProvider> KeyStore<P> {
         // One transaction: both keys or neither. The unique index on active keys makes a
         // concurrent creator of the same tenant fail instead of adding a second primary.
         crate::db::transaction(db, store_err, async |db| {
+            let change = self
+                .manifest_begin(db, &[tenant.map(TenantId::as_str)], Mode::Create)
+                .await?;
             let existing = live_keys(db, tenant.map(TenantId::as_str))
                 .await
                 .map_err(store_err)?;
@@ -36,6 +40,8 @@ impl<P: KekProvider> KeyStore<P> {
             }
             let data = self.create_key(db, tenant, Purpose::Data).await?;
             let blind_index = self.create_key(db, tenant, Purpose::BlindIndex).await?;
+            let mac = self.mac_wrapper(db).await?;
+            self.manifest_commit(db, change, &mac).await?;
             Ok(TenantKeys { data, blind_index })
         })
         .await
@@ -94,6 +100,9 @@ impl<P: KekProvider> KeyStore<P> {
             )));
         }
         crate::db::transaction(db, store_err, async |db| {
+            let change = self
+                .manifest_begin(db, &[Some(tenant.as_str())], Mode::Create)
+                .await?;
             let existing = tenant_keys(db, Some(tenant.as_str()), None, None)
                 .await
                 .map_err(store_err)?;
@@ -111,6 +120,7 @@ impl<P: KekProvider> KeyStore<P> {
             let blind_index = self
                 .create_key(db, Some(tenant), Purpose::BlindIndex)
                 .await?;
+            self.manifest_commit(db, change, &mac).await?;
             Ok(TenantKeys { data, blind_index })
         })
         .await
@@ -155,6 +165,9 @@ impl<P: KekProvider> KeyStore<P> {
     ) -> Result<KeyId, Error> {
         // Retire and create in one transaction: a failed wrap leaves the old key active.
         crate::db::transaction(db, store_err, async |db| {
+            let change = self
+                .manifest_begin(db, &[tenant.map(TenantId::as_str)], Mode::Change)
+                .await?;
             let retired = self
                 .retire(db, tenant.map(TenantId::as_str), Purpose::Data)
                 .await?;
@@ -165,7 +178,10 @@ impl<P: KekProvider> KeyStore<P> {
                     tenant: crate::tenant::describe(tenant),
                 });
             }
-            self.create_key(db, tenant, Purpose::Data).await
+            let id = self.create_key(db, tenant, Purpose::Data).await?;
+            let mac = self.mac_wrapper(db).await?;
+            self.manifest_commit(db, change, &mac).await?;
+            Ok(id)
         })
         .await
     }
@@ -193,6 +209,7 @@ impl<P: KekProvider> KeyStore<P> {
     ) -> Result<(KeyId, KeyId), Error> {
         crate::db::transaction(db, store_err, async |db| {
             let t = tenant.map(TenantId::as_str);
+            let change = self.manifest_begin(db, &[t], Mode::Change).await?;
             let mine: Vec<KeyRecord> = all_keys(db).await
                 .map_err(store_err)?
                 .into_iter()
@@ -214,6 +231,8 @@ impl<P: KekProvider> KeyStore<P> {
                 })?;
             self.retire(db, t, Purpose::BlindIndex).await?;
             let new = self.create_key(db, tenant, Purpose::BlindIndex).await?;
+            let mac = self.mac_wrapper(db).await?;
+            self.manifest_commit(db, change, &mac).await?;
             Ok((new, old))
         }).await
     }
@@ -247,7 +266,6 @@ impl<P: KekProvider> KeyStore<P> {
             ));
         }
         crate::db::transaction(db, store_err, async |db| {
-            let mac = self.mac_wrapper(db).await?;
             let old = key_by_id(db, i64::from(key_id.get()))
                 .await
                 .map_err(store_err)?
@@ -257,6 +275,11 @@ impl<P: KekProvider> KeyStore<P> {
                     "it is a wrapping key: `rewrap` retires and destroys wrapping keys",
                 ));
             }
+            // The manifest's lock first, as every key-store write takes it.
+            let change = self
+                .manifest_begin(db, &[old.tenant.as_deref()], Mode::Change)
+                .await?;
+            let mac = self.mac_wrapper(db).await?;
             if old.state == KeyState::Destroyed.as_str() {
                 return Err(refuse("it is destroyed already"));
             }
@@ -287,11 +310,11 @@ impl<P: KekProvider> KeyStore<P> {
                     grace_secs: self.destroy_grace.as_secs(),
                 });
             }
-            if self.set_state(db, &old, KeyState::Destroyed, &mac).await? {
-                Ok(())
-            } else {
-                Err(refuse("another process changed it meanwhile: run again"))
+            if !self.set_state(db, &old, KeyState::Destroyed, &mac).await? {
+                return Err(refuse("another process changed it meanwhile: run again"));
             }
+            self.manifest_commit(db, change, &mac).await?;
+            Ok(())
         })
         .await?;
         tracing::warn!(target: "encrypted_types::audit", event = "key_destroyed", key_id = key_id.get());
@@ -331,6 +354,9 @@ impl<P: KekProvider> KeyStore<P> {
             .collect();
         let rows_unreadable = count_rows_with_keys_on(db, models, &live).await?;
         let ids = crate::db::transaction(db, store_err, async |db| {
+            let change = self
+                .manifest_begin(db, &[Some(tenant.as_str())], Mode::Change)
+                .await?;
             let mac = self.mac_wrapper(db).await?;
             let mut ids = Vec::new();
             for old in tenant_keys(db, Some(tenant.as_str()), None, None)
@@ -350,6 +376,7 @@ impl<P: KekProvider> KeyStore<P> {
                     }
                 }
             }
+            self.manifest_commit(db, change, &mac).await?;
             Ok(ids)
         })
         .await?;

@@ -175,7 +175,7 @@ fn unwrap_concurrently(
 
 /// `f` over `items` on every available core, results in order; `None` if a thread failed, so
 /// no result is ever paired with another item than its own.
-fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Option<Vec<R>> {
+pub(super) fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Option<Vec<R>> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8);
@@ -204,21 +204,47 @@ impl<P: KekProvider> KeyStore<P> {
         db: &mut D,
         scope: Option<&[TenantId]>,
     ) -> Result<(Keyring, LoadReport), Error> {
+        self.load_checked(db, scope, true).await
+    }
+
+    /// [`KeyStore::load_scoped`], checking the manifest or (for its rebuild) not.
+    pub(super) async fn load_checked<D: KeyDb>(
+        &self,
+        db: &mut D,
+        scope: Option<&[TenantId]>,
+        check_manifest: bool,
+    ) -> Result<(Keyring, LoadReport), Error> {
         let started = Instant::now();
         self.roles_checked()?;
         let sequence = crate::keyring::next_load();
         // Read first: a change after it shows in the next poll, never hides behind this load.
         let generation = super::sql::generation(db).await?;
-        let records = match scope {
-            None => all_keys(db).await,
-            Some(tenants) => scoped_keys(db, tenants).await,
-        };
-        let records = match records {
-            Ok(r) => r,
-            Err(e) => {
-                return Err(
-                    super::migrated::explain(db, super::migrated::KEY_TABLE, store_err(e)).await,
-                );
+        // The records and the manifest rows are read in two statements: read the deployment
+        // row before and after, and again while a change committed in between (every change
+        // but a tenant's creation moves it; a creation adds a new group, whole).
+        let mut attempts = 0;
+        let (records, manifest_rows) = loop {
+            attempts += 1;
+            let before = super::manifest::deployment_row(db).await?;
+            let records = match scope {
+                None => all_keys(db).await,
+                Some(tenants) => scoped_keys(db, tenants).await,
+            };
+            let records = match records {
+                Ok(r) => r,
+                Err(e) => {
+                    return Err(super::migrated::explain(
+                        db,
+                        super::migrated::KEY_TABLE,
+                        store_err(e),
+                    )
+                    .await);
+                }
+            };
+            let rows = super::manifest::load_rows(db, scope).await?;
+            let after = rows.iter().find(|r| r.scope == "deployment");
+            if before.as_ref() == after || attempts >= 3 {
+                break (records, rows);
             }
         };
         let parsed = records.iter().map(parse).collect::<Result<Vec<_>, _>>()?;
@@ -229,6 +255,7 @@ impl<P: KekProvider> KeyStore<P> {
             kek_calls: 0,
             unavailable: Vec::new(),
             unauthenticated: 0,
+            manifest_epoch: None,
         };
 
         // The deployment's wrapping keys: each unwrapped by its KEK (one call), checked, and
@@ -382,6 +409,11 @@ impl<P: KekProvider> KeyStore<P> {
             }
         }
         check_groups(&parsed, &unavailable, hierarchical.then_some(self), scope)?;
+        if hierarchical && check_manifest {
+            report.manifest_epoch =
+                super::manifest::check(self, &manifest_rows, &records, &macs, scope.is_none())?
+                    .and_then(|e| u64::try_from(e).ok());
+        }
 
         let mut builder = Keyring::builder().load_began(sequence).seal_limit(
             self.seal_max_age
@@ -458,6 +490,9 @@ impl<P: KekProvider> KeyStore<P> {
         if hierarchical {
             self.authenticated
                 .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        if let Some(epoch) = report.manifest_epoch {
+            self.saw_epoch(i64::try_from(epoch).unwrap_or(i64::MAX));
         }
         *self
             .loaded_generation

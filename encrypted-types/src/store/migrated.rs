@@ -32,6 +32,11 @@ pub(crate) const KEY_TABLE: &[Needed] = &[
         migration: "2026-12-07-000000_encrypted_types_kek_check",
         probe: "SELECT COUNT(*) AS n FROM encrypted_types_keys WHERE kek_check IS NULL",
     },
+    Needed {
+        table: "encrypted_types_key_manifest",
+        migration: "2026-12-08-000000_encrypted_types_key_manifest",
+        probe: "SELECT COUNT(*) AS n FROM encrypted_types_key_manifest WHERE mac IS NULL",
+    },
 ];
 
 /// The job table's migrations, oldest first.

@@ -27,6 +27,7 @@ use crate::tenant::TenantId;
 mod lifecycle;
 mod list;
 mod load;
+mod manifest;
 pub(crate) mod migrated;
 pub(crate) mod record;
 mod rewrap;
@@ -44,6 +45,7 @@ pub use list::{
 #[cfg(feature = "async")]
 pub use list::{list_keys_async, reused_wrap_nonces_async};
 use record::Wrapper;
+pub use manifest::ManifestStatus;
 pub use rewrap::{RewrapOptions, RewrapReport};
 
 diesel::table! {
@@ -177,6 +179,10 @@ pub struct LoadReport {
     /// Records not yet authenticated (a table from before the key hierarchy, until its first
     /// key-store write or [`KeyStore::rewrap`]).
     pub unauthenticated: usize,
+    /// The key table's deployment epoch (`docs/KEYTABLE.md` §6), which every rotation,
+    /// destroy, shred, root replacement and rewrap raises: pin it from outside the database
+    /// with [`KeyStore::with_min_epoch`]. `None` for a table without a manifest.
+    pub manifest_epoch: Option<u64>,
 }
 
 /// What [`KeyStore::shred_tenant`] did.
@@ -242,6 +248,13 @@ pub struct KeyStore<P> {
     destroy_grace: std::time::Duration,
     /// The key table's generation as read at the start of this store's last load.
     loaded_generation: Mutex<Option<Generation>>,
+    /// [`KeyStore::with_min_epoch`].
+    min_epoch: Option<u64>,
+    /// The highest deployment epoch this store loaded or wrote: a lower one later is a
+    /// rolled-back table.
+    seen_epoch: std::sync::atomic::AtomicU64,
+    /// [`KeyStore::allow_unmanifested_table`].
+    unmanifested_allowed: bool,
 }
 
 /// How long after its retirement a key may be destroyed, by default: a process that polls the
@@ -289,6 +302,9 @@ impl<P: KekProvider> KeyStore<P> {
             seal_max_age: None,
             destroy_grace: DEFAULT_DESTROY_GRACE,
             loaded_generation: Mutex::new(None),
+            min_epoch: None,
+            seen_epoch: std::sync::atomic::AtomicU64::new(0),
+            unmanifested_allowed: false,
         }
     }
 

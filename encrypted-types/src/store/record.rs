@@ -26,6 +26,9 @@ const KEK_CHECK_LABEL: &[u8] = b"encrypted-types/kek/check/v1";
 const MAC_INFO: &[u8] = b"encrypted-types/keytable/mac/v1";
 const RECORD_DOMAIN: &[u8] = b"encrypted-types/keytable/record/v1";
 const RECORD_DOMAIN_V2: &[u8] = b"encrypted-types/keytable/record/v2";
+const MANIFEST_GROUP: &[u8] = b"encrypted-types/keytable/manifest/group/v1";
+const MANIFEST_ROW: &[u8] = b"encrypted-types/keytable/manifest/row/v1";
+const MANIFEST_ENTRY: &[u8] = b"encrypted-types/keytable/manifest/entry/v1";
 /// The first byte of a version 2 record MAC (33 bytes); a version 1 MAC is the bare 32-byte tag.
 const MAC_V2: u8 = 0x02;
 
@@ -184,11 +187,69 @@ impl Wrapper {
         }
     }
 
+    /// The MAC of a manifest row (`docs/KEYTABLE.md` §6) under this key's MAC key.
+    pub(crate) fn manifest_mac(&self, scope: &str, epoch: i64, digest: &[u8]) -> Vec<u8> {
+        self.record_mac(&manifest_row_input(scope, epoch, digest, self.id))
+            .to_vec()
+    }
+
+    /// Whether `mac` is this key's MAC of the manifest row (in constant time).
+    pub(crate) fn manifest_verifies(
+        &self,
+        scope: &str,
+        epoch: i64,
+        digest: &[u8],
+        mac_key_id: i64,
+        tag: &[u8],
+    ) -> bool {
+        if mac_key_id != i64::from(self.id.get()) {
+            return false;
+        }
+        let mut mac = self.mac.clone();
+        mac.update(&manifest_row_input(scope, epoch, digest, self.id));
+        mac.verify_slice(tag).is_ok()
+    }
+
+    /// A group row's share of the deployment row's digest: a keyed hash, never stored, so a
+    /// database writer cannot combine old rows into a set that adds up to a stored digest.
+    pub(crate) fn manifest_entry(&self, scope: &str, epoch: i64, digest: &[u8]) -> [u8; 32] {
+        let mut input = MANIFEST_ENTRY.to_vec();
+        lp(&mut input, scope.as_bytes());
+        input.extend_from_slice(&epoch.to_be_bytes());
+        lp(&mut input, digest);
+        self.record_mac(&input)
+    }
+
     fn record_mac(&self, input: &[u8]) -> [u8; 32] {
         let mut mac = self.mac.clone();
         mac.update(input);
         mac.finalize().into_bytes().into()
     }
+}
+
+fn manifest_row_input(scope: &str, epoch: i64, digest: &[u8], mac_key_id: KeyId) -> Vec<u8> {
+    let mut input = MANIFEST_ROW.to_vec();
+    lp(&mut input, scope.as_bytes());
+    input.extend_from_slice(&epoch.to_be_bytes());
+    lp(&mut input, digest);
+    input.extend_from_slice(&i64::from(mac_key_id.get()).to_be_bytes());
+    input
+}
+
+/// The digest of a group's records (`docs/KEYTABLE.md` §6), given in key-id order: each
+/// record's id and MAC, which covers every authenticated field of the record.
+pub(crate) fn group_digest<'a>(records: impl IntoIterator<Item = &'a KeyRecord>) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = Sha256::new();
+    h.update(MANIFEST_GROUP);
+    let mut buf = Vec::with_capacity(48);
+    for r in records {
+        buf.clear();
+        buf.extend_from_slice(&r.key_id.to_be_bytes());
+        opt(&mut buf, r.record_mac.as_deref());
+        h.update(&buf);
+    }
+    h.finalize().into()
 }
 
 /// Whether `r`'s MAC is of version 2, so that (once it verifies) its `created_at` and

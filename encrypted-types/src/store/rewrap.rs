@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use super::manifest::Mode;
 use super::record::{Wrapper, check_matches, check_value, timestamps_authenticated};
 use super::wrap::{NOT_AUTHENTIC, WRAPPED_BY, key_id_of, wrapped_by};
 use super::{KEYS, KeyDb, KeyRecord, KeyState, KeyTable, store_err, tenant_keys, update_record};
@@ -148,8 +149,13 @@ impl<P: KekProvider> KeyStore<P> {
     ) -> Result<RewrapReport, Error> {
         let calls_before = self.calls.load(Ordering::Relaxed);
         self.tenant_keks_apart(db, None).await?;
-        let target =
-            crate::db::transaction(db, store_err, async |db| self.rewrap_target(db).await).await?;
+        let target = crate::db::transaction(db, store_err, async |db| {
+            let change = self.manifest_begin(db, &[None], Mode::Rewrap).await?;
+            let target = self.rewrap_target(db).await?;
+            self.manifest_commit(db, change, &target).await?;
+            Ok(target)
+        })
+        .await?;
         let mut report = RewrapReport {
             wrapping_key: target.id,
             rewrapped: 0,
@@ -182,10 +188,14 @@ impl<P: KekProvider> KeyStore<P> {
         // again in the same transaction (the active wrapping key is read under a row lock by
         // every writer, so no key can be wrapped under an old one after this count).
         let destroyed = crate::db::transaction(db, store_err, async |db| {
+            let change = self.manifest_begin(db, &[None], Mode::Rewrap).await?;
             if remaining(db, target.id).await? > 0 {
                 return Ok(None);
             }
             self.upgrade_target(db, &target).await?;
+            // Every manifest row under the target before the old wrapping keys go: a row
+            // MAC'd by a destroyed key would no longer authenticate.
+            self.manifest_rekey(db, &target).await?;
             let mut destroyed = Vec::new();
             for old in tenant_keys(db, None, Some(Purpose::Wrapping), None)
                 .await
@@ -207,6 +217,11 @@ impl<P: KekProvider> KeyStore<P> {
                 let id = key_id_of(&old)?;
                 self.forget_wrapping(id);
                 destroyed.push(id);
+            }
+            // A table without a manifest (from before 0.3, or adopted just now) gets one: the
+            // rewrap has authenticated every record.
+            if self.manifest_commit(db, change, &target).await?.is_none() {
+                self.manifest_build(db, &target).await?;
             }
             Ok(Some(destroyed))
         })
@@ -274,6 +289,10 @@ impl<P: KekProvider> KeyStore<P> {
             super::RECORD_COLS
         );
         let rows = D::Backend::load_records(db, &q).await.map_err(store_err)?;
+        let mut groups: Vec<Option<&str>> = rows.iter().map(|r| r.tenant.as_deref()).collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let change = self.manifest_begin(db, &groups, Mode::Rewrap).await?;
         let last = rows.last().map_or(after, |r| r.key_id);
         let more = rows.len() == limit;
         let target_id = i64::from(target.id.get());
@@ -372,6 +391,7 @@ impl<P: KekProvider> KeyStore<P> {
                 report.conflicts += 1;
             }
         }
+        self.manifest_commit(db, change, target).await?;
         Ok((last, more))
     }
 

@@ -21,6 +21,10 @@ pub trait KeyTable: Exec {
     /// (empty on SQLite, whose writers are serialized anyway).
     #[doc(hidden)]
     const SHARE_LOCK: &'static str;
+    /// The clause that makes a `SELECT` hold an exclusive row lock until the transaction ends
+    /// (empty on SQLite).
+    #[doc(hidden)]
+    const UPDATE_LOCK: &'static str;
     /// Loads key records.
     #[doc(hidden)]
     fn load_records<D: Db<Backend = Self>>(
@@ -39,6 +43,12 @@ pub trait KeyTable: Exec {
         db: &mut D,
         q: &Query,
     ) -> impl Future<Output = QueryResult<i64>> + Send;
+    /// Loads manifest rows.
+    #[doc(hidden)]
+    fn load_manifest<D: Db<Backend = Self>>(
+        db: &mut D,
+        q: &Query,
+    ) -> impl Future<Output = QueryResult<Vec<manifest::ManifestRow>>> + Send;
     /// Runs the [`Generation`] query.
     #[doc(hidden)]
     fn load_generation<D: Db<Backend = Self>>(
@@ -64,9 +74,10 @@ pub(super) fn hex(bytes: &[u8]) -> String {
 }
 
 macro_rules! key_table {
-    ($db:ty, header_in = $header_in:expr, quote = $quote:literal, share_lock = $lock:literal) => {
+    ($db:ty, header_in = $header_in:expr, quote = $quote:literal, share_lock = $lock:literal, update_lock = $ulock:literal) => {
         impl KeyTable for $db {
             const SHARE_LOCK: &'static str = $lock;
+            const UPDATE_LOCK: &'static str = $ulock;
 
             fn key_id_in(column: &str, ids: &[KeyId]) -> String {
                 // `header_in(column, first byte (1-based), length, hex literals)`.
@@ -110,6 +121,13 @@ macro_rules! key_table {
                 async move { Ok(rows.await?.into_iter().next().map_or(0, |r| r.n)) }
             }
 
+            fn load_manifest<D: Db<Backend = Self>>(
+                db: &mut D,
+                q: &Query,
+            ) -> impl Future<Output = QueryResult<Vec<super::manifest::ManifestRow>>> + Send {
+                db.load::<super::manifest::ManifestRow>(q)
+            }
+
             fn load_generation<D: Db<Backend = Self>>(
                 db: &mut D,
                 q: &Query,
@@ -128,7 +146,8 @@ key_table!(
         format!("substr({c}, {from}, {len}) IN ({})", lits.join(", "))
     },
     quote = "\"",
-    share_lock = ""
+    share_lock = "",
+    update_lock = ""
 );
 
 #[cfg(feature = "postgres")]
@@ -145,7 +164,8 @@ key_table!(
         )
     },
     quote = "\"",
-    share_lock = " FOR SHARE"
+    share_lock = " FOR SHARE",
+    update_lock = " FOR UPDATE"
 );
 
 #[cfg(feature = "mysql")]
@@ -156,7 +176,8 @@ key_table!(
         format!("SUBSTRING({c}, {from}, {len}) IN ({})", lits.join(", "))
     },
     quote = "`",
-    share_lock = " LOCK IN SHARE MODE"
+    share_lock = " LOCK IN SHARE MODE",
+    update_lock = " FOR UPDATE"
 );
 
 /// A connection the key store runs on, sync or async.

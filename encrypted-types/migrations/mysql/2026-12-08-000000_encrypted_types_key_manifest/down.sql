@@ -1,0 +1,1 @@
+DROP TABLE encrypted_types_key_manifest;
