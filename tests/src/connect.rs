@@ -168,16 +168,20 @@ pub mod keystore {
     }
 
     async fn empty_key_table_async(conn: &mut impl diesel_async::SimpleAsyncConnection) {
-        conn.batch_execute("DELETE FROM encrypted_types_keys; DELETE FROM encrypted_types_key_manifest")
-            .await
-            .expect("empty the key table");
+        conn.batch_execute(
+            "DELETE FROM encrypted_types_keys; DELETE FROM encrypted_types_key_manifest",
+        )
+        .await
+        .expect("empty the key table");
     }
 
     /// The key table may hold committed keys of other users of the database (the example
     /// app, say): each test starts from an empty table inside its rolled-back transaction.
     /// Callers serialize, since the delete locks every row.
     fn empty_key_table(conn: &mut impl diesel::connection::SimpleConnection) {
-        conn.batch_execute("DELETE FROM encrypted_types_keys; DELETE FROM encrypted_types_key_manifest")
-            .expect("empty the key table");
+        conn.batch_execute(
+            "DELETE FROM encrypted_types_keys; DELETE FROM encrypted_types_key_manifest",
+        )
+        .expect("empty the key table");
     }
 }

@@ -1168,6 +1168,30 @@ macro_rules! in_transaction_suite {
             let e = purge_tenant(conn, &store, &Patient::MODEL, &TenantId::from("5"), 3)
                 .unwrap_err();
             assert!(matches!(e, Error::NotShredded { .. }), "{e:?}");
+
+            // The re-created tenant writes rows; a writer then deletes its new key records, so
+            // that only the destroyed ones (authentic, from the shred) are left. The manifest
+            // says they are not all of its records: refused, every row kept.
+            // (Tenant 3's records were altered above: a load of tenant 5 alone.)
+            full.load_tenants(conn, &["5".into()]).unwrap().0.install();
+            let again: Vec<Patient> = (0..2)
+                .map(|i| Patient::sample(720 + i, 5, &format!("q{i}@example.org"), "123"))
+                .collect();
+            diesel::insert_into(et_patients::table)
+                .values(Patient::batch(&again))
+                .execute(conn)
+                .unwrap();
+            conn.batch_execute(
+                "DELETE FROM encrypted_types_keys WHERE tenant = '5' AND state <> 'destroyed'",
+            )
+            .unwrap();
+            let e = purge_tenant(conn, &store, &Patient::MODEL, &TenantId::from("5"), 3)
+                .unwrap_err();
+            assert!(
+                matches!(&e, Error::Manifest { scope, .. } if scope == "tenant 5"),
+                "{e:?}"
+            );
+            assert_eq!(rows(conn, 5), 2);
         }
     };
 }

@@ -155,6 +155,24 @@ def tenant_before_decoding(table_, column, value_type, row_tenant, sealed, keys,
     return reference.decode(value_type, plaintext)
 
 
+def manifest_without_step_5(check_manifest):
+    """A reader that checks each tenant's row against its records but never adds the rows up
+    to the deployment row."""
+    def check(macs, rows, records, tenants=None, min_epoch=None):
+        if tenants is None:
+            tenants = sorted({r["tenant"] for r in records if r["tenant"] is not None})
+        return check_manifest(macs, rows, records, tenants, min_epoch)
+    return check
+
+
+def digest_of_ids(records):
+    """A group digest over the key ids alone: an older copy of a record has the same id."""
+    h = reference.hashlib.sha256(b"encrypted-types/keytable/manifest/group/v1")
+    for r in sorted(records, key=lambda r: r["key_id"]):
+        h.update(struct.pack(">q", r["key_id"]))
+    return h.digest()
+
+
 MUTANTS = [
     ("casefold without its NFKC step", "normalize",
      lambda: with_step("casefold", lambda t: reference.runs(t, str.casefold, True))),
@@ -192,6 +210,9 @@ MUTANTS = [
     ("the tenant compared before the plaintext is decoded", "open_row",
      lambda: lambda keys, destroyed, table_, column, vt, tenant, sealed, row=None: tenant_before_decoding(
          table_, column, vt, tenant, sealed, keys, destroyed, row)),
+    ("manifest: a full load that never adds the rows up to the deployment row", "check_manifest",
+     lambda: manifest_without_step_5(reference.check_manifest)),
+    ("manifest: a group digest over the key ids alone", "group_digest", lambda: digest_of_ids),
 ]
 
 

@@ -464,7 +464,11 @@ where
                         "accept the key table as it is ({} group(s) listed above{}); a group \
                          listed may have been rolled back by a database writer",
                         status.differing.len(),
-                        if status.adds_up { "" } else { ", rows that do not add up" }
+                        if status.adds_up {
+                            ""
+                        } else {
+                            ", rows that do not add up"
+                        }
                     ),
                     "accept",
                     *yes,

@@ -428,6 +428,8 @@ impl<P: KekProvider> KeyStore<P> {
                 return Err(not("it still has live keys"));
             }
         }
-        Ok(())
+        // And they are all of its records: a tenant re-created after a shred keeps its old,
+        // destroyed records, and deleting its new ones must not make it look shredded.
+        self.manifest_confirms(db, tenant.as_str(), &records).await
     }
 }

@@ -175,7 +175,10 @@ fn unwrap_concurrently(
 
 /// `f` over `items` on every available core, results in order; `None` if a thread failed, so
 /// no result is ever paired with another item than its own.
-pub(super) fn parallel_map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Option<Vec<R>> {
+pub(super) fn parallel_map<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(&T) -> R + Sync,
+) -> Option<Vec<R>> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(8);

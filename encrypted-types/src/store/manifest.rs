@@ -520,6 +520,42 @@ impl<P: KekProvider> KeyStore<P> {
             .fetch_max(u64::try_from(epoch).unwrap_or(0), Ordering::SeqCst);
     }
 
+    /// Whether the manifest vouches for `records` as all of `tenant`'s records: its row and
+    /// the deployment row authenticate, the epoch is allowed, and the digest matches. What a
+    /// deletion (`purge_tenant`) checks besides the records themselves, so that a tenant
+    /// shredded once and created again cannot be made to look shredded by deleting its new
+    /// records. A table without a manifest passes only where one is allowed.
+    pub(super) async fn manifest_confirms<D: KeyDb>(
+        &self,
+        db: &mut D,
+        tenant: &str,
+        records: &[KeyRecord],
+    ) -> Result<(), Error> {
+        let scope = scope_of(Some(tenant));
+        let found = rows(db, Some(&[scope.clone(), DEPLOYMENT.to_owned()]), "")
+            .await
+            .map_err(store_err)?;
+        let mut cache = HashMap::new();
+        let Some(d) = found.iter().find(|r| r.scope == DEPLOYMENT) else {
+            return if self.unmanifested_ok() {
+                Ok(())
+            } else {
+                Err(refuse(DEPLOYMENT, NO_MANIFEST))
+            };
+        };
+        self.verify_row(db, d, &mut cache).await?;
+        self.epoch_allowed(d.epoch)?;
+        let row = found
+            .iter()
+            .find(|r| r.scope == scope)
+            .ok_or_else(|| refuse(&scope, NO_ROW))?;
+        self.verify_row(db, row, &mut cache).await?;
+        if group_digest(records).as_slice() != row.digest.as_slice() {
+            return Err(refuse(&scope, DIFFERS));
+        }
+        Ok(())
+    }
+
     /// The first statements of a key-store transaction that changes the records of `groups`:
     /// locks the deployment row, and checks the rows of `groups` (MAC, and a digest equal to
     /// the records as they are now), so that a change never builds on records rolled back
@@ -557,8 +593,14 @@ impl<P: KekProvider> KeyStore<P> {
             None => {
                 let q = Query::sql(format!("SELECT COUNT(*) AS n FROM {KEYS}"));
                 let records = D::Backend::count_q(db, &q).await.map_err(store_err)?;
+                // A table from before the key hierarchy has no deployment wrapping key, and no
+                // manifest: the key-store write refuses it itself, naming `rewrap`.
+                let q = Query::sql(format!(
+                    "SELECT COUNT(*) AS n FROM {KEYS} WHERE purpose = 'wrapping' AND tenant IS NULL AND state <> 'destroyed'"
+                ));
+                let hierarchical = D::Backend::count_q(db, &q).await.map_err(store_err)? > 0;
                 if records > 0 {
-                    if mode == Mode::Rewrap || self.unmanifested_ok() {
+                    if mode == Mode::Rewrap || !hierarchical || self.unmanifested_ok() {
                         change.absent = true;
                         return Ok(change);
                     }
@@ -774,9 +816,7 @@ impl<P: KekProvider> KeyStore<P> {
             "SELECT {RECORD_COLS} FROM {KEYS} ORDER BY key_id{}",
             D::Backend::SHARE_LOCK
         ));
-        let records = D::Backend::load_records(db, &q)
-            .await
-            .map_err(store_err)?;
+        let records = D::Backend::load_records(db, &q).await.map_err(store_err)?;
         let mut groups: BTreeMap<String, Vec<&KeyRecord>> = BTreeMap::new();
         for r in &records {
             groups
@@ -791,9 +831,7 @@ impl<P: KekProvider> KeyStore<P> {
             let digest = group_digest(recs.iter().copied()).to_vec();
             let old = existing.remove(scope);
             let fine = match &old {
-                Some(o) => {
-                    self.verify_row(db, o, &mut cache).await.is_ok() && o.digest == digest
-                }
+                Some(o) => self.verify_row(db, o, &mut cache).await.is_ok() && o.digest == digest,
                 None => false,
             };
             if !fine {
@@ -811,7 +849,10 @@ impl<P: KekProvider> KeyStore<P> {
                 mac_key_id: mac_id,
             };
             write_row(db, &row, old.is_some()).await?;
-            xor(&mut acc, &mac.manifest_entry(&row.scope, epoch, &row.digest));
+            xor(
+                &mut acc,
+                &mac.manifest_entry(&row.scope, epoch, &row.digest),
+            );
         }
         for scope in existing.keys() {
             differing.push(describe(scope));
@@ -853,13 +894,7 @@ pub(super) fn check<P: KekProvider>(
     let verified = |row: &ManifestRow| {
         key(row)
             .filter(|w| {
-                w.manifest_verifies(
-                    &row.scope,
-                    row.epoch,
-                    &row.digest,
-                    row.mac_key_id,
-                    &row.mac,
-                )
+                w.manifest_verifies(&row.scope, row.epoch, &row.digest, row.mac_key_id, &row.mac)
             })
             .ok_or_else(|| refuse(&row.scope, NOT_AUTHENTIC))
     };
@@ -908,7 +943,8 @@ pub(super) fn check<P: KekProvider>(
         }
     }
     if full {
-        let changed: Vec<&ManifestRow> = by_scope.values().copied().filter(|r| r.epoch > 0).collect();
+        let changed: Vec<&ManifestRow> =
+            by_scope.values().copied().filter(|r| r.epoch > 0).collect();
         let entries = super::load::parallel_map(&changed, |r| {
             verified(r).map(|_| dw.manifest_entry(&r.scope, r.epoch, &r.digest))
         })

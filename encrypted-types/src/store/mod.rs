@@ -44,8 +44,8 @@ pub use list::{
 };
 #[cfg(feature = "async")]
 pub use list::{list_keys_async, reused_wrap_nonces_async};
-use record::Wrapper;
 pub use manifest::ManifestStatus;
+use record::Wrapper;
 pub use rewrap::{RewrapOptions, RewrapReport};
 
 diesel::table! {
