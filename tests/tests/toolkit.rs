@@ -84,6 +84,51 @@ macro_rules! toolkit_suite {
             out
         }
 
+        /// `keys manifest` reports the key table's epoch; with the manifest deleted it reports
+        /// that (exit 4), a rotation is refused, and `--rebuild` writes nothing until it is
+        /// confirmed; a rebuild by a store pinned at the old epoch starts above it.
+        #[test]
+        fn keys_manifest_reports_and_rebuilds_only_when_confirmed() {
+            use diesel::connection::SimpleConnection;
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let store = store(&dir);
+            let conn = &mut $connect();
+            let models = [Patient::MODEL];
+            store.create_tenant(conn, Some(&TenantId::from(1))).unwrap();
+            let run = |conn: &mut _Conn, store: &KeyStore<LocalKek>, args: &[&str]| {
+                execute(conn, store, &models, &cli(args))
+            };
+            assert_eq!(run(conn, &store, &["keys", "manifest"]).unwrap(), Outcome::Done);
+            let before = store.manifest_epoch(conn).unwrap().unwrap();
+            assert_eq!(
+                run(conn, &store, &["keys", "rotate", "--tenant", "1"]).unwrap(),
+                Outcome::Done
+            );
+            let epoch = store.manifest_epoch(conn).unwrap().unwrap();
+            assert_eq!(epoch, before + 1, "a rotation raises the epoch");
+
+            conn.batch_execute("DELETE FROM encrypted_types_key_manifest").unwrap();
+            let fresh = KeyStore::new(LocalKek::open(dir.path().join("t.kek")).unwrap())
+                .with_min_epoch(epoch);
+            assert_eq!(run(conn, &fresh, &["keys", "manifest"]).unwrap(), Outcome::Findings);
+            assert!(matches!(
+                run(conn, &fresh, &["keys", "rotate", "--tenant", "1"]),
+                Err(CliError::Library(encrypted_types::Error::Manifest { .. }))
+            ));
+            assert!(matches!(
+                run(conn, &fresh, &["keys", "manifest", "--rebuild"]),
+                Err(CliError::NotConfirmed(_))
+            ));
+            assert_eq!(fresh.manifest_epoch(conn).unwrap(), None, "nothing written unasked");
+            assert_eq!(
+                run(conn, &fresh, &["keys", "manifest", "--rebuild", "--yes", "--json"]).unwrap(),
+                Outcome::Done
+            );
+            assert!(fresh.manifest_epoch(conn).unwrap().unwrap() > epoch);
+            assert_eq!(run(conn, &fresh, &["keys", "manifest"]).unwrap(), Outcome::Done);
+        }
+
         /// Replacing blind-index roots (after a compromise) names its scope and asks first; a
         /// rerun over every tenant after an interrupted one reports the tenant already
         /// mid-replacement and finishes the others, instead of stopping at it.

@@ -22,6 +22,7 @@ pub(crate) const WRAPPED_LEN: usize = 12 + 32 + 16;
 
 const WRAP_DOMAIN: &[u8] = b"encrypted-types/keytable/wrap/v1";
 const CHECK_LABEL: &[u8] = b"encrypted-types/keytable/check/v1";
+#[cfg(feature = "local-kek")]
 const KEK_CHECK_LABEL: &[u8] = b"encrypted-types/kek/check/v1";
 const MAC_INFO: &[u8] = b"encrypted-types/keytable/mac/v1";
 const RECORD_DOMAIN: &[u8] = b"encrypted-types/keytable/record/v1";
@@ -265,6 +266,7 @@ pub(crate) fn check_value(key: &KeyMaterial) -> [u8; CHECK_LEN] {
 
 /// A local KEK's check value (docs/KEYTABLE.md, `kek_check`): the same construction under its
 /// own label, so it never equals the check value of a key the KEK wraps.
+#[cfg(feature = "local-kek")]
 pub(crate) fn kek_check_value(kek: &KeyMaterial) -> [u8; CHECK_LEN] {
     fingerprint(kek, KEK_CHECK_LABEL)
 }
