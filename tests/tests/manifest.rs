@@ -159,8 +159,39 @@ macro_rules! manifest_tests {
                     .execute(conn)
                     .unwrap();
                 manifest_refuses(store(&kek).load(conn), "the deployment row");
+                // A routine rewrap does not write a manifest for it either (review finding H1).
+                manifest_refuses(
+                    store(&kek).rewrap(conn, Default::default()),
+                    "the deployment row",
+                );
+                manifest_refuses(store(&kek).load(conn), "the deployment row");
                 let (keyring, _) = store(&kek).allow_unmanifested_table().load(conn).unwrap();
                 assert_eq!(keyring.primary_key(Some(&a)).unwrap().id(), first);
+            }
+
+            /// A key table and manifest wiped: a store with a pinned epoch refuses to load it
+            /// or to start a new deployment in it.
+            #[test]
+            fn a_wiped_table_is_not_new_to_a_pinned_store() {
+                let _serial = encrypted_types_tests::serial();
+                let (mut conn, _dir, kek) = setup();
+                let conn = &mut conn;
+                let s = store(&kek);
+                s.create_tenant(conn, None).unwrap();
+                let epoch = s.manifest_epoch(conn).unwrap().unwrap();
+                diesel::delete(encrypted_types_keys::table)
+                    .execute(conn)
+                    .unwrap();
+                diesel::delete(encrypted_types_key_manifest::table)
+                    .execute(conn)
+                    .unwrap();
+                let pinned = store(&kek).with_min_epoch(epoch);
+                manifest_refuses(pinned.load(conn), "the deployment row");
+                manifest_refuses(pinned.create_tenant(conn, None), "the deployment row");
+                assert!(
+                    store(&kek).load(conn).is_ok(),
+                    "an empty table, unpinned, is new"
+                );
             }
 
             /// A shredded tenant revived from its older records is refused; so is a replaced
@@ -195,7 +226,7 @@ macro_rules! manifest_tests {
             #[test]
             fn a_rollback_with_its_manifest_row_is_refused_by_a_full_load() {
                 let _serial = encrypted_types_tests::serial();
-                let (mut conn, _dir, kek) = setup();
+                let (mut conn, dir, kek) = setup();
                 let conn = &mut conn;
                 let a = TenantId::from("clinic-a");
                 let s = store(&kek);
@@ -211,11 +242,24 @@ macro_rules! manifest_tests {
                 assert_eq!(store(&kek).load_tenants(conn, &[a]).unwrap().1.data_keys, 2);
                 let status = store(&kek).manifest_status(conn).unwrap();
                 assert!(!status.adds_up, "{status:?}");
+                // A rewrap to a new KEK does not fold the rollback into a new digest (review
+                // finding H2): refused, nothing written.
+                let new_kek = dir.path().join("new.kek");
+                LocalKek::create(&new_kek).unwrap();
+                let rows_before = all_rows(conn);
+                let moving = KeyStore::new(LocalKek::open(&new_kek).unwrap())
+                    .with_kek(LocalKek::open(&kek).unwrap());
+                manifest_refuses(
+                    moving.rewrap(conn, Default::default()),
+                    "the deployment row",
+                );
+                assert_eq!(all_rows(conn), rows_before);
+                manifest_refuses(store(&kek).load(conn), "the deployment row");
             }
 
             /// The whole key table and manifest put back from one older moment: a fresh
             /// process without a pin cannot tell; one pinned at the newer epoch refuses, as
-            /// does the process that wrote the newer epoch. Every operation raised the epoch.
+            /// does the process that loaded the newer epoch. Every operation raised the epoch.
             #[test]
             fn a_whole_table_rollback_is_refused_by_the_pinned_epoch() {
                 let _serial = encrypted_types_tests::serial();
@@ -237,6 +281,8 @@ macro_rules! manifest_tests {
                     .unwrap();
                 let e3 = s.manifest_epoch(conn).unwrap().unwrap();
                 assert_eq!(e3, e2 + 1);
+                // This process loads the newest table.
+                assert_eq!(s.load(conn).unwrap().1.manifest_epoch, Some(e3));
 
                 restore(conn, "clinic-a", &keys);
                 diesel::delete(encrypted_types_key_manifest::table)
@@ -250,7 +296,12 @@ macro_rules! manifest_tests {
                     store(&kek).with_min_epoch(e3).load(conn),
                     "the deployment row",
                 );
-                manifest_refuses(s.load(conn), "the deployment row");
+                // (Its generations refuse it first; the epoch would too.)
+                let again = s.load(conn);
+                assert!(
+                    matches!(again, Err(Error::KeyRecord { .. } | Error::Manifest { .. })),
+                    "{again:?}"
+                );
             }
 
             /// A table whose manifest is missing (one from before 0.3) is refused until
@@ -281,7 +332,7 @@ macro_rules! manifest_tests {
                     status.differing,
                     ["tenant clinic-a", "the keys of no tenant"]
                 );
-                let rebuilt = fresh.rebuild_manifest(conn).unwrap();
+                let rebuilt = fresh.rebuild_manifest(conn, &status).unwrap();
                 assert_eq!(
                     rebuilt.differing,
                     ["tenant clinic-a", "the keys of no tenant"]

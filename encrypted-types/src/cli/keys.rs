@@ -474,7 +474,7 @@ where
                     *yes,
                 )?;
             }
-            let rebuilt = store.rebuild_manifest(conn)?;
+            let rebuilt = store.rebuild_manifest(conn, &status)?;
             if *json {
                 out::json(&manifest_json(&rebuilt, true))?;
             } else {

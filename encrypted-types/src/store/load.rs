@@ -225,6 +225,7 @@ impl<P: KekProvider> KeyStore<P> {
         // The records and the manifest rows are read in two statements: read the deployment
         // row before and after, and again while a change committed in between (every change
         // but a tenant's creation moves it; a creation adds a new group, whole).
+        let seen = self.seen_epoch.load(std::sync::atomic::Ordering::SeqCst);
         let mut attempts = 0;
         let (records, manifest_rows) = loop {
             attempts += 1;
@@ -246,8 +247,17 @@ impl<P: KekProvider> KeyStore<P> {
             };
             let rows = super::manifest::load_rows(db, scope).await?;
             let after = rows.iter().find(|r| r.scope == "deployment");
-            if before.as_ref() == after || attempts >= 3 {
+            if before.as_ref() == after {
                 break (records, rows);
+            }
+            // Never check records and rows that may come from different moments: a false
+            // "rolled back" would send the operator the wrong way.
+            if attempts >= 5 {
+                return Err(Error::Store(
+                    "the key table changed during each of five reads (a rewrap or many key \
+                     operations running): load again"
+                        .into(),
+                ));
             }
         };
         let parsed = records.iter().map(parse).collect::<Result<Vec<_>, _>>()?;
@@ -412,10 +422,17 @@ impl<P: KekProvider> KeyStore<P> {
             }
         }
         check_groups(&parsed, &unavailable, hierarchical.then_some(self), scope)?;
-        if hierarchical && check_manifest {
-            report.manifest_epoch =
-                super::manifest::check(self, &manifest_rows, &records, &macs, scope.is_none())?
-                    .and_then(|e| u64::try_from(e).ok());
+        // An empty table is checked too: with a pinned epoch it was wiped, not created.
+        if (hierarchical || records.is_empty()) && check_manifest {
+            report.manifest_epoch = super::manifest::check(
+                self,
+                &manifest_rows,
+                &records,
+                &macs,
+                scope.is_none(),
+                seen,
+            )?
+            .and_then(|e| u64::try_from(e).ok());
         }
 
         let mut builder = Keyring::builder().load_began(sequence).seal_limit(

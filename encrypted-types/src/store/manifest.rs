@@ -210,8 +210,9 @@ pub(super) enum Mode {
     /// A tenant's creation: a new group row at epoch 0, the deployment row left alone (unless
     /// the tenant had records before, a re-creation after a shred).
     Create,
-    /// A rewrap: as [`Mode::Change`], but a table with no manifest is let through (the rewrap
-    /// builds it at the end).
+    /// A rewrap: as [`Mode::Change`], and a table from before the key hierarchy (no
+    /// deployment wrapping key, so no manifest), or one without a manifest where this store
+    /// allows it, is let through: the rewrap writes its manifest in its first transaction.
     Rewrap,
 }
 
@@ -224,6 +225,13 @@ pub(super) struct Change {
     /// No manifest, and the caller (a rewrap) builds it later.
     absent: bool,
     groups: Vec<(Option<String>, Option<ManifestRow>)>,
+}
+
+impl Change {
+    /// Whether the table had no manifest to change (a rewrap builds one at its end).
+    pub(super) fn absent(&self) -> bool {
+        self.absent
+    }
 }
 
 impl<P: KekProvider> KeyStore<P> {
@@ -408,6 +416,10 @@ impl<P: KekProvider> KeyStore<P> {
         /// [`KeyStore::manifest_status`] first, since what it lists is accepted as it is. The
         /// new deployment epoch is above every earlier one, the pin and what this store saw.
         ///
+        /// `reviewed` is the status the operator read: if the groups that differ are no longer
+        /// the same when the rebuild runs, it writes nothing ([`Error::Store`]), so that what
+        /// is accepted is what was reviewed.
+        ///
         /// ```
         /// # use diesel::prelude::*;
         /// # use encrypted_types::kek::local::LocalKek;
@@ -417,23 +429,36 @@ impl<P: KekProvider> KeyStore<P> {
         /// # KeyStore::<LocalKek>::run_migrations(conn)?;
         /// let store = KeyStore::new(LocalKek::create(dir.path().join("dev.kek"))?);
         /// store.create_tenant(conn, Some(&"clinic-a".into()))?;
-        /// let status = store.rebuild_manifest(conn)?;
+        /// let reviewed = store.manifest_status(conn)?;
+        /// let status = store.rebuild_manifest(conn, &reviewed)?;
         /// assert!(status.differing.is_empty(), "nothing differed");
         /// assert_eq!(store.load(conn)?.1.manifest_epoch, status.epoch);
         /// # Ok::<(), encrypted_types::Error>(())
         /// ```
         ///
         /// # Errors
-        /// As [`KeyStore::load`].
-        pub fn rebuild_manifest / rebuild_manifest_async(&self)
+        /// As [`KeyStore::load`]; [`Error::Store`] if the table changed since `reviewed`.
+        pub fn rebuild_manifest / rebuild_manifest_async(&self, reviewed: &ManifestStatus)
             -> Result<ManifestStatus, Error> where Backend: KeyTable => self.rebuild_manifest_on
     }
 
-    async fn rebuild_manifest_on<D: KeyDb>(&self, db: &mut D) -> Result<ManifestStatus, Error> {
+    async fn rebuild_manifest_on<D: KeyDb>(
+        &self,
+        db: &mut D,
+        reviewed: &ManifestStatus,
+    ) -> Result<ManifestStatus, Error> {
         self.load_checked(db, None, false).await?;
         let (epoch, differing) = crate::db::transaction(db, store_err, async |db| {
             let mac = self.mac_wrapper(db).await?;
-            self.manifest_build(db, &mac).await
+            let built = self.manifest_build(db, &mac).await?;
+            if built.1 != reviewed.differing {
+                return Err(Error::Store(
+                    "the key table changed since its manifest was reviewed: review it again \
+                     (`keys manifest`)"
+                        .into(),
+                ));
+            }
+            Ok(built)
         })
         .await?;
         tracing::warn!(
@@ -497,11 +522,18 @@ impl<P: KekProvider> KeyStore<P> {
 
     /// Refuses a deployment epoch below the pinned minimum or below one this process saw.
     pub(super) fn epoch_allowed(&self, epoch: i64) -> Result<(), Error> {
+        self.epoch_allowed_since(epoch, self.seen_epoch.load(Ordering::SeqCst))
+    }
+
+    /// [`KeyStore::epoch_allowed`] against `seen`, the highest epoch this process had seen
+    /// when the caller read the table: a later load of this process raising it meanwhile
+    /// does not make this read look rolled back.
+    pub(super) fn epoch_allowed_since(&self, epoch: i64, seen: u64) -> Result<(), Error> {
         let epoch = u64::try_from(epoch).unwrap_or(0);
         if self.min_epoch.is_some_and(|min| epoch < min) {
             return Err(refuse(DEPLOYMENT, BELOW_PIN));
         }
-        if epoch < self.seen_epoch.load(Ordering::SeqCst) {
+        if epoch < seen {
             return Err(refuse(DEPLOYMENT, BELOW_SEEN));
         }
         Ok(())
@@ -553,6 +585,12 @@ impl<P: KekProvider> KeyStore<P> {
         if group_digest(records).as_slice() != row.digest.as_slice() {
             return Err(refuse(&scope, DIFFERS));
         }
+        // And the rows add up (a full load's step 5), so that the tenant's older records put
+        // back with its older row cannot make it look shredded either.
+        let dw = self.verify_row(db, d, &mut cache).await?;
+        if self.deployment_digest(db, &dw, |_| None).await?.as_slice() != d.digest.as_slice() {
+            return Err(refuse(DEPLOYMENT, DOES_NOT_ADD_UP));
+        }
         Ok(())
     }
 
@@ -600,7 +638,7 @@ impl<P: KekProvider> KeyStore<P> {
                 ));
                 let hierarchical = D::Backend::count_q(db, &q).await.map_err(store_err)? > 0;
                 if records > 0 {
-                    if mode == Mode::Rewrap || !hierarchical || self.unmanifested_ok() {
+                    if !hierarchical || self.unmanifested_ok() {
                         change.absent = true;
                         return Ok(change);
                     }
@@ -608,6 +646,10 @@ impl<P: KekProvider> KeyStore<P> {
                 }
                 if let Some(r) = rows(db, None, "").await.map_err(store_err)?.first() {
                     return Err(refuse(&r.scope, GONE));
+                }
+                // An empty table where a manifest was pinned or seen: wiped, not new.
+                if self.min_epoch.is_some() || self.seen_epoch.load(Ordering::SeqCst) > 0 {
+                    return Err(refuse(DEPLOYMENT, NO_MANIFEST));
                 }
                 // The first key of the table is the deployment wrapping key, of no tenant.
                 change.init = true;
@@ -710,8 +752,24 @@ impl<P: KekProvider> KeyStore<P> {
                 }
                 acc
             }
-            // A new deployment wrapping key (a rewrap) or a new manifest: from every row.
-            _ => self.deployment_digest(db, mac).await?,
+            // A new deployment wrapping key (a rewrap): the rows as they were must add up to
+            // the old deployment row under its own key first, or a rollback of a tenant's
+            // records and row together would be folded into a new, consistent digest.
+            Some(d) => {
+                let mut cache = HashMap::new();
+                let old_key = self.verify_row(db, d, &mut cache).await?;
+                let before: HashMap<&str, &ManifestRow> =
+                    changed.iter().map(|(b, _)| (b.scope.as_str(), b)).collect();
+                let was = self
+                    .deployment_digest(db, &old_key, |scope| before.get(scope).copied())
+                    .await?;
+                if was.as_slice() != d.digest.as_slice() {
+                    return Err(refuse(DEPLOYMENT, DOES_NOT_ADD_UP));
+                }
+                self.deployment_digest(db, mac, |_| None).await?
+            }
+            // A new manifest: from every row.
+            None => self.deployment_digest(db, mac, |_| None).await?,
         };
         let epoch = old
             .as_ref()
@@ -737,24 +795,28 @@ impl<P: KekProvider> KeyStore<P> {
             mac_key_id: i64::from(mac.id.get()),
             mac: mac.manifest_mac(DEPLOYMENT, epoch, digest),
         };
+        // Not recorded as seen here: the transaction may still fail to commit. The next load
+        // records it.
         write_row(db, &row, existed).await?;
-        self.saw_epoch(epoch);
         tracing::info!(target: "encrypted_types::audit", event = "key_manifest_written", epoch);
         Ok(())
     }
 
-    /// The deployment digest under `mac` from every group row, each checked first.
-    async fn deployment_digest<D: KeyDb>(
+    /// The deployment digest under `mac` from every group row, each checked first; `instead`
+    /// gives a row to count in place of the stored one (the row a change replaced).
+    async fn deployment_digest<'r, D: KeyDb>(
         &self,
         db: &mut D,
         mac: &Wrapper,
+        instead: impl Fn(&str) -> Option<&'r ManifestRow>,
     ) -> Result<[u8; 32], Error> {
         let mut cache = HashMap::new();
         let mut acc = [0u8; 32];
-        for r in rows(db, None, "").await.map_err(store_err)? {
-            if r.scope == DEPLOYMENT {
+        for stored in rows(db, None, "").await.map_err(store_err)? {
+            if stored.scope == DEPLOYMENT {
                 continue;
             }
+            let r = instead(&stored.scope).cloned().unwrap_or(stored);
             self.verify_row(db, &r, &mut cache).await?;
             if r.epoch > 0 {
                 xor(&mut acc, &mac.manifest_entry(&r.scope, r.epoch, &r.digest));
@@ -885,6 +947,7 @@ pub(super) fn check<P: KekProvider>(
     records: &[KeyRecord],
     macs: &HashMap<crate::format::key::KeyId, Arc<Wrapper>>,
     full: bool,
+    seen: u64,
 ) -> Result<Option<i64>, Error> {
     let key = |row: &ManifestRow| {
         u32::try_from(row.mac_key_id)
@@ -899,7 +962,8 @@ pub(super) fn check<P: KekProvider>(
             .ok_or_else(|| refuse(&row.scope, NOT_AUTHENTIC))
     };
     let Some(deployment) = rows.iter().find(|r| r.scope == DEPLOYMENT) else {
-        if records.is_empty() && rows.is_empty() {
+        // An empty table is new, unless a manifest was pinned or seen (then it was wiped).
+        if records.is_empty() && rows.is_empty() && store.min_epoch.is_none() && seen == 0 {
             return Ok(None);
         }
         if store.unmanifested_ok() {
@@ -909,7 +973,7 @@ pub(super) fn check<P: KekProvider>(
         return Err(refuse(DEPLOYMENT, NO_MANIFEST));
     };
     let dw = verified(deployment)?;
-    store.epoch_allowed(deployment.epoch)?;
+    store.epoch_allowed_since(deployment.epoch, seen)?;
     let mut groups: BTreeMap<String, Vec<&KeyRecord>> = BTreeMap::new();
     for r in records {
         groups
@@ -937,10 +1001,14 @@ pub(super) fn check<P: KekProvider>(
     outcomes.into_iter().collect::<Result<Vec<()>, Error>>()?;
     // A row with no records: a group created after the records were read (epoch 0), or one
     // whose records were removed.
-    for (scope, row) in &by_scope {
-        if row.epoch > 0 && !groups.contains_key(*scope) {
-            return Err(refuse(scope, GONE));
-        }
+    let mut gone: Vec<&str> = by_scope
+        .iter()
+        .filter(|(scope, row)| row.epoch > 0 && !groups.contains_key(**scope))
+        .map(|(scope, _)| *scope)
+        .collect();
+    gone.sort_unstable();
+    if let Some(scope) = gone.first() {
+        return Err(refuse(scope, GONE));
     }
     if full {
         let changed: Vec<&ManifestRow> =

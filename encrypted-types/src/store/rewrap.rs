@@ -151,8 +151,16 @@ impl<P: KekProvider> KeyStore<P> {
         self.tenant_keks_apart(db, None).await?;
         let target = crate::db::transaction(db, store_err, async |db| {
             let change = self.manifest_begin(db, &[None], Mode::Rewrap).await?;
+            let absent = change.absent();
             let target = self.rewrap_target(db).await?;
-            self.manifest_commit(db, change, &target).await?;
+            if absent {
+                // A table that had no manifest to protect (from before the hierarchy, adopted
+                // just now, or one this store may load without): its manifest is written now,
+                // so that every later batch, and a rerun after a crash, keeps it.
+                self.manifest_build(db, &target).await?;
+            } else {
+                self.manifest_commit(db, change, &target).await?;
+            }
             Ok(target)
         })
         .await?;
@@ -218,11 +226,7 @@ impl<P: KekProvider> KeyStore<P> {
                 self.forget_wrapping(id);
                 destroyed.push(id);
             }
-            // A table without a manifest (from before 0.3, or adopted just now) gets one: the
-            // rewrap has authenticated every record.
-            if self.manifest_commit(db, change, &target).await?.is_none() {
-                self.manifest_build(db, &target).await?;
-            }
+            self.manifest_commit(db, change, &target).await?;
             Ok(Some(destroyed))
         })
         .await?;
