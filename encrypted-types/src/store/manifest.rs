@@ -77,6 +77,18 @@ pub(crate) fn scope_of(tenant: Option<&str>) -> String {
     tenant.map_or_else(|| "none".to_owned(), |t| format!("tenant:{t}"))
 }
 
+/// `records` grouped by scope, in scope order, each group in the records' order.
+fn by_scope(records: &[KeyRecord]) -> BTreeMap<String, Vec<&KeyRecord>> {
+    let mut groups: BTreeMap<String, Vec<&KeyRecord>> = BTreeMap::new();
+    for r in records {
+        groups
+            .entry(scope_of(r.tenant.as_deref()))
+            .or_default()
+            .push(r);
+    }
+    groups
+}
+
 fn describe(scope: &str) -> String {
     match scope.strip_prefix("tenant:") {
         Some(t) => format!("tenant {t}"),
@@ -350,13 +362,7 @@ impl<P: KekProvider> KeyStore<P> {
     async fn manifest_status_on<D: KeyDb>(&self, db: &mut D) -> Result<ManifestStatus, Error> {
         let all = rows(db, None, "").await.map_err(store_err)?;
         let records = super::all_keys(db).await.map_err(store_err)?;
-        let mut groups: BTreeMap<String, Vec<&KeyRecord>> = BTreeMap::new();
-        for r in &records {
-            groups
-                .entry(scope_of(r.tenant.as_deref()))
-                .or_default()
-                .push(r);
-        }
+        let groups = by_scope(&records);
         let mut cache = HashMap::new();
         let mut differing = Vec::new();
         let mut deployment = None;
@@ -879,13 +885,7 @@ impl<P: KekProvider> KeyStore<P> {
             D::Backend::SHARE_LOCK
         ));
         let records = D::Backend::load_records(db, &q).await.map_err(store_err)?;
-        let mut groups: BTreeMap<String, Vec<&KeyRecord>> = BTreeMap::new();
-        for r in &records {
-            groups
-                .entry(scope_of(r.tenant.as_deref()))
-                .or_default()
-                .push(r);
-        }
+        let groups = by_scope(&records);
         let mut cache = HashMap::new();
         let mut differing = Vec::new();
         let mut acc = [0u8; 32];
