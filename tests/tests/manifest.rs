@@ -169,6 +169,43 @@ macro_rules! manifest_tests {
                 assert_eq!(keyring.primary_key(Some(&a)).unwrap().id(), first);
             }
 
+            /// A deployment row that no longer authenticates (edited by SQL) is refused; the
+            /// status names it, and a rebuild from that reviewed status accepts the table.
+            #[test]
+            fn an_altered_deployment_row_is_refused_until_a_reviewed_rebuild() {
+                let _serial = encrypted_types_tests::serial();
+                let (mut conn, _dir, kek) = setup();
+                let conn = &mut conn;
+                let s = store(&kek);
+                s.create_tenant(conn, Some(&TenantId::from("clinic-a")))
+                    .unwrap();
+                let mut d = row(conn, "deployment");
+                d.epoch += 100;
+                put_row(conn, &d);
+                manifest_refuses(store(&kek).load(conn), "the deployment row");
+                let status = store(&kek).manifest_status(conn).unwrap();
+                assert_eq!(status.differing, ["the deployment row"]);
+                let rebuilt = store(&kek).rebuild_manifest(conn, &status).unwrap();
+                assert!(rebuilt.epoch.unwrap() > 100, "above the edited epoch too");
+                assert_eq!(
+                    store(&kek).load(conn).unwrap().1.manifest_epoch,
+                    rebuilt.epoch
+                );
+                // A status read before a later change is refused, nothing written.
+                s.rotate_data_key(conn, Some(&TenantId::from("clinic-a")))
+                    .unwrap();
+                let stale = store(&kek).manifest_status(conn).unwrap();
+                let mut a = row(conn, "tenant:clinic-a");
+                a.epoch += 1;
+                put_row(conn, &a);
+                let before = all_rows(conn);
+                assert!(matches!(
+                    store(&kek).rebuild_manifest(conn, &stale),
+                    Err(Error::Store(_))
+                ));
+                assert_eq!(all_rows(conn), before);
+            }
+
             /// A key table and manifest wiped: a store with a pinned epoch refuses to load it
             /// or to start a new deployment in it.
             #[test]

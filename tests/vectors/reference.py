@@ -1906,6 +1906,8 @@ def generate_manifest():
         ("the tenant's manifest row deleted", records, [none_row, dep_row], None, None),
         ("the whole manifest deleted", records, [], None, None),
         ("a row whose records are gone", records, manifest + [gone_row], None, None),
+        ("a row of a scope no group has", records,
+         manifest + [manifest_row(m, m_id, "bogus", 1, group_digest([]))], None, None),
     ]:
         cases.append({"name": name, "records": recs, "manifest": rows, "tenants": tenants,
                       "min_epoch": min_epoch,

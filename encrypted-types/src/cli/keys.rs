@@ -443,13 +443,16 @@ where
         KeysCommand::Manifest { rebuild, yes, json } => {
             let status = store.manifest_status(conn)?;
             let clean = status.epoch.is_some() && status.differing.is_empty() && status.adds_up;
-            if !*json || !*rebuild {
-                let text = manifest_text(&status);
-                if *json {
-                    out::json(&manifest_json(&status, false))?;
-                } else {
-                    out::line(&text)?;
-                }
+            let text = manifest_text(&status);
+            if !*rebuild && *json {
+                out::json(&manifest_json(&status, false))?;
+            } else if *json {
+                // Standard output holds the one JSON document: the review goes to standard
+                // error, before the question.
+                use std::io::Write as _;
+                writeln!(std::io::stderr(), "{text}")?;
+            } else {
+                out::line(&text)?;
             }
             if !*rebuild {
                 return Ok(if clean {

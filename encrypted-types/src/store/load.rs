@@ -422,8 +422,10 @@ impl<P: KekProvider> KeyStore<P> {
             }
         }
         check_groups(&parsed, &unavailable, hierarchical.then_some(self), scope)?;
-        // An empty table is checked too: with a pinned epoch it was wiped, not created.
-        if (hierarchical || records.is_empty()) && check_manifest {
+        // An empty table is checked too (with a pinned epoch it was wiped, not created), and
+        // so is one that looks older than the hierarchy once an epoch is pinned or was seen.
+        let pinned = self.min_epoch.is_some() || seen > 0;
+        if (hierarchical || records.is_empty() || pinned) && check_manifest {
             report.manifest_epoch = super::manifest::check(
                 self,
                 &manifest_rows,

@@ -93,7 +93,9 @@ fn describe(scope: &str) -> String {
     match scope.strip_prefix("tenant:") {
         Some(t) => format!("tenant {t}"),
         None if scope == DEPLOYMENT => "the deployment row".to_owned(),
-        None => "the keys of no tenant".to_owned(),
+        None if scope == "none" => "the keys of no tenant".to_owned(),
+        // Never written by the library: a row a database writer added.
+        None => format!("the row {scope:?}"),
     }
 }
 
@@ -224,7 +226,8 @@ pub(super) enum Mode {
     Create,
     /// A rewrap: as [`Mode::Change`], and a table from before the key hierarchy (no
     /// deployment wrapping key, so no manifest), or one without a manifest where this store
-    /// allows it, is let through: the rewrap writes its manifest in its first transaction.
+    /// allows it (neither pinned nor seen), is let through: the rewrap writes its manifest in
+    /// its first transaction.
     Rewrap,
 }
 
@@ -234,13 +237,13 @@ pub(super) struct Change {
     deployment: Option<ManifestRow>,
     /// No manifest yet, and an empty key table: created at commit.
     init: bool,
-    /// No manifest, and the caller (a rewrap) builds it later.
+    /// No manifest, and the caller (a rewrap) writes it in the same transaction.
     absent: bool,
     groups: Vec<(Option<String>, Option<ManifestRow>)>,
 }
 
 impl Change {
-    /// Whether the table had no manifest to change (a rewrap builds one at its end).
+    /// Whether the table had no manifest to change (a rewrap then writes one).
     pub(super) fn absent(&self) -> bool {
         self.absent
     }
@@ -384,7 +387,8 @@ impl<P: KekProvider> KeyStore<P> {
             let matches = recs.is_some_and(|recs| {
                 group_digest(recs.iter().copied()).as_slice() == r.digest.as_slice()
             });
-            if !ok || (!matches && (recs.is_some() || r.epoch > 0)) {
+            // A row without records is listed too: a rebuild removes it.
+            if !ok || !matches {
                 differing.push(describe(&r.scope));
             }
             match (&dw, ok) {
@@ -456,15 +460,21 @@ impl<P: KekProvider> KeyStore<P> {
         self.load_checked(db, None, false).await?;
         let (epoch, differing) = crate::db::transaction(db, store_err, async |db| {
             let mac = self.mac_wrapper(db).await?;
-            let built = self.manifest_build(db, &mac).await?;
-            if built.1 != reviewed.differing {
+            // Under the deployment row's lock, the status again, by the same rule as the one
+            // reviewed: what is accepted is what was read.
+            rows(db, Some(&[DEPLOYMENT.to_owned()]), D::Backend::UPDATE_LOCK)
+                .await
+                .map_err(store_err)?;
+            let now = self.manifest_status_on(db).await?;
+            if now.differing != reviewed.differing || now.adds_up != reviewed.adds_up {
                 return Err(Error::Store(
                     "the key table changed since its manifest was reviewed: review it again \
                      (`keys manifest`)"
                         .into(),
                 ));
             }
-            Ok(built)
+            let (epoch, _) = self.manifest_build(db, &mac).await?;
+            Ok((epoch, now.differing))
         })
         .await?;
         tracing::warn!(
@@ -570,9 +580,9 @@ impl<P: KekProvider> KeyStore<P> {
         records: &[KeyRecord],
     ) -> Result<(), Error> {
         let scope = scope_of(Some(tenant));
-        let found = rows(db, Some(&[scope.clone(), DEPLOYMENT.to_owned()]), "")
-            .await
-            .map_err(store_err)?;
+        // Every row in one statement: the deployment row and the rows it must add up to come
+        // from one moment (PostgreSQL's READ COMMITTED gives each statement its own).
+        let found = rows(db, None, "").await.map_err(store_err)?;
         let mut cache = HashMap::new();
         let Some(d) = found.iter().find(|r| r.scope == DEPLOYMENT) else {
             return if self.unmanifested_ok() {
@@ -581,7 +591,7 @@ impl<P: KekProvider> KeyStore<P> {
                 Err(refuse(DEPLOYMENT, NO_MANIFEST))
             };
         };
-        self.verify_row(db, d, &mut cache).await?;
+        let dw = self.verify_row(db, d, &mut cache).await?;
         self.epoch_allowed(d.epoch)?;
         let row = found
             .iter()
@@ -593,8 +603,14 @@ impl<P: KekProvider> KeyStore<P> {
         }
         // And the rows add up (a full load's step 5), so that the tenant's older records put
         // back with its older row cannot make it look shredded either.
-        let dw = self.verify_row(db, d, &mut cache).await?;
-        if self.deployment_digest(db, &dw, |_| None).await?.as_slice() != d.digest.as_slice() {
+        let mut acc = [0u8; 32];
+        for r in found.iter().filter(|r| r.scope != DEPLOYMENT) {
+            self.verify_row(db, r, &mut cache).await?;
+            if r.epoch > 0 {
+                xor(&mut acc, &dw.manifest_entry(&r.scope, r.epoch, &r.digest));
+            }
+        }
+        if acc.as_slice() != d.digest.as_slice() {
             return Err(refuse(DEPLOYMENT, DOES_NOT_ADD_UP));
         }
         Ok(())
@@ -610,6 +626,8 @@ impl<P: KekProvider> KeyStore<P> {
         groups: &[Option<&str>],
         mode: Mode,
     ) -> Result<Change, Error> {
+        // Before any read: another thread's load raising it meanwhile is not a rollback.
+        let seen = self.seen_epoch.load(Ordering::SeqCst);
         let mut scopes: Vec<String> = groups.iter().map(|t| scope_of(*t)).collect();
         let mut groups: Vec<Option<String>> = groups.iter().map(|t| t.map(str::to_owned)).collect();
         let recreates = mode == Mode::Create
@@ -644,7 +662,10 @@ impl<P: KekProvider> KeyStore<P> {
                 ));
                 let hierarchical = D::Backend::count_q(db, &q).await.map_err(store_err)? > 0;
                 if records > 0 {
-                    if !hierarchical || self.unmanifested_ok() {
+                    // A pinned or seen manifest is never given up, not even for a table that
+                    // looks older than the hierarchy.
+                    let pinned = self.min_epoch.is_some() || seen > 0;
+                    if !pinned && (!hierarchical || self.unmanifested_ok()) {
                         change.absent = true;
                         return Ok(change);
                     }
@@ -654,7 +675,7 @@ impl<P: KekProvider> KeyStore<P> {
                     return Err(refuse(&r.scope, GONE));
                 }
                 // An empty table where a manifest was pinned or seen: wiped, not new.
-                if self.min_epoch.is_some() || self.seen_epoch.load(Ordering::SeqCst) > 0 {
+                if self.min_epoch.is_some() || seen > 0 {
                     return Err(refuse(DEPLOYMENT, NO_MANIFEST));
                 }
                 // The first key of the table is the deployment wrapping key, of no tenant.
@@ -666,7 +687,7 @@ impl<P: KekProvider> KeyStore<P> {
             }
             Some(d) => {
                 self.verify_row(db, &d, &mut cache).await?;
-                self.epoch_allowed(d.epoch)?;
+                self.epoch_allowed_since(d.epoch, seen)?;
                 change.deployment = Some(d);
             }
         }
@@ -980,12 +1001,19 @@ pub(super) fn check<P: KekProvider>(
         groups.entry(r.tenant.as_deref()).or_default().push(r);
     }
     let mut by_tenant: HashMap<Option<&str>, &ManifestRow> = HashMap::new();
+    let mut unknown: Vec<&str> = Vec::new();
     for r in rows {
         match r.scope.strip_prefix("tenant:") {
             Some(t) => by_tenant.insert(Some(t), r),
             None if r.scope == "none" => by_tenant.insert(None, r),
-            // The deployment row, or a scope no group has (part of nothing, as in §6).
-            None => None,
+            None if r.scope == DEPLOYMENT => None,
+            // A scope no group has, so no records: "gone" above epoch 0 (as in §6).
+            None => {
+                if r.epoch > 0 {
+                    unknown.push(&r.scope);
+                }
+                None
+            }
         };
     }
     // In scope order ("none" first, then tenants), so the first failure named is the same in
@@ -1018,6 +1046,7 @@ pub(super) fn check<P: KekProvider>(
         .iter()
         .filter(|(tenant, row)| row.epoch > 0 && !present.contains(*tenant))
         .map(|(_, row)| row.scope.as_str())
+        .chain(unknown)
         .collect();
     gone.sort_unstable();
     if let Some(scope) = gone.first() {

@@ -157,7 +157,13 @@ impl<P: KekProvider> KeyStore<P> {
                 // A table that had no manifest to protect (from before the hierarchy, adopted
                 // just now, or one this store may load without): its manifest is written now,
                 // so that every later batch, and a rerun after a crash, keeps it.
-                self.manifest_build(db, &target).await?;
+                let (epoch, accepted) = self.manifest_build(db, &target).await?;
+                tracing::warn!(
+                    target: "encrypted_types::audit",
+                    event = "key_manifest_written_by_rewrap",
+                    epoch,
+                    accepted = ?accepted,
+                );
             } else {
                 self.manifest_commit(db, change, &target).await?;
             }
