@@ -1,8 +1,8 @@
 //! Faults in the middle of a job: the rotation's own database connection is terminated by the
-//! server between a batch's read and its write (`pg_terminate_backend`, MariaDB `KILL`). The
-//! job fails with a typed error, nothing half-written stays, and a rerun of the same job on a
-//! new connection finishes: an SQL count finds no value left on the retired keys and every row
-//! opens with what was written.
+//! server between a batch's read and its write (`pg_terminate_backend`, MariaDB `KILL`), or
+//! the server restarts there. The job fails with a typed error, nothing half-written stays,
+//! and a rerun of the same job on a new connection finishes: an SQL count finds no value left
+//! on the retired keys and every row opens with what was written.
 // A test reports failure by panicking: unwrap, expect and indexing are assertions here.
 #![allow(
     clippy::unwrap_used,
@@ -46,8 +46,55 @@ fn kill_the_job_connection() {
     }
 }
 
+/// Runs before each batch's write: at the third, the database server restarts (the job's
+/// connection dies with it), and the hook returns once the server answers again.
+fn restart_the_server() {
+    if WRITES.fetch_add(1, Ordering::SeqCst) != 2 {
+        return;
+    }
+    let (url, _) = TARGET.lock().unwrap().clone().unwrap();
+    let sh = |cmd: &str| {
+        let status = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(cmd)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{cmd}: {status}");
+    };
+    if url.starts_with("postgres") {
+        sh(
+            "pg_ctlcluster --skip-systemctl-redirect \"$(ls /etc/postgresql | sort -V | tail -1)\" main restart",
+        );
+        sh(
+            "for i in $(seq 1 60); do pg_isready -q -h 127.0.0.1 && exit 0; sleep 0.5; done; exit 1",
+        );
+    } else {
+        // As .ci/run starts it: shut down, wait until the process is gone (it closes its port
+        // before InnoDB is flushed, and a start meanwhile finds it running), start again.
+        sh("mariadb-admin --protocol=tcp -h127.0.0.1 -uroot shutdown");
+        sh(
+            "for i in $(seq 1 120); do pidof mariadbd >/dev/null || exit 0; sleep 0.5; done; exit 1",
+        );
+        sh("start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd");
+        sh(
+            "for i in $(seq 1 60); do mariadb-admin --protocol=tcp -h127.0.0.1 -uroot ping >/dev/null 2>&1 && exit 0; sleep 0.5; done; exit 1",
+        );
+    }
+}
+
 macro_rules! killed_connection_test {
     ($name:ident, $db:literal, $conn:ty, $blob:literal, $id_sql:literal, $admin:expr) => {
+        killed_connection_test!(
+            $name,
+            $db,
+            $conn,
+            $blob,
+            $id_sql,
+            $admin,
+            kill_the_job_connection
+        );
+    };
+    ($name:ident, $db:literal, $conn:ty, $blob:literal, $id_sql:literal, $admin:expr, $fault:expr) => {
         #[test]
         fn $name() {
             let _g = encrypted_types_tests::serial();
@@ -88,12 +135,14 @@ macro_rules! killed_connection_test {
             let opts = JobOptions {
                 batch: 50,
                 worker: Some("rotator-1".into()),
-                before_write: Some(kill_the_job_connection),
+                before_write: Some($fault),
                 ..JobOptions::default()
             };
             let err = rotate_data_keys(job_conn, &Patient::MODEL, "rotate", &opts, |_| {})
                 .expect_err("the job went on after its connection was terminated");
             println!("{}: the job stopped with {err:?}", stringify!($name));
+            // A connection of its own for the checks: after a restart the first one is gone.
+            let conn = &mut connect::<$conn>(&url);
             // The driver's message, as the job's error: the job cannot tell a terminated
             // connection from any other failed statement, and says which job it was.
             assert!(matches!(err, Error::Job(_)), "{err:?}");
@@ -169,4 +218,26 @@ killed_connection_test!(
     "LONGBLOB",
     "SELECT CAST(CONNECTION_ID() AS SIGNED) AS n",
     Some(encrypted_types_tests::mysql_url())
+);
+
+// The server itself restarts mid-job: the same typed error, and a rerun after it is back
+// finishes with nothing lost. (This binary's tests hold the serial lock, and cargo runs test
+// binaries one at a time, so no other test sees the restart.)
+killed_connection_test!(
+    a_rotation_whose_server_restarts_is_rerun_to_the_end_on_postgres,
+    "et_job_restart_pg",
+    PgConnection,
+    "BYTEA",
+    "SELECT CAST(pg_backend_pid() AS BIGINT) AS n",
+    Some(encrypted_types_tests::pg_url()),
+    restart_the_server
+);
+killed_connection_test!(
+    a_rotation_whose_server_restarts_is_rerun_to_the_end_on_mariadb,
+    "et_job_restart_my",
+    MysqlConnection,
+    "LONGBLOB",
+    "SELECT CAST(CONNECTION_ID() AS SIGNED) AS n",
+    Some(encrypted_types_tests::mysql_url()),
+    restart_the_server
 );
