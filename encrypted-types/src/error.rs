@@ -363,7 +363,8 @@ pub enum Error {
     /// loaded or written; `reason` says what to do.
     #[error("the key table's manifest refuses {scope}: {reason}")]
     Manifest {
-        /// `tenant <id>`, `the keys of no tenant` or `the deployment row`.
+        /// `tenant <id>`, `the keys of no tenant`, `the deployment row`, or `the row "<scope>"`
+        /// for a row of a scope no group has.
         scope: String,
         /// What differs, and what to do.
         reason: &'static str,

@@ -2,7 +2,7 @@
 //! database writer who puts back older copies of key records (a rotation undone, a shredded
 //! tenant revived) is refused by a fresh process, naming the tenant; one who also puts back the
 //! tenant's manifest row is refused by a full load; one who puts back the whole table is refused
-//! where the deployment pins a minimum epoch. Each test first shows the restore is one a load
+//! where the deployment pins a minimum epoch. The first test shows the restore is one a load
 //! without the manifest accepts.
 
 use diesel::prelude::*;
@@ -332,6 +332,19 @@ macro_rules! manifest_tests {
                 manifest_refuses(
                     store(&kek).with_min_epoch(e3).load(conn),
                     "the deployment row",
+                );
+                // `keys manifest` with the pin lists it, so a rebuild asks first.
+                let status = store(&kek)
+                    .with_min_epoch(e3)
+                    .manifest_status(conn)
+                    .unwrap();
+                assert_eq!(status.differing, ["the deployment row"]);
+                assert!(
+                    store(&kek)
+                        .manifest_status(conn)
+                        .unwrap()
+                        .differing
+                        .is_empty()
                 );
                 // (Its generations refuse it first; the epoch would too.)
                 let again = s.load(conn);

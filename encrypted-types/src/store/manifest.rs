@@ -378,7 +378,13 @@ impl<P: KekProvider> KeyStore<P> {
             }
             None => None,
         };
-        if deployment.is_some() && dw.is_none() {
+        // Listed too: a deployment row that does not authenticate, and one whose epoch is
+        // below this store's pin or what it saw (a table restored whole), so that a rebuild
+        // of it is reviewed and confirmed, never silent.
+        let below = deployment
+            .as_ref()
+            .is_some_and(|d| self.epoch_allowed(d.epoch).is_err());
+        if deployment.is_some() && (dw.is_none() || below) {
             differing.push(describe(DEPLOYMENT));
         }
         for r in all.iter().filter(|r| r.scope != DEPLOYMENT) {
