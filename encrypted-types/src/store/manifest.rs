@@ -585,6 +585,7 @@ impl<P: KekProvider> KeyStore<P> {
         tenant: &str,
         records: &[KeyRecord],
     ) -> Result<(), Error> {
+        let seen = self.seen_epoch.load(Ordering::SeqCst);
         let scope = scope_of(Some(tenant));
         // Every row in one statement: the deployment row and the rows it must add up to come
         // from one moment (PostgreSQL's READ COMMITTED gives each statement its own).
@@ -598,7 +599,7 @@ impl<P: KekProvider> KeyStore<P> {
             };
         };
         let dw = self.verify_row(db, d, &mut cache).await?;
-        self.epoch_allowed(d.epoch)?;
+        self.epoch_allowed_since(d.epoch, seen)?;
         let row = found
             .iter()
             .find(|r| r.scope == scope)
@@ -609,14 +610,8 @@ impl<P: KekProvider> KeyStore<P> {
         }
         // And the rows add up (a full load's step 5), so that the tenant's older records put
         // back with its older row cannot make it look shredded either.
-        let mut acc = [0u8; 32];
-        for r in found.iter().filter(|r| r.scope != DEPLOYMENT) {
-            self.verify_row(db, r, &mut cache).await?;
-            if r.epoch > 0 {
-                xor(&mut acc, &dw.manifest_entry(&r.scope, r.epoch, &r.digest));
-            }
-        }
-        if acc.as_slice() != d.digest.as_slice() {
+        let expected = d.digest.clone();
+        if self.digest_of(db, &dw, found, |_| None).await?.as_slice() != expected.as_slice() {
             return Err(refuse(DEPLOYMENT, DOES_NOT_ADD_UP));
         }
         Ok(())
@@ -843,9 +838,21 @@ impl<P: KekProvider> KeyStore<P> {
         mac: &Wrapper,
         instead: impl Fn(&str) -> Option<&'r ManifestRow>,
     ) -> Result<[u8; 32], Error> {
+        let all = rows(db, None, "").await.map_err(store_err)?;
+        self.digest_of(db, mac, all, instead).await
+    }
+
+    /// The deployment digest under `mac` from the group rows among `all`, each checked first.
+    async fn digest_of<'r, D: KeyDb>(
+        &self,
+        db: &mut D,
+        mac: &Wrapper,
+        all: Vec<ManifestRow>,
+        instead: impl Fn(&str) -> Option<&'r ManifestRow>,
+    ) -> Result<[u8; 32], Error> {
         let mut cache = HashMap::new();
         let mut acc = [0u8; 32];
-        for stored in rows(db, None, "").await.map_err(store_err)? {
+        for stored in all {
             if stored.scope == DEPLOYMENT {
                 continue;
             }
