@@ -27,6 +27,10 @@ pub(crate) struct Model<'a> {
     /// `bind_row`: the fields every encrypted value is bound to, in order (empty if none).
     pub(crate) bind_row: Vec<Ident>,
     pub(crate) bind_row_span: Option<Span>,
+    /// `schema = ".."`: the table's schema, bound into every value (suites 4 and 5).
+    pub(crate) schema: Option<syn::LitStr>,
+    /// `adopt_schema`: values sealed before the model named its schema still open.
+    pub(crate) adopt_schema: Option<Span>,
     /// `compound_index(...)`: indexes over several fields.
     pub(crate) compounds: Vec<Compound>,
 }
@@ -233,6 +237,8 @@ impl<'a> Model<'a> {
             zeroize: attrs.zeroize,
             bind_row_span: attrs.bind_row.as_ref().map(|(_, s)| *s),
             bind_row: attrs.bind_row.map(|(f, _)| f).unwrap_or_default(),
+            schema: attrs.schema,
+            adopt_schema: attrs.adopt_schema,
             compounds: attrs
                 .compounds
                 .into_iter()

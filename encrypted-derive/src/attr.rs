@@ -6,8 +6,7 @@ use syn::{Attribute, Ident, LitInt, LitStr, Path};
 
 /// Keywords, in one place so error messages and parsers agree.
 pub(crate) mod kw {
-    pub(crate) const STRUCT_KEYS: &str =
-        "table, tenant, primary_key, bind_row, derive, none, debug, zeroize, compound_index";
+    pub(crate) const STRUCT_KEYS: &str = "table, schema, adopt_schema, tenant, primary_key, bind_row, derive, none, debug, zeroize, compound_index";
     pub(crate) const NONE_CHOICES: &str = "null, skip";
     pub(crate) const DEBUG_CHOICES: &str = "redacted, none";
     pub(crate) const FIELD_KEYS: &str = "blind_index, migrate_from, column, context";
@@ -73,6 +72,11 @@ pub(crate) struct StructAttrs {
     pub(crate) bind_row: Option<(Vec<Ident>, Span)>,
     /// `#[encrypted(compound_index(...))]`, each.
     pub(crate) compounds: Vec<CompoundAttr>,
+    /// `#[encrypted(schema = "..")]`: the table's schema, bound into every value.
+    pub(crate) schema: Option<LitStr>,
+    /// `#[encrypted(adopt_schema)]`: values sealed before the model named its schema still
+    /// open, until a rotation has re-sealed them; the span of the key.
+    pub(crate) adopt_schema: Option<Span>,
 }
 
 /// `compound_index(name = n, fields(a(casefold), b), bits = .., column = .., version = ..,
@@ -223,6 +227,17 @@ pub(crate) fn parse_struct(attrs: &[Attribute]) -> syn::Result<StructAttrs> {
                 if meta.path.is_ident("table") {
                     duplicate(out.table.is_some())?;
                     out.table = Some(meta.value()?.parse()?);
+                } else if meta.path.is_ident("schema") {
+                    duplicate(out.schema.is_some())?;
+                    out.schema = Some(meta.value()?.parse().map_err(|e: syn::Error| {
+                        syn::Error::new(
+                            e.span(),
+                            "`schema` takes the schema's name as a string\nhelp: write `schema = \"clinic_a\"`",
+                        )
+                    })?);
+                } else if meta.path.is_ident("adopt_schema") {
+                    duplicate(out.adopt_schema.is_some())?;
+                    out.adopt_schema = Some(meta.path.span());
                 } else if meta.path.is_ident("tenant") {
                     duplicate(out.tenant.is_some())?;
                     out.tenant = Some(meta.value()?.parse()?);

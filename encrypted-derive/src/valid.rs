@@ -25,6 +25,21 @@ pub(crate) fn check(model: &Model<'_>) -> syn::Result<()> {
             "missing table name\nhelp: add `#[encrypted(table = your_table)]` (or `#[diesel(table_name = your_table)]`) naming the `diesel::table!` module".into(),
         );
     }
+    if let Some(schema) = &model.schema {
+        let name = schema.value();
+        if name.is_empty() || name.contains('\0') || name.len() > 64 {
+            err(
+                schema.span(),
+                "a schema name has 1 to 64 bytes and no NUL\nhelp: write the schema (on MySQL, the database) the table lives in, as in `schema = \"clinic_a\"`".into(),
+            );
+        }
+    }
+    if let (Some(span), None) = (model.adopt_schema, &model.schema) {
+        err(
+            span,
+            "`adopt_schema` needs `schema = \"..\"`\nhelp: adopt_schema reads values sealed before the model named its schema; name the schema, or remove adopt_schema".into(),
+        );
+    }
     // `find_by_<a>_in` of a field `a` would clash with `find_by_<a_in>` of a field `a_in`.
     let indexed: Vec<String> = model
         .encrypted_fields()

@@ -35,12 +35,7 @@ fn bench(c: &mut Criterion) {
         .install();
     let keyring = Keyring::current().expect("installed");
     let data_key = keyring.key(1.into()).expect("key 1");
-    let ctx = Context {
-        table: "bench",
-        column: "value",
-        tenant: None,
-        value_type: "string",
-    };
+    let ctx = Context::new("bench", "value", None, "string");
     let raw = Aes256Gcm::new(&key.into());
     // Suite 2's instantiation: AES-256-GCM-SIV over the encrypt-only AES key schedule.
     let siv = AesGcmSiv::<aes::Aes256Enc>::new(&key.into());

@@ -57,6 +57,15 @@ pub enum Error {
          copied from another row"
     )]
     RowBinding,
+    /// A value's schema context (suites 4 and 5, `docs/FORMAT.md` §2.2) does not match its
+    /// column's: sealed with no schema in a column whose model names one (it could have been
+    /// copied from the same table in another schema), or with a schema in a column whose model
+    /// names none. A model adopting its schema (`adopt_schema`) reads values sealed before it,
+    /// and a rotation re-seals them.
+    #[error(
+        "the value's schema does not match its column's: sealed before the model named its          schema (declare adopt_schema until `jobs rotate` has re-sealed them, docs/KEYS.md),          or sealed for a table in another schema"
+    )]
+    SchemaMismatch,
     /// A row identity could not be encoded: no column, more than four, or a part of 4 GiB or
     /// more.
     #[error("invalid row identity for bind_row")]
@@ -403,6 +412,7 @@ impl Error {
             Self::KeyDestroyed { .. } => "key_destroyed",
             Self::AuthenticationFailed { .. } => "authentication_failed",
             Self::RowBinding { .. } => "row_binding",
+            Self::SchemaMismatch { .. } => "schema_mismatch",
             Self::InvalidRowBinding { .. } => "invalid_row_binding",
             Self::InvalidPlaintext { .. } => "invalid_plaintext",
             Self::Unencodable { .. } => "unencodable",

@@ -25,6 +25,38 @@ pub struct ModelInfo {
     /// Compound blind indexes over several of `columns` (`compound_index(...)`): what
     /// [`crate::jobs::reindex`] recomputes besides each column's own indexes.
     pub compound: &'static [crate::index::CompoundParams],
+    /// The table's schema (on MySQL, its database), when the model names one
+    /// (`schema = ".."`): bound into every value and used by the jobs' SQL.
+    pub schema: Option<&'static str>,
+    /// Whether values sealed before the model named its schema are still read and re-sealed
+    /// by a rotation (`adopt_schema`).
+    pub adopt_schema: bool,
+}
+
+impl ModelInfo {
+    /// The table as messages name it: `schema.table`, or the table alone.
+    ///
+    /// ```
+    /// # use encrypted_types::ModelInfo;
+    /// let m = ModelInfo {
+    ///     table: "patients", primary_key: &["id"], tenant_column: None, columns: &[],
+    ///     bind_row: &[], plain: &[], compound: &[], schema: Some("clinic_a"),
+    ///     adopt_schema: false,
+    /// };
+    /// assert_eq!(m.display_name(), "clinic_a.patients");
+    /// ```
+    pub fn display_name(&self) -> String {
+        match self.schema {
+            Some(s) => format!("{s}.{}", self.table),
+            None => self.table.to_owned(),
+        }
+    }
+
+    /// Where the values of `column` live, as their context names it.
+    pub const fn site(&self, column: &ColumnInfo) -> crate::format::Site<'static> {
+        crate::format::Site::new(self.table, column.context, column.value_type)
+            .in_schema(self.schema, self.adopt_schema)
+    }
 }
 
 /// A column of a model that is stored as it is.

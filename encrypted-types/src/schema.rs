@@ -15,7 +15,7 @@
 //! - a `migrate_from` legacy column that is missing.
 
 use crate::Error;
-use crate::jobs::{JobTable, Param, Query};
+use crate::jobs::{JobTable, Query};
 use crate::model::{ColumnInfo, ModelInfo, SqlKind};
 
 /// One way the database differs from a model.
@@ -182,6 +182,34 @@ impl Dialect {
         }
     }
 
+    /// `m`'s table, in its schema when the model names one.
+    fn table(self, m: &ModelInfo) -> String {
+        match m.schema {
+            Some(s) => format!("{}.{}", self.quote(s), self.quote(m.table)),
+            None => self.quote(m.table),
+        }
+    }
+
+    /// The index `{table}_{column}` of `m`'s table as `CREATE INDEX` (`create`) or
+    /// `DROP INDEX` names it: SQLite puts the schema on the index, PostgreSQL creates it in
+    /// the table's schema but drops it by its qualified name, MySQL names it per table.
+    fn index(self, m: &ModelInfo, column: &str, create: bool) -> String {
+        let name = self.quote(&format!("{}_{column}", m.table));
+        match (self, m.schema) {
+            (Self::Sqlite, Some(s)) => format!("{}.{name}", self.quote(s)),
+            (Self::Postgres, Some(s)) if !create => format!("{}.{name}", self.quote(s)),
+            _ => name,
+        }
+    }
+
+    /// The table an index is created on: SQLite's takes no schema (the index's name has it).
+    fn index_table(self, m: &ModelInfo) -> String {
+        match self {
+            Self::Sqlite => self.quote(m.table),
+            _ => self.table(m),
+        }
+    }
+
     /// The type of a column that holds sealed values.
     fn sealed_type(self) -> &'static str {
         match self {
@@ -268,7 +296,7 @@ enum Have<'a> {
 /// blind-index indexes, leaving out what `have` says exists; `down` gets the inverse of each
 /// statement added (in order: the caller reverses it).
 fn plan(m: &ModelInfo, dialect: Dialect, have: &dyn Fn(Have<'_>) -> bool, out: &mut Migration) {
-    let table = dialect.quote(m.table);
+    let table = dialect.table(m);
     let add = |column: &str, ty: &str, out: &mut Migration| {
         if have(Have::Column(column)) {
             return;
@@ -285,7 +313,7 @@ fn plan(m: &ModelInfo, dialect: Dialect, have: &dyn Fn(Have<'_>) -> bool, out: &
             return;
         }
         out.up.push(create_index(m, column, dialect));
-        let name = dialect.quote(&format!("{}_{column}", m.table));
+        let name = dialect.index(m, column, false);
         out.down.push(match dialect {
             Dialect::Mysql => format!("DROP INDEX {name} ON {table}"),
             _ => format!("DROP INDEX {name}"),
@@ -413,17 +441,17 @@ where
 {
     let query = |sql: &str| Query {
         sql: sql.to_owned(),
-        params: vec![Param::Text(m.table.to_owned())],
+        params: crate::jobs::catalogue_params(m),
     };
     let columns = D::Backend::load_catalogue(db, &query(D::Backend::COLUMNS))
         .await
-        .map_err(|e| Error::Store(format!("the catalogue of {}: {e}", m.table)))?;
+        .map_err(|e| Error::Store(format!("the catalogue of {}: {e}", m.display_name())))?;
     if columns.is_empty() {
         return Ok(None);
     }
     let indexes = D::Backend::load_catalogue(db, &query(D::Backend::INDEXES))
         .await
-        .map_err(|e| Error::Store(format!("the indexes of {}: {e}", m.table)))?;
+        .map_err(|e| Error::Store(format!("the indexes of {}: {e}", m.display_name())))?;
     Ok(Some((columns, indexes)))
 }
 
@@ -473,8 +501,8 @@ fn create_index(m: &ModelInfo, column: &str, dialect: Dialect) -> String {
         .collect();
     format!(
         "CREATE INDEX {} ON {} ({})",
-        dialect.quote(&format!("{}_{column}", m.table)),
-        dialect.quote(m.table),
+        dialect.index(m, column, true),
+        dialect.index_table(m),
         leading.join(", ")
     )
 }
@@ -567,7 +595,10 @@ pub fn create(models: &[ModelInfo], dialect: Dialect) -> Result<Migration, Creat
     type Table<'m> = (&'m ModelInfo, Vec<(&'static str, String)>, Vec<String>);
     let mut tables: Vec<Table<'_>> = Vec::new();
     for m in models {
-        let at = match tables.iter().position(|(t, ..)| t.table == m.table) {
+        let at = match tables
+            .iter()
+            .position(|(t, ..)| (t.schema, t.table) == (m.schema, m.table))
+        {
             Some(i) => i,
             None => {
                 tables.push((m, Vec::new(), Vec::new()));
@@ -632,7 +663,7 @@ pub fn create(models: &[ModelInfo], dialect: Dialect) -> Result<Migration, Creat
     }
     let mut out = Migration::default();
     for (m, columns, indexes) in tables {
-        let table = dialect.quote(m.table);
+        let table = dialect.table(m);
         let mut lines: Vec<String> = columns.into_iter().map(|(_, sql)| sql).collect();
         let pk: Vec<String> = m.primary_key.iter().map(|c| dialect.quote(c)).collect();
         lines.push(format!("PRIMARY KEY ({})", pk.join(", ")));

@@ -158,12 +158,7 @@ fn case_33_invalid_utf8_under_a_valid_tag_is_a_typed_error() {
         .build()
         .unwrap();
     let key = k.key(KeyId::from(1)).unwrap();
-    let ctx = Context {
-        table: "t",
-        column: "c",
-        tenant: None,
-        value_type: "string",
-    };
+    let ctx = Context::new("t", "c", None, "string");
     let crafted = format::seal_with_nonce(key, &ctx, &vec![0xC3u8, 0x28], [7; 12]).unwrap();
     assert_eq!(
         format::open::<String>(key, &ctx, crafted).err(),

@@ -364,12 +364,7 @@ fn the_pkcs11_vector_table_loads_through_a_token_holding_its_key() {
         )
         .build()
         .unwrap();
-    let ctx = encrypted_types::format::Context {
-        table: "t",
-        column: "c",
-        tenant: Some(&tenant),
-        value_type: "bytes",
-    };
+    let ctx = encrypted_types::format::Context::new("t", "c", Some(&tenant), "bytes");
     let sealed =
         encrypted_types::format::seal(reference.key(id).unwrap(), &ctx, &b"hsm".to_vec()).unwrap();
     let opened: Vec<u8> =

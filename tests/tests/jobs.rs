@@ -192,15 +192,13 @@ macro_rules! job_suite {
                         .key(encrypted_types::format::Header::parse(sealed).unwrap().key_id)
                         .unwrap();
                     let (plain, tenant) = encrypted_types::format::open_raw(
-                        &keyring, "et_patients", column, value_type, None, sealed,
+                        &keyring,
+                        &encrypted_types::format::Site::new("et_patients", column, value_type),
+                        None,
+                        sealed,
                     )
                     .unwrap();
-                    let ctx = encrypted_types::format::Context {
-                        table: "et_patients",
-                        column,
-                        tenant: tenant.as_ref(),
-                        value_type,
-                    };
+                    let ctx = encrypted_types::format::Context::new("et_patients", column, tenant.as_ref(), value_type);
                     let mut nonce = [0u8; 12];
                     getrandom::fill(&mut nonce).unwrap();
                     encrypted_types::format::seal_with_suite(key, &ctx, &plain.to_vec(), 1, nonce)

@@ -62,12 +62,7 @@ fn check<T: Plaintext + Same>(v: &Vector, value: T) {
     let tenant = v.tenant.as_deref().map(TenantId::from);
     let keyring = data_keyring(&v.key, v.key_id, tenant.clone());
     let key = keyring.key(v.key_id.into()).unwrap();
-    let ctx = Context {
-        table: &v.table,
-        column: &v.column,
-        tenant: tenant.as_ref(),
-        value_type: T::TYPE,
-    };
+    let ctx = Context::new(&v.table, &v.column, tenant.as_ref(), T::TYPE);
     let nonce: [u8; 12] = hex::decode(&v.nonce).unwrap().try_into().unwrap();
 
     // `seal_with_suite` seals suite 1 too: one call for every suite.
@@ -82,10 +77,8 @@ fn check<T: Plaintext + Same>(v: &Vector, value: T) {
         v.key_id
     );
 
-    let wrong = Context {
-        column: "another",
-        ..ctx
-    };
+    let mut wrong = ctx;
+    wrong.column = "another";
     assert_eq!(
         format::open::<T>(key, &wrong, sealed).err(),
         Some(encrypted_types::Error::AuthenticationFailed),
@@ -100,12 +93,7 @@ fn opens_as_typed_json(v: &Vector) {
     let keyring = data_keyring(&v.key, v.key_id, v.tenant.as_deref().map(TenantId::from));
     let key = keyring.key(v.key_id.into()).unwrap();
     let tenant = v.tenant.as_deref().map(TenantId::from);
-    let ctx = Context {
-        table: &v.table,
-        column: &v.column,
-        tenant: tenant.as_ref(),
-        value_type: "json",
-    };
+    let ctx = Context::new(&v.table, &v.column, tenant.as_ref(), "json");
     let typed: Json<Allergy> = format::open(key, &ctx, hex::decode(&v.sealed).unwrap()).unwrap();
     assert_eq!(
         typed.0,
@@ -480,12 +468,7 @@ fn open_row<T: Plaintext>(
     let sealed = hex::decode(&v.sealed).unwrap();
     let header = format::Header::parse(&sealed)?;
     let key = keyring.key(header.key_id)?;
-    let ctx = Context {
-        table: &v.table,
-        column: &v.column,
-        tenant: key.tenant(),
-        value_type: &v.value_type,
-    };
+    let ctx = Context::new(&v.table, &v.column, key.tenant(), &v.value_type);
     let value = match &v.row {
         Some(row) => format::open_bound::<T>(key, &ctx, &row_binding(row), sealed)?,
         None => format::open::<T>(key, &ctx, sealed)?,
@@ -904,12 +887,7 @@ fn every_suite_3_vector_is_reproduced_and_opened_with_its_row_only() {
         let tenant = v.tenant.as_deref().map(TenantId::from);
         let keyring = data_keyring(&v.key, v.key_id, tenant.clone());
         let key = keyring.key(v.key_id.into()).unwrap();
-        let ctx = Context {
-            table: &v.table,
-            column: &v.column,
-            tenant: tenant.as_ref(),
-            value_type: &v.value_type,
-        };
+        let ctx = Context::new(&v.table, &v.column, tenant.as_ref(), &v.value_type);
         let nonce: [u8; 12] = hex::decode(&v.nonce).unwrap().try_into().unwrap();
         // Raw bytes: the plaintext encoding is checked by the suite-1 and suite-2 vectors.
         let plain = hex::decode(&v.plaintext).unwrap();
@@ -997,12 +975,7 @@ fn a_json_value_127_levels_deep_opens_and_128_do_not() {
     for v in &vectors {
         let keyring = data_keyring(&v.key, v.key_id, None);
         let key = keyring.key(v.key_id.into()).unwrap();
-        let ctx = Context {
-            table: &v.table,
-            column: &v.column,
-            tenant: None,
-            value_type: "json",
-        };
+        let ctx = Context::new(&v.table, &v.column, None, "json");
         let opened: serde_json::Value =
             format::open(key, &ctx, hex::decode(&v.sealed).unwrap()).unwrap();
         let plain = hex::decode(&v.plaintext).unwrap();
@@ -1166,12 +1139,7 @@ fn assert_data_key(keyring: &Keyring, id: i64, tenant: Option<&str>, data_key: &
     let id = u32::try_from(id).unwrap();
     let tenant = tenant.map(TenantId::from);
     let reference = data_keyring(data_key, id, tenant.clone());
-    let ctx = Context {
-        table: "t",
-        column: "c",
-        tenant: tenant.as_ref(),
-        value_type: "bytes",
-    };
+    let ctx = Context::new("t", "c", tenant.as_ref(), "bytes");
     let sealed =
         format::seal(reference.key(id.into()).unwrap(), &ctx, &b"vector".to_vec()).unwrap();
     let opened: Vec<u8> = format::open(keyring.key(id.into()).unwrap(), &ctx, sealed).unwrap();

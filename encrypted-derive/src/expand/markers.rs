@@ -10,6 +10,8 @@ use super::{compound_ident, ctx_ident, idx_ident, prev_compound_ident, prev_idx_
 
 pub(super) fn markers(model: &Model<'_>, et: &TokenStream) -> TokenStream {
     let table_name = model.table_name();
+    let schema = schema_tokens(model);
+    let adopt = model.adopt_schema.is_some();
     let mut out = TokenStream::new();
     for (f, e) in model.encrypted_fields() {
         let ctx = ctx_ident(model, f);
@@ -24,6 +26,8 @@ pub(super) fn markers(model: &Model<'_>, et: &TokenStream) -> TokenStream {
                 const TABLE: &'static str = #table_name;
                 const COLUMN: &'static str = #column;
                 const SQL_COLUMN: &'static str = #sql_column;
+                const SCHEMA: ::core::option::Option<&'static str> = #schema;
+                const ADOPT_SCHEMA: bool = #adopt;
             }
         });
         if let Some(index) = &e.index {
@@ -148,6 +152,14 @@ pub(super) fn compound_markers(model: &Model<'_>, c: &Compound, et: &TokenStream
     out
 }
 
+/// `Some("schema")` or `None`, as the model names it.
+fn schema_tokens(model: &Model<'_>) -> TokenStream {
+    match &model.schema {
+        Some(s) => quote!(::core::option::Option::Some(#s)),
+        None => quote!(::core::option::Option::None),
+    }
+}
+
 pub(super) fn metadata(model: &Model<'_>, et: &TokenStream) -> TokenStream {
     let ident = model.ident;
     let table_name = model.table_name();
@@ -216,6 +228,8 @@ pub(super) fn metadata(model: &Model<'_>, et: &TokenStream) -> TokenStream {
         let spec = compound_ident(model, c.name.as_ref()?);
         Some(quote!(<#spec as #et::CompoundSpec>::PARAMS))
     });
+    let schema = schema_tokens(model);
+    let adopt = model.adopt_schema.is_some();
     quote! {
         impl #et::EncryptedModel for #ident {
             const MODEL: #et::ModelInfo = #et::ModelInfo {
@@ -226,6 +240,8 @@ pub(super) fn metadata(model: &Model<'_>, et: &TokenStream) -> TokenStream {
                 bind_row: &[#(#bind_row),*],
                 plain: &[#(#plain),*],
                 compound: &[#(#compound),*],
+                schema: #schema,
+                adopt_schema: #adopt,
             };
         }
     }

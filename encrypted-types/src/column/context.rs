@@ -34,6 +34,21 @@ pub trait ColumnContext: 'static {
     /// assert_eq!(Email::SQL_COLUMN, "email");
     /// ```
     const SQL_COLUMN: &'static str = Self::COLUMN;
+    /// The table's schema (on MySQL, its database), bound into every value (suites 4 and 5,
+    /// FORMAT.md §2.2) so that a value copied from the table of the same name in another
+    /// schema fails. `None`: the model names no schema.
+    ///
+    /// ```
+    /// use encrypted_types::ColumnContext;
+    /// encrypted_types::column_context!(pub Email = "clinic_a"."patients"."email");
+    /// assert_eq!(Email::SCHEMA, Some("clinic_a"));
+    /// assert_eq!(Email::TABLE, "patients");
+    /// ```
+    const SCHEMA: Option<&'static str> = None;
+    /// While a model adopts its schema: values sealed before it named one still open (in
+    /// their old context), and a rotation re-seals them with it. Without it they are refused
+    /// with [`Error::SchemaMismatch`](crate::Error::SchemaMismatch).
+    const ADOPT_SCHEMA: bool = false;
 }
 
 /// The default context: no table and no column.
@@ -63,6 +78,17 @@ impl ColumnContext for Unbound {
 /// ```
 #[macro_export]
 macro_rules! column_context {
+    ($(#[$meta:meta])* $vis:vis $name:ident = $schema:literal . $table:literal . $column:literal) => {
+        $(#[$meta])*
+        #[doc = concat!("Column context for `", $schema, ".", $table, ".", $column, "`.")]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+        $vis struct $name;
+        impl $crate::ColumnContext for $name {
+            const TABLE: &'static str = $table;
+            const COLUMN: &'static str = $column;
+            const SCHEMA: Option<&'static str> = Some($schema);
+        }
+    };
     ($(#[$meta:meta])* $vis:vis $name:ident = $table:literal . $column:literal) => {
         $(#[$meta])*
         #[doc = concat!("Column context for `", $table, ".", $column, "`.")]

@@ -9,7 +9,7 @@ use crate::audit;
 use crate::binding::RowBinding;
 use crate::codec::Plaintext;
 use crate::column::context::{ColumnContext, Unbound};
-use crate::format::{self, Context, Header};
+use crate::format::{self, Context, Header, Site};
 use crate::keyring::Keyring;
 use crate::tenant::TenantId;
 
@@ -163,18 +163,16 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
         }
     }
 
+    /// The context new values are sealed in.
     fn context(&self) -> Context<'_> {
-        Self::context_for(self.tenant.as_ref())
+        Self::SITE.context(
+            format::suite_of(self.row.is_some(), C::SCHEMA.is_some()),
+            self.tenant.as_ref(),
+        )
     }
 
-    fn context_for(tenant: Option<&TenantId>) -> Context<'_> {
-        Context {
-            table: C::TABLE,
-            column: C::COLUMN,
-            tenant,
-            value_type: T::TYPE,
-        }
-    }
+    const SITE: Site<'static> =
+        Site::new(C::TABLE, C::COLUMN, T::TYPE).in_schema(C::SCHEMA, C::ADOPT_SCHEMA);
 
     /// Seals the value under the installed keyring.
     ///
@@ -300,7 +298,8 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
             }
             Err(e) => return Err(e),
         };
-        let ctx = Self::context_for(key.tenant());
+        let suite = sealed.get(1).copied().unwrap_or_default();
+        let ctx = Self::SITE.context(suite, key.tenant());
         let value = match row {
             Some(row) => format::open_bound(key, &ctx, row, sealed)?,
             None => format::open(key, &ctx, sealed)?,

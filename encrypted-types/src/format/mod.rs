@@ -14,7 +14,8 @@
 //!
 //! AAD = `"encrypted-types/v1"` ‖ header bytes 0..6 ‖ context, where context is table, column
 //! and value type each as u16-BE length ‖ UTF-8, with the tenant between column and type as
-//! `0x00` (none) or `0x01` ‖ u16-BE length ‖ UTF-8.
+//! `0x00` (none) or `0x01` ‖ u16-BE length ‖ UTF-8; suites 4 and 5 append the schema as
+//! u16-BE length ‖ UTF-8, and suites 3 and 5 the row binding.
 
 use aes_gcm::aead::AeadInOut;
 use aes_gcm::{Nonce, Tag};
@@ -36,7 +37,7 @@ pub(crate) mod nonce;
 pub(crate) mod siv;
 mod stored;
 
-pub use stored::{KeySet, Stored, classify, open_raw, reseal, seal_raw};
+pub use stored::{KeySet, Site, Stored, classify, open_raw, reseal, seal_raw};
 
 /// The format version this build writes.
 pub const VERSION: u8 = 1;
@@ -49,6 +50,12 @@ pub const SUITE_AES256GCMSIV: u8 = 2;
 /// Suite 3: suite 2 with the row's identity ([`RowBinding`]) appended to the AAD, for the
 /// columns of a model declared with `bind_row`: a value copied into another row fails.
 pub const SUITE_AES256GCMSIV_ROW: u8 = 3;
+/// Suite 4: suite 2 with the table's schema appended to the context (`docs/FORMAT.md` §2.2),
+/// for the columns of a model declared with `schema = ".."`: a value copied into the table of
+/// the same name in another schema fails.
+pub const SUITE_AES256GCMSIV_SCHEMA: u8 = 4;
+/// Suite 5: suite 3 (bound to the row) with the table's schema, as suite 4.
+pub const SUITE_AES256GCMSIV_ROW_SCHEMA: u8 = 5;
 /// The suite this build seals in, for values not bound to a row.
 pub const SUITE: u8 = SUITE_AES256GCMSIV;
 /// The first two header bytes of values in a suite older than [`SUITE`], for SQL that finds
@@ -58,13 +65,63 @@ pub const OLDER_SUITES: &[[u8; 2]] = &[[VERSION, SUITE_AES256GCM]];
 pub const OLDER_SUITES_BOUND: &[[u8; 2]] =
     &[[VERSION, SUITE_AES256GCM], [VERSION, SUITE_AES256GCMSIV]];
 
-/// The suite a value is sealed in: 3 when bound to its row, else 2.
+/// The suite a value with no schema is sealed in: 3 when bound to its row, else 2.
 pub const fn suite_for(row: Option<&RowBinding>) -> u8 {
-    if row.is_some() {
-        SUITE_AES256GCMSIV_ROW
-    } else {
-        SUITE
+    suite_of(row.is_some(), false)
+}
+
+/// The suite a value is sealed in: 2, then 3 when bound to its row, 4 when its context names
+/// a schema, 5 for both.
+///
+/// ```
+/// use encrypted_types::format::{suite_of, SUITE_AES256GCMSIV_ROW_SCHEMA};
+/// assert_eq!(suite_of(false, false), 2);
+/// assert_eq!(suite_of(true, true), SUITE_AES256GCMSIV_ROW_SCHEMA);
+/// ```
+pub const fn suite_of(bound: bool, schema: bool) -> u8 {
+    match (bound, schema) {
+        (false, false) => SUITE,
+        (true, false) => SUITE_AES256GCMSIV_ROW,
+        (false, true) => SUITE_AES256GCMSIV_SCHEMA,
+        (true, true) => SUITE_AES256GCMSIV_ROW_SCHEMA,
     }
+}
+
+/// Whether values of `suite` are bound to their row (suites 3 and 5).
+pub const fn is_bound(suite: u8) -> bool {
+    matches!(
+        suite,
+        SUITE_AES256GCMSIV_ROW | SUITE_AES256GCMSIV_ROW_SCHEMA
+    )
+}
+
+/// Whether the context of values of `suite` names a schema (suites 4 and 5).
+pub const fn has_schema(suite: u8) -> bool {
+    matches!(
+        suite,
+        SUITE_AES256GCMSIV_SCHEMA | SUITE_AES256GCMSIV_ROW_SCHEMA
+    )
+}
+
+/// The header prefixes of the suites a rotation looks for in a column whose values are sealed
+/// in `suite_of(bound, schema)`: suite 1 always; values bound to no row in a `bind_row` model
+/// only when the job may bind them (`bind_unbound`); and values of the other schema class,
+/// which the rotation re-seals only while the model adopts its schema (`adopt_schema`) and
+/// otherwise skips and reports, so that the job does not finish with them in place.
+///
+/// ```
+/// use encrypted_types::format::older_suites;
+/// assert_eq!(older_suites(false, false, false), vec![[1, 1], [1, 4]]);
+/// assert_eq!(older_suites(false, true, false), vec![[1, 1], [1, 2]]);
+/// assert_eq!(older_suites(true, false, true), vec![[1, 1], [1, 2], [1, 4], [1, 5]]);
+/// ```
+pub fn older_suites(bound: bool, schema: bool, bind_unbound: bool) -> Vec<[u8; 2]> {
+    let target = suite_of(bound, schema);
+    (SUITE_AES256GCM..=SUITE_AES256GCMSIV_ROW_SCHEMA)
+        .filter(|&s| s != target)
+        .filter(|&s| s == SUITE_AES256GCM || is_bound(s) == bound || (bound && bind_unbound))
+        .map(|s| [VERSION, s])
+        .collect()
 }
 /// Domain-separation prefix of the AAD.
 pub const DOMAIN: &[u8] = b"encrypted-types/v1";
@@ -85,24 +142,54 @@ pub const MAX_PLAINTEXT: usize = 1 << 30;
 ///
 /// ```
 /// use encrypted_types::format::Context;
-/// let ctx = Context { table: "patients", column: "email", tenant: None, value_type: "string" };
+/// let ctx = Context::new("patients", "email", None, "string");
 /// let mut aad = Vec::new();
 /// ctx.encode(&mut aad).unwrap();
 /// assert_eq!(aad, b"\x00\x08patients\x00\x05email\x00\x00\x06string");
+/// aad.clear();
+/// ctx.in_schema(Some("clinic_a")).encode(&mut aad).unwrap();
+/// assert_eq!(aad, b"\x00\x08patients\x00\x05email\x00\x00\x06string\x00\x08clinic_a");
 /// ```
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct Context<'a> {
     /// SQL table name.
     pub table: &'a str,
-    /// SQL column name.
+    /// The column's context name (FORMAT.md §2).
     pub column: &'a str,
     /// Tenant, if the value belongs to one.
     pub tenant: Option<&'a TenantId>,
     /// The plaintext's type tag.
     pub value_type: &'a str,
+    /// The table's schema (a MySQL database), for the columns of a model that names one:
+    /// sealed in suite 4 or 5 (FORMAT.md §2.2).
+    pub schema: Option<&'a str>,
 }
 
-impl Context<'_> {
+impl<'a> Context<'a> {
+    /// A context naming no schema.
+    pub const fn new(
+        table: &'a str,
+        column: &'a str,
+        tenant: Option<&'a TenantId>,
+        value_type: &'a str,
+    ) -> Self {
+        Self {
+            table,
+            column,
+            tenant,
+            value_type,
+            schema: None,
+        }
+    }
+
+    /// The same context in `schema` (none for `None`).
+    #[must_use]
+    pub const fn in_schema(mut self, schema: Option<&'a str>) -> Self {
+        self.schema = schema;
+        self
+    }
+
     /// Appends the length-prefixed context encoding.
     ///
     /// # Errors
@@ -121,7 +208,11 @@ impl Context<'_> {
                 put_str(out, "tenant", t.as_str())?;
             }
         }
-        put_str(out, "value type", self.value_type)
+        put_str(out, "value type", self.value_type)?;
+        match self.schema {
+            Some(schema) => put_str(out, "schema", schema),
+            None => Ok(()),
+        }
     }
 
     /// Bytes of [`Context::encode`]'s output.
@@ -130,6 +221,7 @@ impl Context<'_> {
             + self.column.len()
             + self.tenant.map_or(0, |t| t.as_str().len() + 2)
             + self.value_type.len()
+            + self.schema.map_or(0, |s| s.len() + 2)
     }
 }
 
@@ -309,10 +401,7 @@ impl Header {
 
 /// Whether `suite` is one this build opens.
 pub const fn is_suite(suite: u8) -> bool {
-    matches!(
-        suite,
-        SUITE_AES256GCM | SUITE_AES256GCMSIV | SUITE_AES256GCMSIV_ROW
-    )
+    matches!(suite, SUITE_AES256GCM..=SUITE_AES256GCMSIV_ROW_SCHEMA)
 }
 
 fn fixed_header(key_id: KeyId, suite: u8) -> [u8; 6] {
@@ -327,7 +416,14 @@ fn fixed_header(key_id: KeyId, suite: u8) -> [u8; 6] {
 /// # Errors
 /// [`Error::Unencodable`], [`Error::TooLarge`], [`Error::ContextTooLong`] or [`Error::Rng`].
 pub fn seal<T: Plaintext>(key: &DataKey, ctx: &Context<'_>, value: &T) -> Result<Vec<u8>, Error> {
-    seal_inner(key, ctx, None, value, SUITE, nonce::generate()?)
+    seal_inner(
+        key,
+        ctx,
+        None,
+        value,
+        suite_of(false, ctx.schema.is_some()),
+        nonce::generate()?,
+    )
 }
 
 /// Seals `value` bound to `row` (suite 3): it opens only with [`open_bound`] and the same row.
@@ -345,7 +441,7 @@ pub fn seal_bound<T: Plaintext>(
         ctx,
         Some(row),
         value,
-        SUITE_AES256GCMSIV_ROW,
+        suite_of(true, ctx.schema.is_some()),
         nonce::generate()?,
     )
 }
@@ -375,7 +471,7 @@ pub fn seal_with_suite<T: Plaintext>(
     suite: u8,
     nonce: [u8; 12],
 ) -> Result<Vec<u8>, Error> {
-    if !matches!(suite, SUITE_AES256GCM | SUITE_AES256GCMSIV) {
+    if is_bound(suite) || !is_suite(suite) {
         return Err(Error::UnsupportedSuite(suite));
     }
     seal_inner(key, ctx, None, value, suite, nonce)
@@ -394,10 +490,17 @@ pub fn seal_bound_with_nonce<T: Plaintext>(
     value: &T,
     nonce: [u8; 12],
 ) -> Result<Vec<u8>, Error> {
-    seal_inner(key, ctx, Some(row), value, SUITE_AES256GCMSIV_ROW, nonce)
+    seal_inner(
+        key,
+        ctx,
+        Some(row),
+        value,
+        suite_of(true, ctx.schema.is_some()),
+        nonce,
+    )
 }
 
-/// `row` is given exactly for suite 3.
+/// `row` is given exactly for suites 3 and 5, `ctx.schema` for suites 4 and 5.
 fn seal_inner<T: Plaintext>(
     key: &DataKey,
     ctx: &Context<'_>,
@@ -406,6 +509,9 @@ fn seal_inner<T: Plaintext>(
     suite: u8,
     nonce: [u8; 12],
 ) -> Result<Vec<u8>, Error> {
+    if is_bound(suite) != row.is_some() || has_schema(suite) != ctx.schema.is_some() {
+        return Err(Error::UnsupportedSuite(suite));
+    }
     let row = row
         .map(RowBinding::checked)
         .transpose()?
@@ -468,7 +574,7 @@ fn open_stored<T: Plaintext>(
     sealed: Vec<u8>,
 ) -> Result<T, Error> {
     match sealed.get(1) {
-        Some(&SUITE_AES256GCMSIV_ROW) => open_inner(key, ctx, row, sealed),
+        Some(&s) if is_bound(s) => open_inner(key, ctx, row, sealed),
         _ => open_inner(key, ctx, None, sealed),
     }
 }
@@ -484,11 +590,16 @@ fn open_inner<T: Plaintext>(
         .and_then(|b| <[u8; 6]>::try_from(b).ok())
         .ok_or(Error::AuthenticationFailed)?;
     // Bound values open only with their row, and a bound column accepts no unbound value.
-    let row = match (fixed[1] == SUITE_AES256GCMSIV_ROW, row) {
+    let row = match (is_bound(fixed[1]), row) {
         (true, Some(r)) => r.checked()?,
         (false, None) => &[],
         _ => return Err(Error::RowBinding),
     };
+    // A value names a schema exactly when its context does: one sealed without it could come
+    // from the table of the same name in another schema.
+    if has_schema(fixed[1]) != ctx.schema.is_some() {
+        return Err(Error::SchemaMismatch);
+    }
     let nonce = sealed
         .get(NONCE_RANGE)
         .and_then(|b| <[u8; 12]>::try_from(b).ok())
@@ -527,7 +638,7 @@ fn aead_seal(
 ) -> Result<[u8; TAG_LEN], Error> {
     let len = body.len();
     match suite {
-        SUITE_AES256GCMSIV | SUITE_AES256GCMSIV_ROW => key
+        SUITE_AES256GCMSIV..=SUITE_AES256GCMSIV_ROW_SCHEMA => key
             .siv
             .seal(nonce, aad, body)
             .map_err(|_| Error::TooLarge(len)),
@@ -550,7 +661,7 @@ fn aead_open(
     tag: &[u8; TAG_LEN],
 ) -> Result<(), Error> {
     let opened = match suite {
-        SUITE_AES256GCMSIV | SUITE_AES256GCMSIV_ROW => {
+        SUITE_AES256GCMSIV..=SUITE_AES256GCMSIV_ROW_SCHEMA => {
             return key
                 .siv
                 .open(nonce, aad, body, tag)

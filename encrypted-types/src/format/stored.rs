@@ -72,39 +72,93 @@ impl Plaintext for Raw {
     }
 }
 
-/// Re-seals a value of `table.column` (of type tag `value_type`) under the primary key of the
-/// tenant of the key that sealed it, in the current suite: bound to `row` when the model binds
-/// its values to their row (whatever value the row holds is bound to it), else [`SUITE`].
-/// Returns `None` when it is already under that primary key and in that suite. The plaintext
-/// is never decoded, and is wiped after use.
+/// Where a value lives, as its context names it: a [`Context`] but the tenant, which the keyed
+/// operations below take from the key, and whether values sealed before the model named its
+/// schema are read (`adopt_schema`).
+///
+/// ```
+/// use encrypted_types::format::{Site, SUITE, SUITE_AES256GCMSIV_SCHEMA};
+/// let site = Site::new("patients", "email", "string").in_schema(Some("clinic_a"), true);
+/// assert_eq!(site.context(SUITE_AES256GCMSIV_SCHEMA, None).schema, Some("clinic_a"));
+/// // Adopting: a value sealed before the model named its schema opens in its old context.
+/// assert_eq!(site.context(SUITE, None).schema, None);
+/// ```
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct Site<'a> {
+    /// SQL table name.
+    pub table: &'a str,
+    /// The column's context name.
+    pub column: &'a str,
+    /// The value's type tag.
+    pub value_type: &'a str,
+    /// The table's schema, if the model names one.
+    pub schema: Option<&'a str>,
+    /// Whether values sealed with no schema are read (and re-sealed by a rotation) in a
+    /// column whose model names one.
+    pub adopt_schema: bool,
+}
+
+impl<'a> Site<'a> {
+    /// A site naming no schema.
+    pub const fn new(table: &'a str, column: &'a str, value_type: &'a str) -> Self {
+        Self {
+            table,
+            column,
+            value_type,
+            schema: None,
+            adopt_schema: false,
+        }
+    }
+
+    /// The same site in `schema`, adopting values sealed without it if `adopt`.
+    #[must_use]
+    pub const fn in_schema(mut self, schema: Option<&'a str>, adopt: bool) -> Self {
+        self.schema = schema;
+        self.adopt_schema = adopt && schema.is_some();
+        self
+    }
+
+    /// The context a value of `suite` opens in: the site's, or while adopting, for a value
+    /// sealed without a schema, the same with no schema. Any other mismatch is left for the
+    /// open to refuse ([`Error::SchemaMismatch`]).
+    pub const fn context(&self, suite: u8, tenant: Option<&'a TenantId>) -> Context<'a> {
+        let schema = if self.adopt_schema && !has_schema(suite) {
+            None
+        } else {
+            self.schema
+        };
+        Context::new(self.table, self.column, tenant, self.value_type).in_schema(schema)
+    }
+}
+
+/// Re-seals a value of `site` under the primary key of the tenant of the key that sealed it,
+/// in the site's suite: bound to `row` when the model binds its values to their row (whatever
+/// value the row holds is bound to it), naming the site's schema when it names one. Returns
+/// `None` when it is already under that primary key and in that suite. The plaintext is never
+/// decoded, and is wiped after use.
 ///
 /// # Errors
 /// As opening and sealing: the header errors, [`Error::AuthenticationFailed`],
-/// [`Error::NoPrimaryKey`].
+/// [`Error::SchemaMismatch`], [`Error::NoPrimaryKey`].
 pub fn reseal(
     keyring: &(impl KeySet + ?Sized),
-    table: &str,
-    column: &str,
-    value_type: &str,
+    site: &Site<'_>,
     row: Option<&RowBinding>,
     sealed: &[u8],
 ) -> Result<Option<Vec<u8>>, Error> {
     let header = Header::parse(sealed)?;
     let old = keyring.key(header.key_id)?;
-    if keyring.is_primary(old) && header.suite == suite_for(row) {
+    if keyring.is_primary(old) && header.suite == suite_of(row.is_some(), site.schema.is_some()) {
         return Ok(None);
     }
-    let ctx = Context {
-        table,
-        column,
-        tenant: old.tenant(),
-        value_type,
-    };
-    let mut plain: Raw = open_stored(old, &ctx, row, sealed.to_vec())?;
+    let from = site.context(header.suite, old.tenant());
+    let mut plain: Raw = open_stored(old, &from, row, sealed.to_vec())?;
     let new = keyring.primary_key(old.tenant())?;
+    let to = from.in_schema(site.schema);
     let resealed = match row {
-        Some(row) => seal_bound(new, &ctx, row, &plain),
-        None => seal(new, &ctx, &plain),
+        Some(row) => seal_bound(new, &to, row, &plain),
+        None => seal(new, &to, &plain),
     };
     plain.wipe();
     resealed.map(Some)
@@ -163,28 +217,21 @@ pub fn classify(keyring: &(impl KeySet + ?Sized), stored: &[u8]) -> Stored {
     }
 }
 
-/// Opens a value of `table.column` (type tag `value_type`) to its plaintext bytes, undecoded,
-/// with the tenant of the key that sealed it: what a job needs to recompute a blind index. A
-/// value bound to its row needs `row`.
+/// Opens a value of `site` to its plaintext bytes, undecoded, with the tenant of the key that
+/// sealed it: what a job needs to recompute a blind index. A value bound to its row needs
+/// `row`.
 ///
 /// # Errors
-/// As opening: the header errors, [`Error::AuthenticationFailed`].
+/// As opening: the header errors, [`Error::AuthenticationFailed`], [`Error::SchemaMismatch`].
 pub fn open_raw(
     keyring: &(impl KeySet + ?Sized),
-    table: &str,
-    column: &str,
-    value_type: &str,
+    site: &Site<'_>,
     row: Option<&RowBinding>,
     sealed: &[u8],
 ) -> Result<(zeroize::Zeroizing<Vec<u8>>, Option<TenantId>), Error> {
     let header = Header::parse(sealed)?;
     let key = keyring.key(header.key_id)?;
-    let ctx = Context {
-        table,
-        column,
-        tenant: key.tenant(),
-        value_type,
-    };
+    let ctx = site.context(header.suite, key.tenant());
     let mut plain: Raw = open_stored(key, &ctx, row, sealed.to_vec())?;
     Ok((
         zeroize::Zeroizing::new(std::mem::take(&mut plain.0)),
@@ -192,29 +239,22 @@ pub fn open_raw(
     ))
 }
 
-/// Seals plaintext bytes (a legacy value's canonical encoding, type tag `value_type`) for
-/// `table.column` under the primary key of `tenant`, bound to `row` if given: the
-/// plaintext-migration backfill.
+/// Seals plaintext bytes (a legacy value's canonical encoding, of the site's type) for `site`
+/// under the primary key of `tenant`, bound to `row` if given: the plaintext-migration
+/// backfill.
 ///
 /// # Errors
 /// [`Error::NoPrimaryKey`], [`Error::TooLarge`].
 pub fn seal_raw(
     keyring: &(impl KeySet + ?Sized),
-    table: &str,
-    column: &str,
-    value_type: &str,
+    site: &Site<'_>,
     tenant: Option<&TenantId>,
     row: Option<&RowBinding>,
     plaintext: &[u8],
 ) -> Result<Vec<u8>, Error> {
     let key = keyring.primary_key(tenant)?;
     let mut raw = Raw(plaintext.to_vec());
-    let ctx = Context {
-        table,
-        column,
-        tenant,
-        value_type,
-    };
+    let ctx = Context::new(site.table, site.column, tenant, site.value_type).in_schema(site.schema);
     let sealed = match row {
         Some(row) => seal_bound(key, &ctx, row, &raw),
         None => seal(key, &ctx, &raw),

@@ -374,13 +374,7 @@ impl IndexParams {
         value_type: &str,
     ) -> Result<Vec<u8>, Error> {
         let mut info = b"encrypted-types/blind-index/v1".to_vec();
-        Context {
-            table: self.table,
-            column: self.column,
-            tenant,
-            value_type,
-        }
-        .encode(&mut info)?;
+        Context::new(self.table, self.column, tenant, value_type).encode(&mut info)?;
         info.extend_from_slice(&self.version.to_be_bytes());
         // Length and normalizers are part of the key: a 16-bit index is not a prefix of a
         // full-length one, and differently normalized indexes of one column never agree.

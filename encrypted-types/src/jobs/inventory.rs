@@ -33,6 +33,8 @@ pub enum Content {
 pub struct InventoryEntry {
     /// The table.
     pub table: &'static str,
+    /// The table's schema, when its model names one.
+    pub schema: Option<&'static str>,
     /// The encrypted column (legacy values are counted under the column they move into).
     pub column: &'static str,
     /// The rows' tenant, as text; `None` for a model without tenants or a `NULL` tenant.
@@ -67,7 +69,7 @@ where
 {
     let mut out = Vec::new();
     for m in models {
-        let table = D::Backend::quote(m.table);
+        let table = D::Backend::quote_table(m.schema, m.table);
         // The tenant's UTF-8 bytes: grouping on its text would merge tenants that MySQL's
         // default collation takes for equal ("Acme" and "acme").
         let tenant = m.tenant_column.map_or_else(
@@ -84,6 +86,7 @@ where
             for row in D::Backend::load_tallies(db, &q).await.map_err(job_err)? {
                 out.push(InventoryEntry {
                     table: m.table,
+                    schema: m.schema,
                     column: c.column,
                     tenant: tenant_text(row.t),
                     content: content_of(row.h.as_deref().unwrap_or_default()),
@@ -99,6 +102,7 @@ where
                 for row in D::Backend::load_tallies(db, &q).await.map_err(job_err)? {
                     out.push(InventoryEntry {
                         table: m.table,
+                        schema: m.schema,
                         column: c.column,
                         tenant: tenant_text(row.t),
                         content: Content::LegacyPlaintext,
@@ -110,11 +114,23 @@ where
     }
     // Two groups can map to one entry (two unrecognized prefixes): merge them.
     out.sort_by(|a, b| {
-        (a.table, a.column, &a.tenant, a.content).cmp(&(b.table, b.column, &b.tenant, b.content))
+        (a.schema, a.table, a.column, &a.tenant, a.content)
+            .cmp(&(b.schema, b.table, b.column, &b.tenant, b.content))
     });
     out.dedup_by(|next, kept| {
-        let same = (next.table, next.column, &next.tenant, next.content)
-            == (kept.table, kept.column, &kept.tenant, kept.content);
+        let same = (
+            next.schema,
+            next.table,
+            next.column,
+            &next.tenant,
+            next.content,
+        ) == (
+            kept.schema,
+            kept.table,
+            kept.column,
+            &kept.tenant,
+            kept.content,
+        );
         if same {
             kept.values += next.values;
         }

@@ -72,6 +72,7 @@ use sql::{alias, bind_alias};
 #[cfg(feature = "async")]
 pub use status::status_async;
 pub use status::{JobStatus, status};
+pub(crate) use table::catalogue_params;
 #[cfg(feature = "async")]
 pub use verify::verify_async;
 pub use verify::{Unopenable, VerifyReport, verify};
@@ -128,11 +129,11 @@ where
                 retired: &retired,
                 // Unbound values are looked for only when the job may bind them; otherwise a
                 // retired key finds them, and they are skipped and reported.
-                older: if !model.bind_row.is_empty() && options.bind_unbound {
-                    format::OLDER_SUITES_BOUND
-                } else {
-                    format::OLDER_SUITES
-                },
+                older: format::older_suites(
+                    !model.bind_row.is_empty(),
+                    model.schema.is_some(),
+                    options.bind_unbound,
+                ),
             },
             writes: c.column,
             target: name::rotate_target(model, c, &retired),

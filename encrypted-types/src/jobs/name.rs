@@ -14,14 +14,10 @@ pub(super) fn rotate_target(model: &ModelInfo, c: &ColumnInfo, retired: &[KeyId]
     let ids: Vec<String> = retired.iter().map(|k| k.get().to_string()).collect();
     format!(
         "{}.{} off keys {} to suite {}",
-        model.table,
+        model.display_name(),
         c.column,
         ids.join(","),
-        if model.bind_row.is_empty() {
-            format::SUITE
-        } else {
-            format::SUITE_AES256GCMSIV_ROW
-        }
+        format::suite_of(!model.bind_row.is_empty(), model.schema.is_some())
     )
 }
 
@@ -30,7 +26,7 @@ pub(super) fn reindex_target(model: &ModelInfo, c: &ColumnInfo, params: &IndexPa
     let norm: Vec<_> = params.normalize.iter().map(|n| n.label()).collect();
     format!(
         "{}.{} from {} version {} bits {} normalize [{}]",
-        model.table,
+        model.display_name(),
         params.index_column,
         c.column,
         params.version,
@@ -51,7 +47,7 @@ pub(super) fn compound_target(model: &ModelInfo, params: &CompoundParams) -> Str
         .collect();
     format!(
         "{}.{} compound {} version {} bits {} fields [{}]",
-        model.table,
+        model.display_name(),
         params.index_column,
         params.name,
         params.version,
@@ -63,8 +59,13 @@ pub(super) fn compound_target(model: &ModelInfo, params: &CompoundParams) -> Str
 /// What an encryption seals, and from where.
 pub(super) fn encrypt_target(model: &ModelInfo, c: &ColumnInfo) -> String {
     match c.legacy {
-        Some(legacy) => format!("{}.{} sealed from {}", model.table, c.column, legacy.column),
-        None => format!("{}.{} sealed", model.table, c.column),
+        Some(legacy) => format!(
+            "{}.{} sealed from {}",
+            model.display_name(),
+            c.column,
+            legacy.column
+        ),
+        None => format!("{}.{} sealed", model.display_name(), c.column),
     }
 }
 
@@ -131,5 +132,5 @@ pub fn default_job_name(model: &ModelInfo, op: Operation<'_>) -> Result<String, 
         .take(4)
         .map(|b| format!("{b:02x}"))
         .collect();
-    Ok(format!("{name}-{}-{digest}", model.table))
+    Ok(format!("{name}-{}-{digest}", model.display_name()))
 }

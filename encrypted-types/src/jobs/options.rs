@@ -109,6 +109,9 @@ pub enum SkipReason {
     /// The row's identity (`bind_row`) could not be read or encoded, or a value bound to a
     /// row did not open with it.
     RowBinding,
+    /// Sealed with no schema in a column whose model names one (and does not adopt such
+    /// values), or with a schema in a column whose model names none ([`Error::SchemaMismatch`]).
+    SchemaMismatch,
     /// A sealed value that authenticates but whose plaintext is not a valid encoding of the
     /// column's type ([`verify`]).
     InvalidPlaintext,
@@ -147,6 +150,11 @@ impl SkipReason {
                 "not bound to this row (sealed before the model declared bind_row: \
                  `jobs rotate --bind-unbound` binds such values once; or copied from another row)"
             }
+            Self::SchemaMismatch => {
+                "sealed without the model's schema (declare adopt_schema for a rotation to \
+                 re-seal such values; or copied from the table of the same name in another \
+                 schema)"
+            }
             Self::InvalidPlaintext => "opens, but is not valid for the column's type",
             Self::NoValue => "NULL in a required column",
             Self::Plaintext => "not a sealed value: plaintext or foreign bytes",
@@ -171,6 +179,7 @@ impl SkipReason {
             | Error::TenantShredded { .. } => Self::NoTenantKey,
             Error::TenantMismatch { .. } => Self::TenantMismatch,
             Error::RowBinding | Error::InvalidRowBinding => Self::RowBinding,
+            Error::SchemaMismatch => Self::SchemaMismatch,
             _ => Self::Other,
         }
     }

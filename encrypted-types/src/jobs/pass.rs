@@ -7,9 +7,8 @@ use super::*;
 pub(super) enum Op<'a> {
     Rotate {
         retired: &'a [KeyId],
-        /// Header prefixes of the suites to upgrade ([`format::OLDER_SUITES`], or every unbound
-        /// suite for a `bind_row` model).
-        older: &'static [[u8; 2]],
+        /// Header prefixes of the suites to upgrade ([`format::older_suites`]).
+        older: Vec<[u8; 2]>,
     },
     Reindex {
         params: &'static IndexParams,

@@ -274,14 +274,16 @@ pub trait JobTable: KeyTable {
     /// The database's clock in unix seconds: leases do not depend on the workers' clocks.
     #[doc(hidden)]
     fn now() -> &'static str;
-    /// The primary-key columns of the table named by parameter 1, in key order.
+    /// The primary-key columns of the table named by parameter 1 in the schema named by
+    /// parameter 2 (the connection's own for an empty text), in key order.
     #[doc(hidden)]
     fn catalogue() -> &'static str;
-    /// Every column of the table named by parameter 1 (`name`, `ty`: its type as declared).
+    /// Every column of the table named by parameters 1 and 2 as for [`JobTable::catalogue`]
+    /// (`name`, `ty`: its type as declared).
     #[doc(hidden)]
     const COLUMNS: &'static str;
-    /// Every index of the table named by parameter 1 as rows (`name`: the index, `ty`: one
-    /// column), ordered by index and position in it.
+    /// Every index of the table named by parameters 1 and 2 as rows (`name`: the index, `ty`:
+    /// one column), ordered by index and position in it.
     #[doc(hidden)]
     const INDEXES: &'static str;
     /// Whether a column declared `ty` (as [`JobTable::COLUMNS`] reports it) stores bytes as
@@ -423,10 +425,12 @@ job_table!(
     // A text value (legacy plaintext in a TEXT column) is cut as bytes, not characters.
     head = |e, n| format!("substr(CAST({e} AS BLOB), 1, {n})"),
     now = "CAST(strftime('%s', 'now') AS INTEGER)",
-    catalogue = "SELECT name, type AS ty FROM pragma_table_info(?) WHERE pk > 0 ORDER BY pk",
-    columns = "SELECT name, type AS ty FROM pragma_table_info(?)",
-    indexes = "SELECT il.name AS name, ii.name AS ty FROM pragma_index_list(?) AS il, \
-               pragma_index_info(il.name) AS ii ORDER BY il.name, ii.seqno",
+    // A NULL schema (an attached database's name) searches as an unqualified name does.
+    catalogue = "SELECT name, type AS ty FROM pragma_table_info(?1, NULLIF(?2, '')) \
+                 WHERE pk > 0 ORDER BY pk",
+    columns = "SELECT name, type AS ty FROM pragma_table_info(?1, NULLIF(?2, ''))",
+    indexes = "SELECT il.name AS name, ii.name AS ty FROM pragma_index_list(?1, NULLIF(?2, '')) AS il, \
+               pragma_index_info(il.name, NULLIF(?2, '')) AS ii ORDER BY il.name, ii.seqno",
     // SQLite's affinity rules: a declared type with INT, CHAR/CLOB/TEXT or REAL/FLOA/DOUB in it
     // converts what it stores; BLOB (or no type) keeps bytes as they are.
     is_binary = |t| t.is_empty() || t.contains("blob")
@@ -452,15 +456,18 @@ job_table!(
     now = "CAST(EXTRACT(EPOCH FROM now()) AS BIGINT)",
     catalogue = "SELECT CAST(a.attname AS TEXT) AS name, format_type(a.atttypid, a.atttypmod) AS ty \
                  FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
-                 WHERE i.indrelid = to_regclass(quote_ident($1)) AND i.indisprimary \
+                 WHERE i.indrelid = to_regclass(CASE WHEN $2 = '' THEN quote_ident($1) \
+                 ELSE quote_ident($2) || '.' || quote_ident($1) END) AND i.indisprimary \
                  ORDER BY array_position(CAST(i.indkey AS int2[]), a.attnum)",
     columns = "SELECT CAST(column_name AS TEXT) AS name, CAST(data_type AS TEXT) AS ty \
-               FROM information_schema.columns WHERE table_schema = current_schema() AND table_name = $1",
+               FROM information_schema.columns \
+               WHERE table_schema = COALESCE(NULLIF($2, ''), current_schema()) AND table_name = $1",
     indexes = "SELECT CAST(c.relname AS TEXT) AS name, CAST(a.attname AS TEXT) AS ty \
                FROM pg_index x JOIN pg_class c ON c.oid = x.indexrelid \
                CROSS JOIN LATERAL unnest(CAST(x.indkey AS int2[])) WITH ORDINALITY AS k(attnum, n) \
                JOIN pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum \
-               WHERE x.indrelid = to_regclass(quote_ident($1)) ORDER BY c.relname, k.n",
+               WHERE x.indrelid = to_regclass(CASE WHEN $2 = '' THEN quote_ident($1) \
+               ELSE quote_ident($2) || '.' || quote_ident($1) END) ORDER BY c.relname, k.n",
     is_binary = |t| t == "bytea"
 );
 #[cfg(feature = "mysql")]
@@ -482,12 +489,15 @@ job_table!(
     catalogue = "SELECT CAST(k.COLUMN_NAME AS CHAR) AS name, CAST(c.COLUMN_TYPE AS CHAR) AS ty \
                  FROM information_schema.KEY_COLUMN_USAGE k JOIN information_schema.COLUMNS c \
                  ON c.TABLE_SCHEMA = k.TABLE_SCHEMA AND c.TABLE_NAME = k.TABLE_NAME AND c.COLUMN_NAME = k.COLUMN_NAME \
-                 WHERE k.TABLE_SCHEMA = DATABASE() AND k.TABLE_NAME = ? AND k.CONSTRAINT_NAME = 'PRIMARY' \
+                 WHERE k.TABLE_NAME = ? AND k.TABLE_SCHEMA = COALESCE(NULLIF(?, ''), DATABASE()) \
+                 AND k.CONSTRAINT_NAME = 'PRIMARY' \
                  ORDER BY k.ORDINAL_POSITION",
     columns = "SELECT CAST(COLUMN_NAME AS CHAR) AS name, CAST(DATA_TYPE AS CHAR) AS ty \
-               FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?",
+               FROM information_schema.COLUMNS \
+               WHERE TABLE_NAME = ? AND TABLE_SCHEMA = COALESCE(NULLIF(?, ''), DATABASE())",
     indexes = "SELECT CAST(INDEX_NAME AS CHAR) AS name, CAST(COLUMN_NAME AS CHAR) AS ty \
-               FROM information_schema.STATISTICS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? \
+               FROM information_schema.STATISTICS \
+               WHERE TABLE_NAME = ? AND TABLE_SCHEMA = COALESCE(NULLIF(?, ''), DATABASE()) \
                ORDER BY INDEX_NAME, SEQ_IN_INDEX",
     is_binary = |t| matches!(
         t,

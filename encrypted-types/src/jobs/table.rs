@@ -6,6 +6,9 @@ use super::*;
 /// A table as the jobs see it.
 pub(super) struct Table {
     pub(super) name: &'static str,
+    /// The model's schema, and whether it adopts values sealed without it.
+    pub(super) schema: Option<&'static str>,
+    pub(super) adopt_schema: bool,
     pub(super) quoted: String,
     pub(super) key: Vec<KeyColumn>,
     pub(super) qkey: Vec<String>,
@@ -21,9 +24,23 @@ pub(super) struct Table {
 }
 
 impl Table {
+    /// Where the values of `c` live, as their context names it.
+    pub(super) const fn site(&self, c: &ColumnInfo) -> format::Site<'static> {
+        self.site_of(c.context, c.value_type)
+    }
+
+    /// Where the values of the column of context name `column` (type tag `value_type`) live.
+    pub(super) const fn site_of(
+        &self,
+        column: &'static str,
+        value_type: &'static str,
+    ) -> format::Site<'static> {
+        format::Site::new(self.name, column, value_type).in_schema(self.schema, self.adopt_schema)
+    }
+
     /// Refuses a value bound to no row in a `bind_row` table, unless the job binds them.
     pub(super) fn unbound(&self, value: &[u8]) -> Option<SkipReason> {
-        let bound = value.get(1) == Some(&format::SUITE_AES256GCMSIV_ROW);
+        let bound = value.get(1).is_some_and(|&s| format::is_bound(s));
         (!self.bind.is_empty() && !self.bind_unbound && !bound).then_some(SkipReason::RowBinding)
     }
 
@@ -58,12 +75,12 @@ where
     D: JobDb,
 {
     let refuse = |reason: String| Error::UnpageableKey {
-        table: model.table.to_owned(),
+        table: model.display_name(),
         reason,
     };
     let q = Query {
         sql: D::Backend::catalogue().to_owned(),
-        params: vec![Param::Text(model.table.to_owned())],
+        params: catalogue_params(model),
     };
     let cols = D::Backend::load_catalogue(db, &q).await.map_err(job_err)?;
     if cols.is_empty() {
@@ -110,7 +127,7 @@ where
         )));
     }
     let qkey: Vec<String> = key.iter().map(|k| D::Backend::quote(&k.name)).collect();
-    let quoted = D::Backend::quote(model.table);
+    let quoted = D::Backend::quote_table(model.schema, model.table);
     if D::Backend::NAME == "sqlite" {
         // SQLite orders values of different storage classes by class: a text key among
         // integers would sit outside the range a bound of the column's kind selects. NULL keys
@@ -161,6 +178,8 @@ where
         .collect();
     Ok(Table {
         name: model.table,
+        schema: model.schema,
+        adopt_schema: model.adopt_schema,
         quoted,
         key,
         qkey,
@@ -169,6 +188,15 @@ where
         bind,
         bind_unbound: false,
     })
+}
+
+/// The parameters of the catalogue queries ([`JobTable::catalogue`]): the table, and its
+/// schema (empty for the connection's own).
+pub(crate) fn catalogue_params(model: &ModelInfo) -> Vec<Param> {
+    vec![
+        Param::Text(model.table.to_owned()),
+        Param::Text(model.schema.unwrap_or_default().to_owned()),
+    ]
 }
 
 /// A database error of the jobs; a deadlock or serialization failure stays recognisable, so a

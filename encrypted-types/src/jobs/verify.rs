@@ -33,6 +33,8 @@ pub struct Unopenable {
 pub struct VerifyReport {
     /// The table.
     pub table: &'static str,
+    /// The table's schema, when its model names one.
+    pub schema: Option<&'static str>,
     /// Stored values read (non-`NULL`), over every encrypted column.
     pub values: u64,
     /// Values opened and checked: all of them, or the sample.
@@ -110,6 +112,7 @@ where
     let t = inspect(db, model).await?;
     let mut report = VerifyReport {
         table: model.table,
+        schema: model.schema,
         ..VerifyReport::default()
     };
     let mut checked = 0u64;
@@ -154,7 +157,7 @@ where
     tracing::info!(
         target: "encrypted_types::audit",
         event = "verify",
-        table = model.table,
+        table = model.display_name(),
         values = report.values,
         checked = report.checked,
         unopenable = report.unopenable_total(),
@@ -194,15 +197,8 @@ fn check(
         return Err(r);
     }
     let bind = t.binding(row)?;
-    let (plain, _) = format::open_raw(
-        keyring,
-        t.name,
-        c.context,
-        c.value_type,
-        bind.as_ref(),
-        value,
-    )
-    .map_err(|e| SkipReason::of(&e))?;
+    let (plain, _) = format::open_raw(keyring, &t.site(c), bind.as_ref(), value)
+        .map_err(|e| SkipReason::of(&e))?;
     (c.validate)(&plain).map_err(|e| match e {
         Error::InvalidPlaintext { .. } => SkipReason::InvalidPlaintext,
         e => SkipReason::of(&e),

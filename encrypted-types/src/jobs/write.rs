@@ -44,7 +44,7 @@ pub(super) fn prepare(
             if let Some(r) = t.unbound(value) {
                 return Ok(Outcome::Skip(r));
             }
-            match format::reseal(keyring, t.name, c.context, c.value_type, bind, value) {
+            match format::reseal(keyring, &t.site(c), bind, value) {
                 Ok(Some(new)) => Ok(Outcome::Write(vec![(c.column, Some(new))])),
                 Ok(None) => Ok(Outcome::Nothing),
                 Err(e @ Error::NoKeyring) => Err(e),
@@ -93,15 +93,7 @@ pub(super) fn seal_legacy(
     bind: Option<&RowBinding>,
 ) -> Outcome {
     let tenant = tenant.map(crate::TenantId::from);
-    let sealed = match format::seal_raw(
-        keyring,
-        t.name,
-        c.context,
-        c.value_type,
-        tenant.as_ref(),
-        bind,
-        value,
-    ) {
+    let sealed = match format::seal_raw(keyring, &t.site(c), tenant.as_ref(), bind, value) {
         Ok(s) => s,
         Err(e) => return Outcome::Skip(SkipReason::of(&e)),
     };
@@ -151,8 +143,8 @@ pub(super) fn fresh_index(
     if let Some(r) = t.unbound(value) {
         return Err(r);
     }
-    let (plain, tenant) = format::open_raw(keyring, t.name, c.context, c.value_type, bind, value)
-        .map_err(|e| SkipReason::of(&e))?;
+    let (plain, tenant) =
+        format::open_raw(keyring, &t.site(c), bind, value).map_err(|e| SkipReason::of(&e))?;
     params
         .compute_raw(keyring, tenant.as_ref(), c.value_type, &plain)
         .map_err(|e| SkipReason::of(&e))
@@ -186,8 +178,9 @@ pub(super) fn fresh_compound(
         if let Some(r) = t.unbound(value) {
             return Err(r);
         }
-        let (plain, owner) = format::open_raw(keyring, t.name, f.column, f.value_type, bind, value)
-            .map_err(|e| SkipReason::of(&e))?;
+        let (plain, owner) =
+            format::open_raw(keyring, &t.site_of(f.column, f.value_type), bind, value)
+                .map_err(|e| SkipReason::of(&e))?;
         plains.push(plain);
         tenant = owner;
     }
@@ -220,12 +213,10 @@ pub(super) fn legacy_state(
         format::Stored::Sealed if t.unbound(value).is_some() => {
             LegacyState::Bad(SkipReason::RowBinding)
         }
-        format::Stored::Sealed => {
-            match format::open_raw(keyring, t.name, c.context, c.value_type, bind, value) {
-                Ok(_) | Err(Error::KeyDestroyed(_)) => LegacyState::Done,
-                Err(e) => LegacyState::Bad(SkipReason::of(&e)),
-            }
-        }
+        format::Stored::Sealed => match format::open_raw(keyring, &t.site(c), bind, value) {
+            Ok(_) | Err(Error::KeyDestroyed(_)) => LegacyState::Done,
+            Err(e) => LegacyState::Bad(SkipReason::of(&e)),
+        },
         format::Stored::Unknown => LegacyState::Bad(SkipReason::UnknownKey),
         // Decode-checked first: a value that is not a valid encoding of the column's type
         // would seal into something every later read fails on.

@@ -799,7 +799,7 @@ where
         }
         let q = Query::sql(format!(
             "SELECT COUNT(*) AS n FROM {} WHERE {}",
-            D::Backend::quote(m.table),
+            D::Backend::quote_table(m.schema, m.table),
             preds.join(" OR ")
         ));
         let n = D::Backend::count_q(db, &q).await.map_err(store_err)?;
@@ -812,12 +812,7 @@ where
 /// bytes, or a broken cipher, fails here at startup rather than on the first real value.
 fn self_test(id: KeyId, tenant: Option<&TenantId>, material: &KeyMaterial) -> Result<(), Error> {
     let key = DataKey::new(id, tenant.cloned(), material);
-    let ctx = Context {
-        table: "encrypted_types",
-        column: "self_test",
-        tenant,
-        value_type: "bytes",
-    };
+    let ctx = Context::new("encrypted_types", "self_test", tenant, "bytes");
     let canary = b"encrypted-types self-test".to_vec();
     let fail = |_| Error::SelfTest { key_id: id };
     let sealed = format::seal(&key, &ctx, &canary).map_err(fail)?;

@@ -17,6 +17,13 @@ pub trait KeyTable: Exec {
     fn suite_in(column: &str, prefixes: &[[u8; 2]]) -> String;
     /// Quotes an identifier.
     fn quote(ident: &str) -> String;
+    /// The table `table` of `schema` (none: the connection's own), quoted for SQL.
+    fn quote_table(schema: Option<&str>, table: &str) -> String {
+        match schema {
+            Some(s) => format!("{}.{}", Self::quote(s), Self::quote(table)),
+            None => Self::quote(table),
+        }
+    }
     /// The clause that makes a `SELECT` hold a shared row lock until the transaction ends
     /// (empty on SQLite, whose writers are serialized anyway).
     #[doc(hidden)]
