@@ -35,9 +35,12 @@ HERE = Path(__file__).resolve().parent
 VECTORS = HERE / "v1.json"
 SUITE2_VECTORS = HERE / "v1_suite2.json"
 SUITE3_VECTORS = HERE / "v1_suite3.json"
+SCHEMA_VECTORS = HERE / "v1_schema.json"
 # FORMAT.md section 4.1: the suites, by their header byte. Suite 3 is suite 2 with the row's
-# identity appended to the AAD (section 2.1).
-SUITES = {1: AESGCM, 2: AESGCMSIV, 3: AESGCMSIV}
+# identity appended to the AAD (section 2.1); suites 4 and 5 are suites 2 and 3 with the
+# table's schema in the context (section 2.2).
+SUITES = {1: AESGCM, 2: AESGCMSIV, 3: AESGCMSIV, 4: AESGCMSIV, 5: AESGCMSIV}
+BOUND, SCHEMA = (3, 5), (4, 5)
 
 
 def row_binding(parts) -> bytes:
@@ -65,14 +68,16 @@ def s(text: str) -> bytes:
     return struct.pack(">H", len(raw)) + raw
 
 
-def aad(header6: bytes, table: str, column: str, tenant, value_type: str) -> bytes:
+def aad(header6: bytes, table: str, column: str, tenant, value_type: str, schema=None) -> bytes:
     t = b"\x00" if tenant is None else b"\x01" + s(tenant)
-    return DOMAIN + header6 + s(table) + s(column) + t + s(value_type)
+    tail = b"" if schema is None else s(schema)
+    return DOMAIN + header6 + s(table) + s(column) + t + s(value_type) + tail
 
 
 def seal(key: bytes, key_id: int, nonce: bytes, ctx: dict, plaintext: bytes, suite: int = 1,
          row=None) -> bytes:
-    assert (suite == 3) == (row is not None)
+    assert (suite in BOUND) == (row is not None)
+    assert (suite in SCHEMA) == (ctx.get("schema") is not None)
     header6 = bytes([1, suite]) + struct.pack(">I", key_id)
     extra = row_binding(row) if row is not None else b""
     ct_tag = SUITES[suite](key).encrypt(nonce, plaintext, aad(header6, **ctx) + extra)
@@ -103,8 +108,13 @@ def open_(keys: dict, ctx: dict, sealed: bytes, destroyed=frozenset(), row=None)
         raise Invalid("UnknownKeyId")
     key, key_tenant = keys[key_id]
     # Step 6: a bound value opens only with its row; a bound column takes no unbound value.
-    if (sealed[1] == 3) != (row is not None):
+    if (sealed[1] in BOUND) != (row is not None):
         raise Invalid("RowBinding")
+    # A column with no schema reads no suite 4 or 5; one with a schema no value without it.
+    if sealed[1] in SCHEMA and ctx.get("schema") is None:
+        raise Invalid("UnsupportedSuite")
+    if sealed[1] not in SCHEMA and ctx.get("schema") is not None:
+        raise Invalid("SchemaMismatch")
     extra = row_binding(row) if row is not None else b""
     try:
         return SUITES[sealed[1]](key).decrypt(sealed[6:18], sealed[18:],
@@ -789,6 +799,97 @@ def generate():
 # A JSON value 127 deep cannot sit in a vector file's "value" (a JSON parser that stops at 128
 # levels, as serde_json does, could not read the file): this file gives the plaintext only.
 JSON_DEPTH_VECTORS = HERE / "v1_json_depth.json"
+
+
+SCHEMA_CASES = [
+    # name, key, key id, nonce byte, table, column, tenant, value type, value, schema, row
+    ("schema-no-tenant", KEY_A, 1, 0x41, "patients", "email", None, "string", "ann@example.org",
+     "clinic_a", None),
+    ("schema-tenant", KEY_B, 0xA1B2C3D4, 0x42, "patients", "email", "clinic-a", "string",
+     "ann@example.org", "clinic_b", None),
+    ("schema-empty-name", KEY_A, 1, 0x43, "t", "c", None, "i64", 42, "", None),
+    ("schema-utf8", KEY_A, 1, 0x44, "patients", "notes", None, "string", "Zoë", "klinik_zoë", None),
+    ("schema-row", KEY_B, 0xA1B2C3D4, 0x45, "visits", "code", "clinic-a", "string", "Z00.0",
+     "clinic_a", [{"text": "V-2026-0001"}]),
+    ("schema-row-composite", KEY_A, 1, 0x46, "visits", "code", None, "i64", 7, "s",
+     [{"int": 1}, {"text": "p-9"}]),
+]
+
+
+def generate_schema():
+    """v1_schema.json: suites 4 and 5, and what a reader refuses (FORMAT.md section 2.2)."""
+    out = []
+    for name, key, key_id, nb, table, column, tenant, vt, value, schema, row in SCHEMA_CASES:
+        suite = 5 if row is not None else 4
+        ctx = dict(table=table, column=column, tenant=tenant, value_type=vt, schema=schema)
+        nonce = bytes([nb] * 12)
+        pt = encode(vt, value)
+        header6 = bytes([1, suite]) + struct.pack(">I", key_id)
+        v = {"name": name, "key": key.hex(), "key_id": key_id, "nonce": nonce.hex(),
+             "table": table, "column": column, "tenant": tenant, "value_type": vt, "schema": schema,
+             "value": value, "plaintext": pt.hex(), "suite": suite,
+             "aad": (aad(header6, **ctx) + (row_binding(row) if row else b"")).hex()}
+        if row is not None:
+            v["row"] = row
+            v["row_binding"] = row_binding(row).hex()
+        v["sealed"] = seal(key, key_id, nonce, ctx, pt, suite, row).hex()
+        out.append(v)
+    # Refusals: (name, sealed, table, column, value type, tenant of the key, schema read with,
+    # row, error). The reader's context is the column's, the value is the vector's.
+    first, bound = out[0], out[4]
+    s4, s5 = bytes.fromhex(first["sealed"]), bytes.fromhex(bound["sealed"])
+    plain2 = seal(KEY_A, 1, bytes([0x47] * 12), dict(table="patients", column="email", tenant=None,
+                                                      value_type="string"), b"ann@example.org", 2)
+    relabel = lambda b, suite: b[:1] + bytes([suite]) + b[2:]
+    refusals = [
+        ("another-schema", s4, "patients", "email", "string", None, "clinic_b", None, "AuthenticationFailed"),
+        ("no-schema-reads-suite-4", s4, "patients", "email", "string", None, None, None, "UnsupportedSuite"),
+        ("suite-2-in-a-schema-column", plain2, "patients", "email", "string", None, "clinic_a", None,
+         "SchemaMismatch"),
+        ("suite-4-relabelled-2", relabel(s4, 2), "patients", "email", "string", None, "clinic_a", None,
+         "SchemaMismatch"),
+        ("suite-2-relabelled-4", relabel(plain2, 4), "patients", "email", "string", None, "clinic_a", None,
+         "AuthenticationFailed"),
+        ("schema-as-table-prefix", s4, "clinic_a.patients", "email", "string", None, "", None,
+         "AuthenticationFailed"),
+        ("suite-5-without-row", s5, "visits", "code", "string", "clinic-a", "clinic_a", None, "RowBinding"),
+        ("suite-5-relabelled-4", relabel(s5, 4), "visits", "code", "string", "clinic-a", "clinic_a",
+         [{"text": "V-2026-0001"}], "RowBinding"),
+        ("suite-5-another-schema", s5, "visits", "code", "string", "clinic-a", "clinic_b",
+         [{"text": "V-2026-0001"}], "AuthenticationFailed"),
+        ("suite-5-no-schema", s5, "visits", "code", "string", "clinic-a", None,
+         [{"text": "V-2026-0001"}], "UnsupportedSuite"),
+    ]
+    doc = {"keys": [{"key_id": 1, "key": KEY_A.hex(), "tenant": None},
+                    {"key_id": 0xA1B2C3D4, "key": KEY_B.hex(), "tenant": "clinic-a"}],
+           "vectors": out,
+           "invalid": [{"name": n, "sealed": b.hex(), "table": t, "column": c, "value_type": vt,
+                        "tenant": tn, "schema": sc, "row": r, "error": e}
+                       for n, b, t, c, vt, tn, sc, r, e in refusals]}
+    SCHEMA_VECTORS.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    print(f"wrote {len(out)} vectors and {len(refusals)} refusals to {SCHEMA_VECTORS}")
+
+
+def check_schema(doc) -> int:
+    """Section 2.2: the AAD of each vector, and each refusal with its error."""
+    for v in doc["vectors"]:
+        header6 = bytes.fromhex(v["sealed"])[:6]
+        ctx = dict(table=v["table"], column=v["column"], tenant=v["tenant"], value_type=v["value_type"],
+                   schema=v["schema"])
+        extra = row_binding(v["row"]) if "row" in v else b""
+        assert aad(header6, **ctx) + extra == bytes.fromhex(v["aad"]), v["name"] + ": aad"
+        assert v["suite"] == (5 if "row" in v else 4), v["name"]
+    keys = {k["key_id"]: (bytes.fromhex(k["key"]), k["tenant"]) for k in doc["keys"]}
+    for v in doc["invalid"]:
+        ctx = dict(table=v["table"], column=v["column"], value_type=v["value_type"])
+        if v["schema"] is not None:
+            ctx["schema"] = v["schema"]
+        try:
+            open_(keys, ctx, bytes.fromhex(v["sealed"]), row=v["row"])
+            raise AssertionError(v["name"] + ": opened")
+        except Invalid as e:
+            assert str(e) == v["error"], f'{v["name"]}: {e} instead of {v["error"]}'
+    return len(doc["invalid"])
 
 
 def generate_json_depth():
@@ -1942,9 +2043,12 @@ def check():
     assert all("suite" not in v for v in vectors) and all(v["suite"] == 2 for v in suite2)
     suite3 = json.loads(SUITE3_VECTORS.read_text())
     assert all(v["suite"] == 3 and v["row_binding"] == row_binding(v["row"]).hex() for v in suite3)
-    vectors += suite2 + suite3
+    schema = json.loads(SCHEMA_VECTORS.read_text())
+    vectors += suite2 + suite3 + schema["vectors"]
     for v in vectors:
         ctx = dict(table=v["table"], column=v["column"], value_type=v["value_type"])
+        if "schema" in v:
+            ctx["schema"] = v["schema"]
         keys = {v["key_id"]: (bytes.fromhex(v["key"]), v["tenant"])}
         pt = bytes.fromhex(v["plaintext"])
         assert encode(v["value_type"], v["value"]) == pt, v["name"] + ": plaintext encoding"
@@ -1962,7 +2066,7 @@ def check():
             raise AssertionError(v["name"] + ": opened under the wrong column")
         except Invalid as e:
             assert str(e) == "AuthenticationFailed"
-    n = (len(vectors) + check_index() + check_compound() + check_invalid() + check_keytable()
+    n = (len(vectors) + check_schema(schema) + check_index() + check_compound() + check_invalid() + check_keytable()
          + check_keytable_mac2() + check_kek_check() + check_keytable_invalid() + check_json_depth()
          + check_pkcs11() + check_tenant_kek() + check_legacy() + check_kms_context()
          + check_manifest_vectors())
@@ -1998,5 +2102,6 @@ if __name__ == "__main__":
          "generate-keytable-invalid": generate_keytable_invalid,
          "generate-json-depth": generate_json_depth,
          "generate-manifest": generate_manifest,
+         "generate-schema": generate_schema,
          "generate-providers": lambda: (generate_pkcs11(), generate_tenant_kek(), generate_legacy(),
                                         generate_kms_context())}[cmd]()

@@ -595,10 +595,13 @@ fn open_inner<T: Plaintext>(
         (false, None) => &[],
         _ => return Err(Error::RowBinding),
     };
-    // A value names a schema exactly when its context does: one sealed without it could come
-    // from the table of the same name in another schema.
-    if has_schema(fixed[1]) != ctx.schema.is_some() {
-        return Err(Error::SchemaMismatch);
+    // A value names a schema exactly when its context does. A column with no schema reads no
+    // suite 4 or 5, as a build before them did; one with a schema refuses a value sealed
+    // without it, which could come from the table of the same name in another schema.
+    match (has_schema(fixed[1]), ctx.schema.is_some()) {
+        (true, false) => return Err(Error::UnsupportedSuite(fixed[1])),
+        (false, true) => return Err(Error::SchemaMismatch),
+        _ => {}
     }
     let nonce = sealed
         .get(NONCE_RANGE)
