@@ -29,8 +29,9 @@ pub(crate) struct Model<'a> {
     pub(crate) bind_row_span: Option<Span>,
     /// `schema = ".."`: the table's schema, bound into every value (suites 4 and 5).
     pub(crate) schema: Option<syn::LitStr>,
-    /// `adopt_schema`: values sealed before the model named its schema still open.
-    pub(crate) adopt_schema: Option<Span>,
+    /// `adopt_schema` (`.1`: `adopt_schema(prepare)`): values sealed before the model named
+    /// its schema still open.
+    pub(crate) adopt_schema: Option<(Span, bool)>,
     /// `compound_index(...)`: indexes over several fields.
     pub(crate) compounds: Vec<Compound>,
 }

@@ -74,9 +74,10 @@ pub(crate) struct StructAttrs {
     pub(crate) compounds: Vec<CompoundAttr>,
     /// `#[encrypted(schema = "..")]`: the table's schema, bound into every value.
     pub(crate) schema: Option<LitStr>,
-    /// `#[encrypted(adopt_schema)]`: values sealed before the model named its schema still
-    /// open, until a rotation has re-sealed them; the span of the key.
-    pub(crate) adopt_schema: Option<Span>,
+    /// `#[encrypted(adopt_schema)]` or `adopt_schema(prepare)`: values sealed before the
+    /// model named its schema still open, until a rotation has re-sealed them; the span of the
+    /// key, and whether it only prepares (seals without the schema).
+    pub(crate) adopt_schema: Option<(Span, bool)>,
 }
 
 /// `compound_index(name = n, fields(a(casefold), b), bits = .., column = .., version = ..,
@@ -237,7 +238,19 @@ pub(crate) fn parse_struct(attrs: &[Attribute]) -> syn::Result<StructAttrs> {
                     })?);
                 } else if meta.path.is_ident("adopt_schema") {
                     duplicate(out.adopt_schema.is_some())?;
-                    out.adopt_schema = Some(meta.path.span());
+                    let span = meta.path.span();
+                    let mut prepare = false;
+                    if meta.input.peek(syn::token::Paren) {
+                        meta.parse_nested_meta(|m| {
+                            if m.path.is_ident("prepare") && !prepare {
+                                prepare = true;
+                                Ok(())
+                            } else {
+                                Err(m.error("unknown stage of adopt_schema\nhelp: `adopt_schema(prepare)` reads values with the schema but still seals without it (the first deploy); `adopt_schema` seals with it"))
+                            }
+                        })?;
+                    }
+                    out.adopt_schema = Some((span, prepare));
                 } else if meta.path.is_ident("tenant") {
                     duplicate(out.tenant.is_some())?;
                     out.tenant = Some(meta.value()?.parse()?);

@@ -34,7 +34,7 @@ pub(crate) fn check(model: &Model<'_>) -> syn::Result<()> {
             );
         }
     }
-    if let (Some(span), None) = (model.adopt_schema, &model.schema) {
+    if let (Some((span, _)), None) = (model.adopt_schema, &model.schema) {
         err(
             span,
             "`adopt_schema` needs `schema = \"..\"`\nhelp: adopt_schema reads values sealed before the model named its schema; name the schema, or remove adopt_schema".into(),

@@ -63,7 +63,9 @@ pub enum Error {
     /// names none. A model adopting its schema (`adopt_schema`) reads values sealed before it,
     /// and a rotation re-seals them.
     #[error(
-        "the value's schema does not match its column's: sealed before the model named its          schema (declare adopt_schema until `jobs rotate` has re-sealed them, docs/KEYS.md),          or sealed for a table in another schema"
+        "the value's schema does not match its column's: sealed before the model named its \
+         schema (declare adopt_schema until `jobs rotate` has re-sealed them, docs/KEYS.md), \
+         or sealed for a table in another schema"
     )]
     SchemaMismatch,
     /// A row identity could not be encoded: no column, more than four, or a part of 4 GiB or

@@ -330,6 +330,7 @@ pub mod __private {
         BlindIndex, CompoundField, CompoundIndex, CompoundParams, CompoundSpec, IndexParams,
         IndexRoot, IndexSpec, Normalizer, Wanted,
     };
+    pub use crate::format;
     pub use crate::keyring::RowKeys;
     pub use crate::model::probe::{SqlKnown, SqlProbe, SqlUnknown};
     pub use crate::row_key::{KeyPartOf, ViaDebug, ViaToKeyPart};

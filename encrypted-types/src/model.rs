@@ -28,9 +28,9 @@ pub struct ModelInfo {
     /// The table's schema (on MySQL, its database), when the model names one
     /// (`schema = ".."`): bound into every value and used by the jobs' SQL.
     pub schema: Option<&'static str>,
-    /// Whether values sealed before the model named its schema are still read and re-sealed
-    /// by a rotation (`adopt_schema`).
-    pub adopt_schema: bool,
+    /// How far the model has adopted its schema (`adopt_schema`): whether values sealed
+    /// before it named one are still read, and re-sealed by a rotation.
+    pub schema_adoption: crate::format::Adoption,
 }
 
 impl ModelInfo {
@@ -41,7 +41,7 @@ impl ModelInfo {
     /// let m = ModelInfo {
     ///     table: "patients", primary_key: &["id"], tenant_column: None, columns: &[],
     ///     bind_row: &[], plain: &[], compound: &[], schema: Some("clinic_a"),
-    ///     adopt_schema: false,
+    ///     schema_adoption: encrypted_types::format::Adoption::Done,
     /// };
     /// assert_eq!(m.display_name(), "clinic_a.patients");
     /// ```
@@ -55,7 +55,7 @@ impl ModelInfo {
     /// Where the values of `column` live, as their context names it.
     pub const fn site(&self, column: &ColumnInfo) -> crate::format::Site<'static> {
         crate::format::Site::new(self.table, column.context, column.value_type)
-            .in_schema(self.schema, self.adopt_schema)
+            .in_schema(self.schema, self.schema_adoption)
     }
 }
 

@@ -74,6 +74,19 @@ struct ChartAdopting {
     note: Option<String>,
 }
 
+/// Clinic A's model in the first step of a rolling adoption: it reads values with and without
+/// the schema, and still seals without it.
+#[derive(encrypted_types::Encrypted, Clone, PartialEq)]
+#[encrypted(table = a::et_charts, schema = "et_clinic_a", adopt_schema(prepare), tenant = clinic_id)]
+struct ChartPreparing {
+    id: i64,
+    clinic_id: i64,
+    #[encrypted]
+    diagnosis: String,
+    #[encrypted]
+    note: Option<String>,
+}
+
 // What the model sealed before it named its schema: the table and column with no schema.
 encrypted_types::column_context!(OldDiagnosis = "et_charts"."diagnosis");
 encrypted_types::column_context!(OldNote = "et_charts"."note");
@@ -409,6 +422,90 @@ macro_rules! suite {
                 "{after:?}"
             );
             assert_eq!(not_in_schema_suite(conn), 2);
+        }
+
+        #[test]
+        fn a_rolling_adoption_never_leaves_a_value_unreadable() {
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let store = KeyStore::new(LocalKek::create(dir.path().join("k.kek")).unwrap());
+            let conn = &mut $connect();
+            store.create_tenant(conn, Some(&"1".into())).unwrap();
+            store.load_and_install(conn).unwrap();
+            for id in 1..=10 {
+                insert_unqualified(conn, id);
+            }
+            let suite_of = |conn: &mut _, id: i64| -> u8 {
+                let raw: Vec<u8> = a::et_charts::table
+                    .find(id)
+                    .select(a::et_charts::diagnosis)
+                    .first(conn)
+                    .unwrap();
+                raw[1]
+            };
+            // Step 1 (every process): reads both, seals as before, so a process not yet on
+            // step 1 reads what it writes.
+            let p = ChartPreparing {
+                id: 11,
+                clinic_id: 1,
+                diagnosis: "diagnosis 11".into(),
+                note: None,
+            };
+            diesel::insert_into(a::et_charts::table)
+                .values(&p)
+                .execute(conn)
+                .unwrap();
+            assert_eq!(suite_of(conn, 11), format::SUITE);
+            // Step 2 (rolling): a step-2 process seals with the schema; step-1 processes read it.
+            let q = ChartAdopting {
+                id: 12,
+                clinic_id: 1,
+                diagnosis: "diagnosis 12".into(),
+                note: None,
+            };
+            diesel::insert_into(a::et_charts::table)
+                .values(&q)
+                .execute(conn)
+                .unwrap();
+            assert_eq!(suite_of(conn, 12), format::SUITE_AES256GCMSIV_SCHEMA);
+            let read: Vec<ChartPreparing> = a::et_charts::table
+                .select(ChartPreparing::as_select())
+                .order(a::et_charts::id)
+                .load(conn)
+                .unwrap();
+            assert_eq!(read.len(), 12);
+            assert_eq!(read[11].diagnosis, "diagnosis 12");
+            // A rotation run from a step-1 process moves nothing into or out of the schema.
+            let prep = rotate_data_keys(
+                conn,
+                &ChartPreparing::MODEL,
+                "prep",
+                &JobOptions::default(),
+                |_| {},
+            )
+            .unwrap();
+            assert!(prep.finished, "{prep:?}");
+            assert_eq!(prep.written, 0);
+            assert_eq!(suite_of(conn, 12), format::SUITE_AES256GCMSIV_SCHEMA);
+            // Once every process is on step 2, the rotation re-seals the rest; then step 3.
+            let adopt = rotate_data_keys(
+                conn,
+                &ChartAdopting::MODEL,
+                "adopt",
+                &JobOptions::default(),
+                |_| {},
+            )
+            .unwrap();
+            assert!(adopt.finished, "{adopt:?}");
+            assert_eq!(adopt.written, 21);
+            assert_eq!(not_in_schema_suite(conn), 0);
+            let strict: Vec<ChartA> = a::et_charts::table
+                .select(ChartA::as_select())
+                .order(a::et_charts::id)
+                .load(conn)
+                .unwrap();
+            assert_eq!(strict.len(), 12);
+            assert_eq!(strict[10].diagnosis, "diagnosis 11");
         }
 
         #[test]

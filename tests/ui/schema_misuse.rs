@@ -41,4 +41,12 @@ struct Twice {
     diagnosis: String,
 }
 
+#[derive(Encrypted)]
+#[encrypted(table = charts, schema = "clinic_a", adopt_schema(later))]
+struct UnknownStage {
+    id: i32,
+    #[encrypted]
+    diagnosis: String,
+}
+
 fn main() {}

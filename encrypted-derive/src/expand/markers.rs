@@ -11,7 +11,7 @@ use super::{compound_ident, ctx_ident, idx_ident, prev_compound_ident, prev_idx_
 pub(super) fn markers(model: &Model<'_>, et: &TokenStream) -> TokenStream {
     let table_name = model.table_name();
     let schema = schema_tokens(model);
-    let adopt = model.adopt_schema.is_some();
+    let adopt = adoption_tokens(model, et);
     let mut out = TokenStream::new();
     for (f, e) in model.encrypted_fields() {
         let ctx = ctx_ident(model, f);
@@ -27,7 +27,7 @@ pub(super) fn markers(model: &Model<'_>, et: &TokenStream) -> TokenStream {
                 const COLUMN: &'static str = #column;
                 const SQL_COLUMN: &'static str = #sql_column;
                 const SCHEMA: ::core::option::Option<&'static str> = #schema;
-                const ADOPT_SCHEMA: bool = #adopt;
+                const SCHEMA_ADOPTION: #et::format::Adoption = #adopt;
             }
         });
         if let Some(index) = &e.index {
@@ -152,6 +152,15 @@ pub(super) fn compound_markers(model: &Model<'_>, c: &Compound, et: &TokenStream
     out
 }
 
+/// The model's stage of adopting its schema.
+fn adoption_tokens(model: &Model<'_>, et: &TokenStream) -> TokenStream {
+    match model.adopt_schema {
+        None => quote!(#et::format::Adoption::Done),
+        Some((_, true)) => quote!(#et::format::Adoption::Prepare),
+        Some((_, false)) => quote!(#et::format::Adoption::Adopt),
+    }
+}
+
 /// `Some("schema")` or `None`, as the model names it.
 fn schema_tokens(model: &Model<'_>) -> TokenStream {
     match &model.schema {
@@ -229,7 +238,7 @@ pub(super) fn metadata(model: &Model<'_>, et: &TokenStream) -> TokenStream {
         Some(quote!(<#spec as #et::CompoundSpec>::PARAMS))
     });
     let schema = schema_tokens(model);
-    let adopt = model.adopt_schema.is_some();
+    let adopt = adoption_tokens(model, et);
     quote! {
         impl #et::EncryptedModel for #ident {
             const MODEL: #et::ModelInfo = #et::ModelInfo {
@@ -241,7 +250,7 @@ pub(super) fn metadata(model: &Model<'_>, et: &TokenStream) -> TokenStream {
                 plain: &[#(#plain),*],
                 compound: &[#(#compound),*],
                 schema: #schema,
-                adopt_schema: #adopt,
+                schema_adoption: #adopt,
             };
         }
     }

@@ -45,10 +45,16 @@ pub trait ColumnContext: 'static {
     /// assert_eq!(Email::TABLE, "patients");
     /// ```
     const SCHEMA: Option<&'static str> = None;
-    /// While a model adopts its schema: values sealed before it named one still open (in
-    /// their old context), and a rotation re-seals them with it. Without it they are refused
-    /// with [`Error::SchemaMismatch`](crate::Error::SchemaMismatch).
-    const ADOPT_SCHEMA: bool = false;
+    /// How far the model has adopted [`SCHEMA`](Self::SCHEMA): while it adopts it, values
+    /// sealed before it named one still open (in their old context). Once adopted they are
+    /// refused with [`Error::SchemaMismatch`](crate::Error::SchemaMismatch).
+    ///
+    /// ```
+    /// use encrypted_types::{ColumnContext, format::Adoption};
+    /// encrypted_types::column_context!(pub Email = "patients"."email");
+    /// assert_eq!(Email::SCHEMA_ADOPTION, Adoption::Done);
+    /// ```
+    const SCHEMA_ADOPTION: crate::format::Adoption = crate::format::Adoption::Done;
 }
 
 /// The default context: no table and no column.

@@ -165,14 +165,12 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
 
     /// The context new values are sealed in.
     fn context(&self) -> Context<'_> {
-        Self::SITE.context(
-            format::suite_of(self.row.is_some(), C::SCHEMA.is_some()),
-            self.tenant.as_ref(),
-        )
+        Context::new(C::TABLE, C::COLUMN, self.tenant.as_ref(), T::TYPE)
+            .in_schema(Self::SITE.sealing_schema())
     }
 
     const SITE: Site<'static> =
-        Site::new(C::TABLE, C::COLUMN, T::TYPE).in_schema(C::SCHEMA, C::ADOPT_SCHEMA);
+        Site::new(C::TABLE, C::COLUMN, T::TYPE).in_schema(C::SCHEMA, C::SCHEMA_ADOPTION);
 
     /// Seals the value under the installed keyring.
     ///

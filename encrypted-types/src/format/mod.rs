@@ -37,7 +37,7 @@ pub(crate) mod nonce;
 pub(crate) mod siv;
 mod stored;
 
-pub use stored::{KeySet, Site, Stored, classify, open_raw, reseal, seal_raw};
+pub use stored::{Adoption, KeySet, Site, Stored, classify, open_raw, reseal, seal_raw};
 
 /// The format version this build writes.
 pub const VERSION: u8 = 1;

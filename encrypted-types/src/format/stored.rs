@@ -72,16 +72,36 @@ impl Plaintext for Raw {
     }
 }
 
+/// How far a model that names its schema has adopted it: which values it reads, and whether
+/// it seals with the schema (`docs/KEYS.md`, "Tables in several schemas").
+///
+/// A rolling adoption goes through [`Prepare`](Self::Prepare) (every process learns to read
+/// values with the schema while still sealing without it), then [`Adopt`](Self::Adopt) (new
+/// values are sealed with it, and a rotation re-seals the rest), then [`Done`](Self::Done).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Adoption {
+    /// Adopted: only values sealed with the schema are read (suites 4 and 5).
+    #[default]
+    Done,
+    /// `adopt_schema(prepare)`: values with and without the schema are read, new values are
+    /// sealed without it, and a rotation re-seals none into it.
+    Prepare,
+    /// `adopt_schema`: values with and without the schema are read, new values are sealed with
+    /// it, and a rotation re-seals the others with it.
+    Adopt,
+}
+
 /// Where a value lives, as its context names it: a [`Context`] but the tenant, which the keyed
-/// operations below take from the key, and whether values sealed before the model named its
-/// schema are read (`adopt_schema`).
+/// operations below take from the key, and how far its model has adopted its schema.
 ///
 /// ```
-/// use encrypted_types::format::{Site, SUITE, SUITE_AES256GCMSIV_SCHEMA};
-/// let site = Site::new("patients", "email", "string").in_schema(Some("clinic_a"), true);
+/// use encrypted_types::format::{Adoption, Site, SUITE, SUITE_AES256GCMSIV_SCHEMA};
+/// let site = Site::new("patients", "email", "string").in_schema(Some("clinic_a"), Adoption::Adopt);
 /// assert_eq!(site.context(SUITE_AES256GCMSIV_SCHEMA, None).schema, Some("clinic_a"));
 /// // Adopting: a value sealed before the model named its schema opens in its old context.
 /// assert_eq!(site.context(SUITE, None).schema, None);
+/// assert_eq!(site.sealing_schema(), Some("clinic_a"));
 /// ```
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
@@ -94,9 +114,8 @@ pub struct Site<'a> {
     pub value_type: &'a str,
     /// The table's schema, if the model names one.
     pub schema: Option<&'a str>,
-    /// Whether values sealed with no schema are read (and re-sealed by a rotation) in a
-    /// column whose model names one.
-    pub adopt_schema: bool,
+    /// How far the model has adopted its schema ([`Adoption::Done`] when it names none).
+    pub adoption: Adoption,
 }
 
 impl<'a> Site<'a> {
@@ -107,28 +126,55 @@ impl<'a> Site<'a> {
             column,
             value_type,
             schema: None,
-            adopt_schema: false,
+            adoption: Adoption::Done,
         }
     }
 
-    /// The same site in `schema`, adopting values sealed without it if `adopt`.
+    /// The same site in `schema`, at stage `adoption` of adopting it.
     #[must_use]
-    pub const fn in_schema(mut self, schema: Option<&'a str>, adopt: bool) -> Self {
+    pub const fn in_schema(mut self, schema: Option<&'a str>, adoption: Adoption) -> Self {
         self.schema = schema;
-        self.adopt_schema = adopt && schema.is_some();
+        self.adoption = if schema.is_some() {
+            adoption
+        } else {
+            Adoption::Done
+        };
         self
+    }
+
+    /// Whether values sealed without the schema are read: while adopting it.
+    const fn reads_unqualified(&self) -> bool {
+        !matches!(self.adoption, Adoption::Done)
+    }
+
+    /// The schema new values are sealed with: the site's, but none while preparing.
+    pub const fn sealing_schema(&self) -> Option<&'a str> {
+        match self.adoption {
+            Adoption::Prepare => None,
+            _ => self.schema,
+        }
     }
 
     /// The context a value of `suite` opens in: the site's, or while adopting, for a value
     /// sealed without a schema, the same with no schema. Any other mismatch is left for the
     /// open to refuse ([`Error::SchemaMismatch`]).
     pub const fn context(&self, suite: u8, tenant: Option<&'a TenantId>) -> Context<'a> {
-        let schema = if self.adopt_schema && !has_schema(suite) {
+        let schema = if self.reads_unqualified() && !has_schema(suite) {
             None
         } else {
             self.schema
         };
         Context::new(self.table, self.column, tenant, self.value_type).in_schema(schema)
+    }
+
+    /// The schema a rotation re-seals a value of `suite` with: the sealing schema, and never
+    /// none for a value that has one (preparing, a value already sealed with it keeps it).
+    const fn reseal_schema(&self, suite: u8) -> Option<&'a str> {
+        if has_schema(suite) && self.schema.is_some() {
+            self.schema
+        } else {
+            self.sealing_schema()
+        }
     }
 }
 
@@ -149,13 +195,14 @@ pub fn reseal(
 ) -> Result<Option<Vec<u8>>, Error> {
     let header = Header::parse(sealed)?;
     let old = keyring.key(header.key_id)?;
-    if keyring.is_primary(old) && header.suite == suite_of(row.is_some(), site.schema.is_some()) {
+    let schema = site.reseal_schema(header.suite);
+    if keyring.is_primary(old) && header.suite == suite_of(row.is_some(), schema.is_some()) {
         return Ok(None);
     }
     let from = site.context(header.suite, old.tenant());
     let mut plain: Raw = open_stored(old, &from, row, sealed.to_vec())?;
     let new = keyring.primary_key(old.tenant())?;
-    let to = from.in_schema(site.schema);
+    let to = from.in_schema(schema);
     let resealed = match row {
         Some(row) => seal_bound(new, &to, row, &plain),
         None => seal(new, &to, &plain),
@@ -254,7 +301,8 @@ pub fn seal_raw(
 ) -> Result<Vec<u8>, Error> {
     let key = keyring.primary_key(tenant)?;
     let mut raw = Raw(plaintext.to_vec());
-    let ctx = Context::new(site.table, site.column, tenant, site.value_type).in_schema(site.schema);
+    let ctx = Context::new(site.table, site.column, tenant, site.value_type)
+        .in_schema(site.sealing_schema());
     let sealed = match row {
         Some(row) => seal_bound(key, &ctx, row, &raw),
         None => seal(key, &ctx, &raw),

@@ -105,6 +105,21 @@ sync_and_async! {
         -> Result<JobReport, Error> where Backend: JobTable => rotate_data_keys_on
 }
 
+/// The suites a rotation of `c` looks for ([`format::older_suites`]); while the model only
+/// prepares to adopt its schema, none that has the schema: such a value is not moved back.
+fn older(model: &ModelInfo, c: &ColumnInfo, options: &JobOptions) -> Vec<[u8; 2]> {
+    let sealing = model.site(c).sealing_schema();
+    let preparing = model.schema.is_some() && sealing.is_none();
+    format::older_suites(
+        !model.bind_row.is_empty(),
+        sealing.is_some(),
+        options.bind_unbound,
+    )
+    .into_iter()
+    .filter(|p| !(preparing && p.get(1).is_some_and(|&s| format::has_schema(s))))
+    .collect()
+}
+
 async fn rotate_data_keys_on<D, F>(
     db: &mut D,
     model: &ModelInfo,
@@ -129,11 +144,7 @@ where
                 retired: &retired,
                 // Unbound values are looked for only when the job may bind them; otherwise a
                 // retired key finds them, and they are skipped and reported.
-                older: format::older_suites(
-                    !model.bind_row.is_empty(),
-                    model.schema.is_some(),
-                    options.bind_unbound,
-                ),
+                older: older(model, c, options),
             },
             writes: c.column,
             target: name::rotate_target(model, c, &retired),

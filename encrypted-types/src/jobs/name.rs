@@ -17,7 +17,10 @@ pub(super) fn rotate_target(model: &ModelInfo, c: &ColumnInfo, retired: &[KeyId]
         model.display_name(),
         c.column,
         ids.join(","),
-        format::suite_of(!model.bind_row.is_empty(), model.schema.is_some())
+        format::suite_of(
+            !model.bind_row.is_empty(),
+            model.site(c).sealing_schema().is_some()
+        )
     )
 }
 

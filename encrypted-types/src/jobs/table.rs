@@ -8,7 +8,7 @@ pub(super) struct Table {
     pub(super) name: &'static str,
     /// The model's schema, and whether it adopts values sealed without it.
     pub(super) schema: Option<&'static str>,
-    pub(super) adopt_schema: bool,
+    pub(super) adoption: format::Adoption,
     pub(super) quoted: String,
     pub(super) key: Vec<KeyColumn>,
     pub(super) qkey: Vec<String>,
@@ -35,7 +35,7 @@ impl Table {
         column: &'static str,
         value_type: &'static str,
     ) -> format::Site<'static> {
-        format::Site::new(self.name, column, value_type).in_schema(self.schema, self.adopt_schema)
+        format::Site::new(self.name, column, value_type).in_schema(self.schema, self.adoption)
     }
 
     /// Refuses a value bound to no row in a `bind_row` table, unless the job binds them.
@@ -179,7 +179,7 @@ where
     Ok(Table {
         name: model.table,
         schema: model.schema,
-        adopt_schema: model.adopt_schema,
+        adoption: model.schema_adoption,
         quoted,
         key,
         qkey,
