@@ -326,11 +326,11 @@ macro_rules! __if_async {
 /// direct dependency on the crates it uses. Not public API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::format;
     pub use crate::index::{
         BlindIndex, CompoundField, CompoundIndex, CompoundParams, CompoundSpec, IndexParams,
         IndexRoot, IndexSpec, Normalizer, Wanted,
     };
-    pub use crate::format;
     pub use crate::keyring::RowKeys;
     pub use crate::model::probe::{SqlKnown, SqlProbe, SqlUnknown};
     pub use crate::row_key::{KeyPartOf, ViaDebug, ViaToKeyPart};

@@ -395,7 +395,7 @@ where
     for m in models {
         let Some((columns, indexes)) = catalogue(db, m).await? else {
             out.problems.push(Mismatch::NoTable {
-                table: m.table.to_owned(),
+                table: m.display_name(),
             });
             continue;
         };
@@ -411,7 +411,7 @@ where
                 && !D::Backend::is_binary(&c.ty)
             {
                 out.problems.push(Mismatch::NotBinary {
-                    table: m.table.to_owned(),
+                    table: m.display_name(),
                     column: name.to_owned(),
                     found: c.ty.clone(),
                 });

@@ -98,14 +98,15 @@ where
     };
     let mut done = true;
     for (model, col) in work {
+        let table = model.display_name();
         let name = match (&args.job, col) {
             (Some(j), _) if models.len() == 1 || col.is_some() => j.clone(),
-            (Some(j), _) => format!("{j}-{}", model.table),
+            (Some(j), _) => format!("{j}-{table}"),
             (None, Some(c)) => jobs::default_job_name(&model, Operation::Encrypt { column: c })?,
             (None, None) if op == "reindex" => jobs::default_job_name(&model, Operation::Reindex)?,
             (None, None) => jobs::default_job_name(&model, Operation::Rotate)?,
         };
-        let mut progress = Bar::new(&name, model.table);
+        let mut progress = Bar::new(&name, &table);
         let report = match (op, col) {
             ("rotate", _) => {
                 jobs::rotate_data_keys(conn, &model, &name, &options, |p| progress.batch(p))
@@ -124,7 +125,7 @@ where
         // One report per job as it ends, so the ones done are reported even if a later one
         // fails.
         if args.json {
-            out::json(&report_json(&name, model.table, &report))?;
+            out::json(&report_json(&name, &table, &report))?;
         } else {
             out::line(&summary(&name, &report))?;
         }
@@ -140,13 +141,14 @@ fn find_column(
     models: &[ModelInfo],
     name: &str,
 ) -> Result<(ModelInfo, Option<&'static str>), CliError> {
-    let (table, column) = match name.split_once('.') {
+    // `table.column`, or `schema.table.column` for a model that names its schema.
+    let (table, column) = match name.rsplit_once('.') {
         Some((t, c)) => (Some(t), c),
         None => (None, name),
     };
     let found: Vec<(ModelInfo, &'static str)> = models
         .iter()
-        .filter(|m| table.is_none_or(|t| t == m.table))
+        .filter(|m| table.is_none_or(|t| t == m.table || t == m.display_name()))
         .flat_map(|m| {
             m.columns
                 .iter()
@@ -160,10 +162,11 @@ fn find_column(
             "{name} is not an encrypted column; those are: {}",
             models
                 .iter()
-                .flat_map(|m| m
-                    .columns
-                    .iter()
-                    .map(|c| format!("{}.{}", m.table, c.column)))
+                .flat_map(|m| m.columns.iter().map(|c| format!(
+                    "{}.{}",
+                    m.display_name(),
+                    c.column
+                )))
                 .collect::<Vec<_>>()
                 .join(", ")
         ))),
@@ -212,12 +215,12 @@ fn report_json(name: &str, table: &str, r: &JobReport) -> serde_json::Value {
 /// without one, one JSON line per committed batch.
 struct Bar<'a> {
     job: &'a str,
-    table: &'static str,
+    table: &'a str,
     bar: Option<indicatif::ProgressBar>,
 }
 
 impl<'a> Bar<'a> {
-    fn new(job: &'a str, table: &'static str) -> Self {
+    fn new(job: &'a str, table: &'a str) -> Self {
         let bar = std::io::stdout().is_terminal().then(|| {
             let bar = indicatif::ProgressBar::with_draw_target(
                 None,

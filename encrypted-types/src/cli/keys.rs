@@ -224,7 +224,7 @@ where
             }
             let present: Vec<ModelInfo> = models
                 .iter()
-                .filter(|m| !missing.iter().any(|t| t == m.table))
+                .filter(|m| !missing.iter().any(|t| *t == m.display_name()))
                 .copied()
                 .collect();
             let values = values_per_key(conn, &present)?;

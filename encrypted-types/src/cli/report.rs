@@ -115,7 +115,7 @@ where
             .map(|e| {
                 let (key, suite, what) = describe(e.content);
                 json!({
-                    "table": e.table, "column": e.column, "tenant": e.tenant,
+                    "table": e.table, "schema": e.schema, "column": e.column, "tenant": e.tenant,
                     "key_id": key, "suite": suite, "content": what, "values": e.values,
                 })
             })
@@ -128,7 +128,8 @@ where
         .map(|e| {
             let (key, suite, what) = describe(e.content);
             vec![
-                e.table.to_owned(),
+                e.schema
+                    .map_or_else(|| e.table.to_owned(), |s| format!("{s}.{}", e.table)),
                 e.column.to_owned(),
                 e.tenant.clone().unwrap_or_else(|| "-".into()),
                 key.map_or_else(|| "-".into(), |k| k.to_string()),
@@ -188,14 +189,14 @@ where
                 .map(|u| json!({"row": u.key.full().to_string(), "column": u.column, "reason": format!("{:?}", u.reason)}))
                 .collect();
             reports.push(json!({
-                "table": r.table, "values": r.values, "checked": r.checked,
+                "table": r.table, "schema": r.schema, "values": r.values, "checked": r.checked,
                 "unopenable": r.unopenable_total(), "listed": bad,
             }));
         } else {
+            let table = m.display_name();
             for u in &r.unopenable {
                 out::line(&format!(
-                    "{} row {}, column {}: {} ({:?})",
-                    r.table,
+                    "{table} row {}, column {}: {} ({:?})",
                     shown(&u.key, args.show_keys),
                     u.column,
                     u.reason.describe(),
@@ -203,8 +204,7 @@ where
                 ))?;
             }
             out::line(&format!(
-                "{}: {} values stored, {} opened and checked, {} do not open",
-                r.table,
+                "{table}: {} values stored, {} opened and checked, {} do not open",
                 r.values,
                 r.checked,
                 r.unopenable_total()

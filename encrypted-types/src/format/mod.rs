@@ -276,7 +276,8 @@ impl Sink for Inline {
 
 /// Runs `f` on AAD = DOMAIN ‖ version ‖ suite ‖ key id ‖ context. The nonce, the rest of the
 /// header, is authenticated by the AEAD itself.
-/// Suite 3 appends the row binding, whose encoding carries its own lengths.
+/// Suites 4 and 5 end the context with the schema; suites 3 and 5 append the row binding,
+/// whose encoding carries its own lengths.
 fn with_aad<R>(
     header: &[u8; 6],
     ctx: &Context<'_>,
@@ -409,7 +410,8 @@ fn fixed_header(key_id: KeyId, suite: u8) -> [u8; 6] {
     [VERSION, suite, a, b, c, d]
 }
 
-/// Seals `value` under `key` with a fresh random nonce.
+/// Seals `value` under `key` with a fresh random nonce, in suite 2 (suite 4 when `ctx` names a
+/// schema).
 ///
 /// `ctx.tenant` must be the key's tenant; [`crate::Encrypted`](struct@crate::Encrypted) guarantees that.
 ///
@@ -426,7 +428,8 @@ pub fn seal<T: Plaintext>(key: &DataKey, ctx: &Context<'_>, value: &T) -> Result
     )
 }
 
-/// Seals `value` bound to `row` (suite 3): it opens only with [`open_bound`] and the same row.
+/// Seals `value` bound to `row` (suite 3, or 5 when `ctx` names a schema): it opens only with
+/// [`open_bound`] and the same row.
 ///
 /// # Errors
 /// As [`seal`], and [`Error::InvalidRowBinding`].
@@ -544,7 +547,9 @@ fn seal_inner<T: Plaintext>(
 /// [`Error::AuthenticationFailed`] for any tag or context mismatch, [`Error::InvalidPlaintext`]
 /// when the decrypted bytes are not a valid `T`.
 ///
-/// A value bound to a row (suite 3) fails with [`Error::RowBinding`]: use [`open_bound`].
+/// A value bound to a row (suite 3 or 5) fails with [`Error::RowBinding`]: use [`open_bound`].
+/// A value sealed with a schema (suites 4 and 5) opens only in a context naming it; one sealed
+/// without fails in such a context with [`Error::SchemaMismatch`].
 pub fn open<T: Plaintext>(key: &DataKey, ctx: &Context<'_>, sealed: Vec<u8>) -> Result<T, Error> {
     open_inner(key, ctx, None, sealed)
 }

@@ -218,7 +218,7 @@ pub fn reseal(
 pub enum Stored {
     /// A value of ours: opening it decides whether it is genuine. Never read as plaintext.
     Sealed,
-    /// Shaped like a whole sealed value of this format (version 1, suite 1 to 3, long enough) but
+    /// Shaped like a whole sealed value of this format (version 1, suite 1 to 5, long enough) but
     /// naming a key id this keyring does not hold: most likely sealed by a process that knows
     /// a newer key. Never read, sealed again or counted done as plaintext.
     Unknown,
@@ -229,7 +229,7 @@ pub enum Stored {
 /// Tells a sealed value from legacy plaintext without decrypting. A value is *sealed* when it
 /// has a version 1 header (at least 6 bytes, first byte 1) naming a key id that the keyring
 /// knows, live or destroyed; *unknown* when it has the whole shape of a version 1 value (first
-/// bytes `01 01`, `01 02` or `01 03`, at least the 34 bytes of header and tag) under a key id the keyring does not
+/// bytes `01 01` to `01 05`, at least the 34 bytes of header and tag) under a key id the keyring does not
 /// know; anything else is *legacy*. So a legacy `i16` 257 (`01 01`), a UUID that starts
 /// `01 01`, or a short or foreign string are legacy, while a sealed value that was tampered
 /// with, copied from another column, sealed under a shredded tenant's destroyed key, or sealed
