@@ -23,7 +23,9 @@ struct Column {
 static FALLBACK: std::sync::LazyLock<ArcSwap<Vec<Arc<Column>>>> =
     std::sync::LazyLock::new(|| ArcSwap::from_pointee(Vec::new()));
 
-/// Starts reading legacy plaintext in `table.column` (see the module docs).
+/// Starts reading legacy plaintext in `table.column` (see the module docs). For a model that
+/// names its schema, `table` is `"schema.table"`: the fallback of one schema's table never
+/// applies to the table of the same name in another.
 ///
 /// ```
 /// use encrypted_types::migration;
@@ -66,10 +68,20 @@ pub fn plaintext_reads(table: &str, column: &str) -> Option<u64> {
         .map(|c| c.reads.load(Ordering::Relaxed))
 }
 
-/// Whether `table.column` is in fallback; counts the read if it is.
-pub(crate) fn take_plaintext(table: &str, column: &str) -> bool {
+/// Whether `table.column` of `schema` is in fallback; counts the read if it is.
+pub(crate) fn take_plaintext(schema: Option<&str>, table: &str, column: &str) -> bool {
     let cols = FALLBACK.load();
-    match cols.iter().find(|c| c.table == table && c.column == column) {
+    // `schema.table` for a model that names its schema, compared without building it.
+    let named = |c: &Column| match schema {
+        None => c.table == table,
+        Some(s) => {
+            c.table
+                .strip_prefix(s)
+                .and_then(|rest| rest.strip_prefix('.'))
+                == Some(table)
+        }
+    };
+    match cols.iter().find(|c| named(c) && c.column == column) {
         Some(c) => {
             c.reads.fetch_add(1, Ordering::Relaxed);
             true

@@ -97,7 +97,7 @@ where
 {
     let mut out = Vec::new();
     for m in models {
-        let table = m.table.to_owned();
+        let table = m.display_name();
         let Some((columns, indexes)) = catalogue(db, m).await? else {
             out.push(Mismatch::NoTable { table });
             continue;

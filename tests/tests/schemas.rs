@@ -509,6 +509,53 @@ macro_rules! suite {
         }
 
         #[test]
+        fn the_plaintext_fallback_of_one_schema_never_reaches_the_other() {
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let store = KeyStore::new(LocalKek::create(dir.path().join("k.kek")).unwrap());
+            let conn = &mut $connect();
+            store.create_tenant(conn, Some(&"1".into())).unwrap();
+            store.load_and_install(conn).unwrap();
+            diesel::insert_into(a::et_charts::table)
+                .values(&chart(1))
+                .execute(conn)
+                .unwrap();
+            diesel::insert_into(b::et_charts::table)
+                .values(&ChartB::from(chart(1)))
+                .execute(conn)
+                .unwrap();
+            // A writer plants plaintext in both schemas' note.
+            let planted = Some(b"planted".to_vec());
+            diesel::update(a::et_charts::table.find(1))
+                .set(a::et_charts::note.eq(&planted))
+                .execute(conn)
+                .unwrap();
+            diesel::update(b::et_charts::table.find(1))
+                .set(b::et_charts::note.eq(&planted))
+                .execute(conn)
+                .unwrap();
+            // The fallback of clinic A's table, by its qualified name, reads A's plaintext only;
+            // the unqualified name reaches neither.
+            for (allowed, reads_a) in [("et_clinic_a.et_charts", true), ("et_charts", false)] {
+                encrypted_types::migration::allow_plaintext(allowed, "note");
+                let in_a = a::et_charts::table
+                    .find(1)
+                    .select(ChartA::as_select())
+                    .first(conn);
+                let in_b = b::et_charts::table
+                    .find(1)
+                    .select(ChartB::as_select())
+                    .first(conn);
+                encrypted_types::migration::stop_plaintext(allowed, "note");
+                assert_eq!(in_a.is_ok(), reads_a, "{allowed}");
+                if reads_a {
+                    assert_eq!(in_a.unwrap().note.as_deref(), Some("planted"));
+                }
+                assert!(in_b.is_err(), "{allowed}: clinic B read planted plaintext");
+            }
+        }
+
+        #[test]
         fn the_catalogue_is_read_in_the_models_schema() {
             let conn = &mut $connect();
             // The table exists only in the named schemas: a catalogue read of the connection's

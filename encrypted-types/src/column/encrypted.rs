@@ -288,7 +288,7 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
             Err(_)
                 if row.is_none()
                     && format::classify(keyring, &sealed) == format::Stored::Legacy
-                    && crate::migration::take_plaintext(C::TABLE, C::SQL_COLUMN) =>
+                    && crate::migration::take_plaintext(C::SCHEMA, C::TABLE, C::SQL_COLUMN) =>
             {
                 let mut v = Self::with_tenant(T::decode_owned(sealed)?, None);
                 v.legacy = true;
