@@ -31,12 +31,24 @@ fn main() {
     let created = started.elapsed();
 
     let mut runs = Vec::new();
+    // What a loaded keyring holds resident: the first load's growth of the process (later
+    // loads reuse the memory the allocator got back).
+    let before = resident_kib("VmRSS");
+    let mut held = None;
     for _ in 0..5 {
         let started = Instant::now();
         let (keyring, report) = store.load(conn).expect("load");
         runs.push(started.elapsed());
         assert_eq!(report.data_keys, tenants);
-        drop(keyring);
+        held.get_or_insert_with(|| (keyring, resident_kib("VmRSS")));
+    }
+    if let (Some(before), Some((_, Some(after)))) = (before, &held) {
+        println!(
+            "keyring of {} keys resident: {:.1} MB (process peak {:.1} MB)",
+            tenants * 2,
+            after.saturating_sub(before) as f64 / 1024.0,
+            resident_kib("VmHWM").unwrap_or(0) as f64 / 1024.0
+        );
     }
     runs.sort();
     println!(
@@ -48,4 +60,16 @@ fn main() {
         runs[4].as_secs_f64() * 1e3,
     );
     std::fs::remove_dir_all(&dir).expect("cleanup");
+}
+
+/// A field of `/proc/self/status` in KiB (Linux; `None` elsewhere).
+fn resident_kib(field: &str) -> Option<u64> {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .trim()
+        .trim_end_matches(" kB")
+        .parse()
+        .ok()
 }

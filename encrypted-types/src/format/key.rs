@@ -112,10 +112,11 @@ impl fmt::Debug for KeyMaterial {
 }
 
 /// A data-encryption key (DEK) ready for use: its id, its tenant and its key schedules, for
-/// suite 2 (AES-256-GCM-SIV, every new value) and suite 1 (AES-256-GCM, values sealed before).
+/// suite 2 (AES-256-GCM-SIV, every new value) and, built on first use, suite 1 (AES-256-GCM,
+/// values sealed before suite 2).
 ///
-/// Built by [`crate::KeyringBuilder`]; the key schedules are wiped on drop (the `zeroize`
-/// features of aes-gcm and aes). Not `Clone`:
+/// Built by [`crate::KeyringBuilder`]; the key schedules and the material are wiped on drop
+/// (the `zeroize` features of aes-gcm and aes). Not `Clone`:
 ///
 /// ```compile_fail
 /// fn copy(k: &encrypted_types::DataKey) -> encrypted_types::DataKey { k.clone() }
@@ -123,20 +124,31 @@ impl fmt::Debug for KeyMaterial {
 pub struct DataKey {
     pub(crate) id: KeyId,
     pub(crate) tenant: Option<TenantId>,
-    pub(crate) cipher: Aes256Gcm,
     pub(crate) siv: Siv,
+    /// Suite 1's AES-256-GCM state (two AES schedules and the GHASH key, most of a key's
+    /// memory), built when the key first meets a suite-1 value: a keyring of many keys whose
+    /// values were all sealed in suite 2 never builds it. Boxed, so it stays where it was built.
+    gcm: std::sync::OnceLock<Box<Aes256Gcm>>,
+    /// The material suite 1's state is built from; boxed and wiped on drop.
+    material: Box<KeyMaterial>,
 }
 
 impl DataKey {
     pub(crate) fn new(id: KeyId, tenant: Option<TenantId>, material: &KeyMaterial) -> Self {
-        let cipher = Aes256Gcm::new(material.expose().into());
         let siv = Siv::new(material.expose());
         Self {
             id,
             tenant,
-            cipher,
             siv,
+            gcm: std::sync::OnceLock::new(),
+            material: Box::new(KeyMaterial(material.0)),
         }
+    }
+
+    /// Suite 1's cipher, built on first use.
+    pub(crate) fn gcm(&self) -> &Aes256Gcm {
+        self.gcm
+            .get_or_init(|| Box::new(Aes256Gcm::new(self.material.expose().into())))
     }
 
     /// A second handle on the same key, for a keyring rebuilt from this one. Deliberately not
@@ -146,8 +158,9 @@ impl DataKey {
         Self {
             id: self.id,
             tenant: self.tenant.clone(),
-            cipher: self.cipher.clone(),
             siv: self.siv.clone(),
+            gcm: std::sync::OnceLock::new(),
+            material: Box::new(KeyMaterial(self.material.0)),
         }
     }
 

@@ -4,8 +4,9 @@
 //! ```text
 //! offset  size  field
 //! 0       1     version      0x01
-//! 1       1     suite        0x02 = AES-256-GCM-SIV (written), 0x01 = AES-256-GCM (read only);
-//!                            both with a 96-bit random nonce and a 128-bit tag
+//! 1       1     suite        0x02 = AES-256-GCM-SIV (written; 0x03 bound to the row, 0x04 with
+//!                            the schema, 0x05 both), 0x01 = AES-256-GCM (read only); all with
+//!                            a 96-bit random nonce and a 128-bit tag
 //! 2       4     key id       big-endian u32
 //! 6       12    nonce
 //! 18      n     ciphertext   (n = plaintext length)
@@ -60,8 +61,16 @@ pub const SUITE_AES256GCMSIV_ROW_SCHEMA: u8 = 5;
 pub const SUITE: u8 = SUITE_AES256GCMSIV;
 /// The first two header bytes of values in a suite older than [`SUITE`], for SQL that finds
 /// what a rotation still has to upgrade.
+#[deprecated(
+    since = "0.3.0",
+    note = "use `older_suites(bound, schema, bind_unbound)`, which knows suites 4 and 5"
+)]
 pub const OLDER_SUITES: &[[u8; 2]] = &[[VERSION, SUITE_AES256GCM]];
-/// [`OLDER_SUITES`] for a model that binds its values to their row: every unbound value.
+/// `OLDER_SUITES` for a model that binds its values to their row: every unbound value.
+#[deprecated(
+    since = "0.3.0",
+    note = "use `older_suites(bound, schema, bind_unbound)`, which knows suites 4 and 5"
+)]
 pub const OLDER_SUITES_BOUND: &[[u8; 2]] =
     &[[VERSION, SUITE_AES256GCM], [VERSION, SUITE_AES256GCMSIV]];
 
@@ -343,8 +352,9 @@ pub(crate) fn check_len(sealed: &[u8]) -> Result<(), Error> {
 pub struct Header {
     /// The data key the value was sealed with.
     pub key_id: KeyId,
-    /// The suite it was sealed in: [`SUITE_AES256GCM`], [`SUITE_AES256GCMSIV`] or
-    /// [`SUITE_AES256GCMSIV_ROW`].
+    /// The suite it was sealed in: [`SUITE_AES256GCM`], [`SUITE_AES256GCMSIV`],
+    /// [`SUITE_AES256GCMSIV_ROW`], [`SUITE_AES256GCMSIV_SCHEMA`] or
+    /// [`SUITE_AES256GCMSIV_ROW_SCHEMA`].
     pub suite: u8,
 }
 
@@ -651,7 +661,7 @@ fn aead_seal(
             .seal(nonce, aad, body)
             .map_err(|_| Error::TooLarge(len)),
         SUITE_AES256GCM => key
-            .cipher
+            .gcm()
             .encrypt_inout_detached(&Nonce::from(*nonce), aad, body.into())
             .map(Into::into)
             .map_err(|_| Error::TooLarge(len)),
@@ -675,7 +685,7 @@ fn aead_open(
                 .open(nonce, aad, body, tag)
                 .map_err(|_| Error::AuthenticationFailed);
         }
-        SUITE_AES256GCM => key.cipher.decrypt_inout_detached(
+        SUITE_AES256GCM => key.gcm().decrypt_inout_detached(
             &Nonce::from(*nonce),
             aad,
             body.into(),

@@ -263,6 +263,7 @@ impl KeyringBuilder {
             unavailable.insert(tenant, kek);
         }
         Ok(Keyring {
+            ids: keys.iter().map(|k| k.id.get()).collect(),
             keys,
             unavailable,
             unavailable_keys,
