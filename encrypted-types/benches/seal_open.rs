@@ -137,6 +137,34 @@ fn bench(c: &mut Criterion) {
         );
     }
     open.finish();
+
+    // The key lookup at scale: a 64-byte value opened through a keyring of 10 keys and of
+    // 200,001 (the key table of 100,000 tenants), cycling over 1,024 values sealed under keys
+    // spread across it, so the lookup's path changes from value to value as in a real read.
+    let mut keys = c.benchmark_group("keys");
+    for n in [10_u32, 200_001] {
+        let mut builder = Keyring::builder();
+        for id in 1..=n {
+            builder = builder.data_key(id, None, KeyMaterial::from_bytes(key));
+        }
+        let ring = builder.primary(None, 1).build().expect("valid keyring");
+        let text = "x".repeat(64);
+        let values: Vec<Vec<u8>> = (0..1024_u32)
+            .map(|i| {
+                let id = 1 + (i.wrapping_mul(2_654_435_761) % n);
+                let k = ring.key(id.into()).expect("key");
+                format::seal(k, &ctx, &text).expect("seal")
+            })
+            .collect();
+        let mut next = values.iter().cycle();
+        keys.bench_function(BenchmarkId::new("open-64", n), |b| {
+            b.iter(|| {
+                let v = next.next().expect("cycle");
+                Encrypted::<String, BenchCol>::open_with(&ring, black_box(v)).expect("open")
+            });
+        });
+    }
+    keys.finish();
 }
 
 /// AWS-LC's raw AEADs: seal into a fresh buffer (as `Aead::encrypt` does), open a copy.
