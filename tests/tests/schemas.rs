@@ -38,6 +38,27 @@ mod b {
     }
 }
 
+mod idx {
+    diesel::table! {
+        et_clinic_a.et_indexed (id) {
+            id -> BigInt,
+            clinic_id -> BigInt,
+            mrn -> Binary,
+            mrn_bidx -> Binary,
+        }
+    }
+}
+
+/// A table `schema::create` writes in clinic A's schema, with a blind index (and its index).
+#[derive(encrypted_types::Encrypted, Clone, PartialEq)]
+#[encrypted(table = idx::et_indexed, schema = "et_clinic_a", tenant = clinic_id)]
+struct Indexed {
+    id: i64,
+    clinic_id: i64,
+    #[encrypted(blind_index(bits = 32))]
+    mrn: String,
+}
+
 /// The chart of clinic A's schema.
 #[derive(encrypted_types::Encrypted, Clone, PartialEq)]
 #[encrypted(table = a::et_charts, schema = "et_clinic_a", tenant = clinic_id)]
@@ -556,6 +577,43 @@ macro_rules! suite {
         }
 
         #[test]
+        fn schema_create_writes_the_table_and_its_index_in_the_schema() {
+            let _g = encrypted_types_tests::serial();
+            let dir = tempfile::tempdir().unwrap();
+            let store = KeyStore::new(LocalKek::create(dir.path().join("k.kek")).unwrap());
+            let conn = &mut $connect();
+            store.create_tenant(conn, Some(&"1".into())).unwrap();
+            store.load_and_install(conn).unwrap();
+            let dialect = dialect_of(conn);
+            if dialect == encrypted_types::schema::Dialect::Mysql {
+                // MySQL commits DDL at once: the statements are checked as text only.
+                let m = encrypted_types::schema::create(&[Indexed::MODEL], dialect).unwrap();
+                assert!(m.up[0].starts_with("CREATE TABLE `et_clinic_a`.`et_indexed`"), "{:?}", m.up);
+                assert_eq!(m.up[1], "CREATE INDEX `et_indexed_mrn_bidx` ON `et_clinic_a`.`et_indexed` (`clinic_id`, `mrn_bidx`)");
+                assert_eq!(m.down, ["DROP TABLE `et_clinic_a`.`et_indexed`"]);
+                return;
+            }
+            use diesel::connection::SimpleConnection;
+            let m = encrypted_types::schema::create(&[Indexed::MODEL], dialect).unwrap();
+            for s in &m.up {
+                conn.batch_execute(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+            }
+            // The catalogue of the schema now has it all, index included.
+            let alter = encrypted_types::schema::alter(conn, &[Indexed::MODEL]).unwrap();
+            assert!(alter.problems.is_empty() && alter.migration.up.is_empty(), "{alter:?}");
+            let row = Indexed { id: 1, clinic_id: 1, mrn: "MRN-0042".into() };
+            diesel::insert_into(idx::et_indexed::table).values(&row).execute(conn).unwrap();
+            let found = Indexed::find_by_mrn(conn, &1, "MRN-0042").unwrap();
+            assert!(found.iter().any(|r| r.id == 1));
+            // The expand step's down drops the index by its qualified name.
+            let alter_down = encrypted_types::schema::expand(&[Indexed::MODEL], dialect);
+            assert!(alter_down.down.iter().any(|s| s.contains("\"et_clinic_a\".\"et_indexed_mrn_bidx\"")), "{:?}", alter_down.down);
+            for s in &m.down {
+                conn.batch_execute(s).unwrap_or_else(|e| panic!("{s}: {e}"));
+            }
+        }
+
+        #[test]
         fn the_catalogue_is_read_in_the_models_schema() {
             let conn = &mut $connect();
             // The table exists only in the named schemas: a catalogue read of the connection's
@@ -566,6 +624,15 @@ macro_rules! suite {
             assert!(alter.migration.up.is_empty(), "{:?}", alter.migration.up);
         }
     };
+}
+
+/// The dialect `schema::create` writes for a connection's backend.
+fn dialect_of<C: diesel::Connection>(_: &C) -> encrypted_types::schema::Dialect {
+    match std::any::type_name::<C::Backend>() {
+        b if b.ends_with("Pg") => encrypted_types::schema::Dialect::Postgres,
+        b if b.ends_with("Mysql") => encrypted_types::schema::Dialect::Mysql,
+        _ => encrypted_types::schema::Dialect::Sqlite,
+    }
 }
 
 impl From<ChartA> for ChartB {
