@@ -627,7 +627,7 @@ macro_rules! suite {
 }
 
 /// The dialect `schema::create` writes for a connection's backend.
-fn dialect_of<C: diesel::Connection>(_: &C) -> encrypted_types::schema::Dialect {
+fn dialect_of<C: Connection>(_: &C) -> encrypted_types::schema::Dialect {
     match std::any::type_name::<C::Backend>() {
         b if b.ends_with("Pg") => encrypted_types::schema::Dialect::Postgres,
         b if b.ends_with("Mysql") => encrypted_types::schema::Dialect::Mysql,
