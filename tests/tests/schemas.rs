@@ -207,18 +207,27 @@ fn sqlite() -> SqliteConnection {
     conn
 }
 
+/// Creates the two schemas (`kind`: `SCHEMA` or `DATABASE`) and their tables on a server, once
+/// per process, outside the test transactions.
+fn on_server<C: Connection + diesel::connection::SimpleConnection>(
+    url: &str,
+    kind: &str,
+    blob: &str,
+) {
+    let mut raw = C::establish(url).unwrap();
+    raw.batch_execute(&format!(
+        "CREATE {kind} IF NOT EXISTS et_clinic_a; CREATE {kind} IF NOT EXISTS et_clinic_b;"
+    ))
+    .unwrap();
+    for s in ddl(blob, &|s| format!("{s}.et_charts")) {
+        raw.batch_execute(&s).unwrap();
+    }
+}
+
 fn pg() -> PgConnection {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        use diesel::connection::SimpleConnection;
-        let mut raw = PgConnection::establish(&encrypted_types_tests::pg_url()).unwrap();
-        raw.batch_execute(
-            "CREATE SCHEMA IF NOT EXISTS et_clinic_a; CREATE SCHEMA IF NOT EXISTS et_clinic_b;",
-        )
-        .unwrap();
-        for s in ddl("BYTEA", &|s| format!("{s}.et_charts")) {
-            raw.batch_execute(&s).unwrap();
-        }
+        on_server::<PgConnection>(&encrypted_types_tests::pg_url(), "SCHEMA", "BYTEA");
     });
     encrypted_types_tests::keystore::pg()
 }
@@ -226,17 +235,23 @@ fn pg() -> PgConnection {
 fn mysql() -> MysqlConnection {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
-        use diesel::connection::SimpleConnection;
-        let mut raw = MysqlConnection::establish(&encrypted_types_tests::mysql_url()).unwrap();
-        raw.batch_execute(
-            "CREATE DATABASE IF NOT EXISTS et_clinic_a; CREATE DATABASE IF NOT EXISTS et_clinic_b;",
-        )
-        .unwrap();
-        for s in ddl("LONGBLOB", &|s| format!("{s}.et_charts")) {
-            raw.batch_execute(&s).unwrap();
-        }
+        on_server::<MysqlConnection>(&encrypted_types_tests::mysql_url(), "DATABASE", "LONGBLOB");
     });
     encrypted_types_tests::keystore::mysql()
+}
+
+/// A connection with one tenant's keys created and installed, under the serial lock (the tests
+/// install process-wide keyrings): the lock, the KEK's directory and the store come with it.
+macro_rules! keyed {
+    ($connect:path) => {{
+        let guard = encrypted_types_tests::serial();
+        let dir = tempfile::tempdir().unwrap();
+        let store = KeyStore::new(LocalKek::create(dir.path().join("k.kek")).unwrap());
+        let mut conn = $connect();
+        store.create_tenant(&mut conn, Some(&"1".into())).unwrap();
+        store.load_and_install(&mut conn).unwrap();
+        (guard, dir, conn)
+    }};
 }
 
 /// Stored values of `et_clinic_a.et_charts` whose suite is not 4, counted in SQL: what a
@@ -267,12 +282,8 @@ macro_rules! suite {
 
         #[test]
         fn a_value_copied_from_the_same_table_in_another_schema_fails() {
-            let _g = encrypted_types_tests::serial();
-            let dir = tempfile::tempdir().unwrap();
-            let store = KeyStore::new(LocalKek::create(dir.path().join("k.kek")).unwrap());
-            let conn = &mut $connect();
-            store.create_tenant(conn, Some(&"1".into())).unwrap();
-            store.load_and_install(conn).unwrap();
+            let (_g, _dir, mut conn) = keyed!($connect);
+            let conn = &mut conn;
 
             let a = chart(1);
             let b = ChartB {
@@ -334,12 +345,8 @@ macro_rules! suite {
 
         #[test]
         fn adopting_a_schema_reads_old_values_and_a_rotation_reseals_them() {
-            let _g = encrypted_types_tests::serial();
-            let dir = tempfile::tempdir().unwrap();
-            let store = KeyStore::new(LocalKek::create(dir.path().join("k.kek")).unwrap());
-            let conn = &mut $connect();
-            store.create_tenant(conn, Some(&"1".into())).unwrap();
-            store.load_and_install(conn).unwrap();
+            let (_g, _dir, mut conn) = keyed!($connect);
+            let conn = &mut conn;
             for id in 1..=30 {
                 insert_unqualified(conn, id);
             }
@@ -447,12 +454,8 @@ macro_rules! suite {
 
         #[test]
         fn a_rolling_adoption_never_leaves_a_value_unreadable() {
-            let _g = encrypted_types_tests::serial();
-            let dir = tempfile::tempdir().unwrap();
-            let store = KeyStore::new(LocalKek::create(dir.path().join("k.kek")).unwrap());
-            let conn = &mut $connect();
-            store.create_tenant(conn, Some(&"1".into())).unwrap();
-            store.load_and_install(conn).unwrap();
+            let (_g, _dir, mut conn) = keyed!($connect);
+            let conn = &mut conn;
             for id in 1..=10 {
                 insert_unqualified(conn, id);
             }
@@ -531,12 +534,8 @@ macro_rules! suite {
 
         #[test]
         fn the_plaintext_fallback_of_one_schema_never_reaches_the_other() {
-            let _g = encrypted_types_tests::serial();
-            let dir = tempfile::tempdir().unwrap();
-            let store = KeyStore::new(LocalKek::create(dir.path().join("k.kek")).unwrap());
-            let conn = &mut $connect();
-            store.create_tenant(conn, Some(&"1".into())).unwrap();
-            store.load_and_install(conn).unwrap();
+            let (_g, _dir, mut conn) = keyed!($connect);
+            let conn = &mut conn;
             diesel::insert_into(a::et_charts::table)
                 .values(&chart(1))
                 .execute(conn)
@@ -578,12 +577,8 @@ macro_rules! suite {
 
         #[test]
         fn schema_create_writes_the_table_and_its_index_in_the_schema() {
-            let _g = encrypted_types_tests::serial();
-            let dir = tempfile::tempdir().unwrap();
-            let store = KeyStore::new(LocalKek::create(dir.path().join("k.kek")).unwrap());
-            let conn = &mut $connect();
-            store.create_tenant(conn, Some(&"1".into())).unwrap();
-            store.load_and_install(conn).unwrap();
+            let (_g, _dir, mut conn) = keyed!($connect);
+            let conn = &mut conn;
             let dialect = dialect_of(conn);
             if dialect == encrypted_types::schema::Dialect::Mysql {
                 // MySQL commits DDL at once: the statements are checked as text only.

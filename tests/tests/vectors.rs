@@ -397,6 +397,22 @@ fn every_compound_index_vector_is_reproduced() {
     assert!(json.compute_with(&keyring).is_err());
 }
 
+/// The keyring a vector file describes: its keys, and the ids known as destroyed.
+fn keyring_of(keys: &[InvalidKey], destroyed: &[u32]) -> Keyring {
+    let mut builder = Keyring::builder();
+    for k in keys {
+        builder = builder.data_key(
+            k.key_id,
+            k.tenant.as_deref().map(TenantId::from),
+            KeyMaterial::from_slice(&hex::decode(&k.key).unwrap()).unwrap(),
+        );
+    }
+    for id in destroyed {
+        builder = builder.destroyed_key(*id);
+    }
+    builder.build().unwrap()
+}
+
 #[derive(Deserialize)]
 struct InvalidFile {
     keys: Vec<InvalidKey>,
@@ -493,18 +509,7 @@ fn variant(e: &encrypted_types::Error) -> String {
 fn every_invalid_vector_fails_with_its_error() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/vectors/v1_invalid.json");
     let file: InvalidFile = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    let mut builder = Keyring::builder();
-    for k in &file.keys {
-        builder = builder.data_key(
-            k.key_id,
-            k.tenant.as_deref().map(TenantId::from),
-            KeyMaterial::from_slice(&hex::decode(&k.key).unwrap()).unwrap(),
-        );
-    }
-    for id in &file.destroyed {
-        builder = builder.destroyed_key(*id);
-    }
-    let keyring = builder.build().unwrap();
+    let keyring = keyring_of(&file.keys, &file.destroyed);
     assert!(file.vectors.len() >= 60, "vectors went missing");
     let mut errors = std::collections::BTreeSet::new();
     for v in &file.vectors {
@@ -1361,15 +1366,7 @@ fn every_schema_vector_is_reproduced_and_every_refusal_matches() {
         file.vectors.len() >= 6 && file.invalid.len() >= 10,
         "vectors went missing"
     );
-    let mut builder = Keyring::builder();
-    for k in &file.keys {
-        builder = builder.data_key(
-            k.key_id,
-            k.tenant.as_deref().map(TenantId::from),
-            KeyMaterial::from_slice(&hex::decode(&k.key).unwrap()).unwrap(),
-        );
-    }
-    let keyring = builder.build().unwrap();
+    let keyring = keyring_of(&file.keys, &[]);
     for v in &file.vectors {
         let key = keyring.key(v.key_id.into()).unwrap();
         let ctx = Context::new(&v.table, &v.column, key.tenant(), &v.value_type)

@@ -449,14 +449,19 @@ pub fn seal_bound<T: Plaintext>(
     row: &RowBinding,
     value: &T,
 ) -> Result<Vec<u8>, Error> {
-    seal_inner(
-        key,
-        ctx,
-        Some(row),
-        value,
-        suite_of(true, ctx.schema.is_some()),
-        nonce::generate()?,
-    )
+    bound_with_nonce(key, ctx, row, value, nonce::generate()?)
+}
+
+/// [`seal_bound`] under `nonce`, in the bound suite of `ctx`.
+fn bound_with_nonce<T: Plaintext>(
+    key: &DataKey,
+    ctx: &Context<'_>,
+    row: &RowBinding,
+    value: &T,
+    nonce: [u8; 12],
+) -> Result<Vec<u8>, Error> {
+    let suite = suite_of(true, ctx.schema.is_some());
+    seal_inner(key, ctx, Some(row), value, suite, nonce)
 }
 
 /// Seals in suite 1 with a caller-chosen nonce: the frozen suite-1 known-answer vectors. Only
@@ -503,14 +508,7 @@ pub fn seal_bound_with_nonce<T: Plaintext>(
     value: &T,
     nonce: [u8; 12],
 ) -> Result<Vec<u8>, Error> {
-    seal_inner(
-        key,
-        ctx,
-        Some(row),
-        value,
-        suite_of(true, ctx.schema.is_some()),
-        nonce,
-    )
+    bound_with_nonce(key, ctx, row, value, nonce)
 }
 
 /// `row` is given exactly for suites 3 and 5, `ctx.schema` for suites 4 and 5.
