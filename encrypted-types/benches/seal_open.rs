@@ -165,6 +165,121 @@ fn bench(c: &mut Criterion) {
         });
     }
     keys.finish();
+    row(c);
+}
+
+encrypted_types::column_context!(RowName = "patients"."name");
+encrypted_types::column_context!(RowEmail = "patients"."email");
+encrypted_types::column_context!(RowPhone = "patients"."phone");
+encrypted_types::column_context!(RowNotes = "patients"."notes");
+
+/// The clinic row of the third performance review (§3.1): four string fields of 15, 25, 11 and
+/// 200 bytes, sealed and opened through the library's path (`seal_with` / `open_with` of each
+/// field: key choice, nonce, encoding, AAD, output), beside raw RustCrypto AES-256-GCM of the
+/// same fields with the same AADs (the library's, for suite 1), in place, no nonce drawn: Σ R(f)
+/// of that review, the bound the row work is compared with. Diesel's column copies excluded.
+fn row(c: &mut Criterion) {
+    use aes_gcm::aead::AeadInOut;
+    let tenant = encrypted_types::TenantId::from("clinic-7");
+    let key = [7u8; 32];
+    let ring = Keyring::builder()
+        .data_key(1, Some(tenant.clone()), KeyMaterial::from_bytes(key))
+        .primary(Some(tenant.clone()), 1)
+        .build()
+        .expect("valid keyring");
+    let fields: [(&str, String); 4] = [
+        ("name", "x".repeat(15)),
+        ("email", "x".repeat(25)),
+        ("phone", "x".repeat(11)),
+        ("notes", "x".repeat(200)),
+    ];
+    // The AADs the library builds for these fields (FORMAT.md §2), with suite 1's header.
+    let aads: Vec<Vec<u8>> = fields
+        .iter()
+        .map(|(column, _)| {
+            let mut aad = format::DOMAIN.to_vec();
+            aad.extend_from_slice(&[1, 1, 0, 0, 0, 1]);
+            Context::new("patients", column, Some(&tenant), "string")
+                .encode(&mut aad)
+                .expect("context");
+            aad
+        })
+        .collect();
+    let raw = Aes256Gcm::new(&key.into());
+    let nonce = Nonce::from([9u8; 12]);
+    let mut group = c.benchmark_group("row");
+    group.bench_function("raw-aes-gcm-seal", |b| {
+        b.iter(|| {
+            fields
+                .iter()
+                .zip(&aads)
+                .map(|((_, v), aad)| {
+                    let mut buf = v.as_bytes().to_vec();
+                    let tag = raw
+                        .encrypt_inout_detached(&nonce, aad, buf.as_mut_slice().into())
+                        .expect("encrypt");
+                    (buf, tag)
+                })
+                .collect::<Vec<_>>()
+        });
+    });
+    let sealed_raw: Vec<(Vec<u8>, aes_gcm::Tag)> = fields
+        .iter()
+        .zip(&aads)
+        .map(|((_, v), aad)| {
+            let mut buf = v.as_bytes().to_vec();
+            let tag = raw
+                .encrypt_inout_detached(&nonce, aad, buf.as_mut_slice().into())
+                .expect("encrypt");
+            (buf, tag)
+        })
+        .collect();
+    group.bench_function("raw-aes-gcm-open", |b| {
+        b.iter(|| {
+            sealed_raw
+                .iter()
+                .zip(&aads)
+                .map(|((ct, tag), aad)| {
+                    let mut buf = black_box(ct).clone();
+                    raw.decrypt_inout_detached(&nonce, aad, buf.as_mut_slice().into(), tag)
+                        .expect("decrypt");
+                    buf
+                })
+                .collect::<Vec<_>>()
+        });
+    });
+    let [(_, n), (_, e), (_, p), (_, t)] = &fields;
+    let name = Encrypted::<String, RowName>::for_tenant(n.clone(), tenant.clone());
+    let email = Encrypted::<String, RowEmail>::for_tenant(e.clone(), tenant.clone());
+    let phone = Encrypted::<String, RowPhone>::for_tenant(p.clone(), tenant.clone());
+    let notes = Encrypted::<String, RowNotes>::for_tenant(t.clone(), tenant.clone());
+    group.bench_function("encrypted-types-seal", |b| {
+        b.iter(|| {
+            [
+                black_box(&name).seal_with(&ring).expect("seal"),
+                black_box(&email).seal_with(&ring).expect("seal"),
+                black_box(&phone).seal_with(&ring).expect("seal"),
+                black_box(&notes).seal_with(&ring).expect("seal"),
+            ]
+        });
+    });
+    let (sn, se, sp, st) = (
+        name.seal_with(&ring).expect("seal"),
+        email.seal_with(&ring).expect("seal"),
+        phone.seal_with(&ring).expect("seal"),
+        notes.seal_with(&ring).expect("seal"),
+    );
+    group.bench_function("encrypted-types-open", |b| {
+        b.iter(|| {
+            (
+                Encrypted::<String, RowName>::open_with(&ring, black_box(&sn)).expect("open"),
+                Encrypted::<String, RowEmail>::open_with(&ring, black_box(&se)).expect("open"),
+                Encrypted::<String, RowPhone>::open_with(&ring, black_box(&sp)).expect("open"),
+                Encrypted::<String, RowNotes>::open_with(&ring, black_box(&st)).expect("open"),
+            )
+        });
+    });
+    group.finish();
 }
 
 /// AWS-LC's raw AEADs: seal into a fresh buffer (as `Aead::encrypt` does), open a copy.
