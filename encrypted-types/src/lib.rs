@@ -101,6 +101,7 @@ pub use codec::{Plaintext, SecretBuf};
 pub use column::context::{ColumnContext, Unbound};
 pub use column::encrypted::Encrypted;
 pub use column::row::{Fallible, FallibleModel, Unreadable};
+pub use column::written::Written;
 pub use error::Error;
 pub use format::key::{BlindIndexRootKey, DataKey, KeyId, KeyMaterial};
 pub use keyring::{Keyring, KeyringBuilder};
@@ -337,7 +338,7 @@ pub mod __private {
     pub use crate::{
         ColumnContext, ColumnInfo, Encrypted, EncryptedModel, Error, FallibleModel, LegacyColumn,
         ModelInfo, PlainColumn, Plaintext, RowBinding, RowColumn, RowIdentity, RowKey, RowKind,
-        RowPart, TenantId, Unreadable, model_validate,
+        RowPart, TenantId, Unreadable, Written, model_validate,
     };
     pub use diesel;
     #[cfg(feature = "async")]

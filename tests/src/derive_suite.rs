@@ -501,7 +501,12 @@ macro_rules! derive_suite {
                 diesel::debug_query::<$backend, _>(&filter).to_string(),
             ];
             for text in &shown {
-                assert!(text.contains("<redacted>"), "{text}");
+                // Writes bind bytes sealed when the write was built (`Written`), lookups a
+                // redacted value: either way no plaintext.
+                assert!(
+                    text.contains("<redacted>") || text.contains("Written("),
+                    "{text}"
+                );
                 for canary in [CANARY_EMAIL, CANARY_NAME, "666-66-6666", "canary-notes"] {
                     assert!(!text.contains(canary), "leak of {canary}: {text}");
                 }

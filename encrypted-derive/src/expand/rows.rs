@@ -7,8 +7,7 @@ use crate::ast::Model;
 use crate::attr::DeriveKind;
 
 use super::{
-    Names, bound_to, compound_ident, compound_value, ctx_ident, field_init, index_ty, row_of,
-    sealed_ty, tenant_of,
+    Names, compound_ident, compound_value, ctx_ident, field_init, idx_ident, row_of, tenant_of,
 };
 
 pub(super) fn read_side(
@@ -75,15 +74,16 @@ pub(super) fn read_side(
         // Opened under its header's key (and, for `bind_row`, with the row's identity); the
         // row's tenant must own it.
         // The keyring is read once per row (`__keys`), not once per field.
-        let open_call = if model.bind_row.is_empty() {
-            quote!(__keys.get().and_then(|__k| #et::Encrypted::<#inner, #ctx>::open_owned_with(__k, bytes)))
+        // The fields share the keyring read and the per-nonce state (`__open`), and are
+        // checked against the row's tenant by reference.
+        let row = if model.bind_row.is_empty() {
+            quote!(::core::option::Option::None)
         } else {
-            quote!(__keys.get().and_then(|__k| #et::Encrypted::<#inner, #ctx>::open_owned_bound_with(__k, bytes, &__row)))
+            quote!(::core::option::Option::Some(&__row))
         };
         let open = quote! {
-            match #open_call.and_then(|v| {
-                v.verify_tenant(__tenant.as_ref(), #column)?;
-                ::core::result::Result::Ok(v.into_inner())
+            match __keys.get().and_then(|__k| {
+                #et::Encrypted::<#inner, #ctx>::open_in_row(&mut __open, __k, bytes, #row, __tenant.as_ref())
             }) {
                 ::core::result::Result::Ok(v) => v,
                 ::core::result::Result::Err(e) => {
@@ -151,6 +151,7 @@ pub(super) fn read_side(
                     let __tenant: ::core::option::Option<#et::TenantId> = #tenant;
                     #read_row
                     let __keys = #et::RowKeys::load();
+                    let mut __open = #et::format::RowOpen::new();
                     #(#opens)*
                     ::core::result::Result::Ok(Self { #(#build),* })
                 }
@@ -204,19 +205,33 @@ pub(super) fn write_side(
                 init.push(quote!(#name: ::core::clone::Clone::clone(&m.#name)));
             }
             Some(e) => {
-                let ty = sealed_ty(model, f, e, et);
+                // Sealed and indexed here, once, from a borrow of the model's value: `ToSql`
+                // only writes the bytes (`Written`).
+                let ty = written_ty(e.optional, et);
                 let column = column_attr(name, &f.column);
                 fields.push(quote!(#column #name: #ty));
-                let bound = bound_to(model);
+                let inner = e.inner;
+                let ctx = ctx_ident(model, f);
+                let row = if model.bind_row.is_empty() {
+                    quote!(::core::option::Option::None)
+                } else {
+                    quote!(::core::option::Option::Some(&__row))
+                };
                 init.push(field_init(name, name, e.optional, |v| {
-                    quote!(#et::Encrypted::with_tenant(::core::clone::Clone::clone(#v), ::core::clone::Clone::clone(&__tenant)) #bound)
+                    quote!(#et::Written::new(match &mut __seal {
+                        ::core::result::Result::Ok(s) => #et::Encrypted::<#inner, #ctx>::seal_in_row(s, #v, #row),
+                        ::core::result::Result::Err(e) => ::core::result::Result::Err(::core::clone::Clone::clone(e)),
+                    }))
                 }));
                 if let Some(index) = &e.index {
                     let column = &index.column;
-                    let ty = index_ty(model, f, e, et);
+                    let ty = written_ty(e.optional, et);
+                    let idx = idx_ident(model, f);
                     fields.push(quote!(#column: #ty));
                     init.push(field_init(column, name, e.optional, |v| {
-                        quote!(#et::BlindIndex::for_tenant(::core::clone::Clone::clone(#v), ::core::clone::Clone::clone(&__tenant)))
+                        quote!(#et::Written::new(__keys.get().and_then(|__k| {
+                            <#idx as #et::IndexSpec>::PARAMS.compute(__k, __tenant.as_ref(), #v)
+                        })))
                     }));
                 }
                 // Every write clears the legacy plaintext: the row's value now lives sealed.
@@ -256,12 +271,15 @@ pub(super) fn write_side(
             &parts,
             et,
         );
+        let compute = quote!(#et::Written::new(__keys.get().and_then(|__k| __c.compute_with(__k))));
+        let ty = written_ty(optional, et);
+        fields.push(quote!(#column: #ty));
         if optional {
-            fields.push(quote!(#column: ::core::option::Option<#et::CompoundIndex<#spec>>));
-            init.push(quote!(#column: (|| ::core::option::Option::Some(#value))()));
+            init.push(
+                quote!(#column: (|| ::core::option::Option::Some(#value))().map(|__c| #compute)),
+            );
         } else {
-            fields.push(quote!(#column: #et::CompoundIndex<#spec>));
-            init.push(quote!(#column: #value));
+            init.push(quote!(#column: { let __c = #value; #compute }));
         }
     }
     let tenant = tenant_of(model, &quote!(m), et);
@@ -329,6 +347,12 @@ pub(super) fn write_side(
             fn from(m: &'__a #ident) -> Self {
                 let __tenant: ::core::option::Option<#et::TenantId> = #tenant;
                 #write_row
+                // One keyring read, one key and one nonce for the whole row (ADR 0004).
+                let __keys = #et::RowKeys::load();
+                let mut __seal = __keys
+                    .get()
+                    .and_then(|__k| __k.primary_key(__tenant.as_ref()))
+                    .and_then(#et::format::RowSeal::new);
                 Self { #(#init),* }
             }
         }
@@ -349,4 +373,13 @@ fn column_attr(field: &syn::Ident, column: &syn::Ident) -> TokenStream {
 /// legacy column's name while its sealed values live in another column.
 fn legacy_field(legacy: &syn::Ident) -> syn::Ident {
     quote::format_ident!("__legacy_{}", legacy)
+}
+
+/// `Written`, or `Option<Written>` for an optional field: the bytes a write struct binds.
+fn written_ty(optional: bool, et: &TokenStream) -> TokenStream {
+    if optional {
+        quote!(::core::option::Option<#et::Written>)
+    } else {
+        quote!(#et::Written)
+    }
 }

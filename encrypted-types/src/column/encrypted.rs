@@ -3,13 +3,15 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
+use std::sync::OnceLock;
 
+use crate::DataKey;
 use crate::Error;
 use crate::audit;
 use crate::binding::RowBinding;
 use crate::codec::Plaintext;
 use crate::column::context::{ColumnContext, Unbound};
-use crate::format::{self, Context, Header, Site};
+use crate::format::{self, Context, Header, RowOpen, RowSeal, Site};
 use crate::keyring::Keyring;
 use crate::tenant::TenantId;
 
@@ -51,6 +53,9 @@ pub struct Encrypted<T: Plaintext, C: ColumnContext = Unbound> {
     legacy: bool,
     /// The row identity it is sealed bound to (suite 3), if its model declares `bind_row`.
     row: Option<RowBinding>,
+    /// Its sealed bytes, from the first `ToSql`: diesel-async serializes binds twice, and a
+    /// second seal would draw a second nonce for one write. Never cloned.
+    written: OnceLock<Result<Vec<u8>, Error>>,
     context: PhantomData<fn() -> C>,
 }
 
@@ -73,6 +78,7 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
             tenant,
             legacy: false,
             row: None,
+            written: OnceLock::new(),
             context: PhantomData,
         }
     }
@@ -99,6 +105,7 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
     #[must_use]
     pub fn bound_to(mut self, row: RowBinding) -> Self {
         self.row = Some(row);
+        self.written = OnceLock::new();
         self
     }
 
@@ -178,6 +185,15 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
     /// [`Error::NoKeyring`], [`Error::NoPrimaryKey`], or an encoding error.
     pub fn seal(&self) -> Result<Vec<u8>, Error> {
         Keyring::with_current(|k| self.seal_with(k))
+    }
+
+    /// The bytes `ToSql` binds: sealed on the first call, the same bytes on every later one.
+    #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+    pub(crate) fn sealed_once(&self) -> Result<&[u8], Error> {
+        match self.written.get_or_init(|| self.seal()) {
+            Ok(b) => Ok(b),
+            Err(e) => Err(e.clone()),
+        }
     }
 
     /// Seals the value under `keyring` rather than the installed one.
@@ -260,12 +276,81 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
         Self::open_audited(keyring, sealed, Some(row))
     }
 
+    /// Seals `value` as this column's field of a row write (the derive's write structs): under
+    /// the row's nonce and key, for the key's tenant, bound to `row` when given.
+    ///
+    /// # Errors
+    /// As [`Encrypted::seal_with`].
+    #[doc(hidden)]
+    pub fn seal_in_row(
+        seal: &mut RowSeal<'_>,
+        value: &T,
+        row: Option<&RowBinding>,
+    ) -> Result<Vec<u8>, Error> {
+        let tenant = seal.key().tenant();
+        let ctx = Context::new(C::TABLE, C::COLUMN, tenant, T::TYPE)
+            .in_schema(Self::SITE.sealing_schema());
+        let sealed = seal.seal(&ctx, row, value);
+        match &sealed {
+            Ok(_) => audit::metrics::sealed(C::TABLE, C::SQL_COLUMN),
+            Err(e) => audit::metrics::seal_failed(C::TABLE, C::SQL_COLUMN, e),
+        }
+        sealed
+    }
+
+    /// Opens this column's field of a row read (the derive's `FallibleModel::open`), sharing
+    /// the per-nonce state with the row's other fields, and checks that it belongs to
+    /// `expected`, the row's tenant, without copying either.
+    ///
+    /// # Errors
+    /// As [`Encrypted::open_with`] (or [`Encrypted::open_owned_bound_with`] with `row`), and
+    /// [`Error::TenantMismatch`].
+    #[doc(hidden)]
+    pub fn open_in_row<'k>(
+        reader: &mut RowOpen<'k>,
+        keyring: &'k Keyring,
+        sealed: Vec<u8>,
+        row: Option<&RowBinding>,
+        expected: Option<&TenantId>,
+    ) -> Result<T, Error> {
+        let opened = Self::open_inner(keyring, sealed, row, |key, ctx, row, sealed| {
+            reader.open(key, ctx, row, sealed)
+        })
+        .and_then(|(value, tenant, legacy)| {
+            if legacy || tenant == expected {
+                Ok((value, tenant))
+            } else {
+                Err(Error::TenantMismatch {
+                    column: C::SQL_COLUMN,
+                })
+            }
+        });
+        match opened {
+            Ok((value, tenant)) => {
+                audit::opened(tenant, C::TABLE, C::SQL_COLUMN);
+                Ok(value)
+            }
+            Err(e) => {
+                audit::open_failed(C::TABLE, C::SQL_COLUMN, T::TYPE, &e);
+                Err(e)
+            }
+        }
+    }
+
     fn open_audited(
         keyring: &Keyring,
         sealed: Vec<u8>,
         row: Option<&RowBinding>,
     ) -> Result<Self, Error> {
-        let opened = Self::open_inner(keyring, sealed, row);
+        let opened = Self::open_inner(keyring, sealed, row, |key, ctx, row, sealed| match row {
+            Some(row) => format::open_bound(key, ctx, row, sealed),
+            None => format::open(key, ctx, sealed),
+        })
+        .map(|(value, tenant, legacy)| {
+            let mut v = Self::with_tenant(value, tenant.cloned());
+            v.legacy = legacy;
+            v
+        });
         match &opened {
             Ok(v) => audit::opened(v.tenant(), C::TABLE, C::SQL_COLUMN),
             Err(e) => audit::open_failed(C::TABLE, C::SQL_COLUMN, T::TYPE, e),
@@ -273,11 +358,14 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
         opened
     }
 
-    fn open_inner(
-        keyring: &Keyring,
+    /// Finds the key a value names (or, during a migration, reads it as legacy plaintext) and
+    /// opens it with `open`: the value, its key's tenant, and whether it was legacy plaintext.
+    fn open_inner<'k>(
+        keyring: &'k Keyring,
         sealed: Vec<u8>,
         row: Option<&RowBinding>,
-    ) -> Result<Self, Error> {
+        open: impl FnOnce(&'k DataKey, &Context<'_>, Option<&RowBinding>, Vec<u8>) -> Result<T, Error>,
+    ) -> Result<(T, Option<&'k TenantId>, bool), Error> {
         // The hot path: a header naming a key of the keyring opens under it, nothing else runs.
         let found = Header::parse(&sealed).and_then(|h| keyring.key(h.key_id));
         let key = match found {
@@ -290,19 +378,13 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
                     && format::classify(keyring, &sealed) == format::Stored::Legacy
                     && crate::migration::take_plaintext(C::SCHEMA, C::TABLE, C::SQL_COLUMN) =>
             {
-                let mut v = Self::with_tenant(T::decode_owned(sealed)?, None);
-                v.legacy = true;
-                return Ok(v);
+                return Ok((T::decode_owned(sealed)?, None, true));
             }
             Err(e) => return Err(e),
         };
         let suite = sealed.get(1).copied().unwrap_or_default();
         let ctx = Self::SITE.context(suite, key.tenant());
-        let value = match row {
-            Some(row) => format::open_bound(key, &ctx, row, sealed)?,
-            None => format::open(key, &ctx, sealed)?,
-        };
-        Ok(Self::with_tenant(value, key.tenant().cloned()))
+        Ok((open(key, &ctx, row, sealed)?, key.tenant(), false))
     }
 }
 
@@ -335,6 +417,7 @@ impl<T: Plaintext + Clone, C: ColumnContext> Clone for Encrypted<T, C> {
             tenant: self.tenant.clone(),
             legacy: self.legacy,
             row: self.row.clone(),
+            written: OnceLock::new(),
             context: PhantomData,
         }
     }

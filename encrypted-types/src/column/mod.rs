@@ -5,3 +5,4 @@ pub(crate) mod context;
 pub(crate) mod encrypted;
 pub(crate) mod row;
 pub(crate) mod sql;
+pub(crate) mod written;

@@ -25,8 +25,8 @@ where
 }
 
 /// `ToSql<Binary>` on every enabled backend for a type whose SQL value is computed on bind:
-/// the sealed bytes of an [`Encrypted`], the index bytes of a
-/// [`BlindIndex`](crate::index::BlindIndex). PostgreSQL's and MySQL's collectors copy written
+/// the sealed bytes of an [`Encrypted`] (once, then kept), the index bytes of a
+/// [`BlindIndex`](crate::index::BlindIndex), the bytes a [`crate::Written`] holds. PostgreSQL's and MySQL's collectors copy written
 /// bytes; SQLite's may borrow from `self`, so the owned bytes are moved in with `set_value`.
 macro_rules! computed_binary_to_sql {
     (impl<$($g:ident: $b:path),*> for $ty:ty => |$this:ident| $bytes:expr) => {
@@ -61,7 +61,8 @@ macro_rules! computed_binary_to_sql {
     };
 }
 
-computed_binary_to_sql!(impl<T: Plaintext, C: ColumnContext> for Encrypted<T, C> => |v| v.seal());
+computed_binary_to_sql!(impl<T: Plaintext, C: ColumnContext> for Encrypted<T, C> => |v| v.sealed_once());
+computed_binary_to_sql!(impl<> for crate::Written => |v| v.bytes());
 computed_binary_to_sql!(
     impl<T: Plaintext, S: crate::index::IndexSpec> for crate::index::BlindIndex<T, S> => |v| v.compute()
 );

@@ -35,9 +35,11 @@ pub(crate) mod awslc;
 pub mod hazmat;
 pub(crate) mod key;
 pub(crate) mod nonce;
+mod row;
 pub(crate) mod siv;
 mod stored;
 
+pub use row::{RowOpen, RowSeal};
 pub use stored::{Adoption, KeySet, Site, Stored, classify, open_raw, reseal, seal_raw};
 
 /// The format version this build writes.
@@ -520,6 +522,22 @@ fn seal_inner<T: Plaintext>(
     suite: u8,
     nonce: [u8; 12],
 ) -> Result<Vec<u8>, Error> {
+    seal_framed(key.id, ctx, row, value, suite, &nonce, |aad, body| {
+        aead_seal(key, suite, &nonce, aad, body)
+    })
+}
+
+/// Lays out header, nonce and encoded value, and lets `aead` encrypt the body in place under
+/// the value's AAD: one framing for a lone value and for the fields of a row.
+fn seal_framed<T: Plaintext>(
+    key_id: KeyId,
+    ctx: &Context<'_>,
+    row: Option<&RowBinding>,
+    value: &T,
+    suite: u8,
+    nonce: &[u8; 12],
+    aead: impl FnOnce(&[u8], &mut [u8]) -> Result<[u8; TAG_LEN], Error>,
+) -> Result<Vec<u8>, Error> {
     if is_bound(suite) != row.is_some() || has_schema(suite) != ctx.schema.is_some() {
         return Err(Error::UnsupportedSuite(suite));
     }
@@ -527,23 +545,21 @@ fn seal_inner<T: Plaintext>(
         .map(RowBinding::checked)
         .transpose()?
         .unwrap_or_default();
-    let fixed = fixed_header(key.id, suite);
+    let fixed = fixed_header(key_id, suite);
     // Refuse an oversized value before encoding (and copying) it, when its size is known.
     if value.encoded_len_hint() > MAX_PLAINTEXT {
         return Err(Error::TooLarge(value.encoded_len_hint()));
     }
     let mut buf = SecretBuf::with_capacity(OVERHEAD + value.encoded_len_hint());
     buf.extend_from_slice(&fixed);
-    buf.extend_from_slice(&nonce);
+    buf.extend_from_slice(nonce);
     value.encode(&mut buf)?;
     let len = buf.len() - HEADER_LEN;
     if len > MAX_PLAINTEXT {
         return Err(Error::TooLarge(len));
     }
     let (_, body) = buf.as_mut_slice().split_at_mut(HEADER_LEN);
-    let tag = with_aad(&fixed, ctx, row, |aad| {
-        aead_seal(key, suite, &nonce, aad, body)
-    })?;
+    let tag = with_aad(&fixed, ctx, row, |aad| aead(aad, body))?;
     buf.extend_from_slice(&tag);
     Ok(buf.into_vec())
 }
@@ -596,7 +612,20 @@ fn open_inner<T: Plaintext>(
     key: &DataKey,
     ctx: &Context<'_>,
     row: Option<&RowBinding>,
+    sealed: Vec<u8>,
+) -> Result<T, Error> {
+    open_framed(ctx, row, sealed, |suite, nonce, aad, body, tag| {
+        aead_open(key, suite, nonce, aad, body, tag)
+    })
+}
+
+/// Checks a value's suite against its context, splits it, and lets `aead` decrypt the body in
+/// place under the value's AAD: one framing for a lone value and for the fields of a row.
+fn open_framed<T: Plaintext>(
+    ctx: &Context<'_>,
+    row: Option<&RowBinding>,
     mut sealed: Vec<u8>,
+    aead: impl FnOnce(u8, &[u8; 12], &[u8], &mut [u8], &[u8; TAG_LEN]) -> Result<(), Error>,
 ) -> Result<T, Error> {
     let fixed = sealed
         .get(..6)
@@ -632,7 +661,7 @@ fn open_inner<T: Plaintext>(
         .get_mut(HEADER_LEN..)
         .ok_or(Error::AuthenticationFailed)?;
     if let Err(e) = with_aad(&fixed, ctx, row, |aad| {
-        aead_open(key, fixed[1], &nonce, aad, body, &tag)
+        aead(fixed[1], &nonce, aad, body, &tag)
     }) {
         // Neither AEAD releases plaintext when the tag fails, but make sure of it.
         body.zeroize();

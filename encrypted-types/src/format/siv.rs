@@ -58,11 +58,7 @@ impl Siv {
         body: &mut [u8],
     ) -> Result<[u8; TAG_LEN], Rejected> {
         check_lengths(aad, body)?;
-        Ok(self.keyed(nonce, |enc, mac| {
-            let tag = tag(enc, mac, nonce, aad, body);
-            ctr(enc, &tag, body);
-            tag
-        }))
+        Ok(self.keyed(nonce, |enc, mac| seal_keyed(enc, mac, nonce, aad, body)))
     }
 
     /// Decrypts `body` in place if `tag` verifies; otherwise `body` is left encrypted.
@@ -75,17 +71,20 @@ impl Siv {
     ) -> Result<(), Rejected> {
         check_lengths(aad, body)?;
         self.keyed(nonce, |enc, mac| {
-            ctr(enc, tag, body);
-            let expected = self::tag(enc, mac, nonce, aad, body);
-            if bool::from(expected.ct_eq(tag)) {
-                Ok(())
-            } else {
-                // CTR is its own inverse: put the ciphertext back, so no unauthenticated
-                // plaintext stays in the caller's buffer.
-                ctr(enc, tag, body);
-                Err(Rejected)
-            }
+            open_keyed(enc, mac, nonce, aad, body, tag)
         })
+    }
+
+    /// The per-nonce state of `nonce`, derived once for every value of a row sealed or opened
+    /// under it (ADR 0004, "One nonce per row").
+    pub(crate) fn at_nonce(&self, nonce: &[u8; 12]) -> AtNonce {
+        let mut keys = Derived::default();
+        self.derive(nonce, &mut keys);
+        AtNonce {
+            nonce: *nonce,
+            enc: Aes256Enc::new((&keys.enc).into()),
+            mac: Polyval::new((&keys.mac).into()),
+        }
     }
 
     /// Runs `f` with the message-encryption cipher and the POLYVAL state of `nonce`, built in
@@ -126,6 +125,77 @@ impl Siv {
         for block in &mut blocks {
             block.as_mut_slice().zeroize();
         }
+    }
+}
+
+/// The message-encryption cipher and POLYVAL key of one nonce: what every value sealed under
+/// that nonce shares. Within one nonce GCM-SIV is a deterministic AEAD keyed by these, so values
+/// whose AAD differ (a row's columns) reveal nothing about each other; the bytes are exactly
+/// RFC 8452's. Both parts wipe themselves on drop (the `zeroize` features of `aes` and
+/// `polyval`).
+pub(crate) struct AtNonce {
+    nonce: [u8; 12],
+    enc: Aes256Enc,
+    mac: Polyval,
+}
+
+impl AtNonce {
+    /// The nonce the state was derived for.
+    pub(crate) fn nonce(&self) -> &[u8; 12] {
+        &self.nonce
+    }
+
+    /// [`Siv::seal`] under this state's nonce.
+    pub(crate) fn seal(&mut self, aad: &[u8], body: &mut [u8]) -> Result<[u8; TAG_LEN], Rejected> {
+        check_lengths(aad, body)?;
+        Ok(seal_keyed(&self.enc, &mut self.mac, &self.nonce, aad, body))
+    }
+
+    /// [`Siv::open`] under this state's nonce.
+    pub(crate) fn open(
+        &mut self,
+        aad: &[u8],
+        body: &mut [u8],
+        tag: &[u8; TAG_LEN],
+    ) -> Result<(), Rejected> {
+        check_lengths(aad, body)?;
+        open_keyed(&self.enc, &mut self.mac, &self.nonce, aad, body, tag)
+    }
+}
+
+/// RFC 8452 §4's encryption under derived keys: the tag, then CTR from it.
+#[inline(always)]
+fn seal_keyed(
+    enc: &Aes256Enc,
+    mac: &mut Polyval,
+    nonce: &[u8; 12],
+    aad: &[u8],
+    body: &mut [u8],
+) -> [u8; TAG_LEN] {
+    let tag = tag(enc, mac, nonce, aad, body);
+    ctr(enc, &tag, body);
+    tag
+}
+
+/// RFC 8452 §5's decryption under derived keys; `body` is left encrypted if the tag fails.
+#[inline(always)]
+fn open_keyed(
+    enc: &Aes256Enc,
+    mac: &mut Polyval,
+    nonce: &[u8; 12],
+    aad: &[u8],
+    body: &mut [u8],
+    tag: &[u8; TAG_LEN],
+) -> Result<(), Rejected> {
+    ctr(enc, tag, body);
+    let expected = self::tag(enc, mac, nonce, aad, body);
+    if bool::from(expected.ct_eq(tag)) {
+        Ok(())
+    } else {
+        // CTR is its own inverse: put the ciphertext back, so no unauthenticated plaintext
+        // stays in the caller's buffer.
+        ctr(enc, tag, body);
+        Err(Rejected)
     }
 }
 
@@ -429,6 +499,37 @@ mod tests {
                 ours.open(&nonce, &aad, &mut a, &tag).unwrap();
                 assert_eq!(a, pt);
             }
+        }
+    }
+
+    /// One per-nonce state, reused for many values of different lengths and AADs (as a row's
+    /// fields are), gives exactly the bytes of each value sealed alone; a failed open leaves it
+    /// usable for the next value.
+    #[test]
+    fn a_state_reused_across_values_matches_sealing_each_alone() {
+        let siv = Siv::new(&[0x21; 32]);
+        let nonce = [7u8; 12];
+        let mut state = siv.at_nonce(&nonce);
+        for (len, aad_len) in [
+            (0usize, 0usize),
+            (15, 60),
+            (25, 61),
+            (11, 59),
+            (200, 64),
+            (600, 1),
+        ] {
+            let aad: Vec<u8> = (0..aad_len).map(|i| (i * 3 + len) as u8).collect();
+            let plain: Vec<u8> = (0..len).map(|i| (i * 5) as u8).collect();
+            let (mut a, mut b) = (plain.clone(), plain.clone());
+            let ta = state.seal(&aad, &mut a).unwrap();
+            let tb = siv.seal(&nonce, &aad, &mut b).unwrap();
+            assert_eq!((&a, ta), (&b, tb), "len {len}");
+            let mut bad = ta;
+            bad[0] ^= 1;
+            assert_eq!(state.open(&aad, &mut a, &bad), Err(Rejected));
+            assert_eq!(a, b, "the ciphertext is put back");
+            state.open(&aad, &mut a, &ta).unwrap();
+            assert_eq!(a, plain);
         }
     }
 }
