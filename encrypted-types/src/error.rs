@@ -68,6 +68,10 @@ pub enum Error {
          or sealed for a table in another schema"
     )]
     SchemaMismatch,
+    /// A row write sealed a second value of one column under its one nonce (the two would
+    /// share their AAD): a program error of code that seals rows by hand.
+    #[error("a row write sealed two values of one column: give each value of a row its own column")]
+    RowColumnRepeated,
     /// A row identity could not be encoded: no column, more than four, or a part of 4 GiB or
     /// more.
     #[error("invalid row identity for bind_row")]
@@ -419,6 +423,7 @@ impl Error {
             Self::InvalidPlaintext { .. } => "invalid_plaintext",
             Self::Unencodable { .. } => "unencodable",
             Self::NoKeyring { .. } => "no_keyring",
+            Self::RowColumnRepeated => "row_column_repeated",
             Self::NoPrimaryKey { .. } => "no_primary_key",
             Self::ContextTooLong { .. } => "context_too_long",
             Self::NoBlindIndexKey { .. } => "no_blind_index_key",

@@ -76,11 +76,7 @@ pub(super) fn read_side(
         // The keyring is read once per row (`__keys`), not once per field.
         // The fields share the keyring read and the per-nonce state (`__open`), and are
         // checked against the row's tenant by reference.
-        let row = if model.bind_row.is_empty() {
-            quote!(::core::option::Option::None)
-        } else {
-            quote!(::core::option::Option::Some(&__row))
-        };
+        let row = row_arg(model);
         let open = quote! {
             match __keys.get().and_then(|__k| {
                 #et::Encrypted::<#inner, #ctx>::open_in_row(&mut __open, __k, bytes, #row, __tenant.as_ref())
@@ -212,11 +208,7 @@ pub(super) fn write_side(
                 fields.push(quote!(#column #name: #ty));
                 let inner = e.inner;
                 let ctx = ctx_ident(model, f);
-                let row = if model.bind_row.is_empty() {
-                    quote!(::core::option::Option::None)
-                } else {
-                    quote!(::core::option::Option::Some(&__row))
-                };
+                let row = row_arg(model);
                 init.push(field_init(name, name, e.optional, |v| {
                     quote!(#et::Written::new(match &mut __seal {
                         ::core::result::Result::Ok(s) => #et::Encrypted::<#inner, #ctx>::seal_in_row(s, #v, #row),
@@ -381,5 +373,14 @@ fn written_ty(optional: bool, et: &TokenStream) -> TokenStream {
         quote!(::core::option::Option<#et::Written>)
     } else {
         quote!(#et::Written)
+    }
+}
+
+/// `Some(&__row)` for a `bind_row` model, `None` otherwise: the row a value is bound to.
+fn row_arg(model: &Model<'_>) -> TokenStream {
+    if model.bind_row.is_empty() {
+        quote!(::core::option::Option::None)
+    } else {
+        quote!(::core::option::Option::Some(&__row))
     }
 }

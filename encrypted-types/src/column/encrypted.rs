@@ -3,7 +3,7 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::ops::Deref;
-use std::sync::OnceLock;
+use std::sync::{Mutex, PoisonError};
 
 use crate::DataKey;
 use crate::Error;
@@ -53,9 +53,10 @@ pub struct Encrypted<T: Plaintext, C: ColumnContext = Unbound> {
     legacy: bool,
     /// The row identity it is sealed bound to (suite 3), if its model declares `bind_row`.
     row: Option<RowBinding>,
-    /// Its sealed bytes, from the first `ToSql`: diesel-async serializes binds twice, and a
-    /// second seal would draw a second nonce for one write. Never cloned.
-    written: OnceLock<Result<Vec<u8>, Error>>,
+    /// Its sealed bytes, from a `ToSql`: diesel-async serializes a query's binds twice when it
+    /// has a PostgreSQL custom type, and compares the two. Reused while the tenant's primary key
+    /// is the one they name; never cloned, and no error is kept.
+    written: Mutex<Option<Vec<u8>>>,
     context: PhantomData<fn() -> C>,
 }
 
@@ -78,7 +79,7 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
             tenant,
             legacy: false,
             row: None,
-            written: OnceLock::new(),
+            written: Mutex::new(None),
             context: PhantomData,
         }
     }
@@ -105,7 +106,7 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
     #[must_use]
     pub fn bound_to(mut self, row: RowBinding) -> Self {
         self.row = Some(row);
-        self.written = OnceLock::new();
+        self.written = Mutex::new(None);
         self
     }
 
@@ -187,13 +188,23 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
         Keyring::with_current(|k| self.seal_with(k))
     }
 
-    /// The bytes `ToSql` binds: sealed on the first call, the same bytes on every later one.
+    /// The bytes `ToSql` binds: the bytes of an earlier call while they name the tenant's
+    /// current primary key, else sealed now. The key is looked up on every call, so the
+    /// keyring's seal limit and a rotation apply to a value bound again as to a new one.
     #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-    pub(crate) fn sealed_once(&self) -> Result<&[u8], Error> {
-        match self.written.get_or_init(|| self.seal()) {
-            Ok(b) => Ok(b),
-            Err(e) => Err(e.clone()),
-        }
+    pub(crate) fn sealed_once(&self) -> Result<Vec<u8>, Error> {
+        let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
+        Keyring::with_current(|k| {
+            let key = k.primary_key(self.tenant.as_ref())?;
+            if let Some(bytes) = written.as_ref()
+                && Header::parse(bytes).is_ok_and(|h| h.key_id == key.id())
+            {
+                return Ok(bytes.clone());
+            }
+            let fresh = self.seal_with(k)?;
+            *written = Some(fresh.clone());
+            Ok(fresh)
+        })
     }
 
     /// Seals the value under `keyring` rather than the installed one.
@@ -316,10 +327,12 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
         let opened = Self::open_inner(keyring, sealed, row, |key, ctx, row, sealed| {
             reader.open(key, ctx, row, sealed)
         })
-        .and_then(|(value, tenant, legacy)| {
+        .and_then(|(mut value, tenant, legacy)| {
             if legacy || tenant == expected {
                 Ok((value, tenant))
             } else {
+                // Another tenant's plaintext: wiped, not just dropped.
+                value.wipe();
                 Err(Error::TenantMismatch {
                     column: C::SQL_COLUMN,
                 })
@@ -417,7 +430,7 @@ impl<T: Plaintext + Clone, C: ColumnContext> Clone for Encrypted<T, C> {
             tenant: self.tenant.clone(),
             legacy: self.legacy,
             row: self.row.clone(),
-            written: OnceLock::new(),
+            written: Mutex::new(None),
             context: PhantomData,
         }
     }
@@ -432,5 +445,50 @@ impl<T: Plaintext + PartialEq, C: ColumnContext> PartialEq for Encrypted<T, C> {
 impl<T: Plaintext, C: ColumnContext> fmt::Debug for Encrypted<T, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Encrypted<{}>(<redacted>)", T::TYPE)
+    }
+}
+
+#[cfg(all(test, any(feature = "sqlite", feature = "postgres", feature = "mysql")))]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use crate::KeyMaterial;
+
+    crate::column_context!(Notes = "patients"."notes");
+
+    fn keyring(primary: u32) -> Keyring {
+        Keyring::builder()
+            .data_key(1, Some("a".into()), KeyMaterial::from_bytes([1; 32]))
+            .data_key(2, Some("a".into()), KeyMaterial::from_bytes([2; 32]))
+            .primary(Some("a".into()), primary)
+            .build()
+            .unwrap()
+    }
+
+    /// The bytes `ToSql` binds are kept while they name the tenant's primary key (one seal for
+    /// diesel-async's two serializations), sealed again after a rotation, and an error is not
+    /// kept. The only test of this crate's units that installs a keyring.
+    #[test]
+    fn bound_bytes_are_kept_while_their_key_is_primary() {
+        Keyring::uninstall();
+        let v = Encrypted::<String, Notes>::for_tenant("x".into(), "a");
+        assert_eq!(v.sealed_once(), Err(Error::NoKeyring));
+        keyring(1).install();
+        let first = v.sealed_once().unwrap();
+        assert_eq!(first[2..6], 1u32.to_be_bytes());
+        assert_eq!(v.sealed_once().unwrap(), first);
+        // A clone is another value: its own nonce.
+        assert_ne!(v.clone().sealed_once().unwrap(), first);
+        keyring(2).install();
+        let rotated = v.sealed_once().unwrap();
+        assert_eq!(rotated[2..6], 2u32.to_be_bytes());
+        assert_eq!(v.sealed_once().unwrap(), rotated);
+        assert_eq!(
+            Encrypted::<String, Notes>::open_owned(rotated)
+                .unwrap()
+                .get(),
+            "x"
+        );
+        Keyring::uninstall();
     }
 }

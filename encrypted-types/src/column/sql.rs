@@ -25,7 +25,7 @@ where
 }
 
 /// `ToSql<Binary>` on every enabled backend for a type whose SQL value is computed on bind:
-/// the sealed bytes of an [`Encrypted`] (once, then kept), the index bytes of a
+/// the sealed bytes of an [`Encrypted`] (kept while its key is current), the index bytes of a
 /// [`BlindIndex`](crate::index::BlindIndex), the bytes a [`crate::Written`] holds. PostgreSQL's and MySQL's collectors copy written
 /// bytes; SQLite's may borrow from `self`, so the owned bytes are moved in with `set_value`.
 macro_rules! computed_binary_to_sql {

@@ -17,9 +17,10 @@ use crate::Error;
 /// use encrypted_types::{Error, Written};
 /// let ok = Written::new(Ok(vec![1, 2, 3]));
 /// assert_eq!(ok.bytes(), Ok(&[1u8, 2, 3][..]));
-/// assert_eq!(format!("{ok:?}"), "Written(3 bytes)");
+/// assert_eq!(format!("{ok:?}"), "Written(<sealed>)");
 /// let failed = Written::new(Err(Error::NoKeyring));
 /// assert_eq!(failed.bytes(), Err(Error::NoKeyring));
+/// assert_eq!(format!("{failed:?}"), "Written(<failed: no_keyring>)");
 /// ```
 #[derive(diesel::expression::AsExpression)]
 #[diesel(sql_type = diesel::sql_types::Binary)]
@@ -44,11 +45,11 @@ impl Written {
 }
 
 impl fmt::Debug for Written {
-    // Ciphertext and index bytes are not secret, but neither helps a log reader: the length.
+    // As `Encrypted` prints: nothing of the value, not even its length; a failure by its kind.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.0 {
-            Ok(b) => write!(f, "Written({} bytes)", b.len()),
-            Err(e) => write!(f, "Written(failed: {e})"),
+            Ok(_) => f.write_str("Written(<sealed>)"),
+            Err(e) => write!(f, "Written(<failed: {}>)", e.reason()),
         }
     }
 }

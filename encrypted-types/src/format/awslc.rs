@@ -37,16 +37,7 @@ impl Siv {
         body: &mut [u8],
     ) -> Result<[u8; TAG_LEN], Rejected> {
         match self {
-            Self::AwsLc(k) => {
-                let tag = k
-                    .seal_in_place_separate_tag(
-                        Nonce::assume_unique_for_key(*nonce),
-                        Aad::from(aad),
-                        body,
-                    )
-                    .map_err(|_| Rejected)?;
-                <[u8; TAG_LEN]>::try_from(tag.as_ref()).map_err(|_| Rejected)
-            }
+            Self::AwsLc(k) => aws_seal(k, nonce, aad, body),
             Self::Rust(k) => k.seal(nonce, aad, body),
         }
     }
@@ -61,15 +52,7 @@ impl Siv {
         tag: &[u8; TAG_LEN],
     ) -> Result<(), Rejected> {
         match self {
-            Self::AwsLc(k) => k
-                .open_in_place_separate_tag(
-                    Nonce::assume_unique_for_key(*nonce),
-                    Aad::from(aad),
-                    tag,
-                    body,
-                )
-                .map(drop)
-                .map_err(|_| Rejected),
+            Self::AwsLc(k) => aws_open(k, nonce, aad, body, tag),
             Self::Rust(k) => k.open(nonce, aad, body, tag),
         }
     }
@@ -78,22 +61,22 @@ impl Siv {
 impl Siv {
     /// The state every value of a row shares under `nonce`. AWS-LC derives the per-nonce keys
     /// inside each call and exposes no state to keep, so its rows share the nonce only.
-    pub(crate) fn at_nonce(&self, nonce: &[u8; 12]) -> AtNonce<'_> {
+    pub(crate) fn at_nonce(&self, nonce: &[u8; 12]) -> AtNonce {
         match self {
-            Self::AwsLc(k) => AtNonce::AwsLc(k, *nonce),
+            Self::AwsLc(k) => AtNonce::AwsLc(Arc::clone(k), *nonce),
             Self::Rust(k) => AtNonce::Rust(Box::new(k.at_nonce(nonce))),
         }
     }
 }
 
 /// [`siv::AtNonce`] for either implementation.
-pub(crate) enum AtNonce<'k> {
-    AwsLc(&'k LessSafeKey, [u8; 12]),
+pub(crate) enum AtNonce {
+    AwsLc(Arc<LessSafeKey>, [u8; 12]),
     // Boxed: the fallback never runs in practice, and AWS-LC's variant is 20 bytes.
     Rust(Box<siv::AtNonce>),
 }
 
-impl AtNonce<'_> {
+impl AtNonce {
     /// The nonce the state is for.
     pub(crate) fn nonce(&self) -> &[u8; 12] {
         match self {
@@ -105,16 +88,7 @@ impl AtNonce<'_> {
     /// [`Siv::seal`] under this state's nonce.
     pub(crate) fn seal(&mut self, aad: &[u8], body: &mut [u8]) -> Result<[u8; TAG_LEN], Rejected> {
         match self {
-            Self::AwsLc(k, nonce) => {
-                let tag = k
-                    .seal_in_place_separate_tag(
-                        Nonce::assume_unique_for_key(*nonce),
-                        Aad::from(aad),
-                        body,
-                    )
-                    .map_err(|_| Rejected)?;
-                <[u8; TAG_LEN]>::try_from(tag.as_ref()).map_err(|_| Rejected)
-            }
+            Self::AwsLc(k, nonce) => aws_seal(k, nonce, aad, body),
             Self::Rust(s) => s.seal(aad, body),
         }
     }
@@ -127,18 +101,41 @@ impl AtNonce<'_> {
         tag: &[u8; TAG_LEN],
     ) -> Result<(), Rejected> {
         match self {
-            Self::AwsLc(k, nonce) => k
-                .open_in_place_separate_tag(
-                    Nonce::assume_unique_for_key(*nonce),
-                    Aad::from(aad),
-                    tag,
-                    body,
-                )
-                .map(drop)
-                .map_err(|_| Rejected),
+            Self::AwsLc(k, nonce) => aws_open(k, nonce, aad, body, tag),
             Self::Rust(s) => s.open(aad, body, tag),
         }
     }
+}
+
+/// AWS-LC's seal in place with a detached tag.
+fn aws_seal(
+    key: &LessSafeKey,
+    nonce: &[u8; 12],
+    aad: &[u8],
+    body: &mut [u8],
+) -> Result<[u8; TAG_LEN], Rejected> {
+    let tag = key
+        .seal_in_place_separate_tag(Nonce::assume_unique_for_key(*nonce), Aad::from(aad), body)
+        .map_err(|_| Rejected)?;
+    <[u8; TAG_LEN]>::try_from(tag.as_ref()).map_err(|_| Rejected)
+}
+
+/// AWS-LC's open in place with a detached tag.
+fn aws_open(
+    key: &LessSafeKey,
+    nonce: &[u8; 12],
+    aad: &[u8],
+    body: &mut [u8],
+    tag: &[u8; TAG_LEN],
+) -> Result<(), Rejected> {
+    key.open_in_place_separate_tag(
+        Nonce::assume_unique_for_key(*nonce),
+        Aad::from(aad),
+        tag,
+        body,
+    )
+    .map(drop)
+    .map_err(|_| Rejected)
 }
 
 #[cfg(test)]

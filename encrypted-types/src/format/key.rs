@@ -1,17 +1,15 @@
 //! Key material: data keys (DEKs) and the blind-index root key.
 //!
 //! Neither type is `Clone`; both redact themselves in `Debug` and wipe their bytes on drop.
-//! A [`DataKey`] holds the expanded AES key schedule, built once when the keyring is built, so
-//! sealing a value never re-derives anything.
+//! A [`DataKey`] holds its 32 bytes of material; the expanded AES key schedules are built on
+//! first use, suite 2's into a bounded cache (`format::cache`), suite 1's once.
 
 use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::KeyInit;
 
-#[cfg(feature = "aws-lc")]
-use crate::format::awslc::Siv;
-#[cfg(not(feature = "aws-lc"))]
-use crate::format::siv::Siv;
+use crate::format::cache::{Cipher, Slot};
 use std::fmt;
+use std::sync::Arc;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::tenant::TenantId;
@@ -124,7 +122,9 @@ impl fmt::Debug for KeyMaterial {
 pub struct DataKey {
     pub(crate) id: KeyId,
     pub(crate) tenant: Option<TenantId>,
-    pub(crate) siv: Siv,
+    /// Suite 2 to 5's state (the expanded key-generating key), built on first use into the
+    /// bounded cache of `format::cache`, so a keyring of many keys keeps only those in use.
+    siv: Arc<Slot>,
     /// Suite 1's AES-256-GCM state (two AES schedules and the GHASH key, most of a key's
     /// memory), built when the key first meets a suite-1 value: a keyring of many keys whose
     /// values were all sealed in suite 2 never builds it. Boxed, so it stays where it was built.
@@ -135,14 +135,18 @@ pub struct DataKey {
 
 impl DataKey {
     pub(crate) fn new(id: KeyId, tenant: Option<TenantId>, material: &KeyMaterial) -> Self {
-        let siv = Siv::new(material.expose());
         Self {
             id,
             tenant,
-            siv,
+            siv: Arc::default(),
             gcm: std::sync::OnceLock::new(),
             material: Box::new(KeyMaterial(material.0)),
         }
+    }
+
+    /// Suites 2 to 5's cipher, from the cache or built now.
+    pub(crate) fn siv(&self) -> Cipher {
+        self.siv.get(&self.material)
     }
 
     /// Suite 1's cipher, built on first use.
@@ -158,7 +162,7 @@ impl DataKey {
         Self {
             id: self.id,
             tenant: self.tenant.clone(),
-            siv: self.siv.clone(),
+            siv: Arc::clone(&self.siv),
             gcm: std::sync::OnceLock::new(),
             material: Box::new(KeyMaterial(self.material.0)),
         }

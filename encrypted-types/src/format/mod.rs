@@ -31,6 +31,7 @@ use crate::Error;
 
 #[cfg(feature = "aws-lc")]
 pub(crate) mod awslc;
+mod cache;
 #[cfg(feature = "test-vectors")]
 pub mod hazmat;
 pub(crate) mod key;
@@ -39,6 +40,10 @@ mod row;
 pub(crate) mod siv;
 mod stored;
 
+pub use cache::{
+    DEFAULT_CAPACITY as DEFAULT_CIPHER_CACHE_CAPACITY, capacity as cipher_cache_capacity,
+    set_capacity as set_cipher_cache_capacity,
+};
 pub use row::{RowOpen, RowSeal};
 pub use stored::{Adoption, KeySet, Site, Stored, classify, open_raw, reseal, seal_raw};
 
@@ -684,7 +689,7 @@ fn aead_seal(
     let len = body.len();
     match suite {
         SUITE_AES256GCMSIV..=SUITE_AES256GCMSIV_ROW_SCHEMA => key
-            .siv
+            .siv()
             .seal(nonce, aad, body)
             .map_err(|_| Error::TooLarge(len)),
         SUITE_AES256GCM => key
@@ -708,7 +713,7 @@ fn aead_open(
     let opened = match suite {
         SUITE_AES256GCMSIV..=SUITE_AES256GCMSIV_ROW_SCHEMA => {
             return key
-                .siv
+                .siv()
                 .open(nonce, aad, body, tag)
                 .map_err(|_| Error::AuthenticationFailed);
         }

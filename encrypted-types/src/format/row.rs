@@ -3,7 +3,8 @@
 //! GCM-SIV derives a message-encryption key and a POLYVAL key from each nonce (RFC 8452 §4).
 //! Under one nonce it is a deterministic AEAD keyed by those: values whose AAD differ reveal
 //! nothing about each other, and the fields of a row always differ in their AAD (each names its
-//! own column, and a model maps no two fields to one column, which the derive checks). So a row
+//! own context column: the derive refuses two fields with one, and [`RowSeal`] a second value
+//! of a column it has sealed). So a row
 //! write draws one nonce, derives its state once and seals every field under it; a row read
 //! derives it once for all the fields that repeat the key id and nonce. The bytes are exactly
 //! those of a value sealed alone with that nonce: old rows, the vectors and outside readers are
@@ -15,9 +16,12 @@ use super::{
 };
 
 #[cfg(feature = "aws-lc")]
-type State<'k> = super::awslc::AtNonce<'k>;
+type State = super::awslc::AtNonce;
 #[cfg(not(feature = "aws-lc"))]
-type State<'k> = super::siv::AtNonce;
+type State = super::siv::AtNonce;
+
+/// The most columns one row write seals: far more than a table has encrypted columns.
+const ROW_COLUMNS: usize = 64;
 
 /// Whether `suite` is one of GCM-SIV's (2 to 5), whose per-nonce state a row can share.
 const fn is_siv(suite: u8) -> bool {
@@ -29,9 +33,10 @@ const fn is_siv(suite: u8) -> bool {
 
 /// One row write: every field sealed under one fresh nonce and one derived state.
 ///
-/// The rule it relies on: no two values sealed under one nonce share their AAD. Give each value
-/// its own column in its [`Context`]; `#[derive(Encrypted)]` does, and refuses at compile time a
-/// model that maps two fields to one column. What a shared nonce shows a reader of the table:
+/// The rule it relies on: no two values sealed under one nonce share their AAD. Each value
+/// names its own column in its [`Context`]; a second value of a column already sealed in this
+/// row is refused (`#[derive(Encrypted)]` refuses two fields with one context column at
+/// compile time). What a shared nonce shows a reader of the table:
 /// which fields were written together, and (by a nonce that differs) which were later updated
 /// alone. The per-key limit on random nonces counts row writes, not values.
 ///
@@ -59,9 +64,13 @@ const fn is_siv(suite: u8) -> bool {
 /// ```
 pub struct RowSeal<'k> {
     key: &'k DataKey,
+    /// The columns sealed so far: a second value of one column in one row would share its AAD
+    /// with the first, and is refused. A row's few columns fit without an allocation.
+    columns: [&'k str; ROW_COLUMNS],
+    sealed: usize,
     /// Boxed: the state is over a kilobyte (an expanded AES key), and a row's seal is moved
     /// through a few results before its first field.
-    state: Box<State<'k>>,
+    state: Box<State>,
 }
 
 impl<'k> RowSeal<'k> {
@@ -83,7 +92,9 @@ impl<'k> RowSeal<'k> {
     fn at(key: &'k DataKey, nonce: [u8; 12]) -> Self {
         Self {
             key,
-            state: Box::new(key.siv.at_nonce(&nonce)),
+            columns: [""; ROW_COLUMNS],
+            sealed: 0,
+            state: Box::new(key.siv().at_nonce(&nonce)),
         }
     }
 
@@ -96,13 +107,23 @@ impl<'k> RowSeal<'k> {
     /// `ctx.tenant` must be the key's tenant.
     ///
     /// # Errors
-    /// As [`super::seal`] and [`super::seal_bound`].
+    /// As [`super::seal`] and [`super::seal_bound`]; [`Error::RowColumnRepeated`] for a second
+    /// value of a column already sealed in this row (or a row of more than 64 columns).
     pub fn seal<T: Plaintext>(
         &mut self,
-        ctx: &Context<'_>,
+        ctx: &Context<'k>,
         row: Option<&RowBinding>,
         value: &T,
     ) -> Result<Vec<u8>, Error> {
+        let seen = self.columns.get(..self.sealed).unwrap_or_default();
+        if seen.contains(&ctx.column) {
+            return Err(Error::RowColumnRepeated);
+        }
+        match self.columns.get_mut(self.sealed) {
+            Some(slot) => *slot = ctx.column,
+            None => return Err(Error::RowColumnRepeated),
+        }
+        self.sealed += 1;
         let suite = suite_of(row.is_some(), ctx.schema.is_some());
         let nonce = *self.state.nonce();
         let state = &mut self.state;
@@ -125,9 +146,12 @@ impl std::fmt::Debug for RowSeal<'_> {
 /// field to the next (a row written whole), and again when they change (a field updated
 /// alone, or a row written before rows shared a nonce).
 pub struct RowOpen<'k> {
+    /// The key the state was derived under, compared by identity: ids are unique within one
+    /// keyring only.
+    key: Option<&'k DataKey>,
     /// Boxed, as in [`RowSeal`].
-    last: Option<(KeyId, Box<State<'k>>)>,
-    /// The keys the state is derived from (which the AWS-LC state borrows).
+    last: Option<(KeyId, Box<State>)>,
+    /// The keys the row is opened with.
     keys: std::marker::PhantomData<&'k DataKey>,
 }
 
@@ -135,6 +159,7 @@ impl<'k> RowOpen<'k> {
     /// A row read with no state yet.
     pub fn new() -> Self {
         Self {
+            key: None,
             last: None,
             keys: std::marker::PhantomData,
         }
@@ -155,9 +180,12 @@ impl<'k> RowOpen<'k> {
             if !is_siv(suite) {
                 return aead_open(key, suite, nonce, aad, body, tag);
             }
-            let same = matches!(&self.last, Some((id, s)) if *id == key.id && s.nonce() == nonce);
+            let same_key = self.key.is_some_and(|k| std::ptr::eq(k, key));
+            let same = same_key
+                && matches!(&self.last, Some((id, s)) if *id == key.id && s.nonce() == nonce);
             if !same {
-                self.last = Some((key.id, Box::new(key.siv.at_nonce(nonce))));
+                self.key = Some(key);
+                self.last = Some((key.id, Box::new(key.siv().at_nonce(nonce))));
             }
             match &mut self.last {
                 Some((_, state)) => state
@@ -244,6 +272,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A second value of one column in one row would share the first one's AAD and nonce:
+    /// refused, whatever the value.
+    #[test]
+    fn a_column_sealed_twice_in_one_row_is_refused() {
+        let k = key(3, None);
+        let (a, b) = (
+            Context::new("t", "a", None, "string"),
+            Context::new("t", "b", None, "string"),
+        );
+        let mut w = RowSeal::new(&k).unwrap();
+        w.seal(&a, None, &"1".to_owned()).unwrap();
+        w.seal(&b, None, &"2".to_owned()).unwrap();
+        assert_eq!(
+            w.seal(&a, None, &"3".to_owned()).err(),
+            Some(Error::RowColumnRepeated)
+        );
     }
 
     /// The bytes are RFC 8452's: a field sealed in a row equals the same value sealed alone

@@ -132,7 +132,9 @@ impl Siv {
 /// that nonce shares. Within one nonce GCM-SIV is a deterministic AEAD keyed by these, so values
 /// whose AAD differ (a row's columns) reveal nothing about each other; the bytes are exactly
 /// RFC 8452's. Both parts wipe themselves on drop (the `zeroize` features of `aes` and
-/// `polyval`).
+/// `polyval`). Unlike [`Siv::seal`]'s state, built where it is used, this one is returned and
+/// boxed, so a stack copy may outlive it until overwritten: keys of this nonce only, which
+/// open and forge nothing sealed under another nonce.
 pub(crate) struct AtNonce {
     nonce: [u8; 12],
     enc: Aes256Enc,
