@@ -298,20 +298,28 @@ fn row(c: &mut Criterion) {
             )
         })
         .expect("one row");
+    let open_row = || {
+        let (n, e, p, t) = black_box(&stored).clone();
+        <BenchPatient as FallibleModel>::open(BenchRaw {
+            id: 1,
+            clinic_id: "clinic-7".to_owned(),
+            name: n,
+            email: e,
+            phone: p,
+            notes: t,
+        })
+        .expect("open")
+    };
     group.bench_function("derive-row-open", |b| {
-        b.iter(|| {
-            let (n, e, p, t) = black_box(&stored).clone();
-            <BenchPatient as FallibleModel>::open(BenchRaw {
-                id: 1,
-                clinic_id: "clinic-7".to_owned(),
-                name: n,
-                email: e,
-                phone: p,
-                notes: t,
-            })
-            .expect("open")
-        });
+        b.iter(open_row);
     });
+    // The same read with the audit sink installed (a 60 s coalescing interval): one call per
+    // row into thread-local counts.
+    encrypted_types::audit::set_sink(encrypted_types::audit::CoalescingSink::default());
+    group.bench_function("derive-row-open+audit", |b| {
+        b.iter(open_row);
+    });
+    encrypted_types::audit::clear_sink();
     Keyring::uninstall();
     group.finish();
 }

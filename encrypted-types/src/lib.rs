@@ -346,6 +346,12 @@ pub mod __private {
 
     pub use crate::__if_async as if_async;
 
+    /// The values of `columns` in one row of `table` were opened: one call to the audit sink
+    /// (and the `metrics` counters) per row read.
+    pub fn audit_row(tenant: Option<&TenantId>, table: &'static str, columns: &[&'static str]) {
+        crate::audit::opened_row(tenant, table, columns);
+    }
+
     /// What a model's derived `Debug` prints in place of an encrypted field.
     #[derive(Clone, Copy)]
     pub struct Redacted;

@@ -11,7 +11,10 @@ use encrypted_types::store::KeyStore;
 
 use crate::AppResult;
 use crate::db::{Db, with_conn};
-use crate::model::{BenchEncrypted, BenchPlain, bench_encrypted, bench_plain};
+use crate::model::{
+    BenchControl, BenchEncrypted, BenchPlain, bench_control, bench_encrypted, bench_plain,
+    sealed_widths,
+};
 
 /// A small deterministic generator for the workload's text: the benchmark needs varied data,
 /// not secrets.
@@ -65,6 +68,10 @@ fn ddl(db: &Db) -> Vec<&'static str> {
         "CREATE TABLE bench_encrypted (id BIGINT PRIMARY KEY, clinic_id BIGINT NOT NULL, name {blob} NOT NULL, \
          email {blob} NOT NULL, email_bidx {bidx} NOT NULL, ssn {blob} NOT NULL, ssn_bidx {bidx} NOT NULL, notes {blob} NOT NULL)"
     );
+    let control = format!(
+        "CREATE TABLE bench_control (id BIGINT PRIMARY KEY, clinic_id BIGINT NOT NULL, name {blob} NOT NULL, \
+         email {blob} NOT NULL, email_bidx {bidx} NOT NULL, ssn {blob} NOT NULL, ssn_bidx {bidx} NOT NULL, notes {blob} NOT NULL)"
+    );
     let plain = format!(
         "CREATE TABLE bench_plain (id BIGINT PRIMARY KEY, clinic_id BIGINT NOT NULL, name {text} NOT NULL, \
          email {} NOT NULL, ssn {} NOT NULL, notes {text} NOT NULL)",
@@ -73,11 +80,15 @@ fn ddl(db: &Db) -> Vec<&'static str> {
     );
     vec![
         "DROP TABLE IF EXISTS bench_encrypted",
+        "DROP TABLE IF EXISTS bench_control",
         "DROP TABLE IF EXISTS bench_plain",
         Box::leak(enc.into_boxed_str()),
+        Box::leak(control.into_boxed_str()),
         Box::leak(plain.into_boxed_str()),
         "CREATE INDEX bench_encrypted_email ON bench_encrypted (clinic_id, email_bidx)",
         "CREATE INDEX bench_encrypted_ssn ON bench_encrypted (clinic_id, ssn_bidx)",
+        "CREATE INDEX bench_control_email ON bench_control (clinic_id, email_bidx)",
+        "CREATE INDEX bench_control_ssn ON bench_control (clinic_id, ssn_bidx)",
         "CREATE INDEX bench_plain_email ON bench_plain (clinic_id, email)",
         "CREATE INDEX bench_plain_ssn ON bench_plain (clinic_id, ssn)",
     ]
@@ -116,12 +127,56 @@ fn table_bytes(db: &mut Db, table: &str) -> AppResult<i64> {
     Ok(size.n)
 }
 
-/// One phase's timings over the repetitions, plaintext and encrypted.
+/// One phase's timings over the repetitions: plaintext, the control (random bytes of the
+/// encrypted widths, no cryptography) and encrypted.
 struct Phase {
     name: &'static str,
     ops: usize,
-    plain: Vec<f64>,
-    encrypted: Vec<f64>,
+    times: [Vec<f64>; 3],
+}
+
+/// The three tables a phase runs on, in the order of `Phase::times`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Plain,
+    Control,
+    Encrypted,
+}
+
+const SIDES: [Side; 3] = [Side::Plain, Side::Control, Side::Encrypted];
+
+/// The control rows: each encrypted row's columns at their sealed widths, random bytes.
+fn control_rows(rng: &mut Lcg, encrypted: &[BenchEncrypted]) -> Vec<BenchControl> {
+    let mut bytes = |n: usize| -> Vec<u8> { (0..n).map(|_| rng.next() as u8).collect() };
+    encrypted
+        .iter()
+        .zip(sealed_widths(encrypted))
+        .map(
+            |(e, [name, email, email_bidx, ssn, ssn_bidx, notes])| BenchControl {
+                id: e.id,
+                clinic_id: e.clinic_id,
+                name: bytes(name),
+                email: bytes(email),
+                email_bidx: bytes(email_bidx),
+                ssn: bytes(ssn),
+                ssn_bidx: bytes(ssn_bidx),
+                notes: bytes(notes),
+            },
+        )
+        .collect()
+}
+
+/// Checks, outside the timer, that a select read back exactly the rows written.
+fn same_rows<T: PartialEq>(got: &[T], want: &[T], id: impl Fn(&T) -> i64) -> AppResult<()> {
+    let mut want: std::collections::HashMap<i64, &T> = want.iter().map(|w| (id(w), w)).collect();
+    if got.len() != want.len()
+        || got
+            .iter()
+            .any(|g| want.remove(&id(g)).is_none_or(|w| w != g))
+    {
+        return Err("the benchmark read back other rows than it wrote".into());
+    }
+    Ok(())
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -216,6 +271,7 @@ pub(crate) fn run(
             notes: p.notes.clone(),
         })
         .collect();
+    let control = control_rows(&mut rng, &encrypted);
     let probes: Vec<usize> = (0..lookups)
         .map(|_| (rng.next() as usize) % rows.max(1))
         .collect();
@@ -226,72 +282,58 @@ pub(crate) fn run(
          {reps} repetitions (median)",
         db.backend()
     );
+    let phase = |name, ops| Phase {
+        name,
+        ops,
+        times: [vec![], vec![], vec![]],
+    };
     let mut phases = [
-        Phase {
-            name: "insert",
-            ops: rows,
-            plain: vec![],
-            encrypted: vec![],
-        },
-        Phase {
-            name: "select",
-            ops: rows,
-            plain: vec![],
-            encrypted: vec![],
-        },
-        Phase {
-            name: "lookup",
-            ops: lookups,
-            plain: vec![],
-            encrypted: vec![],
-        },
+        phase("insert", rows),
+        phase("select", rows),
+        phase("lookup", lookups),
     ];
     for rep in 0..reps {
         for stmt in ddl(db) {
             with_conn!(db, conn => diesel::sql_query(stmt).execute(conn))?;
         }
-        // Interleaved: plaintext first on even repetitions, encrypted first on odd ones, so
-        // neither side always runs on a warmer cache or a fuller table file.
-        let order = if rep % 2 == 0 {
-            [false, true]
-        } else {
-            [true, false]
-        };
+        // Interleaved: each side runs first, second and third in turn, so none always runs
+        // on a warmer cache or a fuller table file.
+        let mut order = SIDES;
+        order.rotate_left(rep % 3);
         for (i, phase) in phases.iter_mut().enumerate() {
-            for enc in order {
+            for &side in &order {
                 let t = Instant::now();
-                match (i, enc) {
-                    (0, false) => {
+                // What a select read, checked after the timer stops.
+                let mut read_plain = Vec::new();
+                let mut read_control = Vec::new();
+                let mut read_encrypted = Vec::new();
+                match (i, side) {
+                    (0, Side::Plain) => {
                         for chunk in plain.chunks(batch) {
                             with_conn!(db, conn => conn.transaction(|c| diesel::insert_into(bench_plain::table).values(chunk).execute(c)))?;
                         }
                     }
-                    (0, true) => {
+                    (0, Side::Control) => {
+                        for chunk in control.chunks(batch) {
+                            with_conn!(db, conn => conn.transaction(|c| diesel::insert_into(bench_control::table).values(chunk).execute(c)))?;
+                        }
+                    }
+                    (0, Side::Encrypted) => {
                         for chunk in encrypted.chunks(batch) {
                             let rows = BenchEncrypted::batch(chunk);
                             with_conn!(db, conn => conn.transaction(|c| diesel::insert_into(bench_encrypted::table).values(&rows).execute(c)))?;
                         }
                     }
-                    (1, false) => {
-                        let got: Vec<BenchPlain> = with_conn!(db, conn => bench_plain::table.select(BenchPlain::as_select()).load(conn))?;
-                        if got.len() != rows {
-                            return Err("the benchmark read back other rows than it wrote".into());
-                        }
+                    (1, Side::Plain) => {
+                        read_plain = with_conn!(db, conn => bench_plain::table.select(BenchPlain::as_select()).load(conn))?;
                     }
-                    (1, true) => {
-                        let got: Vec<BenchEncrypted> = with_conn!(db, conn => bench_encrypted::table.select(BenchEncrypted::as_select()).load(conn))?;
-                        let mut want: std::collections::HashMap<i64, &BenchEncrypted> =
-                            encrypted.iter().map(|e| (e.id, e)).collect();
-                        if got.len() != rows
-                            || got.iter().any(|g| {
-                                want.remove(&g.id)
-                                    .is_none_or(|w| w.email != g.email || w.notes != g.notes)
-                            })
-                        {
-                            return Err("the benchmark read back other rows than it wrote".into());
-                        }
+                    (1, Side::Control) => {
+                        read_control = with_conn!(db, conn => bench_control::table.select(BenchControl::as_select()).load(conn))?;
                     }
-                    (_, false) => {
+                    (1, Side::Encrypted) => {
+                        read_encrypted = with_conn!(db, conn => bench_encrypted::table.select(BenchEncrypted::as_select()).load(conn))?;
+                    }
+                    (_, Side::Plain) => {
                         for p in probes.iter().filter_map(|&i| plain.get(i)) {
                             let found: Vec<BenchPlain> = with_conn!(db, conn => bench_plain::table
                                 .select(BenchPlain::as_select())
@@ -303,7 +345,19 @@ pub(crate) fn run(
                             }
                         }
                     }
-                    (_, true) => {
+                    (_, Side::Control) => {
+                        for p in probes.iter().filter_map(|&i| control.get(i)) {
+                            let found: Vec<BenchControl> = with_conn!(db, conn => bench_control::table
+                                .select(BenchControl::as_select())
+                                .filter(bench_control::clinic_id.eq(p.clinic_id))
+                                .filter(bench_control::email_bidx.eq(&p.email_bidx))
+                                .load(conn))?;
+                            if found.len() != 1 {
+                                return Err("control lookup missed".into());
+                            }
+                        }
+                    }
+                    (_, Side::Encrypted) => {
                         for p in probes.iter().filter_map(|&i| encrypted.get(i)) {
                             let found = with_conn!(db, conn => BenchEncrypted::find_by_email(conn, &p.clinic_id, p.email.as_str()))?;
                             if found.len() != 1 {
@@ -313,42 +367,51 @@ pub(crate) fn run(
                     }
                 }
                 let secs = t.elapsed().as_secs_f64();
-                if enc {
-                    phase.encrypted.push(secs);
-                } else {
-                    phase.plain.push(secs);
+                if i == 1 {
+                    match side {
+                        Side::Plain => same_rows(&read_plain, &plain, |r| r.id)?,
+                        Side::Control => same_rows(&read_control, &control, |r| r.id)?,
+                        Side::Encrypted => same_rows(&read_encrypted, &encrypted, |r| r.id)?,
+                    }
+                }
+                if let Some(times) = phase.times.get_mut(side as usize) {
+                    times.push(secs);
                 }
             }
         }
     }
 
     out!(
-        "| phase  | plaintext rows/s | encrypted rows/s | encrypted/plaintext | per row: plaintext µs | encrypted µs | overhead µs |"
+        "| phase  | plaintext rows/s | control rows/s | encrypted rows/s | encrypted/control | per row µs: plaintext | control | encrypted | crypto and glue (encrypted - control) |"
     );
     out!(
-        "|--------|-----------------:|-----------------:|--------------------:|------:|------:|------:|"
+        "|--------|-----------------:|---------------:|-----------------:|------------------:|------:|------:|------:|------:|"
     );
     for p in &phases {
-        let (pm, em) = (median(&p.plain), median(&p.encrypted));
+        let [pm, cm, em] = [0, 1, 2].map(|i| p.times.get(i).map_or(f64::NAN, |t| median(t)));
         let ops = p.ops.max(1) as f64;
         out!(
-            "| {:<6} | {:>16.0} | {:>16.0} | {:>19.2} | {:>5.2} | {:>5.2} | {:>5.2} |",
+            "| {:<6} | {:>16.0} | {:>14.0} | {:>16.0} | {:>17.2} | {:>5.2} | {:>5.2} | {:>5.2} | {:>5.2} |",
             p.name,
             ops / pm,
+            ops / cm,
             ops / em,
-            pm / em,
+            cm / em,
             pm / ops * 1e6,
+            cm / ops * 1e6,
             em / ops * 1e6,
-            (em - pm) / ops * 1e6
+            (em - cm) / ops * 1e6
         );
     }
-    let (enc_size, plain_size) = (
+    let (enc_size, control_size, plain_size) = (
         table_bytes(db, "bench_encrypted")?,
+        table_bytes(db, "bench_control")?,
         table_bytes(db, "bench_plain")?,
     );
     out!(
-        "table sizes (with indexes): plaintext {:.1} MiB, encrypted {:.1} MiB ({:.2}x)",
+        "table sizes (with indexes): plaintext {:.1} MiB, control {:.1} MiB, encrypted {:.1} MiB ({:.2}x plaintext)",
         plain_size as f64 / 1048576.0,
+        control_size as f64 / 1048576.0,
         enc_size as f64 / 1048576.0,
         enc_size as f64 / plain_size.max(1) as f64
     );

@@ -81,6 +81,53 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    bench_control (id) {
+        id -> BigInt,
+        clinic_id -> BigInt,
+        name -> Binary,
+        email -> Binary,
+        email_bidx -> Binary,
+        ssn -> Binary,
+        ssn_bidx -> Binary,
+        notes -> Binary,
+    }
+}
+
+/// The benchmark's control row: the encrypted row's columns and byte widths, holding random
+/// bytes, with no cryptography, so the bench can tell storage expansion from crypto and glue.
+#[derive(Queryable, Selectable, Insertable, Debug, Clone, PartialEq)]
+#[diesel(table_name = bench_control)]
+pub(crate) struct BenchControl {
+    pub(crate) id: i64,
+    pub(crate) clinic_id: i64,
+    pub(crate) name: Vec<u8>,
+    pub(crate) email: Vec<u8>,
+    pub(crate) email_bidx: Vec<u8>,
+    pub(crate) ssn: Vec<u8>,
+    pub(crate) ssn_bidx: Vec<u8>,
+    pub(crate) notes: Vec<u8>,
+}
+
+/// The byte widths of each row's columns as the encrypted table stores them (name, email,
+/// email index, ssn, ssn index, notes), from the rows the library seals for them.
+pub(crate) fn sealed_widths(rows: &[BenchEncrypted]) -> Vec<[usize; 6]> {
+    let len = |w: &encrypted_types::Written| w.bytes().map_or(0, <[u8]>::len);
+    BenchEncrypted::batch(rows)
+        .iter()
+        .map(|w| {
+            [
+                len(&w.name),
+                len(&w.email),
+                len(&w.email_bidx),
+                len(&w.ssn),
+                len(&w.ssn_bidx),
+                len(&w.notes),
+            ]
+        })
+        .collect()
+}
+
 /// The benchmark's encrypted row.
 #[derive(Encrypted, Clone, PartialEq)]
 #[encrypted(table = bench_encrypted, tenant = clinic_id, derive(Queryable, Selectable, Insertable))]

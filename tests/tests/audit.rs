@@ -221,3 +221,62 @@ fn seals_opens_and_failures_are_counters_of_the_metrics_facade() {
         1
     );
 }
+
+/// A derived model's read reports each row to the sink once, with the columns it opened (a
+/// `None` field opens nothing), and never value by value.
+#[test]
+fn a_derived_read_reports_each_row_once_with_its_opened_columns() {
+    use diesel::prelude::*;
+    use encrypted_types::audit::AuditSink;
+    use encrypted_types_tests::models::Patient;
+    use encrypted_types_tests::schema::et_patients;
+
+    type Calls = Arc<Mutex<Vec<(Option<TenantId>, &'static str, Vec<&'static str>)>>>;
+    struct Recorder(Calls);
+    impl AuditSink for Recorder {
+        fn opened(&self, tenant: Option<&TenantId>, table: &'static str, column: &'static str) {
+            // Marked, so the test sees a per-value call.
+            self.0
+                .lock()
+                .unwrap()
+                .push((tenant.cloned(), table, vec!["per-value", column]));
+        }
+        fn opened_row(
+            &self,
+            tenant: Option<&TenantId>,
+            table: &'static str,
+            columns: &[&'static str],
+        ) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((tenant.cloned(), table, columns.to_vec()));
+        }
+    }
+
+    let _g = serial();
+    let conn = &mut encrypted_types_tests::sqlite();
+    // This binary's other tests install their own keyring.
+    encrypted_types_tests::test_keyring().install();
+    let patients = Patient::several(3, "audit-rows");
+    diesel::insert_into(et_patients::table)
+        .values(Patient::batch(&patients))
+        .execute(conn)
+        .unwrap();
+    let calls: Calls = Arc::default();
+    set_sink(Recorder(Arc::clone(&calls)));
+    let back: Vec<Patient> = et_patients::table
+        .select(Patient::as_select())
+        .load(conn)
+        .unwrap();
+    clear_sink();
+    assert_eq!(back.len(), 3);
+    let calls = calls.lock().unwrap();
+    assert_eq!(calls.len(), 3, "{calls:?}");
+    for ((tenant, table, columns), p) in calls.iter().zip(&patients) {
+        assert_eq!(tenant.as_ref(), Some(&TenantId::from(p.clinic_id)));
+        assert_eq!(*table, "et_patients");
+        // `phone` is `None` in every sample: not opened, not reported.
+        assert_eq!(columns, &["name", "email", "ssn", "dob", "notes"]);
+    }
+}

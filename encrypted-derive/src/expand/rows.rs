@@ -72,16 +72,21 @@ pub(super) fn read_side(
         let inner = e.inner;
         let ctx = ctx_ident(model, f);
         // Opened under its header's key (and, for `bind_row`, with the row's identity); the
-        // row's tenant must own it.
-        // The keyring is read once per row (`__keys`), not once per field.
-        // The fields share the keyring read and the per-nonce state (`__open`), and are
-        // checked against the row's tenant by reference.
+        // row's tenant must own it. The fields share the keyring read and the per-nonce state
+        // (`__open`), are checked against the row's tenant by reference, and are reported to
+        // the audit sink together, once the row is open (`__opened`).
         let row = row_arg(model);
         let open = quote! {
             match __keys.get().and_then(|__k| {
                 #et::Encrypted::<#inner, #ctx>::open_in_row(&mut __open, __k, bytes, #row, __tenant.as_ref())
             }) {
-                ::core::result::Result::Ok(v) => v,
+                ::core::result::Result::Ok(v) => {
+                    if let ::core::option::Option::Some(__slot) = __opened.get_mut(__n) {
+                        *__slot = #column;
+                        __n += 1;
+                    }
+                    v
+                }
                 ::core::result::Result::Err(e) => {
                     return ::core::result::Result::Err(#et::Unreadable::new(#key, #table_name, #column, e));
                 }
@@ -139,6 +144,7 @@ pub(super) fn read_side(
         }
     });
     let read_row = row_of(model, &quote!(row), et).map(|r| quote!(let __row = #r;));
+    let encrypted = model.encrypted_fields().count();
     let queryable = model.wants(DeriveKind::Queryable).then(|| {
         quote! {
             impl #et::FallibleModel for #ident {
@@ -148,7 +154,10 @@ pub(super) fn read_side(
                     #read_row
                     let __keys = #et::RowKeys::load();
                     let mut __open = #et::format::RowOpen::new();
+                    let mut __opened: [&'static str; #encrypted] = [""; #encrypted];
+                    let mut __n: usize = 0;
                     #(#opens)*
+                    #et::audit_row(__tenant.as_ref(), #table_name, __opened.get(..__n).unwrap_or_default());
                     ::core::result::Result::Ok(Self { #(#build),* })
                 }
             }

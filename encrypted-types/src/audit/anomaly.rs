@@ -203,21 +203,28 @@ impl AnomalySink {
         self
     }
 
+    /// Counts one open of each of `columns` (a row's, or one value's), under one lock.
     fn count(
         &self,
         tenant: Option<&TenantId>,
         table: &'static str,
-        column: &'static str,
+        columns: &[&'static str],
     ) -> Vec<Anomaly> {
         let mut watched = Vec::new();
-        if let Some(limit) = self.limits.tenant {
-            watched.push((AnomalyScope::Tenant(tenant.cloned()), limit));
-        }
-        if let Some(limit) = self.limits.column {
-            watched.push((AnomalyScope::Column { table, column }, limit));
-        }
-        if let (Some(limit), Some(actor)) = (self.limits.actor, actor::current_actor()) {
-            watched.push((AnomalyScope::Actor(actor), limit));
+        let actor = self
+            .limits
+            .actor
+            .and_then(|l| Some((l, actor::current_actor()?)));
+        for &column in columns {
+            if let Some(limit) = self.limits.tenant {
+                watched.push((AnomalyScope::Tenant(tenant.cloned()), limit));
+            }
+            if let Some(limit) = self.limits.column {
+                watched.push((AnomalyScope::Column { table, column }, limit));
+            }
+            if let Some((limit, actor)) = &actor {
+                watched.push((AnomalyScope::Actor(actor.clone()), *limit));
+            }
         }
         if watched.is_empty() {
             return Vec::new();
@@ -286,7 +293,21 @@ impl AuditSink for AnomalySink {
         if let Some(inner) = &self.inner {
             inner.opened(tenant, table, column);
         }
-        for anomaly in self.count(tenant, table, column) {
+        self.raise(self.count(tenant, table, &[column]));
+    }
+
+    fn opened_row(&self, tenant: Option<&TenantId>, table: &'static str, columns: &[&'static str]) {
+        if let Some(inner) = &self.inner {
+            inner.opened_row(tenant, table, columns);
+        }
+        self.raise(self.count(tenant, table, columns));
+    }
+}
+
+impl AnomalySink {
+    /// The `anomaly` event and the callback, for each scope that has just gone over.
+    fn raise(&self, anomalies: Vec<Anomaly>) {
+        for anomaly in anomalies {
             tracing::warn!(
                 target: "encrypted_types::audit",
                 event = "anomaly",

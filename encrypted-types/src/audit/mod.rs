@@ -2,8 +2,8 @@
 //!
 //! Key creation, unwrapping, keyring loads, shredding and every failed open are `tracing`
 //! events with target `encrypted_types::audit`. Successful opens are too many to log one by
-//! one: an [`AuditSink`] receives them. [`CoalescingSink`] turns them into one event per
-//! (tenant, table, column) per interval; [`AnomalySink`] raises an `anomaly` event when a
+//! one: an [`AuditSink`] receives them, once per row read. [`CoalescingSink`] counts them in
+//! each thread and turns them into one event per (tenant, table, column) per interval; [`AnomalySink`] raises an `anomaly` event when a
 //! tenant, a column or an actor ([`with_actor`]) opens more values in a window than its
 //! [`Limits`] allow. With the `metrics` feature, seals, opens and failures (by reason) are also
 //! counters of the `metrics` facade.
@@ -15,26 +15,52 @@
 
 mod actor;
 mod anomaly;
+mod coalesce;
 pub(crate) mod metrics;
 
 pub use actor::{WithActor, current_actor, with_actor, with_actor_async};
 pub use anomaly::{Anomaly, AnomalyScope, AnomalySink, Limits};
+pub use coalesce::CoalescingSink;
 
-use std::collections::HashMap;
-use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 
 use crate::Error;
-use crate::tenant::{TenantId, describe};
+use crate::tenant::TenantId;
 
-/// Receives decrypt events. Implementations must be cheap: they run on every opened value.
+/// Receives decrypt events. Implementations must be cheap: they run on every row read.
 pub trait AuditSink: Send + Sync {
-    /// A value of `table.column` belonging to `tenant` was opened.
+    /// A value of `table.column` belonging to `tenant` was opened (a value read on its own,
+    /// through [`Encrypted`](crate::Encrypted)).
     fn opened(&self, tenant: Option<&TenantId>, table: &'static str, column: &'static str);
+
+    /// The values of `columns` in one row of `table`, belonging to `tenant`, were opened: a
+    /// derived model's read calls this once per row instead of [`AuditSink::opened`] once per
+    /// value. The default calls `opened` for each column, so a sink that implements only
+    /// `opened` sees every value as before; a sink on a hot path implements this too.
+    ///
+    /// ```
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use encrypted_types::TenantId;
+    /// use encrypted_types::audit::AuditSink;
+    /// #[derive(Default)]
+    /// struct Rows(AtomicU64);
+    /// impl AuditSink for Rows {
+    ///     fn opened(&self, _: Option<&TenantId>, _: &'static str, _: &'static str) {
+    ///         self.0.fetch_add(1, Ordering::Relaxed);
+    ///     }
+    /// }
+    /// let sink = Rows::default();
+    /// sink.opened_row(None, "patients", &["name", "email"]);
+    /// assert_eq!(sink.0.load(Ordering::Relaxed), 2);
+    /// ```
+    fn opened_row(&self, tenant: Option<&TenantId>, table: &'static str, columns: &[&'static str]) {
+        for column in columns {
+            self.opened(tenant, table, column);
+        }
+    }
 }
 
 static SINK: ArcSwapOption<Box<dyn AuditSink>> = ArcSwapOption::const_empty();
@@ -64,6 +90,19 @@ pub(crate) fn opened(tenant: Option<&TenantId>, table: &'static str, column: &'s
     }
 }
 
+/// The values of `columns` in one row were opened (the derive's reads).
+pub(crate) fn opened_row(tenant: Option<&TenantId>, table: &'static str, columns: &[&'static str]) {
+    for column in columns {
+        metrics::opened(table, column);
+    }
+    if !HAS_SINK.load(Ordering::Acquire) {
+        return;
+    }
+    if let Some(sink) = SINK.load().as_ref() {
+        sink.opened_row(tenant, table, columns);
+    }
+}
+
 pub(crate) fn open_failed(
     table: &'static str,
     column: &'static str,
@@ -79,84 +118,4 @@ pub(crate) fn open_failed(
         value_type,
         error = %error,
     );
-}
-
-type Counts = HashMap<(Option<TenantId>, &'static str, &'static str), u64>;
-
-/// Counts opens per (tenant, table, column) and emits one `decrypts` event for each every
-/// `interval` (60 seconds by default), from whichever thread opens a value after the interval
-/// has passed, or on [`CoalescingSink::flush`].
-///
-/// ```
-/// use encrypted_types::audit::{set_sink, CoalescingSink};
-/// set_sink(CoalescingSink::default());
-/// ```
-pub struct CoalescingSink {
-    interval: Duration,
-    state: Mutex<(Counts, Instant)>,
-}
-
-impl Default for CoalescingSink {
-    fn default() -> Self {
-        Self::new(Duration::from_secs(60))
-    }
-}
-
-impl fmt::Debug for CoalescingSink {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CoalescingSink")
-            .field("interval", &self.interval)
-            .finish_non_exhaustive()
-    }
-}
-
-impl CoalescingSink {
-    /// A sink that reports every `interval`.
-    pub fn new(interval: Duration) -> Self {
-        Self {
-            interval,
-            state: Mutex::new((HashMap::new(), Instant::now())),
-        }
-    }
-
-    /// Emits the counts gathered so far and starts a new interval.
-    pub fn flush(&self) {
-        let counts = {
-            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            state.1 = Instant::now();
-            std::mem::take(&mut state.0)
-        };
-        emit(counts);
-    }
-}
-
-fn emit(counts: Counts) {
-    for ((tenant, table, column), count) in counts {
-        tracing::info!(
-            target: "encrypted_types::audit",
-            event = "decrypts",
-            tenant = %describe(tenant.as_ref()),
-            table,
-            column,
-            count,
-        );
-    }
-}
-
-impl AuditSink for CoalescingSink {
-    fn opened(&self, tenant: Option<&TenantId>, table: &'static str, column: &'static str) {
-        let due = {
-            let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            *state.0.entry((tenant.cloned(), table, column)).or_insert(0) += 1;
-            if state.1.elapsed() >= self.interval {
-                state.1 = Instant::now();
-                Some(std::mem::take(&mut state.0))
-            } else {
-                None
-            }
-        };
-        if let Some(counts) = due {
-            emit(counts);
-        }
-    }
 }

@@ -192,7 +192,7 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
     /// current primary key, else sealed now. The key is looked up on every call, so the
     /// keyring's seal limit and a rotation apply to a value bound again as to a new one.
     #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-    pub(crate) fn sealed_once(&self) -> Result<Vec<u8>, Error> {
+    pub(crate) fn bound_bytes(&self) -> Result<Vec<u8>, Error> {
         let mut written = self.written.lock().unwrap_or_else(PoisonError::into_inner);
         Keyring::with_current(|k| {
             let key = k.primary_key(self.tenant.as_ref())?;
@@ -311,7 +311,8 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
 
     /// Opens this column's field of a row read (the derive's `FallibleModel::open`), sharing
     /// the per-nonce state with the row's other fields, and checks that it belongs to
-    /// `expected`, the row's tenant, without copying either.
+    /// `expected`, the row's tenant, without copying either. A success is not reported to the
+    /// audit sink here: the row reports its opened columns together (`audit_row`).
     ///
     /// # Errors
     /// As [`Encrypted::open_with`] (or [`Encrypted::open_owned_bound_with`] with `row`), and
@@ -329,7 +330,7 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
         })
         .and_then(|(mut value, tenant, legacy)| {
             if legacy || tenant == expected {
-                Ok((value, tenant))
+                Ok(value)
             } else {
                 // Another tenant's plaintext: wiped, not just dropped.
                 value.wipe();
@@ -338,16 +339,7 @@ impl<T: Plaintext, C: ColumnContext> Encrypted<T, C> {
                 })
             }
         });
-        match opened {
-            Ok((value, tenant)) => {
-                audit::opened(tenant, C::TABLE, C::SQL_COLUMN);
-                Ok(value)
-            }
-            Err(e) => {
-                audit::open_failed(C::TABLE, C::SQL_COLUMN, T::TYPE, &e);
-                Err(e)
-            }
-        }
+        opened.inspect_err(|e| audit::open_failed(C::TABLE, C::SQL_COLUMN, T::TYPE, e))
     }
 
     fn open_audited(
@@ -472,17 +464,17 @@ mod tests {
     fn bound_bytes_are_kept_while_their_key_is_primary() {
         Keyring::uninstall();
         let v = Encrypted::<String, Notes>::for_tenant("x".into(), "a");
-        assert_eq!(v.sealed_once(), Err(Error::NoKeyring));
+        assert_eq!(v.bound_bytes(), Err(Error::NoKeyring));
         keyring(1).install();
-        let first = v.sealed_once().unwrap();
+        let first = v.bound_bytes().unwrap();
         assert_eq!(first[2..6], 1u32.to_be_bytes());
-        assert_eq!(v.sealed_once().unwrap(), first);
+        assert_eq!(v.bound_bytes().unwrap(), first);
         // A clone is another value: its own nonce.
-        assert_ne!(v.clone().sealed_once().unwrap(), first);
+        assert_ne!(v.clone().bound_bytes().unwrap(), first);
         keyring(2).install();
-        let rotated = v.sealed_once().unwrap();
+        let rotated = v.bound_bytes().unwrap();
         assert_eq!(rotated[2..6], 2u32.to_be_bytes());
-        assert_eq!(v.sealed_once().unwrap(), rotated);
+        assert_eq!(v.bound_bytes().unwrap(), rotated);
         assert_eq!(
             Encrypted::<String, Notes>::open_owned(rotated)
                 .unwrap()

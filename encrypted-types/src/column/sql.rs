@@ -61,7 +61,7 @@ macro_rules! computed_binary_to_sql {
     };
 }
 
-computed_binary_to_sql!(impl<T: Plaintext, C: ColumnContext> for Encrypted<T, C> => |v| v.sealed_once());
+computed_binary_to_sql!(impl<T: Plaintext, C: ColumnContext> for Encrypted<T, C> => |v| v.bound_bytes());
 computed_binary_to_sql!(impl<> for crate::Written => |v| v.bytes());
 computed_binary_to_sql!(
     impl<T: Plaintext, S: crate::index::IndexSpec> for crate::index::BlindIndex<T, S> => |v| v.compute()

@@ -2,12 +2,17 @@
 //!
 //! A data key's state for suites 2 to 5 is its expanded AES key: about a kilobyte with the
 //! pure-Rust `aes` crate (its union also holds the software schedule), less with AWS-LC. A
-//! keyring of 100,000 tenants holds 200,001 keys, and building every schedule at load made that
-//! process 314 MB resident. So a key keeps its 32 bytes of material, and its state is built on
+//! keyring of 100,000 tenants holds 200,001 keys, and building every schedule at load kept
+//! 210 MB resident for them. So a key keeps its 32 bytes of material, and its state is built on
 //! first use into a slot the cache counts: past [`capacity`] built states, the oldest built is
 //! dropped (first in, first out) and built again if it is used again. A dropped state wipes its
-//! round keys (the `zeroize` feature of `aes`; AWS-LC cleanses what it frees). Reading a cached
-//! state is a lock-free `ArcSwap` load; only a miss takes the cache's lock.
+//! round keys (the `zeroize` feature of `aes`; AWS-LC cleanses what it frees); a schedule built
+//! on a miss may leave a stack copy until overwritten, as any key expansion does. Reading a
+//! cached state is a lock-free `ArcSwap` load; only a miss takes the cache's lock.
+//!
+//! First in, first out has a cliff: a working set of keys that cycles and is larger than the
+//! capacity misses on nearly every use. Set the capacity above the working set
+//! ([`set_capacity`], as `format::set_cipher_cache_capacity`).
 
 use std::collections::VecDeque;
 use std::ops::Deref;
@@ -23,14 +28,23 @@ use super::key::KeyMaterial;
 use super::siv::Siv;
 
 /// Built states kept by default: 16,384 keys, about 16 MB with the pure-Rust `aes` crate. A
-/// process whose working set of tenants is larger raises it with [`set_capacity`].
+/// process whose working set of keys is larger raises it with
+/// `format::set_cipher_cache_capacity`.
 pub const DEFAULT_CAPACITY: usize = 16_384;
 
-static CAPACITY: AtomicUsize = AtomicUsize::new(DEFAULT_CAPACITY);
+/// A capacity and the order in which states were built.
+pub(crate) struct Cache {
+    capacity: AtomicUsize,
+    /// Slots whose state was built, oldest first: one entry per build that won its slot
+    /// (`Slot::get`), so entries are never fewer than built states.
+    built: Mutex<VecDeque<Weak<Slot>>>,
+}
 
-/// The slots whose state is built, oldest first. A slot may appear twice (two threads built it
-/// at once); the count then overstates what is cached, never understates it.
-static BUILT: Mutex<VecDeque<Weak<Slot>>> = Mutex::new(VecDeque::new());
+/// The process's cache, which every keyring's keys use.
+pub(crate) static CACHE: Cache = Cache::new(DEFAULT_CAPACITY);
+
+/// A cache that keeps nothing: keys made for one use (the load's self-test).
+pub(crate) static UNCACHED: Cache = Cache::new(0);
 
 /// How many keys' state the cache keeps.
 ///
@@ -38,11 +52,11 @@ static BUILT: Mutex<VecDeque<Weak<Slot>>> = Mutex::new(VecDeque::new());
 /// assert_eq!(encrypted_types::format::cipher_cache_capacity(), encrypted_types::format::DEFAULT_CIPHER_CACHE_CAPACITY);
 /// ```
 pub fn capacity() -> usize {
-    CAPACITY.load(Ordering::Relaxed)
+    CACHE.capacity()
 }
 
-/// Sets how many keys' state the cache keeps (0: build it for every use and keep none). States
-/// over the new capacity are dropped on the next miss.
+/// Sets how many keys' state the cache keeps, and drops the oldest states over it now (0:
+/// keep none, build the state for every use).
 ///
 /// ```
 /// use encrypted_types::format::{cipher_cache_capacity, set_cipher_cache_capacity};
@@ -52,14 +66,55 @@ pub fn capacity() -> usize {
 /// set_cipher_cache_capacity(before);
 /// ```
 pub fn set_capacity(n: usize) {
-    CAPACITY.store(n, Ordering::Relaxed);
+    CACHE.set_capacity(n);
 }
 
-/// One key's place in the cache, shared by every handle on the key (a keyring rebuilt from
+impl Cache {
+    pub(crate) const fn new(capacity: usize) -> Self {
+        Self {
+            capacity: AtomicUsize::new(capacity),
+            built: Mutex::new(VecDeque::new()),
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.capacity.load(Ordering::Relaxed)
+    }
+
+    fn set_capacity(&self, n: usize) {
+        self.capacity.store(n, Ordering::Relaxed);
+        self.record(None);
+    }
+
+    /// Records a newly built slot, if any, and drops the oldest states over the capacity.
+    /// The states are dropped (and wiped) after the lock is released.
+    fn record(&self, slot: Option<&Arc<Slot>>) {
+        let mut evicted = Vec::new();
+        {
+            let mut order = self.built.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(slot) = slot {
+                order.push_back(Arc::downgrade(slot));
+            }
+            let capacity = self.capacity();
+            while order.len() > capacity {
+                match order.pop_front() {
+                    Some(w) => evicted.extend(w.upgrade()),
+                    None => break,
+                }
+            }
+        }
+        for slot in evicted {
+            // Readers holding it finish with it; it is wiped when the last one drops.
+            slot.state.store(None);
+        }
+    }
+}
+
+/// One key's place in a cache, shared by every handle on the key (a keyring rebuilt from
 /// another keeps its keys' slots).
-#[derive(Default)]
 pub(crate) struct Slot {
     state: ArcSwapOption<Siv>,
+    cache: &'static Cache,
 }
 
 /// A key's state, cached or built for this use only.
@@ -83,26 +138,34 @@ impl Deref for Cipher {
 }
 
 impl Slot {
+    /// An empty slot counted by `cache`.
+    pub(crate) fn new(cache: &'static Cache) -> Arc<Self> {
+        Arc::new(Self {
+            state: ArcSwapOption::empty(),
+            cache,
+        })
+    }
+
     /// The state of the key whose material is `material`, built if it is not cached.
     pub(crate) fn get(self: &Arc<Self>, material: &KeyMaterial) -> Cipher {
         let cached = self.state.load();
         if cached.is_some() {
             return Cipher::Cached(cached);
         }
-        drop(cached);
         let built = Arc::new(Siv::new(material.expose()));
-        let capacity = capacity();
-        if capacity > 0 {
-            self.state.store(Some(Arc::clone(&built)));
-            let mut order = BUILT.lock().unwrap_or_else(PoisonError::into_inner);
-            order.push_back(Arc::downgrade(self));
-            while order.len() > capacity {
-                if let Some(slot) = order.pop_front().and_then(|w| w.upgrade()) {
-                    // Readers holding it finish with it; it is wiped when the last one drops.
-                    slot.state.store(None);
-                }
-            }
+        if self.cache.capacity() == 0 {
+            return Cipher::Built(built);
         }
+        // Only the build that fills the empty slot is recorded; one that lost the race uses
+        // the winner's state, so a slot is never recorded twice for one build.
+        let previous = self
+            .state
+            .compare_and_swap(&cached, Some(Arc::clone(&built)));
+        if previous.is_some() {
+            return Cipher::Cached(previous);
+        }
+        drop(previous);
+        self.cache.record(Some(self));
         Cipher::Built(built)
     }
 
@@ -119,45 +182,34 @@ mod tests {
     use super::*;
 
     /// Past the capacity the oldest built state is dropped, and a dropped one is built again
-    /// on its next use, to the same cipher.
+    /// on its next use, to the same cipher; lowering the capacity drops states at once, and 0
+    /// keeps none. On a cache of its own: other tests seal through the process's meanwhile.
     #[test]
     fn the_cache_keeps_at_most_its_capacity_oldest_out_first() {
-        // Other tests sealing meanwhile only miss more often: a miss rebuilds the same state.
-        let before = capacity();
-        set_capacity(3);
-        let slots: Vec<Arc<Slot>> = (0..5).map(|_| Arc::new(Slot::default())).collect();
+        static OWN: Cache = Cache::new(3);
+        let slots: Vec<Arc<Slot>> = (0..5).map(|_| Slot::new(&OWN)).collect();
         let materials: Vec<KeyMaterial> =
             (0..5u8).map(|i| KeyMaterial::from_bytes([i; 32])).collect();
-        let mut tags = Vec::new();
-        for (slot, m) in slots.iter().zip(&materials) {
+        let seal = |slot: &Arc<Slot>, m: &KeyMaterial| {
             let mut body = *b"sixteen bytes!!!";
-            tags.push(slot.get(m).seal(&[0; 12], b"aad", &mut body).unwrap());
-        }
-        let built: Vec<bool> = slots.iter().map(|s| s.is_built()).collect();
-        assert_eq!(built, [false, false, true, true, true]);
-        // The first key again: built anew, same tag; the oldest of the rest goes.
-        let mut body = *b"sixteen bytes!!!";
-        assert_eq!(
-            slots[0]
-                .get(&materials[0])
-                .seal(&[0; 12], b"aad", &mut body)
-                .unwrap(),
-            tags[0]
-        );
-        let built: Vec<bool> = slots.iter().map(|s| s.is_built()).collect();
-        assert_eq!(built, [true, false, false, true, true]);
-        // Capacity 0 keeps nothing and still works.
-        set_capacity(0);
-        let fresh = Arc::new(Slot::default());
-        let mut body = *b"sixteen bytes!!!";
-        assert_eq!(
-            fresh
-                .get(&materials[1])
-                .seal(&[0; 12], b"aad", &mut body)
-                .unwrap(),
-            tags[1]
-        );
-        assert!(!fresh.is_built());
-        set_capacity(before);
+            slot.get(m).seal(&[0; 12], b"aad", &mut body).unwrap()
+        };
+        let tags: Vec<_> = slots
+            .iter()
+            .zip(&materials)
+            .map(|(s, m)| seal(s, m))
+            .collect();
+        let built = || slots.iter().map(|s| s.is_built()).collect::<Vec<bool>>();
+        assert_eq!(built(), [false, false, true, true, true]);
+        // A hit, then the first key again: built anew, same tag; the oldest of the rest goes.
+        assert_eq!(seal(&slots[4], &materials[4]), tags[4]);
+        assert_eq!(seal(&slots[0], &materials[0]), tags[0]);
+        assert_eq!(built(), [true, false, false, true, true]);
+        OWN.set_capacity(1);
+        assert_eq!(built(), [true, false, false, false, false]);
+        OWN.set_capacity(0);
+        assert_eq!(built(), [false; 5]);
+        assert_eq!(seal(&slots[1], &materials[1]), tags[1]);
+        assert_eq!(built(), [false; 5]);
     }
 }

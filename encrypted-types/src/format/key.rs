@@ -7,7 +7,7 @@
 use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::KeyInit;
 
-use crate::format::cache::{Cipher, Slot};
+use crate::format::cache::{CACHE, Cache, Cipher, Slot, UNCACHED};
 use std::fmt;
 use std::sync::Arc;
 use zeroize::{Zeroize, ZeroizeOnDrop};
@@ -135,10 +135,25 @@ pub struct DataKey {
 
 impl DataKey {
     pub(crate) fn new(id: KeyId, tenant: Option<TenantId>, material: &KeyMaterial) -> Self {
+        Self::in_cache(id, tenant, material, &CACHE)
+    }
+
+    /// A key for one use (the load's self-test): its state is built per use and never enters
+    /// the process's cache, where it would push out a key in use.
+    pub(crate) fn transient(id: KeyId, tenant: Option<TenantId>, material: &KeyMaterial) -> Self {
+        Self::in_cache(id, tenant, material, &UNCACHED)
+    }
+
+    fn in_cache(
+        id: KeyId,
+        tenant: Option<TenantId>,
+        material: &KeyMaterial,
+        cache: &'static Cache,
+    ) -> Self {
         Self {
             id,
             tenant,
-            siv: Arc::default(),
+            siv: Slot::new(cache),
             gcm: std::sync::OnceLock::new(),
             material: Box::new(KeyMaterial(material.0)),
         }

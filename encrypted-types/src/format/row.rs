@@ -20,8 +20,8 @@ type State = super::awslc::AtNonce;
 #[cfg(not(feature = "aws-lc"))]
 type State = super::siv::AtNonce;
 
-/// The most columns one row write seals: far more than a table has encrypted columns.
-const ROW_COLUMNS: usize = 64;
+/// The columns a row write tracks inline; more go to a vector.
+const ROW_COLUMNS: usize = 16;
 
 /// Whether `suite` is one of GCM-SIV's (2 to 5), whose per-nonce state a row can share.
 const fn is_siv(suite: u8) -> bool {
@@ -65,9 +65,10 @@ const fn is_siv(suite: u8) -> bool {
 pub struct RowSeal<'k> {
     key: &'k DataKey,
     /// The columns sealed so far: a second value of one column in one row would share its AAD
-    /// with the first, and is refused. A row's few columns fit without an allocation.
+    /// with the first, and is refused. A row's first few fit without an allocation.
     columns: [&'k str; ROW_COLUMNS],
     sealed: usize,
+    more: Vec<&'k str>,
     /// Boxed: the state is over a kilobyte (an expanded AES key), and a row's seal is moved
     /// through a few results before its first field.
     state: Box<State>,
@@ -94,6 +95,7 @@ impl<'k> RowSeal<'k> {
             key,
             columns: [""; ROW_COLUMNS],
             sealed: 0,
+            more: Vec::new(),
             state: Box::new(key.siv().at_nonce(&nonce)),
         }
     }
@@ -108,7 +110,7 @@ impl<'k> RowSeal<'k> {
     ///
     /// # Errors
     /// As [`super::seal`] and [`super::seal_bound`]; [`Error::RowColumnRepeated`] for a second
-    /// value of a column already sealed in this row (or a row of more than 64 columns).
+    /// value of a column already sealed in this row.
     pub fn seal<T: Plaintext>(
         &mut self,
         ctx: &Context<'k>,
@@ -116,14 +118,16 @@ impl<'k> RowSeal<'k> {
         value: &T,
     ) -> Result<Vec<u8>, Error> {
         let seen = self.columns.get(..self.sealed).unwrap_or_default();
-        if seen.contains(&ctx.column) {
+        if seen.contains(&ctx.column) || self.more.contains(&ctx.column) {
             return Err(Error::RowColumnRepeated);
         }
         match self.columns.get_mut(self.sealed) {
-            Some(slot) => *slot = ctx.column,
-            None => return Err(Error::RowColumnRepeated),
+            Some(slot) => {
+                *slot = ctx.column;
+                self.sealed += 1;
+            }
+            None => self.more.push(ctx.column),
         }
-        self.sealed += 1;
         let suite = suite_of(row.is_some(), ctx.schema.is_some());
         let nonce = *self.state.nonce();
         let state = &mut self.state;
@@ -151,8 +155,6 @@ pub struct RowOpen<'k> {
     key: Option<&'k DataKey>,
     /// Boxed, as in [`RowSeal`].
     last: Option<(KeyId, Box<State>)>,
-    /// The keys the row is opened with.
-    keys: std::marker::PhantomData<&'k DataKey>,
 }
 
 impl<'k> RowOpen<'k> {
@@ -161,7 +163,6 @@ impl<'k> RowOpen<'k> {
         Self {
             key: None,
             last: None,
-            keys: std::marker::PhantomData,
         }
     }
 
@@ -290,6 +291,20 @@ mod tests {
             w.seal(&a, None, &"3".to_owned()).err(),
             Some(Error::RowColumnRepeated)
         );
+        // Past the columns tracked inline too.
+        let names: Vec<String> = (0..40).map(|i| format!("c{i}")).collect();
+        let mut w = RowSeal::new(&k).unwrap();
+        for n in &names {
+            w.seal(&Context::new("t", n, None, "string"), None, &"v".to_owned())
+                .unwrap();
+        }
+        for n in [&names[3], &names[30]] {
+            assert_eq!(
+                w.seal(&Context::new("t", n, None, "string"), None, &"v".to_owned())
+                    .err(),
+                Some(Error::RowColumnRepeated)
+            );
+        }
     }
 
     /// The bytes are RFC 8452's: a field sealed in a row equals the same value sealed alone

@@ -18,7 +18,7 @@ pub struct KeyringBuilder {
     pub(super) retired_blind_index: Vec<(Option<TenantId>, Box<KeyMaterial>)>,
     pub(super) unavailable: Vec<(TenantId, String, Vec<KeyId>)>,
     pub(super) shredded: std::collections::HashSet<TenantId>,
-    /// Keys and roots carried over from another keyring, schedules already expanded.
+    /// Keys and roots carried over from another keyring, sharing its keys' cached state.
     pub(super) keys_direct: Vec<DataKey>,
     pub(super) roots_direct: Vec<(Option<TenantId>, BlindIndexRootKey)>,
     pub(super) retired_roots_direct: Vec<(Option<TenantId>, BlindIndexRootKey)>,
@@ -114,8 +114,8 @@ impl KeyringBuilder {
     }
 
     /// Adds `ring`'s keys (but those in `skip`), primaries, roots and unavailable tenants of the
-    /// tenants `take` accepts (`None`: the keys of no tenant), their AES schedules already
-    /// expanded.
+    /// tenants `take` accepts (`None`: the keys of no tenant), sharing their cached cipher
+    /// state.
     #[cfg(feature = "keystore")]
     pub(super) fn carry(
         mut self,
@@ -180,16 +180,17 @@ impl KeyringBuilder {
         self
     }
 
-    /// Checks and assembles the keyring, expanding every AES key schedule once.
+    /// Checks and assembles the keyring. Key schedules are built on a key's first use
+    /// (`format::cache`), not here.
     ///
     /// # Errors
     /// [`Error::InvalidKeyring`] for a duplicate key id, a destroyed id that is also present, a
     /// primary key that is missing or belongs to another tenant, a tenant with two primaries,
     /// or a tenant with two blind-index root keys.
     pub fn build(self) -> Result<Keyring, Error> {
-        // A key schedule holds its key: `keys_direct` (a merge, sized exactly by `merged`) is
-        // kept as it is rather than moved into a new Vec whose old buffer would be freed with
-        // the schedules still in it.
+        // `keys_direct` (a merge, sized exactly by `merged`) is kept as it is rather than moved
+        // into a new Vec. A `DataKey` holds its key bytes behind pointers (boxed material, the
+        // cache's slot), so a freed buffer of keys holds no key bytes either way.
         let mut keys: Vec<DataKey> = if self.keys.is_empty() {
             self.keys_direct
         } else {

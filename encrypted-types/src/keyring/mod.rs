@@ -411,7 +411,7 @@ impl Keyring {
     /// what a process installs right after crypto-shredding the tenant.
     #[cfg(feature = "keystore")]
     pub(crate) fn without_tenant(&self, tenant: &TenantId, destroyed: &[KeyId]) -> Keyring {
-        // Sized once: a Vec that grew would free buffers holding key schedules.
+        // Sized once (a `DataKey` holds its key bytes behind pointers: no copies either way).
         let mut keys: Vec<DataKey> = Vec::with_capacity(self.keys.len());
         keys.extend(
             self.keys
@@ -520,7 +520,7 @@ impl Keyring {
             t.is_some_and(|t| old_scope.contains(t) && !new_scope.contains(t))
         };
         let mut builder = Keyring::builder();
-        // Exact, once: a Vec that grew would free a buffer holding key schedules.
+        // Exact, once (a `DataKey` holds its key bytes behind pointers: no copies either way).
         builder
             .keys_direct
             .reserve_exact(older.keys.len() + newer.keys.len());
@@ -532,7 +532,7 @@ impl Keyring {
                 .filter(|id| !older.destroyed.contains(id)),
         );
         // A key destroyed since `self` was loaded is not carried over (skipped here, not
-        // removed after: `retain` would leave moved schedules in the Vec's spare capacity).
+        // removed after).
         let builder = builder.carry(older, keep, &destroyed);
         let mut builder = builder.carry(newer, |_| true, &destroyed);
         if let Some(k) = newer.primary_default.and_then(|i| newer.keys.get(i)) {

@@ -811,7 +811,7 @@ where
 /// Seals and opens a canary under a freshly unwrapped key: a key that unwrapped to the wrong
 /// bytes, or a broken cipher, fails here at startup rather than on the first real value.
 fn self_test(id: KeyId, tenant: Option<&TenantId>, material: &KeyMaterial) -> Result<(), Error> {
-    let key = DataKey::new(id, tenant.cloned(), material);
+    let key = DataKey::transient(id, tenant.cloned(), material);
     let ctx = Context::new("encrypted_types", "self_test", tenant, "bytes");
     let canary = b"encrypted-types self-test".to_vec();
     let fail = |_| Error::SelfTest { key_id: id };
