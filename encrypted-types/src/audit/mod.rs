@@ -33,7 +33,7 @@ use crate::tenant::TenantId;
 /// Receives decrypt events. Implementations must be cheap: they run on every row read.
 pub trait AuditSink: Send + Sync {
     /// A value of `table.column` belonging to `tenant` was opened (a value read on its own,
-    /// through [`Encrypted`](crate::Encrypted)).
+    /// through [`Encrypted`](struct@crate::Encrypted)).
     fn opened(&self, tenant: Option<&TenantId>, table: &'static str, column: &'static str);
 
     /// The values of `columns` in one row of `table`, belonging to `tenant`, were opened: a
