@@ -347,9 +347,11 @@ pub mod __private {
     pub use crate::__if_async as if_async;
 
     /// The values of `columns` in one row of `table` were opened: one call to the audit sink
-    /// (and the `metrics` counters) per row read.
+    /// (and the `metrics` counters) per row read that opened any.
     pub fn audit_row(tenant: Option<&TenantId>, table: &'static str, columns: &[&'static str]) {
-        crate::audit::opened_row(tenant, table, columns);
+        if !columns.is_empty() {
+            crate::audit::opened_row(tenant, table, columns);
+        }
     }
 
     /// What a model's derived `Debug` prints in place of an encrypted field.

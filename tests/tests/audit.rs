@@ -267,6 +267,7 @@ fn a_derived_read_reports_each_row_once_with_its_opened_columns() {
     set_sink(Recorder(Arc::clone(&calls)));
     let back: Vec<Patient> = et_patients::table
         .select(Patient::as_select())
+        .order(et_patients::id)
         .load(conn)
         .unwrap();
     clear_sink();

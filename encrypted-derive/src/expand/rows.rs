@@ -88,6 +88,8 @@ pub(super) fn read_side(
                     v
                 }
                 ::core::result::Result::Err(e) => {
+                    // The values this row opened before the failure were decrypted: reported.
+                    #et::audit_row(__tenant.as_ref(), #table_name, __opened.get(..__n).unwrap_or_default());
                     return ::core::result::Result::Err(#et::Unreadable::new(#key, #table_name, #column, e));
                 }
             }

@@ -1,10 +1,10 @@
 //! [`CoalescingSink`]: opens counted in each thread, reported once per interval.
 //!
 //! A read touches only its own thread's counts (no lock, no shared counter, no tenant cloned
-//! once the thread has seen the tenant): a `RefCell` in a thread local. A thread hands its
-//! counts to the sink when its interval has passed (looked at every [`CHECK_EVERY`] rows, so
-//! the clock is not read per row), when it exits, and on [`CoalescingSink::flush`] from that
-//! thread; the sink emits what it holds when its own interval has passed.
+//! once the thread has seen the tenant): a `RefCell` in a thread local. A thread looks at the
+//! clock on its first row and every [`CHECK_EVERY`] rows after (not per row), and hands its
+//! counts to the sink when its own interval or the sink's has passed, and when it exits; the
+//! sink then emits what it holds if its interval has passed.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -19,23 +19,29 @@ use crate::tenant::{TenantId, describe};
 /// Rows between two looks at the clock in a thread (a zero interval looks every row).
 const CHECK_EVERY: u32 = 16;
 
-/// A thread's counts for one sink grow to at most this many (tenant, table) groups before they
-/// are handed over early, so a thread that reads many tenants keeps a bounded map.
-const MAX_GROUPS: usize = 1024;
+/// A thread's counts for one sink hold at most this many (tenant, table) groups: one more is
+/// handed over at once, so a thread that reads many tenants scans a short list per row.
+const MAX_GROUPS: usize = 64;
 
 type Counts = HashMap<(Option<TenantId>, &'static str, &'static str), u64>;
 
 /// Counts opens per (tenant, table, column) and emits one `decrypts` event for each every
 /// `interval` (60 seconds by default).
 ///
-/// Each thread counts its own reads without a lock and hands its counts to the sink when its
-/// interval has passed (checked every 16 rows), when the thread exits, and when it calls
-/// [`CoalescingSink::flush`]; a thread that stops reading keeps its counts until one of those.
-/// The sink emits when a thread hands over counts after the sink's interval, or on `flush`.
+/// Each thread counts its own reads without a lock. It looks at the clock on its first row and
+/// every 16 rows after, and hands its counts to the sink when its own interval or the sink's has
+/// passed, and when it exits; the sink emits when counts reach it after its interval, on
+/// [`CoalescingSink::flush`], and when it is dropped (replaced by `set_sink`). A thread that
+/// stops reading keeps up to 15 rows' counts until it reads again or exits; counts still in
+/// other threads when the sink is replaced are dropped with it.
 ///
 /// ```
+/// use std::sync::Arc;
 /// use encrypted_types::audit::{set_sink, CoalescingSink};
-/// set_sink(CoalescingSink::default());
+/// // Installed through an `Arc`, the sink can still be flushed (at shutdown, say).
+/// let sink = Arc::new(CoalescingSink::default());
+/// set_sink(Arc::clone(&sink));
+/// sink.flush();
 /// ```
 pub struct CoalescingSink {
     shared: Arc<Shared>,
@@ -48,6 +54,10 @@ struct Shared {
     interval: Duration,
     /// Counts handed over and not emitted yet, and when the sink last emitted.
     state: Mutex<(Counts, Instant)>,
+    /// When the sink was made, and its last emission as nanoseconds after that: what a thread
+    /// compares with, without the lock.
+    origin: Instant,
+    emitted_at: AtomicU64,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -74,6 +84,8 @@ impl CoalescingSink {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 interval,
                 state: Mutex::new((HashMap::new(), Instant::now())),
+                origin: Instant::now(),
+                emitted_at: AtomicU64::new(0),
             }),
         }
     }
@@ -81,7 +93,7 @@ impl CoalescingSink {
     /// Emits the counts handed over so far and this thread's own, and starts a new interval.
     /// Other threads' counts arrive at their next interval or when they exit.
     pub fn flush(&self) {
-        LOCAL.with(|local| {
+        let _ = LOCAL.try_with(|local| {
             if let Ok(mut local) = local.try_borrow_mut()
                 && let Some(pending) = local.iter_mut().find(|p| p.id == self.shared.id)
             {
@@ -90,9 +102,17 @@ impl CoalescingSink {
         });
         let counts = {
             let mut state = self.shared.lock();
-            state.1 = Instant::now();
+            self.shared.emitted_now(&mut state);
             std::mem::take(&mut state.0)
         };
+        emit(counts);
+    }
+}
+
+impl Drop for CoalescingSink {
+    /// A sink replaced (`set_sink`, `clear_sink`) emits what has reached it.
+    fn drop(&mut self) {
+        let counts = std::mem::take(&mut self.shared.lock().0);
         emit(counts);
     }
 }
@@ -113,12 +133,25 @@ impl Shared {
                     .or_insert(0) += n;
             }
         }
-        if state.1.elapsed() >= self.interval {
-            state.1 = Instant::now();
+        if state.1.elapsed() >= self.interval && !state.0.is_empty() {
+            self.emitted_now(&mut state);
             Some(std::mem::take(&mut state.0))
         } else {
             None
         }
+    }
+
+    fn emitted_now(&self, state: &mut (Counts, Instant)) {
+        let now = Instant::now();
+        state.1 = now;
+        let nanos = u64::try_from(now.duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX);
+        self.emitted_at.store(nanos, Ordering::Relaxed);
+    }
+
+    /// Whether the sink's interval has passed since it last emitted, read without its lock.
+    fn due(&self, now: Instant) -> bool {
+        let last = Duration::from_nanos(self.emitted_at.load(Ordering::Relaxed));
+        now.duration_since(self.origin).saturating_sub(last) >= self.interval
     }
 }
 
@@ -180,23 +213,11 @@ impl Pending {
 }
 
 impl Drop for Pending {
-    /// A thread that exits hands its counts over; the next emission reports them (no event
-    /// from a thread's destructor, where the subscriber may already be gone).
+    /// A thread that exits (or a sink that is gone) hands its counts over, and the sink emits
+    /// them if its interval has passed: a thread per request or per job is reported too.
+    /// (`tracing` finds its dispatcher without this thread's locals when they are gone.)
     fn drop(&mut self) {
-        let groups = std::mem::take(&mut self.groups);
-        if let Some(shared) = self.sink.upgrade()
-            && !groups.is_empty()
-        {
-            let mut state = shared.lock();
-            for g in groups {
-                for (column, n) in g.columns {
-                    *state
-                        .0
-                        .entry((g.tenant.clone(), g.table, column))
-                        .or_insert(0) += n;
-                }
-            }
-        }
+        self.hand_over();
     }
 }
 
@@ -247,17 +268,21 @@ impl AuditSink for CoalescingSink {
             let Some(pending) = pending else { return false };
             pending.add(tenant, table, columns);
             pending.rows = pending.rows.wrapping_add(1);
-            let look = shared.interval.is_zero() || pending.rows % CHECK_EVERY == 0;
-            if pending.groups.len() > MAX_GROUPS
-                || (look && pending.since.elapsed() >= shared.interval)
-            {
+            // A thread's first row looks at the clock too, so a thread that reads one row and
+            // lives on hands it over on its next look.
+            let look = shared.interval.is_zero() || pending.rows % CHECK_EVERY == 1;
+            let due = look && {
+                let now = Instant::now();
+                now.duration_since(pending.since) >= shared.interval || shared.due(now)
+            };
+            if due || pending.groups.len() > MAX_GROUPS {
                 pending.hand_over();
             }
             true
         });
         // A thread being torn down (or a sink called from inside its own emission): straight
         // to the sink.
-        if counted != Ok(true) {
+        if !matches!(counted, Ok(true)) {
             let group = Group {
                 tenant: tenant.cloned(),
                 table,
@@ -314,6 +339,30 @@ mod tests {
         now.opened_row(Some(&a), "visits", &["reason"]);
         // Emitted at once: nothing left waiting.
         assert!(totals(&now).is_empty());
+    }
+
+    /// Threads that read a few rows and exit, one per request: their counts are emitted once
+    /// the sink's interval has passed, by whichever thread looks or exits next.
+    #[test]
+    fn short_lived_threads_are_reported() {
+        let sink = Arc::new(CoalescingSink::new(Duration::from_millis(50)));
+        let spawn = |n: usize| {
+            let s = Arc::clone(&sink);
+            std::thread::spawn(move || {
+                for _ in 0..n {
+                    s.opened_row(None, "visits", &["reason"]);
+                }
+            })
+            .join()
+            .unwrap();
+        };
+        spawn(3);
+        // Handed over at exit, not emitted: the interval has not passed.
+        assert_eq!(totals(&sink).get(&(None, "visits", "reason")), Some(&3));
+        std::thread::sleep(Duration::from_millis(60));
+        spawn(1);
+        // The second thread's first row found the sink due: everything emitted.
+        assert!(totals(&sink).is_empty());
     }
 
     /// Two threads reading one tenant count apart and add up.

@@ -63,6 +63,17 @@ pub trait AuditSink: Send + Sync {
     }
 }
 
+/// A sink shared with the code that installed it (to flush it, or to read it in a test).
+impl<S: AuditSink + ?Sized> AuditSink for Arc<S> {
+    fn opened(&self, tenant: Option<&TenantId>, table: &'static str, column: &'static str) {
+        (**self).opened(tenant, table, column);
+    }
+
+    fn opened_row(&self, tenant: Option<&TenantId>, table: &'static str, columns: &[&'static str]) {
+        (**self).opened_row(tenant, table, columns);
+    }
+}
+
 static SINK: ArcSwapOption<Box<dyn AuditSink>> = ArcSwapOption::const_empty();
 /// Whether a sink is installed: one atomic load on every open, instead of a guarded load of
 /// `SINK`, when none is.
