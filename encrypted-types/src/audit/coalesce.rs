@@ -52,10 +52,10 @@ struct Shared {
     /// Tells this sink's counts apart in a thread's list.
     id: u64,
     interval: Duration,
-    /// Counts handed over and not emitted yet, and when the sink last emitted.
-    state: Mutex<(Counts, Instant)>,
-    /// When the sink was made, and its last emission as nanoseconds after that: what a thread
-    /// compares with, without the lock.
+    /// Counts handed over and not emitted yet.
+    state: Mutex<Counts>,
+    /// When the sink was made, and its last emission as nanoseconds after that (written under
+    /// the lock; threads read it without).
     origin: Instant,
     emitted_at: AtomicU64,
 }
@@ -83,7 +83,7 @@ impl CoalescingSink {
             shared: Arc::new(Shared {
                 id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
                 interval,
-                state: Mutex::new((HashMap::new(), Instant::now())),
+                state: Mutex::new(HashMap::new()),
                 origin: Instant::now(),
                 emitted_at: AtomicU64::new(0),
             }),
@@ -102,8 +102,8 @@ impl CoalescingSink {
         });
         let counts = {
             let mut state = self.shared.lock();
-            self.shared.emitted_now(&mut state);
-            std::mem::take(&mut state.0)
+            self.shared.emitted_now();
+            std::mem::take(&mut *state)
         };
         emit(counts);
     }
@@ -112,13 +112,13 @@ impl CoalescingSink {
 impl Drop for CoalescingSink {
     /// A sink replaced (`set_sink`, `clear_sink`) emits what has reached it.
     fn drop(&mut self) {
-        let counts = std::mem::take(&mut self.shared.lock().0);
+        let counts = std::mem::take(&mut *self.shared.lock());
         emit(counts);
     }
 }
 
 impl Shared {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Counts, Instant)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -128,23 +128,21 @@ impl Shared {
         for g in groups {
             for (column, n) in g.columns {
                 *state
-                    .0
                     .entry((g.tenant.clone(), g.table, column))
                     .or_insert(0) += n;
             }
         }
-        if state.1.elapsed() >= self.interval && !state.0.is_empty() {
-            self.emitted_now(&mut state);
-            Some(std::mem::take(&mut state.0))
+        if self.due(Instant::now()) && !state.is_empty() {
+            self.emitted_now();
+            Some(std::mem::take(&mut *state))
         } else {
             None
         }
     }
 
-    fn emitted_now(&self, state: &mut (Counts, Instant)) {
-        let now = Instant::now();
-        state.1 = now;
-        let nanos = u64::try_from(now.duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX);
+    /// Records an emission (under the lock, so one emission per interval).
+    fn emitted_now(&self) {
+        let nanos = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.emitted_at.store(nanos, Ordering::Relaxed);
     }
 
@@ -301,7 +299,7 @@ mod tests {
     use super::*;
 
     fn totals(sink: &CoalescingSink) -> Counts {
-        sink.shared.lock().0.clone()
+        sink.shared.lock().clone()
     }
 
     /// Counts stay in the thread until its interval passes or it exits; then they reach the

@@ -11,8 +11,8 @@
 //! unchanged.
 
 use super::{
-    Context, DataKey, Error, KeyId, Plaintext, RowBinding, aead_open, nonce, open_framed,
-    seal_framed, suite_of,
+    Context, DataKey, Error, Plaintext, RowBinding, aead_open, nonce, open_framed, seal_framed,
+    suite_of,
 };
 
 #[cfg(feature = "aws-lc")]
@@ -150,20 +150,15 @@ impl std::fmt::Debug for RowSeal<'_> {
 /// field to the next (a row written whole), and again when they change (a field updated
 /// alone, or a row written before rows shared a nonce).
 pub struct RowOpen<'k> {
-    /// The key the state was derived under, compared by identity: ids are unique within one
-    /// keyring only.
-    key: Option<&'k DataKey>,
-    /// Boxed, as in [`RowSeal`].
-    last: Option<(KeyId, Box<State>)>,
+    /// The key the state was derived under (compared by identity: ids are unique within one
+    /// keyring only) and the state, boxed as in [`RowSeal`].
+    last: Option<(&'k DataKey, Box<State>)>,
 }
 
 impl<'k> RowOpen<'k> {
     /// A row read with no state yet.
     pub fn new() -> Self {
-        Self {
-            key: None,
-            last: None,
-        }
+        Self { last: None }
     }
 
     /// Opens one field as [`super::open`] (or [`super::open_bound`] with `row`) does.
@@ -181,12 +176,10 @@ impl<'k> RowOpen<'k> {
             if !is_siv(suite) {
                 return aead_open(key, suite, nonce, aad, body, tag);
             }
-            let same_key = self.key.is_some_and(|k| std::ptr::eq(k, key));
-            let same = same_key
-                && matches!(&self.last, Some((id, s)) if *id == key.id && s.nonce() == nonce);
+            let same =
+                matches!(&self.last, Some((k, s)) if std::ptr::eq(*k, key) && s.nonce() == nonce);
             if !same {
-                self.key = Some(key);
-                self.last = Some((key.id, Box::new(key.siv().at_nonce(nonce))));
+                self.last = Some((key, Box::new(key.siv().at_nonce(nonce))));
             }
             match &mut self.last {
                 Some((_, state)) => state
@@ -214,8 +207,8 @@ impl std::fmt::Debug for RowOpen<'_> {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
-    use crate::KeyMaterial;
     use crate::format::{open, open_bound};
+    use crate::{KeyId, KeyMaterial};
     use crate::{RowPart, TenantId};
 
     fn key(id: u32, tenant: Option<&str>) -> DataKey {
